@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pure transforms from probe results to verdicts: checks, triage (runbook severities) and the verdict table."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+RUNBOOK_RESPONSE = {
+    "SEV-1": "Immediate",
+    "SEV-2": "15 minutes",
+    "SEV-3": "1 hour",
+    "SEV-4": "4 hours",
+}
+
+
+def _one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def to_check(result, name, key=None):
+    """A probe result (or one of its sub-results) as {name, healthy, reason}."""
+    result = result or {}
+    if result.get("skipped"):
+        return {"name": name, "healthy": None, "reason": "skipped"}
+    src = result.get(key) if key else result
+    if not isinstance(src, dict) or "healthy" not in src:
+        msg = result.get("msg") or result.get("reason") or "probe returned no verdict"
+        return {"name": name, "healthy": False, "reason": _one_line(msg)}
+    return {"name": name, "healthy": bool(src["healthy"]), "reason": _one_line(src.get("reason", ""))}
+
+
+def _sev_rank(sev):
+    try:
+        return int(str(sev).split("-")[1])
+    except (IndexError, ValueError):
+        return 5
+
+
+def triage(checks, severities=None, scenarios=None):
+    """Classify a list of checks with the runbook's incident table.
+
+    severities: check name -> SEV-n when that check fails; scenarios: check name -> playbook to run.
+    """
+    severities = severities or {}
+    scenarios = scenarios or {}
+    failing = [c for c in checks if c.get("healthy") is False]
+    if not failing:
+        return {"severity": None, "response_time": None, "failing": [], "scenarios": []}
+    worst = min((severities.get(c["name"], "SEV-3") for c in failing), key=_sev_rank)
+    recs = []
+    for c in failing:
+        s = scenarios.get(c["name"])
+        if s and s not in recs:
+            recs.append(s)
+    return {
+        "severity": worst,
+        "response_time": RUNBOOK_RESPONSE.get(worst),
+        "failing": [c["name"] for c in failing],
+        "scenarios": recs,
+    }
+
+
+def verdict_table(checks, width=90):
+    """Render checks as fixed-width lines (one per check) for a debug task."""
+    name_w = max([len("check")] + [len(c.get("name", "")) for c in checks])
+    lines = ["%-*s  %-9s  %s" % (name_w, "check", "verdict", "reason")]
+    for c in checks:
+        h = c.get("healthy")
+        verdict = "OK" if h is True else ("SKIPPED" if h is None else "UNHEALTHY")
+        reason = c.get("reason", "")
+        room = max(20, width - name_w - 13)
+        if len(reason) > room:
+            reason = reason[: room - 3] + "..."
+        lines.append("%-*s  %-9s  %s" % (name_w, c.get("name", ""), verdict, reason))
+    return lines
+
+
+_ANSIBLE_KEYS = ("invocation", "changed", "failed", "failed_when_result", "skipped", "_ansible_no_log")
+
+
+def evidence(result, drop=None):
+    """A registered result without Ansible's bookkeeping keys (and without the keys in drop)."""
+    drop = set(_ANSIBLE_KEYS) | set(drop or [])
+    return dict((k, v) for k, v in (result or {}).items() if k not in drop)
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "evidence": evidence,
+            "to_check": to_check,
+            "triage": triage,
+            "verdict_table": verdict_table,
+        }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install everything the lab, the tests and the demo need on a fresh Debian 12 machine.
+# Idempotent: each step is skipped when its result is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+STATE=$ROOT/.state
+mkdir -p "$STATE"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# 1. System packages (bindep.txt lists them for ansible-builder too).
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
+command -v psql >/dev/null || need_apt+=(postgresql-client-15)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v rsync >/dev/null || need_apt+=(rsync)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get install -y -q "${need_apt[@]}" >/dev/null; }
+fi
+# The Debian packages start their own servers on the standard ports when an init system runs;
+# the lab never uses them, and we leave them alone.
+
+# 2. Node tools (anvil, cast) into ./node_modules.
+if [ ! -x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || [ ! -x node_modules/@foundry-rs/cast-linux-amd64/bin/cast ] \
+   || [ package.json -nt node_modules/.p3-stamp ]; then
+  log "npm install (anvil, cast)"
+  npm install --no-audit --no-fund --loglevel=error >/dev/null
+  touch node_modules/.p3-stamp
+fi
+
+# 3. Python venv with the collection's, the lab's and the test tooling's requirements.
+if [ ! -x .venv/bin/python ]; then
+  log "create .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=$STATE/pip.stamp
+sum=$(cat requirements.txt requirements-dev.txt lab/requirements.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
+  log "pip install -r requirements-dev.txt"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$sum" > "$stamp"
+fi
+
+# 4. Make the collection resolvable as p3.recovery (ansible.cfg points collections_path here).
+mkdir -p "$STATE/collections/ansible_collections/p3"
+ln -sfn "$ROOT" "$STATE/collections/ansible_collections/p3/recovery"
+log "ok"
