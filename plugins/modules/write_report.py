@@ -16,6 +16,8 @@ description:
   - Adds C(generated_at) (UTC, ISO 8601) to the report unless it is already there.
   - In check mode nothing is written; the playbooks of this collection run it with C(check_mode=false)
     because a report is the output of a dry run, not a change to the system.
+  - For the same reason it always reports C(changed=false), so a diagnose or drift-check run on a healthy
+    system shows no change.
 author:
   - P3 Recovery maintainers
 attributes:
@@ -116,7 +118,6 @@ def main():
         os.rename(tmp, path)
     except (OSError, ValueError, TypeError) as e:
         module.fail_json(msg="cannot write report %s: %s" % (path, to_native(e)), path=path)
-    result["changed"] = True
     module.exit_json(**result)
 
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# make demo: break the running lab on purpose, diagnose it, recover it, diagnose again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ANSIBLE_CONFIG=$PWD/ansible.cfg PATH=$PWD/.venv/bin:$PATH
+FAULT=${DEMO_FAULT:-app-down}
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "Healing the lab first (undoing any earlier fault)"
+.venv/bin/python lab/p3lab heal >/dev/null
+.venv/bin/python lab/p3lab status
+
+say "Injecting fault: $FAULT"
+.venv/bin/python lab/p3lab fault "$FAULT"
+
+say "Diagnosing: ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml"
+ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml | sed -n '/Show the verdict table/,/^$/p;/PLAY RECAP/,$p'
+
+if [ "$FAULT" = app-down ]; then
+  say "Recovering: ansible-playbook -i lab/inventory.yml playbooks/restart_app.yml"
+  ansible-playbook -i lab/inventory.yml playbooks/restart_app.yml | sed -n '/PLAY RECAP/,$p'
+  say "Diagnosing again"
+  ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml | sed -n '/Show the verdict table/,/^$/p'
+else
+  say "Run the recovery named under 'next:' above, or undo the fault with: .venv/bin/python lab/p3lab heal"
+fi
+say "Reports are in reports/; stop the lab with: make lab-down"
