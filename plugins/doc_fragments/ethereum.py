@@ -1,0 +1,24 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    # Options of every module that talks to an Ethereum JSON-RPC endpoint.
+    DOCUMENTATION = r"""
+options:
+  rpc_url:
+    description:
+      - HTTP(S) JSON-RPC endpoint of the chain, for example C(http://127.0.0.1:8545).
+      - If not set, the environment variable E(RPC_URL) is used (P3 itself reads E(BASE_RPC_URL); pass it here).
+      - Treated as a secret, as provider URLs carry API keys; messages show only its scheme, host and port.
+    type: str
+  rpc_timeout:
+    description:
+      - Seconds to wait for each JSON-RPC call.
+    type: float
+    default: 5.0
+"""

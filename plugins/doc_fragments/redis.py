@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    # Connection options of every module that talks to Redis (standalone or cluster).
+    DOCUMENTATION = r"""
+options:
+  redis_url:
+    description:
+      - One Redis URL, C(redis://[[user]:password@]host[:port][/db]) or C(rediss://...) for TLS.
+      - Used as the single seed node; in a cluster every other node is discovered from it with C(CLUSTER NODES).
+      - If not set, the environment variable E(REDIS_URL) is used.
+      - Mutually exclusive with O(redis_nodes) when both are given in the task. When one comes from the task and
+        the other from the environment, the task value wins; when both come from the environment,
+        E(REDIS_CLUSTER_NODES) wins and E(REDIS_URL) is ignored.
+    type: str
+  redis_nodes:
+    description:
+      - Cluster seed nodes as C(host:port) strings (C([v6addr]:port) for IPv6; the port defaults to 6379).
+      - Every node named by the seeds' C(CLUSTER NODES) is contacted too.
+      - If not set, the environment variable E(REDIS_CLUSTER_NODES) is used (comma-separated, as P3 reads it).
+    type: list
+    elements: str
+  redis_username:
+    description:
+      - ACL user name. Overrides a user given in O(redis_url).
+      - If not set, the environment variable E(REDIS_USERNAME) is used.
+    type: str
+  redis_password:
+    description:
+      - Password (of O(redis_username), or of the default user). Overrides a password given in O(redis_url).
+      - If not set, the environment variable E(REDIS_PASSWORD) is used.
+    type: str
+  redis_tls:
+    description:
+      - Connect with TLS. Implied by a C(rediss://) O(redis_url).
+    type: bool
+    default: false
+  redis_ca_cert:
+    description:
+      - CA bundle to verify the servers' certificates with (TLS only); the system store when not set.
+    type: path
+  redis_validate_certs:
+    description:
+      - Verify the servers' TLS certificates and host names. Set to V(false) only for self-signed lab setups.
+    type: bool
+    default: true
+  redis_socket_timeout:
+    description:
+      - Seconds to wait for each reply of a node before it is reported as not answering.
+      - A frozen node (for example a stopped process whose port still accepts connections) costs this long.
+    type: float
+    default: 2.0
+  redis_connect_timeout:
+    description:
+      - Seconds to wait for the TCP (and TLS) connection to each node.
+    type: float
+    default: 2.0
+requirements:
+  - redis (Python library, redis-py 5 or later)
+notes:
+  - Each node is contacted with its own connection and no retries, so the time a probe takes is bounded by
+    the timeouts above, whatever the state of the nodes.
+"""

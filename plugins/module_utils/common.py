@@ -1,0 +1,277 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared plumbing of p3.recovery: option specs, secret redaction, error mapping and the probe result.
+
+Everything here is pure Python (no third-party import) so the unit tests can load it without Ansible running.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import errno
+import re
+import socket
+import ssl
+
+try:
+    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+except ImportError:  # pragma: no cover - Python 2 is not supported, this keeps the import sanity test quiet
+    from urllib import quote, unquote  # type: ignore
+    from urlparse import urlsplit, urlunsplit  # type: ignore
+
+from ansible.module_utils.basic import env_fallback
+
+MASK = "********"
+
+# Option shared by every probe module (doc fragment p3.recovery.probe).
+PROBE_ARGUMENT_SPEC = dict(
+    fail_on_unhealthy=dict(type="bool", default=False),
+)
+
+
+def env(*names):
+    """An argument_spec fallback that reads the first set environment variable of names."""
+    return (env_fallback, list(names))
+
+
+class P3Error(Exception):
+    """A failure with a clean, one-line, secret-free message; modules turn it into fail_json(msg=...)."""
+
+    def __init__(self, msg, **details):
+        super(P3Error, self).__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def one_line(text, limit=400):
+    """Collapse whitespace (newlines, tabs) to single spaces and cut to limit characters."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = " ".join(str(text).split())
+    if limit and len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return text
+
+
+def secret_variants(secret):
+    """The forms in which a secret can show up in a message: raw, URL-quoted, URL-unquoted."""
+    if not secret:
+        return []
+    secret = str(secret)
+    out = {secret}
+    try:
+        out.add(quote(secret, safe=""))
+        out.add(quote(secret))
+        out.add(unquote(secret))
+    except Exception:  # pragma: no cover - defensive, quote() accepts any str
+        pass
+    # Longest first so a quoted form is not half-replaced by a shorter raw one.
+    return sorted((s for s in out if s), key=len, reverse=True)
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]*@)")
+_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)(?P<value>[^&#\s]*)", re.IGNORECASE)
+
+
+def redact_text(text, secrets=()):
+    """Remove credentials from free text: URL userinfo, password=... pairs and every literal secret given."""
+    if text is None:
+        return text
+    text = str(text)
+    for secret in secrets or ():
+        for variant in secret_variants(secret):
+            if len(variant) >= 1:
+                text = text.replace(variant, MASK)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    text = _KV_PASSWORD.sub(lambda m: m.group("key") + MASK, text)
+    text = _QUERY_PASSWORD.sub(lambda m: m.group("key") + MASK, text)
+    return text
+
+
+def _mask_userinfo(match):
+    userinfo = match.group("userinfo")[:-1]
+    if ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        return "%s%s:%s@" % (match.group("scheme"), user, MASK)
+    return match.group(0)
+
+
+def redact_url(url):
+    """A URL without credentials (no user, no password, no password= query parameter), for messages."""
+    if url is None:
+        return None
+    url = str(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    if not parts.scheme or not parts.netloc:
+        return redact_text(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = _QUERY_PASSWORD.sub(lambda m: m.group("key") + MASK, "?" + parts.query)[1:] if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url):
+    """The password embedded in a URL (userinfo or ?password=), to register as no_log values."""
+    out = []
+    if not url:
+        return out
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return out
+    if parts.password:
+        out.append(parts.password)
+        out.append(unquote(parts.password))
+    for m in _QUERY_PASSWORD.finditer("?" + (parts.query or "")):
+        if m.group("value"):
+            out.append(m.group("value"))
+            out.append(unquote(m.group("value")))
+    return [s for s in out if s]
+
+
+def hostport(host, port):
+    """host:port, with brackets around IPv6 literals."""
+    if host and ":" in str(host) and not str(host).startswith("["):
+        host = "[%s]" % host
+    return "%s:%s" % (host, port)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error mapping
+# ---------------------------------------------------------------------------------------------------------------
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset by peer",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "timed out",
+    errno.EPIPE: "connection closed (broken pipe)",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def exception_chain(exc):
+    """exc followed by its causes / contexts (the library wrappers keep the socket error there)."""
+    seen = []
+    while exc is not None and exc not in seen and len(seen) < 10:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        if exc is None:
+            break
+    return seen
+
+
+def _timeout_text(timeout):
+    return "timed out after %ss" % _fmt_num(timeout) if timeout else "timed out"
+
+
+def _fmt_num(value):
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return ("%d" % f) if f == int(f) else ("%g" % f)
+
+
+def describe_os_error(exc, timeout=None):
+    """A short cause for a socket-level error, or None when exc is not one."""
+    if isinstance(exc, socket.gaierror):
+        text = exc.args[1] if len(exc.args) > 1 else str(exc)
+        return "name resolution failed (%s)" % one_line(text, 120)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS certificate verification failed (%s)" % one_line(getattr(exc, "verify_message", None) or exc.reason or exc, 160)
+    if isinstance(exc, ssl.SSLError):
+        return "TLS error (%s)" % one_line(exc.reason or exc, 160)
+    if isinstance(exc, socket.timeout) or isinstance(exc, TimeoutError):
+        return _timeout_text(timeout)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_TEXT:
+        return _ERRNO_TEXT[exc.errno]
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.strerror:
+        return one_line(exc.strerror, 160).lower()
+    return None
+
+
+_TEXT_PATTERNS = [
+    (re.compile(r"connection refused", re.I), "connection refused"),
+    (re.compile(r"timed? ?out|timeout", re.I), None),  # None -> timeout text
+    (re.compile(r"name or service not known|nodename nor servname|could not translate host name|"
+                r"temporary failure in name resolution|no address associated", re.I), "name resolution failed"),
+    (re.compile(r"no route to host", re.I), "no route to host"),
+    (re.compile(r"network is unreachable", re.I), "network unreachable"),
+    (re.compile(r"connection reset", re.I), "connection reset by peer"),
+    (re.compile(r"certificate verify failed", re.I), "TLS certificate verification failed"),
+]
+
+
+def describe_text(text, timeout=None):
+    """Map a library message to a short cause when it is a well-known network failure, else None."""
+    for pattern, cause in _TEXT_PATTERNS:
+        if pattern.search(text or ""):
+            return cause if cause is not None else _timeout_text(timeout)
+    return None
+
+
+def describe_error(exc, timeout=None, secrets=()):
+    """One short, secret-free line saying why exc happened (the cause only, not the target)."""
+    for e in exception_chain(exc):
+        cause = describe_os_error(e, timeout)
+        if cause:
+            return cause
+    text = redact_text(one_line(str(exc) or exc.__class__.__name__, 300), secrets)
+    return describe_text(text, timeout) or text
+
+
+def target_error(target, exc, timeout=None, secrets=()):
+    """'<target> <cause>' e.g. '127.0.0.1:17001 connection refused'."""
+    return "%s %s" % (target, describe_error(exc, timeout=timeout, secrets=secrets))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probe result
+# ---------------------------------------------------------------------------------------------------------------
+
+def probe_result(healthy, reason, **evidence):
+    """The shape every probe returns: changed=false, healthy, a one-line reason, then the evidence fields."""
+    result = dict(changed=False, healthy=bool(healthy), reason=one_line(reason, 1000))
+    result.update(evidence)
+    return result
+
+
+def register_secrets(module, secrets):
+    """Add secrets (and their URL-quoted forms) to the module's no_log values so no output can carry them."""
+    for secret in secrets or ():
+        for variant in secret_variants(secret):
+            # Very short values would mask unrelated text everywhere; Ansible itself skips them too.
+            if len(variant) >= 3:
+                module.no_log_values.add(variant)
+
+
+def exit_probe(module, result):
+    """exit_json the probe result, or fail_json with the reason when fail_on_unhealthy is set and it is unhealthy."""
+    if not result.get("healthy") and module.params.get("fail_on_unhealthy"):
+        result = dict(result)
+        module.fail_json(msg=result.get("reason") or "unhealthy", **result)
+    module.exit_json(**result)
+
+
+def fail_clean(module, error, **extra):
+    """fail_json with the one-line message of a P3Error (or any exception, mapped and redacted)."""
+    if isinstance(error, P3Error):
+        details = dict(error.details)
+        details.update(extra)
+        module.fail_json(msg=one_line(error.msg, 1000), **details)
+    module.fail_json(msg=one_line(describe_error(error), 1000), **extra)

@@ -1,0 +1,142 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ethereum JSON-RPC plumbing of p3.recovery: shared options (doc fragment p3.recovery.ethereum) and a tiny
+JSON-RPC client over open_url, enough for probes (web3 is for actions that sign transactions)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import itertools
+import json
+
+try:
+    from urllib.parse import urlsplit, urlunsplit
+except ImportError:  # pragma: no cover
+    from urlparse import urlsplit, urlunsplit  # type: ignore
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    P3Error,
+    env,
+    one_line,
+    register_secrets,
+    url_secrets,
+)
+from ansible_collections.p3.recovery.plugins.module_utils.http_client import check_url, request
+
+# The options of doc fragment p3.recovery.ethereum, defined once.
+ETHEREUM_ARGUMENT_SPEC = dict(
+    rpc_url=dict(type="str", no_log=True, fallback=env("RPC_URL")),
+    rpc_timeout=dict(type="float", default=5.0),
+)
+
+WEI_PER_ETH = 10 ** 18
+
+
+def ethereum_argument_spec(**extra):
+    spec = dict(ETHEREUM_ARGUMENT_SPEC)
+    spec.update(extra)
+    return spec
+
+
+def rpc_display(url):
+    """scheme://host:port only: RPC URLs often carry an API key in their path or query."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, netloc, "", "", ""))
+    except ValueError:
+        return "<invalid URL>"
+
+
+def rpc_secrets(url):
+    """Credentials of an RPC URL: userinfo password and any path segment / query value that looks like a key."""
+    out = list(url_secrets(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return out
+    for segment in (parts.path or "").split("/"):
+        if len(segment) >= 16:
+            out.append(segment)
+    for pair in (parts.query or "").split("&"):
+        if "=" in pair and len(pair.split("=", 1)[1]) >= 8:
+            out.append(pair.split("=", 1)[1])
+    return out
+
+
+def hex_to_int(value):
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return int(str(value), 16)
+
+
+class RpcError(P3Error):
+    def __init__(self, msg, code=None, data=None):
+        super(RpcError, self).__init__(msg, rpc_code=code)
+        self.code = code
+        self.data = data
+
+
+class EthereumRpc(object):
+    """JSON-RPC 2.0 over HTTP(S) with one timeout per call; every failure is an RpcError with a clean message."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, url, timeout=5.0, validate_certs=True, secrets=()):
+        self.url = check_url(url, option="rpc_url")
+        self.timeout = float(timeout)
+        self.validate_certs = validate_certs
+        self.secrets = list(secrets) + rpc_secrets(url)
+        self.display = rpc_display(url)
+
+    def call(self, method, params=None):
+        payload = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params or []})
+        resp = request(self.url, method="POST", timeout=self.timeout, data=payload,
+                       headers={"Content-Type": "application/json"}, validate_certs=self.validate_certs,
+                       secrets=self.secrets)
+        where = "%s %s" % (method, self.display)
+        if resp["status"] is None:
+            raise RpcError("%s failed: %s" % (where, resp["error"]))
+        body = resp["json"]
+        if not isinstance(body, dict):
+            raise RpcError("%s -> HTTP %s, not a JSON-RPC answer: %s" % (where, resp["status"], one_line(resp["text"], 120)))
+        if body.get("error"):
+            err = body["error"] if isinstance(body["error"], dict) else {"message": body["error"]}
+            raise RpcError("%s -> error %s: %s" % (where, err.get("code"), one_line(err.get("message"), 200)),
+                           code=err.get("code"), data=err.get("data"))
+        if "result" not in body:
+            raise RpcError("%s -> HTTP %s without result" % (where, resp["status"]))
+        return body["result"]
+
+    def chain_id(self):
+        return hex_to_int(self.call("eth_chainId"))
+
+    def block_number(self):
+        return hex_to_int(self.call("eth_blockNumber"))
+
+    def balance(self, address, block="latest"):
+        return hex_to_int(self.call("eth_getBalance", [address, block]))
+
+    def nonce(self, address, block="latest"):
+        return hex_to_int(self.call("eth_getTransactionCount", [address, block]))
+
+
+class EthereumTarget(object):
+    """What modules use: validated rpc_url, secrets registered as no_log, an EthereumRpc."""
+
+    def __init__(self, module):
+        self.module = module
+        url = module.params.get("rpc_url")
+        register_secrets(module, rpc_secrets(url) if url else [])
+        if not url:
+            module.fail_json(msg="no Ethereum RPC endpoint: set rpc_url (or RPC_URL)")
+        timeout = module.params.get("rpc_timeout") or 5.0
+        if timeout <= 0:
+            module.fail_json(msg="rpc_timeout must be > 0, got %s" % timeout)
+        try:
+            self.rpc = EthereumRpc(url, timeout=timeout)
+        except P3Error as e:
+            module.fail_json(msg=e.msg)

@@ -1,0 +1,195 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""HTTP plumbing of p3.recovery: shared options (doc fragment p3.recovery.http) and one request helper that
+never raises for a service failure: 4xx/5xx bodies are read, transport errors become a one-line cause."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import time
+
+try:
+    from urllib.error import HTTPError
+    from urllib.parse import urlsplit
+except ImportError:  # pragma: no cover
+    from urllib2 import HTTPError  # type: ignore
+    from urlparse import urlsplit  # type: ignore
+
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    P3Error,
+    describe_error,
+    env,
+    one_line,
+    redact_text,
+    redact_url,
+    register_secrets,
+    url_secrets,
+)
+
+# The options of doc fragment p3.recovery.http, defined once.
+HTTP_ARGUMENT_SPEC = dict(
+    url=dict(type="str", fallback=env("P3_APP_URL")),
+    timeout=dict(type="float", default=5.0),
+    headers=dict(type="dict", default={}),
+    validate_certs=dict(type="bool", default=True),
+)
+
+MAX_BODY = 16 * 1024 * 1024
+
+
+def http_argument_spec(**extra):
+    spec = dict(HTTP_ARGUMENT_SPEC)
+    spec.update(extra)
+    return spec
+
+
+_SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "api-key", "apikey", "api_key", "password", "auth")
+
+
+def is_secret_header(name):
+    """Header names whose values are credentials (registered as no_log, masked in messages)."""
+    name = str(name).lower()
+    return any(w in name for w in _SECRET_HEADER_WORDS)
+
+
+def check_url(url, option="url", schemes=("http", "https")):
+    """Raise P3Error unless url is an absolute http(s) URL with a host (and a numeric port if any)."""
+    if not url:
+        raise P3Error("%s is required" % option)
+    try:
+        parts = urlsplit(str(url).strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise P3Error("invalid %s %s: %s" % (option, redact_url(url), one_line(e)))
+    if parts.scheme not in schemes:
+        raise P3Error("invalid %s %s: scheme must be %s" % (option, redact_url(url), " or ".join(s + "://" for s in schemes)))
+    if not parts.hostname:
+        raise P3Error("invalid %s %s: no host" % (option, redact_url(url)))
+    return str(url).strip()
+
+
+def join_url(base, path):
+    """Base URL + path ('/health'); a path that is itself an absolute URL is used as is."""
+    if not path:
+        return base
+    if "://" in path:
+        return path
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def decode_body(raw, content_type=None):
+    """bytes -> (parsed JSON or None, text)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+    parsed = None
+    if text.strip()[:1] in ("{", "[") or "json" in (content_type or ""):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+    return parsed, text
+
+
+def truncate(text, limit=2000):
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "... (%d bytes, truncated)" % len(text)
+
+
+def request(url, method="GET", timeout=5.0, headers=None, validate_certs=True, data=None, secrets=(),
+            max_body=MAX_BODY):
+    """One HTTP request. Never raises for a service failure.
+
+    Returns dict(url (redacted), method, status (int or None), ok (2xx), latency_ms, content_type, raw (bytes),
+    json (parsed or None), text, error (one-line cause when there was no HTTP answer, else None)).
+    """
+    shown = redact_url(url)
+    out = dict(url=shown, method=method, status=None, ok=False, latency_ms=None, content_type=None, raw=b"",
+               json=None, text="", error=None)
+    t0 = time.monotonic()
+    resp = None
+    try:
+        try:
+            resp = open_url(url, method=method, data=data, headers=headers or {}, timeout=timeout,
+                            validate_certs=validate_certs, follow_redirects="safe", use_netrc=False)
+            status = resp.getcode()
+        except HTTPError as e:  # 4xx / 5xx: still an answer with a body
+            resp = e
+            status = e.code
+        out["status"] = int(status) if status is not None else None
+        out["content_type"] = (resp.headers.get("Content-Type") if resp.headers is not None else None)
+        out["raw"] = resp.read(max_body) or b""
+        out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
+    except Exception as e:  # transport failure: refused, timeout, DNS, TLS, reset...
+        out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
+        out["error"] = describe_error(e, timeout=_num(timeout), secrets=secrets)
+        if out["status"] is not None:  # answered, then the body read failed
+            out["error"] = "reading the body failed: %s" % out["error"]
+    finally:
+        if resp is not None:
+            try:
+                resp.close()
+            except Exception:
+                pass
+    out["json"], out["text"] = decode_body(out["raw"], out["content_type"])
+    out["text"] = redact_text(out["text"], secrets)
+    out["ok"] = out["error"] is None and out["status"] is not None and 200 <= out["status"] < 300
+    return out
+
+
+def describe_response(resp):
+    """'GET http://host/path -> 503' or 'GET http://host/path failed: connection refused'."""
+    if resp["error"] and resp["status"] is None:
+        return "%s %s failed: %s" % (resp["method"], resp["url"], resp["error"])
+    text = "%s %s -> %s" % (resp["method"], resp["url"], resp["status"])
+    if resp["error"]:
+        text += " (%s)" % resp["error"]
+    return text
+
+
+def _num(value):
+    f = float(value)
+    return ("%d" % f) if f == int(f) else ("%g" % f)
+
+
+class HttpTarget(object):
+    """What modules use: the validated base URL plus the request settings, secrets registered as no_log."""
+
+    def __init__(self, module):
+        self.module = module
+        url = module.params.get("url")
+        self.secrets = url_secrets(url)
+        register_secrets(module, self.secrets)
+        for name, value in (module.params.get("headers") or {}).items():
+            if is_secret_header(name) and value:
+                self.secrets.append(str(value))
+                if " " in str(value):  # "Bearer <token>": the token alone too
+                    self.secrets.append(str(value).split(" ", 1)[1])
+        register_secrets(module, self.secrets)
+        try:
+            if not url:
+                raise P3Error("no application URL: set url (or P3_APP_URL)")
+            self.base_url = check_url(url)
+        except P3Error as e:
+            module.fail_json(msg=e.msg)
+        self.timeout = float(module.params.get("timeout") or 5.0)
+        if self.timeout <= 0:
+            module.fail_json(msg="timeout must be > 0, got %s" % self.timeout)
+        self.headers = dict((str(k), str(v)) for k, v in (module.params.get("headers") or {}).items())
+        self.validate_certs = module.params.get("validate_certs") is not False
+
+    def url_for(self, path):
+        url = join_url(self.base_url, path)
+        if url != self.base_url:
+            try:
+                check_url(url, option="path")
+            except P3Error as e:
+                self.module.fail_json(msg=e.msg)
+        return url
+
+    def get(self, path, **kwargs):
+        return request(self.url_for(path), method="GET", timeout=self.timeout, headers=self.headers,
+                       validate_certs=self.validate_certs, secrets=self.secrets, **kwargs)

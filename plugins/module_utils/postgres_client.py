@@ -1,0 +1,344 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PostgreSQL plumbing of p3.recovery: shared options (doc fragment p3.recovery.postgres), DSN resolution and
+redaction, libpq error mapping, and a client whose every step (connect, each query) has a hard deadline.
+
+The client uses psycopg2's asynchronous mode and waits on the socket itself, so a dead, firewalled or frozen
+server costs at most the timeout; libpq's own connect_timeout is passed too.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import math
+import os
+import re
+import select
+import time
+import traceback
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    P3Error,
+    describe_error,
+    describe_text,
+    env,
+    hostport,
+    one_line,
+    redact_text,
+    register_secrets,
+    url_secrets,
+)
+
+PSYCOPG2_IMP_ERR = None
+try:
+    import psycopg2
+    import psycopg2.extensions
+    import psycopg2.extras
+    HAS_PSYCOPG2 = True
+except ImportError:  # pragma: no cover - depends on the environment
+    PSYCOPG2_IMP_ERR = traceback.format_exc()
+    HAS_PSYCOPG2 = False
+
+SSLMODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+APPLICATION_NAME = "p3-recovery"
+
+# The options of doc fragment p3.recovery.postgres, defined once.
+POSTGRES_ARGUMENT_SPEC = dict(
+    dsn=dict(type="str", no_log=True, fallback=env("DATABASE_URL")),
+    db_host=dict(type="str"),
+    db_port=dict(type="int"),
+    db_user=dict(type="str"),
+    db_password=dict(type="str", no_log=True),
+    db_name=dict(type="str"),
+    db_sslmode=dict(type="str", choices=SSLMODES),
+    connect_timeout=dict(type="float", default=5.0),
+)
+
+_PART_TO_KEY = dict(db_host="host", db_port="port", db_user="user", db_password="password", db_name="dbname",
+                    db_sslmode="sslmode")
+
+
+def postgres_argument_spec(**extra):
+    spec = dict(POSTGRES_ARGUMENT_SPEC)
+    spec.update(extra)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DSN handling (pure)
+# ---------------------------------------------------------------------------------------------------------------
+
+_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|[^\s]+)", re.IGNORECASE)
+
+
+def dsn_secrets(dsn):
+    """Passwords found in a DSN (URI userinfo, ?password=, or password=... keyword), even when it is malformed."""
+    if not dsn:
+        return []
+    out = list(url_secrets(dsn)) if "://" in dsn else []
+    for m in _KV_PASSWORD.finditer(dsn):
+        value = m.group(1)
+        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+            value = value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+        if value:
+            out.append(value)
+    if "://" in dsn:
+        # userinfo the URL parser refused (e.g. a port that is not a number)
+        m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*:([^@/]*)@", dsn)
+        if m and m.group(1):
+            out.append(m.group(1))
+    return [s for s in out if s]
+
+
+def redact_dsn(dsn):
+    """A DSN (URI or keyword form) with its password masked, for messages."""
+    if dsn is None:
+        return None
+    return redact_text(dsn, dsn_secrets(dsn))
+
+
+def parse_dsn(dsn):
+    """DSN -> dict of libpq keywords (via libpq itself). Raises P3Error with a redacted message when malformed."""
+    if not HAS_PSYCOPG2:
+        raise P3Error("the psycopg2 Python library is required (pip install psycopg2-binary)")
+    try:
+        return psycopg2.extensions.parse_dsn(dsn)
+    except Exception as e:
+        raise P3Error("invalid dsn %s: %s" % (redact_dsn(dsn), clean_pg_message(str(e), dsn_secrets(dsn))))
+
+
+def build_conninfo(params, parsed_dsn=None):
+    """Merge the DSN keywords with the explicit parts (parts win) and our fixed settings."""
+    conninfo = dict(parsed_dsn or {})
+    for part, key in _PART_TO_KEY.items():
+        value = params.get(part)
+        if value is not None and value != "":
+            conninfo[key] = str(value)
+    timeout = params.get("connect_timeout")
+    if timeout is not None:
+        # libpq takes whole seconds (and treats 1 as 2); the client enforces the exact deadline itself.
+        conninfo["connect_timeout"] = str(max(2, int(math.ceil(float(timeout)))))
+    conninfo.setdefault("application_name", APPLICATION_NAME)
+    return conninfo
+
+
+def describe_target(conninfo):
+    """host:port (db NAME, user NAME) without the password; sockets shown as their directory."""
+    host = conninfo.get("host") or conninfo.get("hostaddr") or "local socket"
+    port = conninfo.get("port") or "5432"
+    if "," in str(host) or "," in str(port):
+        target = "%s port %s" % (host, port)
+    else:
+        target = hostport(host, port)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error mapping (pure)
+# ---------------------------------------------------------------------------------------------------------------
+
+_CONN_PREFIX = re.compile(r'connection to server (?:at|on) [^,]*(?:, port \d+)? failed:\s*', re.I)
+_HINTS = re.compile(r'\s*(Is the server running[^\n]*|HINT:[^\n]*|DETAIL:[^\n]*)', re.I)
+_LEVEL = re.compile(r'^(FATAL|ERROR|PANIC):\s*', re.I)
+
+
+def clean_pg_message(text, secrets=()):
+    """One line from a libpq / server message: no 'connection to server ... failed:' noise, no hints, no secrets."""
+    text = redact_text(text or "", secrets)
+    text = _HINTS.sub("", text)
+    lines = []
+    for chunk in _CONN_PREFIX.split(text):
+        chunk = one_line(_LEVEL.sub("", chunk.strip()))
+        if chunk and chunk not in lines:
+            lines.append(chunk)
+    return one_line("; ".join(lines), 300) or "unknown error"
+
+
+def describe_pg_error(exc, timeout=None, secrets=()):
+    """The cause of a psycopg2 / socket exception: 'connection refused', 'password authentication failed for ...'."""
+    if isinstance(exc, P3Error):
+        return exc.msg
+    text = getattr(exc, "pgerror", None) or str(exc)
+    if not text.strip():
+        return describe_error(exc, timeout=timeout, secrets=secrets)
+    cleaned = clean_pg_message(text, secrets)
+    lowered = cleaned.lower()
+    if "timeout expired" in lowered:
+        return "timed out after %ss" % timeout if timeout else "timed out"
+    network = describe_text(cleaned, timeout)
+    if network and "authentication" not in lowered:
+        if network == "name resolution failed":
+            return "name resolution failed (%s)" % cleaned
+        return network
+    return cleaned
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------------------------------------------
+
+class PgTimeout(Exception):
+    pass
+
+
+def _wait(conn, deadline):
+    """Drive an asynchronous psycopg2 connection until it is ready, or raise PgTimeout at the deadline."""
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PgTimeout()
+        if state == psycopg2.extensions.POLL_READ:
+            select.select([conn.fileno()], [], [], remaining)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            select.select([], [conn.fileno()], [], remaining)
+        else:  # pragma: no cover - psycopg2 documents only these states
+            raise psycopg2.OperationalError("bad poll state %r" % state)
+
+
+class PostgresClient(object):
+    """One connection with a deadline on every step.
+
+    Usage::
+
+        client = PostgresClient(conninfo, timeout=5, secrets=[...])
+        client.connect()                 # raises P3Error('cannot connect to host:port: cause')
+        rows = client.query("SELECT 1")  # list of dicts
+        client.close()
+    """
+
+    def __init__(self, conninfo, timeout=5, query_timeout=None, secrets=()):
+        self.conninfo = dict(conninfo)
+        self.timeout = float(timeout or 5)
+        self.query_timeout = float(query_timeout or self.timeout)
+        self.secrets = [s for s in secrets if s]
+        if self.conninfo.get("password"):
+            self.secrets.append(self.conninfo["password"])
+        self.target = describe_target(self.conninfo)
+        self.conn = None
+
+    def connect(self):
+        if not HAS_PSYCOPG2:
+            raise P3Error("the psycopg2 Python library is required (pip install psycopg2-binary)")
+        deadline = time.monotonic() + self.timeout
+        conn = None
+        try:
+            conn = psycopg2.connect(async_=True, **self.conninfo)
+            _wait(conn, deadline)
+        except PgTimeout:
+            self._close(conn)
+            raise P3Error("cannot connect to %s: timed out after %ss" % (self.target, _num(self.timeout)),
+                          target=self.target)
+        except Exception as e:
+            self._close(conn)
+            raise P3Error("cannot connect to %s: %s" % (self.target, describe_pg_error(e, _num(self.timeout), self.secrets)),
+                          target=self.target)
+        self.conn = conn
+        return self
+
+    def query(self, sql, args=None, timeout=None):
+        """Run one statement; returns a list of dicts (empty for statements without rows)."""
+        if self.conn is None:
+            self.connect()
+        timeout = float(timeout or self.query_timeout)
+        deadline = time.monotonic() + timeout
+        cur = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        try:
+            cur.execute(sql, args)
+            _wait(self.conn, deadline)
+            if cur.description is None:
+                return []
+            return [dict(r) for r in cur.fetchall()]
+        except PgTimeout:
+            try:
+                self.conn.cancel()
+            except Exception:
+                pass
+            self.close()
+            raise P3Error("query on %s timed out after %ss" % (self.target, _num(timeout)), target=self.target)
+        except P3Error:
+            raise
+        except Exception as e:
+            raise P3Error("query on %s failed: %s" % (self.target, describe_pg_error(e, _num(timeout), self.secrets)),
+                          target=self.target)
+        finally:
+            try:
+                cur.close()
+            except Exception:
+                pass
+
+    def scalar(self, sql, args=None, timeout=None):
+        rows = self.query(sql, args, timeout)
+        if not rows:
+            return None
+        return list(rows[0].values())[0]
+
+    @staticmethod
+    def _close(conn):
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def close(self):
+        self._close(self.conn)
+        self.conn = None
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _num(value):
+    f = float(value)
+    return ("%d" % f) if f == int(f) else ("%g" % f)
+
+
+def resolve_conninfo(params):
+    """Module params -> (conninfo dict, secrets list). Raises P3Error for a malformed DSN."""
+    dsn = params.get("dsn")
+    secrets = dsn_secrets(dsn) if dsn else []
+    parsed = parse_dsn(dsn) if dsn else {}
+    if parsed.get("password"):
+        secrets.append(parsed["password"])
+    if params.get("db_password"):
+        secrets.append(params["db_password"])
+    conninfo = build_conninfo(params, parsed)
+    timeout = params.get("connect_timeout")
+    if timeout is not None and float(timeout) <= 0:
+        raise P3Error("connect_timeout must be > 0, got %s" % timeout)
+    if "host" not in conninfo and "hostaddr" not in conninfo and not dsn \
+            and not (os.environ.get("PGHOST") or os.environ.get("PGSERVICE")):
+        # No target at all: libpq would silently try the default local socket; say so instead.
+        raise P3Error("no PostgreSQL target: set dsn (or DATABASE_URL) or db_host")
+    return conninfo, secrets
+
+
+class PostgresTarget(object):
+    """What modules use: resolves the shared options once, registers every secret as no_log, makes clients."""
+
+    def __init__(self, module):
+        self.module = module
+        if not HAS_PSYCOPG2:
+            from ansible.module_utils.basic import missing_required_lib
+            module.fail_json(msg=missing_required_lib("psycopg2 (psycopg2-binary)"), exception=PSYCOPG2_IMP_ERR)
+        dsn = module.params.get("dsn")
+        register_secrets(module, dsn_secrets(dsn) if dsn else [])
+        try:
+            self.conninfo, self.secrets = resolve_conninfo(module.params)
+        except P3Error as e:
+            module.fail_json(msg=e.msg)
+        register_secrets(module, self.secrets)
+        self.timeout = module.params.get("connect_timeout") or 5
+        self.target = describe_target(self.conninfo)
+
+    def client(self, query_timeout=None):
+        return PostgresClient(self.conninfo, timeout=self.timeout, query_timeout=query_timeout, secrets=self.secrets)
+

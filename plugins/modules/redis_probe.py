@@ -1,0 +1,195 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: redis_probe
+short_description: Probe every node of a Redis Cluster (or a standalone Redis) and the slot coverage
+version_added: 0.1.0
+description:
+  - Runs the runbook's quick diagnostic 3 (C(redis-cli -u $REDIS_URL PING)) on every node, read-only.
+  - Contacts each seed, discovers the other nodes from C(CLUSTER NODES), and talks to every node itself, in
+    parallel, each with its own connection and the timeouts of the connection options; a dead node or a frozen
+    one (a stopped process whose port still accepts connections) is reported, never waited for beyond them.
+  - A cluster is healthy when every node answers, no node is flagged C(fail) by its peers, every reachable node
+    reports C(cluster_state:ok), all 16384 slots are served by reachable masters, the nodes agree about the slot
+    configuration, and every replica's link to its master is up.
+  - A standalone Redis is healthy when every node answers C(PING).
+author:
+  - P3 Recovery maintainers
+extends_documentation_fragment:
+  - p3.recovery.redis
+  - p3.recovery.probe
+  - p3.recovery.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options: {}
+seealso:
+  - module: p3.recovery.app_probe
+"""
+
+EXAMPLES = r"""
+- name: Probe the cluster named by REDIS_CLUSTER_NODES / REDIS_PASSWORD
+  p3.recovery.redis_probe:
+  register: redis
+
+- name: Probe from one seed URL with TLS and an ACL user
+  p3.recovery.redis_probe:
+    redis_url: rediss://redis-0.internal:6379
+    redis_username: p3ops
+    redis_password: "{{ vault_redis_password }}"
+    redis_ca_cert: /etc/ssl/p3/ca.pem
+
+- name: Probe the lab cluster with short timeouts
+  p3.recovery.redis_probe:
+    redis_nodes:
+      - 127.0.0.1:17001
+      - 127.0.0.1:17002
+    redis_password: "{{ p3_redis_password }}"
+    redis_socket_timeout: 1
+    redis_connect_timeout: 1
+
+- name: Name the masters that are down
+  ansible.builtin.debug:
+    msg: "{{ redis.nodes | selectattr('role', 'eq', 'master') | rejectattr('reachable') | map(attribute='address') }}"
+"""
+
+RETURN = r"""
+healthy:
+  description: See the description for the rules.
+  returned: always
+  type: bool
+  sample: false
+reason:
+  description: One line naming unreachable or failed nodes, uncovered slots and the cluster state.
+  returned: always
+  type: str
+  sample: "node 127.0.0.1:17001 unreachable (connection refused); cluster_state=ok"
+nodes:
+  description: Every known node (seeds first, then discovered ones), as this probe saw it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    address:
+      description: C(host:port).
+      type: str
+      sample: "127.0.0.1:17001"
+    reachable:
+      description: Answered C(PING) and the follow-up commands within the timeouts.
+      type: bool
+    role:
+      description: C(master), C(replica) or C(unknown) (never reached and named by no peer).
+      type: str
+    id:
+      description: Cluster node id (null for standalone nodes, or unreachable seeds no peer knows).
+      type: str
+    flags:
+      description: The node's flags without C(myself) (its own view when reachable, else its peers' view).
+      type: list
+      elements: str
+      sample: [master, fail]
+    flagged_by_peers:
+      description: C(fail) / C(fail?) flags other nodes give it.
+      type: list
+      elements: str
+    error:
+      description: Why it is unreachable (or what failed after it answered), one line; null when fine.
+      type: str
+      sample: connection refused
+    latency_ms:
+      description: C(PING) round trip in milliseconds.
+      type: float
+    master_id:
+      description: For a replica, the id of its master.
+      type: str
+    master:
+      description: For a replica, the C(host:port) of its master.
+      type: str
+    slots:
+      description: For a master, the slot ranges it serves (C(start-end) strings).
+      type: list
+      elements: str
+      sample: ["0-5460"]
+    cluster_state:
+      description: C(cluster_state) in the node's own C(CLUSTER INFO).
+      type: str
+    link_state:
+      description: Cluster bus link state (C(connected) or C(disconnected)).
+      type: str
+    master_link_status:
+      description: For a reachable replica, C(master_link_status) from C(INFO replication).
+      type: str
+cluster_enabled:
+  description: True when the reachable nodes run in cluster mode; null when no node answered.
+  returned: always
+  type: bool
+cluster_state:
+  description: C(ok) when every reachable node says C(ok), C(fail) when any says otherwise; null when not a cluster.
+  returned: always
+  type: str
+  sample: ok
+slots_assigned:
+  description: Slots assigned to a master in any node's configuration; null when not a cluster.
+  returned: always
+  type: int
+  sample: 16384
+slots_ok:
+  description: Slots served by a reachable master that is not flagged failed; null when not a cluster.
+  returned: always
+  type: int
+  sample: 10923
+slots_uncovered:
+  description: Slot ranges not in RV(slots_ok) (C(start-end) strings); empty when all are covered or not a cluster.
+  returned: always
+  type: list
+  elements: str
+  sample: ["0-5460"]
+views_agree:
+  description: Whether all reachable nodes map every slot to the same master; null when not a cluster.
+  returned: always
+  type: bool
+masters:
+  description: Addresses of the nodes with the master role (including failed ones).
+  returned: always
+  type: list
+  elements: str
+replicas:
+  description: Addresses of the nodes with the replica role.
+  returned: always
+  type: list
+  elements: str
+failed_nodes:
+  description: Addresses of the nodes that are unreachable or flagged C(fail)/C(fail?).
+  returned: always
+  type: list
+  elements: str
+  sample: ["127.0.0.1:17001"]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
+
+
+def main():
+    argument_spec = redis_argument_spec()
+    argument_spec.update(PROBE_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    target = RedisTarget(module)
+    verdict = target.probe()
+    healthy = verdict.pop("healthy")
+    reason = verdict.pop("reason")
+    exit_probe(module, probe_result(healthy, reason, **verdict))
+
+
+if __name__ == "__main__":
+    main()
