@@ -103,9 +103,16 @@ def parse_dsn(dsn):
     if not HAS_PSYCOPG2:
         raise P3Error("the psycopg2 Python library is required (pip install psycopg2-binary)")
     try:
-        return psycopg2.extensions.parse_dsn(dsn)
+        parsed = psycopg2.extensions.parse_dsn(dsn)
     except Exception as e:
-        raise P3Error("invalid dsn %s: %s" % (redact_dsn(dsn), clean_pg_message(str(e), dsn_secrets(dsn))))
+        text = clean_pg_message(str(e), dsn_secrets(dsn))
+        if text.lower().startswith("invalid dsn:"):
+            text = text[len("invalid dsn:"):].strip()
+        raise P3Error("invalid dsn: %s" % text)
+    port = parsed.get("port")
+    if port is not None and not re.match(r"^\d+(,\d*)*$", str(port)):
+        raise P3Error("invalid dsn: port %r is not a number" % str(port))
+    return parsed
 
 
 def build_conninfo(params, parsed_dsn=None):
@@ -311,6 +318,9 @@ def resolve_conninfo(params):
     if params.get("db_password"):
         secrets.append(params["db_password"])
     conninfo = build_conninfo(params, parsed)
+    port = params.get("db_port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise P3Error("db_port %s out of range" % port)
     timeout = params.get("connect_timeout")
     if timeout is not None and float(timeout) <= 0:
         raise P3Error("connect_timeout must be > 0, got %s" % timeout)

@@ -49,7 +49,8 @@ DEFAULT_PORT = 6379
 
 # The options of doc fragment p3.recovery.redis, defined once.
 REDIS_ARGUMENT_SPEC = dict(
-    redis_url=dict(type="str", no_log=True, fallback=env("REDIS_URL")),
+    # Not no_log as a whole (messages name the host); the password inside is registered as a no_log value.
+    redis_url=dict(type="str", no_log=False, fallback=env("REDIS_URL")),
     redis_nodes=dict(type="list", elements="str", fallback=env("REDIS_CLUSTER_NODES")),
     redis_username=dict(type="str", fallback=env("REDIS_USERNAME")),
     redis_password=dict(type="str", no_log=True, fallback=env("REDIS_PASSWORD")),
@@ -387,6 +388,8 @@ def _optional_client_kwargs():
         kwargs = {}
         if "retry" in params:
             kwargs["retry"] = Retry(NoBackoff(), 0)
+        if "protocol" in params:
+            kwargs["protocol"] = 2  # RESP2: no HELLO round trip, works with every server version
         if "driver_info" in params:
             kwargs["driver_info"] = None
         elif "lib_name" in params:
@@ -665,8 +668,11 @@ def summarize(records, seeds=None):
 
     failed_nodes = [n["address"] for n in nodes
                     if not n["reachable"] or n["flagged_by_peers"] or any(f in _FAIL_FLAGS for f in n["flags"])]
-    masters = [n["address"] for n in nodes if n["role"] == "master"]
-    replicas = [n["address"] for n in nodes if n["role"] == "replica"]
+    failed_set = set(failed_nodes)
+    # Healthy members per role: reachable, not flagged failed (a master must also serve slots in a cluster).
+    masters = [n["address"] for n in nodes if n["role"] == "master" and n["address"] not in failed_set
+               and (n["slots"] or not cluster_enabled)]
+    replicas = [n["address"] for n in nodes if n["role"] == "replica" and n["address"] not in failed_set]
 
     result = dict(
         nodes=nodes,
@@ -676,8 +682,8 @@ def summarize(records, seeds=None):
         slots_ok=None,
         slots_uncovered=[],
         views_agree=None,
-        masters=masters,
-        replicas=replicas,
+        masters=len(masters),
+        replicas=len(replicas),
         failed_nodes=failed_nodes,
     )
     problems = []
@@ -713,7 +719,6 @@ def summarize(records, seeds=None):
             owner_maps.append(owners)
             assigned.update(owners)
         ok = set()
-        failed_set = set(failed_nodes)
         for address, me in own.items():
             if me["role"] == "master" and address not in failed_set:
                 ok.update(slots_from_ranges(me["slots"]))

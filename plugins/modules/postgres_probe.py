@@ -88,34 +88,8 @@ server_version_num:
   returned: always
   type: int
   sample: 150014
-connections:
-  description:
-    - Client backends in C(pg_stat_activity), this probe's own connection included; null when it could not connect.
-  returned: always
-  type: int
-  sample: 19
-max_connections:
-  description: The server's C(max_connections).
-  returned: always
-  type: int
-  sample: 20
-superuser_reserved_connections:
-  description: The server's C(superuser_reserved_connections).
-  returned: always
-  type: int
-  sample: 3
-reserved_connections:
-  description: The server's C(reserved_connections) (PostgreSQL 16+, 0 before).
-  returned: always
-  type: int
-  sample: 0
-available:
-  description: Connections still open to ordinary (non-superuser) roles such as the application's.
-  returned: always
-  type: int
-  sample: 0
 usage_pct:
-  description: C(connections) in percent of C(max_connections), one decimal.
+  description: Client backends in percent of C(max_connections), one decimal; null when it could not connect.
   returned: always
   type: float
   sample: 95.0
@@ -124,26 +98,47 @@ max_usage_pct:
   returned: always
   type: float
   sample: 80.0
-connections_by_state:
-  description: Client backends per C(state) (C(active), C(idle), C(idle in transaction), ...).
+connections:
+  description: Connection usage; null when it could not connect.
   returned: always
   type: dict
-  sample: {"active": 16, "idle": 3}
-connections_by_application:
-  description: Client backends per C(application_name).
-  returned: always
-  type: dict
-  sample: {"p3-protocol": 17, "p3-recovery": 1}
-connections_by_user:
-  description: Client backends per role.
-  returned: always
-  type: dict
-  sample: {"p3app": 17, "p3admin": 1}
-longest_active_seconds:
-  description: Age of the oldest running query (C(now() - query_start) of C(active) backends), in seconds.
-  returned: always
-  type: float
-  sample: 312.5
+  contains:
+    used:
+      description: Client backends in C(pg_stat_activity), this probe's own connection included.
+      type: int
+      sample: 19
+    max:
+      description: The server's C(max_connections).
+      type: int
+      sample: 20
+    superuser_reserved:
+      description: The server's C(superuser_reserved_connections).
+      type: int
+      sample: 3
+    reserved:
+      description: The server's C(reserved_connections) (PostgreSQL 16+, 0 before).
+      type: int
+      sample: 0
+    available:
+      description: Connections still open to ordinary (non-superuser) roles such as the application's.
+      type: int
+      sample: 0
+    by_state:
+      description: Client backends per C(state) (C(active), C(idle), C(idle in transaction), ...).
+      type: dict
+      sample: {"active": 16, "idle": 3}
+    by_application:
+      description: Client backends per C(application_name).
+      type: dict
+      sample: {"p3-protocol": 17, "p3-recovery": 1}
+    by_user:
+      description: Client backends per role.
+      type: dict
+      sample: {"p3app": 17, "p3admin": 1}
+    longest_active_seconds:
+      description: Age of the oldest running query (C(now() - query_start) of C(active) backends), in seconds.
+      type: float
+      sample: 312.5
 in_recovery:
   description: True on a standby.
   returned: always
@@ -203,10 +198,9 @@ SELECT COALESCE(state, 'unknown') AS state,
  GROUP BY 1, 2, 3
 """
 
-EVIDENCE_KEYS = ("latency_ms", "server_version", "server_version_num", "connections", "max_connections",
-                 "superuser_reserved_connections", "reserved_connections", "available", "usage_pct",
-                 "connections_by_state", "connections_by_application", "connections_by_user",
-                 "longest_active_seconds", "in_recovery", "user", "superuser", "database")
+EVIDENCE_KEYS = ("latency_ms", "server_version", "server_version_num", "usage_pct", "connections", "in_recovery",
+                 "user", "superuser", "database")
+SETTING_KEYS = ("server_version", "server_version_num", "in_recovery", "user", "superuser", "database")
 
 
 def _pct(value):
@@ -223,12 +217,14 @@ def probe(target, threshold):
         if client.scalar("SELECT 1") != 1:
             raise P3Error("SELECT 1 on %s did not return 1" % target.target)
         evidence["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
-        evidence.update(client.query(SETTINGS_SQL)[0])
+        settings = client.query(SETTINGS_SQL)[0]
         rows = client.query(ACTIVITY_SQL)
     except P3Error as e:
         return probe_result(False, e.msg, **evidence)
     finally:
         client.close()
+    for key in SETTING_KEYS:
+        evidence[key] = settings[key]
 
     by_state, by_app, by_user = {}, {}, {}
     longest = None
@@ -238,22 +234,25 @@ def probe(target, threshold):
         if r["longest_active_seconds"] is not None:
             longest = max(longest or 0.0, float(r["longest_active_seconds"]))
     used = sum(r["n"] for r in rows)
-    max_conn = evidence["max_connections"]
+    max_conn = settings["max_connections"]
     usage = round(100.0 * used / max_conn, 1) if max_conn else 0.0
-    evidence.update(
-        connections=used,
-        usage_pct=usage,
-        available=max(0, max_conn - evidence["superuser_reserved_connections"] - evidence["reserved_connections"] - used),
-        connections_by_state=by_state,
-        connections_by_application=by_app,
-        connections_by_user=by_user,
+    evidence["usage_pct"] = usage
+    evidence["connections"] = dict(
+        used=used,
+        max=max_conn,
+        superuser_reserved=settings["superuser_reserved_connections"],
+        reserved=settings["reserved_connections"],
+        available=max(0, max_conn - settings["superuser_reserved_connections"] - settings["reserved_connections"] - used),
+        by_state=by_state,
+        by_application=by_app,
+        by_user=by_user,
         longest_active_seconds=round(longest, 1) if longest is not None else None,
     )
     summary = "connections %d/%d (%s%%)" % (used, max_conn, _pct(usage))
     if usage >= threshold:
         return probe_result(False, "%s >= %s%% on %s" % (summary, _pct(threshold), target.target), **evidence)
     return probe_result(True, "%s < %s%% on %s (PostgreSQL %s)" % (
-        summary, _pct(threshold), target.target, evidence["server_version"].split()[0]), **evidence)
+        summary, _pct(threshold), target.target, settings["server_version"].split()[0]), **evidence)
 
 
 def main():

@@ -157,15 +157,17 @@ views_agree:
   returned: always
   type: bool
 masters:
-  description: Addresses of the nodes with the master role (including failed ones).
+  description:
+    - Number of healthy masters - reachable, not flagged C(fail)/C(fail?), and (in a cluster) serving slots.
+    - The addresses are in RV(nodes) (C(role=master)).
   returned: always
-  type: list
-  elements: str
+  type: int
+  sample: 3
 replicas:
-  description: Addresses of the nodes with the replica role.
+  description: Number of healthy replicas - reachable and not flagged C(fail)/C(fail?).
   returned: always
-  type: list
-  elements: str
+  type: int
+  sample: 3
 failed_nodes:
   description: Addresses of the nodes that are unreachable or flagged C(fail)/C(fail?).
   returned: always
