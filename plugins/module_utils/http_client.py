@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import threading
 import time
 
 try:
@@ -64,11 +65,12 @@ def check_url(url, option="url", schemes=("http", "https")):
         parts = urlsplit(str(url).strip())
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as e:
-        raise P3Error("invalid %s %s: %s" % (option, redact_url(url), one_line(e)))
+        raise P3Error("invalid %s '%s': %s" % (option, redact_url(url), one_line(e)))
     if parts.scheme not in schemes:
-        raise P3Error("invalid %s %s: scheme must be %s" % (option, redact_url(url), " or ".join(s + "://" for s in schemes)))
+        raise P3Error("invalid %s '%s': scheme must be %s" % (option, redact_url(url),
+                                                             " or ".join(s + "://" for s in schemes)))
     if not parts.hostname:
-        raise P3Error("invalid %s %s: no host" % (option, redact_url(url)))
+        raise P3Error("invalid %s '%s': no host" % (option, redact_url(url)))
     return str(url).strip()
 
 
@@ -193,3 +195,20 @@ class HttpTarget(object):
     def get(self, path, **kwargs):
         return request(self.url_for(path), method="GET", timeout=self.timeout, headers=self.headers,
                        validate_certs=self.validate_certs, secrets=self.secrets, **kwargs)
+
+    def get_many(self, paths, **kwargs):
+        """GET several paths in parallel (so a hanging server costs one timeout, not one per path)."""
+        urls = [self.url_for(p) for p in paths]
+        results = [None] * len(urls)
+
+        def run(i):
+            results[i] = request(urls[i], method="GET", timeout=self.timeout, headers=self.headers,
+                                 validate_certs=self.validate_certs, secrets=self.secrets, **kwargs)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(urls))]
+        for t in threads:
+            t.daemon = True
+            t.start()
+        for t in threads:
+            t.join()
+        return results

@@ -173,9 +173,13 @@ def main():
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     target = HttpTarget(module)
-    health = health_verdict(target.get(module.params["health_path"] or "/"))
+    paths = [module.params["health_path"] or "/"]
     if module.params["pulse_path"]:
-        pulse = pulse_verdict(target.get(module.params["pulse_path"]), min_peers=module.params["min_peers"])
+        paths.append(module.params["pulse_path"])
+    responses = target.get_many(paths)
+    health = health_verdict(responses[0])
+    if module.params["pulse_path"]:
+        pulse = pulse_verdict(responses[1], min_peers=module.params["min_peers"])
     else:
         pulse = skipped_pulse()
     healthy, reason = app_verdict(health, pulse)
