@@ -1,0 +1,1 @@
+"""The lab orchestrator behind lab/p3lab (see docs/lab.md)."""

@@ -1,0 +1,142 @@
+"""`p3lab heal`: undo every fault (recorded or not) without the collection, then wait until the lab is healthy."""
+import json
+import signal
+import time
+
+from . import anvil, pg, rediscluster, status, supervisor
+from .common import ONE_ETH, LabError, http, kill, pid_alive, read_json, wait_until, write_json
+from .faults import holder_pids, peers, waiting
+from .stack import Deadline, start_infra
+
+
+def _delete_corrupt_sessions(lab):
+    _, nodes = rediscluster.view(lab)
+    deleted = 0
+    for m in status.masters_of(nodes or []):
+        c = rediscluster.client(m["port"], decode=False, timeout=5)
+        bad = []
+
+        def page(keys, values, ttls, bad=bad):
+            for k, v, t in zip(keys, values, ttls):
+                if v is not None and not status.session_ok(v, t):
+                    bad.append(k)
+
+        status.scan_sessions(m["port"], page)
+        for i in range(0, len(bad), 500):
+            deleted += c.unlink(*bad[i:i + 500])
+    return deleted
+
+
+def _publish_reconnect(lab):
+    msg = json.dumps({"action": "reconnect"})
+    for port in lab.redis_ports:
+        try:
+            return rediscluster.client(port, timeout=1).publish("mesh:control", msg)
+        except Exception:  # noqa: BLE001
+            continue
+    raise LabError("no redis node answers: cannot publish on mesh:control")
+
+
+def heal(lab):
+    t0 = time.monotonic()
+    dl = Deadline(240)
+    faults = read_json(lab.faults_json, []) or []
+    actions = []
+
+    # 1. the db connection holder goes first (it would re-grab freed slots)
+    for pid in holder_pids(lab):
+        kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 3, 0.02)
+        actions.append("killed db holder %d" % pid)
+
+    # 2. every process that is not running: dead redis nodes rejoin from nodes.conf
+    res = start_infra(lab, dl, wait_state=False)
+    if res["redis"]["started"]:
+        actions.append("restarted redis%s" % ",".join(str(i) for i in res["redis"]["started"]))
+    for name in ("postgres", "anvil", "supervisord"):
+        if res.get(name) is True:
+            actions.append("started %s" % name)
+    if res.get("p3app"):
+        actions.append("started p3app")
+    if res.get("meshpeers"):
+        actions.append("started meshpeers")
+
+    n = pg.terminate_leaks(lab)
+    if n:
+        actions.append("terminated %d p3-lab-leak backends" % n)
+
+    # 3. redis: give unowned slots back to their recorded owner, then wait for a settled cluster
+    wanted = {}
+    for f in faults:
+        if f.get("fault") == "redis-slots-uncovered" and f.get("range"):
+            a, b = f["range"]
+            for s in range(a, b + 1):
+                wanted[s] = f.get("owner_id")
+    if not wait_until(lambda: rediscluster.topology_ok(lab), 2, 0.25):
+        # let restarted nodes learn the topology before deciding which slots nobody owns
+        wait_until(lambda: all(rediscluster.ping(p) for p in lab.redis_ports), dl.left(10), 0.1)
+        time.sleep(0.5)
+        actions += rediscluster.repair_slots(lab, wanted)
+        if not rediscluster.wait_healthy(lab, dl.left(90)):
+            actions += rediscluster.repair_slots(lab, wanted)
+            if not rediscluster.wait_healthy(lab, dl.left(60)):
+                st = status.collect(lab)
+                raise LabError("redis did not settle: %s" % "; ".join(p for p in st["problems"] if p.startswith("redis")))
+
+    # 4. sessions
+    n = _delete_corrupt_sessions(lab)
+    if n:
+        actions.append("deleted %d corrupt sessions" % n)
+
+    # 5. the anchor wallet
+    bal = anvil.balance(lab)
+    if bal < ONE_ETH // 10 or any(f.get("fault") == "wallet-empty" for f in faults):
+        anvil.set_balance(lab, ONE_ETH)
+        actions.append("anchor wallet balance %d -> 1 ETH" % bal)
+
+    # 6. the app (started above when it was down), healthy again
+    def healthy():
+        code, _ = http("GET", lab.app_url + "/health", timeout=2)
+        return code == 200
+
+    if not wait_until(healthy, dl.left(60), 0.25):
+        code, body = http("GET", lab.app_url + "/health", timeout=2)
+        raise LabError("the app is still unhealthy: %s %s (see %s)" % (code, body, lab.app_log))
+
+    # 7. the anchor worker
+    code, body = http("POST", lab.app_url + "/_lab/anchor/resume", {}, timeout=15)
+    if code not in (200, 202, 204):
+        raise LabError("POST /_lab/anchor/resume answered %s %s" % (code, body))
+
+    # 8. the mesh relay
+    if peers(lab) != lab.peers:
+        _publish_reconnect(lab)
+        actions.append("published reconnect on mesh:control")
+        end = time.monotonic() + dl.left(30)
+        last = time.monotonic()
+        while peers(lab) != lab.peers:
+            if time.monotonic() > end:
+                raise LabError("mesh peers did not come back: %s of %d (see %s)" % (peers(lab), lab.peers, lab.mesh_log))
+            if time.monotonic() - last > 3:
+                _publish_reconnect(lab)
+                last = time.monotonic()
+            time.sleep(0.2)
+
+    # 9. the anchor backlog drains
+    w = waiting(lab)
+    if w:
+        if not wait_until(lambda: waiting(lab) == 0, dl.left(90), 0.5):
+            raise LabError("the anchor queue did not drain: %s jobs still waiting" % waiting(lab))
+        actions.append("anchor backlog of %d drained" % w)
+
+    # 10. everything at once
+    last = {}
+
+    def all_good():
+        last["st"] = status.collect(lab)
+        return last["st"]["healthy"]
+
+    if not wait_until(all_good, dl.left(30), 0.5):
+        raise LabError("still unhealthy after heal: %s" % "; ".join(last["st"]["problems"]))
+    write_json(lab.faults_json, [])
+    return {"healed": [f.get("fault") for f in faults], "actions": actions, "seconds": round(time.monotonic() - t0, 1)}

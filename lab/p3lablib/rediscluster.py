@@ -1,0 +1,359 @@
+"""The 6-node Redis Cluster: config, start/stop, create, topology views, waits."""
+import os
+import shutil
+import signal
+import time
+
+import redis
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.retry import Retry
+
+from .common import (REDIS_NODE_TIMEOUT_MS, REDIS_PASSWORD, LabError, kill, live_pid, pid_alive,
+                     port_listening, run, wait_until)
+
+NSLOTS = 16384
+
+
+def client(port, decode=True, timeout=1.0):
+    return redis.Redis(host="127.0.0.1", port=port, password=REDIS_PASSWORD, socket_timeout=timeout,
+                       socket_connect_timeout=min(timeout, 0.5), decode_responses=decode,
+                       retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
+
+
+def ping(port, timeout=0.5):
+    try:
+        return bool(client(port, timeout=timeout).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def cluster_info(port, timeout=1.0):
+    raw = client(port, timeout=timeout).execute_command("CLUSTER", "INFO")
+    if isinstance(raw, dict):
+        return raw
+    info = {}
+    for line in raw.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            info[k.strip()] = v.strip()
+    return info
+
+
+def _raw_nodes(port, timeout=1.0):
+    c = client(port, timeout=timeout)
+    conn = c.connection_pool.get_connection()
+    try:
+        conn.send_command("CLUSTER", "NODES")
+        return conn.read_response()
+    finally:
+        c.connection_pool.release(conn)
+        c.close()
+
+
+def cluster_nodes(port, timeout=1.0):
+    """Parsed CLUSTER NODES as seen by the node on `port`: list of dicts."""
+    raw = _raw_nodes(port, timeout)
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    nodes = []
+    for line in raw.strip().splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        addr = parts[1].split("@")[0].split(",")[0]
+        flags = set(parts[2].split(","))
+        slots = []
+        for s in parts[8:]:
+            if s.startswith("["):
+                continue
+            if "-" in s:
+                a, b = s.split("-")
+                slots.append((int(a), int(b)))
+            else:
+                slots.append((int(s), int(s)))
+        nodes.append({
+            "id": parts[0], "address": addr, "port": int(addr.rsplit(":", 1)[1]) if ":" in addr else None,
+            "flags": flags, "master_id": None if parts[3] == "-" else parts[3],
+            "role": "master" if "master" in flags else ("replica" if "slave" in flags else "?"),
+            "failing": bool(flags & {"fail", "fail?"}), "link": parts[7], "slots": slots,
+            "myself": "myself" in flags,
+        })
+    return nodes
+
+
+def replication(port, timeout=1.0):
+    return client(port, timeout=timeout).info("replication")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def node_conf(lab, i):
+    d = lab.redis_node_dir(i)
+    port = lab.redis_ports[i - 1]
+    return "\n".join([
+        "port %d" % port,
+        "bind 127.0.0.1",
+        "protected-mode no",
+        "daemonize yes",
+        "pidfile %s" % os.path.join(d, "redis.pid"),
+        "logfile %s" % os.path.join(d, "redis.log"),
+        "dir %s" % d,
+        "cluster-enabled yes",
+        "cluster-config-file nodes.conf",
+        "cluster-node-timeout %d" % REDIS_NODE_TIMEOUT_MS,
+        "requirepass %s" % REDIS_PASSWORD,
+        "masterauth %s" % REDIS_PASSWORD,
+        'save ""',
+        "appendonly no",
+        # replicas link at once instead of after the default 5 s diskless-sync delay
+        "repl-diskless-sync-delay 0",
+        "",
+    ])
+
+
+def check_binaries():
+    for b in ("redis-server", "redis-cli"):
+        if not shutil.which(b):
+            raise LabError("missing binary: %s (apt-get install redis-server)" % b)
+
+
+def node_running(lab, i):
+    """Our node i is running: its pidfile process is alive and it answers PING with our password."""
+    return bool(live_pid(lab.redis_pidfile(i))) and ping(lab.redis_ports[i - 1])
+
+
+def start_node(lab, i):
+    port = lab.redis_ports[i - 1]
+    if node_running(lab, i):
+        return False
+    if live_pid(lab.redis_pidfile(i)) and port_listening(port):
+        # our process, still loading: let the caller wait for it
+        return False
+    for p in (port, port + 10000):
+        if port_listening(p):
+            raise LabError("port %d is in use by another process (needed by redis%d)" % (p, i))
+    d = lab.redis_node_dir(i)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "redis.conf")
+    with open(conf, "w") as fh:
+        fh.write(node_conf(lab, i))
+    run(["redis-server", conf], timeout=10, env=lab.child_env(), what="redis-server (redis%d)" % i)
+    return True
+
+
+def start_nodes(lab, which=None):
+    """Start the nodes that are not running; wait until they all answer. Returns the started indexes."""
+    started = [i for i in (which or range(1, 7)) if start_node(lab, i)]
+    for i in which or range(1, 7):
+        port = lab.redis_ports[i - 1]
+        if not wait_until(lambda: ping(port), 10, 0.05):
+            raise LabError("redis%d did not answer on port %d (see %s)"
+                           % (i, port, os.path.join(lab.redis_node_dir(i), "redis.log")))
+    return started
+
+
+def stop_nodes(lab):
+    for i in range(1, 7):
+        port = lab.redis_ports[i - 1]
+        pid = live_pid(lab.redis_pidfile(i))
+        try:
+            client(port, timeout=1).execute_command("SHUTDOWN", "NOSAVE")
+        except Exception:  # noqa: BLE001 - the connection drops on success; dead nodes refuse
+            pass
+        if pid:
+            if not wait_until(lambda: not pid_alive(pid), 3, 0.05):
+                kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- cluster
+
+
+def ensure_cluster(lab):
+    """Create the cluster once (all nodes fresh); otherwise the nodes rejoin from nodes.conf."""
+    infos = {}
+    for port in lab.redis_ports:
+        infos[port] = cluster_info(port)
+    fresh = [p for p, inf in infos.items()
+             if int(inf.get("cluster_known_nodes", 1)) <= 1 and int(inf.get("cluster_slots_assigned", 0)) == 0]
+    if not fresh:
+        return False
+    if len(fresh) != len(lab.redis_ports):
+        raise LabError("the redis cluster is half-formed (fresh nodes on ports %s); run `p3lab down --purge` and `up` again"
+                       % ",".join(str(p) for p in sorted(fresh)))
+    run(["redis-cli", "--cluster", "create"] + lab.redis_nodes
+        + ["--cluster-replicas", "1", "--cluster-yes", "-a", REDIS_PASSWORD, "--no-auth-warning"],
+        timeout=30, what="redis-cli --cluster create")
+    return True
+
+
+def view(lab, prefer=None):
+    """CLUSTER NODES from the first reachable node (prefer first); None when none answers."""
+    ports = list(lab.redis_ports)
+    if prefer:
+        ports = [prefer] + [p for p in ports if p != prefer]
+    for port in ports:
+        try:
+            return port, cluster_nodes(port, timeout=0.7)
+        except Exception:  # noqa: BLE001
+            continue
+    return None, None
+
+
+def slot_owner(nodes, slot):
+    for n in nodes:
+        if n["role"] == "master":
+            for a, b in n["slots"]:
+                if a <= slot <= b:
+                    return n
+    return None
+
+
+def owner_port_for_key(lab, key, nodes=None):
+    if nodes is None:
+        _, nodes = view(lab)
+    if not nodes:
+        return None
+    n = slot_owner(nodes, key_slot(key.encode() if isinstance(key, str) else key))
+    return n["port"] if n else None
+
+
+def topology_ok(lab, expect_masters=3, expect_replicas=3):
+    """True when every node says cluster_state ok, agrees on 3 masters + 3 replicas (none failing),
+    every slot is covered and every replica's link to its master is up."""
+    for port in lab.redis_ports:
+        inf = cluster_info(port, timeout=0.7)
+        if inf.get("cluster_state") != "ok" or int(inf.get("cluster_slots_assigned", 0)) != NSLOTS:
+            return False
+    for port in lab.redis_ports:
+        nodes = cluster_nodes(port, timeout=0.7)
+        good = [n for n in nodes if not n["failing"] and n["link"] == "connected"]
+        masters = [n for n in good if n["role"] == "master" and n["slots"]]
+        replicas = [n for n in good if n["role"] == "replica"]
+        if len(masters) != expect_masters or len(replicas) != expect_replicas or len(nodes) != 6:
+            return False
+    for port in lab.redis_ports:
+        rep = replication(port, timeout=0.7)
+        if rep.get("role") == "slave" and rep.get("master_link_status") != "up":
+            return False
+    return True
+
+
+def wait_healthy(lab, timeout):
+    return wait_until(lambda: topology_ok(lab), timeout, 0.25)
+
+
+def ranges(slots):
+    """Sorted slot numbers -> [(a, b), ...]."""
+    out = []
+    for s in sorted(slots):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return [(a, b) for a, b in out]
+
+
+def assigned_slots(nodes):
+    """slot -> owner id, from one node's view."""
+    res = {}
+    for n in nodes:
+        if n["role"] == "master":
+            for a, b in n["slots"]:
+                for s in range(a, b + 1):
+                    res[s] = n["id"]
+    return res
+
+
+def repair_slots(lab, wanted_owner=None):
+    """Give every slot an owner again.
+
+    wanted_owner: {slot: node id} recorded by the redis-slots-uncovered fault. A slot nobody owns goes to its
+    recorded owner (or, when that node is now a replica, to its master; else to the neighbouring slot's master)
+    with CLUSTER ADDSLOTSRANGE on that master. A node that alone lost a slot mapping learns it back with
+    CLUSTER SETSLOT <slot> NODE <owner>. Returns a list of actions taken."""
+    wanted_owner = wanted_owner or {}
+    views = {}
+    for port in lab.redis_ports:
+        try:
+            views[port] = cluster_nodes(port, timeout=1.0)
+        except Exception:  # noqa: BLE001
+            continue
+    if not views:
+        raise LabError("no redis node answers")
+    per_view = {port: assigned_slots(nodes) for port, nodes in views.items()}
+    by_id = {}
+    for nodes in views.values():
+        for n in nodes:
+            if n["myself"]:
+                by_id[n["id"]] = n
+    # majority owner per slot
+    votes = {}
+    for assigned in per_view.values():
+        for s, nid in assigned.items():
+            votes.setdefault(s, {}).setdefault(nid, 0)
+            votes[s][nid] += 1
+    consensus = {s: max(v.items(), key=lambda kv: kv[1])[0] for s, v in votes.items()}
+    actions = []
+
+    # 1. slots no node assigns: ADDSLOTSRANGE on the chosen master
+    orphan = [s for s in range(NSLOTS) if s not in consensus]
+    plan = {}
+    masters = sorted([n for n in by_id.values() if n["role"] == "master"], key=lambda n: n["port"])
+    for s in orphan:
+        target = None
+        nid = wanted_owner.get(s)
+        if nid and nid in by_id:
+            n = by_id[nid]
+            target = n if n["role"] == "master" else by_id.get(n["master_id"])
+        if target is None:
+            for probe in (s - 1, s + 1):
+                if probe in consensus and consensus[probe] in by_id and by_id[consensus[probe]]["role"] == "master":
+                    target = by_id[consensus[probe]]
+                    break
+        if target is None and masters:
+            target = masters[0]
+        if target is None:
+            raise LabError("no reachable redis master to own slot %d" % s)
+        plan.setdefault(target["port"], []).append(s)
+    for port, slots in sorted(plan.items()):
+        c = client(port, timeout=2)
+        for a, b in ranges(slots):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
+            actions.append("ADDSLOTSRANGE %d %d on 127.0.0.1:%d" % (a, b, port))
+    # 2. nodes that alone miss a mapping the others agree on
+    for port, assigned in per_view.items():
+        missing = [s for s in consensus if s not in assigned]
+        if not missing:
+            continue
+        me = [n for n in views[port] if n["myself"]][0]
+        c = client(port, timeout=2)
+        mine = [s for s in missing if consensus[s] == me["id"]]
+        for a, b in ranges(mine):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
+            actions.append("ADDSLOTSRANGE %d %d on 127.0.0.1:%d" % (a, b, port))
+        pipe = c.pipeline(transaction=False)
+        others = [s for s in missing if consensus[s] != me["id"]]
+        for s in others:
+            pipe.execute_command("CLUSTER", "SETSLOT", s, "NODE", consensus[s])
+        if others:
+            pipe.execute()
+            actions.append("SETSLOT NODE for %d slots on 127.0.0.1:%d" % (len(others), port))
+    return actions
+
+
+def delslots_everywhere(lab, a, b):
+    """CLUSTER DELSLOTSRANGE a b on every reachable node; returns {address: 'OK' | error}."""
+    res = {}
+    for port in lab.redis_ports:
+        addr = "127.0.0.1:%d" % port
+        try:
+            res[addr] = str(client(port, timeout=2).execute_command("CLUSTER", "DELSLOTSRANGE", a, b))
+        except Exception as e:  # noqa: BLE001
+            res[addr] = "error: %s" % e
+    return res
+
+
+def now_ms():
+    return int(time.time() * 1000)

@@ -1,0 +1,273 @@
+"""`p3lab status`: every number read straight from the services, each read bounded and null when it fails."""
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from . import anvil, pg, rediscluster, supervisor
+from .common import (ANCHOR_WALLET, BULL_PREFIX, BULL_QUEUE, LEAK_APP_NAME, ONE_ETH, http, live_pid, listener_pids,
+                     read_json, tcp_open)
+
+SESSION_FIELDS = ("sessionId", "deviceId", "createdAt", "expiresAt")
+
+
+def session_ok(raw, ttl):
+    """A session is valid when it is a JSON object with the four required fields and it expires (has a TTL)."""
+    if raw is None or isinstance(raw, Exception):
+        return False
+    if not isinstance(ttl, int) or ttl < 0:
+        return False
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict) and all(k in obj for k in SESSION_FIELDS)
+
+
+def scan_sessions(port, on_page, count=1000):
+    """SCAN session:* on one node; on_page(keys, values, ttls) per page (values raw bytes or Exception)."""
+    c = rediscluster.client(port, decode=False, timeout=5)
+    cursor = 0
+    while True:
+        cursor, keys = c.scan(cursor=cursor, match=b"session:*", count=count)
+        if keys:
+            pipe = c.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k)
+                pipe.ttl(k)
+            res = pipe.execute(raise_on_error=False)
+            on_page(keys, res[0::2], res[1::2])
+        if cursor == 0:
+            break
+
+
+def masters_of(nodes):
+    return sorted([n for n in nodes if n["role"] == "master" and n["slots"] and not n["failing"]],
+                  key=lambda n: n["port"])
+
+
+def sessions(lab, nodes):
+    """{'valid': n, 'corrupt': n} over every master, or nulls when a master cannot be read."""
+    counts = {"valid": 0, "corrupt": 0}
+    masters = masters_of(nodes or [])
+    if not masters:
+        return {"valid": None, "corrupt": None}
+
+    def page(keys, values, ttls):
+        for v, t in zip(values, ttls):
+            if v is None:  # gone between SCAN and GET
+                continue
+            if isinstance(v, Exception) and "WRONGTYPE" not in str(v):
+                raise v
+            counts["valid" if session_ok(v, t) else "corrupt"] += 1
+
+    try:
+        for m in masters:
+            scan_sessions(m["port"], page)
+    except Exception:  # noqa: BLE001
+        return {"valid": None, "corrupt": None}
+    return counts
+
+
+def anchor_counts(lab, nodes):
+    keys = {s: "%s:%s:%s" % (BULL_PREFIX, BULL_QUEUE, s) for s in ("wait", "active", "failed", "completed", "delayed")}
+    out = {"waiting": None, "active": None, "failed": None, "completed": None, "delayed": None}
+    port = rediscluster.owner_port_for_key(lab, keys["wait"], nodes) if nodes else None
+    if not port:
+        return out
+    try:
+        c = rediscluster.client(port, timeout=1)
+        pipe = c.pipeline(transaction=False)
+        pipe.llen(keys["wait"])
+        pipe.llen(keys["active"])
+        pipe.zcard(keys["failed"])
+        pipe.zcard(keys["completed"])
+        pipe.zcard(keys["delayed"])
+        out["waiting"], out["active"], out["failed"], out["completed"], out["delayed"] = pipe.execute()
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def _redis(lab):
+    services = {}
+    for i, port in enumerate(lab.redis_ports, 1):
+        up = rediscluster.ping(port)
+        pid = live_pid(lab.redis_pidfile(i))
+        services["redis%d" % i] = {"port": port, "pid": pid, "up": up}
+    red = {"cluster_state": None, "masters": None, "replicas": None, "slots_assigned": None, "nodes": []}
+    port, nodes = rediscluster.view(lab, prefer=next((p for p in lab.redis_ports
+                                                      if services["redis%d" % (p - lab.base)]["up"]), None))
+    if nodes:
+        try:
+            inf = rediscluster.cluster_info(port, timeout=0.7)
+            red["cluster_state"] = inf.get("cluster_state")
+            red["slots_assigned"] = int(inf.get("cluster_slots_assigned", 0))
+        except Exception:  # noqa: BLE001
+            pass
+        good = [n for n in nodes if not n["failing"]]
+        red["masters"] = len([n for n in good if n["role"] == "master"])
+        red["replicas"] = len([n for n in good if n["role"] == "replica"])
+        red["nodes"] = [{"address": n["address"], "role": n["role"], "failing": n["failing"],
+                         "flags": sorted(n["flags"] - {"myself"}),
+                         "slots": sum(b - a + 1 for a, b in n["slots"])} for n in sorted(nodes, key=lambda n: n["port"] or 0)]
+        red["seen_from"] = "127.0.0.1:%d" % port
+        # replicas whose link to the master is down (INFO replication on each live replica)
+        unlinked = []
+        for n in good:
+            if n["role"] == "replica":
+                try:
+                    if rediscluster.replication(n["port"], timeout=0.5).get("master_link_status") != "up":
+                        unlinked.append(n["address"])
+                except Exception:  # noqa: BLE001
+                    unlinked.append(n["address"])
+        red["replicas_unlinked"] = unlinked
+    sess = sessions(lab, nodes)
+    anchor = anchor_counts(lab, nodes)
+    return {"services": services, "redis": red, "sessions": sess, "anchor": anchor}
+
+
+def _pg(lab):
+    pid = pg.postmaster_pid(lab)
+    db = {"connections": None, "max_connections": None, "leaked": None}
+    up = False
+    conn = None
+    for connect in (pg.connect_admin, pg.connect_local):
+        try:
+            conn = connect(lab, timeout=2) if connect is pg.connect_admin else connect(lab, timeout=2)
+            break
+        except Exception:  # noqa: BLE001
+            conn = None
+    if conn is not None:
+        up = True
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = 2000")
+                cur.execute("SELECT count(*), count(*) FILTER (WHERE application_name = %s), "
+                            "current_setting('max_connections')::int FROM pg_stat_activity "
+                            "WHERE backend_type = 'client backend'", (LEAK_APP_NAME,))
+                db["connections"], db["leaked"], db["max_connections"] = cur.fetchone()
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            conn.close()
+    return {"services": {"postgres": {"port": lab.pg_port, "pid": pid, "up": up}}, "db": db}
+
+
+def _anvil(lab):
+    up = anvil.answering(lab)
+    bal = None
+    if up:
+        try:
+            bal = anvil.balance(lab)
+        except Exception:  # noqa: BLE001
+            pass
+    return {"services": {"anvil": {"port": lab.anvil_port, "pid": live_pid(lab.anvil_pidfile), "up": up}},
+            "wallet": {"address": ANCHOR_WALLET, "balance_wei": bal}}
+
+
+def _app(lab):
+    code, body = http("GET", lab.app_url + "/health", timeout=2.5)
+    app = {"healthy": code == 200, "status_code": code, "health": body if isinstance(body, dict) else None,
+           "error": None if code else body}
+    mesh = {"peers": None, "relay": None, "active": None}
+    pcode, pbody = http("GET", lab.app_url + "/pulse/status", timeout=2.5)
+    if pcode == 200 and isinstance(pbody, dict):
+        st = pbody.get("status") or {}
+        mesh = {"peers": st.get("subscribers"), "relay": st.get("relay"), "active": st.get("active")}
+    return {"app": app, "mesh": mesh}
+
+
+def _sup(lab):
+    sup_pid = live_pid(lab.sup_pidfile)
+    sup_up = supervisor.running(lab)
+    services = {"supervisord": {"port": None, "pid": sup_pid, "up": sup_up}}
+    app_pid = mesh_pid = None
+    mesh_up = False
+    if sup_up:
+        app_pid = supervisor.pid_of(lab, supervisor.APP)
+        mesh_inf = supervisor.info(lab, supervisor.MESH)
+        if mesh_inf and mesh_inf.get("statename") == "RUNNING":
+            mesh_pid, mesh_up = mesh_inf.get("pid"), True
+    app_up = tcp_open(lab.app_port, 0.5)
+    if app_up and not app_pid:
+        app_pid = listener_pids([lab.app_port]).get(lab.app_port)
+    services["app"] = {"port": lab.app_port, "pid": app_pid, "up": app_up}
+    services["meshpeers"] = {"port": None, "pid": mesh_pid, "up": mesh_up}
+    return {"services": services}
+
+
+def collect(lab):
+    out = {"lab": {"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory}, "services": {}}
+    with ThreadPoolExecutor(max_workers=5) as ex:
+        futs = [ex.submit(f, lab) for f in (_redis, _pg, _anvil, _app, _sup)]
+        parts = [f.result() for f in futs]
+    for part in parts:
+        for k, v in part.items():
+            if k == "services":
+                out["services"].update(v)
+            else:
+                out[k] = v
+    order = ["redis%d" % i for i in range(1, 7)] + ["postgres", "anvil", "app", "meshpeers", "supervisord"]
+    out["services"] = {k: out["services"][k] for k in order}
+    faults = read_json(lab.faults_json, []) or []
+    out["faults"] = [f.get("fault") for f in faults]
+    out["problems"] = problems(lab, out)
+    out["healthy"] = not out["problems"]
+    return out
+
+
+def problems(lab, st):
+    """Why the lab is not healthy (empty when it is)."""
+    p = []
+    down = [k for k, v in st["services"].items() if not v["up"]]
+    if down:
+        p.append("down: " + ", ".join(down))
+    if not st["app"]["healthy"]:
+        p.append("app /health: %s" % (st["app"]["health"] or st["app"]["error"] or st["app"]["status_code"]))
+    r = st["redis"]
+    if r["cluster_state"] != "ok" or r["masters"] != 3 or r["replicas"] != 3 or r.get("replicas_unlinked"):
+        p.append("redis: cluster_state=%s masters=%s replicas=%s unlinked=%s"
+                 % (r["cluster_state"], r["masters"], r["replicas"], r.get("replicas_unlinked")))
+    if st["sessions"]["corrupt"] != 0:
+        p.append("sessions: corrupt=%s" % st["sessions"]["corrupt"])
+    if st["mesh"]["peers"] != lab.peers:
+        p.append("mesh: peers=%s (want %d)" % (st["mesh"]["peers"], lab.peers))
+    if st["db"]["leaked"]:
+        p.append("db: %d leaked connections" % st["db"]["leaked"])
+    bal = st["wallet"]["balance_wei"]
+    if bal is None or bal < ONE_ETH // 10:
+        p.append("wallet: balance_wei=%s" % bal)
+    return p
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if v is True:
+        return "yes"
+    if v is False:
+        return "no"
+    return str(v)
+
+
+def human(st):
+    lines = ["%-12s %6s %8s  %s" % ("service", "port", "pid", "up")]
+    for name, s in st["services"].items():
+        lines.append("%-12s %6s %8s  %s" % (name, _fmt(s["port"]), _fmt(s["pid"]), _fmt(s["up"])))
+    r, d, a, w = st["redis"], st["db"], st["anchor"], st["wallet"]
+    bal = w["balance_wei"]
+    lines += [
+        "",
+        "app healthy   %s" % _fmt(st["app"]["healthy"]),
+        "db            %s/%s connections%s" % (_fmt(d["connections"]), _fmt(d["max_connections"]),
+                                               (" (%d leaked)" % d["leaked"]) if d["leaked"] else ""),
+        "redis         cluster_state=%s masters=%s replicas=%s" % (_fmt(r["cluster_state"]), _fmt(r["masters"]),
+                                                                   _fmt(r["replicas"])),
+        "sessions      valid=%s corrupt=%s" % (_fmt(st["sessions"]["valid"]), _fmt(st["sessions"]["corrupt"])),
+        "mesh          peers=%s" % _fmt(st["mesh"]["peers"]),
+        "anchor        waiting=%s failed=%s completed=%s" % (_fmt(a["waiting"]), _fmt(a["failed"]), _fmt(a["completed"])),
+        "wallet        %s wei%s" % (_fmt(bal), (" (%.4f ETH)" % (bal / 1e18)) if bal is not None else ""),
+        "faults        %s" % (", ".join(st["faults"]) or "none"),
+        "healthy       %s" % ("yes" if st["healthy"] else "no: " + "; ".join(st["problems"])),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""supervisord running the lab app (`p3app`) and the mesh peers (`meshpeers`)."""
+import os
+import xmlrpc.client
+
+from .common import (ANCHOR_KEY, ANCHOR_SINK, BULL_PREFIX, BULL_QUEUE, CHAIN_ID, OWNER_VAR, REDIS_PASSWORD, REPO,
+                     VENV_PY, LabError, live_pid, run, stop_pid, wait_until)
+
+APP = "p3app"
+MESH = "meshpeers"
+
+
+def app_env(lab):
+    """The environment of both programs (docs/lab.md: "The lab app")."""
+    return {
+        "PORT": str(lab.app_port),
+        "DATABASE_URL": lab.app_db_url,
+        "REDIS_CLUSTER_NODES": ",".join(lab.redis_nodes),
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+        "RPC_URL": lab.rpc_url,
+        "CHAIN_ID": str(CHAIN_ID),
+        "PRIVATE_KEY": ANCHOR_KEY,
+        "ANCHOR_SINK": ANCHOR_SINK,
+        "ANCHOR_QUEUE": BULL_QUEUE,
+        "ANCHOR_PREFIX": BULL_PREFIX,
+        "ANCHOR_CONCURRENCY": "4",
+        "DB_POOL_MAX": "5",
+        "HOST": "127.0.0.1",
+        "P3_APP_URL": lab.app_url,
+        "P3_MESH_URL": "ws://127.0.0.1:%d/mesh/ws" % lab.app_port,
+        "P3LAB_PEERS": str(lab.peers),
+        "PYTHONUNBUFFERED": "1",
+        OWNER_VAR: lab.dir,
+    }
+
+
+def _env_line(env):
+    return ",".join('%s="%s"' % (k, v.replace("%", "%%")) for k, v in sorted(env.items()))
+
+
+def conf_text(lab):
+    env = _env_line(app_env(lab))
+    app_dir = os.path.join(REPO, "lab", "app")
+    return """; p3lab: generated, do not edit (rewritten by `p3lab up`)
+[unix_http_server]
+file={sock}
+chmod=0700
+
+[supervisord]
+logfile={log}
+pidfile={pid}
+childlogdir={logdir}
+directory={repo}
+logfile_maxbytes=10MB
+logfile_backups=1
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{sock}
+
+[program:{app}]
+command={py} {app_dir}/p3app.py
+directory={repo}
+environment={env}
+autostart=true
+autorestart=false
+startsecs=1
+startretries=2
+stopsignal=TERM
+stopwaitsecs=5
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={app_log}
+stdout_logfile_maxbytes=20MB
+stdout_logfile_backups=1
+
+[program:{mesh}]
+command={py} {app_dir}/meshpeers.py
+directory={repo}
+environment={env}
+autostart=true
+autorestart=true
+startsecs=1
+startretries=1000
+stopsignal=TERM
+stopwaitsecs=5
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={mesh_log}
+stdout_logfile_maxbytes=10MB
+stdout_logfile_backups=1
+""".format(sock=lab.sup_sock, log=lab.sup_log, pid=lab.sup_pidfile, logdir=lab.log_dir, repo=REPO, app=APP,
+           mesh=MESH, py=VENV_PY, app_dir=app_dir, env=env, app_log=lab.app_log, mesh_log=lab.mesh_log)
+
+
+def proxy(lab):
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, "unix://" + lab.sup_sock)
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def running(lab):
+    if not live_pid(lab.sup_pidfile) or not os.path.exists(lab.sup_sock):
+        return False
+    try:
+        return proxy(lab).supervisor.getState()["statename"] == "RUNNING"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def info(lab, name):
+    """getProcessInfo or None."""
+    try:
+        return proxy(lab).supervisor.getProcessInfo(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def pid_of(lab, name):
+    inf = info(lab, name)
+    if inf and inf.get("statename") in ("RUNNING", "STARTING", "STOPPING") and inf.get("pid"):
+        return inf["pid"]
+    return None
+
+
+def ctl(lab, *args, timeout=30):
+    return run([lab.supervisorctl, "-c", lab.sup_conf] + list(args), timeout=timeout, check=False)
+
+
+def start(lab):
+    """Write the config and start supervisord unless it runs. Returns True when started."""
+    for p in ("supervisord", "supervisorctl"):
+        if not os.access(os.path.join(os.path.dirname(VENV_PY), p), os.X_OK):
+            raise LabError("missing %s in %s (pip install supervisor; see scripts/setup.sh)" % (p, os.path.dirname(VENV_PY)))
+    for prog in ("p3app.py", "meshpeers.py"):
+        path = os.path.join(REPO, "lab", "app", prog)
+        if not os.path.exists(path):
+            raise LabError("missing %s" % path)
+    os.makedirs(lab.sup_dir, exist_ok=True)
+    os.makedirs(lab.log_dir, exist_ok=True)
+    text = conf_text(lab)
+    old = None
+    if os.path.exists(lab.sup_conf):
+        with open(lab.sup_conf) as fh:
+            old = fh.read()
+    if old != text:
+        with open(lab.sup_conf, "w") as fh:
+            fh.write(text)
+    if running(lab):
+        if old != text:
+            ctl(lab, "update")  # restarts programs whose settings changed
+        return False
+    pid = live_pid(lab.sup_pidfile)
+    if pid:
+        stop_pid(pid, 5)
+    if os.path.exists(lab.sup_sock):
+        os.unlink(lab.sup_sock)
+    if len(lab.sup_sock) > 100:
+        raise LabError("P3LAB_DIR is too deep: the supervisor socket path %s exceeds the unix socket limit" % lab.sup_sock)
+    run([lab.supervisord, "-c", lab.sup_conf], timeout=15, env=lab.child_env(), cwd=REPO, what="supervisord")
+    wait_until(lambda: running(lab), 10, 0.1, what="supervisord (see %s)" % lab.sup_log)
+    return True
+
+
+def ensure_program(lab, name):
+    """Start the program when it is not running/starting. Returns True when started."""
+    inf = info(lab, name)
+    if inf is None:
+        raise LabError("supervisord does not know program %s" % name)
+    if inf["statename"] in ("RUNNING", "STARTING"):
+        return False
+    try:
+        proxy(lab).supervisor.startProcess(name, True)
+    except xmlrpc.client.Fault as e:
+        if "ALREADY_STARTED" not in str(e):
+            raise LabError("supervisor could not start %s: %s (see %s)" % (name, e.faultString, lab.app_log))
+    return True
+
+
+def stop(lab):
+    pid = live_pid(lab.sup_pidfile)
+    if not pid:
+        return
+    if running(lab):
+        try:
+            proxy(lab).supervisor.stopAllProcesses(True)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            proxy(lab).supervisor.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        wait_until(lambda: not live_pid(lab.sup_pidfile), 10, 0.1)
+    stop_pid(pid, 3)
