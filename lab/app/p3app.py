@@ -26,6 +26,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -136,6 +137,11 @@ class Database:
         self.metrics = metrics
         self.pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        try:
+            u = urlsplit(cfg.database_url)
+            self.address = f"{u.hostname or 'localhost'}:{u.port or 5432}"
+        except ValueError:
+            self.address = "?"
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -184,6 +190,8 @@ class Database:
                         last = e      # a pooled connection died under us: one retry
         except asyncio.TimeoutError:
             return "timeout: no database connection within %.0fs" % HEALTH_STEP_TIMEOUT
+        except OSError as e:                       # refused, unreachable: say where
+            return f"{short_error(e)} ({self.address})"
         except Exception as e:  # noqa: BLE001 - report whatever the server said
             return short_error(e)
         return short_error(last) if last else "unknown database error"
@@ -214,6 +222,10 @@ def parse_cluster_nodes(text: str) -> list[dict]:
             "slots": parts[8:],
         })
     return nodes
+
+
+class NoNodeReachable(ConnectionError):
+    pass
 
 
 class RedisHub:
@@ -330,7 +342,7 @@ class RedisHub:
                     self.known.append(n["addr"])
             self._last_source = addr
             return addr, nodes
-        raise ConnectionError("no redis node reachable (" + "; ".join(errors) + ")")
+        raise NoNodeReachable("no redis node reachable: " + "; ".join(errors))
 
     async def _probe_primary(self, addr: str) -> tuple[str | None, str | None]:
         """(error, cluster_state) for one primary."""
@@ -353,6 +365,8 @@ class RedisHub:
                 return await self._check()
         except asyncio.TimeoutError:
             return "timeout: redis check did not finish within %.1fs" % HEALTH_CHECK_TIMEOUT
+        except NoNodeReachable as e:
+            return str(e)
         except Exception as e:  # noqa: BLE001
             return short_error(e)
 
@@ -391,7 +405,7 @@ class RedisHub:
                 return addr
             except Exception:  # noqa: BLE001
                 await self._reset_node(addr)
-        raise ConnectionError("no redis node reachable")
+        raise NoNodeReachable("no redis node reachable")
 
     async def close(self):
         with contextlib.suppress(Exception):
@@ -725,7 +739,7 @@ class Anchor:
             self._last_error_log[text] = t
             log.warning("anchor: worker error: %s", text)
 
-    async def _start_worker(self):
+    async def _start_worker(self, quiet: bool = False):
         from bullmq import Worker
         self.worker_client = self.hub.make_cluster(socket_timeout=15.0)   # BZPOPMIN blocks up to 5 s
         self.worker = Worker(self.cfg.anchor_queue, self.process, {
@@ -741,7 +755,8 @@ class Anchor:
         if self.paused:
             await self.worker.pause(True)
         self.last_job_start = time.monotonic()
-        log.info("anchor: worker started on queue %s (prefix %s, concurrency %d)%s",
+        (log.debug if quiet else log.info)(
+                 "anchor: worker started on queue %s (prefix %s, concurrency %d)%s",
                  self.cfg.anchor_queue, self.cfg.anchor_prefix, self.cfg.anchor_concurrency,
                  " paused" if self.paused else "")
 
@@ -760,26 +775,37 @@ class Anchor:
                 await asyncio.wait_for(client.aclose(), 1)
 
     async def _supervise(self):
-        """Keep one worker running; replace it when its loop died or when jobs
-        wait while it has not taken any for a while (e.g. a stale topology)."""
+        """Keep one worker running; replace it when its loop died (e.g. Redis was
+        unreachable when it started: retried with a growing delay, up to 10 s) or
+        when jobs wait while it has not taken any for 20 s (e.g. a stale topology)."""
+        failures = 0
+        next_start = 0.0
+        started_at = 0.0
         while True:
             try:
+                t = time.monotonic()
                 if self.worker is None:
-                    await self._start_worker()
+                    if t >= next_start:
+                        await self._start_worker(quiet=failures > 0)
+                        started_at = time.monotonic()
                 elif self.run_task is not None and self.run_task.done():
                     exc = None if self.run_task.cancelled() else self.run_task.exception()
+                    failures += 1
                     self._on_error(f"worker loop ended ({short_error(exc) if exc else 'no error'}); "
                                    "restarting it")
                     await self._stop_worker()
-                    await self._start_worker()
-                elif (not self.paused and self.in_flight == 0
-                      and time.monotonic() - self.last_job_start > 20):
-                    waiting = await self.hub.call(lambda c: c.llen(self.key("wait")), timeout=1.0)
-                    if waiting:
-                        log.warning("anchor: %d jobs waiting but the worker took none for 20 s; "
-                                    "restarting it", waiting)
-                        await self._stop_worker()
-                        await self._start_worker()
+                    next_start = time.monotonic() + min(2.0 * failures, 10.0)
+                else:
+                    if failures and t - started_at > 10:
+                        log.info("anchor: worker running again after %d failed start(s)", failures)
+                        failures = 0
+                    if (not self.paused and self.in_flight == 0
+                            and t - self.last_job_start > 20):
+                        waiting = await self.hub.call(lambda c: c.llen(self.key("wait")), timeout=1.0)
+                        if waiting:
+                            log.warning("anchor: %d jobs waiting but the worker took none for 20 s; "
+                                        "restarting it", waiting)
+                            await self._stop_worker()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001
@@ -1048,8 +1074,17 @@ class P3App:
         return web.json_response({"ok": True, "paused": False})
 
 
+class _DropNoise(logging.Filter):
+    """redis-py reports GC'd cluster nodes of replaced topologies at ERROR level
+    ("Unclosed ClusterNode object"); after a failover that is expected, not news."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith("Unclosed ClusterNode")
+
+
 def setup_logging():
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(_DropNoise())
     fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
                             "%Y-%m-%dT%H:%M:%S")
     handler.setFormatter(fmt)
