@@ -89,7 +89,7 @@ def health_verdict(resp):
         out["reason"] = head
         return out
     components = failing_components(resp["json"])
-    out["failing"] = [name for name, _ in components]
+    out["failing"] = [c[0] for c in components]
     overall = status_of(resp["json"].get("status")) if isinstance(resp["json"], dict) else None
     what = "; ".join("%s: %s" % (n, d) for n, d in components)
     if not resp["ok"]:
@@ -167,8 +167,8 @@ def pulse_verdict(resp, min_peers=1):
         out["reason"] = "%s: %s" % (head, ", ".join(problems))
         return out
     out["healthy"] = True
-    out["reason"] = "%s: relay %s, %s peers >= %s" % (head, relay or "?", _num(peers) if peers is not None else "?",
-                                                       min_peers)
+    shown_peers = _num(peers) if peers is not None else "?"
+    out["reason"] = "%s: relay %s, %s peers >= %s" % (head, relay or "?", shown_peers, min_peers)
     return out
 
 

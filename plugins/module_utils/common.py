@@ -14,11 +14,7 @@ import re
 import socket
 import ssl
 
-try:
-    from urllib.parse import quote, unquote, urlsplit, urlunsplit
-except ImportError:  # pragma: no cover - Python 2 is not supported, this keeps the import sanity test quiet
-    from urllib import quote, unquote  # type: ignore
-    from urlparse import urlsplit, urlunsplit  # type: ignore
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ansible.module_utils.basic import env_fallback
 

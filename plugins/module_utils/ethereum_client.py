@@ -10,10 +10,7 @@ __metaclass__ = type
 import itertools
 import json
 
-try:
-    from urllib.parse import urlsplit, urlunsplit
-except ImportError:  # pragma: no cover
-    from urlparse import urlsplit, urlunsplit  # type: ignore
+from urllib.parse import urlsplit, urlunsplit
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,

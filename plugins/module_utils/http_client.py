@@ -1,8 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, P3 Recovery maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""HTTP plumbing of p3.recovery: shared options (doc fragment p3.recovery.http) and one request helper that
-never raises for a service failure: 4xx/5xx bodies are read, transport errors become a one-line cause."""
+"""HTTP plumbing of p3.recovery: shared options and one request helper that never raises for a service failure:
+4xx/5xx bodies are read, transport errors become a one-line cause.
+
+The doc fragment is p3.recovery.http_api (not "http": pylint would lint the stdlib package of that name instead).
+"""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -11,12 +14,8 @@ import json
 import threading
 import time
 
-try:
-    from urllib.error import HTTPError
-    from urllib.parse import urlsplit
-except ImportError:  # pragma: no cover
-    from urllib2 import HTTPError  # type: ignore
-    from urlparse import urlsplit  # type: ignore
+from urllib.error import HTTPError
+from urllib.parse import urlsplit
 
 from ansible.module_utils.urls import open_url
 
@@ -31,7 +30,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     url_secrets,
 )
 
-# The options of doc fragment p3.recovery.http, defined once.
+# The options of doc fragment p3.recovery.http_api, defined once.
 HTTP_ARGUMENT_SPEC = dict(
     url=dict(type="str", fallback=env("P3_APP_URL")),
     timeout=dict(type="float", default=5.0),
@@ -67,8 +66,8 @@ def check_url(url, option="url", schemes=("http", "https")):
     except ValueError as e:
         raise P3Error("invalid %s '%s': %s" % (option, redact_url(url), one_line(e)))
     if parts.scheme not in schemes:
-        raise P3Error("invalid %s '%s': scheme must be %s" % (option, redact_url(url),
-                                                             " or ".join(s + "://" for s in schemes)))
+        wanted = " or ".join(s + "://" for s in schemes)
+        raise P3Error("invalid %s '%s': scheme must be %s" % (option, redact_url(url), wanted))
     if not parts.hostname:
         raise P3Error("invalid %s '%s': no host" % (option, redact_url(url)))
     return str(url).strip()

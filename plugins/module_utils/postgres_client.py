@@ -351,4 +351,3 @@ class PostgresTarget(object):
 
     def client(self, query_timeout=None):
         return PostgresClient(self.conninfo, timeout=self.timeout, query_timeout=query_timeout, secrets=self.secrets)
-

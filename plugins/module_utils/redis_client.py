@@ -17,11 +17,7 @@ import threading
 import time
 import traceback
 
-try:
-    from urllib.parse import unquote, urlsplit
-except ImportError:  # pragma: no cover
-    from urllib import unquote  # type: ignore
-    from urlparse import urlsplit  # type: ignore
+from urllib.parse import unquote, urlsplit
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
@@ -731,8 +727,8 @@ def summarize(records, seeds=None):
             if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
                 problems.append("replica %s master link %s" % (n["address"], n["master_link_status"]))
         if len(ok) < CLUSTER_SLOTS:
-            problems.append("slots uncovered: %s (%d slots)" % (_short_ranges(result["slots_uncovered"]),
-                                                                  CLUSTER_SLOTS - len(ok)))
+            problems.append("slots uncovered: %s (%d slots)" % (
+                _short_ranges(result["slots_uncovered"]), CLUSTER_SLOTS - len(ok)))
         if result["views_agree"] is False:
             problems.append("nodes disagree about the slot configuration")
         state_text = "cluster_state=%s" % (state or "unknown")

@@ -20,9 +20,9 @@ description:
     O(min_peers) mesh peers (C(status.subscribers)) are connected.
   - The result is healthy when both are.
 author:
-  - P3 Recovery maintainers
+  - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
-  - p3.recovery.http
+  - p3.recovery.http_api
   - p3.recovery.probe
   - p3.recovery.attributes
 attributes:

@@ -16,9 +16,9 @@ description:
   - Healthy when the endpoint answers 2xx, the text parses into at least one metric family, and every name in
     O(required) is present.
 author:
-  - P3 Recovery maintainers
+  - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
-  - p3.recovery.http
+  - p3.recovery.http_api
   - p3.recovery.probe
   - p3.recovery.attributes
 attributes:

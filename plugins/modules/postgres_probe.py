@@ -19,7 +19,7 @@ description:
   - Connect as a superuser during a connection exhaustion incident; the probe then gets in through the
     C(superuser_reserved_connections) slots that the application cannot take.
 author:
-  - P3 Recovery maintainers
+  - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.postgres
   - p3.recovery.probe

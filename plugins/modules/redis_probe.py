@@ -20,7 +20,7 @@ description:
     configuration, and every replica's link to its master is up.
   - A standalone Redis is healthy when every node answers C(PING).
 author:
-  - P3 Recovery maintainers
+  - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.probe

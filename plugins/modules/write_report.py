@@ -19,7 +19,9 @@ description:
   - For the same reason it always reports C(changed=false), so a diagnose or drift-check run on a healthy
     system shows no change.
 author:
-  - P3 Recovery maintainers
+  - P3 Recovery maintainers (@p3-protocol)
+extends_documentation_fragment:
+  - p3.recovery.attributes
 attributes:
   check_mode:
     support: full
