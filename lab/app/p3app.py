@@ -43,7 +43,10 @@ from prometheus_client import (
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("p3app")
 
@@ -224,6 +227,72 @@ def parse_cluster_nodes(text: str) -> list[dict]:
     return nodes
 
 
+def _tolerate_dead_default_node(rc: RedisCluster) -> None:
+    """redis-py initialises a cluster client by sending COMMAND to its default
+    node, the first primary of CLUSTER SLOTS.  While that primary is dead and not
+    yet failed over (up to node-timeout + election), every initialisation fails
+    and the client cannot reach even the healthy primaries.  Try the other nodes
+    instead, and make the first primary that answers the default node."""
+    parser = rc.commands_parser
+    original = parser.initialize
+
+    async def initialize(node=None):
+        nodes = list(rc.nodes_manager.nodes_cache.values())
+        candidates = [node] if node is not None else []
+        candidates += [n for n in nodes if n is not node and n.server_type == "primary"]
+        candidates += [n for n in nodes if n is not node and n.server_type != "primary"]
+        last: BaseException | None = None
+        for cand in candidates:
+            try:
+                await original(cand)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                last = e
+                continue
+            if cand is not node and cand.server_type == "primary":
+                rc.nodes_manager.default_node = cand
+            return
+        if last is not None:
+            raise last
+        await original(node)
+
+    parser.initialize = initialize
+
+
+class _NodeLocalScript:
+    """A bullmq Lua script that never broadcasts.  redis-py answers NOSCRIPT by
+    sending SCRIPT LOAD to *every* primary, which fails while one of them is
+    down (and a job that already ran would then be moved to `failed`).  EVAL on
+    the key's own node caches the script there just as well."""
+
+    def __init__(self, script):
+        self._script = script
+
+    def __getattr__(self, name):
+        return getattr(self._script, name)
+
+    async def __call__(self, keys=None, args=None, client=None):
+        target = client if client is not None else self._script.registered_client
+        if not isinstance(target, RedisCluster):      # pipelines etc.: redis-py's own path
+            return await self._script(keys=keys, args=args, client=client)
+        keys = list(keys or [])
+        flat = tuple(keys) + tuple(args or [])
+        try:
+            return await target.evalsha(self._script.sha, len(keys), *flat)
+        except NoScriptError:
+            return await target.eval(self._script.script, len(keys), *flat)
+
+
+def node_local_scripts(*connections) -> None:
+    """Wrap the scripts of bullmq RedisConnection objects (in place: bullmq's
+    Scripts share the dict)."""
+    for conn in connections:
+        if conn is None:
+            continue
+        for name, script in list(conn.commands.items()):
+            if not isinstance(script, _NodeLocalScript):
+                conn.commands[name] = _NodeLocalScript(script)
+
+
 class NoNodeReachable(ConnectionError):
     pass
 
@@ -248,7 +317,7 @@ class RedisHub:
         return [ClusterNode(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in self.known]
 
     def make_cluster(self, socket_timeout: float | None = 1.0) -> RedisCluster:
-        return RedisCluster(
+        rc = RedisCluster(
             startup_nodes=self._startup_nodes(),
             password=self.cfg.redis_password,
             decode_responses=True,
@@ -256,6 +325,8 @@ class RedisHub:
             socket_connect_timeout=1.0,
             max_connections=64,
         )
+        _tolerate_dead_default_node(rc)
+        return rc
 
     @property
     def cluster(self) -> RedisCluster:
@@ -269,6 +340,7 @@ class RedisHub:
             from bullmq import Queue
             self._queue = Queue(self.cfg.anchor_queue,
                                 {"prefix": self.cfg.anchor_prefix, "connection": self.cluster})
+            node_local_scripts(self._queue.backend.connection)
         return self._queue
 
     def node(self, addr: str) -> aioredis.Redis:
@@ -751,6 +823,18 @@ class Anchor:
             "drainDelay": 5,
         })
         self.worker.on("error", self._on_error)
+        node_local_scripts(self.worker.backend.connection, self.worker.backend.blocking_connection)
+        # bullmq names its connection on every cluster node before taking jobs and
+        # gives up when one node is down; name what can be named and carry on.
+        worker, name_them = self.worker, self.worker._ensure_client_names
+
+        async def ensure_client_names():
+            try:
+                await asyncio.wait_for(name_them(), 3)
+            except Exception as e:  # noqa: BLE001
+                log.debug("anchor: could not name the worker connections: %s", short_error(e))
+                worker._client_name_set = True
+        worker._ensure_client_names = ensure_client_names
         self.run_task = asyncio.get_running_loop().create_task(self.worker.run())
         if self.paused:
             await self.worker.pause(True)
@@ -819,11 +903,12 @@ class Anchor:
         log.warning("anchor: worker PAUSED")
 
     async def resume(self):
-        self.paused = False
+        was_paused, self.paused = self.paused, False
         self.last_job_start = time.monotonic()
         if self.worker is not None:
             self.worker.resume()
-        log.info("anchor: worker resumed")
+        if was_paused:
+            log.info("anchor: worker resumed")
 
     async def update_depth(self):
         async def read(c):
