@@ -23,7 +23,10 @@ def _delete_corrupt_sessions(lab):
 
         status.scan_sessions(m["port"], page)
         for i in range(0, len(bad), 500):
-            deleted += c.unlink(*bad[i:i + 500])
+            pipe = c.pipeline(transaction=False)  # one key per UNLINK: the keys live in different slots
+            for k in bad[i:i + 500]:
+                pipe.unlink(k)
+            deleted += sum(pipe.execute())
     return deleted
 
 

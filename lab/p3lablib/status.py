@@ -7,6 +7,7 @@ from .common import (ANCHOR_WALLET, BULL_PREFIX, BULL_QUEUE, LEAK_APP_NAME, ONE_
                      read_json, tcp_open)
 
 SESSION_FIELDS = ("sessionId", "deviceId", "createdAt", "expiresAt")
+BACKLOG_PROBLEM = 50  # waiting anchor jobs from which status calls the queue backlogged
 
 
 def session_ok(raw, ttl):
@@ -49,7 +50,7 @@ def sessions(lab, nodes):
     counts = {"valid": 0, "corrupt": 0}
     masters = masters_of(nodes or [])
     if not masters:
-        return {"valid": None, "corrupt": None}
+        return {"valid": None, "corrupt": None, "unreadable": []}
 
     def page(keys, values, ttls):
         for v, t in zip(values, ttls):
@@ -59,11 +60,15 @@ def sessions(lab, nodes):
                 raise v
             counts["valid" if session_ok(v, t) else "corrupt"] += 1
 
-    try:
-        for m in masters:
+    unreadable = []
+    for m in masters:
+        try:
             scan_sessions(m["port"], page)
-    except Exception:  # noqa: BLE001
-        return {"valid": None, "corrupt": None}
+        except Exception:  # noqa: BLE001 - a dead master, or CLUSTERDOWN
+            unreadable.append(m["address"])
+    if len(unreadable) == len(masters):
+        return {"valid": None, "corrupt": None, "unreadable": unreadable}
+    counts["unreadable"] = unreadable
     return counts
 
 
@@ -234,6 +239,8 @@ def problems(lab, st):
         p.append("mesh: peers=%s (want %d)" % (st["mesh"]["peers"], lab.peers))
     if st["db"]["leaked"]:
         p.append("db: %d leaked connections" % st["db"]["leaked"])
+    if st["anchor"]["waiting"] is None or st["anchor"]["waiting"] >= BACKLOG_PROBLEM:
+        p.append("anchor: waiting=%s" % st["anchor"]["waiting"])
     bal = st["wallet"]["balance_wei"]
     if bal is None or bal < ONE_ETH // 10:
         p.append("wallet: balance_wei=%s" % bal)
