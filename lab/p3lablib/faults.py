@@ -441,7 +441,9 @@ def wallet_empty(lab, jobs=10):
 
 def app_down(lab):
     t0 = time.monotonic()
-    pid = supervisor.pid_of(lab, supervisor.APP) if supervisor.running(lab) else None
+    if not supervisor.running(lab):
+        raise LabError("supervisord is not running (is the lab up? `p3lab up`)")
+    pid = supervisor.pid_of(lab, supervisor.APP)
     if pid:
         kill(pid, signal.SIGKILL)
     rec = {"fault": "app-down", "at": now_iso(), "pid": pid, "port": lab.app_port}

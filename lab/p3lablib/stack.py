@@ -10,7 +10,7 @@ from . import anvil, pg, rediscluster, supervisor
 from .common import (ANCHOR_KEY, ANCHOR_SINK, ANCHOR_WALLET, BULL_PREFIX, BULL_QUEUE, CHAIN_ID, FAUCET, FAUCET_KEY,
                      ONE_ETH, PG_ADMIN_PASSWORD, PG_ADMIN_USER, PG_APP_PASSWORD, PG_APP_USER, PG_DB, REDIS_PASSWORD,
                      REPO, VENV_PY, LabError, cmdline, http, kill, listener_pids, listening_ports, log, owned_pids,
-                     pid_alive, read_json, wait_until, write_json)
+                     pid_alive, read_json, wait_until, write_json, live_pid)
 
 
 class Deadline(object):
@@ -26,6 +26,31 @@ def check_binaries():
     rediscluster.check_binaries()
     pg.check_binaries()
     anvil.binary()
+
+
+def preflight_ports(lab):
+    """Fail before starting anything when a port the lab needs is held by a process that is not ours."""
+    busy = listening_ports()
+    mine = set(owned_pids(lab))
+    need = []
+    for i, port in enumerate(lab.redis_ports, 1):
+        if not rediscluster.node_running(lab, i):
+            need += [("redis%d" % i, port), ("redis%d bus" % i, port + 10000)]
+    if not pg.postmaster_pid(lab):
+        need.append(("postgres", lab.pg_port))
+    if not live_pid(lab.anvil_pidfile):
+        need.append(("anvil", lab.anvil_port))
+    if not supervisor.running(lab):
+        need.append(("app", lab.app_port))
+    taken = [(name, port) for name, port in need if port in busy]
+    if taken:
+        owners = listener_pids([p for _, p in taken])
+        foreign = [(n, p) for n, p in taken if owners.get(p) not in mine]
+        if foreign:
+            raise LabError("port%s in use by another process: %s" % (
+                "s" if len(foreign) > 1 else "", ", ".join(
+                    "%d (needed by %s; held by %s)" % (p, n, ("pid %d %s" % (owners[p], cmdline(owners[p])[:40]))
+                                                       if owners.get(p) else "?") for n, p in foreign)))
 
 
 def lab_info(lab):
@@ -222,6 +247,7 @@ def up(lab):
     t0 = time.monotonic()
     dl = Deadline(57)
     check_binaries()
+    preflight_ports(lab)
     os.makedirs(lab.dir, exist_ok=True)
     write_state(lab)
     faults = [f.get("fault") for f in (read_json(lab.faults_json, []) or [])]
