@@ -187,9 +187,10 @@ def describe_os_error(exc, timeout=None):
         text = exc.args[1] if len(exc.args) > 1 else str(exc)
         return "name resolution failed (%s)" % one_line(text, 120)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return "TLS certificate verification failed (%s)" % one_line(getattr(exc, "verify_message", None) or exc.reason or exc, 160)
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+        return "TLS certificate verification failed (%s)" % one_line(detail, 160)
     if isinstance(exc, ssl.SSLError):
-        return "TLS error (%s)" % one_line(exc.reason or exc, 160)
+        return "TLS error (%s)" % one_line(getattr(exc, "reason", None) or exc, 160)
     if isinstance(exc, socket.timeout) or isinstance(exc, TimeoutError):
         return _timeout_text(timeout)
     if isinstance(exc, ConnectionRefusedError):

@@ -407,7 +407,6 @@ def node_client(settings, host, port, decode_responses=True):
         password=settings.password,
         socket_timeout=settings.socket_timeout,
         socket_connect_timeout=settings.connect_timeout,
-        retry_on_timeout=False,
         decode_responses=decode_responses,
         health_check_interval=0,
     )

@@ -1,0 +1,417 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the PostgreSQL activity modules (postgres_activity, postgres_terminate) share: the pg_stat_activity
+query, per-state ages, blocking chains, the terminate policy (pure selection) and the signal SQL.
+
+Connections and error mapping live in postgres_client; nothing here opens a socket. The selection of backends to
+terminate is pure Python over rows read once, so check mode reports exactly that selection and never signals.
+The signal statement then names each backend by (pid, backend_start) and re-checks the hard guards and the
+policy's state and age in SQL, so a pid that was reused or a backend that moved on is never hit.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import fnmatch
+import re
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+
+# pg_stat_activity.state values a policy may select.
+STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
+DEFAULT_STATES = ["active", "idle in transaction", "idle in transaction (aborted)"]
+# States whose age is the age of the running statement (now() - query_start); every other state's age is how
+# long the backend has been in it (now() - state_change), e.g. how long a transaction has sat idle.
+RUNNING_STATES = ("active", "fastpath function call")
+SIGNAL_FUNCTIONS = ("pg_cancel_backend", "pg_terminate_backend")
+
+SETTINGS_SQL = """
+SELECT current_setting('server_version') AS server_version,
+       current_setting('server_version_num')::int AS server_version_num,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int AS reserved_connections,
+       pg_is_in_recovery() AS in_recovery,
+       current_user::text AS "user",
+       current_database()::text AS database,
+       COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS superuser,
+       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS signal_backend
+"""
+
+# Every backend (client or not), once. pg_blocking_pids() only for backends waiting on a lock (it is not free).
+# can_signal: whether this session may cancel/terminate it (superuser; or a non-superuser target and membership
+# in its role or in pg_signal_backend), so a policy never selects what the server would refuse.
+BACKENDS_SQL = """
+SELECT a.pid,
+       a.backend_start::text AS backend_start,
+       COALESCE(a.backend_type, '') AS backend_type,
+       a.usename::text AS usename,
+       a.application_name,
+       host(a.client_addr) AS client_addr,
+       a.datname::text AS datname,
+       a.state,
+       a.wait_event_type,
+       a.wait_event,
+       EXTRACT(EPOCH FROM now() - a.xact_start)::float8 AS xact_age,
+       EXTRACT(EPOCH FROM now() - a.query_start)::float8 AS query_age,
+       EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS state_age,
+       left(a.query, %(query_length)s) AS query,
+       length(a.query) AS query_chars,
+       COALESCE(r.rolsuper, false) AS superuser,
+       a.pid = pg_backend_pid() AS own,
+       CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END AS blocked_by,
+       CASE WHEN a.usesysid IS NULL THEN false
+            WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN true
+            WHEN COALESCE(r.rolsuper, false) THEN false
+            ELSE pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+                 OR pg_has_role(current_user, a.usesysid, 'MEMBER')
+       END AS can_signal
+  FROM pg_stat_activity a
+  LEFT JOIN pg_roles r ON r.oid = a.usesysid
+"""
+
+# Still-present targets, read while waiting for them to end.
+TARGETS_SQL = """
+SELECT a.pid, a.backend_start::text AS backend_start, a.state,
+       EXTRACT(EPOCH FROM now() - a.query_start)::float8 AS query_age,
+       EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS state_age
+  FROM pg_stat_activity a
+ WHERE a.pid = ANY(%(pids)s)
+"""
+
+USAGE_SQL = """
+SELECT count(*)::int AS used FROM pg_stat_activity WHERE backend_type = 'client backend'
+"""
+
+# SQL twin of backend_age(): the age the policy compares with min_age_seconds.
+AGE_SQL = ("EXTRACT(EPOCH FROM now() - CASE WHEN a.state IN ('active', 'fastpath function call') "
+           "THEN a.query_start ELSE a.state_change END)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _f(value):
+    return None if value is None else float(value)
+
+
+def backend_age(row):
+    """Seconds the backend has been doing what its state says: the running statement's age for active backends,
+    the time spent in the state otherwise (idle in transaction: how long the transaction has sat idle)."""
+    if row.get("state") in RUNNING_STATES:
+        age = _f(row.get("query_age"))
+    else:
+        age = _f(row.get("state_age"))
+    return max(0.0, age) if age is not None else 0.0
+
+
+def protection(row, include_superusers=False):
+    """Why a backend may never be signalled by us, or None. The order is the order of the checks in the report."""
+    if row.get("own"):
+        return "own"
+    if row.get("backend_type") != "client backend":
+        return "not_client"
+    if row.get("superuser") and not include_superusers:
+        return "superuser"
+    if not row.get("can_signal", True):
+        return "not_permitted"
+    return None
+
+
+def name_matches(name, patterns):
+    """Shell-style (fnmatch, case-sensitive) match of name against any pattern; a missing name is ''."""
+    name = name or ""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
+
+
+def policy_verdict(row, policy):
+    """None when the (unprotected) backend matches the policy, else the first filter that excludes it."""
+    if row.get("state") not in policy["states"]:
+        return "state"
+    if backend_age(row) < policy["min_age_seconds"]:
+        return "age"
+    app = row.get("application_name")
+    if policy.get("include_applications") and not name_matches(app, policy["include_applications"]):
+        return "application"
+    if name_matches(app, policy.get("exclude_applications")):
+        return "application"
+    user = row.get("usename")
+    if policy.get("include_users") and not name_matches(user, policy["include_users"]):
+        return "user"
+    if name_matches(user, policy.get("exclude_users")):
+        return "user"
+    return None
+
+
+def select_backends(rows, policy):
+    """Apply the guards and the policy to pg_stat_activity rows.
+
+    Returns dict(selected=[rows, oldest first, at most max_count], matched=int, capped=int,
+    protected={reason: count}, excluded={filter: count}).
+    """
+    protected = dict(own=0, not_client=0, superuser=0, not_permitted=0)
+    excluded = dict(state=0, age=0, application=0, user=0)
+    matched = []
+    for row in rows:
+        guard = protection(row, policy.get("include_superusers", False))
+        if guard:
+            protected[guard] += 1
+            continue
+        why = policy_verdict(row, policy)
+        if why:
+            excluded[why] += 1
+            continue
+        matched.append(row)
+    matched.sort(key=lambda r: (-backend_age(r), r.get("pid") or 0))
+    cap = policy.get("max_count")
+    selected = matched[:cap] if cap is not None else matched
+    return dict(selected=selected, matched=len(matched), capped=len(matched) - len(selected),
+                protected=protected, excluded=excluded)
+
+
+def still_matches(row, target, policy):
+    """A target read again while waiting: same backend (pid and start) and still in a selected state and old
+    enough. A backend whose statement ended (state changed, or a new statement is younger than min_age) does not."""
+    if row is None or row.get("backend_start") != target.get("backend_start"):
+        return False
+    if row.get("state") not in policy["states"]:
+        return False
+    return backend_age(row) >= policy["min_age_seconds"]
+
+
+def validate_policy(params):
+    """The terminate policy from module params, or P3Error naming the bad option."""
+    min_age = params.get("min_age_seconds")
+    if min_age is None or min_age < 0:
+        raise P3Error("min_age_seconds must be >= 0, got %s" % min_age)
+    states = params.get("states") or []
+    if not states:
+        raise P3Error("states must name at least one of: %s" % ", ".join(STATES))
+    max_count = params.get("max_count")
+    if max_count is not None and max_count < 1:
+        raise P3Error("max_count must be >= 1, got %s" % max_count)
+    for key in ("include_applications", "exclude_applications", "include_users", "exclude_users"):
+        for pattern in params.get(key) or []:
+            if pattern is None or str(pattern) == "":
+                raise P3Error("%s must not contain an empty pattern" % key)
+    grace = params.get("cancel_grace_seconds")
+    if grace is not None and grace < 0:
+        raise P3Error("cancel_grace_seconds must be >= 0, got %s" % grace)
+    wait = params.get("wait_seconds")
+    if wait is not None and wait < 0:
+        raise P3Error("wait_seconds must be >= 0, got %s" % wait)
+    return dict(
+        min_age_seconds=float(min_age),
+        states=list(states),
+        include_applications=list(params.get("include_applications") or []),
+        exclude_applications=list(params.get("exclude_applications") or []),
+        include_users=list(params.get("include_users") or []),
+        exclude_users=list(params.get("exclude_users") or []),
+        include_superusers=bool(params.get("include_superusers")),
+        max_count=max_count,
+    )
+
+
+def build_signal_sql(function, targets, policy):
+    """(sql, params) that sends `function` to exactly the targets (dicts with pid and backend_start) that still
+    pass the hard guards (client backend, not us, no superuser unless allowed) and the policy's state and age.
+
+    The candidates are materialised first, so the function is called only for rows that passed every condition.
+    Returns rows (pid, signalled).
+    """
+    if function not in SIGNAL_FUNCTIONS:
+        raise ValueError("unsupported signal function %r" % function)
+    pids = [int(t["pid"]) for t in targets]
+    starts = [str(t["backend_start"]) for t in targets]
+    guards = [
+        "a.backend_type = 'client backend'",
+        "a.pid <> pg_backend_pid()",
+        "a.state = ANY(%(states)s)",
+        "%s >= %%(min_age)s" % AGE_SQL,
+    ]
+    if not policy.get("include_superusers"):
+        guards.append("NOT COALESCE(r.rolsuper, false)")
+    sql = (
+        "WITH t AS MATERIALIZED (\n"
+        "  SELECT a.pid\n"
+        "    FROM pg_stat_activity a\n"
+        "    JOIN unnest(%%(pids)s::int[], %%(starts)s::timestamptz[]) AS x(pid, backend_start)\n"
+        "      ON x.pid = a.pid AND x.backend_start = a.backend_start\n"
+        "    LEFT JOIN pg_roles r ON r.oid = a.usesysid\n"
+        "   WHERE %s\n"
+        ")\n"
+        "SELECT pid, %s(pid) AS signalled FROM t" % ("\n     AND ".join(guards), function)
+    )
+    params = dict(pids=pids, starts=starts, states=list(policy["states"]), min_age=float(policy["min_age_seconds"]))
+    return sql, params
+
+
+def evidence(row, query_length=None):
+    """A backend as reported: who, what, how old. query already cut by SQL; marked when it was cut."""
+    query = row.get("query")
+    if query is not None:
+        query = one_line(query, 0)
+        if query_length is not None and (row.get("query_chars") or 0) > query_length:
+            query = query + "..."
+    out = dict(
+        pid=row.get("pid"),
+        user=row.get("usename"),
+        application=row.get("application_name"),
+        client_addr=row.get("client_addr"),
+        database=row.get("datname"),
+        state=row.get("state"),
+        age_seconds=_round(backend_age(row)),
+        query_age_seconds=_round(row.get("query_age")),
+        xact_age_seconds=_round(row.get("xact_age")),
+        backend_start=row.get("backend_start"),
+        wait_event=_wait(row),
+        query=query,
+    )
+    return out
+
+
+def _wait(row):
+    if not row.get("wait_event_type"):
+        return None
+    return "%s:%s" % (row.get("wait_event_type"), row.get("wait_event"))
+
+
+def _round(value):
+    return None if value is None else round(float(value), 1)
+
+
+def client_backends(rows):
+    return [r for r in rows if r.get("backend_type") == "client backend"]
+
+
+def usage(rows, settings):
+    """Connection usage from rows and settings: used (client backends, us included), max, slots, percent."""
+    used = len(client_backends(rows))
+    return usage_from_count(used, settings)
+
+
+def usage_from_count(used, settings):
+    max_conn = int(settings["max_connections"])
+    su = int(settings.get("superuser_reserved_connections") or 0)
+    reserved = int(settings.get("reserved_connections") or 0)
+    ordinary = max(0, max_conn - su - reserved)
+    return dict(
+        used=used,
+        max=max_conn,
+        superuser_reserved=su,
+        reserved=reserved,
+        ordinary_max=ordinary,
+        available=max(0, ordinary - used),
+        usage_pct=round(100.0 * used / max_conn, 1) if max_conn else 0.0,
+        # Only a superuser gets in once the ordinary slots are full: if more backends than ordinary slots are in
+        # use and we are one of them, we came in through a reserved slot.
+        via_reserved_slot=used > ordinary,
+    )
+
+
+def group_counts(rows):
+    by_state, by_app, by_user, by_addr = {}, {}, {}, {}
+    for r in client_backends(rows):
+        for bucket, key in ((by_state, r.get("state") or "unknown"),
+                            (by_app, r.get("application_name") or "(none)"),
+                            (by_user, r.get("usename") or "(unknown)"),
+                            (by_addr, r.get("client_addr") or "local")):
+            bucket[key] = bucket.get(key, 0) + 1
+    other = {}
+    for r in rows:
+        if r.get("backend_type") != "client backend":
+            key = r.get("backend_type") or "unknown"
+            other[key] = other.get(key, 0) + 1
+    return dict(by_state=by_state, by_application=by_app, by_user=by_user, by_client_addr=by_addr,
+                other_backends=other)
+
+
+def long_running(rows, threshold):
+    """Client backends (not ours) over threshold: a statement running (query), a transaction open (transaction),
+    or a transaction sitting idle (idle_in_transaction). Oldest first; each names why."""
+    out = []
+    for r in client_backends(rows):
+        if r.get("own"):
+            continue
+        why = []
+        state = r.get("state") or ""
+        if state in RUNNING_STATES and (_f(r.get("query_age")) or 0) >= threshold:
+            why.append("query")
+        if r.get("xact_age") is not None and _f(r.get("xact_age")) >= threshold:
+            why.append("transaction")
+        if state.startswith("idle in transaction") and (_f(r.get("state_age")) or 0) >= threshold:
+            why.append("idle_in_transaction")
+        if why:
+            out.append((r, why))
+    out.sort(key=lambda x: (-max(_f(x[0].get("query_age")) or 0, _f(x[0].get("xact_age")) or 0,
+                                 backend_age(x[0])), x[0].get("pid") or 0))
+    return out
+
+
+def blocking_chains(rows):
+    """Lock waits and who is at the root of them.
+
+    Returns (waits, roots): waits = [(row, blocked_by)] for every backend waiting on a lock held by others;
+    roots = [(pid, blocked_count)] for backends that block others (directly or through a chain) while not
+    waiting themselves (members of a wait cycle count as roots too), most blocking first.
+    """
+    blocked_by = {}
+    by_pid = {}
+    for r in rows:
+        by_pid[r.get("pid")] = r
+        pids = [int(p) for p in (r.get("blocked_by") or []) if p]
+        if pids:
+            blocked_by[r.get("pid")] = pids
+    waits = [(by_pid[p], blocked_by[p]) for p in sorted(blocked_by)]
+    blockers = set(p for ps in blocked_by.values() for p in ps)
+    # reverse edges: blocker -> directly blocked pids
+    children = {}
+    for waiter, ps in blocked_by.items():
+        for p in ps:
+            children.setdefault(p, set()).add(waiter)
+
+    def reach(pid):
+        seen, stack = set(), [pid]
+        while stack:
+            for c in children.get(stack.pop(), ()):
+                if c not in seen and c != pid:
+                    seen.add(c)
+                    stack.append(c)
+        return seen
+
+    roots = []
+    for p in sorted(blockers):
+        if p not in blocked_by or _in_cycle(p, blocked_by):
+            roots.append((p, len(reach(p))))
+    roots.sort(key=lambda x: (-x[1], x[0]))
+    return waits, roots
+
+
+def _in_cycle(pid, blocked_by):
+    """pid waits (through a chain) on itself."""
+    seen, stack = set(), list(blocked_by.get(pid, ()))
+    while stack:
+        p = stack.pop()
+        if p == pid:
+            return True
+        if p in seen:
+            continue
+        seen.add(p)
+        stack.extend(blocked_by.get(p, ()))
+    return False
+
+
+_RESERVED_MSG = re.compile(r"reserved for (non-replication )?superuser|too many connections|too many clients", re.I)
+
+
+def connect_hint(msg):
+    """Add what to do when the ordinary slots are full to a connection error."""
+    if _RESERVED_MSG.search(msg or "") and "superuser_reserved_connections" not in msg:
+        return "%s (connect as a superuser: only superusers get the superuser_reserved_connections slots)" % msg
+    return msg
+
+
+def pct(value):
+    return ("%d" % value) if float(value).is_integer() else ("%.1f" % value)
