@@ -702,6 +702,14 @@ class Chain:
 
 # --------------------------------------------------------------------------- anchor worker
 
+class QueueUnavailable(Exception):
+    """The outbox row was written but the BullMQ job could not be added (the row stays pending)."""
+
+    def __init__(self, outbox_id: str, cause: BaseException):
+        super().__init__(short_error(cause))
+        self.outbox_id = outbox_id
+
+
 class Anchor:
     def __init__(self, cfg: Config, db: Database, hub: RedisHub, metrics: Metrics):
         self.cfg, self.db, self.hub, self.metrics = cfg, db, hub, metrics
@@ -732,9 +740,12 @@ class Anchor:
                 "VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
                 event[:50], app_id[:100], digest, canonical)
         oid = str(outbox_id)
-        job = await self.hub.call_queue(lambda q: q.add(
-            "anchor", {"outboxId": oid, "digest": digest},
-            {"jobId": oid, "attempts": 1, "removeOnComplete": False, "removeOnFail": False}))
+        try:
+            job = await self.hub.call_queue(lambda q: q.add(
+                "anchor", {"outboxId": oid, "digest": digest},
+                {"jobId": oid, "attempts": 1, "removeOnComplete": False, "removeOnFail": False}))
+        except Exception as e:
+            raise QueueUnavailable(oid, e) from e
         async with self.db.connection() as conn:
             await conn.execute(
                 "UPDATE anchor_outbox SET status='enqueued', updated_at=now() "
@@ -1091,14 +1102,16 @@ class P3App:
     async def get_session(self, request):
         sid = request.match_info["id"]
         try:
-            raw = await self.hub.call(lambda c: c.get(f"session:{sid}"))
+            # raw bytes: a value that is not UTF-8 is a corrupt session, not a Redis failure
+            raw = await self.hub.call(
+                lambda c: c.execute_command("GET", f"session:{sid}", NEVER_DECODE=True))
         except Exception as e:  # noqa: BLE001
             return json_error(503, "Session store unavailable", details=short_error(e))
         record = None
         if raw is not None:
             try:
-                record = json.loads(raw)
-            except ValueError:
+                record = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+            except ValueError:          # includes UnicodeDecodeError
                 record = None
         if not isinstance(record, dict) or any(f not in record for f in REQUIRED_SESSION_FIELDS):
             return json_error(401, "Session expired")
@@ -1121,12 +1134,12 @@ class P3App:
                               details="appId and event must be non-empty strings")
         try:
             oid, job_id = await self.anchor.enqueue(app_id, event, body.get("data"))
+        except QueueUnavailable as e:
+            log.warning("anchor: enqueue failed, outbox %s stays pending: %s", e.outbox_id, e)
+            return json_error(503, "Anchor queue unavailable", details=str(e), id=e.outbox_id)
         except (asyncpg.PostgresError, OSError, asyncio.TimeoutError,
                 asyncpg.exceptions.InterfaceError) as e:
             return json_error(503, "Database unavailable", details=short_error(e))
-        except Exception as e:  # noqa: BLE001 - the queue (Redis) failed after the insert
-            log.warning("anchor: enqueue failed: %s", short_error(e))
-            return json_error(503, "Anchor queue unavailable", details=short_error(e))
         return web.json_response({"id": oid, "jobId": job_id}, status=202)
 
     # -- mesh
@@ -1135,6 +1148,9 @@ class P3App:
             return json_error(503, "mesh relay down")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
         await ws.prepare(request)
+        if not self.mesh.relay_up:          # the relay went down during the upgrade
+            await ws.close(code=1012, message=b"mesh relay down")
+            return ws
         peer_id = uuid.uuid4().hex[:8]
         self.mesh.add(ws, peer_id)
         try:
