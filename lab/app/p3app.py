@@ -288,7 +288,7 @@ def node_local_scripts(*connections) -> None:
     for conn in connections:
         if conn is None:
             continue
-        for name, script in list(conn.commands.items()):
+        for name, script in list(getattr(conn, "commands", {}).items()):
             if not isinstance(script, _NodeLocalScript):
                 conn.commands[name] = _NodeLocalScript(script)
 
@@ -340,7 +340,7 @@ class RedisHub:
             from bullmq import Queue
             self._queue = Queue(self.cfg.anchor_queue,
                                 {"prefix": self.cfg.anchor_prefix, "connection": self.cluster})
-            node_local_scripts(self._queue.backend.connection)
+            node_local_scripts(getattr(self._queue, "redisConnection", None))
         return self._queue
 
     def node(self, addr: str) -> aioredis.Redis:
@@ -834,7 +834,8 @@ class Anchor:
             "drainDelay": 5,
         })
         self.worker.on("error", self._on_error)
-        node_local_scripts(self.worker.backend.connection, self.worker.backend.blocking_connection)
+        node_local_scripts(getattr(self.worker, "redisConnection", None),
+                           getattr(self.worker, "blockingRedisConnection", None))
         # bullmq names its connection on every cluster node before taking jobs and
         # gives up when one node is down; name what can be named and carry on.
         worker, name_them = self.worker, self.worker._ensure_client_names
