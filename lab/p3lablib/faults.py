@@ -335,7 +335,7 @@ def sessions_corrupt(lab, corrupt=20, min_valid=50):
         if w["kind"] not in answers:
             answers[w["kind"]] = http("GET", lab.app_url + "/api/protocol/session/" + w["id"], timeout=2.5)[0]
     rec["app_answers"] = answers
-    for kind in ("not-json", "missing-fields"):
+    for kind in ("not-json", "binary", "missing-fields"):
         if answers.get(kind) != 401:
             raise LabError("sessions-corrupt: the app answers %s, not 401, for a %s session" % (answers.get(kind), kind))
     after = count_sessions(lab)
