@@ -269,10 +269,12 @@ def assigned_slots(nodes):
 def repair_slots(lab, wanted_owner=None):
     """Give every slot an owner again.
 
-    wanted_owner: {slot: node id} recorded by the redis-slots-uncovered fault. A slot nobody owns goes to its
-    recorded owner (or, when that node is now a replica, to its master; else to the neighbouring slot's master)
-    with CLUSTER ADDSLOTSRANGE on that master. A node that alone lost a slot mapping learns it back with
-    CLUSTER SETSLOT <slot> NODE <owner>. Returns a list of actions taken."""
+    Each reachable node's CLUSTER NODES is one vote per slot (its owner, or "unassigned"). A slot whose majority
+    vote is "unassigned" goes to its recorded owner (wanted_owner: {slot: node id} from the redis-slots-uncovered
+    fault; when that node is now a replica, to its master; else to the neighbouring slot's master) with
+    CLUSTER ADDSLOTSRANGE on that master. A master that alone misses a mapping the majority agrees on learns it with
+    CLUSTER SETSLOT <slot> NODE <owner> (ADDSLOTSRANGE when it is the owner itself); replicas follow by gossip.
+    Returns a list of actions taken (errors included: the caller waits for the cluster to settle)."""
     wanted_owner = wanted_owner or {}
     views = {}
     for port in lab.redis_ports:
@@ -283,25 +285,33 @@ def repair_slots(lab, wanted_owner=None):
     if not views:
         raise LabError("no redis node answers")
     per_view = {port: assigned_slots(nodes) for port, nodes in views.items()}
-    by_id = {}
-    for nodes in views.values():
-        for n in nodes:
-            if n["myself"]:
-                by_id[n["id"]] = n
-    # majority owner per slot
-    votes = {}
-    for assigned in per_view.values():
-        for s, nid in assigned.items():
-            votes.setdefault(s, {}).setdefault(nid, 0)
-            votes[s][nid] += 1
-    consensus = {s: max(v.items(), key=lambda kv: kv[1])[0] for s, v in votes.items()}
+    me = {port: [n for n in nodes if n["myself"]][0] for port, nodes in views.items()}
+    by_id = dict((n["id"], n) for n in me.values())
+    consensus = {}
+    for s in range(NSLOTS):
+        votes = {}
+        for assigned in per_view.values():
+            owner = assigned.get(s)
+            votes[owner] = votes.get(owner, 0) + 1
+        best = max(votes.items(), key=lambda kv: (kv[1], kv[0] is not None))[0]
+        if best is not None:
+            consensus[s] = best
     actions = []
 
-    # 1. slots no node assigns: ADDSLOTSRANGE on the chosen master
-    orphan = [s for s in range(NSLOTS) if s not in consensus]
-    plan = {}
+    def do(port, *cmd):
+        try:
+            client(port, timeout=2).execute_command(*cmd)
+            return True
+        except Exception as e:  # noqa: BLE001
+            actions.append("%s on 127.0.0.1:%d failed: %s" % (" ".join(str(c) for c in cmd[:4]), port, e))
+            return False
+
+    # 1. slots the majority sees unassigned: ADDSLOTSRANGE on the chosen master
     masters = sorted([n for n in by_id.values() if n["role"] == "master"], key=lambda n: n["port"])
-    for s in orphan:
+    plan = {}
+    for s in range(NSLOTS):
+        if s in consensus:
+            continue
         target = None
         nid = wanted_owner.get(s)
         if nid and nid in by_id:
@@ -309,8 +319,9 @@ def repair_slots(lab, wanted_owner=None):
             target = n if n["role"] == "master" else by_id.get(n["master_id"])
         if target is None:
             for probe in (s - 1, s + 1):
-                if probe in consensus and consensus[probe] in by_id and by_id[consensus[probe]]["role"] == "master":
-                    target = by_id[consensus[probe]]
+                owner = by_id.get(consensus.get(probe))
+                if owner and owner["role"] == "master":
+                    target = owner
                     break
         if target is None and masters:
             target = masters[0]
@@ -318,28 +329,26 @@ def repair_slots(lab, wanted_owner=None):
             raise LabError("no reachable redis master to own slot %d" % s)
         plan.setdefault(target["port"], []).append(s)
     for port, slots in sorted(plan.items()):
-        c = client(port, timeout=2)
-        for a, b in ranges(slots):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
-            actions.append("ADDSLOTSRANGE %d %d on 127.0.0.1:%d" % (a, b, port))
-    # 2. nodes that alone miss a mapping the others agree on
+        mine = per_view.get(port, {})
+        free = [s for s in slots if s not in mine]
+        for a, b in ranges(free):
+            if do(port, "CLUSTER", "ADDSLOTSRANGE", a, b):
+                actions.append("ADDSLOTSRANGE %d %d on 127.0.0.1:%d" % (a, b, port))
+    # 2. masters that alone miss a mapping the majority agrees on
     for port, assigned in per_view.items():
+        if me[port]["role"] != "master":
+            continue
         missing = [s for s in consensus if s not in assigned]
         if not missing:
             continue
-        me = [n for n in views[port] if n["myself"]][0]
-        c = client(port, timeout=2)
-        mine = [s for s in missing if consensus[s] == me["id"]]
+        mine = [s for s in missing if consensus[s] == me[port]["id"]]
         for a, b in ranges(mine):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
-            actions.append("ADDSLOTSRANGE %d %d on 127.0.0.1:%d" % (a, b, port))
-        pipe = c.pipeline(transaction=False)
-        others = [s for s in missing if consensus[s] != me["id"]]
-        for s in others:
-            pipe.execute_command("CLUSTER", "SETSLOT", s, "NODE", consensus[s])
-        if others:
-            pipe.execute()
-            actions.append("SETSLOT NODE for %d slots on 127.0.0.1:%d" % (len(others), port))
+            if do(port, "CLUSTER", "ADDSLOTSRANGE", a, b):
+                actions.append("ADDSLOTSRANGE %d %d on 127.0.0.1:%d" % (a, b, port))
+        others = [s for s in missing if consensus[s] != me[port]["id"]]
+        ok = sum(1 for s in others if do(port, "CLUSTER", "SETSLOT", s, "NODE", consensus[s]))
+        if ok:
+            actions.append("SETSLOT NODE for %d slots on 127.0.0.1:%d" % (ok, port))
     return actions
 
 
