@@ -6,7 +6,7 @@ import time
 from . import anvil, pg, rediscluster, status, supervisor
 from .common import ONE_ETH, LabError, http, kill, pid_alive, read_json, wait_until, write_json
 from .faults import holder_pids, peers, waiting
-from .stack import Deadline, start_infra
+from .stack import Deadline, check_binaries, preflight_ports, start_infra, write_state
 
 
 def _delete_corrupt_sessions(lab):
@@ -53,6 +53,9 @@ def heal(lab):
         actions.append("killed db holder %d" % pid)
 
     # 2. every process that is not running: dead redis nodes rejoin from nodes.conf
+    check_binaries()
+    preflight_ports(lab)
+    write_state(lab)
     res = start_infra(lab, dl, wait_state=False)
     if res["redis"]["started"]:
         actions.append("restarted redis%s" % ",".join(str(i) for i in res["redis"]["started"]))

@@ -142,15 +142,18 @@ def write_state(lab):
     os.makedirs(lab.dir, exist_ok=True)
     write_json(lab.lab_json, lab_info(lab))
     text = inventory_text(lab)
-    old = None
-    if os.path.exists(lab.inventory):
-        with open(lab.inventory) as fh:
-            old = fh.read()
-    if old != text:
-        tmp = lab.inventory + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, lab.inventory)
+    # the default lab's inventory is lab/inventory.yml; a copy always sits in $P3LAB_DIR too (so a P3LAB_DIR that
+    # is set explicitly to the default path finds it there as well)
+    for path in sorted({lab.inventory, os.path.join(lab.dir, "inventory.yml")}):
+        old = None
+        if os.path.exists(path):
+            with open(path) as fh:
+                old = fh.read()
+        if old != text:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
 
 
 def start_redis(lab, dl, wait_state=True):
