@@ -251,6 +251,8 @@ def build_signal_sql(function, targets, policy):
 def evidence(row, query_length=None):
     """A backend as reported: who, what, how old. query already cut by SQL; marked when it was cut."""
     query = row.get("query")
+    if query_length == 0:
+        query = None
     if query is not None:
         query = one_line(query, 0)
         if query_length is not None and (row.get("query_chars") or 0) > query_length:

@@ -1,0 +1,208 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pure transforms of the database scenario (role p3.recovery.database): input checks with one-line messages,
+and the pool arithmetic (app instances x pool max against max_connections) reported as a recommendation."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
+RESTART_MODES = ["never", "auto", "always"]
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    if f != f or f in (float("inf"), float("-inf")):
+        return None
+    return f
+
+
+def _fmt(value):
+    f = _number(value)
+    if f is None:
+        return repr(value) if isinstance(value, str) else str(value)
+    return ("%d" % f) if f.is_integer() else ("%g" % f)
+
+
+# name -> (kind, low, low_inclusive, high)
+NUMBER_RULES = [
+    ("p3_db_max_usage_pct", "number", 0, False, 100),
+    ("p3_db_min_age_seconds", "number", 0, True, None),
+    ("p3_db_long_running_seconds", "number", 0, True, None),
+    ("p3_db_max_count", "integer", 1, True, None),
+    ("p3_db_cancel_grace_seconds", "number", 0, True, None),
+    ("p3_db_timeout", "number", 0, False, None),
+    ("p3_db_settle_timeout", "number", 0, True, None),
+    ("p3_db_verify_timeout", "number", 0, True, None),
+    ("p3_db_app_instances", "integer", 0, True, None),
+    ("p3_db_app_pool_max", "integer", 1, True, None),
+    ("p3_db_query_length", "integer", 0, True, None),
+    ("p3_db_evidence_items", "integer", 0, True, None),
+]
+
+
+def database_input_errors(values):
+    """One line per bad variable of the database role (values: name -> value); empty when all are fine."""
+    errors = []
+    for name, kind, low, low_incl, high in NUMBER_RULES:
+        if name not in values:
+            continue
+        raw = values[name]
+        f = _number(raw)
+        bound = "%s %s%s" % (">=" if low_incl else ">", _fmt(low), (" and <= %s" % _fmt(high)) if high is not None else "")
+        what = "an integer" if kind == "integer" else "a number"
+        if f is None or (kind == "integer" and not f.is_integer()) or (f < low if low_incl else f <= low) \
+                or (high is not None and f > high):
+            errors.append("%s must be %s %s, got %s" % (name, what, bound, _fmt(raw)))
+    if "p3_db_restart_app" in values and values["p3_db_restart_app"] not in RESTART_MODES:
+        errors.append("p3_db_restart_app must be one of %s, got %s" % (", ".join(RESTART_MODES), _fmt(values["p3_db_restart_app"])))
+    if "p3_db_states" in values:
+        states = values["p3_db_states"]
+        if isinstance(states, str) or not isinstance(states, (list, tuple)) or not states:
+            errors.append("p3_db_states must be a non-empty list of: %s" % ", ".join(STATES))
+        else:
+            bad = [s for s in states if s not in STATES]
+            if bad:
+                errors.append("p3_db_states: unknown state %s (use: %s)" % (_fmt(bad[0]), ", ".join(STATES)))
+    return errors
+
+
+def pool_budget(instances, pool_max, max_connections=None, superuser_reserved=3, reserved=0, threshold_pct=80,
+                where="the app's pool configuration"):
+    """The pool arithmetic of the runbook's step 3 ("increase pool size"), as numbers and a recommendation."""
+    instances = int(instances or 0)
+    pool_max = int(pool_max or 0)
+    demand = instances * pool_max
+    out = dict(instances=instances, pool_max=pool_max, demand=demand, max_connections=None, ordinary_slots=None,
+               demand_pct=None, threshold_pct=float(threshold_pct), fits=None, recommendation=None)
+    formula = "%d app instance%s x pool max %d = %d connections" % (instances, "" if instances == 1 else "s", pool_max, demand)
+    if max_connections is None or _number(max_connections) is None:
+        out["recommendation"] = ("%s; max_connections unknown (the database could not be read), compare it with "
+                                 "max_connections yourself before changing any pool size." % formula)
+        return out
+    max_connections = int(max_connections)
+    su = int(superuser_reserved or 0)
+    res = int(reserved or 0)
+    ordinary = max(0, max_connections - su - res)
+    pct = round(100.0 * demand / max_connections, 1) if max_connections else None
+    out.update(max_connections=max_connections, ordinary_slots=ordinary, demand_pct=pct)
+    slots = "%d ordinary slots (max_connections %d - %d superuser-reserved%s)" % (
+        ordinary, max_connections, su, (" - %d reserved" % res) if res else "")
+    needed = demand + su + res
+    if demand > ordinary:
+        out["fits"] = False
+        out["recommendation"] = (
+            "%s > %s: the app's pools alone can exhaust the database, so increasing the pool size (the runbook's "
+            "step 3) would make it worse. A human decision: lower the pool max in %s, or raise max_connections "
+            "to at least %d (more with other clients, and keep usage under %s%%), or put a pooler such as PgBouncer "
+            "in front." % (formula, slots, where, needed, _fmt(threshold_pct)))
+    elif pct is not None and pct >= float(threshold_pct):
+        out["fits"] = True
+        out["recommendation"] = (
+            "%s fits in %s, but full pools alone are %s%% of max_connections, at or over the %s%% alert: the alert "
+            "will fire under normal peak load. A human decision: lower the pool max in %s or raise max_connections; "
+            "do not increase the pool size." % (formula, slots, _fmt(pct), _fmt(threshold_pct), where))
+    else:
+        out["fits"] = True
+        out["recommendation"] = (
+            "%s fits in %s (%s%% of max_connections at full pools): the pools are not the cause, and increasing "
+            "them (the runbook's step 3) would not help. Look at what held the connections (by application and "
+            "user in the report) and fix that client." % (formula, slots, _fmt(pct)))
+    return out
+
+
+
+
+def _one_line(text, limit=400):
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _apps(backends):
+    counts = {}
+    for b in backends or []:
+        key = b.get("application") or "(none)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join("%s: %d" % (k, counts[k]) for k in sorted(counts, key=lambda k: (-counts[k], k)))
+
+
+def database_outcome(report):
+    """healthy, changed, reason (one line) and summary (lines for a debug task) of a recover_database report body.
+
+    report: dict with checks (list of {name, healthy, reason}), check_mode, decision {act, why},
+    actions {terminate: module result or {skipped: true}, restart: {hosts: [...], why}}, recommendation {pool}.
+    """
+    checks = report.get("checks") or []
+    failing = [c for c in checks if c.get("healthy") is False]
+    healthy = not failing
+    check_mode = bool(report.get("check_mode"))
+    decision = report.get("decision") or {}
+    actions = report.get("actions") or {}
+    term = actions.get("terminate") or {}
+    restart = actions.get("restart") or {}
+    restarted = list(restart.get("hosts") or [])
+    terminated = list(term.get("terminated") or [])
+    cancelled = list(term.get("cancelled") or [])
+    selected = list(term.get("selected") or [])
+    changed = bool(terminated or cancelled or restarted) and not check_mode
+    target = term.get("target") or (report.get("before") or {}).get("database", {}).get("target") or "the database"
+
+    did = []
+    if term.get("skipped") or not term:
+        did.append("nothing terminated")
+    elif check_mode:
+        did.append("would terminate %d backends on %s (%s)" % (len(selected), target, _apps(selected) or "none")
+                   if selected else "would terminate nothing on %s" % target)
+    else:
+        chosen = [b for b in selected if b.get("pid") in terminated]
+        did.append("terminated %d backends on %s (%s)" % (len(terminated), target, _apps(chosen) or "none")
+                   if terminated else "terminated nothing on %s (%s)" % (target, term.get("msg") or "no match"))
+        if cancelled:
+            did.append("%d ended by cancel" % len(cancelled))
+    if restarted:
+        did.append("restarted %s" % ", ".join(restarted))
+    elif restart.get("requested") and check_mode:
+        did.append("would restart the app")
+
+    state = "; ".join("%s: %s" % (c.get("name"), c.get("reason")) for c in (failing or checks) if c.get("healthy") is not None)
+    if check_mode:
+        reason = "check mode: %s; nothing changed; now %s" % ("; ".join(did), state)
+    elif healthy and not decision.get("act"):
+        reason = "nothing to do: %s" % state
+    elif healthy:
+        reason = "recovered: %s; %s" % ("; ".join(did), state)
+    else:
+        reason = "not recovered: %s; %s" % (state, "; ".join(did))
+
+    summary = []
+    before = (report.get("before") or {}).get("database") or {}
+    if before.get("reason"):
+        summary.append("before   %s" % _one_line(before["reason"], 200))
+    if decision.get("why"):
+        summary.append("decision %s" % _one_line(decision["why"], 200))
+    summary.append("action   %s" % _one_line("; ".join(did), 200))
+    if restart.get("why"):
+        summary.append("restart  %s" % _one_line(restart["why"], 200))
+    for c in checks:
+        if c.get("healthy") is not None:
+            summary.append("after    %-8s %-9s %s" % (c.get("name"), "OK" if c.get("healthy") else "UNHEALTHY",
+                                                    _one_line(c.get("reason"), 160)))
+    pool = (report.get("recommendation") or {}).get("pool") or {}
+    if pool.get("recommendation"):
+        summary.append("pools    %s" % _one_line(pool["recommendation"], 300))
+    return dict(healthy=healthy, changed=changed, reason=_one_line(reason, 1000), summary=summary)
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "database_input_errors": database_input_errors,
+            "database_outcome": database_outcome,
+            "pool_budget": pool_budget,
+        }

@@ -1,0 +1,412 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: postgres_activity
+short_description: Show who uses PostgreSQL's connections, what runs long and who blocks whom
+version_added: 0.1.0
+description:
+  - The diagnosis of the runbook's "Database Connection Exhaustion" scenario, read-only, from one read of
+    C(pg_stat_activity).
+  - Connection usage, client backends against C(max_connections), C(superuser_reserved_connections) and
+    C(reserved_connections), by state, C(application_name), user and client address. Other backends
+    (autovacuum, walsender, background workers) are counted apart.
+  - Long-running work over O(long_running_seconds). This covers statements running for longer
+    (C(now() - query_start), where the runbook's invalid C(duration) column was meant), transactions open for
+    longer (C(now() - xact_start)) and transactions sitting idle for longer (C(idle in transaction) since
+    C(state_change)).
+  - Lock waits with C(pg_blocking_pids()), and the backends at the root of each blocking chain.
+  - Unhealthy when it cannot connect or when the usage reaches O(max_usage_pct) (the runbook's 80% alert).
+    Long-running work and lock waits are evidence and do not make it unhealthy by themselves.
+  - Connect as a superuser. When the application holds every ordinary slot, only a superuser gets in, through
+    the C(superuser_reserved_connections) slots. RV(connections.via_reserved_slot) says whether that happened.
+    Only a superuser (or a member of C(pg_read_all_stats)) sees other roles' query texts.
+author:
+  - P3 Recovery maintainers (@p3-protocol)
+extends_documentation_fragment:
+  - p3.recovery.postgres
+  - p3.recovery.probe
+  - p3.recovery.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  max_usage_pct:
+    description:
+      - Connection usage, in percent of C(max_connections), at or above which the database is unhealthy.
+    type: float
+    default: 80
+  long_running_seconds:
+    description:
+      - Age, in seconds, from which a statement, a transaction or an idle transaction counts as long-running.
+      - The default is the runbook's 5 minutes.
+    type: float
+    default: 300
+  query_length:
+    description: Characters of each query text to report (cut by the server; V(0) reports no query text).
+    type: int
+    default: 200
+  max_items:
+    description: Most entries in each evidence list (RV(long_running), RV(lock_waits), RV(blocking_roots)).
+    type: int
+    default: 20
+seealso:
+  - module: p3.recovery.postgres_terminate
+  - module: p3.recovery.postgres_probe
+"""
+
+EXAMPLES = r"""
+- name: What holds the connections (as a superuser, through the reserved slots if need be)
+  p3.recovery.postgres_activity:
+    dsn: "{{ vault_p3_admin_dsn }}"
+  register: activity
+
+- name: Long-running work from one minute on, shorter query texts
+  p3.recovery.postgres_activity:
+    long_running_seconds: 60
+    query_length: 80
+  register: activity
+
+- name: Show the usage per application
+  ansible.builtin.debug:
+    msg: "{{ activity.connections.used }}/{{ activity.connections.max }}: {{ activity.connections.by_application }}"
+"""
+
+RETURN = r"""
+healthy:
+  description: Connected, and the usage is below O(max_usage_pct).
+  returned: always
+  type: bool
+  sample: false
+reason:
+  description: One line.
+  returned: always
+  type: str
+  sample: "connections 18/20 (90%) >= 80% on 127.0.0.1:21010; 17 long-running (oldest 3.2 s), 0 lock waits"
+reachable:
+  description: Whether the module could connect and read C(pg_stat_activity).
+  returned: always
+  type: bool
+target:
+  description: C(host:port) probed, without credentials.
+  returned: always
+  type: str
+  sample: "127.0.0.1:5432"
+user:
+  description: Role the module connected as; null when it could not connect.
+  returned: always
+  type: str
+  sample: p3admin
+superuser:
+  description: Whether that role is a superuser.
+  returned: always
+  type: bool
+server_version:
+  description: Server version string; null when it could not connect.
+  returned: always
+  type: str
+  sample: "15.14 (Debian 15.14-0+deb12u1)"
+max_usage_pct:
+  description: The threshold used.
+  returned: always
+  type: float
+  sample: 80.0
+long_running_seconds:
+  description: The long-running threshold used.
+  returned: always
+  type: float
+  sample: 300.0
+usage_pct:
+  description: Client backends in percent of C(max_connections), this module's own connection included; null when it could not connect.
+  returned: always
+  type: float
+  sample: 90.0
+connections:
+  description: Connection usage; null when it could not connect.
+  returned: always
+  type: dict
+  contains:
+    used:
+      description: Client backends, this module's own connection included.
+      type: int
+      sample: 18
+    max:
+      description: C(max_connections).
+      type: int
+      sample: 20
+    superuser_reserved:
+      description: C(superuser_reserved_connections).
+      type: int
+      sample: 3
+    reserved:
+      description: C(reserved_connections) (PostgreSQL 16+, 0 before).
+      type: int
+      sample: 0
+    ordinary_max:
+      description: Slots open to ordinary (non-superuser) roles such as the application's.
+      type: int
+      sample: 17
+    available:
+      description: Ordinary slots still free.
+      type: int
+      sample: 0
+    usage_pct:
+      description: Same as RV(usage_pct).
+      type: float
+      sample: 90.0
+    via_reserved_slot:
+      description: More client backends than ordinary slots are in use, so this connection took a superuser-reserved slot.
+      type: bool
+    by_state:
+      description: Client backends per C(state).
+      type: dict
+      sample: {"active": 18}
+    by_application:
+      description: Client backends per C(application_name) (C((none)) when empty).
+      type: dict
+      sample: {"p3-lab-leak": 17, "p3-recovery": 1}
+    by_user:
+      description: Client backends per role.
+      type: dict
+      sample: {"p3app": 17, "p3admin": 1}
+    by_client_addr:
+      description: Client backends per client address (C(local) for Unix sockets).
+      type: dict
+      sample: {"127.0.0.1": 18}
+    other_backends:
+      description: Backends that are not client backends, per C(backend_type); never signalled by this collection.
+      type: dict
+      sample: {"autovacuum launcher": 1, "checkpointer": 1}
+long_running:
+  description: Long-running client backends (not this module's), oldest first, at most O(max_items).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    pid:
+      description: Backend process id.
+      type: int
+    user:
+      description: Role.
+      type: str
+    application:
+      description: C(application_name).
+      type: str
+    client_addr:
+      description: Client address, null for Unix sockets.
+      type: str
+    database:
+      description: Database.
+      type: str
+    state:
+      description: C(state).
+      type: str
+    age_seconds:
+      description: Age in its state. For C(active) this is C(now() - query_start), otherwise C(now() - state_change).
+      type: float
+    query_age_seconds:
+      description: C(now() - query_start).
+      type: float
+    xact_age_seconds:
+      description: C(now() - xact_start), null outside a transaction.
+      type: float
+    backend_start:
+      description: When the backend started (with pid, identifies it).
+      type: str
+    wait_event:
+      description: C(wait_event_type:wait_event), or null.
+      type: str
+    query:
+      description: Query text cut to O(query_length) characters (C(...) marks a cut).
+      type: str
+    long_running:
+      description: Why it is listed, any of C(query), C(transaction), C(idle_in_transaction).
+      type: list
+      elements: str
+  sample: [{"pid": 4242, "user": "p3app", "application": "p3-lab-leak", "state": "active", "age_seconds": 3.2,
+            "query": "SELECT pg_sleep(3600)", "long_running": ["query", "transaction"]}]
+long_running_count:
+  description: Number of long-running client backends (RV(long_running) may be cut to O(max_items)).
+  returned: always
+  type: int
+oldest:
+  description: The oldest running statement, open transaction and idle transaction, in seconds (null when none).
+  returned: always
+  type: dict
+  sample: {"query_seconds": 3.2, "transaction_seconds": 3.2, "idle_in_transaction_seconds": null}
+lock_waits:
+  description: Backends waiting on a lock held by others, at most O(max_items); entries as in RV(long_running) plus C(blocked_by) (pids).
+  returned: always
+  type: list
+  elements: dict
+lock_waits_count:
+  description: Number of backends waiting on locks.
+  returned: always
+  type: int
+blocking_roots:
+  description:
+    - Backends that block others (directly or through a chain) without waiting themselves, most blocking first,
+      at most O(max_items). The entries are as in RV(long_running) plus C(blocks), the number of backends waiting
+      behind it. Members of a wait cycle are listed too.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    PROBE_ARGUMENT_SPEC,
+    P3Error,
+    exit_probe,
+    probe_result,
+)
+from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
+    BACKENDS_SQL,
+    SETTINGS_SQL,
+    backend_age,
+    blocking_chains,
+    client_backends,
+    connect_hint,
+    evidence,
+    group_counts,
+    long_running,
+    pct,
+    usage,
+)
+from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import (
+    PostgresTarget,
+    postgres_argument_spec,
+)
+
+
+def _oldest(rows):
+    out = dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None)
+    for r in client_backends(rows):
+        if r.get("own"):
+            continue
+        if r.get("state") == "active" and r.get("query_age") is not None:
+            out["query_seconds"] = max(out["query_seconds"] or 0.0, float(r["query_age"]))
+        if r.get("xact_age") is not None:
+            out["transaction_seconds"] = max(out["transaction_seconds"] or 0.0, float(r["xact_age"]))
+        if (r.get("state") or "").startswith("idle in transaction"):
+            out["idle_in_transaction_seconds"] = max(out["idle_in_transaction_seconds"] or 0.0, backend_age(r))
+    return dict((k, None if v is None else round(v, 1)) for k, v in out.items())
+
+
+def analyse(rows, settings, params, target):
+    """Pure: rows of BACKENDS_SQL + SETTINGS_SQL -> the probe result."""
+    threshold = params["max_usage_pct"]
+    qlen = params["query_length"]
+    limit = params["max_items"]
+    conns = usage(rows, settings)
+    conns.update(group_counts(rows))
+    lr = long_running(rows, params["long_running_seconds"])
+    waits, roots = blocking_chains(rows)
+    by_pid = dict((r.get("pid"), r) for r in rows)
+
+    long_list = []
+    for row, why in lr[:limit]:
+        item = evidence(row, qlen)
+        item["long_running"] = why
+        long_list.append(item)
+    wait_list = []
+    for row, blockers in waits[:limit]:
+        item = evidence(row, qlen)
+        item["blocked_by"] = blockers
+        wait_list.append(item)
+    root_list = []
+    for pid, blocks in roots[:limit]:
+        item = evidence(by_pid.get(pid) or dict(pid=pid), qlen)
+        item["blocks"] = blocks
+        root_list.append(item)
+
+    oldest = _oldest(rows)
+    summary = "connections %d/%d (%s%%)" % (conns["used"], conns["max"], pct(conns["usage_pct"]))
+    extra = "%d long-running%s, %d lock waits" % (
+        len(lr),
+        (" (oldest %s s)" % pct(round(max(backend_age(lr[0][0]), float(lr[0][0].get("xact_age") or 0)), 1))) if lr else "",
+        len(waits))
+    healthy = conns["usage_pct"] < threshold
+    if healthy:
+        reason = "%s < %s%% on %s; %s" % (summary, pct(threshold), target, extra)
+    else:
+        reason = "%s >= %s%% on %s; %s" % (summary, pct(threshold), target, extra)
+    if conns["via_reserved_slot"]:
+        reason += "; connected through a superuser-reserved slot"
+    return probe_result(
+        healthy, reason,
+        reachable=True,
+        target=target,
+        user=settings["user"],
+        superuser=bool(settings["superuser"]),
+        server_version=settings["server_version"],
+        max_usage_pct=float(threshold),
+        long_running_seconds=float(params["long_running_seconds"]),
+        usage_pct=conns["usage_pct"],
+        connections=conns,
+        long_running=long_list,
+        long_running_count=len(lr),
+        oldest=oldest,
+        lock_waits=wait_list,
+        lock_waits_count=len(waits),
+        blocking_roots=root_list,
+    )
+
+
+def unreachable(target, params, msg):
+    return probe_result(
+        False, connect_hint(msg),
+        reachable=False, target=target, user=None, superuser=None, server_version=None,
+        max_usage_pct=float(params["max_usage_pct"]), long_running_seconds=float(params["long_running_seconds"]),
+        usage_pct=None, connections=None, long_running=[], long_running_count=0,
+        oldest=dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None),
+        lock_waits=[], lock_waits_count=0, blocking_roots=[])
+
+
+def validate(params):
+    if not 0 < params["max_usage_pct"] <= 100:
+        raise P3Error("max_usage_pct must be in (0, 100], got %s" % params["max_usage_pct"])
+    if params["long_running_seconds"] < 0:
+        raise P3Error("long_running_seconds must be >= 0, got %s" % params["long_running_seconds"])
+    if params["query_length"] < 0:
+        raise P3Error("query_length must be >= 0, got %s" % params["query_length"])
+    if params["max_items"] < 0:
+        raise P3Error("max_items must be >= 0, got %s" % params["max_items"])
+
+
+def main():
+    argument_spec = postgres_argument_spec(
+        max_usage_pct=dict(type="float", default=80),
+        long_running_seconds=dict(type="float", default=300),
+        query_length=dict(type="int", default=200),
+        max_items=dict(type="int", default=20),
+    )
+    argument_spec.update(PROBE_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        validate(module.params)
+    except P3Error as e:
+        module.fail_json(msg=e.msg)
+    target = PostgresTarget(module)
+    client = target.client()
+    try:
+        client.connect()
+        settings = client.query(SETTINGS_SQL)[0]
+        rows = client.query(BACKENDS_SQL, dict(query_length=module.params["query_length"]))
+    except P3Error as e:
+        exit_probe(module, unreachable(target.target, module.params, e.msg))
+    finally:
+        client.close()
+    exit_probe(module, analyse(rows, settings, module.params, target.target))
+
+
+if __name__ == "__main__":
+    main()
