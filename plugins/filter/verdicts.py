@@ -62,7 +62,7 @@ def triage(checks, severities=None, scenarios=None):
     }
 
 
-def verdict_table(checks, width=90):
+def verdict_table(checks, width=110):
     """Render checks as fixed-width lines (one per check) for a debug task."""
     name_w = max([len("check")] + [len(c.get("name", "")) for c in checks])
     lines = ["%-*s  %-9s  %s" % (name_w, "check", "verdict", "reason")]
