@@ -114,8 +114,8 @@ def heal(lab):
     if code not in (200, 202, 204):
         raise LabError("POST /_lab/anchor/resume answered %s %s" % (code, body))
 
-    # 8. the mesh relay
-    if peers(lab) != lab.peers:
+    # 8. the mesh relay (peers of a freshly started app reconnect by themselves within about a second)
+    if peers(lab) != lab.peers and not wait_until(lambda: peers(lab) == lab.peers, 2, 0.2):
         _publish_reconnect(lab)
         actions.append("published reconnect on mesh:control")
         end = time.monotonic() + dl.left(30)

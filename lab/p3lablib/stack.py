@@ -275,9 +275,17 @@ def up(lab):
 
 
 def _is_lab_process(lab, pid):
+    """Only processes that are recognisably this lab's (another lab on other ports must survive our down)."""
+    if pid in owned_pids(lab):
+        return True
     cmd = cmdline(pid)
-    return any(s in cmd for s in ("redis-server", "postgres", "anvil", "p3app.py", "meshpeers.py", "supervisord",
-                                  "p3lab _hold"))
+    if "redis-server" in cmd:
+        return any("127.0.0.1:%d" % p in cmd for p in lab.redis_ports)
+    if "postgres" in cmd:
+        return lab.pg_data in cmd
+    if "anvil" in cmd:
+        return "--port %d" % lab.anvil_port in cmd
+    return False
 
 
 def down(lab, purge=False):

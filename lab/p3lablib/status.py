@@ -25,7 +25,7 @@ def session_ok(raw, ttl):
 
 def scan_sessions(port, on_page, count=1000):
     """SCAN session:* on one node; on_page(keys, values, ttls) per page (values raw bytes or Exception)."""
-    c = rediscluster.client(port, decode=False, timeout=5)
+    c = rediscluster.client(port, decode=False, timeout=2)
     cursor = 0
     while True:
         cursor, keys = c.scan(cursor=cursor, match=b"session:*", count=count)
@@ -45,7 +45,7 @@ def masters_of(nodes):
                   key=lambda n: n["port"])
 
 
-def sessions(lab, nodes):
+def sessions(lab, nodes, down=()):
     """{'valid': n, 'corrupt': n} over every master, or nulls when a master cannot be read."""
     counts = {"valid": 0, "corrupt": 0}
     masters = masters_of(nodes or [])
@@ -62,6 +62,9 @@ def sessions(lab, nodes):
 
     unreadable = []
     for m in masters:
+        if m["port"] in down:
+            unreadable.append(m["address"])
+            continue
         try:
             scan_sessions(m["port"], page)
         except Exception:  # noqa: BLE001 - a dead master, or CLUSTERDOWN
@@ -72,11 +75,11 @@ def sessions(lab, nodes):
     return counts
 
 
-def anchor_counts(lab, nodes):
+def anchor_counts(lab, nodes, down=()):
     keys = {s: "%s:%s:%s" % (BULL_PREFIX, BULL_QUEUE, s) for s in ("wait", "active", "failed", "completed", "delayed")}
     out = {"waiting": None, "active": None, "failed": None, "completed": None, "delayed": None}
     port = rediscluster.owner_port_for_key(lab, keys["wait"], nodes) if nodes else None
-    if not port:
+    if not port or port in down:
         return out
     try:
         c = rediscluster.client(port, timeout=1)
@@ -98,6 +101,7 @@ def _redis(lab):
         up = rediscluster.ping(port)
         pid = live_pid(lab.redis_pidfile(i))
         services["redis%d" % i] = {"port": port, "pid": pid, "up": up}
+    down = set(p for i, p in enumerate(lab.redis_ports, 1) if not services["redis%d" % i]["up"])
     red = {"cluster_state": None, "masters": None, "replicas": None, "slots_assigned": None, "nodes": []}
     port, nodes = rediscluster.view(lab, prefer=next((p for p in lab.redis_ports
                                                       if services["redis%d" % (p - lab.base)]["up"]), None))
@@ -118,15 +122,17 @@ def _redis(lab):
         # replicas whose link to the master is down (INFO replication on each live replica)
         unlinked = []
         for n in good:
-            if n["role"] == "replica":
+            if n["role"] == "replica" and n["port"] in down:
+                unlinked.append(n["address"])
+            elif n["role"] == "replica":
                 try:
                     if rediscluster.replication(n["port"], timeout=0.5).get("master_link_status") != "up":
                         unlinked.append(n["address"])
                 except Exception:  # noqa: BLE001
                     unlinked.append(n["address"])
         red["replicas_unlinked"] = unlinked
-    sess = sessions(lab, nodes)
-    anchor = anchor_counts(lab, nodes)
+    sess = sessions(lab, nodes, down)
+    anchor = anchor_counts(lab, nodes, down)
     return {"services": services, "redis": red, "sessions": sess, "anchor": anchor}
 
 
@@ -137,10 +143,12 @@ def _pg(lab):
     conn = None
     for connect in (pg.connect_admin, pg.connect_local):
         try:
-            conn = connect(lab, timeout=2) if connect is pg.connect_admin else connect(lab, timeout=2)
+            conn = connect(lab, timeout=2)
             break
-        except Exception:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001
             conn = None
+            if "timeout" in str(e):  # a hung server: the socket would hang the same way
+                break
     if conn is not None:
         up = True
         try:
@@ -174,12 +182,16 @@ def _app(lab):
     code, body = http("GET", lab.app_url + "/health", timeout=2.5)
     app = {"healthy": code == 200, "status_code": code, "health": body if isinstance(body, dict) else None,
            "error": None if code else body}
+    return {"app": app}
+
+
+def _mesh(lab):
     mesh = {"peers": None, "relay": None, "active": None}
     pcode, pbody = http("GET", lab.app_url + "/pulse/status", timeout=2.5)
     if pcode == 200 and isinstance(pbody, dict):
         st = pbody.get("status") or {}
         mesh = {"peers": st.get("subscribers"), "relay": st.get("relay"), "active": st.get("active")}
-    return {"app": app, "mesh": mesh}
+    return {"mesh": mesh}
 
 
 def _sup(lab):
@@ -203,8 +215,8 @@ def _sup(lab):
 
 def collect(lab):
     out = {"lab": {"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory}, "services": {}}
-    with ThreadPoolExecutor(max_workers=5) as ex:
-        futs = [ex.submit(f, lab) for f in (_redis, _pg, _anvil, _app, _sup)]
+    with ThreadPoolExecutor(max_workers=6) as ex:
+        futs = [ex.submit(f, lab) for f in (_redis, _pg, _anvil, _app, _mesh, _sup)]
         parts = [f.result() for f in futs]
     for part in parts:
         for k, v in part.items():
