@@ -78,5 +78,6 @@ def balance(lab, addr=ANCHOR_WALLET, timeout=1.5):
 def set_balance(lab, wei, addr=ANCHOR_WALLET):
     rpc(lab.rpc_url, "anvil_setBalance", [addr, hex(wei)])
     got = balance(lab, addr)
-    if got != wei:
+    # the app may spend gas between the two calls: allow that, not a balance that did not move
+    if got > wei or got < wei // 2:
         raise LabError("anvil_setBalance did not take: %s has %d wei" % (addr, got))

@@ -52,7 +52,16 @@ def heal(lab):
         wait_until(lambda: not pid_alive(pid), 3, 0.02)
         actions.append("killed db holder %d" % pid)
 
-    # 2. every process that is not running: dead redis nodes rejoin from nodes.conf
+    # 2. the anchor wallet before anything (re)starts the app: a fresh worker would drain a backlog into failures
+    wallet_faulted = any(f.get("fault") == "wallet-empty" for f in faults)
+    if anvil.answering(lab):
+        bal = anvil.balance(lab)
+        if bal < ONE_ETH // 10 or wallet_faulted:
+            anvil.set_balance(lab, ONE_ETH)
+            actions.append("anchor wallet balance %d -> 1 ETH" % bal)
+            wallet_faulted = False
+
+    # 3. every process that is not running: dead redis nodes rejoin from nodes.conf
     check_binaries()
     preflight_ports(lab)
     write_state(lab)
@@ -71,7 +80,7 @@ def heal(lab):
     if n:
         actions.append("terminated %d p3-lab-leak backends" % n)
 
-    # 3. redis: give unowned slots back to their recorded owner, then wait for a settled cluster
+    # 4. redis: give unowned slots back to their recorded owner, then wait for a settled cluster
     wanted = {}
     for f in faults:
         if f.get("fault") == "redis-slots-uncovered" and f.get("range"):
@@ -89,18 +98,18 @@ def heal(lab):
                 st = status.collect(lab)
                 raise LabError("redis did not settle: %s" % "; ".join(p for p in st["problems"] if p.startswith("redis")))
 
-    # 4. sessions
+    # 5. sessions
     n = _delete_corrupt_sessions(lab)
     if n:
         actions.append("deleted %d corrupt sessions" % n)
 
-    # 5. the anchor wallet
+    # 6. the anchor wallet (again: anvil may have just been restarted)
     bal = anvil.balance(lab)
-    if bal < ONE_ETH // 10 or any(f.get("fault") == "wallet-empty" for f in faults):
+    if bal < ONE_ETH // 10 or wallet_faulted:
         anvil.set_balance(lab, ONE_ETH)
         actions.append("anchor wallet balance %d -> 1 ETH" % bal)
 
-    # 6. the app (started above when it was down), healthy again
+    # 7. the app (started above when it was down), healthy again
     def healthy():
         code, _ = http("GET", lab.app_url + "/health", timeout=2)
         return code == 200
@@ -109,12 +118,12 @@ def heal(lab):
         code, body = http("GET", lab.app_url + "/health", timeout=2)
         raise LabError("the app is still unhealthy: %s %s (see %s)" % (code, body, lab.app_log))
 
-    # 7. the anchor worker
+    # 8. the anchor worker
     code, body = http("POST", lab.app_url + "/_lab/anchor/resume", {}, timeout=15)
     if code not in (200, 202, 204):
         raise LabError("POST /_lab/anchor/resume answered %s %s" % (code, body))
 
-    # 8. the mesh relay (peers of a freshly started app reconnect by themselves within about a second)
+    # 9. the mesh relay (peers of a freshly started app reconnect by themselves within about a second)
     if peers(lab) != lab.peers and not wait_until(lambda: peers(lab) == lab.peers, 2, 0.2):
         _publish_reconnect(lab)
         actions.append("published reconnect on mesh:control")
@@ -128,14 +137,14 @@ def heal(lab):
                 last = time.monotonic()
             time.sleep(0.2)
 
-    # 9. the anchor backlog drains
+    # 10. the anchor backlog drains
     w = waiting(lab)
     if w:
         if not wait_until(lambda: waiting(lab) == 0, dl.left(90), 0.5):
             raise LabError("the anchor queue did not drain: %s jobs still waiting" % waiting(lab))
         actions.append("anchor backlog of %d drained" % w)
 
-    # 10. everything at once
+    # 11. everything at once
     last = {}
 
     def all_good():
