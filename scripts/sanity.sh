@@ -20,6 +20,8 @@ COPY=$STATE/ansible_collections/p3/recovery
 export HOME=$STATE/home
 export ANSIBLE_HOME=$HOME/.ansible
 export LC_ALL=${LC_ALL:-C.UTF-8}
+# python3.X on PATH must be the project's interpreter (ansible-test builds its per-test venvs from it).
+export PATH="$VENV/bin:$PATH"
 # Never leak the caller's Ansible settings into the tests.
 unset ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH ANSIBLE_COLLECTIONS_PATHS
 
