@@ -195,7 +195,7 @@ def database_outcome(report):
                                                     _one_line(c.get("reason"), 160)))
     pool = (report.get("recommendation") or {}).get("pool") or {}
     if pool.get("recommendation"):
-        summary.append("pools    %s" % _one_line(pool["recommendation"], 300))
+        summary.append("pools    %s" % _one_line(pool["recommendation"], 800))
     return dict(healthy=healthy, changed=changed, reason=_one_line(reason, 1000), summary=summary)
 
 
