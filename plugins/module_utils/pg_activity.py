@@ -194,8 +194,8 @@ def validate_policy(params):
         raise P3Error("max_count must be >= 1, got %s" % max_count)
     for key in ("include_applications", "exclude_applications", "include_users", "exclude_users"):
         for pattern in params.get(key) or []:
-            if pattern is None or str(pattern) == "":
-                raise P3Error("%s must not contain an empty pattern" % key)
+            if pattern is None:
+                raise P3Error("%s must not contain a null pattern (use '' to match an empty name)" % key)
     grace = params.get("cancel_grace_seconds")
     if grace is not None and grace < 0:
         raise P3Error("cancel_grace_seconds must be >= 0, got %s" % grace)
