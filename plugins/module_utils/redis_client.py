@@ -555,13 +555,21 @@ def probe_nodes(settings, discover=True, deadline=None, max_workers=16):
     pending = {}
     queue = []
 
+    known_ids = set()
+
     def worker(host, port):
         rec = probe_node(settings, host, port)
         with lock:
             results[rec["address"]] = rec
             pending.pop(rec["address"], None)
+            me = _myself(rec)
+            if me is not None:
+                known_ids.add(me["id"])
             if discover and rec.get("cluster_nodes"):
                 for n in rec["cluster_nodes"]:
+                    # a node already reached under another name (seed host name vs IP) is not a new node
+                    if n["myself"] or n["id"] in known_ids:
+                        continue
                     if n["address"] and n["address"] not in results and n["address"] not in pending \
                             and (n["host"], n["port"]) not in queue and "handshake" not in n["flags"]:
                         queue.append((n["host"], n["port"]))
@@ -599,30 +607,59 @@ def probe_nodes(settings, discover=True, deadline=None, max_workers=16):
 _FAIL_FLAGS = ("fail", "fail?")
 
 
+def _myself(rec):
+    for n in rec.get("cluster_nodes") or ():
+        if n["myself"]:
+            return n
+    return None
+
+
+def _drop_aliases(records, seeds):
+    """One record per cluster node: the same node reached under two names (seed host name and the IP its peers
+    list) keeps the name it was first given (seeds first)."""
+    out = {}
+    ids = set()
+    for address in [a for a in seeds if a in records] + sorted(a for a in records if a not in seeds):
+        rec = records[address]
+        me = _myself(rec) if rec["reachable"] else None
+        if me is not None:
+            if me["id"] in ids:
+                continue
+            ids.add(me["id"])
+        out[address] = rec
+    return out
+
+
 def summarize(records, seeds=None):
     """Turn per-node probe records into the redis_probe verdict (pure; see the redis_probe RETURN docs)."""
     seeds = list(seeds or [])
+    records = _drop_aliases(records, seeds)
     reachable = [r for r in records.values() if r["reachable"]]
     cluster_enabled = any(r["cluster_enabled"] for r in reachable)
     views = dict((r["address"], r["cluster_nodes"]) for r in reachable if r["cluster_enabled"] and r["cluster_nodes"])
 
     # Everything any view knows about each address; a node's own line (myself) wins over what peers say.
     own = {}
+    for viewer, lines in views.items():
+        for n in lines:
+            if n["myself"]:
+                own[viewer] = n
+    # A node we reached under one name (a seed's host name) is listed by its peers under another (its IP):
+    # the id tells, and the name we reached it by wins.
+    canonical = dict((me["id"], viewer) for viewer, me in own.items())
     seen_by_peers = {}
     for viewer, lines in views.items():
         for n in lines:
-            if not n["address"]:
+            if n["myself"] or not (n["address"] or n["id"] in canonical):
                 continue
-            if n["myself"]:
-                own[viewer] = n
-            else:
-                seen_by_peers.setdefault(n["address"], []).append(dict(n, viewer=viewer))
+            address = canonical.get(n["id"], n["address"])
+            seen_by_peers.setdefault(address, []).append(dict(n, viewer=viewer))
     order = []
     for a in seeds + sorted(records) + sorted(seen_by_peers):
         if a not in order:
             order.append(a)
 
-    id_to_address = {}
+    id_to_address = dict(canonical)
     for lines in views.values():
         for n in lines:
             if n["address"]:

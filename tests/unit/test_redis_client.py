@@ -338,3 +338,18 @@ def test_probe_never_hangs_on_a_silent_node():
     assert by["127.0.0.1:%d" % port]["error"] == "timed out after 0.5s"
     assert by["127.0.0.1:%d" % closed_port]["error"] == "connection refused"
     assert "unreachable (timed out after 0.5s)" in v["reason"]
+
+
+def test_seed_host_name_and_peer_ip_are_one_node():
+    """Seeds given by host name, peers listing the same node by IP: one node, under the seed's name."""
+    recs = cluster()
+    a = dict(recs.pop(addr(1)), address="redis-a:1", host="redis-a")
+    alias = dict(record("A"))  # the same node reached again under its IP
+    recs2 = {"redis-a:1": a, addr(1): alias}
+    recs2.update(recs)
+    v = rc.summarize(recs2, seeds=["redis-a:1"])
+    assert v["healthy"] is True, v["reason"]
+    assert [n["address"] for n in v["nodes"]].count("redis-a:1") == 1
+    assert addr(1) not in [n["address"] for n in v["nodes"]] and len(v["nodes"]) == 6
+    f = [n for n in v["nodes"] if n["address"] == addr(6)][0]
+    assert f["master"] == "redis-a:1"
