@@ -7,6 +7,8 @@ and the pool arithmetic (app instances x pool max against max_connections) repor
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import math
+
 STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
 RESTART_MODES = ["never", "auto", "always"]
 
@@ -18,7 +20,7 @@ def _number(value):
         f = float(value)
     except (TypeError, ValueError):
         return None
-    if f != f or f in (float("inf"), float("-inf")):
+    if math.isnan(f) or math.isinf(f):
         return None
     return f
 
@@ -117,8 +119,6 @@ def pool_budget(instances, pool_max, max_connections=None, superuser_reserved=3,
     return out
 
 
-
-
 def _one_line(text, limit=400):
     text = " ".join(str(text or "").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -191,8 +191,8 @@ def database_outcome(report):
         summary.append("restart  %s" % _one_line(restart["why"], 200))
     for c in checks:
         if c.get("healthy") is not None:
-            summary.append("after    %-8s %-9s %s" % (c.get("name"), "OK" if c.get("healthy") else "UNHEALTHY",
-                                                    _one_line(c.get("reason"), 160)))
+            verdict = "OK" if c.get("healthy") else "UNHEALTHY"
+            summary.append("after    %-8s %-9s %s" % (c.get("name"), verdict, _one_line(c.get("reason"), 160)))
     pool = (report.get("recommendation") or {}).get("pool") or {}
     if pool.get("recommendation"):
         summary.append("pools    %s" % _one_line(pool["recommendation"], 800))

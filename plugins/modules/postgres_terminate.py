@@ -28,7 +28,7 @@ description:
   - Check mode reads C(pg_stat_activity) once and returns in RV(selected) exactly the backends that would be
     signalled. It sends no signal and runs no statement that changes anything. It does not run the statement
     and roll it back, because a transaction does not undo a terminate.
-  - RV(changed) is true only when a signal was sent (in check mode, when one would be). On a database with
+  - C(changed) is true only when a signal was sent (in check mode, when one would be). On a database with
     nothing matching, it is false.
   - During an exhaustion incident connect as a superuser. Only superusers get in through the
     C(superuser_reserved_connections) slots, and only they can terminate any role's backend.
