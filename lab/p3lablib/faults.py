@@ -93,6 +93,11 @@ def db_exhaustion(lab):
     # poll /health slowly: each probe uses (and so keeps alive) the app's pooled connection, which the
     # pool only drops after ~1 s idle; the holder grabs the slot it frees
     body = wait_until(lambda: failing(lab, "database") if pid_alive(pid) else None, 20, 1.5)
+    if body:
+        # stop the holder grabbing (it makes one last attempt that the full server refuses), so the set of leaked
+        # backends is fixed when we return
+        kill(pid, signal.SIGUSR1)
+        wait_until(lambda: (read_json(lab.holder_state, {}) or {}).get("grabbing") is False, 5, 0.05)
     st = read_json(lab.holder_state, {}) or {}
     rec.update({"connections": st.get("held"), "refused": st.get("last_error"), "waited_s": round(time.monotonic() - t0, 1)})
     if not body:
@@ -114,10 +119,14 @@ def _update_last(lab, rec):
     write_json(lab.faults_json, faults)
 
 
+HOLD_GRAB_SECONDS = 25
+
+
 def hold_main(lab):
-    """The detached holder (`p3lab _hold`): grab p3app connections that each run pg_sleep(3600), until the
-    server refuses and the app reports its database failing (or 20 s); then keep topping up freed slots
-    until one of the held connections is terminated by an admin; exit when none is left."""
+    """The detached holder (`p3lab _hold`): grab p3app connections that each run pg_sleep(3600), retrying to grab
+    freed slots, until `fault` (having seen /health report the database failing) sends SIGUSR1 and the server
+    refuses one more attempt, or one of its backends is terminated by someone else, or 25 s passed. From then on
+    it only holds, and exits when none of its backends is left."""
     import select
 
     import psycopg2
@@ -183,10 +192,14 @@ def hold_main(lab):
         return len(dead)
 
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    signal.signal(signal.SIGUSR1, lambda *a: state.update(stop_requested=True))
+    started = time.monotonic()
     while True:
         died = reap()
         if died:
             state["terminated"] += died
+            state["grabbing"] = False
+        if state["grabbing"] and time.monotonic() - started > HOLD_GRAB_SECONDS:
             state["grabbing"] = False
         if state["grabbing"]:
             try:
@@ -204,7 +217,10 @@ def hold_main(lab):
                     state["last_error"] = None
             except Exception as e:  # noqa: BLE001
                 state["last_error"] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                time.sleep(0.1)
+                if state.get("stop_requested"):  # the server is full and the app shows it: hold from now on
+                    state["grabbing"] = False
+                else:
+                    time.sleep(0.1)
             save()
         else:
             save()
