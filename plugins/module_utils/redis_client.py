@@ -492,11 +492,12 @@ def _call(client, *args):
     return client.execute_command(*args)
 
 
-def probe_node(settings, host, port):
+def probe_node(settings, host, port, extra=None):
     """Talk to one node: PING, INFO replication/cluster, CLUSTER INFO/NODES when cluster-enabled.
 
     Returns dict(address, reachable, error, latency_ms, role, cluster_enabled, cluster_info, cluster_nodes,
-    replication). Never raises for service errors.
+    replication). Never raises for service errors. extra(client, rec), when given, runs last on the same
+    connection to add more fields (its errors are reported like the others').
     """
     address = hostport(host, port)
     rec = dict(address=address, host=host, port=port, reachable=False, error=None, latency_ms=None,
@@ -520,6 +521,8 @@ def probe_node(settings, host, port):
         if rec["cluster_enabled"]:
             rec["cluster_info"] = parse_info(_call(client, "CLUSTER", "INFO"))
             rec["cluster_nodes"] = parse_cluster_nodes(_call(client, "CLUSTER", "NODES"))
+        if extra is not None:
+            extra(client, rec)
     except P3Error as e:
         rec["error"] = e.msg
     except Exception as e:  # any library error becomes evidence, never a crash
@@ -540,7 +543,7 @@ def probe_node(settings, host, port):
     return rec
 
 
-def probe_nodes(settings, discover=True, deadline=None, max_workers=16):
+def probe_nodes(settings, discover=True, deadline=None, max_workers=16, extra=None):
     """Probe every seed and, when discover, every node the seeds' CLUSTER NODES name, in parallel.
 
     Returns {address: record} (see probe_node). Nodes still pending at the deadline are reported unreachable.
@@ -558,7 +561,7 @@ def probe_nodes(settings, discover=True, deadline=None, max_workers=16):
     known_ids = set()
 
     def worker(host, port):
-        rec = probe_node(settings, host, port)
+        rec = probe_node(settings, host, port, extra=extra)
         with lock:
             results[rec["address"]] = rec
             pending.pop(rec["address"], None)
