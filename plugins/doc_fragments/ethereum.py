@@ -14,7 +14,8 @@ options:
     description:
       - HTTP(S) JSON-RPC endpoint of the chain, for example C(http://127.0.0.1:8545).
       - If not set, the environment variable E(RPC_URL) is used (P3 itself reads E(BASE_RPC_URL); pass it here).
-      - Treated as a secret, as provider URLs carry API keys; messages show only its scheme, host and port.
+      - Provider URLs carry API keys - its password, long path segments and query values are treated as secrets, and
+        messages show only its scheme, host and port.
     type: str
   rpc_timeout:
     description:

@@ -23,7 +23,10 @@ from ansible_collections.p3.recovery.plugins.module_utils.http_client import che
 
 # The options of doc fragment p3.recovery.ethereum, defined once.
 ETHEREUM_ARGUMENT_SPEC = dict(
-    rpc_url=dict(type="str", no_log=True, fallback=env("RPC_URL")),
+    # Not no_log as a whole: that would mask every message naming the endpoint (scheme://host:port is the whole
+    # URL of a keyless RPC). The credentials inside (userinfo, key-like path segments, query values) are registered
+    # as no_log values by EthereumTarget, and messages only ever show rpc_display().
+    rpc_url=dict(type="str", no_log=False, fallback=env("RPC_URL")),
     rpc_timeout=dict(type="float", default=5.0),
 )
 
