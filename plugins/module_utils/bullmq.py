@@ -1,0 +1,501 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""BullMQ queue state and retries, on a standalone Redis or a Redis Cluster (hash-tagged prefix).
+
+Key layout (BullMQ 5/6): ``<prefix>:<queue>:wait|paused|active`` lists, ``failed|completed|delayed|prioritized|
+waiting-children`` sorted sets (failed/completed score = finishedOn ms), ``<prefix>:<queue>:<jobId>`` job hash,
+``meta`` hash (``paused``, ``concurrency``), ``stalled`` set, ``events`` stream, ``marker`` sorted set.
+
+Retries run BullMQ's own Lua scripts, read from the installed ``bullmq`` Python package (the same scripts Node's
+``Queue.retryJobs()`` and ``Job.retry()`` run): ``moveJobsToWait`` for whole pages, ``reprocessJob`` per job when
+filters leave some failed jobs in place. All keys of one queue live in one slot (that is what the hash tag is for),
+so every command goes to that slot's master through one short-timeout, no-retry connection.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import base64
+import json
+import os
+import re
+import time
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, hostport, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
+    HAS_REDIS,
+    describe_redis_error,
+    node_client,
+)
+
+STATES = ["wait", "paused", "active", "delayed", "prioritized", "waiting-children", "failed", "completed"]
+LIST_STATES = ("wait", "paused", "active")
+SCRIPTS = {"moveJobsToWait": "moveJobsToWait-8.lua", "reprocessJob": "reprocessJob-9.lua"}
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def key_slot(key):
+    """Redis Cluster hash slot of a key (CRC16 of the hash tag, or of the whole key)."""
+    from redis.crc import key_slot as _slot
+    return _slot(key.encode("utf-8") if not isinstance(key, bytes) else key)
+
+
+def validate_names(queue, prefix):
+    if not queue or not str(queue).strip():
+        raise P3Error("queue must not be empty")
+    if not prefix or not str(prefix).strip():
+        raise P3Error("prefix must not be empty")
+    for name, value in (("queue", queue), ("prefix", prefix)):
+        if any(c.isspace() for c in str(value)):
+            raise P3Error("%s %r contains white space" % (name, value))
+
+
+def decode_job_data(raw, required_keys=()):
+    """(data dict, problem) for a job hash's ``data`` field; problem is None when it is usable."""
+    if raw is None:
+        return None, "job hash missing or without data"
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError) as e:
+        return None, "data is not JSON (%s)" % one_line(e, 80)
+    if not isinstance(data, dict):
+        return None, "data is not a JSON object"
+    missing = [k for k in required_keys or () if data.get(k) in (None, "")]
+    if missing:
+        return data, "data lacks %s" % ", ".join(missing)
+    return data, None
+
+
+def group_reasons(reasons, limit=10):
+    """[(reason, finished_ms)] -> [{reason, count, latest_ms}] most frequent first (pure)."""
+    groups = {}
+    for reason, finished in reasons:
+        text = one_line(reason if reason is not None else "(no failedReason)", 300)
+        g = groups.setdefault(text, {"reason": text, "count": 0, "latest_ms": None})
+        g["count"] += 1
+        if finished is not None and (g["latest_ms"] is None or finished > g["latest_ms"]):
+            g["latest_ms"] = finished
+    out = sorted(groups.values(), key=lambda g: (-g["count"], g["reason"]))
+    return out[:limit]
+
+
+def load_script(name):
+    """Text of one of BullMQ's Lua scripts, from the installed bullmq package (never imported: only its files)."""
+    import importlib.util
+    spec = importlib.util.find_spec("bullmq")
+    if spec is None or not spec.submodule_search_locations:
+        raise P3Error("the bullmq Python package is required for BullMQ's retry scripts (pip install bullmq)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "commands", SCRIPTS[name])
+    try:
+        with open(path) as f:
+            return f.read()
+    except (IOError, OSError) as e:
+        raise P3Error("cannot read BullMQ script %s: %s" % (path, one_line(e, 160)))
+
+
+class BullQueue(object):
+    """One BullMQ queue on the master that serves its keys."""
+
+    def __init__(self, settings, queue, prefix):
+        validate_names(queue, prefix)
+        self.settings = settings
+        self.queue = queue
+        self.prefix = prefix
+        self.base = "%s:%s:" % (prefix, queue)
+        self.display = "%s%s" % (self.base, "*")
+        self.client = None
+        self.address = None
+        self.cluster = False
+        self._sha = {}
+
+    # -- keys
+    def key(self, name):
+        return self.base + name
+
+    def job_key(self, job_id):
+        return self.base + str(job_id)
+
+    # -- connection
+    def connect(self):
+        """Find the node that serves the queue's keys (the slot's master on a cluster) and connect to it."""
+        if not HAS_REDIS:
+            raise P3Error("the redis Python library is required (pip install redis)")
+        errors = []
+        for host, port in self.settings.seeds:
+            address = hostport(host, port)
+            client = None
+            try:
+                client = node_client(self.settings, host, port)
+                info = client.info("cluster")
+                if str(info.get("cluster_enabled", 0)) != "1":
+                    self.client, self.address, self.cluster = client, address, False
+                    return self
+                self.cluster = True
+                slot = key_slot(self.key("wait"))
+                other = [s for s in ("failed", "meta", "1") if key_slot(self.key(s)) != slot]
+                if other:
+                    client.close()
+                    raise P3Error(
+                        "prefix %r is not hash-tagged: on a Redis Cluster the keys of queue %r fall in different slots "
+                        "(BullMQ needs one slot per queue, e.g. prefix '{%s}')" % (self.prefix, self.queue,
+                                                                                   self.prefix.strip("{}")))
+                owner = self._slot_owner(client, slot)
+                if owner is None:
+                    raise P3Error("slot %d of %s is not served by any master (seen from %s)" % (
+                        slot, self.display, address))
+                if owner != (host, port):
+                    client.close()
+                    client = node_client(self.settings, owner[0], owner[1])
+                    client.ping()
+                self.client, self.address = client, hostport(*owner)
+                return self
+            except P3Error:
+                raise
+            except Exception as e:  # next seed
+                errors.append("%s %s" % (address, describe_redis_error(e, self.settings)))
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:
+                        pass
+        raise P3Error("cannot reach the Redis of queue %s: %s" % (self.display, "; ".join(errors) or "no seed"))
+
+    @staticmethod
+    def _slot_owner(client, slot):
+        for entry in client.execute_command("CLUSTER", "SLOTS"):
+            start, end, master = entry[0], entry[1], entry[2]
+            if int(start) <= slot <= int(end):
+                host = master[0].decode() if isinstance(master[0], bytes) else master[0]
+                return (host or "127.0.0.1", int(master[1]))
+        return None
+
+    def close(self):
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+            self.client = None
+
+    def fail(self, exc, doing):
+        """A P3Error naming the node, the queue and the cause."""
+        if isinstance(exc, P3Error):
+            return exc
+        return P3Error("%s on %s (queue %s) failed: %s" % (doing, self.address, self.display,
+                                                           describe_redis_error(exc, self.settings)))
+
+    # -- reads
+    def counts(self):
+        pipe = self.client.pipeline(transaction=False)
+        types = {}
+        for state in STATES:
+            k = self.key(state)
+            pipe.type(k)
+        for state in STATES:
+            k = self.key(state)
+            if state in LIST_STATES:
+                pipe.llen(k)
+            else:
+                pipe.zcard(k)
+        pipe.hmget(self.key("meta"), "paused", "concurrency")
+        pipe.scard(self.key("stalled"))
+        try:
+            res = pipe.execute(raise_on_error=False)
+        except Exception as e:
+            raise self.fail(e, "reading counts")
+        n = len(STATES)
+        wrong = []
+        for i, state in enumerate(STATES):
+            types[state] = res[i]
+            want = "list" if state in LIST_STATES else "zset"
+            if res[i] not in ("none", want):
+                wrong.append("%s is a %s, not a %s" % (self.key(state), res[i], want))
+        if wrong:
+            raise P3Error("queue %s on %s is not a BullMQ queue: %s" % (self.display, self.address, "; ".join(wrong)))
+        for r in res:
+            if isinstance(r, Exception):
+                raise self.fail(r, "reading counts")
+        counts = dict((state, int(res[n + i])) for i, state in enumerate(STATES))
+        meta = res[2 * n]
+        return counts, dict(paused=meta[0] is not None, concurrency=int(meta[1]) if meta[1] else None,
+                            stalled=int(res[2 * n + 1]))
+
+    def oldest_waiting(self):
+        """(job id, age in s) of the oldest job in wait (LPUSH: the tail), or (None, None)."""
+        try:
+            for idx in (-1, -2):
+                job_id = self.client.lindex(self.key("wait"), idx)
+                if job_id is None:
+                    return None, None
+                if not str(job_id).startswith("0:"):  # a v4 marker, not a job
+                    break
+            ts = self.client.hget(self.job_key(job_id), "timestamp")
+        except Exception as e:
+            raise self.fail(e, "reading the oldest waiting job")
+        try:
+            age = max(0.0, (now_ms() - int(float(ts))) / 1000.0) if ts is not None else None
+        except ValueError:
+            age = None
+        return job_id, age
+
+    def failed_sample(self, sample, required_keys=()):
+        """The sample most recent failed jobs: reasons grouped, malformed ones listed."""
+        try:
+            ids = self.client.zrevrange(self.key("failed"), 0, max(sample, 1) - 1) if sample > 0 else []
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(self.job_key(job_id), "failedReason", "finishedOn", "data")
+            rows = pipe.execute() if ids else []
+        except Exception as e:
+            raise self.fail(e, "reading failed jobs")
+        reasons, malformed = [], []
+        for job_id, (reason, finished, data) in zip(ids, rows):
+            reasons.append((reason, _int(finished)))
+            _data, problem = decode_job_data(data, required_keys)
+            if problem:
+                malformed.append({"id": job_id, "problem": problem})
+        return dict(sampled=len(ids), reasons=group_reasons(reasons), malformed=malformed)
+
+    def active_without_lock(self, limit=1000):
+        try:
+            ids = self.client.lrange(self.key("active"), 0, limit - 1)
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(self.job_key(job_id) + ":lock")
+            locks = pipe.execute() if ids else []
+        except Exception as e:
+            raise self.fail(e, "reading active jobs")
+        return [j for j, has in zip(ids, locks) if not has]
+
+    def worker_names(self):
+        """Names of the connections of this queue's workers on the node (BullMQ sets them with CLIENT SETNAME)."""
+        qualified = "%s:%s" % (self.prefix, self.queue)
+        b64 = "%s:%s" % (self.prefix, base64.b64encode(self.queue.encode()).decode())
+        try:
+            clients = self.client.client_list()
+        except Exception as e:
+            text = str(e)
+            if "unknown command" in text.lower() or "NOPERM" in text:
+                return None
+            raise self.fail(e, "CLIENT LIST")
+        out = []
+        for c in clients:
+            name = c.get("name") or ""
+            for q in (qualified, b64):
+                if name == q or name.startswith(q + ":w:"):
+                    out.append(name)
+        return out
+
+    def jobs(self, ids, fields=("data", "failedReason", "finishedOn", "processedOn")):
+        """State and fields of the given jobs: [{id, state, data, ...}] (state from the sets, not guessed)."""
+        out = []
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(self.job_key(job_id), *fields)
+                pipe.zscore(self.key("completed"), job_id)
+                pipe.zscore(self.key("failed"), job_id)
+                pipe.zscore(self.key("delayed"), job_id)
+                pipe.lpos(self.key("wait"), job_id)
+                pipe.lpos(self.key("active"), job_id)
+            res = pipe.execute() if ids else []
+        except Exception as e:
+            raise self.fail(e, "reading jobs")
+        for i, job_id in enumerate(ids):
+            vals, completed, failed, delayed, wait, active = res[6 * i:6 * i + 6]
+            rec = dict(zip(fields, vals))
+            if all(v is None for v in vals):
+                state = "missing"
+            elif completed is not None:
+                state = "completed"
+            elif failed is not None:
+                state = "failed"
+            elif active is not None:
+                state = "active"
+            elif wait is not None:
+                state = "wait"
+            elif delayed is not None:
+                state = "delayed"
+            else:
+                state = "unknown"
+            data, problem = decode_job_data(rec.get("data"))
+            rec.update(id=job_id, state=state, data=data if data is not None else rec.get("data"), problem=problem)
+            out.append(rec)
+        return out
+
+    # -- retry
+    def _script(self, name):
+        if name not in self._sha:
+            text = load_script(name)
+            try:
+                self._sha[name] = (self.client.script_load(text), text)
+            except Exception as e:
+                raise self.fail(e, "SCRIPT LOAD %s" % name)
+        return self._sha[name]
+
+    def _move_page(self, state, count, ts):
+        """Atomically: the ids moveJobsToWait will take, then moveJobsToWait itself (BullMQ's retryJobs step)."""
+        sha, _text = self._script("moveJobsToWait")
+        keys = [self.base, self.key("events"), self.key(state), self.key("wait"), self.key("paused"),
+                self.key("meta"), self.key("active"), self.key("marker")]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrangebyscore(self.key(state), 0, ts, start=0, num=count)
+        pipe.evalsha(sha, len(keys), *(keys + [count, ts, state]))
+        ids, _more = pipe.execute()
+        return ids
+
+    def _reprocess(self, state, jobs):
+        """Job.retry() for each (id, lifo) via reprocessJob; returns (moved, without job hash, gone) id lists."""
+        sha, _text = self._script("reprocessJob")
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, lifo in jobs:
+            keys = [self.job_key(job_id), self.key("events"), self.key(state), self.key("wait"), self.key("meta"),
+                    self.key("active"), self.key("marker"), self.key("prioritized"), self.key("pc")]
+            args = [job_id, "RPUSH" if lifo else "LPUSH", "failedReason" if state == "failed" else "returnvalue",
+                    state, "0", "0"]
+            pipe.evalsha(sha, len(keys), *(keys + args))
+        res = pipe.execute(raise_on_error=False)
+        moved, no_hash, gone = [], [], []
+        for (job_id, _lifo), r in zip(jobs, res):
+            if isinstance(r, Exception):
+                raise self.fail(r, "reprocessJob %s" % job_id)
+            # 1 moved; -1 no job hash (the id stays in the set); -3 no longer in the set (someone else moved it)
+            (moved if r == 1 else no_hash if r == -1 else gone).append(job_id)
+        return moved, no_hash, gone
+
+    def retry(self, state="failed", reason_pattern=None, min_age_seconds=0, max_jobs=None, page_size=1000,
+              required_keys=(), validate=True, check_mode=False, ids_limit=1000, clock=now_ms):
+        """Retry jobs of state (failed or completed) the BullMQ way. Memory is one page, whatever the job count.
+
+        Returns dict(matched, retried, skipped_reason, malformed (list, capped), malformed_count, vanished, ids
+        (capped at ids_limit), ids_truncated, pages, elapsed_ms, cutoff_ms).
+        """
+        if state not in ("failed", "completed"):
+            raise P3Error("state must be failed or completed, got %r" % state)
+        pattern = None
+        if reason_pattern:
+            try:
+                pattern = re.compile(reason_pattern)
+            except re.error as e:
+                raise P3Error("reason_pattern %r is not a valid regular expression: %s" % (reason_pattern, e))
+        t0 = time.monotonic()
+        cutoff = clock() - int(float(min_age_seconds or 0) * 1000)
+        remaining = max_jobs if max_jobs is not None else float("inf")
+        out = dict(matched=0, retried=0, skipped_reason=0, malformed=[], malformed_count=0, vanished=0, ids=[],
+                   ids_truncated=False, pages=0, cutoff_ms=cutoff)
+        offset = 0  # failed jobs left in place at the head of the range (filtered out or malformed)
+        need_fields = validate or pattern is not None
+        try:
+            while remaining > 0:
+                n = int(min(page_size, remaining))
+                page = self.client.zrangebyscore(self.key(state), 0, cutoff, start=offset, num=n)
+                if not page:
+                    break
+                out["pages"] += 1
+                good, keep = [], 0
+                if need_fields:
+                    pipe = self.client.pipeline(transaction=False)
+                    for job_id in page:
+                        pipe.hmget(self.job_key(job_id), "failedReason", "data", "opts")
+                    rows = pipe.execute()
+                else:
+                    rows = [(None, None, None)] * len(page)
+                for job_id, (reason, data, opts) in zip(page, rows):
+                    if pattern is not None and not pattern.search(reason or ""):
+                        out["skipped_reason"] += 1
+                        keep += 1
+                        continue
+                    if validate:
+                        _d, problem = decode_job_data(data, required_keys)
+                        if problem:
+                            out["malformed_count"] += 1
+                            if len(out["malformed"]) < 100:
+                                out["malformed"].append({"id": job_id, "problem": problem})
+                            keep += 1
+                            continue
+                    good.append((job_id, _lifo(opts)))
+                out["matched"] += len(good)
+                if check_mode:
+                    moved = [j for j, _l in good]
+                    offset += len(page)
+                elif not keep and offset == 0 and not any(lifo for _j, lifo in good):
+                    moved = self._move_page(state, len(page), cutoff)
+                    if moved != page:
+                        # Someone changed the set between our read and the atomic step: the script moved exactly
+                        # the ids it reports, which is what we count.
+                        pass
+                else:
+                    moved, no_hash, gone = self._reprocess(state, good)
+                    out["vanished"] += len(no_hash) + len(gone)
+                    offset += keep + len(no_hash)
+                out["retried"] += len(moved)
+                remaining -= len(moved) if not check_mode else len(good)
+                room = ids_limit - len(out["ids"])
+                if room > 0:
+                    out["ids"].extend(moved[:room])
+                if len(moved) > max(room, 0):
+                    out["ids_truncated"] = True
+                if not good and not keep:
+                    break
+        except P3Error:
+            raise
+        except Exception as e:
+            raise self.fail(e, "retry")
+        out["elapsed_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
+        if check_mode:
+            out["would_retry"] = out.pop("retried")
+            out["retried"] = 0
+        return out
+
+
+def _lifo(opts):
+    if not opts:
+        return False
+    try:
+        return bool(json.loads(opts).get("lifo"))
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _int(value):
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def queue_verdict(counts, extra, thresholds):
+    """Healthy or not, and why, from the counts and evidence (pure). thresholds: max_waiting, max_failed,
+    max_wait_age_seconds, require_worker, max_stalled."""
+    problems = []
+    waiting = counts["wait"] + counts["paused"] + counts["prioritized"]
+    if waiting > thresholds["max_waiting"]:
+        problems.append("%d jobs waiting > %d" % (waiting, thresholds["max_waiting"]))
+    if counts["failed"] > thresholds["max_failed"]:
+        top = extra.get("failed_reasons") or []
+        problems.append("%d failed > %d%s" % (counts["failed"], thresholds["max_failed"],
+                                              (" (top: %s x%d)" % (one_line(top[0]["reason"], 120), top[0]["count"]))
+                                              if top else ""))
+    age = extra.get("oldest_wait_age_seconds")
+    if age is not None and thresholds.get("max_wait_age_seconds") is not None and age > thresholds["max_wait_age_seconds"]:
+        problems.append("oldest waiting job is %ds old > %ds" % (age, thresholds["max_wait_age_seconds"]))
+    if extra.get("paused"):
+        problems.append("queue is paused")
+    workers = extra.get("worker_connections")
+    if thresholds.get("require_worker") and waiting > 0 and workers is not None and workers == 0:
+        problems.append("no worker connected")
+    stalled = (extra.get("stalled") or 0) + len(extra.get("active_without_lock") or [])
+    if stalled > thresholds.get("max_stalled", 0):
+        problems.append("%d stalled jobs" % stalled)
+    progress = extra.get("progress")
+    if progress and progress.get("stuck"):
+        problems.append("backlog not draining (%d waiting, none finished in %ss)" % (waiting, progress["seconds"]))
+    if problems:
+        return False, "; ".join(problems)
+    return True, "%d waiting, %d active, %d failed, %d completed%s" % (
+        waiting, counts["active"], counts["failed"], counts["completed"],
+        "" if workers is None else ", %d worker connection%s" % (workers, "" if workers == 1 else "s"))

@@ -1,0 +1,195 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Chain health and the anchor wallet: verdicts (pure) and a guarded, capped top-up signed with eth_account.
+
+Every JSON-RPC call goes through ethereum_client.EthereumRpc (one timeout per call, clean errors)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import re
+import time
+import traceback
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import WEI_PER_ETH, hex_to_int
+
+ETH_ACCOUNT_IMP_ERR = None
+try:
+    from eth_account import Account
+    HAS_ETH_ACCOUNT = True
+except ImportError:  # pragma: no cover - depends on the environment
+    ETH_ACCOUNT_IMP_ERR = traceback.format_exc()
+    HAS_ETH_ACCOUNT = False
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+
+
+def check_address(value, option):
+    if not value or not _ADDRESS.match(str(value)):
+        raise P3Error("%s must be a 0x-prefixed 20-byte hex address, got %r" % (option, one_line(value, 60)))
+    return str(value)
+
+
+def check_tx_hash(value):
+    if not value or not _TX_HASH.match(str(value)):
+        raise P3Error("not a 0x-prefixed 32-byte transaction hash: %r" % one_line(value, 80))
+    return str(value)
+
+
+def eth(wei):
+    """wei -> ETH as a string without float rounding (e.g. '0.5')."""
+    if wei is None:
+        return None
+    sign = "-" if wei < 0 else ""
+    whole, frac = divmod(abs(int(wei)), WEI_PER_ETH)
+    frac_s = ("%018d" % frac).rstrip("0")
+    return "%s%d%s" % (sign, whole, ("." + frac_s) if frac_s else "")
+
+
+def wallet_level(balance, low, critical):
+    if balance is None:
+        return None
+    if balance < critical:
+        return "critical"
+    if balance < low:
+        return "low"
+    return "ok"
+
+
+def fund_amount(balance, low, target, cap):
+    """(amount to send, capped) - nothing unless balance < low; up to target, never more than cap (pure)."""
+    if balance >= low:
+        return 0, False
+    want = target - balance
+    if want <= 0:
+        return 0, False
+    if want > cap:
+        return cap, True
+    return want, False
+
+
+def check_thresholds(low, critical=None, target=None, cap=None):
+    if low is None or low < 0:
+        raise P3Error("low threshold must be >= 0 wei")
+    if critical is not None and (critical < 0 or critical > low):
+        raise P3Error("critical threshold (%s wei) must be between 0 and the low threshold (%s wei)" % (critical, low))
+    if target is not None and target < low:
+        raise P3Error("target balance (%s wei) must be >= the low threshold (%s wei)" % (target, low))
+    if cap is not None and cap <= 0:
+        raise P3Error("max_fund_wei must be > 0")
+
+
+def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=None, tx_hashes=(),
+                max_block_age_seconds=None, max_pending=0, clock=time.time):
+    """Read the chain (and wallet) and judge it. Returns a dict with healthy, reason and the evidence."""
+    out = dict(reachable=False, rpc=rpc.display, chain_id=None, chain_id_ok=None, block_number=None,
+               block_age_seconds=None, wallet=wallet, balance_wei=None, balance_eth=None, wallet_level=None,
+               nonce_latest=None, nonce_pending=None, pending_transactions=None, receipts=[])
+    problems = []
+    try:
+        out["chain_id"] = rpc.chain_id()
+        out["reachable"] = True
+        block = rpc.call("eth_getBlockByNumber", ["latest", False]) or {}
+        out["block_number"] = hex_to_int(block.get("number"))
+        ts = hex_to_int(block.get("timestamp"))
+        out["block_age_seconds"] = round(max(0.0, clock() - ts), 1) if ts is not None else None
+        if wallet:
+            out["balance_wei"] = rpc.balance(wallet)
+            out["balance_eth"] = eth(out["balance_wei"])
+            out["nonce_latest"] = rpc.nonce(wallet, "latest")
+            out["nonce_pending"] = rpc.nonce(wallet, "pending")
+            out["pending_transactions"] = out["nonce_pending"] - out["nonce_latest"]
+        for h in tx_hashes or ():
+            r = rpc.call("eth_getTransactionReceipt", [h])
+            out["receipts"].append(dict(tx_hash=h, found=r is not None,
+                                        status=hex_to_int(r.get("status")) if r else None,
+                                        block_number=hex_to_int(r.get("blockNumber")) if r else None,
+                                        sender=(r or {}).get("from")))
+    except P3Error as e:
+        out["healthy"] = False
+        out["reason"] = e.msg
+        return out
+    if expected_chain_id is not None:
+        out["chain_id_ok"] = out["chain_id"] == expected_chain_id
+        if not out["chain_id_ok"]:
+            problems.append("chain id %s, expected %s" % (out["chain_id"], expected_chain_id))
+    if max_block_age_seconds is not None and out["block_age_seconds"] is not None \
+            and out["block_age_seconds"] > max_block_age_seconds:
+        problems.append("latest block %s is %ss old > %ss" % (out["block_number"], out["block_age_seconds"],
+                                                            max_block_age_seconds))
+    if wallet:
+        out["wallet_level"] = wallet_level(out["balance_wei"], low, critical)
+        if out["wallet_level"] != "ok":
+            problems.append("wallet %s balance %s ETH is %s (< %s ETH)" % (
+                wallet, out["balance_eth"], out["wallet_level"],
+                eth(critical if out["wallet_level"] == "critical" else low)))
+        if out["pending_transactions"] > max_pending:
+            problems.append("%d pending transaction(s) stuck (nonce pending %d > latest %d)" % (
+                out["pending_transactions"], out["nonce_pending"], out["nonce_latest"]))
+    bad = [r["tx_hash"] for r in out["receipts"] if r["status"] != 1]
+    if bad:
+        problems.append("%d of %d transaction(s) without a successful receipt (%s)" % (
+            len(bad), len(out["receipts"]), ", ".join(bad[:3])))
+    out["healthy"] = not problems
+    if problems:
+        out["reason"] = "%s: %s" % (rpc.display, "; ".join(problems))
+    else:
+        out["reason"] = "%s: chain %s, block %s%s%s" % (
+            rpc.display, out["chain_id"], out["block_number"],
+            (", wallet %s ETH" % out["balance_eth"]) if wallet else "",
+            (", %d receipts ok" % len(out["receipts"])) if out["receipts"] else "")
+    return out
+
+
+def load_account(key):
+    """eth_account LocalAccount from a hex private key; the message never carries the key."""
+    if not HAS_ETH_ACCOUNT:
+        raise P3Error("the eth-account Python library is required (pip install web3)")
+    text = str(key or "").strip()
+    if not re.match(r"^(0x)?[0-9a-fA-F]{64}$", text):
+        raise P3Error("funding_key is not a 32-byte hex private key")
+    try:
+        return Account.from_key(text)
+    except Exception:
+        raise P3Error("funding_key is not a valid secp256k1 private key")
+
+
+def send_funds(rpc, account, to, amount, chain_id, receipt_timeout=60.0, priority_fee=10 ** 9, poll=0.2,
+               sleep=time.sleep, clock=time.monotonic):
+    """Sign and send an EIP-1559 value transfer, wait for its receipt. Returns dict(tx_hash, block_number, gas_used,
+    fee_wei). Raises P3Error (funder short of funds, rejected, reverted, no receipt in time)."""
+    block = rpc.call("eth_getBlockByNumber", ["latest", False]) or {}
+    base_fee = hex_to_int(block.get("baseFeePerGas")) or 0
+    max_fee = 2 * base_fee + priority_fee
+    gas = hex_to_int(rpc.call("eth_estimateGas", [{"from": account.address, "to": to, "value": hex(amount)}]))
+    funder_balance = rpc.balance(account.address)
+    need = amount + gas * max_fee
+    if funder_balance < need:
+        raise P3Error("funding account %s has %s ETH, needs %s ETH (%s + gas) to fund %s" % (
+            account.address, eth(funder_balance), eth(need), eth(amount), to))
+    nonce = rpc.nonce(account.address, "pending")
+    tx = dict(chainId=chain_id, nonce=nonce, to=to, value=amount, gas=gas, type=2,
+              maxFeePerGas=max_fee, maxPriorityFeePerGas=priority_fee, data=b"")
+    signed = account.sign_transaction(tx)
+    raw = getattr(signed, "raw_transaction", None) or getattr(signed, "rawTransaction")
+    tx_hash = rpc.call("eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
+    deadline = clock() + receipt_timeout
+    while True:
+        receipt = rpc.call("eth_getTransactionReceipt", [tx_hash])
+        if receipt:
+            break
+        if clock() > deadline:
+            raise P3Error("funding transaction %s sent but no receipt within %ss" % (tx_hash, receipt_timeout),
+                          tx_hash=tx_hash)
+        sleep(poll)
+    status = hex_to_int(receipt.get("status"))
+    gas_used = hex_to_int(receipt.get("gasUsed"))
+    price = hex_to_int(receipt.get("effectiveGasPrice")) or 0
+    result = dict(tx_hash=tx_hash, block_number=hex_to_int(receipt.get("blockNumber")), gas_used=gas_used,
+                  fee_wei=(gas_used or 0) * price, nonce=nonce, status=status)
+    if status != 1:
+        raise P3Error("funding transaction %s reverted (status %s)" % (tx_hash, status), **result)
+    return result

@@ -1,0 +1,218 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: wallet_fund
+short_description: Top up the anchor wallet from a funding key, only below the low threshold, capped per run
+version_added: 0.1.0
+description:
+  - The runbook's C(cast send $ANCHOR_WALLET --value 0.1ether), guarded. Sends nothing while the wallet holds at
+    least O(low_threshold_wei) (so a second run reports C(changed=false)); below it, sends exactly
+    O(target_wei) minus the balance, never more than O(max_fund_wei), and waits for the receipt.
+  - Refuses to send when the RPC serves another chain than O(expected_chain_id), or when the funding account cannot
+    pay the amount plus gas (a clean failure naming both accounts, never the key).
+  - In check mode it reads the balances and reports what it would send; it signs and sends nothing.
+author:
+  - P3 Recovery maintainers (@p3-protocol)
+extends_documentation_fragment:
+  - p3.recovery.ethereum
+  - p3.recovery.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+requirements:
+  - eth-account (installed with web3)
+options:
+  wallet:
+    description: Address to fund. If not set, the environment variable E(ANCHOR_WALLET) is used.
+    type: str
+  funding_key:
+    description:
+      - Private key (hex) of the account that pays. If not set, the environment variable E(P3_FUNDING_KEY) is used.
+      - Never logged; it does not appear in any output, also at C(-vvv).
+    type: str
+    required: true
+  expected_chain_id:
+    description: Refuse to send on any other chain.
+    type: int
+    required: true
+  low_threshold_wei:
+    description: Fund only when the balance is below this. Default 0.1 ETH (P3's wallet docs).
+    type: int
+    default: 100000000000000000
+  target_wei:
+    description: Balance to reach. Default 0.5 ETH (P3's documented refill level).
+    type: int
+    default: 500000000000000000
+  max_fund_wei:
+    description: Never send more than this in one run. Default 1 ETH.
+    type: int
+    default: 1000000000000000000
+  receipt_timeout:
+    description: Seconds to wait for the receipt.
+    type: float
+    default: 60
+"""
+
+EXAMPLES = r"""
+- name: Top up the anchor wallet
+  p3.recovery.wallet_fund:
+    rpc_url: "{{ p3_rpc_url }}"
+    wallet: "{{ p3_anchor_wallet }}"
+    funding_key: "{{ vault_funding_key }}"
+    expected_chain_id: 8453
+    max_fund_wei: "{{ (0.5 * 10**18) | int }}"
+"""
+
+RETURN = r"""
+changed:
+  description: A transaction was sent (or would be, in check mode).
+  returned: always
+  type: bool
+funded:
+  description: Whether a transaction was mined in this run.
+  returned: always
+  type: bool
+wallet:
+  description: The funded wallet.
+  returned: always
+  type: str
+funder:
+  description: Address of the funding account (derived from the key).
+  returned: always
+  type: str
+chain_id:
+  description: Chain id of the RPC.
+  returned: always
+  type: int
+balance_before_wei:
+  description: Wallet balance before.
+  returned: always
+  type: int
+amount_wei:
+  description: Sent (or, in check mode, would send); 0 when the wallet was not below the low threshold.
+  returned: always
+  type: int
+capped:
+  description: The amount was cut to O(max_fund_wei).
+  returned: always
+  type: bool
+balance_after_wei:
+  description: Wallet balance at the block of the funding transaction (null when nothing was sent).
+  returned: always
+  type: int
+tx_hash:
+  description: Funding transaction.
+  returned: when funded
+  type: str
+block_number:
+  description: Block it was mined in.
+  returned: when funded
+  type: int
+fee_wei:
+  description: Gas paid by the funder.
+  returned: when funded
+  type: int
+reason:
+  description: One line saying what was decided.
+  returned: always
+  type: str
+timeline:
+  description: One entry C({ts, action, target, detail}) when something was (or would be) sent.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+import datetime
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.p3.recovery.plugins.module_utils.chain import (
+    ETH_ACCOUNT_IMP_ERR,
+    HAS_ETH_ACCOUNT,
+    check_address,
+    check_thresholds,
+    eth,
+    fund_amount,
+    load_account,
+    send_funds,
+)
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, env, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import EthereumTarget, ethereum_argument_spec
+
+
+def main():
+    argument_spec = ethereum_argument_spec(
+        wallet=dict(type="str", fallback=env("ANCHOR_WALLET")),
+        funding_key=dict(type="str", required=True, no_log=True, fallback=env("P3_FUNDING_KEY")),
+        expected_chain_id=dict(type="int", required=True),
+        low_threshold_wei=dict(type="int", default=10 ** 17),
+        target_wei=dict(type="int", default=5 * 10 ** 17),
+        max_fund_wei=dict(type="int", default=10 ** 18),
+        receipt_timeout=dict(type="float", default=60),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    if not HAS_ETH_ACCOUNT:
+        module.fail_json(msg=missing_required_lib("eth-account (web3)"), exception=ETH_ACCOUNT_IMP_ERR)
+    try:
+        wallet = check_address(p["wallet"], "wallet")
+        check_thresholds(p["low_threshold_wei"], target=p["target_wei"], cap=p["max_fund_wei"])
+        if p["receipt_timeout"] <= 0:
+            raise P3Error("receipt_timeout must be > 0")
+        account = load_account(p["funding_key"])
+    except P3Error as e:
+        module.fail_json(msg=e.msg)
+    target = EthereumTarget(module)
+    rpc = target.rpc
+    result = dict(changed=False, funded=False, wallet=wallet, funder=account.address, chain_id=None,
+                  balance_before_wei=None, amount_wei=0, capped=False, balance_after_wei=None, timeline=[])
+    try:
+        result["chain_id"] = rpc.chain_id()
+        if result["chain_id"] != p["expected_chain_id"]:
+            raise P3Error("%s serves chain %s, expected %s: refusing to send funds" % (
+                rpc.display, result["chain_id"], p["expected_chain_id"]))
+        if account.address.lower() == wallet.lower():
+            raise P3Error("funding_key belongs to the wallet itself (%s)" % wallet)
+        balance = rpc.balance(wallet)
+        result["balance_before_wei"] = balance
+        amount, capped = fund_amount(balance, p["low_threshold_wei"], p["target_wei"], p["max_fund_wei"])
+        result.update(amount_wei=amount, capped=capped)
+        if not amount:
+            result["reason"] = "%s holds %s ETH >= low threshold %s ETH: nothing to send" % (
+                wallet, eth(balance), eth(p["low_threshold_wei"]))
+            module.exit_json(**result)
+        detail = "%s ETH from %s to %s (balance %s ETH -> %s ETH%s)" % (
+            eth(amount), account.address, wallet, eth(balance), eth(balance + amount),
+            ", capped by max_fund_wei" if capped else "")
+        if module.check_mode:
+            result.update(changed=True, reason="would send " + detail)
+            result["timeline"].append(_entry("wallet_fund (check mode: nothing sent)", wallet, "would send " + detail))
+            module.exit_json(**result)
+        sent = send_funds(rpc, account, wallet, amount, result["chain_id"], receipt_timeout=p["receipt_timeout"])
+        result.update(changed=True, funded=True, tx_hash=sent["tx_hash"], block_number=sent["block_number"],
+                      fee_wei=sent["fee_wei"])
+        result["balance_after_wei"] = rpc.balance(wallet, hex(sent["block_number"]))
+        result["reason"] = "sent " + detail
+        result["timeline"].append(_entry("wallet_fund", wallet, "sent %s in tx %s (block %s)" % (
+            detail, sent["tx_hash"], sent["block_number"])))
+    except P3Error as e:
+        fail_clean(module, e, **result)
+    module.exit_json(**result)
+
+
+def _entry(action, target, detail):
+    return dict(ts=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                action=action, target=target, detail=detail)
+
+
+if __name__ == "__main__":
+    main()
