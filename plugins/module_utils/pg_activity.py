@@ -214,12 +214,12 @@ def validate_policy(params):
     )
 
 
-def build_signal_sql(function, targets, policy):
+def build_signal_sql(function, targets, policy, server_version_num=None):
     """(sql, params) that sends `function` to exactly the targets (dicts with pid and backend_start) that still
     pass the hard guards (client backend, not us, no superuser unless allowed) and the policy's state and age.
 
-    The candidates are materialised first, so the function is called only for rows that passed every condition.
-    Returns rows (pid, signalled).
+    The candidates are materialised first, so the function is called only for rows that passed every condition
+    (PostgreSQL 12+ needs MATERIALIZED for that; before 12 every CTE is materialised). Returns rows (pid, signalled).
     """
     if function not in SIGNAL_FUNCTIONS:
         raise ValueError("unsupported signal function %r" % function)
@@ -233,8 +233,9 @@ def build_signal_sql(function, targets, policy):
     ]
     if not policy.get("include_superusers"):
         guards.append("NOT COALESCE(r.rolsuper, false)")
+    materialized = "" if server_version_num is not None and int(server_version_num) < 120000 else "MATERIALIZED "
     sql = (
-        "WITH t AS MATERIALIZED (\n"
+        "WITH t AS %s(\n"
         "  SELECT a.pid\n"
         "    FROM pg_stat_activity a\n"
         "    JOIN unnest(%%(pids)s::int[], %%(starts)s::timestamptz[]) AS x(pid, backend_start)\n"
@@ -242,7 +243,7 @@ def build_signal_sql(function, targets, policy):
         "    LEFT JOIN pg_roles r ON r.oid = a.usesysid\n"
         "   WHERE %s\n"
         ")\n"
-        "SELECT pid, %s(pid) AS signalled FROM t" % ("\n     AND ".join(guards), function)
+        "SELECT pid, %s(pid) AS signalled FROM t" % (materialized, "\n     AND ".join(guards), function)
     )
     params = dict(pids=pids, starts=starts, states=list(policy["states"]), min_age=float(policy["min_age_seconds"]))
     return sql, params

@@ -26,6 +26,7 @@ description:
   - Connect as a superuser. When the application holds every ordinary slot, only a superuser gets in, through
     the C(superuser_reserved_connections) slots. RV(connections.via_reserved_slot) says whether that happened.
     Only a superuser (or a member of C(pg_read_all_stats)) sees other roles' query texts.
+  - Needs PostgreSQL 10 or later (C(pg_stat_activity.backend_type)).
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:

@@ -32,6 +32,7 @@ description:
     nothing matching, it is false.
   - During an exhaustion incident connect as a superuser. Only superusers get in through the
     C(superuser_reserved_connections) slots, and only they can terminate any role's backend.
+  - Needs PostgreSQL 10 or later (C(pg_stat_activity.backend_type)).
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
@@ -324,11 +325,11 @@ def _by_app(backends):
     return ", ".join("%s: %d" % (k, counts[k]) for k in sorted(counts, key=lambda k: (-counts[k], k)))
 
 
-def _signal(client, function, targets, policy):
+def _signal(client, function, targets, policy, version):
     """Send function to the targets still matching; returns the pids it was sent to (signalled true)."""
     if not targets:
         return []
-    sql, params = build_signal_sql(function, targets, policy)
+    sql, params = build_signal_sql(function, targets, policy, version)
     rows = client.query(sql, params)
     return sorted(int(r["pid"]) for r in rows if r.get("signalled"))
 
@@ -391,7 +392,7 @@ def run(module, target, policy):
         targets = [dict(pid=r["pid"], backend_start=r["backend_start"]) for r in selected]
         cancel_sent = []
         if params["cancel_first"]:
-            cancel_sent = _signal(client, "pg_cancel_backend", targets, policy)
+            cancel_sent = _signal(client, "pg_cancel_backend", targets, policy, settings["server_version_num"])
             deadline = time.monotonic() + params["cancel_grace_seconds"]
             remaining = targets
             while True:
@@ -404,7 +405,7 @@ def run(module, target, policy):
             result["cancelled"] = sorted(p for p in cancel_sent if p not in left)
             targets = remaining
 
-        terminated = _signal(client, "pg_terminate_backend", targets, policy)
+        terminated = _signal(client, "pg_terminate_backend", targets, policy, settings["server_version_num"])
         result["terminated"] = terminated
         done = set(terminated) | set(result["cancelled"])
         result["vanished"] = sorted(r["pid"] for r in selected if r["pid"] not in done)

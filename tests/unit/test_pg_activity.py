@@ -131,6 +131,12 @@ def test_signal_sql_names_backends_by_pid_and_start_and_rechecks_every_guard():
     assert sql.replace("%(pids)s", "").replace("%(starts)s", "").replace("%(states)s", "").replace("%(min_age)s", "").count("%") == 0
 
 
+def test_signal_sql_materialized_keyword_only_from_postgresql_12():
+    t = [dict(pid=1, backend_start="x")]
+    assert "WITH t AS MATERIALIZED (" in pa.build_signal_sql("pg_terminate_backend", t, policy(), 150018)[0]
+    assert "WITH t AS (" in pa.build_signal_sql("pg_terminate_backend", t, policy(), 110022)[0]
+
+
 def test_signal_sql_superusers_only_when_asked_and_only_known_functions():
     sql, dummy = pa.build_signal_sql("pg_cancel_backend", [dict(pid=1, backend_start="x")], policy(include_superusers=True))
     assert "rolsuper" not in sql and "pg_cancel_backend(pid)" in sql
