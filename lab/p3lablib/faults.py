@@ -289,7 +289,7 @@ def redis_slots_uncovered(lab):
     if not wait_until(all_fail, 10, 0.1):
         raise LabError("redis-slots-uncovered: deleted slots %d-%d but cluster_state did not become fail on every node" % (a, b))
     rec["waited_s"] = round(time.monotonic() - t0, 1)
-    code, body = health(lab)
+    _, body = health(lab)
     rec["health"] = (body.get("checks") or {}).get("redis") if isinstance(body, dict) else None
     _update_last(lab, rec)
     return rec

@@ -3,7 +3,7 @@ import json
 import signal
 import time
 
-from . import anvil, pg, rediscluster, status, supervisor
+from . import anvil, pg, rediscluster, status
 from .common import ONE_ETH, LabError, http, kill, pid_alive, read_json, wait_until, write_json
 from .faults import holder_pids, peers, waiting
 from .stack import Deadline, check_binaries, preflight_ports, start_infra, write_state

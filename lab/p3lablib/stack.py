@@ -307,7 +307,7 @@ def down(lab, purge=False):
     busy = sorted(ports & listening_ports())
     if busy:
         owners = listener_pids(busy)
-        for port, pid in owners.items():
+        for pid in owners.values():
             if _is_lab_process(lab, pid):
                 kill(pid, signal.SIGKILL)
         wait_until(lambda: not (ports & listening_ports()), 5, 0.05)
