@@ -38,26 +38,42 @@ def _sev_rank(sev):
         return 5
 
 
-def triage(checks, severities=None, scenarios=None):
+def triage(checks, severities=None, scenarios=None, depends=None):
     """Classify a list of checks with the runbook's incident table.
 
-    severities: check name -> SEV-n when that check fails; scenarios: check name -> playbook to run.
+    severities: check name -> SEV-n when that check fails; scenarios: check name -> playbook to run;
+    depends: check name -> the checks it depends on (the health endpoint depends on database and redis, the
+    pulse and metrics endpoints on the app answering at all). A failing check whose dependency also fails is a
+    consequence, not a root cause: its scenario is not recommended (fix the dependency first, then diagnose
+    again, as the runbook's recovery order says). Scenarios come out in the order of the checks, which the
+    diagnose role lists in the runbook's recovery order (database, redis, express, mesh relay).
     """
     severities = severities or {}
     scenarios = scenarios or {}
+    depends = depends or {}
     failing = [c for c in checks if c.get("healthy") is False]
     if not failing:
-        return {"severity": None, "response_time": None, "failing": [], "scenarios": []}
+        return {"severity": None, "response_time": None, "failing": [], "root_causes": [], "consequences": [],
+                "scenarios": []}
+    failing_names = set(c["name"] for c in failing)
+    roots, consequences = [], []
+    for c in failing:
+        if failing_names.intersection(depends.get(c["name"], [])):
+            consequences.append(c["name"])
+        else:
+            roots.append(c["name"])
     worst = min((severities.get(c["name"], "SEV-3") for c in failing), key=_sev_rank)
     recs = []
-    for c in failing:
-        s = scenarios.get(c["name"])
+    for name in roots:
+        s = scenarios.get(name)
         if s and s not in recs:
             recs.append(s)
     return {
         "severity": worst,
         "response_time": RUNBOOK_RESPONSE.get(worst),
         "failing": [c["name"] for c in failing],
+        "root_causes": roots,
+        "consequences": consequences,
         "scenarios": recs,
     }
 

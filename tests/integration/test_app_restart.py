@@ -40,3 +40,19 @@ def test_restart_role_fails_clearly_when_the_app_stays_unhealthy(healthy_lab):
     assert run.rc != 0
     msg = run.result("Fail clearly when the app did not come back")["msg"]
     assert "not healthy" in msg and "127.0.0.1:1/health" in msg and "p3-lab-app" in msg
+
+
+def test_restart_role_command_backend(healthy_lab):
+    """The plain-command backend (here: supervisorctl as an argv list, as a site without supervisor support would
+    call its own restart script)."""
+    import yaml
+    from conftest import INVENTORY
+    with open(INVENTORY) as f:
+        host = yaml.safe_load(f)["all"]["children"]["p3_app"]["hosts"]["p3-lab-app"]
+    before = healthy_lab["services"]["app"]["pid"]
+    run = run_playbook("restart_app.yml", extravars={
+        "p3_restart_backend": "command",
+        "p3_restart_command": [host["p3_supervisorctl"], "-c", host["p3_supervisor_conf"], "restart", host["p3_supervisor_program"]]})
+    assert run.rc == 0, run.stdout[-3000:]
+    st = lab_status()
+    assert st["app"]["healthy"] and st["services"]["app"]["pid"] not in (None, before)

@@ -78,6 +78,7 @@ def test_fault_turns_the_right_check_red(healthy_lab, report_dir, fault):
     if fault == "app-down":
         assert not st["services"]["app"]["up"]
         assert "refused" in checks["health"]["reason"].lower(), checks["health"]
+        assert report["triage"]["scenarios"] == ["p3.recovery.restart_app"]
     elif fault == "redis-master-down":
         killed = did["node"]
         assert killed in checks["redis"]["reason"], (killed, checks["redis"])
@@ -85,11 +86,13 @@ def test_fault_turns_the_right_check_red(healthy_lab, report_dir, fault):
         assert checks["health"]["healthy"] is False and "redis" in checks["health"]["reason"]
         unreachable = [n["address"] for n in report["evidence"]["redis"]["nodes"] if not n["reachable"]]
         assert unreachable == [killed]
+        assert report["triage"]["scenarios"] == ["p3.recovery.recover_redis"]
     elif fault == "db-exhaustion":
         assert "connections" in checks["database"]["reason"], checks["database"]
         assert st["db"]["connections"] >= 0.8 * st["db"]["max_connections"]
         assert checks["health"]["healthy"] is False and "database" in checks["health"]["reason"]
         assert report["triage"]["severity"] == "SEV-1"
+        assert report["triage"]["scenarios"] == ["p3.recovery.recover_database"]
     elif fault == "mesh-down":
         assert st["mesh"]["peers"] == 0
         assert "peer" in checks["pulse"]["reason"].lower(), checks["pulse"]

@@ -50,7 +50,23 @@ def test_triage_of_minor_and_healthy():
     assert verdicts.triage([{"name": "metrics", "healthy": False}], SEV, SCEN)["severity"] == "SEV-4"
     assert verdicts.triage([{"name": "unknown", "healthy": False}], SEV, SCEN)["severity"] == "SEV-3"
     assert verdicts.triage([{"name": "redis", "healthy": True}], SEV, SCEN) == {
-        "severity": None, "response_time": None, "failing": [], "scenarios": []}
+        "severity": None, "response_time": None, "failing": [], "root_causes": [], "consequences": [],
+        "scenarios": []}
+
+
+DEPS = {"health": ["database", "redis"], "pulse": ["health"], "metrics": ["health"]}
+
+
+def test_triage_recommends_root_causes_only():
+    app_down = [{"name": "database", "healthy": True}, {"name": "health", "healthy": False},
+                {"name": "pulse", "healthy": False}, {"name": "metrics", "healthy": False}]
+    t = verdicts.triage(app_down, SEV, SCEN, DEPS)
+    assert t["root_causes"] == ["health"] and t["consequences"] == ["pulse", "metrics"]
+    assert t["scenarios"] == ["restart_app"]
+    db_down = [{"name": "database", "healthy": False}, {"name": "health", "healthy": False},
+               {"name": "pulse", "healthy": True}]
+    t = verdicts.triage(db_down, SEV, SCEN, DEPS)
+    assert t["scenarios"] == ["recover_database"] and t["consequences"] == ["health"]
 
 
 def test_verdict_table():
