@@ -1,0 +1,167 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: app_log_scan
+short_description: Count the log lines matching a pattern on the app host and show the last ones
+version_added: 0.1.0
+description:
+  - The runbook's C(grep "sessionBridge" /var/log/p3/*.log | tail -100), read-only and bounded - runs on the app
+    host.
+  - Reads at most the last O(max_bytes) of each file matching O(paths) (globs), counts the lines matching the
+    regular expression O(pattern) and keeps the last O(last_lines) of them (each cut to 500 characters).
+  - Healthy when at most O(max_matches) lines match. A missing file or a glob that matches nothing is reported in
+    RV(missing), and is not unhealthy.
+author:
+  - P3 Recovery maintainers (@p3-protocol)
+extends_documentation_fragment:
+  - p3.recovery.probe
+  - p3.recovery.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  paths:
+    description: Log files or globs.
+    type: list
+    elements: path
+    default: ["/var/log/p3/*.log"]
+  pattern:
+    description: Python regular expression a line must match (search, not full match).
+    type: str
+    default: sessionBridge
+  ignore_case:
+    description: Match case-insensitively.
+    type: bool
+    default: false
+  max_matches:
+    description: Most matching lines that still count as healthy.
+    type: int
+    default: 0
+  last_lines:
+    description: How many of the last matching lines to return.
+    type: int
+    default: 20
+  max_bytes:
+    description: Read at most this many bytes from the end of each file.
+    type: int
+    default: 10485760
+"""
+
+EXAMPLES = r"""
+- name: Session bridge errors in the app logs
+  p3.recovery.app_log_scan:
+    paths: ["/srv/p3/logs/*.log"]
+    pattern: "(?i)session.*(error|fail|could not)"
+  register: logs
+"""
+
+RETURN = r"""
+healthy:
+  description: Matches <= O(max_matches).
+  returned: always
+  type: bool
+reason:
+  description: One line.
+  returned: always
+  type: str
+  sample: "3 lines match 'session' in 1 file (max 0)"
+matches:
+  description: Matching lines over all files (within the bytes read).
+  returned: always
+  type: int
+files:
+  description: Per file - C(path), C(size), C(read), C(matches).
+  returned: always
+  type: list
+  elements: dict
+missing:
+  description: Paths or globs that matched no readable file.
+  returned: always
+  type: list
+  elements: str
+last:
+  description: The last O(last_lines) matching lines (C(path), C(line)).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+import glob
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, one_line, probe_result
+
+
+def scan_file(path, regex, max_bytes, keep):
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if size > max_bytes:
+            fh.seek(size - max_bytes)
+            fh.readline()  # drop the partial first line
+        data = fh.read(max_bytes)
+    count = 0
+    last = []
+    for raw in data.splitlines():
+        line = raw.decode("utf-8", "replace")
+        if regex.search(line):
+            count += 1
+            last.append(dict(path=path, line=one_line(line, 500)))
+            if len(last) > keep:
+                last.pop(0)
+    return dict(path=path, size=size, read=len(data), matches=count), last
+
+
+def main():
+    argument_spec = dict(
+        paths=dict(type="list", elements="path", default=["/var/log/p3/*.log"]),
+        pattern=dict(type="str", default="sessionBridge"),
+        ignore_case=dict(type="bool", default=False),
+        max_matches=dict(type="int", default=0),
+        last_lines=dict(type="int", default=20),
+        max_bytes=dict(type="int", default=10 * 1024 * 1024),
+    )
+    argument_spec.update(PROBE_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    try:
+        regex = re.compile(p["pattern"], re.IGNORECASE if p["ignore_case"] else 0)
+    except re.error as e:
+        module.fail_json(msg="invalid pattern %r: %s" % (p["pattern"], e))
+    if p["max_matches"] < 0 or p["last_lines"] < 0 or p["max_bytes"] < 1:
+        module.fail_json(msg="max_matches and last_lines must be >= 0, max_bytes >= 1")
+    files, last, missing, errors = [], [], [], []
+    for spec in p["paths"]:
+        found = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
+        if not found:
+            missing.append(spec)
+        for path in found:
+            try:
+                rec, tail = scan_file(path, regex, p["max_bytes"], p["last_lines"])
+            except (IOError, OSError) as e:
+                errors.append("%s: %s" % (path, one_line(e.strerror or e, 160)))
+                missing.append(path)
+                continue
+            files.append(rec)
+            last.extend(tail)
+    last = last[-p["last_lines"]:] if p["last_lines"] else []
+    matches = sum(f["matches"] for f in files)
+    healthy = matches <= p["max_matches"]
+    reason = "%d line%s match %r in %d file%s (max %d)%s" % (
+        matches, "" if matches == 1 else "s", p["pattern"], len(files), "" if len(files) == 1 else "s",
+        p["max_matches"], ("; not read: %s" % ", ".join(errors or missing)) if (errors or missing) else "")
+    exit_probe(module, probe_result(healthy, reason, matches=matches, files=files, missing=missing, last=last))
+
+
+if __name__ == "__main__":
+    main()

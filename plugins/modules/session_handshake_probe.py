@@ -1,0 +1,185 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: session_handshake_probe
+short_description: Test the session handshake - status, response shape, latency, and that the session reads back
+version_added: 0.1.0
+description:
+  - The runbook's C(curl -X POST /api/protocol/session/handshake -d '{"deviceId":"test",...}'), judged.
+  - POSTs O(body) as JSON to O(handshake_path). Healthy when the status is one of O(expected_status), the answer
+    is a JSON object with every O(required_fields), the latency is at most O(max_latency_ms), and (when
+    O(session_path) is set) C(GET) of the new session answers 200.
+  - Like the runbook's curl, every run creates one session (with the app's TTL); RV(session_id) names it.
+author:
+  - P3 Recovery maintainers (@p3-protocol)
+extends_documentation_fragment:
+  - p3.recovery.http_api
+  - p3.recovery.probe
+  - p3.recovery.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  handshake_path:
+    description: Path of the handshake (C(/api/protocol/v2/session/handshake) or C(/v1/session/handshake) on P3 as
+      coded).
+    type: str
+    default: /api/protocol/session/handshake
+  body:
+    description: The JSON body (the runbook's, with a device id that names the probe).
+    type: dict
+    default: {"deviceId": "p3-recovery-probe", "capabilities": {"encoding": ["json"]}}
+  expected_status:
+    description: Statuses that count as a successful handshake.
+    type: list
+    elements: int
+    default: [200, 201]
+  required_fields:
+    description: Fields the JSON answer must have.
+    type: list
+    elements: str
+    default: [sessionId]
+  session_field:
+    description: Field of the answer holding the new session's id.
+    type: str
+    default: sessionId
+  session_path:
+    description:
+      - Path to read the new session back, with C({id}) for its id (the lab app's C(/api/protocol/session/{id})).
+        Empty skips the read-back.
+    type: str
+    default: ""
+  max_latency_ms:
+    description: Slowest handshake that counts as healthy.
+    type: float
+    default: 2000
+seealso:
+  - module: p3.recovery.session_census
+"""
+
+EXAMPLES = r"""
+- name: Handshake and read the session back
+  p3.recovery.session_handshake_probe:
+    url: "{{ p3_app_url }}"
+    session_path: /api/protocol/session/{id}
+  register: handshake
+"""
+
+RETURN = r"""
+healthy:
+  description: See the description.
+  returned: always
+  type: bool
+reason:
+  description: One line.
+  returned: always
+  type: str
+  sample: "POST http://127.0.0.1:5000/api/protocol/session/handshake -> 201 in 4 ms; session read back (200)"
+status:
+  description: HTTP status of the handshake (null when there was no answer).
+  returned: always
+  type: int
+latency_ms:
+  description: Handshake round trip.
+  returned: always
+  type: float
+session_id:
+  description: The new session's id (null when none).
+  returned: always
+  type: str
+missing_fields:
+  description: O(required_fields) absent from the answer.
+  returned: always
+  type: list
+  elements: str
+body:
+  description: The answer (JSON, or text cut to 2000 characters).
+  returned: always
+  type: raw
+readback_status:
+  description: Status of the read-back (null when skipped or not possible).
+  returned: always
+  type: int
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.http_client import (
+    HttpTarget,
+    describe_response,
+    http_argument_spec,
+    request,
+    truncate,
+)
+
+
+def main():
+    argument_spec = http_argument_spec(
+        handshake_path=dict(type="str", default="/api/protocol/session/handshake"),
+        body=dict(type="dict", default={"deviceId": "p3-recovery-probe", "capabilities": {"encoding": ["json"]}}),
+        expected_status=dict(type="list", elements="int", default=[200, 201]),
+        required_fields=dict(type="list", elements="str", default=["sessionId"]),
+        session_field=dict(type="str", default="sessionId"),
+        session_path=dict(type="str", default=""),
+        max_latency_ms=dict(type="float", default=2000),
+    )
+    argument_spec.update(PROBE_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    if p["max_latency_ms"] <= 0:
+        module.fail_json(msg="max_latency_ms must be > 0")
+    target = HttpTarget(module)
+    headers = dict(target.headers)
+    headers.setdefault("Content-Type", "application/json")
+    resp = request(target.url_for(p["handshake_path"]), method="POST", timeout=target.timeout, headers=headers,
+                   validate_certs=target.validate_certs, data=json.dumps(p["body"]).encode("utf-8"),
+                   secrets=target.secrets, context=target.context)
+    head = describe_response(resp)
+    body = resp["json"] if resp["json"] is not None else truncate(resp["text"])
+    out = dict(status=resp["status"], latency_ms=resp["latency_ms"], session_id=None, missing_fields=[], body=body,
+               readback_status=None)
+    problems = []
+    if resp["status"] is None or resp["error"]:
+        problems.append(head)
+    else:
+        if resp["status"] not in p["expected_status"]:
+            problems.append("%s, expected %s" % (head, "/".join(str(s) for s in p["expected_status"])))
+        if not isinstance(resp["json"], dict):
+            problems.append("answer is not a JSON object")
+        else:
+            out["missing_fields"] = [f for f in p["required_fields"] if f not in resp["json"]]
+            if out["missing_fields"]:
+                problems.append("answer lacks %s" % ", ".join(out["missing_fields"]))
+            sid = resp["json"].get(p["session_field"])
+            out["session_id"] = str(sid) if sid is not None else None
+        if resp["latency_ms"] is not None and resp["latency_ms"] > p["max_latency_ms"]:
+            problems.append("handshake took %d ms > %d ms" % (resp["latency_ms"], p["max_latency_ms"]))
+    if p["session_path"] and not problems:
+        if not out["session_id"]:
+            problems.append("no %s in the answer to read back" % p["session_field"])
+        else:
+            back = target.get(p["session_path"].replace("{id}", out["session_id"]))
+            out["readback_status"] = back["status"]
+            if back["status"] != 200:
+                problems.append("session read-back: %s" % describe_response(back))
+    if problems:
+        reason = "; ".join(problems) if problems[0].startswith(("GET", "POST")) else "%s: %s" % (head, "; ".join(problems))
+    else:
+        reason = "%s in %d ms%s" % (head, round(resp["latency_ms"] or 0),
+                                    "; session read back (200)" if out["readback_status"] == 200 else "")
+    exit_probe(module, probe_result(not problems, reason, **out))
+
+
+if __name__ == "__main__":
+    main()
