@@ -109,7 +109,7 @@ def fault_to_healthy(cmd, health_url, shell=False):
             if health_ok(health_url):
                 first.setdefault("t", time.perf_counter() - t0)
                 return
-            time.sleep(0.05)
+            time.sleep(0.2)
 
     t0 = time.perf_counter()
     watcher = threading.Thread(target=watch, args=(t0,), daemon=True)
