@@ -21,6 +21,13 @@ if [ "$FAULT" = app-down ]; then
   ansible-playbook -i lab/inventory.yml playbooks/restart_app.yml | sed -n '/PLAY RECAP/,$p'
   say "Diagnosing again"
   ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml | sed -n '/Show the verdict table/,/^$/p'
+elif [ "$FAULT" = db-exhaustion ]; then
+  # The fault's queries are seconds old; the runbook's policy (and the role's default) is 5 minutes.
+  say "Recovering: ansible-playbook -i lab/inventory.yml playbooks/recover_database.yml -e p3_db_min_age_seconds=1"
+  ansible-playbook -i lab/inventory.yml playbooks/recover_database.yml -e p3_db_min_age_seconds=1 \
+    | sed -n '/Show what was seen/,/^$/p;/PLAY RECAP/,$p'
+  say "Diagnosing again"
+  ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml | sed -n '/Show the verdict table/,/^$/p'
 else
   say "Run the recovery named under 'next:' above, or undo the fault with: .venv/bin/python lab/p3lab heal"
 fi

@@ -179,6 +179,9 @@ def database_outcome(report):
         reason = "recovered: %s; %s" % ("; ".join(did), state)
     else:
         reason = "not recovered: %s; %s" % (state, "; ".join(did))
+        if decision.get("act") and not term.get("skipped") and term and not selected:
+            reason += ("; nothing matched the policy: widen it (p3_db_min_age_seconds, p3_db_states, the include and "
+                       "exclude lists) or restart the app (p3_db_restart_app=always)")
 
     summary = []
     before = (report.get("before") or {}).get("database") or {}
@@ -199,10 +202,19 @@ def database_outcome(report):
     return dict(healthy=healthy, changed=changed, reason=_one_line(reason, 1000), summary=summary)
 
 
+def database_report(body):
+    """The report body with its verdict: healthy, changed and reason (see database_outcome)."""
+    out = dict(body)
+    outcome = database_outcome(body)
+    out.update(healthy=outcome["healthy"], changed=outcome["changed"], reason=outcome["reason"])
+    return out
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "database_input_errors": database_input_errors,
             "database_outcome": database_outcome,
+            "database_report": database_report,
             "pool_budget": pool_budget,
         }

@@ -110,3 +110,12 @@ def test_outcome_not_recovered_names_what_is_red():
     assert out["healthy"] is False
     assert out["reason"].startswith("not recovered: health: 503: redis down; terminated 1 backends")
     assert "restarted app1" in out["reason"]
+
+
+def test_outcome_when_nothing_matched_says_how_to_widen_the_policy():
+    out = db.database_outcome(_report(
+        checks=[dict(name="database", healthy=False, reason="connections 18/20 (90%) >= 80%")],
+        actions=dict(terminate=dict(target="h:1", terminated=[], selected=[], msg="nothing to terminate on h:1: (17 too young)"),
+                     restart=dict(hosts=[]))))
+    assert out["healthy"] is False and out["changed"] is False
+    assert "17 too young" in out["reason"] and "widen it (p3_db_min_age_seconds" in out["reason"]
