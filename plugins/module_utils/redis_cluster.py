@@ -1,0 +1,1170 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Redis Cluster recovery logic of p3.recovery: the merged topology (redis_cluster_topology), safe failover
+(redis_cluster_failover), slot repair (redis_cluster_slots) and membership (redis_cluster_node).
+
+Connections come from redis_client (one short-timeout connection per node, no retries). The pure parts
+(build_topology, plan_failover, plan_slot_repair, ...) take plain data so the unit tests can drive them; the
+actions (run_*) talk to the nodes, poll until every reachable node agrees, and return a timeline.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import datetime
+import time
+
+from collections import Counter
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, hostport, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
+    CLUSTER_SLOTS,
+    compress_slots,
+    describe_redis_error,
+    format_ranges,
+    node_client,
+    parse_address,
+    parse_cluster_nodes,
+    parse_info,
+    probe_nodes,
+    slots_from_ranges,
+)
+
+FAIL = "fail"
+PFAIL = "fail?"
+POLL = 0.05
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def timeline_entry(action, target, detail):
+    return dict(ts=utc_now(), action=action, target=target, detail=one_line(detail, 600))
+
+
+def ranges_text(slots, limit=8):
+    """Set / iterable of slots -> '0-99,200' (cut after limit ranges)."""
+    r = format_ranges(compress_slots(slots))
+    if len(r) > limit:
+        return ",".join(r[:limit]) + ",... (%d ranges)" % len(r)
+    return ",".join(r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading: every node, merged
+# ---------------------------------------------------------------------------------------------------------------
+
+def _extra(client, rec):
+    """Per-node extras on the probe's connection: memory, the node's clock (for ping ages), key count."""
+    mem = parse_info(client.execute_command("INFO", "memory"))
+    rec["memory"] = dict(
+        used_memory=_int(mem.get("used_memory")),
+        maxmemory=_int(mem.get("maxmemory")),
+        maxmemory_policy=mem.get("maxmemory_policy"),
+    )
+    t = client.execute_command("TIME")
+    rec["time_ms"] = int(t[0]) * 1000 + int(t[1]) // 1000
+    rec["keys"] = int(client.execute_command("DBSIZE"))
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_records(settings, deadline=None):
+    return probe_nodes(settings, extra=_extra, deadline=deadline)
+
+
+def read_topology(settings, unanswered_ms=1000):
+    """Probe every node reachable from the seeds and merge their views (see build_topology)."""
+    return build_topology(read_records(settings), seeds=settings.seed_addresses, unanswered_ms=unanswered_ms)
+
+
+def _dedupe(records, seeds):
+    """One record per node: a node reached under two names keeps the first (seeds first)."""
+    out, ids = {}, set()
+    for address in [a for a in seeds if a in records] + sorted(a for a in records if a not in seeds):
+        rec = records[address]
+        me = _myself(rec)
+        if rec.get("reachable") and me is not None:
+            if me["id"] in ids:
+                continue
+            ids.add(me["id"])
+        out[address] = rec
+    return out
+
+
+def _myself(rec):
+    for n in rec.get("cluster_nodes") or ():
+        if n["myself"]:
+            return n
+    return None
+
+
+def _owner_map(lines):
+    owners = [None] * CLUSTER_SLOTS
+    for n in lines:
+        if n["role"] == "master":
+            for a, b in n["slots"]:
+                for s in range(a, b + 1):
+                    owners[s] = n["id"]
+    return owners
+
+
+def build_topology(records, seeds=(), unanswered_ms=1000):
+    """Merge per-node probe records (redis_client.probe_node + _extra) into one topology with a verdict.
+
+    Pure. Returns a dict: cluster_enabled, nodes, slots (covered/uncovered/unassigned), open_slots, disagreements,
+    masters_without_replica, failed/pfail nodes, failover_candidates, rejoin_candidates, forget_candidates,
+    serving, redundant, healthy, reason.
+    """
+    seeds = list(seeds or [])
+    records = _dedupe(records, seeds)
+    reachable = dict((a, r) for a, r in records.items() if r.get("reachable"))
+    cluster = any(r.get("cluster_enabled") for r in reachable.values())
+    if not reachable:
+        return _empty_topology(records)
+    if not cluster:
+        return build_standalone(records)
+
+    views = dict((a, r["cluster_nodes"]) for a, r in reachable.items() if r.get("cluster_nodes"))
+    own = dict((a, _myself(r)) for a, r in reachable.items() if _myself(r) is not None)
+    canonical = dict((me["id"], a) for a, me in own.items())
+
+    seen = {}   # id -> {viewer: line}
+    for viewer, lines in views.items():
+        for n in lines:
+            seen.setdefault(n["id"], {})[viewer] = n
+
+    def consensus_line(node_id):
+        lines = seen[node_id]
+        viewer = canonical.get(node_id)
+        if viewer in lines:
+            return lines[viewer]
+        counts = Counter((n["role"], n["master_id"], tuple(map(tuple, n["slots"]))) for n in lines.values())
+        best = counts.most_common(1)[0][0]
+        cands = [n for n in lines.values() if (n["role"], n["master_id"], tuple(map(tuple, n["slots"]))) == best]
+        return max(cands, key=lambda n: n["config_epoch"] or 0)
+
+    nodes = {}
+    for node_id in seen:
+        line = consensus_line(node_id)
+        address = canonical.get(node_id) or line["address"]
+        rec = records.get(address) or {}
+        me = own.get(address)
+        reach = bool(rec.get("reachable")) and me is not None and me["id"] == node_id
+        peers = dict((v, n) for v, n in seen[node_id].items() if v != address)
+        flagged = {}
+        disconnected, unanswered = [], []
+        for v, n in sorted(peers.items()):
+            for f in n["flags"]:
+                if f in (FAIL, PFAIL):
+                    flagged.setdefault(f, []).append(v)
+            if n["link_state"] == "disconnected":
+                disconnected.append(v)
+            now = (records.get(v) or {}).get("time_ms")
+            if n["ping_sent"] and now and now - n["ping_sent"] > unanswered_ms:
+                unanswered.append(v)
+        repl = rec.get("replication") or {} if reach else {}
+        mem = rec.get("memory") or {} if reach else {}
+        node = dict(
+            id=node_id,
+            address=address,
+            reachable=reach,
+            error=None if reach else (rec.get("error") or "not reachable from here (known from peers only)"),
+            role=line["role"],
+            master_id=line["master_id"],
+            master=None,
+            flags=list(line["flags"]),
+            flagged_by=flagged,
+            link_disconnected_from=disconnected,
+            unanswered_pings_from=unanswered,
+            config_epoch=line["config_epoch"],
+            slots=format_ranges(line["slots"]) if line["role"] == "master" else [],
+            slot_count=len(slots_from_ranges(line["slots"])) if line["role"] == "master" else 0,
+            cluster_state=(rec.get("cluster_info") or {}).get("cluster_state") if reach else None,
+            current_epoch=_int((rec.get("cluster_info") or {}).get("cluster_current_epoch")) if reach else None,
+            repl_offset=_int(repl.get("master_repl_offset")),
+            replica_offset=_int(repl.get("slave_repl_offset")) if line["role"] == "replica" else None,
+            master_link_status=repl.get("master_link_status") if line["role"] == "replica" else None,
+            lag_bytes=None,
+            keys=rec.get("keys") if reach else None,
+            used_memory=mem.get("used_memory"),
+            maxmemory=mem.get("maxmemory"),
+            memory_pct=(round(100.0 * mem["used_memory"] / mem["maxmemory"], 1)
+                        if mem.get("maxmemory") and mem.get("used_memory") is not None else None),
+        )
+        node["failed"] = bool(FAIL in flagged or FAIL in node["flags"])
+        node["pfail"] = bool(PFAIL in flagged) and not node["failed"]
+        node["down_confirmed"] = (not reach) and bool(flagged or disconnected or unanswered)
+        nodes[node_id] = node
+    # unreachable seeds no reachable node knows
+    for address, rec in records.items():
+        if not rec.get("reachable") and not any(n["address"] == address for n in nodes.values()):
+            nodes["?" + address] = dict(
+                id=None, address=address, reachable=False, error=rec.get("error"), role="unknown", master_id=None,
+                master=None, flags=[], flagged_by={}, link_disconnected_from=[], unanswered_pings_from=[],
+                config_epoch=None, slots=[], slot_count=0, cluster_state=None, current_epoch=None, repl_offset=None,
+                replica_offset=None, master_link_status=None, lag_bytes=None, keys=None, used_memory=None,
+                maxmemory=None, memory_pct=None, failed=False, pfail=False, down_confirmed=False)
+
+    for n in nodes.values():
+        if n["master_id"] and n["master_id"] in nodes:
+            m = nodes[n["master_id"]]
+            n["master"] = m["address"]
+            if m["reachable"] and n["replica_offset"] is not None and m["repl_offset"] is not None:
+                n["lag_bytes"] = max(0, m["repl_offset"] - n["replica_offset"])
+
+    def usable(n):
+        return n["reachable"] and not n["failed"] and not n["pfail"]
+
+    # slot owners per view and the consensus
+    maps = dict((v, _owner_map(lines)) for v, lines in views.items())
+    viewers = sorted(maps)
+    first = maps[viewers[0]]
+    agree = all(maps[v] == first for v in viewers[1:])
+    if agree:
+        consensus = list(first)
+        disagree_slots = []
+    else:
+        consensus = []
+        disagree_slots = []
+        for s in range(CLUSTER_SLOTS):
+            votes = Counter(maps[v][s] for v in viewers)
+            consensus.append(votes.most_common(1)[0][0])
+            if len(votes) > 1:
+                disagree_slots.append(s)
+    disagreements = []
+    if disagree_slots:
+        groups = []
+        for s in disagree_slots:
+            key = tuple((v, maps[v][s]) for v in viewers)
+            if groups and groups[-1][0] == key and groups[-1][2] == s - 1:
+                groups[-1][2] = s
+            else:
+                groups.append([key, s, s])
+        for key, a, b in groups[:20]:
+            disagreements.append(dict(
+                slots="%d-%d" % (a, b) if a != b else str(a),
+                owners=dict((v, nodes[i]["address"] if i in nodes else i) for v, i in key)))
+
+    served = set()
+    for n in nodes.values():
+        me = own.get(n["address"]) if n["reachable"] else None
+        if me is not None and me["role"] == "master" and usable(n):
+            mine = slots_from_ranges(me["slots"])
+            served.update(s for s in mine if consensus[s] == n["id"])
+    uncovered = [s for s in range(CLUSTER_SLOTS) if s not in served]
+    unassigned = [s for s in range(CLUSTER_SLOTS) if consensus[s] is None]
+
+    # epochs: a node's config epoch as each viewer sees it; two masters with one config epoch
+    epoch_disagreements = []
+    for node_id, lines in seen.items():
+        epochs = set(n["config_epoch"] for n in lines.values())
+        if len(epochs) > 1:
+            epoch_disagreements.append(dict(node=nodes[node_id]["address"],
+                                            epochs=dict((v, n["config_epoch"]) for v, n in lines.items())))
+    owners = [n for n in nodes.values() if n["role"] == "master" and n["slot_count"]]
+    epoch_count = Counter(n["config_epoch"] for n in owners)
+    epoch_collisions = sorted(n["address"] for n in owners if epoch_count[n["config_epoch"]] > 1)
+
+    open_slots = []
+    for address, me in sorted(own.items()):
+        for m in me["migrating"]:
+            open_slots.append(dict(slot=m["slot"], node=address, state="migrating",
+                                   peer=nodes[m["node"]]["address"] if m["node"] in nodes else m["node"]))
+        for m in me["importing"]:
+            open_slots.append(dict(slot=m["slot"], node=address, state="importing",
+                                   peer=nodes[m["node"]]["address"] if m["node"] in nodes else m["node"]))
+
+    replicas_of = {}
+    for n in nodes.values():
+        if n["role"] == "replica" and n["master_id"]:
+            replicas_of.setdefault(n["master_id"], []).append(n)
+    without_replica = []
+    for m in sorted(owners, key=lambda n: n["address"]):
+        healthy_replicas = [r for r in replicas_of.get(m["id"], []) if usable(r)]
+        if not healthy_replicas:
+            without_replica.append(m["address"])
+
+    failover = []
+    for m in sorted(owners, key=lambda n: n["address"]):
+        if m["reachable"] or not (m["down_confirmed"] or m["failed"]):
+            continue
+        cands = [r for r in replicas_of.get(m["id"], []) if usable(r)]
+        failover.append(dict(master=m["address"], master_id=m["id"], slots=m["slots"],
+                             replicas=[r["address"] for r in rank_replicas(cands)]))
+    empty_masters = sorted(n["address"] for n in nodes.values()
+                           if n["role"] == "master" and not n["slot_count"] and usable(n))
+    rejoin = empty_masters if without_replica or any(f["master"] for f in failover) else []
+    forget = sorted(n["address"] for n in nodes.values()
+                    if n["id"] and not n["reachable"] and n["failed"] and not n["slot_count"]
+                    and not any(r["reachable"] for r in replicas_of.get(n["id"], [])))
+
+    promotable = set(f["master_id"] for f in failover if f["replicas"])
+    orphaned = [s for s in uncovered if consensus[s] not in promotable]
+    node_list = sorted(nodes.values(), key=lambda n: (n["address"] or "", n["id"] or ""))
+    problems = []
+    for n in node_list:
+        if not n["reachable"]:
+            how = []
+            if n["failed"]:
+                how.append("flagged fail")
+            elif n["pfail"]:
+                how.append("flagged fail?")
+            elif n["down_confirmed"]:
+                how.append("peers cannot reach it either")
+            problems.append("%s %s unreachable (%s%s)" % (n["role"], n["address"], n["error"],
+                                                        "; " + ", ".join(how) if how else ""))
+        elif n["failed"] or n["pfail"]:
+            problems.append("%s %s flagged %s by peers" % (n["role"], n["address"], "fail" if n["failed"] else "fail?"))
+        if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
+            problems.append("replica %s link to %s %s" % (n["address"], n["master"], n["master_link_status"]))
+        if n["memory_pct"] is not None and n["memory_pct"] >= 90:
+            problems.append("%s memory %s%% of maxmemory" % (n["address"], n["memory_pct"]))
+    states = dict((n["address"], n["cluster_state"]) for n in node_list if n["reachable"])
+    not_ok = sorted(a for a, s in states.items() if s != "ok")
+    if uncovered:
+        problems.append("%d slots not served by a live master: %s" % (len(uncovered), ranges_text(uncovered)))
+    if not_ok:
+        problems.append("cluster_state not ok on %s" % ", ".join(not_ok))
+    if disagreements:
+        problems.append("nodes disagree about the owner of %d slots" % len(disagree_slots))
+    if open_slots:
+        problems.append("%d open slots (migrating/importing)" % len(open_slots))
+    if epoch_collisions:
+        problems.append("config epoch collision between %s" % ", ".join(epoch_collisions))
+    if without_replica:
+        problems.append("masters without a healthy replica: %s" % ", ".join(without_replica))
+    serving = not uncovered and not not_ok and not disagreements
+    redundant = not without_replica
+    healthy = serving and redundant and not problems
+    masters = [n for n in owners if usable(n)]
+    replicas = [n for n in node_list if n["role"] == "replica" and usable(n)]
+    if healthy:
+        reason = "%d nodes (%d masters, %d replicas) reachable; cluster_state=ok everywhere; %d/%d slots served" % (
+            len(node_list), len(masters), len(replicas), len(served), CLUSTER_SLOTS)
+    else:
+        reason = "; ".join(problems)
+    return dict(
+        cluster_enabled=True,
+        healthy=healthy,
+        serving=serving,
+        redundant=redundant,
+        reason=reason,
+        nodes=node_list,
+        cluster_state="ok" if not not_ok else "fail",
+        cluster_states=states,
+        masters=len(masters),
+        replicas=len(replicas),
+        slots_served=len(served),
+        slots_uncovered=format_ranges(compress_slots(uncovered)),
+        slots_uncovered_count=len(uncovered),
+        slots_unassigned=format_ranges(compress_slots(unassigned)),
+        slot_owners=dict((n["address"], n["slots"]) for n in owners),
+        views_agree=not disagreements,
+        disagreements=disagreements,
+        epoch_disagreements=epoch_disagreements,
+        epoch_collisions=epoch_collisions,
+        open_slots=open_slots,
+        failed_nodes=sorted(n["address"] for n in node_list if n["failed"] or not n["reachable"]),
+        pfail_nodes=sorted(n["address"] for n in node_list if n["pfail"]),
+        masters_without_replica=without_replica,
+        failover_candidates=failover,
+        rejoin_candidates=rejoin,
+        forget_candidates=forget,
+        slots_orphaned=format_ranges(compress_slots(orphaned)),
+        next_actions=[a for a, need in (("failover", failover), ("slots", orphaned or open_slots or disagreements),
+                                        ("rejoin", rejoin), ("forget", forget)) if need],
+        _consensus=consensus,
+        _maps=maps,
+        _claims=dict((me["id"], slots_from_ranges(me["slots"])) for me in own.values() if me["role"] == "master"),
+    )
+
+
+def _empty_topology(records):
+    nodes = [dict(address=a, reachable=False, error=r.get("error"), role="unknown") for a, r in sorted(records.items())]
+    reason = "no Redis node reachable: " + "; ".join("%s %s" % (n["address"], n["error"]) for n in nodes)
+    return dict(cluster_enabled=None, healthy=False, serving=False, redundant=False, reason=reason, nodes=nodes,
+                failover_candidates=[], rejoin_candidates=[], forget_candidates=[], open_slots=[],
+                slots_uncovered=[], slots_uncovered_count=None, failed_nodes=[n["address"] for n in nodes],
+                masters_without_replica=[], slots_orphaned=[], next_actions=[])
+
+
+def rank_replicas(replicas):
+    """Best first: link up, highest replication offset, then address (stable)."""
+    return sorted(replicas, key=lambda r: (0 if r.get("master_link_status") == "up" else 1,
+                                           -(r.get("replica_offset") or r.get("repl_offset") or 0),
+                                           r.get("address") or ""))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Standalone (replication without cluster)
+# ---------------------------------------------------------------------------------------------------------------
+
+def build_standalone(records):
+    nodes = []
+    for address, rec in sorted(records.items()):
+        repl = rec.get("replication") or {}
+        role = rec.get("role") or "unknown"
+        master = None
+        if role == "replica" and repl.get("master_host"):
+            master = hostport(repl.get("master_host"), repl.get("master_port"))
+        nodes.append(dict(
+            address=address, reachable=bool(rec.get("reachable")), error=rec.get("error"), role=role,
+            master=master, master_link_status=repl.get("master_link_status") if role == "replica" else None,
+            repl_offset=_int(repl.get("master_repl_offset")),
+            replica_offset=_int(repl.get("slave_repl_offset")) if role == "replica" else None,
+            connected_replicas=_int(repl.get("connected_slaves")) if role == "master" else None,
+            keys=rec.get("keys"), used_memory=(rec.get("memory") or {}).get("used_memory"),
+            maxmemory=(rec.get("memory") or {}).get("maxmemory")))
+    by_addr = dict((n["address"], n) for n in nodes)
+    masters = [n for n in nodes if n["reachable"] and n["role"] == "master"]
+    replicas = [n for n in nodes if n["reachable"] and n["role"] == "replica"]
+    problems = []
+    for n in nodes:
+        if not n["reachable"]:
+            problems.append("%s unreachable (%s)" % (n["address"], n["error"]))
+        elif n["role"] == "replica" and n["master_link_status"] != "up":
+            problems.append("replica %s link to %s %s" % (n["address"], n["master"], n["master_link_status"]))
+    # failover: reachable replicas whose master is unreachable (or not a master any more) and no live master
+    orphans = [r for r in replicas if r["master"] and not (by_addr.get(r["master"]) or {}).get("reachable", False)
+               and r["master_link_status"] != "up"]
+    failover = []
+    if orphans and not masters:
+        failover.append(dict(master=orphans[0]["master"], master_id=None, slots=[],
+                             replicas=[r["address"] for r in rank_replicas(orphans)]))
+    # rejoin: masters without replicas while another master has them (an old master back after a promotion)
+    rejoin = []
+    if len(masters) > 1:
+        fed = [m for m in masters if m["connected_replicas"]]
+        if len(fed) == 1:
+            rejoin = sorted(m["address"] for m in masters if m is not fed[0])
+        problems.append("%d masters (split brain): %s" % (len(masters), ", ".join(m["address"] for m in masters)))
+    if not masters:
+        problems.append("no reachable master")
+    serving = len(masters) == 1
+    healthy = serving and not problems
+    reason = ("standalone: master %s, %d replicas linked" % (masters[0]["address"], len(replicas))
+              if healthy else "standalone: " + "; ".join(problems))
+    return dict(cluster_enabled=False, healthy=healthy, serving=serving, redundant=bool(replicas) or len(nodes) == 1,
+                reason=reason, nodes=nodes, masters=len(masters), replicas=len(replicas), cluster_state=None,
+                failover_candidates=failover, rejoin_candidates=rejoin, forget_candidates=[], open_slots=[],
+                slots_uncovered=[], slots_uncovered_count=None, failed_nodes=[n["address"] for n in nodes
+                                                                             if not n["reachable"]],
+                masters_without_replica=[], disagreements=[], views_agree=None, slots_orphaned=[],
+                next_actions=[a for a, need in (("failover", failover), ("rejoin", rejoin)) if need])
+
+
+def public(topology):
+    """The topology without internal fields (for module results)."""
+    return dict((k, v) for k, v in topology.items() if not k.startswith("_"))
+
+
+def find_node(topology, ref):
+    """A node of the topology by address or id (a unique id prefix of 8+ characters works too)."""
+    ref = (ref or "").strip()
+    for n in topology["nodes"]:
+        if n.get("address") == ref or (n.get("id") and n["id"] == ref):
+            return n
+    try:
+        host, port = parse_address(ref)
+        addr = hostport(host, port)
+        for n in topology["nodes"]:
+            if n.get("address") == addr:
+                return n
+    except ValueError:
+        pass
+    if len(ref) >= 8:
+        hits = [n for n in topology["nodes"] if n.get("id") and n["id"].startswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Failover
+# ---------------------------------------------------------------------------------------------------------------
+
+def plan_failover(topology, master=None, replica=None, allow_takeover=False):
+    """Which replica to promote for which master, and how. Pure; raises P3Error when it cannot be done safely.
+
+    Returns a list of steps: dict(master, master_id, replica, replica_id, mode (default|force|takeover|replicaof),
+    slots, offset, why). Empty when there is nothing to do.
+    """
+    if topology.get("cluster_enabled") is None:
+        raise P3Error(topology["reason"])
+    nodes = topology["nodes"]
+    if not topology["cluster_enabled"]:
+        return _plan_standalone_failover(topology, master, replica)
+    by_id = dict((n["id"], n) for n in nodes if n.get("id"))
+    targets = []
+    if master:
+        m = find_node(topology, master)
+        if m is None:
+            raise P3Error("master %s is not a node of this cluster" % master)
+        if m["role"] != "master" or not m["slot_count"]:
+            return []  # already failed over (or never served slots): nothing to do
+        targets.append(m)
+    else:
+        targets = [by_id[c["master_id"]] for c in topology["failover_candidates"]]
+    if not targets:
+        return []
+    voters = [n for n in nodes if n["role"] == "master" and n["slot_count"]]
+    needed = len(voters) // 2 + 1
+    steps = []
+    failing = set(t["id"] for t in targets)
+    for m in targets:
+        reps = [n for n in nodes if n["role"] == "replica" and n["master_id"] == m["id"]]
+        live = [r for r in reps if r["reachable"] and not r.get("failed") and not r.get("pfail")]
+        if replica:
+            r = find_node(topology, replica)
+            if r is None or r not in reps:
+                raise P3Error("%s is not a replica of master %s" % (replica, m["address"]))
+            if r not in live:
+                raise P3Error("replica %s of master %s is not reachable (%s)" % (r["address"], m["address"], r["error"]))
+            chosen = r
+        else:
+            if not live:
+                raise P3Error("master %s (slots %s) has no reachable replica to promote; its slots stay uncovered "
+                              "until it returns (or repair them with redis_cluster_slots allow_data_loss=true)"
+                              % (m["address"], ",".join(m["slots"])))
+            chosen = rank_replicas(live)[0]
+        alive_voters = [v for v in voters if v["reachable"] and not v.get("failed") and not v.get("pfail")
+                        and v["id"] not in failing]
+        if m["reachable"] and not m.get("failed"):
+            mode = "default"
+            why = "master %s is reachable: coordinated failover (no write lost)" % m["address"]
+            alive_voters.append(m)
+        elif len(alive_voters) >= needed:
+            mode = "force"
+            why = "master %s is down (%s); %d of %d masters can vote" % (
+                m["address"], m.get("error") or "flagged fail", len(alive_voters), len(voters))
+        elif allow_takeover:
+            mode = "takeover"
+            why = ("master %s is down and only %d of %d masters can vote (majority %d): takeover without election"
+                   % (m["address"], len(alive_voters), len(voters), needed))
+        else:
+            raise P3Error("master %s is down and only %d of %d masters are reachable (a failover election needs %d): "
+                          "set allow_takeover to promote %s without a majority" % (
+                              m["address"], len(alive_voters), len(voters), needed, chosen["address"]))
+        steps.append(dict(master=m["address"], master_id=m["id"], replica=chosen["address"], replica_id=chosen["id"],
+                          mode=mode, slots=list(m["slots"]), offset=chosen.get("replica_offset"),
+                          link=chosen.get("master_link_status"),
+                          alternatives=[r["address"] for r in rank_replicas(live) if r is not chosen], why=why))
+    return steps
+
+
+def _plan_standalone_failover(topology, master, replica):
+    cands = topology["failover_candidates"]
+    if master:
+        m = find_node(topology, master)
+        if m is None:
+            raise P3Error("master %s is not one of the given nodes" % master)
+        if m["reachable"] and m["role"] == "master":
+            raise P3Error("master %s is reachable: a standalone switchover would lose writes; stop it first" % master)
+        if m["role"] != "master" and m["reachable"]:
+            return []
+        cands = [c for c in cands if c["master"] == m["address"]] or cands
+    if not cands:
+        return []
+    c = cands[0]
+    chosen = c["replicas"][0]
+    if replica:
+        r = find_node(topology, replica)
+        if r is None or r["address"] not in c["replicas"]:
+            raise P3Error("%s is not a reachable replica of %s" % (replica, c["master"]))
+        chosen = r["address"]
+    node = find_node(topology, chosen)
+    return [dict(master=c["master"], master_id=None, replica=chosen, replica_id=None, mode="replicaof",
+                 slots=[], offset=node.get("replica_offset"), link=node.get("master_link_status"),
+                 alternatives=[a for a in c["replicas"] if a != chosen],
+                 why="standalone master %s is down: REPLICAOF NO ONE on the replica with the highest offset"
+                 % c["master"])]
+
+
+FAILOVER_ARGS = {"default": (), "force": ("FORCE",), "takeover": ("TAKEOVER",)}
+
+
+class Nodes(object):
+    """Short-lived per-node connections (one per address, reused while an action runs)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.clients = {}
+
+    def __call__(self, address):
+        c = self.clients.get(address)
+        if c is None:
+            host, port = parse_address(address)
+            c = node_client(self.settings, host, port)
+            self.clients[address] = c
+        return c
+
+    def run(self, address, *args):
+        try:
+            return self(address).execute_command(*args)
+        except Exception as e:
+            self.drop(address)
+            raise P3Error("%s: %s failed: %s" % (address, " ".join(str(a) for a in args[:2]),
+                                                 describe_redis_error(e, self.settings)))
+
+    def try_run(self, address, *args):
+        try:
+            return self(address).execute_command(*args), None
+        except Exception as e:
+            self.drop(address)
+            return None, describe_redis_error(e, self.settings)
+
+    def drop(self, address):
+        c = self.clients.pop(address, None)
+        if c is not None:
+            try:
+                c.close()
+            except Exception:
+                pass
+
+    def close(self):
+        for a in list(self.clients):
+            self.drop(a)
+
+
+def views_of(nodes, addresses):
+    """{address: parsed CLUSTER NODES} of the addresses that answer (quietly skips the others)."""
+    out = {}
+    for a in addresses:
+        text, err = nodes.try_run(a, "CLUSTER", "NODES")
+        if err is None:
+            out[a] = parse_cluster_nodes(text)
+    return out
+
+
+def _sees(lines, node_id, role, slots=None):
+    for n in lines:
+        if n["id"] == node_id:
+            if n["role"] != role:
+                return False
+            if slots is not None and not slots <= slots_from_ranges(n["slots"]):
+                return False
+            return True
+    return False
+
+
+def run_failover(settings, topology, steps, wait_timeout=10.0):
+    """Execute the planned steps one after the other, each polled until every reachable node agrees."""
+    timeline, done = [], []
+    nodes = Nodes(settings)
+    try:
+        for step in steps:
+            if step["mode"] == "replicaof":
+                done.append(_standalone_failover(nodes, topology, step, wait_timeout, timeline))
+                continue
+            args = ("CLUSTER", "FAILOVER") + FAILOVER_ARGS[step["mode"]]
+            t0 = time.monotonic()
+            reply = nodes.run(step["replica"], *args)
+            timeline.append(timeline_entry(" ".join(args).lower(), step["replica"], "%s -> %s; promote over %s: %s" % (
+                " ".join(args), reply, step["master"], step["why"])))
+            slots = set()
+            for r in step["slots"]:
+                a, _, b = r.partition("-")
+                slots.update(range(int(a), int(b or a) + 1))
+            watch = [n["address"] for n in topology["nodes"] if n["reachable"] and n["address"] != step["master"]]
+            if step["mode"] == "default":
+                watch.append(step["master"])
+            deadline = t0 + wait_timeout
+            last = {}
+            while True:
+                last = views_of(nodes, watch)
+                agreed = [a for a, lines in last.items() if _sees(lines, step["replica_id"], "master", slots)]
+                if step["replica"] in agreed and len(agreed) == len(last):
+                    break
+                if time.monotonic() >= deadline:
+                    behind = sorted(a for a in watch if a not in agreed)
+                    raise P3Error("failover of %s to %s did not converge within %ss: %s still disagree (check the "
+                                  "replica's log; a master refuses to vote twice for one master's replicas within "
+                                  "2 x cluster-node-timeout)" % (step["master"], step["replica"], _num(wait_timeout),
+                                                                 ", ".join(behind) or "no node answers"),
+                                  timeline=timeline, failovers=done)
+                time.sleep(POLL)
+            took = round(time.monotonic() - t0, 3)
+            timeline.append(timeline_entry("converged", step["replica"], "%d reachable nodes see %s as the master of "
+                                           "%s after %ss" % (len(last), step["replica"], ",".join(step["slots"]), took)))
+            done.append(dict(step, seconds=took))
+    finally:
+        nodes.close()
+    return done, timeline
+
+
+def _standalone_failover(nodes, topology, step, wait_timeout, timeline):
+    t0 = time.monotonic()
+    nodes.run(step["replica"], "REPLICAOF", "NO", "ONE")
+    timeline.append(timeline_entry("replicaof no one", step["replica"], step["why"]))
+    host, port = parse_address(step["replica"])
+    others = [n["address"] for n in topology["nodes"] if n["reachable"] and n["role"] == "replica"
+              and n["address"] != step["replica"] and n.get("master") == step["master"]]
+    for a in others:
+        nodes.run(a, "REPLICAOF", host, str(port))
+        timeline.append(timeline_entry("replicaof", a, "follow the new master %s" % step["replica"]))
+    deadline = t0 + wait_timeout
+    while True:
+        role, _ = nodes.try_run(step["replica"], "ROLE")
+        if role and role[0] == "master":
+            break
+        if time.monotonic() >= deadline:
+            raise P3Error("%s did not become master within %ss" % (step["replica"], _num(wait_timeout)))
+        time.sleep(POLL)
+    return dict(step, repointed=others, seconds=round(time.monotonic() - t0, 3))
+
+
+def _num(value):
+    f = float(value)
+    return ("%d" % f) if f == int(f) else ("%g" % f)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slot repair
+# ---------------------------------------------------------------------------------------------------------------
+
+def count_keys(settings, masters, slots):
+    """{address: {slot: keys}} for the given reachable masters (pipelined CLUSTER COUNTKEYSINSLOT)."""
+    out = {}
+    slots = sorted(slots)
+    for address in masters:
+        host, port = parse_address(address)
+        c = node_client(settings, host, port)
+        try:
+            counts = {}
+            for i in range(0, len(slots), 1000):
+                chunk = slots[i:i + 1000]
+                pipe = c.pipeline(transaction=False)
+                for s in chunk:
+                    pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", s)
+                for s, n in zip(chunk, pipe.execute()):
+                    if int(n):
+                        counts[s] = int(n)
+            out[address] = counts
+        except Exception as e:
+            raise P3Error("%s: CLUSTER COUNTKEYSINSLOT failed: %s" % (address, describe_redis_error(e, settings)))
+        finally:
+            c.close()
+    return out
+
+
+def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replicas=True):
+    """Decide what to do with every slot that no live master serves. Pure.
+
+    key_counts: {master address: {slot: keys}} over the uncovered slots. Returns dict(failover (owners to fail
+    over first), assign ([{node, node_id, slots (set), why, lossy, keys}]), refused ([...]), lossy_slots,
+    keys_at_risk).
+    """
+    consensus = topology["_consensus"]
+    nodes = topology["nodes"]
+    by_id = dict((n["id"], n) for n in nodes if n.get("id"))
+    live_masters = [n for n in nodes if n["role"] == "master" and n["reachable"] and not n.get("failed")
+                    and not n.get("pfail")]
+    live_ids = set(n["id"] for n in live_masters)
+    uncovered = set()
+    for r in topology["slots_uncovered"]:
+        a, _, b = r.partition("-")
+        uncovered.update(range(int(a), int(b or a) + 1))
+    failover_ids = set()
+    if promote_replicas:
+        failover_ids = set(c["master_id"] for c in topology["failover_candidates"] if c["replicas"])
+    todo = set(s for s in uncovered if consensus[s] not in failover_ids)
+    owner_of = {}      # slot -> node id
+    why = {}
+    lossy = {}         # slot -> reason
+    refused = []
+    holders = {}
+    for address, counts in key_counts.items():
+        for s, k in counts.items():
+            holders.setdefault(s, []).append((k, address))
+    unreachable_masters = [n for n in nodes if n["role"] in ("master", "unknown") and not n["reachable"]]
+    addr_id = dict((n["address"], n["id"]) for n in nodes)
+    for s in sorted(todo):
+        h = sorted(holders.get(s, []), reverse=True)
+        known = consensus[s]
+        if len(h) == 1:
+            owner_of[s] = addr_id[h[0][1]]
+            why[s] = "keys"
+            if known and known != owner_of[s] and known not in live_ids:
+                lossy[s] = "owner %s is down" % by_id[known]["address"]
+        elif len(h) > 1:
+            owner_of[s] = addr_id[h[0][1]]
+            why[s] = "keys"
+            lossy[s] = "keys on %d masters (%s); the others' keys in this slot are not moved" % (
+                len(h), ", ".join(a for _, a in h))
+        elif known and known in live_ids:
+            owner_of[s] = known  # the owner lost its own mapping; everyone else still points at it
+            why[s] = "owner"
+        else:
+            owner_of[s] = None  # decided by neighbourhood below
+            if known:
+                lossy[s] = "owner %s is down with no replica to promote" % by_id[known]["address"]
+            elif unreachable_masters:
+                lossy[s] = "unassigned and %s unreachable (may hold its keys)" % ", ".join(
+                    n["address"] for n in unreachable_masters)
+    # empty slots go to the master of the nearest slot (keeps ranges contiguous)
+    final = list(consensus)
+    for s, i in owner_of.items():
+        final[s] = i
+    for s in sorted(s for s, i in owner_of.items() if i is None):
+        left = next((final[j] for j in range(s - 1, -1, -1) if final[j] in live_ids), None)
+        right = next((final[j] for j in range(s + 1, CLUSTER_SLOTS) if final[j] in live_ids), None)
+        pick = left or right
+        if pick is None and live_masters:
+            pick = sorted(live_masters, key=lambda n: n["address"])[0]["id"]
+        if pick is None:
+            refused.append(dict(slots=str(s), why="no live master to take it"))
+            continue
+        owner_of[s] = pick
+        final[s] = pick
+        why[s] = "neighbour"
+    assign = {}
+    for s, i in owner_of.items():
+        if i is None:
+            continue
+        assign.setdefault(i, set()).add(s)
+    out = []
+    lossy_slots = set(lossy)
+    for i, slots in sorted(assign.items(), key=lambda kv: by_id[kv[0]]["address"]):
+        n = by_id[i]
+        keys = sum(key_counts.get(n["address"], {}).get(s, 0) for s in slots)
+        out.append(dict(node=n["address"], node_id=i, slots=slots, keys=keys,
+                        lossy=sorted(slots & lossy_slots),
+                        taken_from=sorted(set(by_id[consensus[s]]["address"] for s in slots
+                                              if consensus[s] and consensus[s] != i))))
+    keys_at_risk = 0
+    for s in lossy_slots:
+        h = sorted(holders.get(s, []), reverse=True)
+        keys_at_risk += sum(k for k, _ in h[1:])
+    unknown_risk = sorted(set(by_id[consensus[s]]["address"] for s in lossy_slots if consensus[s]
+                              and consensus[s] not in live_ids))
+    return dict(failover=sorted(failover_ids), assign=out, refused=refused, lossy=lossy,
+                lossy_slots=sorted(lossy_slots), keys_at_risk=keys_at_risk, keys_unknown_on=unknown_risk,
+                allowed=allow_data_loss or not lossy_slots)
+
+
+def plan_view_fixes(topology):
+    """Live masters whose own view maps a slot to someone else than the consensus owner, while that owner claims
+    the slot itself: [{node, owner, owner_id, slots}] to fix with CLUSTER SETSLOT <slot> NODE <owner>.
+    (Replicas follow their master; unassigned slots are learnt from the owner's heartbeats.)"""
+    consensus = topology["_consensus"]
+    maps = topology.get("_maps") or {}
+    by_id = dict((n["id"], n) for n in topology["nodes"] if n.get("id"))
+    claims = topology.get("_claims") or {}
+    fixes = []
+    for viewer, owners in sorted(maps.items()):
+        v = next((n for n in topology["nodes"] if n["address"] == viewer), None)
+        if v is None or v["role"] != "master" or not v["reachable"]:
+            continue
+        wrong = {}
+        for s in range(CLUSTER_SLOTS):
+            o = consensus[s]
+            if o is not None and owners[s] is not None and owners[s] != o and o != v["id"] and s in claims.get(o, ()):
+                wrong.setdefault(o, set()).add(s)
+        for o, slots in sorted(wrong.items()):
+            fixes.append(dict(node=viewer, owner=by_id[o]["address"], owner_id=o, slots=slots))
+    return fixes
+
+
+def open_slot_plan(topology):
+    """Group the open slots: {slot: {'migrating': [(node, peer)], 'importing': [(node, peer)], 'owner': addr}}."""
+    consensus = topology["_consensus"]
+    by_id = dict((n["id"], n) for n in topology["nodes"] if n.get("id"))
+    out = {}
+    for o in topology["open_slots"]:
+        e = out.setdefault(o["slot"], dict(migrating=[], importing=[], owner=None))
+        e[o["state"]].append((o["node"], o["peer"]))
+        owner = consensus[o["slot"]]
+        e["owner"] = by_id[owner]["address"] if owner in by_id else None
+    return out
+
+
+def run_slot_repair(settings, topology, plan, wait_timeout=10.0, migrate_timeout_ms=5000):
+    """Close open slots, assign the planned slots (DELSLOTS/ADDSLOTS/BUMPEPOCH on the new owner), poll until every
+    reachable node maps them to it and says cluster_state:ok."""
+    timeline = []
+    nodes = Nodes(settings)
+    by_addr = dict((n["address"], n) for n in topology["nodes"])
+    try:
+        for slot, e in sorted(open_slot_plan(topology).items()):
+            _close_open_slot(settings, nodes, by_addr, slot, e, timeline, migrate_timeout_ms)
+        for a in plan["assign"]:
+            _assign(nodes, by_addr, a, timeline)
+        for f in plan.get("view_fixes") or ():
+            pipe = nodes(f["node"]).pipeline(transaction=False)
+            for s in sorted(f["slots"]):
+                pipe.execute_command("CLUSTER", "SETSLOT", s, "NODE", f["owner_id"])
+            errors = [str(r) for r in pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+            if errors:
+                raise P3Error("%s: CLUSTER SETSLOT NODE failed: %s" % (f["node"], one_line(errors[0], 200)),
+                              timeline=timeline)
+            timeline.append(timeline_entry("setslot node", f["node"], "slots %s -> %s (the owner claims them)" % (
+                ranges_text(f["slots"]), f["owner"])))
+        watch = [n["address"] for n in topology["nodes"] if n["reachable"]]
+        expected = []
+        for a in plan["assign"]:
+            expected.append((a["node_id"], set(a["slots"])))
+        for f in plan.get("view_fixes") or ():
+            expected.append((f["owner_id"], set(f["slots"])))
+        t0 = time.monotonic()
+        deadline = t0 + wait_timeout
+        while True:
+            views = views_of(nodes, watch)
+            behind = []
+            for addr, lines in views.items():
+                owners = _owner_map(lines)
+                if any(owners[s] != i for i, slots in expected for s in slots):
+                    behind.append(addr)
+                    continue
+                if any(n["migrating"] or n["importing"] for n in lines if n["myself"]):
+                    behind.append(addr)
+                    continue
+                info, err = nodes.try_run(addr, "CLUSTER", "INFO")
+                if err or parse_info(info).get("cluster_state") != "ok":
+                    behind.append(addr)
+            if not behind:
+                break
+            if time.monotonic() >= deadline:
+                raise P3Error("slot repair did not converge within %ss: %s do not agree yet or are not "
+                              "cluster_state:ok" % (_num(wait_timeout), ", ".join(sorted(behind))), timeline=timeline)
+            time.sleep(POLL)
+        if plan["assign"] or topology["open_slots"]:
+            timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees and says "
+                                           "cluster_state:ok after %ss" % round(time.monotonic() - t0, 3)))
+    finally:
+        nodes.close()
+    return timeline
+
+
+def _assign(nodes, by_addr, a, timeline):
+    target = a["node"]
+    slots = set(a["slots"])
+    lines = parse_cluster_nodes(nodes.run(target, "CLUSTER", "NODES"))
+    owners = _owner_map(lines)
+    elsewhere = sorted(s for s in slots if owners[s] is not None and owners[s] != a["node_id"])
+    missing = sorted(s for s in slots if owners[s] != a["node_id"])
+    if not missing:
+        timeline.append(timeline_entry("addslots", target, "already owns %s" % ranges_text(slots)))
+        return
+    pipe = nodes(target).pipeline(transaction=True)
+    for x, y in compress_slots(elsewhere):
+        pipe.execute_command("CLUSTER", "DELSLOTSRANGE", x, y)
+    for x, y in compress_slots(missing):
+        pipe.execute_command("CLUSTER", "ADDSLOTSRANGE", x, y)
+    bump = bool(elsewhere) or bool(a.get("taken_from"))
+    if bump:
+        pipe.execute_command("CLUSTER", "BUMPEPOCH")
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except Exception as e:
+        raise P3Error("%s: slot assignment failed: %s" % (target, describe_redis_error(e, nodes.settings)),
+                      timeline=timeline)
+    errors = [str(r) for r in replies if isinstance(r, Exception)]
+    if errors:
+        raise P3Error("%s: slot assignment failed: %s" % (target, one_line("; ".join(errors), 300)),
+                      timeline=timeline)
+    detail = "ADDSLOTSRANGE %s (%d slots, %d keys already there)" % (ranges_text(missing), len(missing), a["keys"])
+    if elsewhere:
+        detail += "; took %s from %s (DELSLOTSRANGE + BUMPEPOCH)" % (ranges_text(elsewhere),
+                                                                     ", ".join(a.get("taken_from") or []))
+    if a.get("lossy"):
+        detail += "; allow_data_loss: keys of %d slots may be lost" % len(a["lossy"])
+    timeline.append(timeline_entry("addslots", target, detail))
+
+
+def _migrate_keys(settings, nodes, src, dst, slot, timeline, timeout_ms, replace=False):
+    host, port = parse_address(dst)
+    moved = 0
+    while True:
+        keys = nodes.run(src, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+        if not keys:
+            break
+        args = ["MIGRATE", host, port, "", 0, timeout_ms]
+        if replace:
+            args.append("REPLACE")
+        if settings.password:
+            if settings.username:
+                args += ["AUTH2", settings.username, settings.password]
+            else:
+                args += ["AUTH", settings.password]
+        args += ["KEYS"] + list(keys)
+        nodes.run(src, *args)
+        moved += len(keys)
+    if moved:
+        timeline.append(timeline_entry("migrate", src, "moved %d keys of slot %d to %s" % (moved, slot, dst)))
+    return moved
+
+
+def _close_open_slot(settings, nodes, by_addr, slot, e, timeline, timeout_ms):
+    """Like redis-cli --cluster fix: finish a migration both sides agree on, else bring the keys home."""
+    owner = e["owner"]
+    mig, imp = e["migrating"], e["importing"]
+    if len(mig) == 1 and len(imp) == 1 and mig[0][0] == owner and mig[0][1] == imp[0][0]:
+        dst = imp[0][0]
+        _migrate_keys(settings, nodes, owner, dst, slot, timeline, timeout_ms)
+        dst_id = by_addr[dst]["id"]
+        for addr in [dst, owner] + sorted(a for a, n in by_addr.items() if n["reachable"] and n["role"] == "master"
+                                          and a not in (dst, owner)):
+            nodes.run(addr, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        timeline.append(timeline_entry("setslot node", dst, "slot %d: finished the migration %s -> %s" % (slot, owner, dst)))
+        return
+    if not mig and imp and owner:
+        for node, _peer in imp:
+            _migrate_keys(settings, nodes, node, owner, slot, timeline, timeout_ms)
+            nodes.run(node, "CLUSTER", "SETSLOT", slot, "STABLE")
+        timeline.append(timeline_entry("setslot stable", ",".join(n for n, _ in imp),
+                                       "slot %d: importing without a migration; keys back to the owner %s" % (slot, owner)))
+        return
+    if mig and not imp and owner and all(n == owner for n, _ in mig):
+        nodes.run(owner, "CLUSTER", "SETSLOT", slot, "STABLE")
+        timeline.append(timeline_entry("setslot stable", owner, "slot %d: migrating to %s which is not importing"
+                                       % (slot, mig[0][1])))
+        return
+    raise P3Error("slot %d is open in a way this module does not close safely (owner %s, migrating %s, importing %s)"
+                  % (slot, owner, mig, imp), timeline=timeline)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Membership: rejoin as replica, forget
+# ---------------------------------------------------------------------------------------------------------------
+
+def pick_master_for(topology, node):
+    """The slot-owning master with the fewest healthy replicas (then the lowest address)."""
+    nodes = topology["nodes"]
+    masters = [n for n in nodes if n["role"] == "master" and n["slot_count"] and n["reachable"]
+               and not n.get("failed") and n["address"] != node["address"]]
+    if not masters:
+        return None
+
+    def healthy_replicas(m):
+        return len([r for r in nodes if r["role"] == "replica" and r["master_id"] == m["id"] and r["reachable"]
+                    and not r.get("failed") and not r.get("pfail")])
+    return sorted(masters, key=lambda m: (healthy_replicas(m), m["address"]))[0]
+
+
+def plan_rejoin(topology, targets=None, master=None):
+    """[(node, master)] to attach. Pure. targets: addresses/ids, default the topology's rejoin candidates."""
+    steps = []
+    cluster = topology.get("cluster_enabled")
+    refs = list(targets or topology["rejoin_candidates"])
+    for ref in refs:
+        n = find_node(topology, ref)
+        if n is None:
+            raise P3Error("node %s is not known to the cluster (CLUSTER MEET it first)" % ref)
+        if not n["reachable"]:
+            raise P3Error("node %s is not reachable (%s)" % (n["address"], n["error"]))
+        if cluster:
+            m = find_node(topology, master) if master else pick_master_for(topology, n)
+            if m is None:
+                raise P3Error("no live master with slots to attach %s to" % n["address"])
+            if m["role"] != "master" or not m["slot_count"]:
+                raise P3Error("%s is not a master serving slots" % m["address"])
+            if n["role"] == "replica" and (n["master_id"] == m["id"] or not master):
+                continue
+            if n["role"] == "master" and n["slot_count"]:
+                raise P3Error("%s serves slots %s: fail it over or move its slots before making it a replica"
+                              % (n["address"], ",".join(n["slots"])))
+            if n.get("keys"):
+                raise P3Error("%s holds %d keys: CLUSTER REPLICATE needs an empty node (flush it after checking "
+                              "its data is stale)" % (n["address"], n["keys"]))
+        else:
+            m = find_node(topology, master) if master else next(
+                (x for x in topology["nodes"] if x["reachable"] and x["role"] == "master" and x["connected_replicas"]
+                 and x["address"] != n["address"]), None)
+            if m is None:
+                raise P3Error("no master to attach %s to" % n["address"])
+            if n["role"] == "replica" and n["master"] == m["address"]:
+                continue
+        steps.append((n, m))
+    return steps
+
+
+def run_rejoin(settings, topology, steps, wait_timeout=10.0, wait_link=True):
+    timeline, done = [], []
+    nodes = Nodes(settings)
+    try:
+        for n, m in steps:
+            t0 = time.monotonic()
+            if topology.get("cluster_enabled"):
+                nodes.run(n["address"], "CLUSTER", "REPLICATE", m["id"])
+                timeline.append(timeline_entry("cluster replicate", n["address"], "replica of %s (%s)" % (
+                    m["address"], ",".join(m["slots"]))))
+            else:
+                host, port = parse_address(m["address"])
+                nodes.run(n["address"], "REPLICAOF", host, str(port))
+                timeline.append(timeline_entry("replicaof", n["address"], "replica of %s" % m["address"]))
+            watch = [x["address"] for x in topology["nodes"] if x["reachable"]]
+            deadline = t0 + wait_timeout
+            while True:
+                info, _ = nodes.try_run(n["address"], "INFO", "replication")
+                info = parse_info(info or "")
+                ok = info.get("role") == "slave" and (not wait_link or info.get("master_link_status") == "up")
+                if ok and topology.get("cluster_enabled"):
+                    views = views_of(nodes, watch)
+                    ok = all(any(x["id"] == n["id"] and x["role"] == "replica" and x["master_id"] == m["id"]
+                                 for x in lines) for lines in views.values())
+                if ok:
+                    break
+                if time.monotonic() >= deadline:
+                    raise P3Error("%s did not become a linked replica of %s within %ss (role %s, link %s)" % (
+                        n["address"], m["address"], _num(wait_timeout), info.get("role"),
+                        info.get("master_link_status")), timeline=timeline, rejoined=done)
+                time.sleep(POLL)
+            took = round(time.monotonic() - t0, 3)
+            timeline.append(timeline_entry("converged", n["address"], "linked replica of %s, every reachable node "
+                                           "agrees, after %ss" % (m["address"], took)))
+            done.append(dict(node=n["address"], master=m["address"], seconds=took))
+    finally:
+        nodes.close()
+    return done, timeline
+
+
+def plan_forget(topology, targets=None, force=False):
+    out = []
+    for ref in list(targets or topology["forget_candidates"]):
+        n = find_node(topology, ref)
+        if n is None:
+            continue  # already forgotten everywhere
+        if not n.get("id"):
+            raise P3Error("%s has no cluster id" % ref)
+        if not force:
+            if n["reachable"]:
+                raise P3Error("%s is reachable: refusing to forget a live node (force=true to override)" % n["address"])
+            if not n.get("failed"):
+                raise P3Error("%s is not flagged fail by its peers yet: refusing to forget it (force=true to "
+                              "override)" % n["address"])
+        if n["slot_count"]:
+            raise P3Error("%s still owns slots %s: fail it over or repair the slots first" % (
+                n["address"], ",".join(n["slots"])))
+        out.append(n)
+    return out
+
+
+def run_forget(settings, topology, targets):
+    timeline = []
+    nodes = Nodes(settings)
+    try:
+        for t in targets:
+            told, errors = [], []
+            for x in topology["nodes"]:
+                if not x["reachable"] or x["id"] == t["id"]:
+                    continue
+                _, err = nodes.try_run(x["address"], "CLUSTER", "FORGET", t["id"])
+                if err and "Unknown node" not in err:
+                    errors.append("%s: %s" % (x["address"], err))
+                else:
+                    told.append(x["address"])
+            timeline.append(timeline_entry("cluster forget", t["address"], "forgotten by %d nodes (id %s)%s" % (
+                len(told), t["id"], "; errors: " + "; ".join(errors) if errors else "")))
+            if errors:
+                raise P3Error("CLUSTER FORGET %s failed on %s" % (t["address"], "; ".join(errors)), timeline=timeline)
+    finally:
+        nodes.close()
+    return timeline
