@@ -1,0 +1,267 @@
+"""recover_anchor.yml against the real lab: the real BullMQ worker on the Redis Cluster, real anvil, real outbox.
+
+Every assertion reads the services themselves: BullMQ sets and job hashes (redis-py), anchor_outbox /
+anchor_receipts (psycopg2), balances, nonces, transactions and receipts (JSON-RPC to anvil).
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psycopg2
+import pytest
+import yaml
+from redis.cluster import ClusterNode, RedisCluster
+
+from conftest import INVENTORY, LAB_DIR, lab, lab_fault, run_playbook
+
+FUNDING_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0 (lab only)
+FUNDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+ANCHOR_KEY = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # the app's PRIVATE_KEY (lab only)
+TARGET_WEI = 5 * 10 ** 17
+PREFIX = "{bull}:anchor:"
+
+
+def lab_vars():
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]
+
+
+V = lab_vars()
+
+
+def rpc(method, params=None, url=None):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    req = urllib.request.Request(url or V["p3_rpc_url"], data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        answer = json.loads(r.read())
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+def balance(addr, block="latest"):
+    return int(rpc("eth_getBalance", [addr, block]), 16)
+
+
+def nonce(addr):
+    return int(rpc("eth_getTransactionCount", [addr, "latest"]), 16)
+
+
+def redis():
+    nodes = [ClusterNode(*n.split(":")) for n in V["p3_redis_nodes"]]
+    return RedisCluster(startup_nodes=nodes, password=V["p3_redis_password"], decode_responses=True,
+                        socket_timeout=5)
+
+
+def db_rows(sql, args=None):
+    conn = psycopg2.connect(V["p3_database_url"], connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def recover(report_dir, check=False, verbosity=0, **extra):
+    extravars = {"p3_report_dir": report_dir, "p3_anchor_funding_key": FUNDING_KEY}
+    extravars.update(extra)
+    run = run_playbook("recover_anchor.yml", extravars=extravars, check=check, verbosity=verbosity)
+    reports = sorted(glob.glob(os.path.join(report_dir, "recover_anchor-*.json")))
+    report = None
+    if reports:
+        with open(reports[-1]) as f:
+            report = json.load(f)
+    return run, report
+
+
+def total_changed(run):
+    return sum(run.changed.values()) if run.changed else 0
+
+
+def test_wallet_empty_and_backlog_recover_exactly_once(healthy_lab, report_dir):
+    r = redis()
+    wallet = V["p3_anchor_wallet"]
+    nonce_before = nonce(wallet)
+    empty = lab_fault("wallet-empty")
+    # heal leaves jobs an earlier test failed in `failed` (retrying them is the recovery's job): they count too
+    failed_ids = sorted(r.zrange(PREFIX + "failed", 0, -1))
+    assert len(empty["jobs"]) == 10 and set(empty["jobs"]) <= set(failed_ids)
+    backlog = lab_fault("anchor-backlog")
+    assert r.llen(PREFIX + "wait") >= backlog["posted"] == 200
+    assert balance(wallet) == 0
+    outbox_before = dict(db_rows("SELECT status, count(*) FROM anchor_outbox GROUP BY 1"))
+
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-4000:]
+    assert report["healthy"] is True and report["changed"] is True, report["reason"]
+
+    # Queue: nothing failed or waiting; every job that had failed is in completed, its failure cleared.
+    assert r.zcard(PREFIX + "failed") == 0
+    assert r.llen(PREFIX + "wait") == 0 and r.llen(PREFIX + "active") == 0
+    for job_id in failed_ids:
+        assert r.zscore(PREFIX + "completed", job_id) is not None, job_id
+        assert r.hget(PREFIX + job_id, "failedReason") is None, job_id
+    assert sorted(report["actions"]["retry"]["ids"]) == failed_ids
+    assert report["actions"]["retry"]["retried"] == len(failed_ids)
+
+    # Exactly once: one receipt per outbox row, every tx on chain from the wallet with data = the row's digest,
+    # and the wallet's nonce moved by exactly the number of anchored rows (no second transaction for any job).
+    rows = db_rows("SELECT o.id::text, o.digest, o.status, count(r.id), min(r.tx_hash) FROM anchor_outbox o "
+                   "LEFT JOIN anchor_receipts r ON r.idempotency_key = o.id::text GROUP BY o.id")
+    by_id = dict((row[0], row) for row in rows)
+    new_rows = [row for row in rows if row[2] == "completed"]
+    for job_id in failed_ids:
+        oid, digest, status, receipts, tx_hash = by_id[job_id]
+        assert status == "completed" and receipts == 1, by_id[job_id]
+        tx = rpc("eth_getTransactionByHash", [tx_hash])
+        assert tx["from"].lower() == wallet.lower()
+        assert tx["input"].lower() == "0x" + digest.lower()
+        assert int(rpc("eth_getTransactionReceipt", [tx_hash])["status"], 16) == 1
+    assert all(row[3] == 1 for row in new_rows), [row for row in new_rows if row[3] != 1][:3]
+    anchored_now = len(new_rows) - outbox_before.get("completed", 0)
+    assert anchored_now == 200 + len(failed_ids)
+    assert nonce(wallet) - nonce_before == anchored_now
+    assert sum(n for _s, n in db_rows("SELECT status, count(*) FROM anchor_outbox WHERE status <> 'completed' "
+                                      "GROUP BY 1")) == 0
+
+    # The wallet got exactly the target (balance at the funding block), not beyond.
+    fund = report["actions"]["fund"]
+    assert fund["funded"] is True and fund["amount_wei"] == TARGET_WEI
+    assert balance(wallet, hex(fund["block_number"])) == TARGET_WEI == fund["balance_after_wei"]
+    tx = rpc("eth_getTransactionByHash", [fund["tx_hash"]])
+    assert tx["from"].lower() == FUNDER.lower() and int(tx["value"], 16) == TARGET_WEI
+
+    # The stuck backlog was restarted away, and the timeline says so.
+    assert report["actions"]["restart"]["hosts"] == ["p3-lab-app"]
+    actions = [e["action"] for e in report["timeline"]]
+    assert "wallet_fund" in actions and "bullmq_retry" in actions and "app_restart" in actions
+    assert run.stats["p3_recover_anchor"]["retried"] == len(failed_ids)
+
+    # A second run on the healed system changes nothing.
+    nonce_mid = nonce(FUNDER)
+    run2, report2 = recover(report_dir)
+    assert run2.rc == 0, run2.stdout[-3000:]
+    assert total_changed(run2) == 0, run2.changed
+    assert report2["changed"] is False and report2["healthy"] is True
+    assert nonce(FUNDER) == nonce_mid
+
+
+def test_check_mode_moves_no_job_and_sends_nothing(healthy_lab, report_dir):
+    r = redis()
+    wallet = V["p3_anchor_wallet"]
+    empty = lab_fault("wallet-empty")
+    failed = sorted(r.zrange(PREFIX + "failed", 0, -1, withscores=True))
+    nonces = (nonce(wallet), nonce(FUNDER), int(rpc("eth_getTransactionCount", [FUNDER, "pending"]), 16))
+    events = r.xlen(PREFIX + "events")
+
+    run, report = recover(report_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["check_mode"] is True
+    assert report["actions"]["retry"]["would_retry"] == len(failed) >= 10 and report["actions"]["retry"]["retried"] == 0
+    assert report["actions"]["fund"]["amount_wei"] == TARGET_WEI and report["actions"]["fund"]["funded"] is False
+    # Nothing moved, nothing sent.
+    assert sorted(r.zrange(PREFIX + "failed", 0, -1, withscores=True)) == failed
+    assert set(empty["jobs"]) <= set(j for j, _s in failed)
+    assert r.llen(PREFIX + "wait") == 0
+    assert r.xlen(PREFIX + "events") == events
+    for job_id in empty["jobs"]:
+        assert r.hget(PREFIX + job_id, "failedReason"), job_id
+    assert (nonce(wallet), nonce(FUNDER), int(rpc("eth_getTransactionCount", [FUNDER, "pending"]), 16)) == nonces
+    assert balance(wallet) == 0
+
+
+def _assert_clean_failure(run, *needles):
+    assert run.rc != 0
+    assert "Traceback" not in run.stdout
+    text = run.stdout
+    for n in needles:
+        assert re.search(n, text), (n, text[-3000:])
+
+
+def test_bad_rpc_url_and_wrong_chain_fail_cleanly(healthy_lab, report_dir):
+    run, report = recover(report_dir, p3_rpc_url="http://127.0.0.1:1")
+    _assert_clean_failure(run, r"127\.0\.0\.1:1\b.*(refused|failed)")
+    assert report["healthy"] is False and "refused" in report["reason"]
+    run, report = recover(report_dir, p3_chain_id=1)
+    _assert_clean_failure(run, r"chain id 31337, expected 1")
+    assert report["healthy"] is False
+
+
+def test_funding_key_without_funds_fails_cleanly(healthy_lab, report_dir):
+    r = redis()
+    lab_fault("wallet-empty")
+    failed_before = r.zcard(PREFIX + "failed")
+    broke = "0x" + "11" * 32  # a valid key whose account holds nothing
+    run, report = recover(report_dir, p3_anchor_funding_key=broke)
+    _assert_clean_failure(run, r"funding account 0x[0-9a-fA-F]{40} has 0 ETH, needs")
+    assert broke[2:] not in run.stdout
+    assert balance(V["p3_anchor_wallet"]) == 0
+    assert r.zcard(PREFIX + "failed") == failed_before >= 10  # nothing retried into a wallet that cannot pay
+    assert not report["actions"]["retry"].get("retried")  # the retry never ran
+
+
+def test_malformed_job_data_fails_cleanly(healthy_lab, report_dir):
+    r = redis()
+    bad = "p3test-malformed-%d" % int(time.time())
+    now = int(time.time() * 1000)
+    r.hset(PREFIX + bad, mapping={"name": "anchor", "data": "{not json", "opts": "{}", "timestamp": now,
+                                  "failedReason": "boom", "finishedOn": now, "atm": 1})
+    r.zadd(PREFIX + "failed", {bad: now})
+    try:
+        run, report = recover(report_dir)
+        _assert_clean_failure(run, r"malformed data and were not retried \(%s: data is not JSON" % bad)
+        assert r.zscore(PREFIX + "failed", bad) is not None  # left where it was, never pushed to wait
+        assert bad not in r.lrange(PREFIX + "wait", 0, -1)
+    finally:
+        r.zrem(PREFIX + "failed", bad)
+        r.delete(PREFIX + bad)
+
+
+def test_private_keys_never_in_output_at_vvvv(healthy_lab, report_dir):
+    lab_fault("wallet-empty")
+    run, report = recover(report_dir, verbosity=4)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["actions"]["fund"]["funded"] is True
+    text = run.stdout.lower()
+    assert FUNDING_KEY[2:].lower() not in text
+    assert ANCHOR_KEY not in text
+    assert V["p3_redis_password"] not in run.stdout
+    with open(report["report"]) as f:
+        assert FUNDING_KEY[2:] not in f.read()
+
+
+def test_concurrency_is_set_in_supervisor_and_the_app_restarts_with_it(healthy_lab, report_dir):
+    conf = os.path.join(LAB_DIR, "supervisor", "supervisord.conf")
+    with open(conf) as f:
+        original = f.read()
+    supervisorctl = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
+    ctl = [supervisorctl, "-c", conf]
+    pid_before = subprocess.run(ctl + ["pid", "p3app"], capture_output=True, text=True).stdout.strip()
+    try:
+        run, report = recover(report_dir, p3_anchor_concurrency=8, verbosity=4)
+        assert run.rc == 0, run.stdout[-3000:]
+        with open(conf) as f:
+            assert re.search(r'\[program:p3app\][^\[]*environment=[^\n]*ANCHOR_CONCURRENCY="8"', f.read())
+        pid = subprocess.run(ctl + ["pid", "p3app"], capture_output=True, text=True).stdout.strip()
+        assert pid != pid_before
+        with open("/proc/%s/environ" % pid, "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        assert env[b"ANCHOR_CONCURRENCY"] == b"8"
+        assert ANCHOR_KEY not in run.stdout  # the rest of the program section (PRIVATE_KEY) never shows
+        assert report["actions"]["restart"]["hosts"] == ["p3-lab-app"]
+        # Again: already 8, nothing to change, no restart.
+        run2, report2 = recover(report_dir, p3_anchor_concurrency=8)
+        assert run2.rc == 0 and total_changed(run2) == 0, run2.changed
+        assert subprocess.run(ctl + ["pid", "p3app"], capture_output=True, text=True).stdout.strip() == pid
+    finally:
+        with open(conf, "w") as f:
+            f.write(original)
+        for b in glob.glob(conf + ".*~"):
+            os.remove(b)
+        subprocess.run(ctl + ["update", "p3app"], capture_output=True, text=True)
+        lab("heal", timeout=240)
