@@ -171,6 +171,9 @@ def bench_recover_database():
 
 
 ENTRIES = {"diagnose": bench_diagnose, "recover_database": bench_recover_database}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from anchor_retry import bench_anchor_retry  # noqa: E402  (entry in its own file)
+ENTRIES["anchor_retry"] = bench_anchor_retry
 
 
 def main(argv):

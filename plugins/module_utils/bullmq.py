@@ -34,6 +34,40 @@ LIST_STATES = ("wait", "paused", "active")
 SCRIPTS = {"moveJobsToWait": "moveJobsToWait-8.lua", "reprocessJob": "reprocessJob-9.lua"}
 
 
+# Read-only helper (ours, not BullMQ's): the ids of one page of a state set whose job data is unusable, checked on
+# the server so a page costs one round trip. KEYS[1] state set; ARGV base key, cutoff, offset, count, required keys.
+VALIDATE_PAGE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
+local bad = {}
+for _, id in ipairs(ids) do
+  local data = redis.call('HGET', ARGV[1] .. id, 'data')
+  local problem = false
+  if not data then
+    problem = 'job hash missing or without data'
+  else
+    local ok, obj = pcall(cjson.decode, data)
+    if not ok then
+      problem = 'data is not JSON'
+    elseif type(obj) ~= 'table' or obj[1] ~= nil then
+      problem = 'data is not a JSON object'
+    else
+      for j = 5, #ARGV do
+        if obj[ARGV[j]] == nil or obj[ARGV[j]] == '' or obj[ARGV[j]] == cjson.null then
+          problem = 'data lacks ' .. ARGV[j]
+          break
+        end
+      end
+    end
+  end
+  if problem then
+    bad[#bad + 1] = id
+    bad[#bad + 1] = problem
+  end
+end
+return {#ids, bad}
+"""
+
+
 def now_ms():
     return int(time.time() * 1000)
 
@@ -337,16 +371,32 @@ class BullQueue(object):
                 raise self.fail(e, "SCRIPT LOAD %s" % name)
         return self._sha[name]
 
-    def _move_page(self, state, count, ts):
-        """Atomically: the ids moveJobsToWait will take, then moveJobsToWait itself (BullMQ's retryJobs step)."""
+    def _move_page(self, state, count, ts, want_ids=True):
+        """Atomically: the ids (or only how many) moveJobsToWait will take, then moveJobsToWait itself (one step of
+        BullMQ's retryJobs). Returns (moved count, ids or [])."""
         sha, _text = self._script("moveJobsToWait")
         keys = [self.base, self.key("events"), self.key(state), self.key("wait"), self.key("paused"),
                 self.key("meta"), self.key("active"), self.key("marker")]
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrangebyscore(self.key(state), 0, ts, start=0, num=count)
+        if want_ids:
+            pipe.zrangebyscore(self.key(state), 0, ts, start=0, num=count)
+        else:
+            pipe.zcount(self.key(state), 0, ts)
         pipe.evalsha(sha, len(keys), *(keys + [count, ts, state]))
-        ids, _more = pipe.execute()
-        return ids
+        first, _more = pipe.execute()
+        if want_ids:
+            return len(first), first
+        return min(int(first), count), []
+
+    def _validate_page(self, state, cutoff, offset, count, required_keys):
+        if "validate" not in self._sha:
+            try:
+                self._sha["validate"] = (self.client.script_load(VALIDATE_PAGE), VALIDATE_PAGE)
+            except Exception as e:
+                raise self.fail(e, "SCRIPT LOAD (page validation)")
+        sha = self._sha["validate"][0]
+        n, bad = self.client.evalsha(sha, 1, self.key(state), self.base, cutoff, offset, count, *required_keys)
+        return int(n), [{"id": bad[i], "problem": bad[i + 1]} for i in range(0, len(bad), 2)]
 
     def _reprocess(self, state, jobs):
         """Job.retry() for each (id, lifo) via reprocessJob; returns (moved, without job hash, gone) id lists."""
@@ -388,22 +438,40 @@ class BullQueue(object):
         out = dict(matched=0, retried=0, skipped_reason=0, malformed=[], malformed_count=0, vanished=0, ids=[],
                    ids_truncated=False, pages=0, cutoff_ms=cutoff)
         offset = 0  # failed jobs left in place at the head of the range (filtered out or malformed)
-        need_fields = validate or pattern is not None
         try:
             while remaining > 0:
                 n = int(min(page_size, remaining))
+                room = ids_limit - len(out["ids"])
+                if pattern is None and offset == 0 and not check_mode:
+                    # Fast path: whole pages through BullMQ's moveJobsToWait, after a server-side data check.
+                    bad = []
+                    if validate:
+                        found, bad = self._validate_page(state, cutoff, 0, n, list(required_keys or ()))
+                        if not found:
+                            break
+                    if not bad:
+                        moved_n, moved = self._move_page(state, n, cutoff, want_ids=room > 0)
+                        out["pages"] += 1
+                        if not moved_n:
+                            break
+                        out["matched"] += moved_n
+                        out["retried"] += moved_n
+                        remaining -= moved_n
+                        if room > 0:
+                            out["ids"].extend(moved[:room])
+                        if moved_n > max(room, 0):
+                            out["ids_truncated"] = True
+                        continue
+                # Slow path: read each job (reason filter, malformed jobs at the head, check mode).
                 page = self.client.zrangebyscore(self.key(state), 0, cutoff, start=offset, num=n)
                 if not page:
                     break
                 out["pages"] += 1
                 good, keep = [], 0
-                if need_fields:
-                    pipe = self.client.pipeline(transaction=False)
-                    for job_id in page:
-                        pipe.hmget(self.job_key(job_id), "failedReason", "data", "opts")
-                    rows = pipe.execute()
-                else:
-                    rows = [(None, None, None)] * len(page)
+                pipe = self.client.pipeline(transaction=False)
+                for job_id in page:
+                    pipe.hmget(self.job_key(job_id), "failedReason", "data", "opts")
+                rows = pipe.execute()
                 for job_id, (reason, data, opts) in zip(page, rows):
                     if pattern is not None and not pattern.search(reason or ""):
                         out["skipped_reason"] += 1
@@ -422,25 +490,16 @@ class BullQueue(object):
                 if check_mode:
                     moved = [j for j, _l in good]
                     offset += len(page)
-                elif not keep and offset == 0 and not any(lifo for _j, lifo in good):
-                    moved = self._move_page(state, len(page), cutoff)
-                    if moved != page:
-                        # Someone changed the set between our read and the atomic step: the script moved exactly
-                        # the ids it reports, which is what we count.
-                        pass
                 else:
-                    moved, no_hash, gone = self._reprocess(state, good)
+                    moved, no_hash, gone = self._reprocess(state, good) if good else ([], [], [])
                     out["vanished"] += len(no_hash) + len(gone)
                     offset += keep + len(no_hash)
                 out["retried"] += len(moved)
                 remaining -= len(moved) if not check_mode else len(good)
-                room = ids_limit - len(out["ids"])
                 if room > 0:
                     out["ids"].extend(moved[:room])
                 if len(moved) > max(room, 0):
                     out["ids_truncated"] = True
-                if not good and not keep:
-                    break
         except P3Error:
             raise
         except Exception as e:
