@@ -1,0 +1,121 @@
+"""Pure logic of the anchor scenario: job data checks, reason grouping, queue verdicts, wallet arithmetic,
+supervisor / systemd environment editing, outbox verdicts."""
+import pytest
+
+from ansible_collections.p3.recovery.plugins.module_utils import bullmq, chain, outbox, process_env
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+
+
+def test_decode_job_data():
+    assert bullmq.decode_job_data('{"outboxId": "a"}', ["outboxId"]) == ({"outboxId": "a"}, None)
+    assert bullmq.decode_job_data(None)[1] == "job hash missing or without data"
+    assert bullmq.decode_job_data("{not json")[1].startswith("data is not JSON")
+    assert bullmq.decode_job_data("[1]")[1] == "data is not a JSON object"
+    assert bullmq.decode_job_data('{"x": 1}', ["outboxId", "digest"])[1] == "data lacks outboxId, digest"
+
+
+def test_group_reasons_most_frequent_first():
+    out = bullmq.group_reasons([("a", 1), ("b", 5), ("a", 3), (None, None)])
+    assert out[0] == {"reason": "a", "count": 2, "latest_ms": 3}
+    assert {"reason": "(no failedReason)", "count": 1, "latest_ms": None} in out
+
+
+def test_validate_names_and_slots():
+    with pytest.raises(P3Error):
+        bullmq.validate_names("", "bull")
+    with pytest.raises(P3Error):
+        bullmq.validate_names("anchor", "bu ll")
+    assert bullmq.key_slot("{bull}:anchor:wait") == bullmq.key_slot("{bull}:anchor:failed")
+    assert bullmq.key_slot("bull:anchor:wait") != bullmq.key_slot("bull:anchor:failed")
+
+
+def _counts(**kw):
+    c = dict((s, 0) for s in bullmq.STATES)
+    c.update(kw)
+    return c
+
+
+TH = dict(max_waiting=1000, max_failed=0, max_wait_age_seconds=None, require_worker=True, max_stalled=0)
+
+
+def test_queue_verdict():
+    ok, reason = bullmq.queue_verdict(_counts(completed=3), {"worker_connections": 1}, TH)
+    assert ok and "0 waiting" in reason
+    ok, reason = bullmq.queue_verdict(_counts(failed=10), {"failed_reasons": [{"reason": "gas", "count": 10}]}, TH)
+    assert not ok and "10 failed > 0 (top: gas x10)" in reason
+    ok, reason = bullmq.queue_verdict(_counts(wait=5), {"worker_connections": 0}, TH)
+    assert not ok and "no worker connected" in reason
+    ok, reason = bullmq.queue_verdict(_counts(wait=200), {"worker_connections": 4,
+                                                          "progress": {"stuck": True, "seconds": 3}}, TH)
+    assert not ok and "not draining" in reason
+    ok, reason = bullmq.queue_verdict(_counts(wait=2000), {"paused": True}, TH)
+    assert "2000 jobs waiting > 1000" in reason and "paused" in reason
+
+
+def test_wallet_arithmetic():
+    low, target, cap = 10 ** 17, 5 * 10 ** 17, 10 ** 18
+    assert chain.fund_amount(0, low, target, cap) == (target, False)
+    assert chain.fund_amount(low, low, target, cap) == (0, False)  # not below the threshold: idempotent
+    assert chain.fund_amount(10 ** 16, low, target, 10 ** 17) == (10 ** 17, True)
+    assert chain.wallet_level(0, low, 5 * 10 ** 16) == "critical"
+    assert chain.wallet_level(6 * 10 ** 16, low, 5 * 10 ** 16) == "low"
+    assert chain.eth(5 * 10 ** 17) == "0.5" and chain.eth(0) == "0" and chain.eth(10 ** 18 + 1) == "1.000000000000000001"
+    with pytest.raises(P3Error):
+        chain.check_thresholds(10 ** 17, target=10 ** 16)
+    with pytest.raises(P3Error):
+        chain.check_thresholds(10 ** 17, critical=2 * 10 ** 17)
+    with pytest.raises(P3Error):
+        chain.check_address("0x123", "wallet")
+
+
+def test_load_account_never_echoes_the_key():
+    with pytest.raises(P3Error) as e:
+        chain.load_account("0xdeadbeef-not-a-key")
+    assert "deadbeef" not in e.value.msg
+    acct = chain.load_account("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
+    assert acct.address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+
+
+CONF = """[program:other]
+environment=ANCHOR_CONCURRENCY="1"
+
+[program:p3app]
+command=/bin/true
+environment=A="1",ANCHOR_CONCURRENCY="4",B="x,y"
+autostart=true
+"""
+
+
+def test_supervisor_env_edit():
+    new, prev = process_env.set_supervisor_env(CONF, "p3app", "ANCHOR_CONCURRENCY", "8")
+    assert prev == "4"
+    assert 'environment=A="1",ANCHOR_CONCURRENCY="8",B="x,y"' in new
+    assert 'environment=ANCHOR_CONCURRENCY="1"' in new  # the other program is untouched
+    again, prev2 = process_env.set_supervisor_env(new, "p3app", "ANCHOR_CONCURRENCY", "8")
+    assert again == new and prev2 == "8"
+    added, prev3 = process_env.set_supervisor_env("[program:x]\ncommand=y\n", "x", "N", "1")
+    assert prev3 is None and 'environment=N="1"' in added
+    with pytest.raises(P3Error):
+        process_env.set_supervisor_env(CONF, "missing", "N", "1")
+    with pytest.raises(P3Error):
+        process_env.check_name("1BAD")
+
+
+def test_systemd_dropin_edit():
+    text, prev = process_env.set_systemd_env("", "ANCHOR_CONCURRENCY", "16")
+    assert prev is None and text == '[Service]\nEnvironment="ANCHOR_CONCURRENCY=16"\n'
+    text2, prev2 = process_env.set_systemd_env(text, "ANCHOR_CONCURRENCY", "32")
+    assert prev2 == "16" and text2.count("ANCHOR_CONCURRENCY") == 1 and "=32" in text2
+
+
+def test_outbox_verdict_and_table_names():
+    facts = dict(counts=dict((s, 0) for s in outbox.STATUSES), stale_processing=0, failed_errors=[], receipts=[])
+    facts["counts"]["completed"] = 5
+    assert outbox.outbox_verdict(facts)[0] is True
+    facts["stale_processing"] = 2
+    facts["receipts"] = [{"id": "a", "tx_hash": None, "receipt_rows": 0}, {"id": "b", "tx_hash": "0x1", "receipt_rows": 2}]
+    ok, reason = outbox.outbox_verdict(facts)
+    assert not ok and "2 processing" in reason and "without a receipt" in reason and "more than one receipt" in reason
+    assert outbox.check_table("public.anchor_outbox", "table") == "public.anchor_outbox"
+    with pytest.raises(P3Error):
+        outbox.check_table("anchor_outbox; drop table x", "table")
