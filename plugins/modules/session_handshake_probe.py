@@ -15,7 +15,9 @@ description:
   - POSTs O(body) as JSON to O(handshake_path). Healthy when the status is one of O(expected_status), the answer
     is a JSON object with every O(required_fields), the latency is at most O(max_latency_ms), and (when
     O(session_path) is set) C(GET) of the new session answers 200.
-  - Like the runbook's curl, every run creates one session (with the app's TTL); RV(session_id) names it.
+  - Like the runbook's curl, every run creates one session (with the app's TTL); RV(session_id) names it. This is
+    the diagnostic itself, so it happens in check mode too (a probe changes no existing state; the new session
+    expires by itself).
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:

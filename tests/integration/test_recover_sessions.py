@@ -1,0 +1,276 @@
+"""recover_sessions.yml against the lab's real Redis Cluster: sessions-corrupt -> recover -> the handshake works,
+every corrupt session is gone, every valid one is kept (exact keys and bytes), and the backup restores the removed
+keys byte for byte; check mode changes nothing; a second run changes nothing; the purge is capped and gated;
+bad input fails cleanly; no secret at -vvvv.
+
+Every assertion on sessions reads the keyspace straight from the masters (redis-py: SCAN, GET, PTTL, DUMP).
+"""
+import glob
+import json
+import os
+import stat
+import time
+import urllib.request
+
+import pytest
+import redis
+
+from conftest import LAB_DIR, lab_fault, lab_status, run_playbook
+
+LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
+PROBE_DEVICE = "p3-recovery-probe"
+
+
+def lab_info():
+    with open(os.path.join(LAB_DIR, "lab.json")) as f:
+        return json.load(f)
+
+
+def masters():
+    info = lab_info()["redis"]
+    out = []
+    for address in info["nodes"]:
+        host, port = address.split(":")
+        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3)
+        try:
+            if c.info("replication")["role"] == "master":
+                out.append(c)
+        except redis.ConnectionError:
+            pass
+    return out
+
+
+def snapshot():
+    """{key: (raw value, pttl, dump)} of every session:* key on every master."""
+    out = {}
+    for c in masters():
+        for key in c.scan_iter(match=b"session:*", count=1000):
+            pipe = c.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            pipe.dump(key)
+            raw, pttl, dump = pipe.execute()
+            out[key] = (raw, pttl, dump)
+    return out
+
+
+def recover(report_dir, backup_dir, check=False, verbosity=0, **extra):
+    extravars = {
+        "p3_report_dir": report_dir,
+        "p3_session_backup_dir": backup_dir,
+        "p3_handshake_session_path": "/api/protocol/session/{id}",
+        "p3_session_log_paths": [os.path.join(LAB_DIR, "logs", "*.log")],
+        "p3_session_log_pattern": "session:",
+    }
+    extravars.update(extra)
+    run = run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity)
+    reports = sorted(glob.glob(os.path.join(report_dir, "recover_sessions-*.json")))
+    report = None
+    if reports:
+        with open(reports[-1]) as f:
+            report = json.load(f)
+    return run, report
+
+
+def restore(tmp_path, path, check=False):
+    book = tmp_path / "restore.yml"
+    book.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - name: Restore\n      p3.recovery.session_restore:\n"
+        "        redis_nodes: '{{ p3_redis_nodes }}'\n        redis_password: '{{ p3_redis_password }}'\n"
+        "        path: '%s'\n" % path)
+    run = run_playbook(str(book), check=check)
+    return run, run.result("Restore")
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return str(tmp_path / "reports"), str(tmp_path / "backups")
+
+
+def app_url():
+    return lab_info()["app"]["url"] if "url" in lab_info()["app"] else lab_info()["urls"]["app"]
+
+
+def http(method, path, body=None):
+    req = urllib.request.Request(app_url() + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def test_corrupt_sessions_purged_valid_kept_and_backup_restores(healthy_lab, dirs, tmp_path):
+    report_dir, backup_dir = dirs
+    fault = lab_fault("sessions-corrupt")
+    corrupt = set(("session:" + i).encode() for i in fault["ids"])
+    before = snapshot()
+    assert corrupt <= set(before) and len(corrupt) == 20
+    valid_before = dict((k, v) for k, v in before.items() if k not in corrupt)
+    assert len(valid_before) >= 50
+
+    run, report = recover(report_dir, backup_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["healthy"] is True and report["changed"] is True, report["reason"]
+    purge = report["actions"]["purge"]
+    assert purge["removed"] == 20 and purge["capped"] is False
+    assert purge["by_reason"] == {"not-json": 5, "not-utf8": 5, "missing-fields": 5, "no-ttl": 5}
+    assert report["before"]["sessions"]["corrupt"] == 20
+    assert report["timeline"] and report["timeline"][0]["action"] == "session_purge"
+
+    after = snapshot()
+    # every corrupt session is gone, every valid one is still there, byte for byte
+    assert not corrupt & set(after)
+    for key, (raw, _pttl, dump) in valid_before.items():
+        assert key in after, key
+        assert after[key][0] == raw and after[key][2] == dump
+    # the only new keys are the sessions the handshake probes created
+    new = set(after) - set(before)
+    assert len(after) == len(valid_before) + len(new)
+    for key in new:
+        assert json.loads(after[key][0])["deviceId"] == PROBE_DEVICE
+    assert lab_status()["sessions"]["corrupt"] == 0
+
+    # the handshake works for a real client, and the session reads back
+    status, body = http("POST", "/api/protocol/session/handshake", {"deviceId": "test", "capabilities": {}})
+    assert status == 201
+    assert http("GET", "/api/protocol/session/" + body["sessionId"])[0] == 200
+
+    # the backup: mode 0600, one entry per removed key
+    path = purge["backup"]["path"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 21 and json.loads(lines[0])["format"] == "p3.recovery.redis-dump"
+
+    # check mode of the restore writes nothing
+    run, res = restore(tmp_path, path, check=True)
+    assert res["restored"] == 20 and res["changed"] is True
+    assert not corrupt & set(snapshot())
+
+    # the restore puts every removed key back byte for byte, with its TTL (or none)
+    run, res = restore(tmp_path, path)
+    assert res["restored"] == 20 and res["changed"] is True, res
+    restored = snapshot()
+    for key in corrupt:
+        raw, pttl, dump = before[key]
+        assert restored[key][0] == raw and restored[key][2] == dump, key
+        if pttl == -1:
+            assert restored[key][1] == -1
+        else:
+            assert 0 < restored[key][1] <= pttl
+    assert lab_status()["sessions"]["corrupt"] == 20
+
+    # restoring again changes nothing
+    run, res = restore(tmp_path, path)
+    assert res["changed"] is False and res["identical"] == 20 and res["restored"] == 0
+
+
+def test_check_mode_changes_nothing(healthy_lab, dirs):
+    report_dir, backup_dir = dirs
+    lab_fault("sessions-corrupt")
+    before = snapshot()
+    run, report = recover(report_dir, backup_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    purge = report["actions"]["purge"]
+    assert purge["removed"] == 20 and purge["backup"] is None  # would remove 20
+    after = snapshot()
+    # nothing removed or changed; the only new keys are the sessions of the diagnosing and verifying handshakes (the probe is the
+    # runbook's curl, a handshake, in check mode too)
+    for key, (raw, _pttl, dump) in before.items():
+        assert key in after and after[key][0] == raw and after[key][2] == dump
+    new = set(after) - set(before)
+    assert len(new) <= 2 and all(json.loads(after[k][0])["deviceId"] == PROBE_DEVICE for k in new)
+    assert lab_status()["sessions"]["corrupt"] == 20
+    assert not os.path.exists(backup_dir) or not os.listdir(backup_dir)
+
+
+def test_second_run_changes_nothing(healthy_lab, dirs):
+    report_dir, backup_dir = dirs
+    lab_fault("sessions-corrupt")
+    run, report = recover(report_dir, backup_dir)
+    assert run.rc == 0 and report["changed"] is True, run.stdout[-3000:]
+    files = os.listdir(backup_dir)
+    run, report = recover(report_dir, backup_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["changed"] is False and report["actions"]["purge"].get("skipped") is True
+    assert run.changed.get("localhost", 0) == 0, run.changed
+    assert os.listdir(backup_dir) == files  # no new backup file
+
+
+def test_max_keys_caps_the_purge(healthy_lab, dirs):
+    report_dir, backup_dir = dirs
+    lab_fault("sessions-corrupt")
+    run, report = recover(report_dir, backup_dir, p3_session_max_keys=7, p3_session_fail_unrecovered=False)
+    assert run.rc == 0, run.stdout[-3000:]
+    purge = report["actions"]["purge"]
+    assert purge["removed"] == 7 and purge["capped"] is True
+    assert lab_status()["sessions"]["corrupt"] == 13
+    assert report["healthy"] is False and "13 corrupt" in report["reason"]
+
+
+def test_mode_all_is_gated_then_removes_everything_restorably(healthy_lab, dirs, tmp_path):
+    report_dir, backup_dir = dirs
+    lab_fault("sessions-corrupt")
+    before = snapshot()
+    run, report = recover(report_dir, backup_dir, p3_session_purge_mode="all")
+    assert run.rc != 0
+    failed = [ev["event_data"]["res"] for ev in run.events if ev.get("event") == "runner_on_failed"]
+    assert "set p3_session_allow_purge_all=true" in failed[-1]["msg"]
+    assert set(snapshot()) == set(before)  # nothing removed
+
+    run, report = recover(report_dir, backup_dir, p3_session_purge_mode="all", p3_session_allow_purge_all=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    purge = report["actions"]["purge"]
+    assert purge["removed"] == len(before) + 1  # + the session of the diagnosing handshake probe
+    # only the sessions of the verifying handshake probes exist now
+    left = snapshot()
+    assert all(json.loads(v[0])["deviceId"] == PROBE_DEVICE for v in left.values())
+    run, res = restore(tmp_path, purge["backup"]["path"])
+    assert res["restored"] == purge["removed"]
+    now = snapshot()
+    for key, (raw, _pttl, dump) in before.items():
+        assert now[key][0] == raw and now[key][2] == dump
+
+
+BAD_INPUT = {
+    "unreachable redis": ({"p3_redis_nodes": ["127.0.0.1:1"]}, "127.0.0.1:1"),
+    "wrong password": ({"p3_redis_password": "Wr0ngSecret"}, "authentication failed"),
+    "bad mode": ({"p3_session_purge_mode": "some"}, "p3_session_purge_mode must be corrupt or all, got some"),
+    "zero cap": ({"p3_session_max_keys": 0}, "p3_session_max_keys must be an integer >= 1"),
+    "bad restart": ({"p3_session_restart_app": "maybe"}, "p3_session_restart_app must be never, auto or always"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_fails_cleanly(lab_up, dirs, case):
+    report_dir, backup_dir = dirs
+    extra, expected = BAD_INPUT[case]
+    t0 = time.monotonic()
+    run, report = recover(report_dir, backup_dir, **extra)
+    assert time.monotonic() - t0 < 60
+    assert run.rc != 0, run.stdout[-3000:]
+    assert "Traceback" not in run.stdout
+    failed = [ev["event_data"]["res"] for ev in run.events if ev.get("event") == "runner_on_failed"]
+    msg = failed[-1]["msg"]
+    assert "\n" not in msg and expected in msg, msg
+    assert "Wr0ngSecret" not in run.stdout
+    assert report is not None and report["healthy"] is False and report["changed"] is False
+    assert "Wr0ngSecret" not in json.dumps(report)
+
+
+def test_no_secret_in_output_at_vvvv(healthy_lab, dirs):
+    report_dir, backup_dir = dirs
+    lab_fault("sessions-corrupt")
+    run, report = recover(report_dir, backup_dir, verbosity=4)
+    assert run.rc == 0 and report["changed"] is True, run.stdout[-3000:]
+    for secret in LAB_SECRETS:
+        assert secret not in run.stdout, secret
+    for path in glob.glob(os.path.join(report_dir, "*.json")) + glob.glob(os.path.join(backup_dir, "*")):
+        with open(path) as f:
+            text = f.read()
+        for secret in LAB_SECRETS:
+            assert secret not in text, (secret, path)
