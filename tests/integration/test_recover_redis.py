@@ -1,0 +1,507 @@
+"""recover_redis.yml against real Redis: the lab's 6-node cluster (dead master, uncovered slots, frozen master,
+an empty master rejoining), a throwaway 3-master cluster for the lossy path, and a standalone master/replica pair.
+
+Every test writes keys before the fault and waits for replica acknowledgement (WAIT), then asserts on state read
+straight from the nodes (CLUSTER NODES of every live node, CLUSTER INFO, GET of every key) and on the reference
+tool, `redis-cli --cluster check` (judged by its output: it exits 0 on errors).
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+import yaml
+
+from redis.crc import key_slot
+
+from conftest import INVENTORY, lab, lab_fault, lab_status, run_playbook
+
+PW = "p3redis-lab-secret"
+FAILOVER_TASK = "Act - promote the best replica of each failed master"
+SLOTS_TASK = "Act - repair slot coverage and open slots"
+REJOIN_TASK = "Act - former masters rejoin as replicas"
+
+
+def lab_nodes():
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]["p3_redis_nodes"]
+
+
+def client(addr, password=PW, timeout=2):
+    host, port = addr.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), password=password, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, decode_responses=True)
+
+
+def alive(addr, password=PW):
+    try:
+        return client(addr, password, timeout=0.5).ping()
+    except redis.RedisError:
+        return False
+
+
+def parse_nodes(text):
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        slots = set()
+        for tok in f[8:]:
+            if tok.startswith("["):
+                continue
+            a, _, b = tok.partition("-")
+            slots.update(range(int(a), int(b or a) + 1))
+        flags = f[2].split(",")
+        out[f[0]] = dict(id=f[0], addr=f[1].split("@")[0], flags=flags, myself="myself" in flags,
+                         role="master" if "master" in flags else "replica", master=f[3], ping_sent=int(f[4]),
+                         link=f[7], slots=slots)
+    return out
+
+
+def views(addrs, password=PW):
+    """{addr: {id: line}} of the nodes that answer."""
+    out = {}
+    for a in addrs:
+        if alive(a, password):
+            out[a] = parse_nodes(client(a, password).execute_command("CLUSTER", "NODES"))
+    return out
+
+
+def roles(view):
+    return dict((i, (n["role"], n["master"], frozenset(n["slots"]))) for i, n in view.items())
+
+
+def owner_map(view):
+    owners = {}
+    for n in view.values():
+        for s in n["slots"]:
+            owners[s] = n["addr"]
+    return owners
+
+
+def states(addrs, password=PW):
+    return dict((a, client(a, password).execute_command("CLUSTER", "INFO").split("cluster_state:")[1].split()[0])
+                for a in addrs if alive(a, password))
+
+
+def write_acked(addrs, n, prefix, password=PW):
+    """Write n keys on their slot's master, then WAIT until a replica acknowledged them; returns {key: value}."""
+    live = [a for a in addrs if alive(a, password)]
+    owners = owner_map(views(live[:1], password)[live[0]])
+    by_master = {}
+    data = {}
+    for i in range(n):
+        k = "p3test:%s:%d" % (prefix, i)
+        data[k] = "v%d-%s" % (i, prefix)
+        by_master.setdefault(owners[key_slot(k.encode())], []).append(k)
+    for m, keys in by_master.items():
+        c = client(m, password)
+        pipe = c.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, data[k])
+        pipe.execute()
+        acked = c.execute_command("WAIT", 1, 3000)
+        assert acked >= 1, "no replica of %s acknowledged the writes" % m
+    return data
+
+
+def missing_keys(addrs, data, password=PW):
+    """Keys not readable with their value from the master that serves their slot now."""
+    live = [a for a in addrs if alive(a, password)]
+    owners = owner_map(views(live[:1], password)[live[0]])
+    by_master = {}
+    for k in data:
+        by_master.setdefault(owners.get(key_slot(k.encode())), []).append(k)
+    bad = []
+    for m, keys in by_master.items():
+        if m is None:
+            bad += keys
+            continue
+        pipe = client(m, password).pipeline(transaction=False)
+        for k in keys:
+            pipe.get(k)
+        got = pipe.execute(raise_on_error=False)
+        bad += [k for k, v in zip(keys, got) if v != data[k]]
+    return bad
+
+
+def missing_keys_standalone(addr, n):
+    c = client(addr)
+    return [i for i in range(n) if c.get("p3test:standalone:%d" % i) != str(i)]
+
+
+def cluster_check(addr, password=PW):
+    """redis-cli --cluster check (the reference tool); judged by its output, not its exit code."""
+    host, port = addr.rsplit(":", 1)
+    proc = subprocess.run(["redis-cli", "--no-auth-warning", "-a", password, "--cluster", "check", "%s:%s" % (host, port)],
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout
+    assert "[OK] All 16384 slots covered" in out, out
+    assert "[ERR]" not in out and "[WARNING]" not in out, out
+    return out
+
+
+def recover(report_dir, check=False, inventory=None, verbosity=0, **extra):
+    extravars = {"p3_report_dir": report_dir}
+    extravars.update(extra)
+    before = set(glob.glob(os.path.join(report_dir, "recover_redis-*.json")))
+    run = run_playbook("recover_redis.yml", extravars=extravars, check=check, inventory=inventory,
+                       verbosity=verbosity)
+    new = sorted(set(glob.glob(os.path.join(report_dir, "recover_redis-*.json"))) - before)
+    assert new, "no report written; output:\n%s" % run.stdout[-3000:]
+    with open(new[-1]) as f:
+        return run, json.load(f)
+
+
+def changed_count(run):
+    return sum(run.changed.values()) if run.changed else 0
+
+
+def assert_serving(addrs, keys, password=PW):
+    live = [a for a in addrs if alive(a, password)]
+    st = states(live, password)
+    assert set(st.values()) == {"ok"}, st
+    for a, v in views(live, password).items():
+        assert len(owner_map(v)) == 16384, a
+    assert missing_keys(addrs, keys, password) == []
+    cluster_check(live[0], password)
+
+
+# ---------------------------------------------------------------- the lab cluster
+
+def test_healthy_cluster_is_left_alone(healthy_lab, report_dir):
+    nodes = lab_nodes()
+    before = views(nodes)
+    run, report = recover(report_dir, verbosity=3)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert changed_count(run) == 0
+    assert report["healthy"] is True and report["fully_healthy"] is True
+    assert report["timeline"] == []
+    assert report["before"]["next_actions"] == []
+    after = views(nodes)
+    assert dict((a, roles(v)) for a, v in after.items()) == dict((a, roles(v)) for a, v in before.items())
+    assert PW not in run.stdout  # -vvv: the password never shows
+    stats = run.stats["p3_recover_redis"]
+    assert stats["healthy"] is True and stats["changed"] is False
+
+
+def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 300, "dead")
+    did = lab_fault("redis-master-down")
+    dead, dead_id = did["node"], did["node_id"]
+    live = [a for a in nodes if a != dead]
+    before = views(live)
+
+    # check mode: the plan, and no role or slot changes
+    run, report = recover(report_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    plan = run.result(FAILOVER_TASK)["plan"]
+    assert [(p["master"], p["mode"]) for p in plan] == [(dead, "force")]
+    assert run.result(FAILOVER_TASK)["failovers"] == []
+    after_check = views(live)
+    for a in live:
+        assert roles(after_check[a]) == roles(before[a]), a
+        assert after_check[a][dead_id]["slots"] == before[a][dead_id]["slots"]
+
+    # the real run
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    res = run.result(FAILOVER_TASK)
+    assert res["changed"] is True, (res, run.stdout[-3000:])
+    step = res["failovers"][0]
+    promoted = step["replica"]
+    assert step["master"] == dead and step["mode"] == "force"
+    assert step["seconds"] < 5
+    promoted_id = step["replica_id"]
+    dead_slots = set()
+    for a, b in did["slots"]:
+        dead_slots.update(range(a, b + 1))
+    for a, v in views(live).items():
+        assert v[promoted_id]["role"] == "master", a
+        assert v[promoted_id]["slots"] == dead_slots, a
+        assert not v[dead_id]["slots"], a
+    assert_serving(nodes, keys)
+    assert report["healthy"] is True and report["changed"] is True
+    assert [e["action"] for e in report["timeline"]] == ["cluster failover force", "converged"]
+    assert all(set(e) == {"ts", "action", "target", "detail"} for e in report["timeline"])
+    assert report["after"]["masters_without_replica"] == [promoted]
+
+    # a second run has nothing to do
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert changed_count(run) == 0
+    assert run.results(FAILOVER_TASK) == []  # skipped: nothing to fail over
+
+    # the restarted former master comes back as a replica of the promoted node: full redundancy again
+    lab("heal")
+    v = views(nodes)
+    assert v[promoted][dead_id]["role"] == "replica" and v[promoted][dead_id]["master"] == promoted_id
+    run, report = recover(report_dir)
+    assert run.rc == 0 and changed_count(run) == 0
+    assert report["fully_healthy"] is True, report["reason"]
+    assert missing_keys(nodes, keys) == []
+
+
+def test_uncovered_slots_go_back_to_the_master_holding_their_keys(healthy_lab, report_dir):
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 3000, "slots")
+    did = lab_fault("redis-slots-uncovered")
+    a, b = did["range"]
+    in_range = [k for k in keys if a <= key_slot(k.encode()) <= b]
+    assert in_range, "no test key landed in the deleted range"
+    owner_id = did["owner_id"]
+
+    run, report = recover(report_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assign = run.result(SLOTS_TASK)["plan"]["assign"]
+    assert [(x["node"], x["slots"]) for x in assign] == [(did["owner"], "%d-%d" % (a, b))]
+    for addr, v in views(nodes).items():  # check mode assigned nothing
+        assert not any(a <= s <= b for s in owner_map(v)), addr
+    assert set(states(nodes).values()) == {"fail"}
+
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    res = run.result(SLOTS_TASK)
+    assert res["changed"] is True and res["plan"]["lossy_slots"] == ""
+    for addr, v in views(nodes).items():
+        assert v[owner_id]["slots"] >= set(range(a, b + 1)), addr
+    assert_serving(nodes, keys)
+    assert "addslots" in [e["action"] for e in report["timeline"]]
+
+    run, report = recover(report_dir)
+    assert run.rc == 0 and changed_count(run) == 0
+    assert report["fully_healthy"] is True, report["reason"]
+
+
+def _pid_of(addr):
+    port = int(addr.rsplit(":", 1)[1])
+    for name, svc in lab_status()["services"].items():
+        if name.startswith("redis") and svc["port"] == port:
+            return svc["pid"]
+    raise AssertionError("no pid for %s" % addr)
+
+
+def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, report_dir):
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 300, "frozen")
+    v0 = views(nodes)[nodes[0]]
+    masters = sorted((n for n in v0.values() if n["role"] == "master" and n["slots"]), key=lambda n: n["addr"])
+    frozen = masters[0]
+    pid = _pid_of(frozen["addr"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # a peer has an unanswered ping to it (what the probe takes as confirmation), within a few seconds
+        deadline = time.monotonic() + 15
+        peers = [a for a in nodes if a != frozen["addr"]]
+        while time.monotonic() < deadline:
+            now = int(time.time() * 1000)
+            if any(v[frozen["id"]]["ping_sent"] and now - v[frozen["id"]]["ping_sent"] > 1500
+                   for v in views(peers).values()):
+                break
+            time.sleep(0.2)
+        run, report = recover(report_dir)
+        assert run.rc == 0, run.stdout[-3000:]
+        step = run.result(FAILOVER_TASK)["failovers"][0]
+        assert step["master"] == frozen["addr"] and step["mode"] == "force"
+        for a, v in views(peers).items():
+            assert v[step["replica_id"]]["role"] == "master" and v[step["replica_id"]]["slots"] == frozen["slots"], a
+        assert_serving(peers, keys)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # thawed, it learns that its slots have a newer owner and follows it
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        v = views([frozen["addr"]]).get(frozen["addr"], {})
+        me = v.get(frozen["id"])
+        if me and me["role"] == "replica" and me["master"] == step["replica_id"]:
+            break
+        time.sleep(0.2)
+    assert me and me["role"] == "replica" and me["master"] == step["replica_id"], me
+    assert missing_keys(nodes, keys) == []
+
+
+def test_empty_master_rejoins_as_replica(healthy_lab, report_dir):
+    nodes = lab_nodes()
+    v0 = views(nodes)[nodes[0]]
+    replica = sorted((n for n in v0.values() if n["role"] == "replica"), key=lambda n: n["addr"])[0]
+    its_master = v0[replica["master"]]
+    # the replica loses its state (as a node restarted without nodes.conf would) and is met again: an empty master
+    c = client(replica["addr"])
+    c.execute_command("CLUSTER", "RESET", "SOFT")
+    host, port = its_master["addr"].rsplit(":", 1)
+    c.execute_command("CLUSTER", "MEET", host, port)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        vs = views(nodes)
+        if all(replica["id"] in v and v[replica["id"]]["role"] == "master" for v in vs.values()):
+            break
+        time.sleep(0.2)
+
+    run, report = recover(report_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert run.result(REJOIN_TASK)["rejoined"] == [dict(node=replica["addr"], master=its_master["addr"])]
+    assert views([replica["addr"]])[replica["addr"]][replica["id"]]["role"] == "master"
+
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    for a, v in views(nodes).items():
+        assert v[replica["id"]]["role"] == "replica" and v[replica["id"]]["master"] == its_master["id"], a
+    info = client(replica["addr"]).info("replication")
+    assert info["master_link_status"] == "up"
+    assert report["fully_healthy"] is True, report["reason"]
+    run, report = recover(report_dir)
+    assert run.rc == 0 and changed_count(run) == 0
+
+
+# ---------------------------------------------------------------- throwaway deployments (ports base+40..)
+
+def _base():
+    return int(os.environ.get("P3LAB_BASE_PORT", "17000"))
+
+
+def _start(ports, tmp, cluster):
+    pids = []
+    for p in ports:
+        d = os.path.join(tmp, str(p))
+        os.makedirs(d)
+        conf = ["port %d" % p, "bind 127.0.0.1", "daemonize yes", "pidfile %s/redis.pid" % d, "dir %s" % d,
+                "logfile %s/redis.log" % d, 'save ""', "appendonly no", "requirepass %s" % PW, "masterauth %s" % PW,
+                "repl-diskless-sync-delay 0"]
+        if cluster:
+            conf += ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"]
+        with open(os.path.join(d, "redis.conf"), "w") as f:
+            f.write("\n".join(conf) + "\n")
+        subprocess.run(["redis-server", os.path.join(d, "redis.conf")], check=True, env=dict(os.environ, P3LAB_OWNER=tmp))
+    deadline = time.monotonic() + 10
+    while not all(alive("127.0.0.1:%d" % p) for p in ports):
+        assert time.monotonic() < deadline, "throwaway redis did not start"
+        time.sleep(0.05)
+    for p in ports:
+        with open(os.path.join(tmp, str(p), "redis.pid")) as f:
+            pids.append(int(f.read().strip()))
+    return pids
+
+
+def _inventory(tmp, addrs):
+    path = os.path.join(tmp, "inventory.yml")
+    with open(path, "w") as f:
+        yaml.safe_dump({"all": {"vars": {"ansible_python_interpreter": os.path.join(os.path.dirname(os.sys.executable), "python"),
+                                         "p3_redis_nodes": addrs, "p3_redis_password": PW},
+                                "hosts": {"localhost": {"ansible_connection": "local"}}}}, f)
+    return path
+
+
+@pytest.fixture
+def throwaway():
+    tmp = tempfile.mkdtemp(prefix="p3-redis-")
+    started = []
+    yield tmp, started
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_lossy_repair_refused_unless_allowed(throwaway, report_dir):
+    tmp, started = throwaway
+    ports = [_base() + 40 + i for i in range(3)]
+    addrs = ["127.0.0.1:%d" % p for p in ports]
+    pids = _start(ports, tmp, cluster=True)
+    started += pids
+    proc = subprocess.run(["redis-cli", "--no-auth-warning", "-a", PW, "--cluster", "create"] + addrs +
+                          ["--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+    assert "[OK] All 16384 slots covered" in proc.stdout, proc.stdout + proc.stderr
+    deadline = time.monotonic() + 15
+    while set(states(addrs).values()) != {"ok"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    data = {}
+    for i in range(600):
+        data["p3test:lossy:%d" % i] = str(i)
+    live_owner = owner_map(views(addrs[:1])[addrs[0]])
+    for k, val in data.items():
+        client(live_owner[key_slot(k.encode())]).set(k, val)
+    # the master of the first port dies; it has no replica
+    dead = addrs[0]
+    dead_view = views([dead])[dead]
+    dead_id = next(i for i, n in dead_view.items() if n["myself"])
+    dead_slots = dead_view[dead_id]["slots"]
+    os.kill(pids[0], signal.SIGKILL)
+    inv = _inventory(tmp, addrs)
+    live = addrs[1:]
+    time.sleep(0.3)
+
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc != 0
+    msg = run.result(SLOTS_TASK)["msg"]
+    assert "refusing the lossy repair of %d slots" % len(dead_slots) in msg and dead in msg, msg
+    assert "allow_data_loss" in msg
+    for a, v in views(live).items():  # nothing was assigned
+        assert v[dead_id]["slots"] == dead_slots, a
+    assert report["healthy"] is False and report["failed_task"] == SLOTS_TASK
+
+    run, report = recover(report_dir, inventory=inv, p3_redis_allow_data_loss=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    plan = run.result(SLOTS_TASK)["plan"]
+    assert plan["keys_unknown_on"] == [dead]
+    assert sum(a["count"] for a in plan["assign"]) == len(dead_slots)
+    for a in plan["assign"]:  # contiguous: one range per new owner
+        assert "," not in a["slots"], plan
+    for a, v in views(live).items():
+        assert not v[dead_id]["slots"] and len(owner_map(v)) == 16384, a
+    lost = [k for k in data if key_slot(k.encode()) in dead_slots]
+    kept = dict((k, val) for k, val in data.items() if k not in lost)
+    assert lost and missing_keys(live, kept) == []
+    assert set(states(live).values()) == {"ok"}
+    cluster_check(live[0])
+
+
+def test_standalone_promotes_the_replica_and_the_old_master_rejoins(throwaway, report_dir):
+    tmp, started = throwaway
+    ports = [_base() + 45, _base() + 46]
+    addrs = ["127.0.0.1:%d" % p for p in ports]
+    pids = _start(ports, tmp, cluster=False)
+    started += pids
+    master, replica = addrs
+    client(replica).execute_command("REPLICAOF", "127.0.0.1", str(ports[0]))
+    c = client(master)
+    for i in range(200):
+        c.set("p3test:standalone:%d" % i, str(i))
+    assert c.execute_command("WAIT", 1, 5000) == 1
+    inv = _inventory(tmp, addrs)
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc == 0 and changed_count(run) == 0 and report["healthy"] is True, run.stdout[-3000:]
+
+    os.kill(pids[0], signal.SIGKILL)
+    time.sleep(0.2)
+    run, report = recover(report_dir, inventory=inv, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert client(replica).info("replication")["role"] == "slave"
+
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc == 0, run.stdout[-3000:]
+    step = run.result(FAILOVER_TASK)["failovers"][0]
+    assert step["replica"] == replica and step["mode"] == "replicaof"
+    assert client(replica).info("replication")["role"] == "master"
+    assert missing_keys_standalone(replica, 200) == []
+
+    # the old master comes back (empty, as a second master): it rejoins as a replica of the new one
+    started += _start([ports[0]], os.path.join(tmp, "again"), cluster=False)
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert run.result(REJOIN_TASK)["rejoined"][0]["node"] == master
+    info = client(master).info("replication")
+    assert info["role"] == "slave" and info["master_port"] == ports[1] and info["master_link_status"] == "up"
+    assert client(master).get("p3test:standalone:7") == "7"
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc == 0 and changed_count(run) == 0 and report["fully_healthy"] is True, report["reason"]
