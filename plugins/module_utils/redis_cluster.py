@@ -379,7 +379,7 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
         rejoin_candidates=rejoin,
         forget_candidates=forget,
         slots_orphaned=format_ranges(compress_slots(orphaned)),
-        next_actions=[a for a, need in (("failover", failover), ("slots", orphaned or open_slots or disagreements),
+        next_actions=[a for a, need in (("failover", promotable), ("slots", orphaned or open_slots or disagreements),
                                         ("rejoin", rejoin), ("forget", forget)) if need],
         _consensus=consensus,
         _maps=maps,
@@ -512,7 +512,8 @@ def plan_failover(topology, master=None, replica=None, allow_takeover=False):
             return []  # already failed over (or never served slots): nothing to do
         targets.append(m)
     else:
-        targets = [by_id[c["master_id"]] for c in topology["failover_candidates"]]
+        # masters without a live replica are left to the slot repair (lossy, gated there)
+        targets = [by_id[c["master_id"]] for c in topology["failover_candidates"] if c["replicas"]]
     if not targets:
         return []
     voters = [n for n in nodes if n["role"] == "master" and n["slot_count"]]
@@ -809,10 +810,19 @@ def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replic
             elif unreachable_masters:
                 lossy[s] = "unassigned and %s unreachable (may hold its keys)" % ", ".join(
                     n["address"] for n in unreachable_masters)
-    # empty slots go to the master of the nearest slot (keeps ranges contiguous)
+    # empty slots of a run whose keys all sit on one master go to that master; other empty slots go to the
+    # master of the nearest slot (keeps ranges contiguous)
     final = list(consensus)
     for s, i in owner_of.items():
         final[s] = i
+    for a, b in compress_slots(todo):
+        run_holders = set(owner_of[s] for s in range(a, b + 1) if owner_of.get(s))
+        if len(run_holders) == 1:
+            pick = run_holders.pop()
+            for s in range(a, b + 1):
+                if owner_of.get(s, 0) is None:
+                    owner_of[s] = final[s] = pick
+                    why[s] = "run"
     for s in sorted(s for s, i in owner_of.items() if i is None):
         left = next((final[j] for j in range(s - 1, -1, -1) if final[j] in live_ids), None)
         right = next((final[j] for j in range(s + 1, CLUSTER_SLOTS) if final[j] in live_ids), None)
