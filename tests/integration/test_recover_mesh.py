@@ -1,0 +1,150 @@
+"""recover_mesh.yml against the real lab: mesh-down -> recover -> peers back above the threshold and the relay
+PSUBSCRIBEd again (read from every Redis node); the restart path; connection-storm detection against psutil's own
+count; check mode publishes nothing; a second run changes nothing; bad input fails cleanly; no secret at -vvvv.
+"""
+import glob
+import json
+import os
+import time
+
+import psutil
+import pytest
+import redis
+
+from conftest import LAB_DIR, lab_fault, lab_status, run_playbook
+
+LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
+MIN_PEERS = 10  # the runbook's alert mesh_peer_count_low
+
+
+def lab_info():
+    with open(os.path.join(LAB_DIR, "lab.json")) as f:
+        return json.load(f)
+
+
+def pubsub_everywhere(channel="mesh:control"):
+    """(NUMPAT summed over every node, subscribers of channel summed over every node), asked of each node."""
+    info = lab_info()["redis"]
+    numpat, subs = 0, 0
+    for address in info["nodes"]:
+        host, port = address.split(":")
+        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3)
+        numpat += int(c.execute_command("PUBSUB", "NUMPAT"))
+        subs += dict(c.pubsub_numsub(channel)).get(channel.encode(), 0)
+    return numpat, subs
+
+
+def app_connections():
+    port = lab_info()["app"]["port"]
+    return sum(1 for c in psutil.net_connections(kind="tcp")
+               if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED")
+
+
+def recover(report_dir, check=False, verbosity=0, **extra):
+    extravars = {"p3_report_dir": report_dir}
+    extravars.update(extra)
+    run = run_playbook("recover_mesh.yml", extravars=extravars, check=check, verbosity=verbosity)
+    reports = sorted(glob.glob(os.path.join(report_dir, "recover_mesh-*.json")))
+    report = None
+    if reports:
+        with open(reports[-1]) as f:
+            report = json.load(f)
+    return run, report
+
+
+def test_mesh_down_reconnected_peers_back(healthy_lab, report_dir):
+    fault = lab_fault("mesh-down")
+    assert fault["peers"] == 0
+    assert pubsub_everywhere()[0] == 0  # the relay dropped its mesh:* pattern subscription
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["healthy"] is True and report["changed"] is True, report["reason"]
+    assert report["before"]["peers"]["peers"] == 0
+    reconnect = report["actions"]["reconnect"]
+    assert reconnect["published"] is True and reconnect["subscribers"] == 1
+    assert json.loads(reconnect["message"]) == {"action": "reconnect"}
+    assert report["actions"]["restart"]["hosts"] == []  # the reconnect sufficed
+    assert report["timeline"][0]["action"] == "mesh_publish"
+    # real state: the peers are back and the relay is subscribed again
+    st = lab_status()
+    assert st["mesh"]["peers"] >= MIN_PEERS and st["mesh"]["relay"] == "up", st["mesh"]
+    numpat, subs = pubsub_everywhere()
+    assert numpat >= 1 and subs == 1
+
+
+def test_check_mode_publishes_nothing(healthy_lab, report_dir):
+    lab_fault("mesh-down")
+    run, report = recover(report_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["actions"]["reconnect"]["published"] is False
+    assert report["actions"]["reconnect"]["subscribers"] == 1  # who would receive it
+    time.sleep(2)
+    st = lab_status()
+    assert st["mesh"]["peers"] == 0 and st["mesh"]["relay"] == "down"
+    assert pubsub_everywhere()[0] == 0
+
+
+def test_second_run_changes_nothing(healthy_lab, report_dir):
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["changed"] is False and report["actions"]["reconnect"] == {"skipped": True}
+    assert run.changed.get("localhost", 0) == 0, run.changed
+    assert lab_status()["mesh"]["peers"] >= MIN_PEERS
+
+
+def test_restart_when_reconnect_is_not_allowed(healthy_lab, report_dir):
+    pid_before = lab_status()["services"]["app"]["pid"]
+    lab_fault("mesh-down")
+    run, report = recover(report_dir, p3_mesh_reconnect=False)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["healthy"] is True
+    assert report["actions"]["restart"]["hosts"] == ["p3-lab-app"]
+    st = lab_status()
+    assert st["services"]["app"]["pid"] != pid_before
+    assert st["mesh"]["peers"] >= MIN_PEERS
+
+
+def test_connection_storm_detected(healthy_lab, report_dir):
+    # a threshold below the peers' own connections: psutil on the app host must see them
+    run, report = recover(report_dir, p3_mesh_storm_threshold=5, p3_mesh_restart_on_storm=False)
+    assert run.rc == 0, run.stdout[-3000:]
+    storm = report["before"]["storm"]
+    assert len(storm) == 1 and storm[0]["healthy"] is False
+    real = app_connections()
+    assert abs(storm[0]["connections"] - real) <= 2 and storm[0]["connections"] >= 12, (storm[0], real)
+    assert "storm" in storm[0]["reason"]
+    assert report["actions"]["restart"]["hosts"] == []
+
+
+BAD_INPUT = {
+    "unreachable redis": ({"p3_redis_nodes": ["127.0.0.1:1"]}, "127.0.0.1:1"),
+    "bad restart": ({"p3_mesh_restart_app": "maybe"}, "p3_mesh_restart_app must be never, auto or always"),
+    "bad threshold": ({"p3_mesh_min_peers": "lots"}, "p3_mesh_min_peers must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_fails_cleanly(lab_up, report_dir, case):
+    extra, expected = BAD_INPUT[case]
+    t0 = time.monotonic()
+    run, report = recover(report_dir, p3_mesh_verify_timeout=2, **extra)
+    assert time.monotonic() - t0 < 60
+    assert run.rc != 0, run.stdout[-3000:]
+    assert "Traceback" not in run.stdout
+    failed = [ev["event_data"]["res"] for ev in run.events if ev.get("event") == "runner_on_failed"]
+    msg = failed[-1]["msg"]
+    assert "\n" not in msg and expected in msg, msg
+    assert report is not None and report["healthy"] is False and report["changed"] is False
+
+
+def test_no_secret_in_output_at_vvvv(healthy_lab, report_dir):
+    lab_fault("mesh-down")
+    run, report = recover(report_dir, verbosity=4)
+    assert run.rc == 0 and report["changed"] is True, run.stdout[-3000:]
+    for secret in LAB_SECRETS:
+        assert secret not in run.stdout, secret
+    for path in glob.glob(os.path.join(report_dir, "*.json")):
+        with open(path) as f:
+            text = f.read()
+        for secret in LAB_SECRETS:
+            assert secret not in text, (secret, path)
