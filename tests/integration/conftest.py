@@ -18,6 +18,7 @@ LAB = os.path.join(ROOT, "lab", "p3lab")
 LAB_DIR = os.environ.get("P3LAB_DIR", os.path.join(ROOT, ".lab"))
 INVENTORY = os.path.join(ROOT, "lab", "inventory.yml") if "P3LAB_DIR" not in os.environ else os.path.join(LAB_DIR, "inventory.yml")
 BIN = os.path.dirname(PY)
+LAB_SECRETS_HINT = ("p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw")
 HANG_GUARD = 300  # seconds: a run that takes longer than this is a hang, not a slow probe
 
 
@@ -46,6 +47,9 @@ def base_env(extra=None):
     env["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
     env["ANSIBLE_NOCOLOR"] = "1"
     env["ANSIBLE_FORCE_COLOR"] = "0"
+    # the incident callback (enabled in ansible.cfg) writes here unless a test says otherwise
+    env["P3_INCIDENT_DIR"] = os.path.join(ROOT, ".state", "incidents")
+    env.pop("P3_INCIDENT_ID", None)
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
     env.pop("REDIS_PASSWORD", None)

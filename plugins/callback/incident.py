@@ -1,0 +1,245 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, P3 Recovery maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: incident
+type: aggregate
+short_description: Record the incident timeline (JSONL) and render the runbook's postmortem from it
+version_added: 0.1.0
+description:
+  - Records, with real UTC timestamps, every result of a C(p3.recovery) module (probe verdicts, actions and the
+    C(timeline) entries actions return) and every task that changed something, into a JSON-lines incident log.
+  - At the end of a run that saw anything unhealthy or changed anything, writes a postmortem draft in the
+    runbook's template (summary, timeline, resolution, action items) filled with what the run saw and did.
+  - Secrets are not recorded. Module invocations (arguments) are left out, and results hidden with C(no_log)
+    stay hidden.
+  - Enable it with C(callbacks_enabled = p3.recovery.incident) in C(ansible.cfg) or
+    E(ANSIBLE_CALLBACKS_ENABLED=p3.recovery.incident) (for example in an AWX job template's environment).
+requirements:
+  - enable in configuration
+options:
+  directory:
+    description: Directory for the incident log and the postmortem.
+    type: path
+    default: reports
+    env:
+      - name: P3_INCIDENT_DIR
+    ini:
+      - section: p3_incident
+        key: directory
+  incident_id:
+    description:
+      - Name shared by the runs of one incident, so several playbook runs append to one log
+        (C(incident-<id>.jsonl)); default is one log per UTC day.
+    type: str
+    env:
+      - name: P3_INCIDENT_ID
+    ini:
+      - section: p3_incident
+        key: incident_id
+"""
+
+import datetime
+import json
+import os
+
+from ansible.plugins.callback import CallbackBase
+
+_SKIP_ACTIONS = ("p3.recovery.write_report",)
+_EVIDENCE_KEYS = ("healthy", "reason", "changed", "msg", "severity")
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _attr(obj, new, old):
+    """ansible-core >= 2.19 has .result/.task/.host; older releases have ._result/._task/._host."""
+    try:
+        return getattr(obj, new)
+    except AttributeError:
+        return getattr(obj, old, None)
+
+
+def _one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "p3.recovery.incident"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super(CallbackModule, self).__init__(*args, **kwargs)
+        self._entries = []
+        self._playbook = "adhoc"
+        self._started = _now()
+        self._run = "%s-%d" % (datetime.datetime.now(datetime.timezone.utc).strftime("%H%M%S%f"), os.getpid())
+
+    # -- collection -----------------------------------------------------------------------------------
+    def v2_playbook_on_start(self, playbook):
+        self._playbook = os.path.splitext(os.path.basename(getattr(playbook, "_file_name", "") or "adhoc"))[0]
+
+    def _record(self, result, status):
+        try:
+            res = _attr(result, "result", "_result") or {}
+            task = _attr(result, "task", "_task")
+            host = _attr(result, "host", "_host")
+            action = getattr(task, "resolved_action", None) or getattr(task, "action", "") or ""
+        except Exception:  # pylint: disable=broad-except
+            return
+        verdict = (res.get("ansible_facts") or {}).get("p3_diagnose")
+        if isinstance(verdict, dict) and verdict.get("triage", {}).get("severity"):
+            self._entries.append({"ts": _now(), "run": self._run, "playbook": self._playbook, "host": getattr(host, "name", str(host)),
+                                  "task": "triage", "action": action, "status": status, "kind": "triage",
+                                  "severity": verdict["triage"]["severity"],
+                                  "reason": "failing: %s; next: %s" % (", ".join(verdict["triage"].get("failing", [])),
+                                                                      ", ".join(verdict["triage"].get("scenarios", [])))})
+            return
+        ours = action.startswith("p3.recovery.")
+        if action in _SKIP_ACTIONS or not (ours or res.get("changed") or status == "failed"):
+            return
+        entry = {
+            "ts": _now(),
+            "run": self._run,
+            "playbook": self._playbook,
+            "host": getattr(host, "name", str(host)),
+            "task": getattr(task, "name", "") or action,
+            "action": action,
+            "status": status,
+        }
+        if res.get("censored"):
+            entry["censored"] = True
+        else:
+            for key in _EVIDENCE_KEYS:
+                if key in res:
+                    entry[key] = _one_line(res[key]) if key in ("reason", "msg") else res[key]
+            tl = res.get("timeline")
+            if isinstance(tl, dict):
+                tl = [tl]
+            if isinstance(tl, list) and tl:
+                entry["timeline"] = tl
+        entry["kind"] = ("probe" if "healthy" in entry and not entry.get("changed") else
+                         "failure" if status == "failed" else "action")
+        self._entries.append(entry)
+
+    def v2_runner_on_ok(self, result):
+        self._record(result, "ok")
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._record(result, "ignored" if ignore_errors else "failed")
+
+    # -- output ---------------------------------------------------------------------------------------
+    def v2_playbook_on_stats(self, stats):
+        try:
+            self._write()
+        except Exception as e:  # pylint: disable=broad-except
+            self._display.warning("p3.recovery.incident: could not write the incident log: %s" % e)
+
+    def _write(self):
+        if not self._entries:
+            return
+        directory = self.get_option("directory") or "reports"
+        incident = self.get_option("incident_id") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+        os.makedirs(directory, exist_ok=True)
+        log = os.path.join(directory, "incident-%s.jsonl" % incident)
+        with open(log, "a") as f:
+            for e in self._entries:
+                f.write(json.dumps(e, sort_keys=True, default=str) + "\n")
+        history = []
+        with open(log) as f:
+            for line in f:
+                try:
+                    history.append(json.loads(line))
+                except ValueError:
+                    continue
+        if not any(e.get("healthy") is False or e.get("changed") for e in history):
+            return
+        path = os.path.join(directory, "postmortem-%s.md" % incident)
+        with open(path, "w") as f:
+            f.write(render_postmortem(history))
+        self._display.display("p3.recovery.incident: timeline %s, postmortem draft %s" % (log, path))
+
+
+def render_postmortem(entries):
+    """The runbook's postmortem template, filled from the recorded timeline."""
+    unhealthy = [e for e in entries if e.get("healthy") is False]
+    acted = [e for e in entries if e.get("changed")]
+    first = entries[0]["ts"] if entries else _now()
+    detected = unhealthy[0]["ts"] if unhealthy else first
+    # Restored: the first later run whose probes were all healthy (a run = one playbook execution).
+    restored = None
+    if unhealthy:
+        runs = []
+        for e in entries:
+            if not runs or runs[-1][0] != e.get("run"):
+                runs.append((e.get("run"), []))
+            runs[-1][1].append(e)
+        last_bad = max(i for i, (_, es) in enumerate(runs) if any(e.get("healthy") is False for e in es))
+        for _, es in runs[last_bad + 1:]:
+            probes = [e for e in es if e.get("kind") == "probe"]
+            if probes and all(e.get("healthy") is True for e in probes):
+                restored = probes[-1]["ts"]
+                break
+    end = restored or entries[-1]["ts"]
+
+    def _t(ts):
+        return ts[11:19] if ts else "--:--:--"
+
+    def _dur(a, b):
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        s = int((datetime.datetime.strptime(b, fmt) - datetime.datetime.strptime(a, fmt)).total_seconds())
+        return "%d hours %d minutes %d seconds" % (s // 3600, s % 3600 // 60, s % 60)
+
+    sevs = [e["severity"] for e in entries if e.get("kind") == "triage" and e.get("severity")]
+    failing = []
+    for e in unhealthy:
+        label = "%s: %s" % (e["task"], e.get("reason", ""))
+        if label not in failing:
+            failing.append(label)
+    lines = [
+        "## Incident Summary",
+        "- **Date:** %s" % detected[:10],
+        "- **Duration:** %s (first unhealthy verdict to %s)" % (_dur(detected, end), "service restored" if restored else "last event"),
+        "- **Severity:** %s" % (min(sevs, key=lambda v: v[-1]) if sevs else "SEV-? (run p3.recovery.diagnose for the triage)"),
+        "- **Impact:** %s" % ("; ".join(failing[:5]) or "[Description of user impact]"),
+        "",
+        "## Timeline",
+        "- %s - Issue detected (%s)" % (_t(detected), unhealthy[0]["task"] if unhealthy else "first run"),
+    ]
+    for e in entries:
+        if e.get("changed") or e.get("kind") == "failure":
+            what = e.get("msg") or e.get("reason") or ""
+            lines.append("- %s - %s on %s: %s%s" % (_t(e["ts"]), e["task"], e["host"], e["status"], (" - " + what) if what else ""))
+            for t in e.get("timeline", []):
+                if isinstance(t, dict):
+                    lines.append("  - %s %s %s %s" % (_t(str(t.get("ts", ""))), t.get("action", ""), t.get("target", ""),
+                                                     _one_line(t.get("detail", ""), 200)))
+    lines.append("- %s - %s" % (_t(restored), "Service restored (all probes healthy)" if restored else "Service not yet verified healthy"))
+    lines += [
+        "",
+        "## Root Cause",
+        "[Technical explanation] — the probes saw: " + ("; ".join(failing[:5]) or "nothing unhealthy"),
+        "",
+        "## Resolution",
+    ]
+    lines += ["- %s (%s)" % (e["task"], e["host"]) for e in acted] or ["- [What was done to fix it]"]
+    lines += [
+        "",
+        "## Action Items",
+        "- [ ] [Preventive measure 1]",
+        "- [ ] [Monitoring improvement]",
+        "- [ ] [Documentation update]",
+        "",
+        "## Lessons Learned",
+        "[What we learned from this incident]",
+        "",
+    ]
+    return "\n".join(lines)

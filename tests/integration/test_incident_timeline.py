@@ -1,0 +1,42 @@
+"""The p3.recovery.incident callback: a real incident (app killed), diagnosed, recovered, diagnosed again."""
+import json
+import os
+
+from conftest import LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
+
+
+def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):
+    env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "lab-app-down"}
+    reports = {"p3_report_dir": str(tmp_path / "reports")}
+    lab_fault("app-down")
+    assert run_playbook("diagnose.yml", extravars=reports, env=env).rc == 0
+    assert run_playbook("restart_app.yml", env=env).rc == 0
+    assert lab_status()["app"]["healthy"] is True
+    assert run_playbook("diagnose.yml", extravars=reports, env=env).rc == 0
+
+    log = tmp_path / "incident-lab-app-down.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    runs = []
+    for e in entries:
+        if e["run"] not in runs:
+            runs.append(e["run"])
+    assert len(runs) == 3  # three playbook runs appended to one incident log
+    first = [e for e in entries if e["run"] == runs[0]]
+    assert any(e["action"] == "p3.recovery.app_probe" and e["healthy"] is False and "refused" in e["reason"] for e in first)
+    assert any(e["kind"] == "triage" and e["severity"] == "SEV-1" for e in first)
+    restart = [e for e in entries if e["run"] == runs[1]]
+    assert any(e["changed"] and e["host"] == "p3-lab-app" and "supervisor" in e["task"] for e in restart)
+    last = [e for e in entries if e["run"] == runs[2] and e["kind"] == "probe"]
+    assert last and all(e["healthy"] for e in last)
+    text = log.read_text()
+    for secret in LAB_SECRETS_HINT:
+        assert secret not in text
+
+    pm = (tmp_path / "postmortem-lab-app-down.md").read_text()
+    assert "## Incident Summary" in pm and "**Severity:** SEV-1" in pm
+    assert "Issue detected" in pm and "Restart the app with supervisor on p3-lab-app" in pm
+    assert "Service restored (all probes healthy)" in pm
+    detected = [line for line in pm.splitlines() if "Issue detected" in line][0][2:10]
+    restored = [line for line in pm.splitlines() if "Service restored" in line][0][2:10]
+    assert detected <= restored
+    assert os.path.getsize(str(log)) > 0
