@@ -421,6 +421,7 @@ def build_standalone(records):
             repl_offset=_int(repl.get("master_repl_offset")),
             replica_offset=_int(repl.get("slave_repl_offset")) if role == "replica" else None,
             connected_replicas=_int(repl.get("connected_slaves")) if role == "master" else None,
+            replid=repl.get("master_replid"), replid2=repl.get("master_replid2"),
             keys=rec.get("keys"), used_memory=(rec.get("memory") or {}).get("used_memory"),
             maxmemory=(rec.get("memory") or {}).get("maxmemory")))
     by_addr = dict((n["address"], n) for n in nodes)
@@ -441,10 +442,16 @@ def build_standalone(records):
                              replicas=[r["address"] for r in rank_replicas(orphans)]))
     # rejoin: masters without replicas while another master has them (an old master back after a promotion)
     rejoin = []
+    current = masters[0] if masters else None
     if len(masters) > 1:
-        fed = [m for m in masters if m["connected_replicas"]]
-        if len(fed) == 1:
-            rejoin = sorted(m["address"] for m in masters if m is not fed[0])
+        # the current master: the one with replicas, else the promoted one (it keeps its old replication id as
+        # replid2), else the one furthest ahead; another master rejoins only when it is provably stale - empty (a
+        # restarted node without persistence) or the very master the current one was promoted from
+        current = sorted(masters, key=lambda m: (-(m["connected_replicas"] or 0),
+                                                 0 if m["replid2"] and m["replid2"] != "0" * 40 else 1,
+                                                 -(m["repl_offset"] or 0), m["address"]))[0]
+        rejoin = sorted(m["address"] for m in masters if m is not current
+                        and (not m["keys"] or (m["replid"] and m["replid"] == current["replid2"])))
         problems.append("%d masters (split brain): %s" % (len(masters), ", ".join(m["address"] for m in masters)))
     if not masters:
         problems.append("no reachable master")
@@ -458,6 +465,7 @@ def build_standalone(records):
                 slots_uncovered=[], slots_uncovered_count=None, failed_nodes=[n["address"] for n in nodes
                                                                              if not n["reachable"]],
                 masters_without_replica=[], disagreements=[], views_agree=None, slots_orphaned=[],
+                _current_master=current,
                 next_actions=[a for a, need in (("failover", failover), ("rejoin", rejoin)) if need])
 
 
@@ -1085,9 +1093,7 @@ def plan_rejoin(topology, targets=None, master=None):
                 raise P3Error("%s holds %d keys: CLUSTER REPLICATE needs an empty node (flush it after checking "
                               "its data is stale)" % (n["address"], n["keys"]))
         else:
-            m = find_node(topology, master) if master else next(
-                (x for x in topology["nodes"] if x["reachable"] and x["role"] == "master" and x["connected_replicas"]
-                 and x["address"] != n["address"]), None)
+            m = find_node(topology, master) if master else topology.get("_current_master")
             if m is None:
                 raise P3Error("no master to attach %s to" % n["address"])
             if n["role"] == "replica" and n["master"] == m["address"]:

@@ -164,14 +164,15 @@ def changed_count(run):
     return sum(run.changed.values()) if run.changed else 0
 
 
-def assert_serving(addrs, keys, password=PW):
+def assert_serving(addrs, keys, password=PW, check=True):
     live = [a for a in addrs if alive(a, password)]
     st = states(live, password)
     assert set(st.values()) == {"ok"}, st
     for a, v in views(live, password).items():
         assert len(owner_map(v)) == 16384, a
     assert missing_keys(addrs, keys, password) == []
-    cluster_check(live[0], password)
+    if check:
+        cluster_check(live[0], password)
 
 
 # ---------------------------------------------------------------- the lab cluster
@@ -313,7 +314,8 @@ def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, rep
         assert step["master"] == frozen["addr"] and step["mode"] == "force"
         for a, v in views(peers).items():
             assert v[step["replica_id"]]["role"] == "master" and v[step["replica_id"]]["slots"] == frozen["slots"], a
-        assert_serving(peers, keys)
+        # (redis-cli --cluster check would hang on the frozen node: it has no timeout; run below, after the thaw)
+        assert_serving(peers, keys, check=False)
     finally:
         os.kill(pid, signal.SIGCONT)
     # thawed, it learns that its slots have a newer owner and follows it
@@ -326,6 +328,7 @@ def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, rep
         time.sleep(0.2)
     assert me and me["role"] == "replica" and me["master"] == step["replica_id"], me
     assert missing_keys(nodes, keys) == []
+    cluster_check(nodes[0])
 
 
 def test_empty_master_rejoins_as_replica(healthy_lab, report_dir):
