@@ -12,7 +12,15 @@ import time
 
 import redis
 
-from run import BIN, INVENTORY, ROOT, RUNS, env, lab, lab_vars
+
+
+def _run():
+    """bench/run.py's helpers (it imports this file, so not at import time)."""
+    main = sys.modules.get("__main__")
+    if main is not None and hasattr(main, "lab_vars") and hasattr(main, "ENTRIES"):
+        return main
+    import run  # noqa: E402
+    return run
 
 
 def _client(addr, pw, timeout=0.5):
@@ -70,7 +78,9 @@ def _watch(nodes, pw, dead_id, dead_addr, t0, out, stop, limit=90):
 
 
 def bench_recover_redis():
-    v = lab_vars()
+    r = _run()
+    BIN, INVENTORY, ROOT, RUNS, env, lab = r.BIN, r.INVENTORY, r.ROOT, r.RUNS, r.env, r.lab
+    v = r.lab_vars()
     nodes, pw = v["p3_redis_nodes"], v["p3_redis_password"]
     report_dir = tempfile.mkdtemp(prefix="bench-reports-")
     cmd = [os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/recover_redis.yml",
