@@ -1,0 +1,245 @@
+"""module_utils/redis_cluster.py: merged topology, failover plan, slot repair plan, rejoin/forget plans (pure)."""
+import pytest
+
+from ansible_collections.p3.recovery.plugins.module_utils import redis_cluster as cl
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.redis_client import parse_cluster_nodes
+
+NOW = 1795873170000
+IDS = dict((n, (n * 40)[:40]) for n in "abcdef")
+ADDR = dict((n, "127.0.0.1:%d" % (7001 + i)) for i, n in enumerate("abcdef"))
+BASE = {  # name: (role, master, slots)
+    "a": ("master", None, "0-5460"),
+    "b": ("master", None, "5461-10922"),
+    "c": ("master", None, "10923-16383"),
+    "d": ("slave", "a", ""),
+    "e": ("slave", "b", ""),
+    "f": ("slave", "c", ""),
+}
+
+
+def nodes_text(viewer, spec, flags=None, links=None, pings=None, epochs=None):
+    lines = []
+    for n, (role, master, slots) in spec.items():
+        fl = [role] + (["myself"] if n == viewer else []) + (flags or {}).get(n, [])
+        link = (links or {}).get(n, "connected")
+        ping = (pings or {}).get(n, 0)
+        epoch = (epochs or {}).get(n, "abc".index(n) + 1 if n in "abc" else 1)
+        lines.append("%s %s@%d %s %s %d %d %d %s %s" % (
+            IDS[n], ADDR[n], 17001 + "abcdef".index(n), ",".join(fl), IDS[master] if master else "-", ping, NOW,
+            epoch, link, slots))
+    return "\n".join(lines)
+
+
+def records(spec=None, down=(), state="ok", viewer_spec=None, keys=None, **kw):
+    spec = spec or BASE
+    out = {}
+    for n in spec:
+        addr = ADDR[n]
+        if n in down:
+            out[addr] = dict(address=addr, reachable=False, error="connection refused", cluster_enabled=False)
+            continue
+        role, master, _ = spec[n]
+        repl = {"role": "master" if role == "master" else "slave", "master_repl_offset": "1000"}
+        if role != "master":
+            repl.update(slave_repl_offset=str(900 + "abcdef".index(n)),
+                        master_link_status="down" if master in down else "up")
+        out[addr] = dict(address=addr, reachable=True, error=None, cluster_enabled=True,
+                         cluster_nodes=parse_cluster_nodes(nodes_text(n, (viewer_spec or {}).get(n, spec), **kw)),
+                         cluster_info={"cluster_state": state, "cluster_current_epoch": "6"}, replication=repl,
+                         memory={"used_memory": 1000, "maxmemory": 0}, time_ms=NOW, keys=(keys or {}).get(n, 0))
+    return out
+
+
+def topo(**kw):
+    return cl.build_topology(records(**kw), seeds=[ADDR["a"]])
+
+
+def test_healthy_cluster():
+    t = topo()
+    assert t["healthy"] and t["serving"] and t["redundant"], t["reason"]
+    assert t["slots_served"] == 16384 and t["masters"] == 3 and t["replicas"] == 3
+    assert t["next_actions"] == [] and t["failover_candidates"] == []
+    d = [n for n in t["nodes"] if n["address"] == ADDR["d"]][0]
+    assert d["master"] == ADDR["a"] and d["lag_bytes"] == 1000 - 903
+
+
+def test_dead_master_confirmed_by_a_disconnected_link_is_a_failover_candidate():
+    t = topo(down="a", links={"a": "disconnected"})
+    assert not t["serving"] and t["slots_uncovered"] == ["0-5460"]
+    assert t["failover_candidates"] == [dict(master=ADDR["a"], master_id=IDS["a"], slots=["0-5460"],
+                                             replicas=[ADDR["d"]])]
+    assert t["next_actions"] == ["failover"] and t["slots_orphaned"] == []
+    steps = cl.plan_failover(t)
+    assert [(s["replica"], s["mode"]) for s in steps] == [(ADDR["d"], "force")]
+
+
+def test_frozen_master_confirmed_by_an_unanswered_ping():
+    t = topo(down="a", pings={"a": NOW - 3000})
+    a = [n for n in t["nodes"] if n["address"] == ADDR["a"]][0]
+    assert a["down_confirmed"] and a["unanswered_pings_from"]
+    assert t["next_actions"] == ["failover"]
+
+
+def test_unreachable_from_here_only_is_not_failed_over():
+    t = topo(down="a")  # peers still see a healthy link and no pending ping
+    assert t["failover_candidates"] == [] and "failover" not in t["next_actions"]
+    assert cl.plan_failover(t) == []
+
+
+def test_no_majority_needs_takeover():
+    spec = dict(BASE)
+    t = topo(down="ab", links={"a": "disconnected", "b": "disconnected"})
+    with pytest.raises(P3Error) as e:
+        cl.plan_failover(t, master=ADDR["a"])
+    assert "allow_takeover" in e.value.msg and "1 of 3" in e.value.msg
+    steps = cl.plan_failover(t, master=ADDR["a"], allow_takeover=True)
+    assert steps[0]["mode"] == "takeover" and steps[0]["replica"] == ADDR["d"]
+    assert spec == BASE
+
+
+def test_named_live_master_gets_a_coordinated_failover_and_a_replica_nothing():
+    t = topo()
+    assert cl.plan_failover(t, master=ADDR["b"])[0]["mode"] == "default"
+    assert cl.plan_failover(t, master=ADDR["e"]) == []  # already a replica: done
+    with pytest.raises(P3Error):
+        cl.plan_failover(t, master="127.0.0.1:9")
+
+
+def test_best_replica_has_the_link_up_then_the_highest_offset():
+    ranked = cl.rank_replicas([
+        dict(address="x", master_link_status="down", replica_offset=9000),
+        dict(address="y", master_link_status="up", replica_offset=10),
+        dict(address="z", master_link_status="up", replica_offset=20),
+    ])
+    assert [r["address"] for r in ranked] == ["z", "y", "x"]
+
+
+def test_master_and_replica_dead_is_orphaned_and_lossy():
+    t = topo(down="ad", links={"a": "disconnected", "d": "disconnected"}, flags={"a": ["fail"], "d": ["fail"]})
+    assert t["failover_candidates"][0]["replicas"] == []
+    assert t["next_actions"] == ["slots", "forget"] and t["slots_orphaned"] == ["0-5460"]
+    assert cl.plan_failover(t) == []
+    plan = cl.plan_slot_repair(t, {ADDR["b"]: {}, ADDR["c"]: {}})
+    assert not plan["allowed"] and plan["keys_unknown_on"] == [ADDR["a"]]
+    assert [(a["node"], cl.ranges_text(a["slots"])) for a in plan["assign"]] == [(ADDR["b"], "0-5460")]
+    assert cl.plan_slot_repair(t, {}, allow_data_loss=True)["allowed"]
+
+
+def _uncovered_spec():
+    spec = dict(BASE)
+    spec["a"] = ("master", None, "100-5460")
+    return spec
+
+
+def test_unassigned_slots_go_to_the_master_holding_their_keys_as_one_run():
+    t = topo(spec=_uncovered_spec(), state="fail")
+    assert t["slots_uncovered"] == ["0-99"] and t["slots_unassigned"] == ["0-99"]
+    assert t["next_actions"] == ["slots"]
+    plan = cl.plan_slot_repair(t, {ADDR["a"]: {5: 2, 50: 1}, ADDR["b"]: {}, ADDR["c"]: {}})
+    assert plan["allowed"] and plan["lossy_slots"] == []
+    assert [(a["node"], cl.ranges_text(a["slots"]), a["keys"]) for a in plan["assign"]] == [(ADDR["a"], "0-99", 3)]
+
+
+def test_empty_unassigned_slots_go_to_the_neighbour():
+    spec = dict(BASE)
+    spec["b"] = ("master", None, "5461-6000 6101-10922")
+    t = topo(spec=spec, state="fail")
+    plan = cl.plan_slot_repair(t, {ADDR["a"]: {}, ADDR["b"]: {}, ADDR["c"]: {}})
+    assert [(a["node"], cl.ranges_text(a["slots"])) for a in plan["assign"]] == [(ADDR["b"], "6001-6100")]
+
+
+def test_keys_on_two_masters_is_lossy():
+    t = topo(spec=_uncovered_spec(), state="fail")
+    plan = cl.plan_slot_repair(t, {ADDR["a"]: {5: 3}, ADDR["b"]: {5: 1}})
+    assert not plan["allowed"] and plan["keys_at_risk"] == 1 and plan["lossy_slots"] == [5]
+
+
+def test_owner_that_lost_its_own_mapping_is_given_it_back():
+    view_a = dict(BASE)
+    view_a["a"] = ("master", None, "10-5460")
+    t = cl.build_topology(records(viewer_spec={"a": view_a}), seeds=[ADDR["a"]])
+    assert t["slots_uncovered"] == ["0-9"] and not t["views_agree"]
+    plan = cl.plan_slot_repair(t, {ADDR["a"]: {}, ADDR["b"]: {}, ADDR["c"]: {}})
+    assert [(a["node"], cl.ranges_text(a["slots"])) for a in plan["assign"]] == [(ADDR["a"], "0-9")]
+    assert plan["allowed"]
+
+
+def test_stale_master_view_is_fixed_with_setslot():
+    view_b = dict(BASE)
+    view_b["a"] = ("master", None, "10-5460")
+    view_b["c"] = ("master", None, "0-9 10923-16383")
+    t = cl.build_topology(records(viewer_spec={"b": view_b}), seeds=[ADDR["a"]])
+    fixes = cl.plan_view_fixes(t)
+    assert [(f["node"], f["owner"], cl.ranges_text(f["slots"])) for f in fixes] == [(ADDR["b"], ADDR["a"], "0-9")]
+
+
+def test_open_slots_are_reported_and_grouped():
+    spec = dict(BASE)
+    spec["a"] = ("master", None, "0-5460 [7->-%s]" % IDS["b"])
+    spec["b"] = ("master", None, "5461-10922 [7-<-%s]" % IDS["a"])
+    t = topo(spec=spec)
+    assert sorted((o["node"], o["state"], o["peer"]) for o in t["open_slots"]) == [
+        (ADDR["a"], "migrating", ADDR["b"]), (ADDR["b"], "importing", ADDR["a"])]
+    assert not t["healthy"] and "slots" in t["next_actions"]
+    g = cl.open_slot_plan(t)[7]
+    assert g["owner"] == ADDR["a"] and g["migrating"] == [(ADDR["a"], ADDR["b"])]
+
+
+def test_empty_master_rejoins_and_dead_replica_can_be_forgotten():
+    spec = dict(BASE)
+    spec["d"] = ("master", None, "")
+    t = topo(spec=spec)
+    assert t["rejoin_candidates"] == [ADDR["d"]] and t["masters_without_replica"] == [ADDR["a"]]
+    steps = cl.plan_rejoin(t)
+    assert [(n["address"], m["address"]) for n, m in steps] == [(ADDR["d"], ADDR["a"])]
+    t2 = topo(spec=spec, keys={"d": 5})
+    with pytest.raises(P3Error) as e:
+        cl.plan_rejoin(t2)
+    assert "5 keys" in e.value.msg
+
+    t3 = topo(down="f", links={"f": "disconnected"}, flags={"f": ["fail"]})
+    assert t3["forget_candidates"] == [ADDR["f"]]
+    assert [n["address"] for n in cl.plan_forget(t3)] == [ADDR["f"]]
+    with pytest.raises(P3Error):
+        cl.plan_forget(t3, [ADDR["e"]])  # reachable
+    with pytest.raises(P3Error):
+        cl.plan_forget(t3, [ADDR["a"]], force=True)  # owns slots
+
+
+def test_no_node_reachable():
+    t = cl.build_topology(dict((a, dict(address=a, reachable=False, error="connection refused")) for a in ADDR.values()))
+    assert t["cluster_enabled"] is None and not t["healthy"]
+    with pytest.raises(P3Error):
+        cl.plan_failover(t)
+
+
+def _standalone(addr, role, reachable=True, **repl):
+    r = dict(role="master" if role == "master" else "slave")
+    r.update(repl)
+    return dict(address=addr, reachable=reachable, error=None if reachable else "connection refused", role=role,
+                cluster_enabled=False, replication=r, keys=repl.pop("keys", 0) if "keys" in repl else 10, memory={})
+
+
+def test_standalone_failover_and_stale_master_rejoin():
+    recs = {
+        "h:1": dict(address="h:1", reachable=False, error="connection refused"),
+        "h:2": _standalone("h:2", "replica", master_host="h", master_port="1", master_link_status="down",
+                           slave_repl_offset="50"),
+        "h:3": _standalone("h:3", "replica", master_host="h", master_port="1", master_link_status="down",
+                           slave_repl_offset="70"),
+    }
+    t = cl.build_topology(recs)
+    assert t["cluster_enabled"] is False and not t["serving"]
+    steps = cl.plan_failover(t)
+    assert [(s["replica"], s["mode"]) for s in steps] == [("h:3", "replicaof")]
+
+    recs = {
+        "h:1": _standalone("h:1", "master", master_replid="n" * 40, master_replid2="0" * 40, connected_slaves="0"),
+        "h:3": _standalone("h:3", "master", master_replid="p" * 40, master_replid2="o" * 40, connected_slaves="0",
+                           master_repl_offset="70"),
+    }
+    recs["h:1"]["keys"] = 0
+    t = cl.build_topology(recs)
+    assert t["rejoin_candidates"] == ["h:1"] and "split brain" in t["reason"]
+    assert [(n["address"], m["address"]) for n, m in cl.plan_rejoin(t)] == [("h:1", "h:3")]
