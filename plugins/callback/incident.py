@@ -97,11 +97,11 @@ class CallbackModule(CallbackBase):
             return
         verdict = (res.get("ansible_facts") or {}).get("p3_diagnose")
         if isinstance(verdict, dict) and verdict.get("triage", {}).get("severity"):
-            self._entries.append({"ts": _now(), "run": self._run, "playbook": self._playbook, "host": getattr(host, "name", str(host)),
-                                  "task": "triage", "action": action, "status": status, "kind": "triage",
-                                  "severity": verdict["triage"]["severity"],
-                                  "reason": "failing: %s; next: %s" % (", ".join(verdict["triage"].get("failing", [])),
-                                                                      ", ".join(verdict["triage"].get("scenarios", [])))})
+            triage = verdict["triage"]
+            reason = "failing: %s; next: %s" % (", ".join(triage.get("failing", [])), ", ".join(triage.get("scenarios", [])))
+            self._entries.append({"ts": _now(), "run": self._run, "playbook": self._playbook,
+                                  "host": getattr(host, "name", str(host)), "task": "triage", "action": action,
+                                  "status": status, "kind": "triage", "severity": triage["severity"], "reason": reason})
             return
         ours = action.startswith("p3.recovery.")
         if action in _SKIP_ACTIONS or not (ours or res.get("changed") or status == "failed"):
@@ -182,8 +182,9 @@ def render_postmortem(entries):
             if not runs or runs[-1][0] != e.get("run"):
                 runs.append((e.get("run"), []))
             runs[-1][1].append(e)
-        last_bad = max(i for i, (_, es) in enumerate(runs) if any(e.get("healthy") is False for e in es))
-        for _, es in runs[last_bad + 1:]:
+        last_bad = max(i for i, run in enumerate(runs) if any(e.get("healthy") is False for e in run[1]))
+        for run in runs[last_bad + 1:]:
+            es = run[1]
             probes = [e for e in es if e.get("kind") == "probe"]
             if probes and all(e.get("healthy") is True for e in probes):
                 restored = probes[-1]["ts"]
@@ -220,8 +221,8 @@ def render_postmortem(entries):
             lines.append("- %s - %s on %s: %s%s" % (_t(e["ts"]), e["task"], e["host"], e["status"], (" - " + what) if what else ""))
             for t in e.get("timeline", []):
                 if isinstance(t, dict):
-                    lines.append("  - %s %s %s %s" % (_t(str(t.get("ts", ""))), t.get("action", ""), t.get("target", ""),
-                                                     _one_line(t.get("detail", ""), 200)))
+                    detail = _one_line(t.get("detail", ""), 200)
+                    lines.append("  - %s %s %s %s" % (_t(str(t.get("ts", ""))), t.get("action", ""), t.get("target", ""), detail))
     lines.append("- %s - %s" % (_t(restored), "Service restored (all probes healthy)" if restored else "Service not yet verified healthy"))
     lines += [
         "",
