@@ -508,3 +508,16 @@ def test_standalone_promotes_the_replica_and_the_old_master_rejoins(throwaway, r
     assert client(master).get("p3test:standalone:7") == "7"
     run, report = recover(report_dir, inventory=inv)
     assert run.rc == 0 and changed_count(run) == 0 and report["fully_healthy"] is True, report["reason"]
+
+
+@pytest.mark.parametrize("nodes,fragment", [
+    (["127.0.0.1:1"], "no Redis node reachable: 127.0.0.1:1 connection refused"),
+    (["127.0.0.1:abc"], "invalid redis_nodes entry"),
+])
+def test_bad_input_or_unreachable_fails_cleanly(tmp_path, report_dir, nodes, fragment):
+    inv = _inventory(str(tmp_path), nodes)
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc != 0
+    assert fragment in report["reason"], report["reason"]
+    assert "\n" not in report["reason"] and "Traceback" not in run.stdout
+    assert PW not in run.stdout
