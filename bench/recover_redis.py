@@ -13,7 +13,6 @@ import time
 import redis
 
 
-
 def _run():
     """bench/run.py's helpers (it imports this file, so not at import time)."""
     main = sys.modules.get("__main__")
@@ -99,8 +98,8 @@ def bench_recover_redis():
             w.join(5)
             stop.set()
             if proc.returncode != 0 or "t" not in seen:
-                raise SystemExit("recover_redis.yml did not recover the cluster (%d):\n%s" % (proc.returncode,
-                                                                                               proc.stdout[-3000:]))
+                raise SystemExit("recover_redis.yml did not recover the cluster (%d):\n%s" % (
+                    proc.returncode, proc.stdout[-3000:]))
             ours_wall.append(wall)
             ours_served.append(seen["t"])
 

@@ -319,8 +319,8 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
                 how.append("flagged fail?")
             elif n["down_confirmed"]:
                 how.append("peers cannot reach it either")
-            problems.append("%s %s unreachable (%s%s)" % (n["role"], n["address"], n["error"],
-                                                        "; " + ", ".join(how) if how else ""))
+            suffix = "; " + ", ".join(how) if how else ""
+            problems.append("%s %s unreachable (%s%s)" % (n["role"], n["address"], n["error"], suffix))
         elif n["failed"] or n["pfail"]:
             problems.append("%s %s flagged %s by peers" % (n["role"], n["address"], "fail" if n["failed"] else "fail?"))
         if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
@@ -462,8 +462,8 @@ def build_standalone(records):
     return dict(cluster_enabled=False, healthy=healthy, serving=serving, redundant=bool(replicas) or len(nodes) == 1,
                 reason=reason, nodes=nodes, masters=len(masters), replicas=len(replicas), cluster_state=None,
                 failover_candidates=failover, rejoin_candidates=rejoin, forget_candidates=[], open_slots=[],
-                slots_uncovered=[], slots_uncovered_count=None, failed_nodes=[n["address"] for n in nodes
-                                                                             if not n["reachable"]],
+                slots_uncovered=[], slots_uncovered_count=None,
+                failed_nodes=[n["address"] for n in nodes if not n["reachable"]],
                 masters_without_replica=[], disagreements=[], views_agree=None, slots_orphaned=[],
                 _current_master=current,
                 next_actions=[a for a, need in (("failover", failover), ("rejoin", rejoin)) if need])

@@ -109,8 +109,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (plan_failover, read_topology,
-                                                                                 run_failover)
+from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
+    plan_failover, read_topology, run_failover)
 
 
 def describe(steps, done=None):
