@@ -44,6 +44,15 @@ def timeline_entry(action, target, detail):
     return dict(ts=utc_now(), action=action, target=target, detail=one_line(detail, 600))
 
 
+def range_slots(ranges):
+    """['0-99', '200'] -> set of slot numbers."""
+    out = set()
+    for r in ranges or ():
+        a, sep, b = str(r).partition("-")
+        out.update(range(int(a), int(b if sep else a) + 1))
+    return out
+
+
 def ranges_text(slots, limit=8):
     """Set / iterable of slots -> '0-99,200' (cut after limit ranges)."""
     r = format_ranges(compress_slots(slots))
@@ -678,10 +687,7 @@ def run_failover(settings, topology, steps, wait_timeout=10.0):
             reply = nodes.run(step["replica"], *args)
             timeline.append(timeline_entry(" ".join(args).lower(), step["replica"], "%s -> %s; promote over %s: %s" % (
                 " ".join(args), reply, step["master"], step["why"])))
-            slots = set()
-            for r in step["slots"]:
-                a, _, b = r.partition("-")
-                slots.update(range(int(a), int(b or a) + 1))
+            slots = range_slots(step["slots"])
             watch = [n["address"] for n in topology["nodes"] if n["reachable"] and n["address"] != step["master"]]
             if step["mode"] == "default":
                 watch.append(step["master"])
@@ -721,7 +727,7 @@ def _standalone_failover(nodes, topology, step, wait_timeout, timeline):
         timeline.append(timeline_entry("replicaof", a, "follow the new master %s" % step["replica"]))
     deadline = t0 + wait_timeout
     while True:
-        role, _ = nodes.try_run(step["replica"], "ROLE")
+        role = nodes.try_run(step["replica"], "ROLE")[0]
         if role and role[0] == "master":
             break
         if time.monotonic() >= deadline:
@@ -777,10 +783,7 @@ def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replic
     live_masters = [n for n in nodes if n["role"] == "master" and n["reachable"] and not n.get("failed")
                     and not n.get("pfail")]
     live_ids = set(n["id"] for n in live_masters)
-    uncovered = set()
-    for r in topology["slots_uncovered"]:
-        a, _, b = r.partition("-")
-        uncovered.update(range(int(a), int(b or a) + 1))
+    uncovered = range_slots(topology["slots_uncovered"])
     failover_ids = set()
     if promote_replicas:
         failover_ids = set(c["master_id"] for c in topology["failover_candidates"] if c["replicas"])
@@ -807,7 +810,7 @@ def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replic
             owner_of[s] = addr_id[h[0][1]]
             why[s] = "keys"
             lossy[s] = "keys on %d masters (%s); the others' keys in this slot are not moved" % (
-                len(h), ", ".join(a for _, a in h))
+                len(h), ", ".join(holder[1] for holder in h))
         elif known and known in live_ids:
             owner_of[s] = known  # the owner lost its own mapping; everyone else still points at it
             why[s] = "owner"
@@ -860,7 +863,7 @@ def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replic
     keys_at_risk = 0
     for s in lossy_slots:
         h = sorted(holders.get(s, []), reverse=True)
-        keys_at_risk += sum(k for k, _ in h[1:])
+        keys_at_risk += sum(holder[0] for holder in h[1:])
     unknown_risk = sorted(set(by_id[consensus[s]]["address"] for s in lossy_slots if consensus[s]
                               and consensus[s] not in live_ids))
     return dict(failover=sorted(failover_ids), assign=out, refused=refused, lossy=lossy,
@@ -1037,10 +1040,10 @@ def _close_open_slot(settings, nodes, by_addr, slot, e, timeline, timeout_ms):
         for node, _peer in imp:
             _migrate_keys(settings, nodes, node, owner, slot, timeline, timeout_ms)
             nodes.run(node, "CLUSTER", "SETSLOT", slot, "STABLE")
-        timeline.append(timeline_entry("setslot stable", ",".join(n for n, _ in imp),
+        timeline.append(timeline_entry("setslot stable", ",".join(pair[0] for pair in imp),
                                        "slot %d: importing without a migration; keys back to the owner %s" % (slot, owner)))
         return
-    if mig and not imp and owner and all(n == owner for n, _ in mig):
+    if mig and not imp and owner and all(pair[0] == owner for pair in mig):
         nodes.run(owner, "CLUSTER", "SETSLOT", slot, "STABLE")
         timeline.append(timeline_entry("setslot stable", owner, "slot %d: migrating to %s which is not importing"
                                        % (slot, mig[0][1])))
@@ -1119,7 +1122,7 @@ def run_rejoin(settings, topology, steps, wait_timeout=10.0, wait_link=True):
             watch = [x["address"] for x in topology["nodes"] if x["reachable"]]
             deadline = t0 + wait_timeout
             while True:
-                info, _ = nodes.try_run(n["address"], "INFO", "replication")
+                info = nodes.try_run(n["address"], "INFO", "replication")[0]
                 info = parse_info(info or "")
                 ok = info.get("role") == "slave" and (not wait_link or info.get("master_link_status") == "up")
                 if ok and topology.get("cluster_enabled"):
@@ -1172,7 +1175,7 @@ def run_forget(settings, topology, targets):
             for x in topology["nodes"]:
                 if not x["reachable"] or x["id"] == t["id"]:
                     continue
-                _, err = nodes.try_run(x["address"], "CLUSTER", "FORGET", t["id"])
+                err = nodes.try_run(x["address"], "CLUSTER", "FORGET", t["id"])[1]
                 if err and "Unknown node" not in err:
                     errors.append("%s: %s" % (x["address"], err))
                 else:

@@ -128,7 +128,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    count_keys, plan_failover, plan_slot_repair, plan_view_fixes, ranges_text, read_topology, run_failover,
+    count_keys, plan_failover, plan_slot_repair, plan_view_fixes, range_slots, ranges_text, read_topology, run_failover,
     run_slot_repair)
 
 
@@ -186,10 +186,7 @@ def main():
         if not p["fix_open_slots"]:
             topo["open_slots"] = []
         live = [n["address"] for n in topo["nodes"] if n["role"] == "master" and n["reachable"]]
-        todo = set()
-        for r in topo["slots_uncovered"]:
-            a, _, b = r.partition("-")
-            todo.update(range(int(a), int(b or a) + 1))
+        todo = range_slots(topo["slots_uncovered"])
         counts = count_keys(target.settings, live, todo) if todo else {}
         plan = plan_slot_repair(topo, counts, allow_data_loss=p["allow_data_loss"],
                                 promote_replicas=p["promote_replicas"] and module.check_mode)

@@ -39,7 +39,7 @@ def records(spec=None, down=(), state="ok", viewer_spec=None, keys=None, **kw):
         if n in down:
             out[addr] = dict(address=addr, reachable=False, error="connection refused", cluster_enabled=False)
             continue
-        role, master, _ = spec[n]
+        role, master = spec[n][:2]
         repl = {"role": "master" if role == "master" else "slave", "master_repl_offset": "1000"}
         if role != "master":
             repl.update(slave_repl_offset=str(900 + "abcdef".index(n)),
