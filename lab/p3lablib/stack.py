@@ -120,6 +120,7 @@ def inventory_text(lab):
         "    p3_bullmq_prefix: %s" % _q(BULL_PREFIX),
         "    p3_bullmq_queue: %s" % _q(BULL_QUEUE),
         "    p3_report_dir: %s" % _q(os.path.join(REPO, "reports")),
+        "    p3_db_app_pool_max: 5",
         "  children:",
         "    p3_controller:",
         "      hosts:",
