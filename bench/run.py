@@ -174,6 +174,8 @@ ENTRIES = {"diagnose": bench_diagnose, "recover_database": bench_recover_databas
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from anchor_retry import bench_anchor_retry  # noqa: E402  (entry in its own file)
 ENTRIES["anchor_retry"] = bench_anchor_retry
+from session_purge import bench_session_purge  # noqa: E402  (entry in its own file)
+ENTRIES["session_purge"] = bench_session_purge
 from recover_redis import bench_recover_redis  # noqa: E402  (entry in its own file)
 ENTRIES["recover_redis"] = bench_recover_redis
 

@@ -40,7 +40,7 @@ options:
       - C(SCAN COUNT) hint, and so the most keys one page reads or removes. Bounds the server-side work per call
         (and the stall another client can see) to one page. Between 1 and 10000.
     type: int
-    default: 1000
+    default: 500
 notes:
   - A value is valid when it is a UTF-8 JSON object with every O(required_fields), a readable O(expiry_field)
     in the future and (O(require_ttl)) a TTL. Everything else - not a string (C(wrong-type)), not UTF-8

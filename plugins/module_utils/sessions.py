@@ -2,17 +2,20 @@
 # Copyright: (c) 2026, P3 Recovery maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Session keyspace plumbing of p3.recovery (runbook scenario 1, Session Bridge Failure): the validation rule,
-the SCAN census over every master, the selective non-blocking purge with a DUMP backup, and the restore.
+the SCAN census over every master, the selective non-blocking purge with a backup, and the restore.
 
-Never KEYS: every master is walked with SCAN (COUNT = scan_count); per page one pipeline (GET + PTTL) reads the
-values and one small Lua script (at most scan_count keys) DUMPs, reads PTTL and UNLINKs each key atomically, so
-the backup holds exactly what was removed and no other client waits for more than one page of work.
+Never KEYS. The purge walks every master one page at a time with one small Lua script per page: the script runs
+SCAN <cursor> MATCH <pattern> COUNT <scan_count> on its node, judges each key with the rule of classify() (mode
+corrupt; values it cannot judge exactly - non-ASCII bytes, ISO 8601 expiries - go back to classify() and are taken
+by LUA_TAKE_IF_SAME only if unchanged), and takes the chosen keys atomically: GET (strings) or DUMP (other types),
+PTTL, UNLINK. So the server-side work per call is bounded by scan_count, no key travels to the server, and the
+backup holds exactly what was removed.
 
-Backup format (JSON lines, file mode 0600): a header line
+Backup format (JSON lines, file mode 0600, flushed after every page): a header line
   {"format": "p3.recovery.redis-dump", "version": 1, "created": ISO, "pattern": ..., "mode": ..., "source": [...]}
 then one line per removed key:
-  {"key": base64, "dump": base64 DUMP payload, "pttl": ms or -1, "expire_at_ms": absolute server ms or null,
-   "node": "host:port", "reason": "not-json" | ... | "all"}
+  {"key": base64, "value": base64 (strings) | "dump": base64 DUMP payload (other types), "pttl": ms or -1,
+   "expire_at_ms": absolute server ms or null, "node": "host:port", "reason": "not-json" | ... | "all"}
 """
 
 from __future__ import absolute_import, division, print_function
@@ -46,48 +49,142 @@ SESSION_ARGUMENT_SPEC = dict(
     required_fields=dict(type="list", elements="str", default=list(DEFAULT_FIELDS)),
     expiry_field=dict(type="str", default="expiresAt"),
     require_ttl=dict(type="bool", default=True),
-    scan_count=dict(type="int", default=1000),
+    scan_count=dict(type="int", default=500),
 )
 
-# DUMP + PTTL + UNLINK every key given in ARGV (keys of this node, from its own SCAN); returns key, dump, pttl
-# triples of the keys that existed. Keys travel in ARGV, not KEYS: a page spans many slots (all of this node's).
-LUA_TAKE_ALL = """
-local out = {}
-for i = 1, #ARGV do
-  local d = redis.call('DUMP', ARGV[i])
-  if d then
-    out[#out + 1] = ARGV[i]
-    out[#out + 1] = d
-    out[#out + 1] = redis.call('PTTL', ARGV[i])
-    redis.call('UNLINK', ARGV[i])
+# Taking a key (Lua, shared by the scripts below): a string's value (GET: cheap, restored with SET ... PXAT) or,
+# for another type, its DUMP payload (restored with RESTORE ... ABSTTL); then PTTL and UNLINK. Appends
+# key, kind ('v' value | 'd' dump), payload, pttl to `out`; returns false when the key is gone.
+_LUA_TAKE = """
+local function take_key(k, out, value)
+  local kind, payload = 'v', value
+  if payload == nil then
+    payload = redis.pcall('GET', k)
+    if type(payload) == 'table' then
+      kind, payload = 'd', redis.call('DUMP', k)
+    end
   end
+  if not payload then return false end
+  out[#out + 1] = k
+  out[#out + 1] = kind
+  out[#out + 1] = payload
+  out[#out + 1] = redis.call('PTTL', k)
+  redis.call('UNLINK', k)
+  return true
 end
-return out
 """
 
-# Like LUA_TAKE_ALL, for (key, fingerprint) pairs: a key is taken only if it still is what was judged corrupt -
-# a string whose SHA1 is the fingerprint, or (empty fingerprint) a key of another type than string.
-LUA_TAKE_IF_SAME = """
+# One page of mode all, server-side: SCAN <cursor> MATCH <pattern> COUNT <count> on this node, then take each key
+# found, at most <limit>. One call per page: the work per call is bounded by COUNT, no key travels to the server,
+# and the backup holds exactly what was removed. Returns {cursor, scanned, over, [key, kind, payload, pttl, ...]}.
+# ARGV: cursor, pattern, count, limit.
+LUA_PAGE_ALL = _LUA_TAKE + """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local keys, limit, out, over, n = page[2], tonumber(ARGV[4]), {}, 0, 0
+for i = 1, #keys do
+  if n >= limit then
+    over = over + 1
+  elseif take_key(keys[i], out) then
+    n = n + 1
+  end
+end
+return {page[1], #keys, over, out}
+"""
+
+# For (key, fingerprint) pairs: a key is taken only if it still is what was judged corrupt - a string whose SHA1 is
+# the fingerprint, or (empty fingerprint) a key of another type than string. Returns [key, kind, payload, pttl, ...].
+LUA_TAKE_IF_SAME = _LUA_TAKE + """
 local out = {}
 for i = 1, #ARGV, 2 do
   local k, want = ARGV[i], ARGV[i + 1]
   local t = redis.call('TYPE', k)['ok']
-  local same = false
   if want == '' then
-    same = (t ~= 'none' and t ~= 'string')
+    if t ~= 'none' and t ~= 'string' then take_key(k, out) end
   elseif t == 'string' then
-    same = (redis.sha1hex(redis.call('GET', k)) == want)
-  end
-  if same then
-    out[#out + 1] = k
-    out[#out + 1] = redis.call('DUMP', k)
-    out[#out + 1] = redis.call('PTTL', k)
-    redis.call('UNLINK', k)
+    local v = redis.call('GET', k)
+    if redis.sha1hex(v) == want then take_key(k, out, v) end
   end
 end
 return out
 """
 
+# Judge a page of keys (ARGV after the options) with the rule of classify(), on the server, and take (DUMP + PTTL
+# + UNLINK) the corrupt ones atomically, at most `limit`. Values the script cannot judge exactly like classify()
+# (non-ASCII bytes: UTF-8 validity; an expiry given as a non-numeric string: ISO 8601) come back undecided, for
+# classify() and LUA_TAKE_IF_SAME. Like LUA_PAGE_ALL it SCANs one page itself. Returns
+# {cursor, scanned, over, [key, kind, payload, pttl, ...], [reason, ...], [undecided key, ...]} (reasons in the
+# order of the taken keys).
+# ARGV: take (1/0), now_ms, require_ttl (1/0), expiry_field, limit, cursor, pattern, count, n_fields, fields...
+LUA_JUDGE = _LUA_TAKE + """
+local take, now, require_ttl = ARGV[1] == '1', tonumber(ARGV[2]), ARGV[3] == '1'
+local efield, limit, nf = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[9])
+local page = redis.call('SCAN', ARGV[6], 'MATCH', ARGV[7], 'COUNT', ARGV[8])
+local keys = page[2]
+local fields = {}
+for j = 1, nf do fields[j] = ARGV[9 + j] end
+local taken, reasons, undecided, over, n = {}, {}, {}, 0, 0
+for i = 1, #keys do
+  local k = keys[i]
+  local reason, v = nil, nil
+  local t = redis.call('TYPE', k)['ok']
+  if t == 'none' then
+    reason = nil
+  elseif t ~= 'string' then
+    reason = 'wrong-type'
+  else
+    v = redis.call('GET', k)
+    if string.find(v, '[\\128-\\255]') then
+      reason = '?'
+    else
+      local ok, obj = pcall(cjson.decode, v)
+      if not ok then
+        reason = 'not-json'
+      elseif type(obj) ~= 'table' or string.match(v, '^[ \\t\\r\\n]*(.)') ~= '{' then
+        reason = 'not-object'
+      else
+        for j = 1, nf do
+          if obj[fields[j]] == nil then reason = 'missing-fields' break end
+        end
+        if not reason and efield ~= '' then
+          local e = obj[efield]
+          if type(e) == 'string' then
+            if string.match(e, '^[ \\t\\r\\n]*%-?%d+%.?%d*[ \\t\\r\\n]*$') then e = tonumber(e) else reason = '?' end
+          end
+          if not reason then
+            if type(e) ~= 'number' or e ~= e or e == math.huge or e == -math.huge then
+              reason = 'bad-expiry'
+            else
+              if math.abs(e) < 1e11 then e = e * 1000 end
+              if e >= 0 then e = math.floor(e) else e = math.ceil(e) end
+              if e <= now then reason = 'expired' end
+            end
+          end
+        end
+        if not reason and require_ttl and redis.call('PTTL', k) == -1 then reason = 'no-ttl' end
+      end
+    end
+  end
+  if reason == '?' then
+    undecided[#undecided + 1] = k
+  elseif reason then
+    if n >= limit then
+      over = over + 1
+    else
+      n = n + 1
+      if take then
+        take_key(k, taken, v)
+      else
+        taken[#taken + 1] = k
+        taken[#taken + 1] = 'v'
+        taken[#taken + 1] = ''
+        taken[#taken + 1] = 0
+      end
+      reasons[#reasons + 1] = reason
+    end
+  end
+end
+return {page[1], #keys, over, taken, reasons, undecided}
+"""
 
 # ---------------------------------------------------------------------------------------------------------------
 # Validation (pure)
@@ -135,7 +232,7 @@ def classify(raw, pttl, required_fields=None, expiry_field="expiresAt", require_
             return "not-utf8"
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "not-json"
     if not isinstance(obj, dict):
         return "not-object"
@@ -364,17 +461,19 @@ class BackupWriter(object):
         self.fh = None
         os.unlink(self.path)
 
-    def write_page(self, triples, node, reason_of, server_now):
-        if not triples:
+    def write_page(self, taken, node, server_now):
+        """taken: (key, reason, kind 'v'|'d', payload, pttl) tuples, as the take scripts returned them."""
+        if not taken:
             return
         if self.fh is None:
             self._open()
         lines = []
-        for key, dump, pttl in triples:
-            expire = (server_now + pttl) if isinstance(pttl, int) and pttl > 0 else None
-            lines.append('{"key":"%s","dump":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
-                _b64(key), _b64(dump), pttl if isinstance(pttl, int) else -1,
-                "null" if expire is None else "%d" % expire, node, reason_of(key)))
+        for key, reason, kind, payload, pttl in taken:
+            pttl = int(pttl) if pttl is not None else -1
+            expire = (server_now + pttl) if pttl > 0 else None
+            lines.append('{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
+                _b64(key), "dump" if kind in (b"d", "d") else "value", _b64(payload), pttl,
+                "null" if expire is None else "%d" % expire, node, reason))
         self.fh.write("".join(lines))
         self.fh.flush()
         self.count += len(lines)
@@ -418,7 +517,11 @@ def read_backup(path):
                 continue
             try:
                 rec = json.loads(line)
-                entries.append(dict(key=_unb64(rec["key"], "key"), dump=_unb64(rec["dump"], "dump"),
+                if ("value" in rec) == ("dump" in rec):
+                    raise ValueError("exactly one of value and dump expected")
+                entries.append(dict(key=_unb64(rec["key"], "key"),
+                                    value=_unb64(rec["value"], "value") if "value" in rec else None,
+                                    dump=_unb64(rec["dump"], "dump") if "dump" in rec else None,
                                     pttl=int(rec.get("pttl", -1)), expire_at_ms=rec.get("expire_at_ms"),
                                     node=rec.get("node"), reason=rec.get("reason")))
             except (ValueError, KeyError, TypeError) as e:
@@ -429,6 +532,38 @@ def read_backup(path):
 # ---------------------------------------------------------------------------------------------------------------
 # Purge
 # ---------------------------------------------------------------------------------------------------------------
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _take_undecided(client, script, keys, now, kw, room, check_mode):
+    """classify() the keys LUA_JUDGE left undecided and take the corrupt ones (LUA_TAKE_IF_SAME: only if unchanged).
+    Returns ([(key, reason, dump, pttl)], corrupt keys over the cap)."""
+    values, ttls = _read_page(client, keys)
+    chosen, reasons, args = [], {}, []
+    for key, raw, pttl in zip(keys, values, ttls):
+        if raw is None or (isinstance(pttl, int) and pttl == -2):
+            continue
+        if isinstance(raw, Exception) and "WRONGTYPE" not in str(raw):
+            raise raw
+        reason = classify(raw, pttl, now_ms=now, **kw)
+        if reason is None:
+            continue
+        chosen.append(key)
+        reasons[key] = reason
+        args.extend([key, "" if isinstance(raw, Exception) else _fingerprint(raw)])
+    over = max(0, len(chosen) - max(0, room))
+    if over:
+        chosen = chosen[:max(0, room)]
+        args = args[:2 * len(chosen)]
+    if not chosen:
+        return [], over
+    if check_mode:
+        return [(k, reasons[k], None, None, None) for k in chosen], over
+    flat = script(args=args)
+    return [(k, reasons[k], kind, v, t) for k, kind, v, t in zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])], over
+
 
 def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, check_mode=False, progress=None):
     """Remove the session keys that fail validation (mode corrupt) or every key matching the pattern (mode all),
@@ -461,55 +596,46 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
             n0 = time.monotonic()
             try:
                 client = _client(settings, address)
-                script = client.register_script(LUA_TAKE_ALL if mode == "all" else LUA_TAKE_IF_SAME)
+                page_all = client.register_script(LUA_PAGE_ALL)
+                judge = client.register_script(LUA_JUDGE)
+                take_if_same = client.register_script(LUA_TAKE_IF_SAME)
                 now = _server_ms(client)
-                cursor = 0
+                fields = list(kw["required_fields"] if kw["required_fields"] is not None else DEFAULT_FIELDS)
+                judge_opts = ["0" if check_mode else "1", now, "1" if kw["require_ttl"] else "0",
+                              kw["expiry_field"] or "", 0, 0, pattern, count, len(fields)] + fields
+                cursor = b"0"
                 while True:
-                    cursor, keys = client.scan(cursor=cursor, match=pattern, count=count)
-                    stats["pages"] += 1
-                    node["scanned"] += len(keys)
-                    reasons = {}
-                    if mode == "all":
-                        chosen = list(keys)
-                        args = chosen
+                    room = max_keys - stats["removed"] - node["removed"]
+                    taken = []  # (key, reason, kind, payload, pttl)
+                    p0 = time.monotonic()
+                    if mode == "all" and check_mode:
+                        cursor, keys = client.scan(cursor=cursor, match=pattern, count=count)
+                        scanned, over = len(keys), max(0, len(keys) - room)
+                        taken = [(k, "all", None, None, None) for k in keys[:room]]
+                    elif mode == "all":
+                        cursor, scanned, over, flat = page_all(args=[cursor, pattern, count, room])
+                        taken = [(k, "all", kind, v, t)
+                                 for k, kind, v, t in zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])]
                     else:
-                        chosen, args = [], []
-                        if keys:
-                            values, ttls = _read_page(client, keys)
-                            for key, raw, pttl in zip(keys, values, ttls):
-                                if raw is None or (isinstance(pttl, int) and pttl == -2):
-                                    continue
-                                if isinstance(raw, Exception) and "WRONGTYPE" not in str(raw):
-                                    raise raw
-                                reason = classify(raw, pttl, now_ms=now, **kw)
-                                if reason is None:
-                                    continue
-                                chosen.append(key)
-                                reasons[key] = reason
-                                args.extend([key, "" if isinstance(raw, Exception) else _fingerprint(raw)])
-                    node["matched"] += len(chosen)
-                    if max_keys is not None and stats["removed"] + node["removed"] + len(chosen) > max_keys:
-                        keep = max(0, max_keys - stats["removed"] - node["removed"])
-                        chosen = chosen[:keep]
-                        args = args[:keep * (1 if mode == "all" else 2)]
-                        capped = True
-                    if chosen and not check_mode:
-                        p0 = time.monotonic()
-                        flat = script(args=args)
-                        max_page_ms = max(max_page_ms, (time.monotonic() - p0) * 1000.0)
-                        triples = list(zip(flat[0::3], flat[1::3], flat[2::3]))
-                        if writer is not None:
-                            writer.write_page(triples, address, lambda k: reasons.get(k, "all"), now)
-                        node["removed"] += len(triples)
-                        stats["vanished"] += len(chosen) - len(triples)
-                        for k, _, _ in triples:
-                            r = reasons.get(k, "all")
-                            by_reason[r] = by_reason.get(r, 0) + 1
-                    elif chosen:
-                        node["removed"] += len(chosen)  # would remove
-                        for k in chosen:
-                            r = reasons.get(k, "all")
-                            by_reason[r] = by_reason.get(r, 0) + 1
+                        judge_opts[4], judge_opts[5] = room, cursor
+                        cursor, scanned, over, flat, reasons, undecided = judge(args=judge_opts)
+                        taken = [(k, _text(r), kind, v, t) for (k, kind, v, t), r in
+                                 zip(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4]), reasons)]
+                        if undecided:
+                            more, more_over = _take_undecided(client, take_if_same, undecided, now, kw,
+                                                              room - len(taken), check_mode)
+                            taken.extend(more)
+                            over = int(over) + more_over
+                    max_page_ms = max(max_page_ms, (time.monotonic() - p0) * 1000.0)
+                    stats["pages"] += 1
+                    node["scanned"] += int(scanned)
+                    node["matched"] += len(taken) + int(over)
+                    capped = capped or int(over) > 0
+                    if taken and writer is not None and not check_mode:
+                        writer.write_page(taken, address, now)
+                    node["removed"] += len(taken)
+                    for _k, r, _kind, _v, _t in taken:
+                        by_reason[r] = by_reason.get(r, 0) + 1
                     if progress is not None:
                         progress(stats, node)
                     if capped or int(cursor) == 0:
@@ -558,10 +684,11 @@ def _key_slot(key):
 
 
 def restore(settings, path, replace=False, check_mode=False, batch=500):
-    """Put the keys of a backup file back (RESTORE ... ABSTTL), each on the master that owns its slot now.
+    """Put the keys of a backup file back, each on the master that owns its slot now: strings with
+    SET key value [PXAT expire_at_ms] [NX], other types with RESTORE key expire_at_ms payload ABSTTL [REPLACE].
 
-    Per key: identical (a key with the same DUMP payload exists: nothing to do), conflict (another value exists
-    and replace is false), expired (its TTL ran out since the backup), restored. See session_restore RETURN.
+    Per key: identical (the key exists with the same value / DUMP payload: nothing to do), conflict (another value
+    exists and replace is false), expired (its TTL ran out since the backup), restored. See session_restore RETURN.
     """
     header, entries = read_backup(path)
     masters, unreadable, cluster, verdict = keyspace_nodes(settings)
@@ -594,13 +721,18 @@ def restore(settings, path, replace=False, check_mode=False, batch=500):
                 chunk = items[i:i + batch]
                 pipe = client.pipeline(transaction=False)
                 for e in chunk:
-                    pipe.dump(e["key"])
+                    if e["value"] is not None:
+                        pipe.get(e["key"])
+                    else:
+                        pipe.dump(e["key"])
                 current = pipe.execute(raise_on_error=False)
                 todo = []
                 for e, cur in zip(chunk, current):
                     if isinstance(cur, Exception):
-                        raise cur
-                    if cur is not None and cur == e["dump"]:
+                        if "WRONGTYPE" not in str(cur):
+                            raise cur
+                        cur = b""  # exists with another type: never identical to a string
+                    if cur is not None and cur == (e["value"] if e["value"] is not None else e["dump"]):
                         out["identical"] += 1
                     elif e["expire_at_ms"] is not None and int(e["expire_at_ms"]) <= now:
                         out["expired"] += 1
@@ -613,15 +745,24 @@ def restore(settings, path, replace=False, check_mode=False, batch=500):
                 if todo and not check_mode:
                     pipe = client.pipeline(transaction=False)
                     for e in todo:
-                        args = ["RESTORE", e["key"],
-                                int(e["expire_at_ms"]) if e["expire_at_ms"] is not None else 0, e["dump"]]
-                        if replace:
-                            args.append("REPLACE")
-                        if e["expire_at_ms"] is not None:
-                            args.append("ABSTTL")
+                        if e["value"] is not None:
+                            args = ["SET", e["key"], e["value"]]
+                            if e["expire_at_ms"] is not None:
+                                args += ["PXAT", int(e["expire_at_ms"])]
+                            if not replace:
+                                args.append("NX")
+                        else:
+                            args = ["RESTORE", e["key"],
+                                    int(e["expire_at_ms"]) if e["expire_at_ms"] is not None else 0, e["dump"]]
+                            if replace:
+                                args.append("REPLACE")
+                            if e["expire_at_ms"] is not None:
+                                args.append("ABSTTL")
                         pipe.execute_command(*args)
                     for e, res in zip(todo, pipe.execute(raise_on_error=False)):
-                        if isinstance(res, Exception):
+                        if res is None:  # SET NX: someone wrote the key meanwhile
+                            out["conflicts"] += 1
+                        elif isinstance(res, Exception):
                             text = one_line(str(res), 160)
                             if "BUSYKEY" in text:
                                 out["conflicts"] += 1

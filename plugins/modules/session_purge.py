@@ -14,15 +14,16 @@ description:
   - The runbook's C(redis-cli KEYS "session:*" | xargs redis-cli DEL), made selective, non-blocking and recoverable.
   - Walks every master (every master serving slots in a cluster) with C(SCAN MATCH O(pattern) COUNT O(scan_count));
     never C(KEYS).
-  - O(mode=corrupt) (default) reads each page with one pipeline of C(GET) + C(PTTL), judges each value with the rule
-    of the doc fragment below, and removes only the corrupt ones; a key is removed only if it is still exactly the
-    value that was judged (its SHA1 is compared on the server), so a session rewritten meanwhile survives.
+  - Each page is one small Lua script on the node - C(SCAN) one page, judge, take - so the server-side work per call
+    is bounded by O(scan_count) keys and no key travels to the server; taking a key is C(GET) (or C(DUMP) for a key
+    that is not a string), C(PTTL) and C(UNLINK), atomically, so the backup holds exactly what was removed.
+  - O(mode=corrupt) (default) removes only the sessions that fail validation (the rule of the doc fragment below).
+    Values the script cannot judge exactly like the Python rule (non-ASCII bytes, ISO 8601 expiries) are judged in
+    Python and removed only if they are still exactly the value that was judged.
   - O(mode=all) removes every matching key, as the runbook does; it logs every user out and therefore needs
     O(allow_all=true).
-  - Per page one small Lua script takes the chosen keys - C(DUMP), C(PTTL), C(UNLINK) for each, atomically - so the
-    server-side work per call is bounded by O(scan_count) keys and the backup holds exactly what was removed.
-  - Every removed key is appended to a JSON-lines backup file (base64 C(DUMP) payload, TTL, absolute expiry),
-    flushed after every page; M(p3.recovery.session_restore) puts them back byte for byte.
+  - Every removed key is appended to a JSON-lines backup file (base64 value or C(DUMP) payload, TTL, absolute
+    expiry), flushed after every page; M(p3.recovery.session_restore) puts them back byte for byte.
   - Stops after O(max_keys) removals (RV(capped)). In check mode nothing is removed and no file is written; the
     counts say what would be removed. A second run on a clean keyspace removes nothing and reports C(changed=false).
 author:

@@ -11,10 +11,11 @@ module: session_restore
 short_description: Put back the keys a session_purge backup file holds, byte for byte
 version_added: 0.1.0
 description:
-  - Reads a backup file written by M(p3.recovery.session_purge) and C(RESTORE)s every key on the master that owns
-    its slot now (C(RESTORE key <expire_at_ms> <payload> ABSTTL), so a key keeps the expiry it had, not a fresh TTL;
-    keys without a TTL come back without one).
-  - A key that exists with the same C(DUMP) payload counts as RV(identical) and is left alone, so running the
+  - Reads a backup file written by M(p3.recovery.session_purge) and writes every key back on the master that owns
+    its slot now - strings with C(SET key value PXAT <expire_at_ms>), other types with
+    C(RESTORE key <expire_at_ms> <payload> ABSTTL) - so a key keeps the expiry it had, not a fresh TTL; keys
+    without a TTL come back without one.
+  - A key that exists with the same value (or C(DUMP) payload) counts as RV(identical) and is left alone, so running the
     restore twice changes nothing the second time. A key that exists with another value is a RV(conflicts) entry
     and is kept unless O(replace=true). A key whose expiry passed since the backup is skipped (RV(expired)).
   - In check mode nothing is written; the counts say what would be restored.
@@ -34,7 +35,7 @@ options:
     type: path
     required: true
   replace:
-    description: Overwrite keys that exist with another value (C(RESTORE ... REPLACE)).
+    description: Overwrite keys that exist with another value (C(SET) without C(NX), C(RESTORE ... REPLACE)).
     type: bool
     default: false
 seealso:

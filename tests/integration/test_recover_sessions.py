@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 import redis
+import redis.cluster
 
 from conftest import LAB_DIR, lab_fault, lab_status, run_playbook
 
@@ -274,3 +275,84 @@ def test_no_secret_in_output_at_vvvv(healthy_lab, dirs):
             text = f.read()
         for secret in LAB_SECRETS:
             assert secret not in text, (secret, path)
+
+
+def _edge_cases(now_ms):
+    future_s, past_s = now_ms // 1000 + 3600, now_ms // 1000 - 3600
+    base = {"sessionId": "x", "deviceId": "d", "createdAt": now_ms}
+
+    def obj(**kw):
+        d = dict(base)
+        d.update(kw)
+        return json.dumps(d).encode()
+    # name -> (value, ttl seconds or None, expected reason or None for valid); "hash" is written as a hash
+    return {
+        "valid-ms": (obj(expiresAt=now_ms + 3600000), 3600, None),
+        "valid-seconds": (obj(expiresAt=future_s), 3600, None),
+        "valid-padded": (b"  \n" + obj(expiresAt=now_ms + 3600000) + b" ", 3600, None),
+        "valid-numeric-string": (obj(expiresAt=str(now_ms + 3600000)), 3600, None),
+        "valid-iso": (obj(expiresAt="2099-01-01T00:00:00Z"), 3600, None),
+        "valid-non-ascii": (json.dumps(dict(base, deviceId="caf\u00e9", expiresAt=now_ms + 3600000),
+                                       ensure_ascii=False).encode(), 3600, None),
+        "expired-seconds": (obj(expiresAt=past_s), 3600, "expired"),
+        "expired-iso": (obj(expiresAt="2001-01-01T00:00:00Z"), 3600, "expired"),
+        "bad-expiry-null": (obj(expiresAt=None), 3600, "bad-expiry"),
+        "bad-expiry-bool": (obj(expiresAt=True), 3600, "bad-expiry"),
+        "bad-expiry-word": (obj(expiresAt="soon"), 3600, "bad-expiry"),
+        "array": (b"[]", 3600, "not-object"),
+        "empty-object": (b"{}", 3600, "missing-fields"),
+        "string": (b'"session"', 3600, "not-object"),
+        "number": (b"42", 3600, "not-object"),
+        "not-json": (b"{oops", 3600, "not-json"),
+        "deep": (b"[" * 3000 + b"]" * 3000, 3600, "not-json"),
+        "not-utf8": (b'{"sessionId":"\xff"}', 3600, "not-utf8"),
+        "no-ttl": (obj(expiresAt=now_ms + 3600000), None, "no-ttl"),
+        "hash": (None, 3600, "wrong-type"),
+    }
+
+
+def test_server_side_rule_matches_the_python_rule(lab_up, tmp_path):
+    """The purge judges on the server (Lua); the census in Python: on every edge case they must agree, and the
+    purge must remove exactly the corrupt ones."""
+    info = lab_info()["redis"]
+    host, port = info["nodes"][0].split(":")
+    rc = redis.cluster.RedisCluster(host=host, port=int(port), password=info["password"])
+    now_ms = int(time.time() * 1000)
+    cases = _edge_cases(now_ms)
+    try:
+        for name, (value, ttl, _) in cases.items():
+            key = "edgesess:" + name
+            rc.delete(key)
+            if value is None:
+                rc.hset(key, mapping={"sessionId": "x"})
+                rc.expire(key, ttl)
+            else:
+                rc.set(key, value, ex=ttl)
+        book = tmp_path / "edge.yml"
+        book.write_text(
+            "- hosts: localhost\n  gather_facts: false\n  module_defaults:\n    group/p3.recovery.redis:\n"
+            "      redis_nodes: '{{ p3_redis_nodes }}'\n      redis_password: '{{ p3_redis_password }}'\n"
+            "  tasks:\n"
+            "    - name: Census\n      p3.recovery.session_census: {pattern: 'edgesess:*', sample_size: 100}\n"
+            "    - name: Purge check\n      p3.recovery.session_purge: {pattern: 'edgesess:*', backup: false}\n"
+            "      check_mode: true\n"
+            "    - name: Purge\n      p3.recovery.session_purge: {pattern: 'edgesess:*', backup_dir: '%s'}\n"
+            % str(tmp_path / "bk"))
+        run = run_playbook(str(book))
+        assert run.rc == 0, run.stdout[-3000:]
+        census, check, purge = run.result("Census"), run.result("Purge check"), run.result("Purge")
+        expected = {}
+        for name, (_v, _t, reason) in cases.items():
+            if reason:
+                expected[reason] = expected.get(reason, 0) + 1
+        by_key = dict((s["key"].split(":", 1)[1], s["reason"]) for s in census["sample"])
+        assert by_key == dict((n, r) for n, (_v, _t, r) in cases.items() if r), by_key
+        assert census["by_reason"] == expected
+        assert check["by_reason"] == expected and check["removed"] == sum(expected.values())
+        assert purge["by_reason"] == expected and purge["removed"] == sum(expected.values())
+        left = sorted(k.decode().split(":", 1)[1] for k in rc.scan_iter(match="edgesess:*"))
+        assert left == sorted(n for n, (_v, _t, r) in cases.items() if r is None)
+    finally:
+        for name in cases:
+            rc.delete("edgesess:" + name)
+        rc.close()

@@ -1,0 +1,243 @@
+"""Bench entry session_purge: purging session keys on one standalone redis-server started here on a free port.
+
+Datasets (reloaded before every contender, server-side by a Lua loader): BENCH_SESSION_KEYS (default 1M) keys
+`session:00000000-0000-0000-0000-<12 digits>` (~170-byte JSON session, EX 3600) plus 100k `cache:<n>` keys that
+must survive; for mode corrupt every 10th session value is not JSON.
+
+Contenders, each with a concurrent client (its own process) sending PING back to back and recording the slowest
+round trip it saw:
+  ours all      - module_utils.sessions.purge(mode=all) with its backup file (what p3.recovery.session_purge runs)
+  ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset
+  runbook       - redis-cli KEYS 'session:*' | xargs redis-cli DEL
+  benchmark     - redis-benchmark -P 64 -n N -r N UNLINK session:...__rand_int__ (the server's pipelined ceiling)
+Targets (issue 6): mode all >= 0.5 x redis-benchmark UNLINK -P 64 throughput with <= 5 ms maximum stall;
+mode corrupt >= 250k keys/s.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+COLLECTIONS = os.path.join(ROOT, ".state", "collections")
+N = int(os.environ.get("BENCH_SESSION_KEYS", "1000000"))
+OTHER = 100000
+PREFIX = "session:00000000-0000-0000-0000-"
+
+LOADER = """
+local base, n, every, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local exp = tostring(tonumber(now) + 3600000)
+for i = base, base + n - 1 do
+  local id = string.format('00000000-0000-0000-0000-%012d', i)
+  local v
+  if every > 0 and i % every == 0 then
+    v = '{not json ' .. id
+  else
+    v = '{"sessionId":"' .. id .. '","deviceId":"bench-device-' .. (i % 1000) ..
+        '","capabilities":{"encoding":{"json":true}},"createdAt":' .. now .. ',"expiresAt":' .. exp .. '}'
+  end
+  redis.call('SET', 'session:' .. id, v, 'EX', 3600)
+end
+return n
+"""
+
+OTHER_LOADER = """
+for i = tonumber(ARGV[1]), tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1 do
+  redis.call('SET', 'cache:' .. i, 'x', 'EX', 3600)
+end
+return 1
+"""
+
+# The concurrent client: PING back to back until SIGTERM, then print the slowest round trip (ms) and the count.
+PROBE = r"""
+import json, signal, sys, time
+import redis
+c = redis.Redis(port=int(sys.argv[1]), socket_timeout=30)
+c.ping()
+worst, n, stop = 0.0, 0, []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+print("ready", flush=True)
+while not stop:
+    t0 = time.perf_counter()
+    c.ping()
+    dt = time.perf_counter() - t0
+    n += 1
+    if dt > worst:
+        worst = dt
+print(json.dumps({"max_ms": round(worst * 1000, 2), "pings": n}), flush=True)
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server(object):
+    def __init__(self):
+        import redis
+        self.dir = tempfile.mkdtemp(prefix="bench-sessions-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = redis.Redis(port=self.port, socket_timeout=120)
+        for _ in range(100):
+            try:
+                self.client.ping()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.05)
+        raise SystemExit("bench: redis-server did not start on %d" % self.port)
+
+    def load(self, corrupt_every=0):
+        c = self.client
+        c.flushall()
+        now = str(int(time.time() * 1000))
+        step = 50000
+        for base in range(0, N, step):
+            c.eval(LOADER, 0, base, min(step, N - base), corrupt_every, now)
+        for base in range(0, OTHER, step):
+            c.eval(OTHER_LOADER, 0, base, min(step, OTHER - base))
+        assert c.dbsize() == N + OTHER, c.dbsize()
+
+    def sessions_left(self):
+        return sum(1 for _ in self.client.scan_iter(match="session:*", count=5000))
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Stall(object):
+    """The concurrent client, in its own process (no GIL shared with the contender)."""
+
+    def __init__(self, port):
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, str(port)], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("bench: the latency client did not start")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out = self.proc.stdout.readline()
+        self.proc.wait(10)
+        return json.loads(out)
+
+
+def measure(server, fn):
+    """Run fn with the concurrent client going; the stall is both what that client saw (client-side, includes CPU
+    contention on a shared machine) and the longest single command the server ran (SLOWLOG, server-side)."""
+    c = server.client
+    c.config_set("slowlog-log-slower-than", 200)
+    c.config_set("slowlog-max-len", 100000)
+    c.slowlog_reset()
+    stall = Stall(server.port)
+    t0 = time.perf_counter()
+    extra = fn()
+    dt = time.perf_counter() - t0
+    seen = stall.stop()
+    entries = c.execute_command("SLOWLOG", "GET", "-1")
+    worst = max(entries, key=lambda e: e[2]) if entries else None
+    seen["server_max_ms"] = round(worst[2] / 1000.0, 2) if worst else 0.2
+    seen["server_max_cmd"] = (worst[3][0].decode() if worst else "-")
+    return dt, seen, extra
+
+
+def ours(server, mode, backup_dir):
+    sys.path.insert(0, COLLECTIONS)
+    from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisSettings
+    from ansible_collections.p3.recovery.plugins.module_utils.sessions import purge
+    settings = RedisSettings([("127.0.0.1", server.port)], socket_timeout=30, connect_timeout=5)
+    params = dict(pattern="session:*", required_fields=["sessionId", "deviceId", "createdAt", "expiresAt"],
+                  expiry_field="expiresAt", require_ttl=True, scan_count=500)
+    path = os.path.join(backup_dir, "sessions-%s.jsonl" % mode)
+
+    def run():
+        return purge(settings, params, mode=mode, max_keys=N * 2, backup_file=path)
+    return measure(server, run)
+
+
+def bench_session_purge():
+    for tool in ("redis-server", "redis-cli", "redis-benchmark"):
+        if not shutil.which(tool):
+            raise SystemExit("bench: %s not found" % tool)
+    if not os.path.isdir(os.path.join(COLLECTIONS, "ansible_collections", "p3", "recovery")):
+        raise SystemExit("bench: %s has no p3.recovery (run make setup)" % COLLECTIONS)
+    server = Server()
+    backup_dir = tempfile.mkdtemp(prefix="bench-session-backups-")
+    rows = {}
+    try:
+        # ours, mode all
+        server.load()
+        dt, stall, res = ours(server, "all", backup_dir)
+        assert res["removed"] == N and server.sessions_left() == 0 and server.client.dbsize() == OTHER, res
+        rows["ours_all"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                                server_max_ms=stall["server_max_ms"],
+                                max_page_ms=res["max_page_ms"], backup_entries=res["backup"]["entries"],
+                                backup_mb=round(os.path.getsize(res["backup"]["path"]) / 1e6, 1))
+        os.unlink(res["backup"]["path"])
+        # ours, mode corrupt (10% corrupt)
+        server.load(corrupt_every=10)
+        dt, stall, res = ours(server, "corrupt", backup_dir)
+        assert res["removed"] == N // 10 and server.sessions_left() == N - N // 10, res
+        rows["ours_corrupt"] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
+                                    max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
+                                    max_page_ms=res["max_page_ms"])
+        # the runbook
+        server.load()
+        cmd = "redis-cli -p %d KEYS 'session:*' | xargs redis-cli -p %d DEL > /dev/null" % (server.port, server.port)
+        dt, stall, _ = measure(server, lambda: subprocess.run(cmd, shell=True, check=True))
+        assert server.sessions_left() == 0
+        rows["runbook"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                               server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"])
+        # redis-benchmark's pipelined UNLINK on live keys (random with replacement: calls/s is the ceiling)
+        server.load()
+        cmd = ["redis-benchmark", "-p", str(server.port), "-P", "64", "-n", str(N), "-r", str(N), "-q",
+               "UNLINK", PREFIX + "__rand_int__"]
+        dt, stall, out = measure(server, lambda: subprocess.run(cmd, check=True, capture_output=True, text=True))
+        rows["benchmark"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                                 server_max_ms=stall["server_max_ms"],
+                                 removed=N - server.sessions_left())
+    finally:
+        server.stop()
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    for name, r in rows.items():
+        print("  session_purge %-12s %7.2f s  %9.0f keys/s  max stall %7.2f ms (client) %7.2f ms (server)%s" % (
+            name, r["seconds"], r["keys_per_s"], r["max_stall_ms"], r["server_max_ms"],
+            ("  (longest page %.2f ms)" % r["max_page_ms"]) if "max_page_ms" in r else ""))
+    a, c, b = rows["ours_all"], rows["ours_corrupt"], rows["benchmark"]
+    ratio = a["keys_per_s"] / b["keys_per_s"]
+    met = ratio >= 0.5 and a["max_stall_ms"] <= 5 and c["keys_per_s"] >= 250000
+    return {
+        "entry": "session_purge",
+        "what": ("%d session keys on a standalone redis-server: ours mode all %.0f keys/s (stall %.1f ms, with a "
+                 "%.0f MB backup), mode corrupt %.0f keys/s (stall %.1f ms); runbook KEYS|xargs DEL %.0f keys/s "
+                 "(stall %.1f ms); redis-benchmark UNLINK -P 64 %.0f calls/s; ratio = ours all / redis-benchmark "
+                 "throughput" % (N, a["keys_per_s"], a["max_stall_ms"], a["backup_mb"], c["keys_per_s"],
+                                 c["max_stall_ms"], rows["runbook"]["keys_per_s"], rows["runbook"]["max_stall_ms"],
+                                 b["keys_per_s"])),
+        "ours_s": round(a["seconds"], 3),
+        "reference_s": round(b["seconds"], 3),
+        "ratio_ours_over_reference": round(ratio, 2),
+        "target": "all >= 0.5x redis-benchmark, stall <= 5 ms; corrupt >= 250k keys/s",
+        "target_met": met,
+        "runs": 1,
+        "rows": dict((k, dict((kk, round(vv, 2) if isinstance(vv, float) else vv) for kk, vv in v.items()))
+                     for k, v in rows.items()),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_session_purge(), indent=2))
