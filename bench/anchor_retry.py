@@ -85,7 +85,7 @@ class RedisServer(object):
 
 def seed(client, n):
     client.flushall()
-    now = int(time.time() * 1000) - 60000
+    now = int(time.time() * 1000) - 60000 - n  # every finishedOn (score) in the past
     pipe = client.pipeline(transaction=False)
     for i in range(n):
         jid = "job-%d" % i

@@ -118,8 +118,8 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
             problems.append("chain id %s, expected %s" % (out["chain_id"], expected_chain_id))
     if max_block_age_seconds is not None and out["block_age_seconds"] is not None \
             and out["block_age_seconds"] > max_block_age_seconds:
-        problems.append("latest block %s is %ss old > %ss" % (out["block_number"], out["block_age_seconds"],
-                                                            max_block_age_seconds))
+        problems.append("latest block %s is %ss old > %ss" % (
+            out["block_number"], out["block_age_seconds"], max_block_age_seconds))
     if wallet:
         out["wallet_level"] = wallet_level(out["balance_wei"], low, critical)
         if out["wallet_level"] != "ok":
@@ -127,7 +127,7 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
                 wallet, out["balance_eth"], out["wallet_level"],
                 eth(critical if out["wallet_level"] == "critical" else low)))
         if out["pending_transactions"] > max_pending:
-            problems.append("%d pending transaction(s) stuck (nonce pending %d > latest %d)" % (
+            problems.append("%s pending transaction(s) stuck (nonce pending %s > latest %s)" % (
                 out["pending_transactions"], out["nonce_pending"], out["nonce_latest"]))
     bad = [r["tx_hash"] for r in out["receipts"] if r["status"] != 1]
     if bad:

@@ -268,7 +268,8 @@ def main():
     except P3Error as e:
         if "not a BullMQ queue" in e.msg:
             module.fail_json(msg=e.msg, **base)
-        exit_probe(module, probe_result(False, e.msg, **dict(base, reachable=False)))
+        base["reachable"] = False
+        exit_probe(module, probe_result(False, e.msg, **base))
     finally:
         q.close()
     extra["counts"] = counts
