@@ -125,14 +125,12 @@ for j = 1, nf do fields[j] = ARGV[9 + j] end
 local taken, reasons, undecided, over, n = {}, {}, {}, 0, 0
 for i = 1, #keys do
   local k = keys[i]
-  local reason, v = nil, nil
-  local t = redis.call('TYPE', k)['ok']
-  if t == 'none' then
+  local reason, v = nil, redis.pcall('GET', k)
+  if not v then
     reason = nil
-  elseif t ~= 'string' then
-    reason = 'wrong-type'
+  elseif type(v) == 'table' then
+    reason, v = 'wrong-type', nil
   else
-    v = redis.call('GET', k)
     if string.find(v, '[\\128-\\255]') then
       reason = '?'
     else
@@ -435,13 +433,38 @@ def census(settings, params, sample_size=10):
 # ---------------------------------------------------------------------------------------------------------------
 
 class BackupWriter(object):
-    """Append-only JSONL backup, created exclusively with mode 0600, flushed after every page."""
+    """Append-only JSONL backup, created exclusively with mode 0600, flushed after every page.
+
+    Pages are encoded and written by a background thread (bounded queue of 4 pages), so the base64 work overlaps
+    the next page's round trip to Redis; close() waits for every queued page and re-raises a write error.
+    """
 
     def __init__(self, path, header):
         self.path = path
         self.header = header
         self.count = 0
         self.fh = None
+        self._queue = None
+        self._thread = None
+        self._error = None
+
+    def _worker(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except Exception as e:  # re-raised by put() / close()
+                    self._error = e
+
+    def _raise(self):
+        if self._error is not None:
+            error, self._error = self._error, None
+            if isinstance(error, P3Error):
+                raise error
+            raise P3Error("writing the backup file %s failed: %s" % (self.path, one_line(error, 200)))
 
     def _open(self):
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -462,11 +485,22 @@ class BackupWriter(object):
         os.unlink(self.path)
 
     def write_page(self, taken, node, server_now):
-        """taken: (key, reason, kind 'v'|'d', payload, pttl) tuples, as the take scripts returned them."""
+        """Queue a page: (key, reason, kind 'v'|'d', payload, pttl) tuples, as the take scripts returned them."""
         if not taken:
             return
-        if self.fh is None:
+        self._raise()
+        if self._thread is None:
+            import queue
+            import threading
             self._open()
+            self._queue = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._worker, name="p3-session-backup")
+            self._thread.daemon = True
+            self._thread.start()
+        self.count += len(taken)
+        self._queue.put((taken, node, server_now))
+
+    def _write(self, taken, node, server_now):
         lines = []
         for key, reason, kind, payload, pttl in taken:
             pttl = int(pttl) if pttl is not None else -1
@@ -476,9 +510,12 @@ class BackupWriter(object):
                 "null" if expire is None else "%d" % expire, node, reason))
         self.fh.write("".join(lines))
         self.fh.flush()
-        self.count += len(lines)
 
     def close(self):
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
         if self.fh is not None:
             self.fh.flush()
             try:
@@ -487,6 +524,7 @@ class BackupWriter(object):
                 pass
             self.fh.close()
             self.fh = None
+        self._raise()
 
 
 def backup_path(backup_dir, mode, now=None):
