@@ -28,15 +28,26 @@ def _client(addr, pw, timeout=0.5):
                        decode_responses=True)
 
 
+# A master refuses to vote for the replicas of one master twice within 2 x cluster-node-timeout (30 s in the lab),
+# so each round kills the master failed over longest ago, at least this long after its previous failover.
+VOTE_SPACING = 32.0
+_KILLED = {}
+
+
 def _kill_master(nodes, pw):
-    """SIGKILL the live master with the lowest port; returns (monotonic time of the kill, its id, its address)."""
+    """SIGKILL a live master (the one failed over longest ago, lowest port first); returns (perf_counter time of the
+    kill, its id, its address)."""
     lines = _client(nodes[0], pw).execute_command("CLUSTER", "NODES").splitlines()
     masters = []
     for line in lines:
         f = line.split()
         if "master" in f[2] and "fail" not in f[2] and len(f) > 8:
-            masters.append((int(f[1].split("@")[0].rsplit(":", 1)[1]), f[0], f[1].split("@")[0]))
-    port, node_id, addr = sorted(masters)[0]
+            masters.append((_KILLED.get(f[0], 0.0), int(f[1].split("@")[0].rsplit(":", 1)[1]), f[0],
+                            f[1].split("@")[0]))
+    last, port, node_id, addr = sorted(masters)[0]
+    if last:
+        time.sleep(max(0.0, last + VOTE_SPACING - time.perf_counter()))
+    _KILLED[node_id] = time.perf_counter()
     pid = int(_client(addr, pw).info("server")["process_id"])
     os.kill(pid, signal.SIGKILL)
     return time.perf_counter(), node_id, addr

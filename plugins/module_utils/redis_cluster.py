@@ -673,8 +673,16 @@ def _sees(lines, node_id, role, slots=None):
     return False
 
 
-def run_failover(settings, topology, steps, wait_timeout=10.0):
-    """Execute the planned steps one after the other, each polled until every reachable node agrees."""
+# Redis ends a manual failover that did not win its election after 5 s (CLUSTER_MF_TIMEOUT).
+MANUAL_FAILOVER_TIMEOUT = 5.5
+
+
+def run_failover(settings, topology, steps, wait_timeout=10.0, allow_takeover=False):
+    """Execute the planned steps one after the other, each polled until every reachable node agrees.
+
+    A FORCE failover whose election fails (masters refuse to vote for one master's replicas twice within
+    2 x cluster-node-timeout) is retried as TAKEOVER when allow_takeover, else reported as not converged.
+    """
     timeline, done = [], []
     nodes = Nodes(settings)
     try:
@@ -692,18 +700,29 @@ def run_failover(settings, topology, steps, wait_timeout=10.0):
             if step["mode"] == "default":
                 watch.append(step["master"])
             deadline = t0 + wait_timeout
+            fallback_at = t0 + MANUAL_FAILOVER_TIMEOUT if step["mode"] == "force" and allow_takeover else None
             last = {}
             while True:
                 last = views_of(nodes, watch)
                 agreed = [a for a, lines in last.items() if _sees(lines, step["replica_id"], "master", slots)]
                 if step["replica"] in agreed and len(agreed) == len(last):
                     break
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if fallback_at is not None and now >= fallback_at and step["replica"] not in agreed:
+                    fallback_at = None
+                    reply = nodes.run(step["replica"], "CLUSTER", "FAILOVER", "TAKEOVER")
+                    step = dict(step, mode="takeover")
+                    timeline.append(timeline_entry("cluster failover takeover", step["replica"], (
+                        "the FORCE election did not win within %ss (votes refused?): CLUSTER FAILOVER TAKEOVER -> %s "
+                        "(allow_takeover)") % (_num(MANUAL_FAILOVER_TIMEOUT), reply)))
+                    deadline = max(deadline, now + 3.0)
+                if now >= deadline:
                     behind = sorted(a for a in watch if a not in agreed)
-                    raise P3Error("failover of %s to %s did not converge within %ss: %s still disagree (check the "
-                                  "replica's log; a master refuses to vote twice for one master's replicas within "
-                                  "2 x cluster-node-timeout)" % (step["master"], step["replica"], _num(wait_timeout),
-                                                                 ", ".join(behind) or "no node answers"),
+                    raise P3Error("failover of %s to %s did not converge within %ss: %s still disagree (the election "
+                                  "failed? masters refuse to vote twice for one master's replicas within "
+                                  "2 x cluster-node-timeout; see the replica's log, retry later or allow_takeover)" % (
+                                      step["master"], step["replica"], _num(wait_timeout),
+                                      ", ".join(behind) or "no node answers"),
                                   timeline=timeline, failovers=done)
                 time.sleep(POLL)
             took = round(time.monotonic() - t0, 3)

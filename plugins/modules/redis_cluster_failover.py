@@ -48,8 +48,10 @@ options:
   allow_takeover:
     description:
       - Allow C(CLUSTER FAILOVER TAKEOVER) (no election, the replica bumps the epoch on its own) when fewer than a
-        majority of the slot-serving masters are reachable. Risky after a network partition (both sides may keep
-        writing); off by default.
+        majority of the slot-serving masters are reachable, and as a fallback when a C(FORCE) election has not won
+        within 5.5 s (Redis ends a manual failover after 5 s; masters refuse to vote twice for one master's replicas
+        within 2 x C(cluster-node-timeout)). Risky after a network partition (both sides may keep writing); off by
+        default.
     type: bool
     default: false
   wait_timeout:
@@ -148,7 +150,8 @@ def main():
     if not steps or module.check_mode:
         module.exit_json(changed=bool(steps), plan=steps, failovers=[], timeline=[], reason=describe(steps))
     try:
-        done, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"])
+        done, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
+                                          allow_takeover=p["allow_takeover"])
     except P3Error as e:
         fail_clean(module, e, plan=steps, changed=True)
     module.exit_json(changed=True, plan=steps, failovers=done, timeline=timeline, reason=describe(steps, done))
