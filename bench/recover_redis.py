@@ -111,6 +111,7 @@ def bench_recover_redis():
             if proc.returncode != 0 or "t" not in seen:
                 raise SystemExit("recover_redis.yml did not recover the cluster (%d):\n%s" % (
                     proc.returncode, proc.stdout[-3000:]))
+            _KILLED[dead_id] = time.perf_counter()  # the votes were cast by now
             ours_wall.append(wall)
             ours_served.append(seen["t"])
 
@@ -120,6 +121,7 @@ def bench_recover_redis():
             _watch(nodes, pw, dead_id, dead_addr, t0, seen, threading.Event())
             if "t" not in seen:
                 raise SystemExit("Redis did not fail over by itself within 90 s")
+            _KILLED[dead_id] = time.perf_counter()
             ref.append(seen["t"])
     finally:
         lab("heal")
