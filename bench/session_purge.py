@@ -152,6 +152,12 @@ def measure(server, fn):
     worst = max(entries, key=lambda e: e[2]) if entries else None
     seen["server_max_ms"] = round(worst[2] / 1000.0, 2) if worst else 0.2
     seen["server_max_cmd"] = (worst[3][0].decode() if worst else "-")
+    # per-page server time of our scripts (every call is over the 200 us threshold): the median and 99th percentile
+    # say what a page costs; the maximum on a shared machine is mostly the server being descheduled
+    pages = sorted(e[2] for e in entries if e[3][0].upper() in (b"EVALSHA", b"EVAL"))
+    if pages:
+        seen["page_p50_ms"] = round(pages[len(pages) // 2] / 1000.0, 2)
+        seen["page_p99_ms"] = round(pages[min(len(pages) - 1, int(len(pages) * 0.99))] / 1000.0, 2)
     return dt, seen, extra
 
 
@@ -184,7 +190,8 @@ def bench_session_purge():
         dt, stall, res = ours(server, "all", backup_dir)
         assert res["removed"] == N and server.sessions_left() == 0 and server.client.dbsize() == OTHER, res
         rows["ours_all"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
-                                server_max_ms=stall["server_max_ms"],
+                                server_max_ms=stall["server_max_ms"], page_p50_ms=stall.get("page_p50_ms"),
+                                page_p99_ms=stall.get("page_p99_ms"),
                                 max_page_ms=res["max_page_ms"], backup_entries=res["backup"]["entries"],
                                 backup_mb=round(os.path.getsize(res["backup"]["path"]) / 1e6, 1))
         os.unlink(res["backup"]["path"])
@@ -194,6 +201,7 @@ def bench_session_purge():
         assert res["removed"] == N // 10 and server.sessions_left() == N - N // 10, res
         rows["ours_corrupt"] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
                                     max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
+                                    page_p50_ms=stall.get("page_p50_ms"), page_p99_ms=stall.get("page_p99_ms"),
                                     max_page_ms=res["max_page_ms"])
         # the runbook
         server.load()
@@ -216,7 +224,8 @@ def bench_session_purge():
     for name, r in rows.items():
         print("  session_purge %-12s %7.2f s  %9.0f keys/s  max stall %7.2f ms (client) %7.2f ms (server)%s" % (
             name, r["seconds"], r["keys_per_s"], r["max_stall_ms"], r["server_max_ms"],
-            ("  (longest page %.2f ms)" % r["max_page_ms"]) if "max_page_ms" in r else ""))
+            ("  (page server time p50 %s / p99 %s ms)" % (r.get("page_p50_ms"), r.get("page_p99_ms")))
+            if "max_page_ms" in r else ""))
     a, c, b = rows["ours_all"], rows["ours_corrupt"], rows["benchmark"]
     ratio = a["keys_per_s"] / b["keys_per_s"]
     met = ratio >= 0.5 and a["max_stall_ms"] <= 5 and c["keys_per_s"] >= 250000

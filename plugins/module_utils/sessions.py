@@ -25,6 +25,7 @@ import base64
 import binascii
 import datetime
 import json
+import math
 import os
 import time
 
@@ -188,6 +189,7 @@ return {page[1], #keys, over, taken, reasons, undecided}
 # Validation (pure)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def parse_time_ms(value):
     """An expiry as ms since the epoch: numbers (ms, or seconds when < 1e11), numeric strings, ISO 8601 strings.
     None when it cannot be read."""
@@ -209,7 +211,7 @@ def parse_time_ms(value):
             return int(dt.timestamp() * 1000)
     else:
         return None
-    if num != num or num in (float("inf"), float("-inf")):
+    if math.isnan(num) or math.isinf(num):
         return None
     return int(num * 1000) if abs(num) < 1e11 else int(num)
 
@@ -325,8 +327,8 @@ def slot_owners(verdict):
         if n["role"] != "master" or n["address"] in failed:
             continue
         for r in n["slots"]:
-            a, _, b = r.partition("-")
-            out.append((int(a), int(b or a), n["address"]))
+            first, dummy, last = r.partition("-")
+            out.append((int(first), int(last or first), n["address"]))
     return sorted(out)
 
 
@@ -356,7 +358,7 @@ def _read_page(client, keys):
 def census(settings, params, sample_size=10):
     """Walk the session keyspace of every master; see the session_census RETURN docs."""
     check_options(params)
-    masters, unreadable, cluster, _ = keyspace_nodes(settings)
+    masters, unreadable, cluster, dummy = keyspace_nodes(settings)
     pattern = params["pattern"]
     count = int(params["scan_count"])
     kw = dict(required_fields=params.get("required_fields"), expiry_field=params.get("expiry_field"),
@@ -608,7 +610,7 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
     on every master, page by page; see the session_purge RETURN docs. backup_file None = no backup (gated by the
     caller)."""
     check_options(params)
-    masters, unreadable, cluster, _ = keyspace_nodes(settings)
+    masters, unreadable, cluster, dummy = keyspace_nodes(settings)
     pattern = params["pattern"]
     count = int(params["scan_count"])
     kw = dict(required_fields=params.get("required_fields"), expiry_field=params.get("expiry_field"),

@@ -34,8 +34,8 @@ options:
     description: The control channel.
     type: str
     default: "mesh:control"
-  message:
-    description: The message; a dict or list is sent as compact JSON.
+  payload:
+    description: The message; a dict or list is sent as compact JSON (sorted keys).
     type: raw
     default: {"action": "reconnect"}
   min_subscribers:
@@ -68,7 +68,7 @@ channel:
   description: The channel.
   returned: always
   type: str
-message:
+payload:
   description: The message as sent.
   returned: always
   type: str
@@ -108,18 +108,18 @@ from ansible_collections.p3.recovery.plugins.module_utils.sessions import timeli
 def main():
     argument_spec = redis_argument_spec(
         channel=dict(type="str", default="mesh:control"),
-        message=dict(type="raw", default={"action": "reconnect"}),
+        payload=dict(type="raw", default={"action": "reconnect"}),
         min_subscribers=dict(type="int", default=1),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not p["channel"]:
         module.fail_json(msg="channel must not be empty")
-    message = p["message"]
+    message = p["payload"]
     if isinstance(message, (dict, list)):
         message = json.dumps(message, separators=(",", ":"), sort_keys=True)
     elif message is None or str(message) == "":
-        module.fail_json(msg="message must not be empty")
+        module.fail_json(msg="payload must not be empty")
     message = str(message)
     target = RedisTarget(module)
     try:
@@ -127,7 +127,7 @@ def main():
         subscribers = census["channels"].get(p["channel"], 0)
         by_node = dict((n["address"], n["channels"].get(p["channel"], 0)) for n in census["nodes"]
                        if n["channels"].get(p["channel"]))
-        result = dict(channel=p["channel"], message=message, subscribers=subscribers, subscribers_by_node=by_node,
+        result = dict(channel=p["channel"], payload=message, subscribers=subscribers, subscribers_by_node=by_node,
                       published=False, node=None, receivers_local=None)
         if subscribers < p["min_subscribers"]:
             module.fail_json(msg="not publishing on %s: %d subscribers over %d nodes < %d (nobody listens)%s" % (
@@ -141,7 +141,7 @@ def main():
         fail_clean(module, e)
     detail = "%s %s on %s: %d subscriber%s over the cluster%s" % (
         "published" if result["published"] else "would publish", message, p["channel"], subscribers,
-        "" if subscribers == 1 else "s", (" (via %s, %d local)" % (result["node"], result["receivers_local"]))
+        "" if subscribers == 1 else "s", (" (via %s, %s local)" % (result["node"], result["receivers_local"]))
         if result["published"] else "")
     result["timeline"] = [timeline_entry("mesh_publish", p["channel"], detail)]
     module.exit_json(changed=True, msg=detail, **result)

@@ -16,7 +16,7 @@ description:
     O(status_label) is C(401)); requests are the sum of O(requests_metric).
   - With O(window_seconds=0) the rate is over the counters' whole life (since the app started). With a window the
     metrics are scraped twice, O(window_seconds) apart, and the rate is over the increase in between (null when
-    no request came in: then it is healthy).
+    no request came in, which is healthy).
   - Healthy when the rate is at most O(max_failure_pct).
 author:
   - P3 Recovery maintainers (@p3-protocol)
@@ -159,8 +159,8 @@ def main():
     pct = round(100.0 * failures / requests, 2) if requests else None
     scope = ("in %gs" % p["window_seconds"]) if p["window_seconds"] else "since start"
     healthy = pct is None or pct <= p["max_failure_pct"]
-    reason = "401s %d of %d requests %s (%s) %s %g%%" % (
-        failures, requests, scope, "no traffic" if pct is None else "%g%%" % pct, "<=" if healthy else ">",
+    reason = "401s %d of %d requests %s (%s) %s %s%%" % (
+        failures, requests, scope, "no traffic" if pct is None else "%s%%" % pct, "<=" if healthy else ">",
         p["max_failure_pct"])
     exit_probe(module, probe_result(healthy, reason, failures=failures, requests=requests, failure_pct=pct,
                                     window_seconds=p["window_seconds"]))

@@ -166,7 +166,7 @@ def main():
             sid = resp["json"].get(p["session_field"])
             out["session_id"] = str(sid) if sid is not None else None
         if resp["latency_ms"] is not None and resp["latency_ms"] > p["max_latency_ms"]:
-            problems.append("handshake took %d ms > %d ms" % (resp["latency_ms"], p["max_latency_ms"]))
+            problems.append("handshake took %s ms > %s ms" % (int(resp["latency_ms"]), p["max_latency_ms"]))
     if p["session_path"] and not problems:
         if not out["session_id"]:
             problems.append("no %s in the answer to read back" % p["session_field"])
@@ -178,7 +178,7 @@ def main():
     if problems:
         reason = "; ".join(problems) if problems[0].startswith(("GET", "POST")) else "%s: %s" % (head, "; ".join(problems))
     else:
-        reason = "%s in %d ms%s" % (head, round(resp["latency_ms"] or 0),
+        reason = "%s in %s ms%s" % (head, int(round(resp["latency_ms"] or 0)),
                                     "; session read back (200)" if out["readback_status"] == 200 else "")
     exit_probe(module, probe_result(not problems, reason, **out))
 

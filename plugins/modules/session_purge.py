@@ -199,7 +199,7 @@ def main():
     argument_spec = redis_argument_spec(
         mode=dict(type="str", choices=["corrupt", "all"], default="corrupt"),
         allow_all=dict(type="bool", default=False),
-        max_keys=dict(type="int", default=10000),
+        max_keys=dict(type="int", default=10000, no_log=False),
         backup=dict(type="bool", default=True),
         backup_dir=dict(type="path", default="backups"),
         backup_path=dict(type="path"),

@@ -62,7 +62,7 @@ def test_mesh_down_reconnected_peers_back(healthy_lab, report_dir):
     assert report["before"]["peers"]["peers"] == 0
     reconnect = report["actions"]["reconnect"]
     assert reconnect["published"] is True and reconnect["subscribers"] == 1
-    assert json.loads(reconnect["message"]) == {"action": "reconnect"}
+    assert json.loads(reconnect["payload"]) == {"action": "reconnect"}
     assert report["actions"]["restart"]["hosts"] == []  # the reconnect sufficed
     assert report["timeline"][0]["action"] == "mesh_publish"
     # real state: the peers are back and the relay is subscribed again
