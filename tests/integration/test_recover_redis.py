@@ -468,6 +468,23 @@ def test_lossy_repair_refused_unless_allowed(throwaway, report_dir):
     assert set(states(live).values()) == {"ok"}
     cluster_check(live[0])
 
+    # the dead node, slotless and flagged fail, is forgotten on every node only when asked to
+    deadline = time.monotonic() + 20
+    while not all("fail" in v[dead_id]["flags"] for v in views(live).values()):
+        assert time.monotonic() < deadline, "the dead node was never flagged fail"
+        time.sleep(0.2)
+    run, report = recover(report_dir, inventory=inv)
+    assert run.rc == 0 and changed_count(run) == 0
+    assert report["before"]["next_actions"] == ["forget"] and "forget: set p3_redis_forget_failed" in report["decision"]["why"]
+    assert all(dead_id in v for v in views(live).values())
+    run, report = recover(report_dir, inventory=inv, p3_redis_forget_failed=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert run.result("Act - forget dead nodes on every node")["forgotten"] == [dead]
+    assert all(dead_id not in v for v in views(live).values())
+    assert report["healthy"] is True and report["after"]["forget_candidates"] == []
+    run, report = recover(report_dir, inventory=inv, p3_redis_forget_failed=True)
+    assert run.rc == 0 and changed_count(run) == 0
+
 
 def test_standalone_promotes_the_replica_and_the_old_master_rejoins(throwaway, report_dir):
     tmp, started = throwaway
