@@ -151,7 +151,7 @@ def main():
         module.exit_json(changed=bool(steps), plan=steps, failovers=[], timeline=[], reason=describe(steps))
     try:
         done, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
-                                          allow_takeover=p["allow_takeover"])
+                                      allow_takeover=p["allow_takeover"])
     except P3Error as e:
         fail_clean(module, e, plan=steps, changed=True)
     module.exit_json(changed=True, plan=steps, failovers=done, timeline=timeline, reason=describe(steps, done))

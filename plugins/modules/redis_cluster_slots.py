@@ -182,7 +182,7 @@ def main():
                     steps += plan_failover(topo, master=c["master"], allow_takeover=p["allow_takeover"])
         if steps and not module.check_mode:
             failovers, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
-                                             allow_takeover=p["allow_takeover"])
+                                               allow_takeover=p["allow_takeover"])
             topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
         if not p["fix_open_slots"]:
             topo["open_slots"] = []
