@@ -44,6 +44,7 @@ BACKUP_VERSION = 1
 DEFAULT_FIELDS = ["sessionId", "deviceId", "createdAt", "expiresAt"]
 REASONS = ("wrong-type", "not-utf8", "not-json", "not-object", "missing-fields", "bad-expiry", "expired", "no-ttl")
 MAX_SCAN_COUNT = 10000
+MAX_DEPTH = 1000  # JSON nesting deeper than this is not JSON (Redis' cjson refuses it too)
 
 SESSION_ARGUMENT_SPEC = dict(
     pattern=dict(type="str", default="session:*"),
@@ -216,6 +217,28 @@ def parse_time_ms(value):
     return int(num * 1000) if abs(num) < 1e11 else int(num)
 
 
+def _depth(text):
+    """Deepest nesting of JSON arrays/objects in text (brackets inside strings ignored)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def classify(raw, pttl, required_fields=None, expiry_field="expiresAt", require_ttl=True, now_ms=None):
     """Why a session value is corrupt, or None when it is valid.
 
@@ -230,6 +253,8 @@ def classify(raw, pttl, required_fields=None, expiry_field="expiresAt", require_
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
             return "not-utf8"
+    if (raw.count("[") + raw.count("{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH):
+        return "not-json"  # as Redis' cjson (decode_max_depth 1000), whatever Python's recursion limit
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):

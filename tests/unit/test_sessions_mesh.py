@@ -180,3 +180,10 @@ def test_count_connections_access_denied(monkeypatch):
     with pytest.raises(P3Error) as e:
         mesh.count_connections(5000)
     assert "become" in e.value.msg
+
+
+def test_nesting_limit_matches_cjson():
+    ok = b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":99999999999999,"x":' + b"[" * 900 + b"]" * 900 + b"}"
+    assert sessions.classify(ok, 10, now_ms=NOW) is None
+    assert sessions.classify(b"[" * 1001 + b"]" * 1001, 10, now_ms=NOW) == "not-json"
+    assert sessions._depth('{"a":"[[[[","b":[{}]}') == 3
