@@ -167,7 +167,8 @@ def ours(server, mode, backup_dir):
     from ansible_collections.p3.recovery.plugins.module_utils.sessions import purge
     settings = RedisSettings([("127.0.0.1", server.port)], socket_timeout=30, connect_timeout=5)
     params = dict(pattern="session:*", required_fields=["sessionId", "deviceId", "createdAt", "expiresAt"],
-                  expiry_field="expiresAt", require_ttl=True, scan_count=500)
+                  expiry_field="expiresAt", require_ttl=True,
+                  scan_count=int(os.environ.get("BENCH_SCAN_COUNT", "200")))
     path = os.path.join(backup_dir, "sessions-%s.jsonl" % mode)
 
     def run():

@@ -51,7 +51,7 @@ SESSION_ARGUMENT_SPEC = dict(
     required_fields=dict(type="list", elements="str", default=list(DEFAULT_FIELDS)),
     expiry_field=dict(type="str", default="expiresAt"),
     require_ttl=dict(type="bool", default=True),
-    scan_count=dict(type="int", default=500),
+    scan_count=dict(type="int", default=200),
 )
 
 # Taking a key (Lua, shared by the scripts below): a string's value (GET: cheap, restored with SET ... PXAT) or,
