@@ -10,11 +10,11 @@ reference); memory is the peak RSS of a Python process running our retry on 10k 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+
+from benchlib import StandaloneRedis
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BIN = os.path.dirname(sys.executable)
@@ -49,38 +49,9 @@ print(json.dumps({"retried": res["retried"], "elapsed_ms": res["elapsed_ms"],
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class RedisServer(object):
+class RedisServer(StandaloneRedis):
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-        self.client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=60)
-        for _ in range(100):
-            try:
-                self.client.ping()
-                return
-            except Exception:
-                time.sleep(0.05)
-        raise SystemExit("bench: redis-server did not start on %d" % self.port)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super(RedisServer, self).__init__(prefix="bench-redis-", socket_timeout=60, decode_responses=True)
 
 
 def seed(client, n):

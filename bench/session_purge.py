@@ -17,11 +17,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import StandaloneRedis
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 COLLECTIONS = os.path.join(ROOT, ".state", "collections")
@@ -73,30 +74,9 @@ print(json.dumps({"max_ms": round(worst * 1000, 2), "pings": n}), flush=True)
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Server(object):
+class Server(StandaloneRedis):
     def __init__(self):
-        import redis
-        self.dir = tempfile.mkdtemp(prefix="bench-sessions-")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.client = redis.Redis(port=self.port, socket_timeout=120)
-        for _ in range(100):
-            try:
-                self.client.ping()
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.05)
-        raise SystemExit("bench: redis-server did not start on %d" % self.port)
+        super(Server, self).__init__(prefix="bench-sessions-", socket_timeout=120)
 
     def load(self, corrupt_every=0):
         c = self.client
@@ -111,14 +91,6 @@ class Server(object):
 
     def sessions_left(self):
         return sum(1 for _ in self.client.scan_iter(match="session:*", count=5000))
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Stall(object):
