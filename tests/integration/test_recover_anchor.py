@@ -31,7 +31,19 @@ def lab_vars():
         return yaml.safe_load(f)["all"]["vars"]
 
 
-V = lab_vars()
+class _LabVars(object):
+    """The lab inventory's vars, read on first use: the lab (and its inventory) is started by the session
+    fixture, after pytest has collected this module."""
+
+    _vars = None
+
+    def __getitem__(self, key):
+        if _LabVars._vars is None:
+            _LabVars._vars = lab_vars()
+        return _LabVars._vars[key]
+
+
+V = _LabVars()
 
 
 def rpc(method, params=None, url=None):
