@@ -13,6 +13,8 @@ version_added: 0.1.0
 description:
   - Records, with real UTC timestamps, every result of a C(p3.recovery) module (probe verdicts, actions and the
     C(timeline) entries actions return) and every task that changed something, into a JSON-lines incident log.
+    A task that runs several probes (M(p3.recovery.quick_diagnostics)) gives one entry per probe, under that
+    probe's module name, with C(via) naming the module that ran it.
   - At the end of a run that saw anything unhealthy or changed anything, writes a postmortem draft in the
     runbook's template (summary, timeline, resolution, action items) filled with what the run saw and did.
   - Secrets are not recorded. Module invocations (arguments) are left out, and results hidden with C(no_log)
@@ -128,6 +130,15 @@ class CallbackModule(CallbackBase):
                 entry["timeline"] = tl
         entry["kind"] = ("probe" if "healthy" in entry and not entry.get("changed") else
                          "failure" if status == "failed" else "action")
+        verdicts = None if res.get("censored") else res.get("verdicts")
+        if isinstance(verdicts, list) and verdicts and all(isinstance(v, dict) and "healthy" in v for v in verdicts):
+            # Several probes in one task (quick_diagnostics): one probe entry each, under the probe's own module.
+            for v in verdicts:
+                sub = dict(entry, action=v.get("module") or action, via=action, healthy=v["healthy"],
+                           reason=_one_line(v.get("reason", "")), kind="probe")
+                sub["task"] = "%s [%s]" % (entry["task"], v.get("probe", "?"))
+                self._entries.append(sub)
+            return
         self._entries.append(entry)
 
     def v2_runner_on_ok(self, result):

@@ -154,13 +154,8 @@ pulse:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.p3.recovery.plugins.module_utils.app_health import (
-    app_verdict,
-    health_verdict,
-    pulse_verdict,
-    skipped_pulse,
-)
-from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import app_probe
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, http_argument_spec
 
 
@@ -173,17 +168,8 @@ def main():
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     target = HttpTarget(module)
-    paths = [module.params["health_path"] or "/"]
-    if module.params["pulse_path"]:
-        paths.append(module.params["pulse_path"])
-    responses = target.get_many(paths)
-    health = health_verdict(responses[0])
-    if module.params["pulse_path"]:
-        pulse = pulse_verdict(responses[1], min_peers=module.params["min_peers"])
-    else:
-        pulse = skipped_pulse()
-    healthy, reason = app_verdict(health, pulse)
-    exit_probe(module, probe_result(healthy, reason, health=health, pulse=pulse))
+    exit_probe(module, app_probe(target, module.params["health_path"], module.params["pulse_path"],
+                                 module.params["min_peers"]))
 
 
 if __name__ == "__main__":

@@ -137,13 +137,9 @@ selected:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    PROBE_ARGUMENT_SPEC,
-    P3Error,
-    exit_probe,
-    probe_result,
-)
-from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, describe_response, http_argument_spec
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import SelectError, metrics_probe
+from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, http_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
 
 
@@ -166,34 +162,11 @@ def main():
         except P3Error as e:
             module.fail_json(msg=e.msg)
     target = HttpTarget(module)
-
-    resp = target.get(module.params["metrics_path"] or "/metrics")
-    required = module.params["required"] or []
-    evidence = dict(url=resp["url"], status=resp["status"], latency_ms=resp["latency_ms"], metrics={},
-                    summary=m.summarize({}), missing=list(required), selected=None)
-    head = describe_response(resp)
-    if not resp["ok"]:
-        hint = " ".join(resp["text"].split())[:160] if resp["status"] is not None and resp["text"] else ""
-        exit_probe(module, probe_result(False, "%s: %s" % (head, hint) if hint else head, **evidence))
     try:
-        metrics = m.parse_metrics(resp["text"])
-    except P3Error as e:
-        exit_probe(module, probe_result(False, "%s: %s" % (head, e.msg), **evidence))
-    summary = m.summarize(metrics)
-    missing = m.missing_metrics(metrics, required)
-    evidence.update(metrics=metrics, summary=summary, missing=missing)
-    if expression:
-        try:
-            evidence["selected"] = m.select(metrics, expression)
-        except P3Error as e:
-            module.fail_json(msg=e.msg, **evidence)
-    counts = "%d families, %d samples" % (summary["families"], summary["samples"])
-    if not metrics:
-        exit_probe(module, probe_result(False, "%s: no metrics in the answer" % head, **evidence))
-    if missing:
-        exit_probe(module, probe_result(False, "%s: %s; missing: %s" % (head, counts, ", ".join(missing)), **evidence))
-    exit_probe(module, probe_result(True, "%s: %s%s" % (head, counts, "; all required present" if required else ""),
-                                    **evidence))
+        result = metrics_probe(target, module.params["metrics_path"], module.params["required"], expression)
+    except SelectError as e:
+        module.fail_json(msg=e.msg, **e.details)
+    exit_probe(module, result)
 
 
 if __name__ == "__main__":

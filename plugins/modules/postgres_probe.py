@@ -159,100 +159,14 @@ database:
   sample: p3
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    PROBE_ARGUMENT_SPEC,
-    P3Error,
-    exit_probe,
-    probe_result,
-)
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import check_usage_threshold, postgres_probe
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import (
     PostgresTarget,
     postgres_argument_spec,
 )
-
-SETTINGS_SQL = """
-SELECT current_setting('server_version') AS server_version,
-       current_setting('server_version_num')::int AS server_version_num,
-       current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
-       COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int AS reserved_connections,
-       pg_is_in_recovery() AS in_recovery,
-       current_user::text AS "user",
-       current_database()::text AS database,
-       COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS superuser
-"""
-
-ACTIVITY_SQL = """
-SELECT COALESCE(state, 'unknown') AS state,
-       COALESCE(NULLIF(application_name, ''), '(none)') AS application_name,
-       COALESCE(usename::text, '(unknown)') AS usename,
-       count(*)::int AS n,
-       max(EXTRACT(EPOCH FROM now() - query_start)) FILTER (WHERE state = 'active' AND pid <> pg_backend_pid())
-         AS longest_active_seconds
-  FROM pg_stat_activity
- WHERE backend_type = 'client backend'
- GROUP BY 1, 2, 3
-"""
-
-EVIDENCE_KEYS = ("latency_ms", "server_version", "server_version_num", "usage_pct", "connections", "in_recovery",
-                 "user", "superuser", "database")
-SETTING_KEYS = ("server_version", "server_version_num", "in_recovery", "user", "superuser", "database")
-
-
-def _pct(value):
-    return ("%d" % value) if float(value).is_integer() else ("%.1f" % value)
-
-
-def probe(target, threshold):
-    evidence = dict((k, None) for k in EVIDENCE_KEYS)
-    evidence.update(target=target.target, max_usage_pct=float(threshold))
-    client = target.client()
-    try:
-        t0 = time.monotonic()
-        client.connect()
-        if client.scalar("SELECT 1") != 1:
-            raise P3Error("SELECT 1 on %s did not return 1" % target.target)
-        evidence["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
-        settings = client.query(SETTINGS_SQL)[0]
-        rows = client.query(ACTIVITY_SQL)
-    except P3Error as e:
-        return probe_result(False, e.msg, **evidence)
-    finally:
-        client.close()
-    for key in SETTING_KEYS:
-        evidence[key] = settings[key]
-
-    by_state, by_app, by_user = {}, {}, {}
-    longest = None
-    for r in rows:
-        for bucket, key in ((by_state, r["state"]), (by_app, r["application_name"]), (by_user, r["usename"])):
-            bucket[key] = bucket.get(key, 0) + r["n"]
-        if r["longest_active_seconds"] is not None:
-            longest = max(longest or 0.0, float(r["longest_active_seconds"]))
-    used = sum(r["n"] for r in rows)
-    max_conn = settings["max_connections"]
-    usage = round(100.0 * used / max_conn, 1) if max_conn else 0.0
-    evidence["usage_pct"] = usage
-    evidence["connections"] = dict(
-        used=used,
-        max=max_conn,
-        superuser_reserved=settings["superuser_reserved_connections"],
-        reserved=settings["reserved_connections"],
-        available=max(0, max_conn - settings["superuser_reserved_connections"] - settings["reserved_connections"] - used),
-        by_state=by_state,
-        by_application=by_app,
-        by_user=by_user,
-        longest_active_seconds=round(longest, 1) if longest is not None else None,
-    )
-    summary = "connections %d/%d (%s%%)" % (used, max_conn, _pct(usage))
-    if usage >= threshold:
-        return probe_result(False, "%s >= %s%% on %s" % (summary, _pct(threshold), target.target), **evidence)
-    return probe_result(True, "%s < %s%% on %s (PostgreSQL %s)" % (
-        summary, _pct(threshold), target.target, settings["server_version"].split()[0]), **evidence)
 
 
 def main():
@@ -262,10 +176,12 @@ def main():
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     threshold = module.params["max_usage_pct"]
-    if not 0 < threshold <= 100:
-        module.fail_json(msg="max_usage_pct must be in (0, 100], got %s" % threshold)
+    try:
+        check_usage_threshold(threshold)
+    except P3Error as e:
+        module.fail_json(msg=e.msg)
     target = PostgresTarget(module)
-    exit_probe(module, probe(target, threshold))
+    exit_probe(module, postgres_probe(target, threshold))
 
 
 if __name__ == "__main__":

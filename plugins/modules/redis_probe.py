@@ -178,7 +178,8 @@ failed_nodes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import redis_probe
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 
 
@@ -187,10 +188,7 @@ def main():
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     target = RedisTarget(module)
-    verdict = target.probe()
-    healthy = verdict.pop("healthy")
-    reason = verdict.pop("reason")
-    exit_probe(module, probe_result(healthy, reason, **verdict))
+    exit_probe(module, redis_probe(target))
 
 
 if __name__ == "__main__":

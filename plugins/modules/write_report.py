@@ -78,48 +78,18 @@ generated_at:
   sample: "2026-11-28T13:15:00Z"
 """
 
-import datetime
-import json
-import os
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.report import REPORT_ARGUMENT_SPEC, write_report
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            data=dict(type="dict", required=True),
-            dir=dict(type="path", default="reports"),
-            prefix=dict(type="str", default="report"),
-            path=dict(type="path"),
-            mode=dict(type="raw", default="0640"),
-        ),
-        supports_check_mode=True,
-    )
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    generated_at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    path = module.params["path"] or os.path.join(
-        module.params["dir"], "%s-%s.json" % (module.params["prefix"], now.strftime("%Y%m%dT%H%M%SZ"))
-    )
-    data = dict(module.params["data"])
-    data.setdefault("generated_at", generated_at)
-    result = dict(changed=False, path=path, generated_at=data["generated_at"])
-    if module.check_mode:
-        module.exit_json(**result)
-    directory = os.path.dirname(os.path.abspath(path))
+    module = AnsibleModule(argument_spec=REPORT_ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".report-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        mode = module.params["mode"]
-        os.chmod(tmp, int(mode, 8) if isinstance(mode, str) else mode)
-        os.rename(tmp, path)
-    except (OSError, ValueError, TypeError) as e:
-        module.fail_json(msg="cannot write report %s: %s" % (path, to_native(e)), path=path)
+        result = write_report(module.params, check_mode=module.check_mode)
+    except P3Error as e:
+        module.fail_json(msg=e.msg, **e.details)
     module.exit_json(**result)
 
 

@@ -38,3 +38,23 @@ def test_not_restored_while_the_last_run_is_red():
                _e("02", "b", kind="probe", healthy=True), _e("02", "b", kind="probe", healthy=False, reason="y")]
     pm = incident.render_postmortem(entries)
     assert "Service not yet verified healthy" in pm and "Service restored" not in pm
+
+
+def test_a_task_with_several_probe_verdicts_gives_one_probe_entry_each():
+    import types
+    cb = incident.CallbackModule()
+    res = {"changed": False, "healthy": False, "reason": "1 of 2 probes unhealthy - app: refused",
+           "verdicts": [{"probe": "app", "module": "p3.recovery.app_probe", "healthy": False, "reason": "refused"},
+                        {"probe": "redis", "module": "p3.recovery.redis_probe", "healthy": True, "reason": "6 nodes"}]}
+    task = types.SimpleNamespace(resolved_action="p3.recovery.quick_diagnostics", name="Quick diagnostics")
+    result = types.SimpleNamespace(result=res, task=task, host=types.SimpleNamespace(name="localhost"))
+    cb.v2_runner_on_ok(result)
+    assert [(e["action"], e["healthy"], e["reason"], e["kind"], e["via"], e["task"]) for e in cb._entries] == [
+        ("p3.recovery.app_probe", False, "refused", "probe", "p3.recovery.quick_diagnostics", "Quick diagnostics [app]"),
+        ("p3.recovery.redis_probe", True, "6 nodes", "probe", "p3.recovery.quick_diagnostics",
+         "Quick diagnostics [redis]"),
+    ]
+    cb._entries = []
+    cb.v2_runner_on_ok(types.SimpleNamespace(result=dict(res, censored="hidden"), task=task,
+                                             host=types.SimpleNamespace(name="localhost")))
+    assert len(cb._entries) == 1 and cb._entries[0]["censored"] is True and "reason" not in cb._entries[0]
