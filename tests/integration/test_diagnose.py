@@ -215,3 +215,59 @@ def test_built_collection_installs_and_runs(healthy_lab, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     report = json.loads(open(sorted(reports.glob("diagnose-*.json"))[-1]).read())
     assert report["healthy"] is True
+
+
+QUICK_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/p3.recovery.http:
+      url: "{{ p3_app_url }}"
+      timeout: 3
+    group/p3.recovery.postgres:
+      dsn: "{{ qd_dsn | default(p3_database_url) }}"
+    group/p3.recovery.redis:
+      redis_nodes: "{{ p3_redis_nodes }}"
+      redis_password: "{{ p3_redis_password }}"
+  tasks:
+    - name: quick
+      p3.recovery.quick_diagnostics:
+        probes: "{{ qd_probes }}"
+      register: quick
+    - name: report through the module (become, so not in-process)
+      p3.recovery.write_report:
+        path: "{{ qd_report }}"
+        data: "{{ {'healthy': quick.healthy, 'verdicts': quick.verdicts} }}"
+      become: true
+      become_method: ansible.builtin.su
+"""
+
+
+def test_quick_diagnostics_module_defaults_subset_and_one_bad_input(healthy_lab, tmp_path):
+    play = tmp_path / "quick.yml"
+    play.write_text(QUICK_PLAY)
+    status = lab_status()
+    report = str(tmp_path / "quick.json")
+    run = run_playbook(str(play), extravars={"qd_probes": ["postgres", "redis", "app"], "qd_report": report})
+    assert run.rc == 0, run.stdout[-3000:]
+    quick = run.result("quick")
+    assert quick["healthy"] is True and quick["changed"] is False
+    assert [v["probe"] for v in quick["verdicts"]] == ["postgres", "redis", "app"]
+    assert "metrics" not in quick
+    # the same evidence the one-probe modules return, read from the real services
+    assert quick["postgres"]["connections"]["max"] == status["db"]["max_connections"]
+    assert quick["redis"]["masters"] == status["redis"]["masters"] == 3
+    assert quick["app"]["pulse"]["peers"] == status["mesh"]["peers"]
+    written = run.result("report through the module (become, so not in-process)")
+    assert written["path"] == report and "invocation" in written  # the module ran (the in-process path has none)
+    with open(report) as f:
+        assert json.load(f)["verdicts"] == quick["verdicts"]
+
+    run = run_playbook(str(play), extravars={"qd_probes": ["postgres", "redis", "metrics"], "qd_report": report,
+                                             "qd_dsn": "postgresql://[broken"})
+    assert run.rc == 0 and "Traceback" not in run.stdout
+    quick = run.result("quick")
+    assert quick["healthy"] is False
+    assert quick["postgres"]["healthy"] is False and quick["postgres"]["error"] is True and quick["postgres"]["reason"]
+    assert quick["redis"]["healthy"] is True and quick["metrics"]["healthy"] is True
+    assert quick["reason"].startswith("1 of 3 probes unhealthy - postgres: ")
