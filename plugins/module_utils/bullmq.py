@@ -34,37 +34,62 @@ LIST_STATES = ("wait", "paused", "active")
 SCRIPTS = {"moveJobsToWait": "moveJobsToWait-8.lua", "reprocessJob": "reprocessJob-9.lua"}
 
 
-# Read-only helper (ours, not BullMQ's): the ids of one page of a state set whose job data is unusable, checked on
-# the server so a page costs one round trip. KEYS[1] state set; ARGV base key, cutoff, offset, count, required keys.
-VALIDATE_PAGE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
-local bad = {}
-for _, id in ipairs(ids) do
-  local data = redis.call('HGET', ARGV[1] .. id, 'data')
-  local problem = false
-  if not data then
-    problem = 'job hash missing or without data'
-  else
-    local ok, obj = pcall(cjson.decode, data)
-    if not ok then
-      problem = 'data is not JSON'
-    elseif type(obj) ~= 'table' or obj[1] ~= nil then
-      problem = 'data is not a JSON object'
+# One atomic fast-path step: our job-data check of the page, then BullMQ's own moveJobsToWait, whose text (from the
+# installed bullmq package) is pasted verbatim into bullmq_move() below. KEYS and ARGV[1..3] are moveJobsToWait's
+# (count, timestamp, state); ours follow: ARGV[4] '1' to check job data, ARGV[5] '1' to return the moved ids,
+# ARGV[6..] required data keys. Returns {moved, ids, bad}: when any job of the page is unusable nothing is moved
+# (moved = -1) and bad lists {id, problem, ...} of the page; moved is exact (ZCARD before and after, same script).
+MOVE_PAGE_HEAD = """
+local function bullmq_move()
+"""
+MOVE_PAGE_TAIL = """
+end
+local stateKey = KEYS[3]
+local ids = {}
+if ARGV[4] == '1' or ARGV[5] == '1' then
+  ids = redis.call('ZRANGEBYSCORE', stateKey, 0, ARGV[2], 'LIMIT', 0, ARGV[1])
+end
+if ARGV[4] == '1' then
+  local bad = {}
+  local call, decode, null, base = redis.call, cjson.decode, cjson.null, KEYS[1]
+  local nreq = #ARGV
+  for _, id in ipairs(ids) do
+    local data = call('HGET', base .. id, 'data')
+    local problem = false
+    if not data then
+      problem = 'job hash missing or without data'
     else
-      for j = 5, #ARGV do
-        if obj[ARGV[j]] == nil or obj[ARGV[j]] == '' or obj[ARGV[j]] == cjson.null then
-          problem = 'data lacks ' .. ARGV[j]
-          break
+      local ok, obj = pcall(decode, data)
+      if not ok then
+        problem = 'data is not JSON'
+      elseif type(obj) ~= 'table' or obj[1] ~= nil then
+        problem = 'data is not a JSON object'
+      else
+        for j = 6, nreq do
+          local v = obj[ARGV[j]]
+          if v == nil or v == '' or v == null then
+            problem = 'data lacks ' .. ARGV[j]
+            break
+          end
         end
       end
     end
+    if problem then
+      bad[#bad + 1] = id
+      bad[#bad + 1] = problem
+    end
   end
-  if problem then
-    bad[#bad + 1] = id
-    bad[#bad + 1] = problem
+  if #bad > 0 then
+    return {-1, {}, bad}
   end
 end
-return {#ids, bad}
+local before = redis.call('ZCARD', stateKey)
+bullmq_move()
+local moved = before - redis.call('ZCARD', stateKey)
+if ARGV[5] ~= '1' then
+  ids = {}
+end
+return {moved, ids, {}}
 """
 
 
@@ -371,32 +396,62 @@ class BullQueue(object):
                 raise self.fail(e, "SCRIPT LOAD %s" % name)
         return self._sha[name]
 
-    def _move_page(self, state, count, ts, want_ids=True):
-        """Atomically: the ids (or only how many) moveJobsToWait will take, then moveJobsToWait itself (one step of
-        BullMQ's retryJobs). Returns (moved count, ids or [])."""
-        sha, _text = self._script("moveJobsToWait")
+    def _move_script(self):
+        """sha of the fast-path step: our page check + BullMQ's moveJobsToWait text, verbatim."""
+        if "move_page" not in self._sha:
+            text = MOVE_PAGE_HEAD + load_script("moveJobsToWait") + MOVE_PAGE_TAIL
+            try:
+                self._sha["move_page"] = (self.client.script_load(text), text)
+            except Exception as e:
+                raise self.fail(e, "SCRIPT LOAD moveJobsToWait")
+        return self._sha["move_page"][0]
+
+    def _move_pages(self, state, cutoff, page_size, limit, validate, required_keys, ids_room, window=2):
+        """BullMQ's retryJobs loop (moveJobsToWait, page after page, from the head of the state set up to cutoff),
+        each page checked first in the same atomic script, with up to window calls in flight on one connection so
+        the server never waits for a round trip (each call is still its own script: other clients get the server
+        between two pages). Never asks for more than limit jobs in total, counting calls still in flight.
+
+        Returns (moved, ids (at most ids_room), pages, stopped_on_bad)."""
+        sha = self._move_script()
         keys = [self.base, self.key("events"), self.key(state), self.key("wait"), self.key("paused"),
                 self.key("meta"), self.key("active"), self.key("marker")]
-        pipe = self.client.pipeline(transaction=True)
-        if want_ids:
-            pipe.zrangebyscore(self.key(state), 0, ts, start=0, num=count)
-        else:
-            pipe.zcount(self.key(state), 0, ts)
-        pipe.evalsha(sha, len(keys), *(keys + [count, ts, state]))
-        first, _more = pipe.execute()
-        if want_ids:
-            return len(first), first
-        return min(int(first), count), []
-
-    def _validate_page(self, state, cutoff, offset, count, required_keys):
-        if "validate" not in self._sha:
-            try:
-                self._sha["validate"] = (self.client.script_load(VALIDATE_PAGE), VALIDATE_PAGE)
-            except Exception as e:
-                raise self.fail(e, "SCRIPT LOAD (page validation)")
-        sha = self._sha["validate"][0]
-        n, bad = self.client.evalsha(sha, 1, self.key(state), self.base, cutoff, offset, count, *required_keys)
-        return int(n), [{"id": bad[i], "problem": bad[i + 1]} for i in range(0, len(bad), 2)]
+        extra = ["1" if validate else "0"]
+        tail = list(required_keys or ())
+        conn = self.client.connection_pool.get_connection()
+        inflight = []  # counts asked for, oldest first
+        moved, ids, pages, asked, done, bad_seen = 0, [], 0, 0, False, False
+        try:
+            while True:
+                while not done and len(inflight) < window and asked < limit:
+                    n = int(min(page_size, limit - asked))
+                    want = "1" if ids_room - len(ids) - sum(inflight) > 0 else "0"
+                    conn.send_command("EVALSHA", sha, len(keys), *(keys + [n, cutoff, state] + extra + [want] + tail))
+                    inflight.append(n)
+                    asked += n
+                if not inflight:
+                    break
+                n = inflight.pop(0)
+                res = conn.read_response()  # raises an error reply (ResponseError)
+                got, page_ids, _bad = int(res[0]), res[1], res[2]
+                pages += 1
+                if got < 0:  # malformed job at the head: nothing moved; the caller reads the page job by job
+                    done = bad_seen = True
+                    asked -= n
+                    continue
+                moved += got
+                asked -= n - got
+                room = ids_room - len(ids)
+                if room > 0 and page_ids:
+                    ids.extend(x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in page_ids[:room])
+                if got < n:  # the state set has no more candidates
+                    done = True
+        except BaseException:
+            conn.disconnect()  # replies still in flight: never hand this connection back to the pool
+            raise
+        finally:
+            self.client.connection_pool.release(conn)
+        return moved, ids, pages, bad_seen
 
     def _reprocess(self, state, jobs):
         """Job.retry() for each (id, lifo) via reprocessJob; returns (moved, without job hash, gone) id lists."""
@@ -438,30 +493,26 @@ class BullQueue(object):
         out = dict(matched=0, retried=0, skipped_reason=0, malformed=[], malformed_count=0, vanished=0, ids=[],
                    ids_truncated=False, pages=0, cutoff_ms=cutoff)
         offset = 0  # failed jobs left in place at the head of the range (filtered out or malformed)
+        fast_done = False
         try:
             while remaining > 0:
                 n = int(min(page_size, remaining))
                 room = ids_limit - len(out["ids"])
-                if pattern is None and offset == 0 and not check_mode:
-                    # Fast path: whole pages through BullMQ's moveJobsToWait, after a server-side data check.
-                    bad = []
-                    if validate:
-                        found, bad = self._validate_page(state, cutoff, 0, n, list(required_keys or ()))
-                        if not found:
-                            break
-                    if not bad:
-                        moved_n, moved = self._move_page(state, n, cutoff, want_ids=room > 0)
-                        out["pages"] += 1
-                        if not moved_n:
-                            break
-                        out["matched"] += moved_n
-                        out["retried"] += moved_n
-                        remaining -= moved_n
-                        if room > 0:
-                            out["ids"].extend(moved[:room])
-                        if moved_n > max(room, 0):
-                            out["ids_truncated"] = True
-                        continue
+                if pattern is None and offset == 0 and not check_mode and not fast_done:
+                    # Fast path: whole pages through BullMQ's moveJobsToWait, each checked first on the server.
+                    moved_n, moved, pages, bad_seen = self._move_pages(
+                        state, cutoff, page_size, remaining, validate, required_keys, max(room, 0))
+                    out["pages"] += pages
+                    out["matched"] += moved_n
+                    out["retried"] += moved_n
+                    remaining -= moved_n
+                    out["ids"].extend(moved)
+                    if moved_n > len(moved):
+                        out["ids_truncated"] = True
+                    if not bad_seen:
+                        break
+                    fast_done = True  # a malformed job at the head: from here on, page by page
+                    continue
                 # Slow path: read each job (reason filter, malformed jobs at the head, check mode).
                 page = self.client.zrangebyscore(self.key(state), 0, cutoff, start=offset, num=n)
                 if not page:

@@ -277,3 +277,117 @@ def test_concurrency_is_set_in_supervisor_and_the_app_restarts_with_it(healthy_l
             os.remove(b)
         subprocess.run(ctl + ["update", "p3app"], capture_output=True, text=True)
         lab("heal", timeout=240)
+
+
+RECONCILE_TASK = "Act - reconcile the outbox (stale processing rows, dead letters when asked)"
+OUTBOX_COLUMNS = "id::text, status, retry_count, last_error, heartbeat_at, updated_at"
+
+
+def _outbox_exec(sql, args=None):
+    conn = psycopg2.connect(V["p3_database_url"], connect_timeout=5)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def _outbox_rows(tag):
+    return dict((r[0], r) for r in db_rows(
+        "SELECT %s FROM anchor_outbox WHERE app_id = %%s ORDER BY id" % OUTBOX_COLUMNS, (tag,)))
+
+
+def _keep_fresh(ids):
+    """Heartbeat the fresh processing rows, as a live worker does every 15 s (so they stay fresh however long the
+    playbook runs take)."""
+    _outbox_exec("UPDATE anchor_outbox SET heartbeat_at = now() - interval '5 seconds' WHERE id::text = ANY(%s)",
+                 (list(ids),))
+    return _outbox_rows_by_id(ids)
+
+
+def _outbox_rows_by_id(ids):
+    return dict((r[0], r) for r in db_rows(
+        "SELECT %s FROM anchor_outbox WHERE id::text = ANY(%%s)" % OUTBOX_COLUMNS, (list(ids),)))
+
+
+def test_outbox_reconcile_stale_rows_and_gated_dead_letters(healthy_lab, report_dir):
+    """Real stale state in the lab's anchor_outbox: processing rows whose heartbeat is older than 120 s go back to
+    pending; fresh processing rows and rows without a heartbeat stay; dead letters are retried only with
+    p3_anchor_retry_dead_letters; check mode changes no row; a second run changes nothing.
+
+    The rows carry their own app_id and ids no BullMQ job names, so the lab's worker (which only touches the outbox
+    row of a job it processes, and has no outbox poller) never picks them up."""
+    tag = "p3test-outbox-%d-%d" % (os.getpid(), int(time.time()))
+
+    def insert(status, heartbeat_sql, retry_count=0, last_error=None):
+        return _outbox_exec(
+            "INSERT INTO anchor_outbox (type, app_id, digest, payload, status, retry_count, last_error, heartbeat_at, "
+            "created_at, updated_at) VALUES ('anchor', %%s, md5(random()::text), '{}'::jsonb, %%s, %%s, %%s, %s, "
+            "now() - interval '1 hour', now() - interval '10 minutes') RETURNING id::text" % heartbeat_sql,
+            (tag, status, retry_count, last_error))[0][0]
+
+    try:
+        stale = [insert("processing", "now() - interval '%d seconds'" % s) for s in (121 + 10, 600, 3600)]
+        fresh = [insert("processing", "now() - interval '5 seconds'") for _ in range(2)]
+        no_heartbeat = insert("processing", "NULL")
+        dead = [insert("dead_letter", "NULL", 5, "Web3RPCError: nonce too low") for _ in range(2)]
+        ours = stale + fresh + [no_heartbeat] + dead
+        before = _outbox_rows(tag)
+        assert len(before) == len(ours)
+
+        # Check mode, gate on: says what it would reset, changes no row.
+        run, report = recover(report_dir, check=True, p3_anchor_retry_dead_letters=True)
+        assert run.rc == 0, run.stdout[-3000:]
+        would = run.result(RECONCILE_TASK)
+        assert set(stale) <= set(would["stale_reset"]) and not set(fresh + [no_heartbeat] + dead) & set(
+            would["stale_reset"])
+        assert set(dead) <= set(would["dead_letters_retried"])
+        assert report["check_mode"] is True and report["before"]["outbox"]["stale_processing"] >= len(stale)
+        assert _outbox_rows(tag) == before
+
+        # Real run, gate off (the default): stale rows -> pending with the heartbeat cleared; nothing else moves.
+        kept = _keep_fresh(fresh)
+        run, report = recover(report_dir)
+        assert run.rc == 0, run.stdout[-3000:]
+        res = run.result(RECONCILE_TASK)
+        assert res["changed"] is True and set(stale) <= set(res["stale_reset"])
+        assert res["dead_letters_retried"] == []
+        after = _outbox_rows(tag)
+        for i in stale:
+            assert after[i][1:5] == ("pending", 0, None, None), after[i]
+            assert after[i][5] > before[i][5]  # updated_at moved
+        for i in fresh:
+            assert after[i] == kept[i]  # untouched, heartbeat included
+        assert after[no_heartbeat] == before[no_heartbeat]  # P3 leaves processing rows without a heartbeat alone
+        for i in dead:
+            assert after[i] == before[i]  # not without the gate
+        assert report["changed"] is True and report["healthy"] is True, report["reason"]
+        assert "stale outbox row" in report["reason"]
+
+        # Gate on: dead letters -> pending, retry_count 0, last_error cleared; the rest stays as it is.
+        kept = _keep_fresh(fresh)
+        mid = _outbox_rows(tag)
+        run, report = recover(report_dir, p3_anchor_retry_dead_letters=True)
+        assert run.rc == 0, run.stdout[-3000:]
+        res = run.result(RECONCILE_TASK)
+        assert set(dead) <= set(res["dead_letters_retried"]) and not set(ours) & set(res["stale_reset"])
+        after = _outbox_rows(tag)
+        for i in dead:
+            assert after[i][1:5] == ("pending", 0, None, None), after[i]
+        for i in stale + [no_heartbeat]:
+            assert after[i] == mid[i]
+        for i in fresh:
+            assert after[i] == kept[i]
+
+        # Second run with the gate: nothing left to do.
+        kept = _keep_fresh(fresh)
+        settled = _outbox_rows(tag)
+        run2, report2 = recover(report_dir, p3_anchor_retry_dead_letters=True)
+        assert run2.rc == 0, run2.stdout[-3000:]
+        assert total_changed(run2) == 0, run2.changed
+        assert report2["changed"] is False and report2["healthy"] is True
+        assert _outbox_rows(tag) == settled
+    finally:
+        _outbox_exec("DELETE FROM anchor_outbox WHERE app_id = %s", (tag,))
+    assert _outbox_rows(tag) == {}
