@@ -102,10 +102,22 @@ def evidence(result, drop=None):
     return dict((k, v) for k, v in (result or {}).items() if k not in drop)
 
 
+def redis_serving(result):
+    """Whether Redis, as a redis_probe result describes it, serves clients: a cluster serves when the reachable
+    nodes say cluster_state:ok and every slot is served by a reachable master (a dead replica or a dead former
+    master that was failed over does not stop it); a standalone Redis when the probe is healthy."""
+    result = result or {}
+    if result.get("cluster_enabled"):
+        return (result.get("cluster_state") == "ok" and not result.get("slots_uncovered")
+                and result.get("slots_ok") == 16384)
+    return bool(result.get("healthy"))
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "evidence": evidence,
+            "redis_serving": redis_serving,
             "to_check": to_check,
             "triage": triage,
             "verdict_table": verdict_table,

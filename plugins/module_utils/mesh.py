@@ -110,7 +110,10 @@ def pubsub_census(settings, pattern="mesh:*", channels=()):
         channels=totals,
         numpat=sum(n["numpat"] or 0 for n in nodes),
         nodes_with_patterns=[n["address"] for n in nodes if n["numpat"]],
-        unreachable=[n["address"] for n in nodes if not n["reachable"]],
+        unreachable_nodes=[n["address"] for n in nodes if not n["reachable"]],
+        # Unreachable and flagged fail by their peers: the cluster gave them up, no client can be subscribed there.
+        failed_nodes=[n["address"] for n in verdict["nodes"]
+                      if n["address"] in unreachable and "fail" in (n.get("flagged_by_peers") or [])],
         cluster=bool(verdict.get("cluster_enabled")),
     )
 

@@ -132,7 +132,7 @@ def main():
         if subscribers < p["min_subscribers"]:
             module.fail_json(msg="not publishing on %s: %d subscribers over %d nodes < %d (nobody listens)%s" % (
                 p["channel"], subscribers, len(census["nodes"]), p["min_subscribers"],
-                "; nodes not asked: %s" % ", ".join(census["unreachable"]) if census["unreachable"] else ""),
+                "; nodes not asked: %s" % ", ".join(census["unreachable_nodes"]) if census["unreachable_nodes"] else ""),
                 **result)
         if not module.check_mode:
             result["node"], result["receivers_local"] = publish(target.settings, p["channel"], message)

@@ -92,8 +92,18 @@ nodes:
   returned: always
   type: list
   elements: dict
-unreachable:
-  description: Nodes that could not be asked.
+unreachable_nodes:
+  description:
+    - Nodes that could not be asked.
+    - Not named C(unreachable), which Ansible reads as "the host is unreachable".
+    - They make the verdict unhealthy (their pub/sub state is unknown), except those in RV(failed_nodes).
+  returned: always
+  type: list
+  elements: str
+failed_nodes:
+  description:
+    - Unreachable nodes that their peers flag C(fail) - the cluster has given them up, so no client can be
+      subscribed there; they do not make the verdict unhealthy (the Redis scenario deals with them).
   returned: always
   type: list
   elements: str
@@ -143,8 +153,9 @@ def main():
             problems.append("%s has %d subscribers < %d" % (name, n, p["min_channel_subscribers"]))
     if p["min_patterns"] and result["numpat"] < p["min_patterns"]:
         problems.append("pattern subscriptions %d < %d (relay not PSUBSCRIBEd)" % (result["numpat"], p["min_patterns"]))
-    if result["unreachable"]:
-        problems.append("nodes not asked: %s" % ", ".join(result["unreachable"]))
+    unknown = [a for a in result["unreachable_nodes"] if a not in result["failed_nodes"]]
+    if unknown:
+        problems.append("nodes not asked: %s" % ", ".join(unknown))
     others = len([c for c in result["channels"] if c not in p["channels"]])
     summary = "%s; %d pattern subscription%s on %s; %d other %s channel%s over %d nodes" % (
         ", ".join(seen) or "no channel", result["numpat"], "" if result["numpat"] == 1 else "s",

@@ -79,3 +79,15 @@ def test_verdict_table():
 
 def test_evidence_drops_bookkeeping():
     assert verdicts.evidence({"invocation": {}, "changed": False, "healthy": True, "metrics": {}}, ["metrics"]) == {"healthy": True}
+
+
+def test_redis_serving_ignores_a_dead_node_that_serves_no_slot():
+    from ansible_collections.p3.recovery.plugins.filter.verdicts import redis_serving
+    serving = {"healthy": False, "cluster_enabled": True, "cluster_state": "ok", "slots_ok": 16384, "slots_uncovered": []}
+    assert redis_serving(serving) is True
+    assert redis_serving(dict(serving, cluster_state="fail")) is False
+    assert redis_serving(dict(serving, slots_ok=10923, slots_uncovered=["0-5460"])) is False
+    assert redis_serving({"healthy": True, "cluster_enabled": False}) is True
+    assert redis_serving({"healthy": False, "cluster_enabled": False}) is False
+    assert redis_serving({"healthy": False, "cluster_enabled": None}) is False  # nothing answered
+    assert redis_serving(None) is False
