@@ -18,6 +18,9 @@ description:
     and C(Job.retry()) run - C(moveJobsToWait) moves a page of up to O(page_size) jobs atomically (clears
     C(finishedOn), C(processedOn), C(failedReason), emits C(waiting) events, pushes to C(wait), sets the marker);
     C(reprocessJob) does the same per job once filters leave some failed jobs in place.
+  - Without filters each page is one atomic script - the job-data check of O(validate_data), then
+    C(moveJobsToWait)'s text as the package ships it - and two pages are in flight on one connection, so the server
+    never waits for a round trip while every call still holds it for one page only (about 5 ms per 1000 jobs).
   - Only jobs that failed at least O(min_age_seconds) ago (C(failed) score = C(finishedOn)) and before the run
     started are candidates, so a job that fails again during the run is not retried twice.
   - Memory stays one page whatever the number of jobs; the result lists at most O(return_ids) ids.
@@ -66,8 +69,9 @@ options:
     default: 1000
   validate_data:
     description:
-      - Read each candidate's hash first; a job whose hash is missing or whose C(data) is not a JSON object with
-        O(required_data_keys) is not retried and is listed in RV(malformed).
+      - Check each candidate's C(data) on the server, in the same atomic step as its move; a job whose hash is
+        missing or whose C(data) is not a JSON object with O(required_data_keys) is not retried and is listed in
+        RV(malformed). It costs about half as much server time again as the move itself.
     type: bool
     default: true
   required_data_keys:
