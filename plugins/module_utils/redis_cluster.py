@@ -72,6 +72,7 @@ def _extra(client, rec):
         used_memory=_int(mem.get("used_memory")),
         maxmemory=_int(mem.get("maxmemory")),
         maxmemory_policy=mem.get("maxmemory_policy"),
+        total_system_memory=_int(mem.get("total_system_memory")),
     )
     t = client.execute_command("TIME")
     rec["time_ms"] = int(t[0]) * 1000 + int(t[1]) // 1000
@@ -205,6 +206,7 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
             keys=rec.get("keys") if reach else None,
             used_memory=mem.get("used_memory"),
             maxmemory=mem.get("maxmemory"),
+            total_system_memory=mem.get("total_system_memory"),
             memory_pct=(round(100.0 * mem["used_memory"] / mem["maxmemory"], 1)
                         if mem.get("maxmemory") and mem.get("used_memory") is not None else None),
         )
@@ -220,7 +222,7 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
                 master=None, flags=[], flagged_by={}, link_disconnected_from=[], unanswered_pings_from=[],
                 config_epoch=None, slots=[], slot_count=0, cluster_state=None, current_epoch=None, repl_offset=None,
                 replica_offset=None, master_link_status=None, lag_bytes=None, keys=None, used_memory=None,
-                maxmemory=None, memory_pct=None, failed=False, pfail=False, down_confirmed=False)
+                maxmemory=None, total_system_memory=None, memory_pct=None, failed=False, pfail=False, down_confirmed=False)
 
     for n in nodes.values():
         if n["master_id"] and n["master_id"] in nodes:
