@@ -20,6 +20,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.app_health import (
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, describe_error, one_line, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response
 from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
+from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import SETTINGS_SQL
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -41,17 +42,8 @@ def app_probe(target, health_path="/health", pulse_path="/pulse/status", min_pee
 # PostgreSQL: SELECT 1, version, connections used vs max_connections
 # ---------------------------------------------------------------------------------------------------------------
 
-PG_SETTINGS_SQL = """
-SELECT current_setting('server_version') AS server_version,
-       current_setting('server_version_num')::int AS server_version_num,
-       current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
-       COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int AS reserved_connections,
-       pg_is_in_recovery() AS in_recovery,
-       current_user::text AS "user",
-       current_database()::text AS database,
-       COALESCE((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS superuser
-"""
+# The server settings the probe reports: the same query postgres_activity uses (one definition).
+PG_SETTINGS_SQL = SETTINGS_SQL
 
 PG_ACTIVITY_SQL = """
 SELECT COALESCE(state, 'unknown') AS state,
