@@ -29,6 +29,11 @@ elif [ "$FAULT" = db-exhaustion ]; then
   say "Diagnosing again"
   ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml | sed -n '/Show the verdict table/,/^$/p'
 else
-  say "Run the recovery named under 'next:' above, or undo the fault with: .venv/bin/python lab/p3lab heal"
+  # Any other fault: every scenario in the runbook's recovery order, each acting only where something is wrong.
+  say "Recovering: ansible-playbook -i lab/inventory.yml playbooks/recover_all.yml -e p3_db_min_age_seconds=1"
+  ansible-playbook -i lab/inventory.yml playbooks/recover_all.yml -e p3_db_min_age_seconds=1 \
+    | sed -n '/PLAY RECAP/,$p'
+  say "Diagnosing again"
+  ansible-playbook -i lab/inventory.yml playbooks/diagnose.yml | sed -n '/Show the verdict table/,/^$/p'
 fi
 say "Reports are in reports/; stop the lab with: make lab-down"
