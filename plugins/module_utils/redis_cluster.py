@@ -35,6 +35,11 @@ FAIL = "fail"
 PFAIL = "fail?"
 POLL = 0.05
 
+# The option of doc fragment p3.recovery.redis_cluster, defined once.
+REDIS_CLUSTER_ARGUMENT_SPEC = dict(
+    unanswered_ms=dict(type="int", default=1000),
+)
+
 
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"

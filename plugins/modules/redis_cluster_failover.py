@@ -29,6 +29,7 @@ author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.redis
+  - p3.recovery.redis_cluster
   - p3.recovery.attributes
 attributes:
   check_mode:
@@ -58,10 +59,6 @@ options:
     description: Seconds to wait for every reachable node to agree on the new roles, per failover.
     type: float
     default: 10
-  unanswered_ms:
-    description: See M(p3.recovery.redis_cluster_topology).
-    type: int
-    default: 1000
 seealso:
   - module: p3.recovery.redis_cluster_topology
   - module: p3.recovery.redis_cluster_slots
@@ -112,7 +109,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    plan_failover, read_topology, run_failover)
+    REDIS_CLUSTER_ARGUMENT_SPEC, plan_failover, read_topology, run_failover)
 
 
 def describe(steps, done=None):
@@ -128,12 +125,12 @@ def describe(steps, done=None):
 
 
 def main():
-    argument_spec = redis_argument_spec(
+    argument_spec = redis_argument_spec(**REDIS_CLUSTER_ARGUMENT_SPEC)
+    argument_spec.update(
         master=dict(type="str"),
         replica=dict(type="str"),
         allow_takeover=dict(type="bool", default=False),
         wait_timeout=dict(type="float", default=10.0),
-        unanswered_ms=dict(type="int", default=1000),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

@@ -28,6 +28,7 @@ author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.redis
+  - p3.recovery.redis_cluster
   - p3.recovery.attributes
 attributes:
   check_mode:
@@ -61,10 +62,6 @@ options:
     description: Seconds to wait for each rejoined node to be linked and agreed on.
     type: float
     default: 10
-  unanswered_ms:
-    description: See M(p3.recovery.redis_cluster_topology).
-    type: int
-    default: 1000
 seealso:
   - module: p3.recovery.redis_cluster_topology
   - module: p3.recovery.redis_cluster_failover
@@ -113,18 +110,18 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    plan_forget, plan_rejoin, read_topology, run_forget, run_rejoin)
+    REDIS_CLUSTER_ARGUMENT_SPEC, plan_forget, plan_rejoin, read_topology, run_forget, run_rejoin)
 
 
 def main():
-    argument_spec = redis_argument_spec(
+    argument_spec = redis_argument_spec(**REDIS_CLUSTER_ARGUMENT_SPEC)
+    argument_spec.update(
         state=dict(type="str", default="replica", choices=["replica", "forgotten"]),
         nodes=dict(type="list", elements="str", default=[]),
         master=dict(type="str"),
         force=dict(type="bool", default=False),
         wait_link=dict(type="bool", default=True),
         wait_timeout=dict(type="float", default=10.0),
-        unanswered_ms=dict(type="int", default=1000),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

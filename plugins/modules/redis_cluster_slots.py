@@ -35,6 +35,7 @@ author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.redis
+  - p3.recovery.redis_cluster
   - p3.recovery.attributes
 attributes:
   check_mode:
@@ -72,10 +73,6 @@ options:
     description: Seconds to wait for every reachable node to agree after the repair (and for each promotion).
     type: float
     default: 10
-  unanswered_ms:
-    description: See M(p3.recovery.redis_cluster_topology).
-    type: int
-    default: 1000
 seealso:
   - module: p3.recovery.redis_cluster_topology
   - module: p3.recovery.redis_cluster_failover
@@ -128,8 +125,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    count_keys, plan_failover, plan_slot_repair, plan_view_fixes, range_slots, ranges_text, read_topology, run_failover,
-    run_slot_repair)
+    REDIS_CLUSTER_ARGUMENT_SPEC, count_keys, plan_failover, plan_slot_repair, plan_view_fixes, range_slots, ranges_text,
+    read_topology, run_failover, run_slot_repair)
 
 
 def shown(plan, open_slots, failover):
@@ -149,7 +146,8 @@ def shown(plan, open_slots, failover):
 
 
 def main():
-    argument_spec = redis_argument_spec(
+    argument_spec = redis_argument_spec(**REDIS_CLUSTER_ARGUMENT_SPEC)
+    argument_spec.update(
         allow_data_loss=dict(type="bool", default=False),
         promote_replicas=dict(type="bool", default=True),
         allow_takeover=dict(type="bool", default=False),
@@ -157,7 +155,6 @@ def main():
         max_slots=dict(type="int", default=16384),
         migrate_timeout_ms=dict(type="int", default=5000),
         wait_timeout=dict(type="float", default=10.0),
-        unanswered_ms=dict(type="int", default=1000),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

@@ -29,6 +29,7 @@ author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.redis
+  - p3.recovery.redis_cluster
   - p3.recovery.probe
   - p3.recovery.attributes
 attributes:
@@ -37,12 +38,6 @@ attributes:
   diff_mode:
     support: none
 options:
-  unanswered_ms:
-    description:
-      - A ping from a peer unanswered for longer than this many milliseconds confirms a node we cannot reach is down
-        (a frozen or partitioned node keeps its TCP link, so peers only flag it after C(cluster-node-timeout)).
-    type: int
-    default: 1000
   wait_for:
     description:
       - Poll (read-only, every 0.1 s) until the topology is C(serving) (every slot served by a live master, every
@@ -230,12 +225,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import public, read_topology
+from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import REDIS_CLUSTER_ARGUMENT_SPEC, public, read_topology
 
 
 def main():
-    argument_spec = redis_argument_spec(
-        unanswered_ms=dict(type="int", default=1000),
+    argument_spec = redis_argument_spec(**REDIS_CLUSTER_ARGUMENT_SPEC)
+    argument_spec.update(
         wait_for=dict(type="str", default="none", choices=["none", "serving", "healthy"]),
         wait_timeout=dict(type="float", default=10.0),
     )
