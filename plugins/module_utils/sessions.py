@@ -54,136 +54,126 @@ SESSION_ARGUMENT_SPEC = dict(
     scan_count=dict(type="int", default=200),
 )
 
-# Taking a key (Lua, shared by the scripts below): a string's value (GET: cheap, restored with SET ... PXAT) or,
-# for another type, its DUMP payload (restored with RESTORE ... ABSTTL); then PTTL and UNLINK. Appends
-# key, kind ('v' value | 'd' dump), payload, pttl to `out`; returns false when the key is gone.
-_LUA_TAKE = """
-local function take_key(k, out, value)
-  local kind, payload = 'v', value
-  if payload == nil then
-    payload = redis.pcall('GET', k)
-    if type(payload) == 'table' then
-      kind, payload = 'd', redis.call('DUMP', k)
-    end
-  end
-  if not payload then return false end
-  out[#out + 1] = k
-  out[#out + 1] = kind
-  out[#out + 1] = payload
-  out[#out + 1] = redis.call('PTTL', k)
-  redis.call('UNLINK', k)
-  return true
-end
-"""
+# The page scripts (Lua, one call per SCAN page and master). Each SCANs one page itself (SCAN <cursor> MATCH
+# <pattern> COUNT <count>), so the server-side work of a call is bounded by COUNT; none ever runs KEYS. Each starts
+# and ends with TIME: the reply carries the server's clock (the backup's absolute expiries are that clock + PTTL)
+# and how long the call held the server (max_page_ms). On a standalone server keys are read with MGET and removed
+# with UNLINK in chunks of 1000 (the unpack() limit); a cluster node refuses multi-key commands across slots inside
+# a script, so there (ARGV[1] = '0') it is one GET / UNLINK per key.
 
-# One page of mode all, server-side: SCAN <cursor> MATCH <pattern> COUNT <count> on this node, then take each key
-# found, at most <limit>. One call per page: the work per call is bounded by COUNT, no key travels to the server,
-# and the backup holds exactly what was removed. Returns {cursor, scanned, over, [key, kind, payload, pttl, ...]}.
-# ARGV: cursor, pattern, count, limit.
-LUA_PAGE_ALL = _LUA_TAKE + """
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local keys, limit, out, over, n = page[2], tonumber(ARGV[4]), {}, 0, 0
-for i = 1, #keys do
-  if n >= limit then
-    over = over + 1
-  elseif take_key(keys[i], out) then
-    n = n + 1
+_LUA_BATCH = """
+local batch = ARGV[1] == '1'
+local function mget(keys, s, e)
+  if batch then return redis.call('MGET', unpack(keys, s, e)) end
+  local out = {}
+  for i = s, e do
+    local v = redis.pcall('GET', keys[i])
+    if type(v) == 'table' then v = false end
+    out[i - s + 1] = v
   end
+  return out
 end
-return {page[1], #keys, over, out}
-"""
-
-# For (key, fingerprint) pairs: a key is taken only if it still is what was judged corrupt - a string whose SHA1 is
-# the fingerprint, or (empty fingerprint) a key of another type than string. Returns [key, kind, payload, pttl, ...].
-LUA_TAKE_IF_SAME = _LUA_TAKE + """
-local out = {}
-for i = 1, #ARGV, 2 do
-  local k, want = ARGV[i], ARGV[i + 1]
-  local t = redis.call('TYPE', k)['ok']
-  if want == '' then
-    if t ~= 'none' and t ~= 'string' then take_key(k, out) end
-  elseif t == 'string' then
-    local v = redis.call('GET', k)
-    if redis.sha1hex(v) == want then take_key(k, out, v) end
-  end
-end
-return out
-"""
-
-# Judge a page of keys (ARGV after the options) with the rule of classify(), on the server, and take (DUMP + PTTL
-# + UNLINK) the corrupt ones atomically, at most `limit`. Values the script cannot judge exactly like classify()
-# (non-ASCII bytes: UTF-8 validity; an expiry given as a non-numeric string: ISO 8601) come back undecided, for
-# classify() and LUA_TAKE_IF_SAME. Like LUA_PAGE_ALL it SCANs one page itself. Returns
-# {cursor, scanned, over, [key, kind, payload, pttl, ...], [reason, ...], [undecided key, ...]} (reasons in the
-# order of the taken keys).
-# ARGV: take (1/0), now_ms, require_ttl (1/0), expiry_field, limit, cursor, pattern, count, n_fields, fields...
-LUA_JUDGE = _LUA_TAKE + """
-local take, now, require_ttl = ARGV[1] == '1', tonumber(ARGV[2]), ARGV[3] == '1'
-local efield, limit, nf = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[9])
-local page = redis.call('SCAN', ARGV[6], 'MATCH', ARGV[7], 'COUNT', ARGV[8])
-local keys = page[2]
-local fields = {}
-for j = 1, nf do fields[j] = ARGV[9 + j] end
-local taken, reasons, undecided, over, n = {}, {}, {}, 0, 0
-for i = 1, #keys do
-  local k = keys[i]
-  local reason, v = nil, redis.pcall('GET', k)
-  if not v then
-    reason = nil
-  elseif type(v) == 'table' then
-    reason, v = 'wrong-type', nil
+local function unlink(keys)
+  if batch then
+    for s = 1, #keys, 1000 do redis.call('UNLINK', unpack(keys, s, math.min(#keys, s + 999))) end
   else
-    if string.find(v, '[\\128-\\255]') then
-      reason = '?'
-    else
-      local ok, obj = pcall(cjson.decode, v)
-      if not ok then
-        reason = 'not-json'
-      elseif type(obj) ~= 'table' or string.match(v, '^[ \\t\\r\\n]*(.)') ~= '{' then
-        reason = 'not-object'
-      else
-        for j = 1, nf do
-          if obj[fields[j]] == nil then reason = 'missing-fields' break end
-        end
-        if not reason and efield ~= '' then
-          local e = obj[efield]
-          if type(e) == 'string' then
-            if string.match(e, '^[ \\t\\r\\n]*%-?%d+%.?%d*[ \\t\\r\\n]*$') then e = tonumber(e) else reason = '?' end
-          end
-          if not reason then
-            if type(e) ~= 'number' or e ~= e or e == math.huge or e == -math.huge then
-              reason = 'bad-expiry'
-            else
-              if math.abs(e) < 1e11 then e = e * 1000 end
-              if e >= 0 then e = math.floor(e) else e = math.ceil(e) end
-              if e <= now then reason = 'expired' end
-            end
-          end
-        end
-        if not reason and require_ttl and redis.call('PTTL', k) == -1 then reason = 'no-ttl' end
-      end
-    end
+    for i = 1, #keys do redis.call('UNLINK', keys[i]) end
   end
-  if reason == '?' then
-    undecided[#undecided + 1] = k
-  elseif reason then
-    if n >= limit then
-      over = over + 1
-    else
-      n = n + 1
-      if take then
-        take_key(k, taken, v)
+end
+"""
+
+# Mode all: take every key of the page, at most <limit>: a string's value (MGET; restored with SET ... PXAT) or,
+# for another type, its DUMP payload (restored with RESTORE ... ABSTTL), then PTTL, then UNLINK - atomically, so
+# the backup holds exactly what was removed.
+# ARGV: batch (1 standalone / 0 cluster), cursor, pattern, count, limit.
+# Returns {cursor, scanned, over, server_ms, busy_us, keys, kinds ('v' value | 'd' dump, one char per key),
+# payloads, pttls}.
+LUA_PAGE_ALL = _LUA_BATCH + """
+local t0 = redis.call('TIME')
+local page = redis.call('SCAN', ARGV[2], 'MATCH', ARGV[3], 'COUNT', ARGV[4])
+local keys, limit = page[2], tonumber(ARGV[5])
+local n, taken, kinds, payloads, ttls, over = #keys, {}, {}, {}, {}, 0
+for s = 1, n, 1000 do
+  local e = math.min(n, s + 999)
+  local vals = mget(keys, s, e)
+  for i = s, e do
+    local k, v, kind = keys[i], vals[i - s + 1], 'v'
+    if not v then
+      v = redis.pcall('GET', k)
+      if type(v) == 'table' then kind, v = 'd', redis.call('DUMP', k) end
+    end
+    if v then
+      if #taken >= limit then
+        over = over + 1
       else
-        taken[#taken + 1] = k
-        taken[#taken + 1] = 'v'
-        taken[#taken + 1] = ''
-        taken[#taken + 1] = 0
+        local j = #taken + 1
+        taken[j], kinds[j], payloads[j], ttls[j] = k, kind, v, redis.call('PTTL', k)
       end
-      reasons[#reasons + 1] = reason
     end
   end
 end
-return {page[1], #keys, over, taken, reasons, undecided}
+unlink(taken)
+local t1 = redis.call('TIME')
+return {page[1], n, over, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
+        taken, table.concat(kinds), payloads, ttls}
+"""
+
+# Mode corrupt: read a page for classify() in Python - value (MGET), type flag, PTTL - and, in the same call, take
+# the keys judged corrupt in an earlier page only if they are still what was judged (compare-and-delete):
+#   flag 'w' (judged: not a string): taken if it exists and is still not a string (DUMP payload);
+#   flag 'v' (judged by its value): taken if GET still returns exactly the value judged;
+#   flag 't' (judged no-ttl): the same, and the key must still have no TTL.
+# A key that changed in between is left alone (the purge counts it as vanished).
+# ARGV: batch, cursor ('' = no page, takes only), pattern, count, read PTTL (1/0), n_take, then n_take times
+# key, judged value ('' for flag w), flag.
+# Returns {cursor, scanned, server_ms, busy_us, take kinds ('v' | 'd' | '-' not taken, one char per take),
+# take pttls, take dumps (for the 'd' ones, in order), keys, values (false when not a string), types ('s' string
+# | 'w' another type | '-' gone, one char per key), pttls (0 when not read)}.
+LUA_PAGE_CORRUPT = _LUA_BATCH + """
+local t0 = redis.call('TIME')
+local nt, tk, tp, td = tonumber(ARGV[6]), {}, {}, {}
+for i = 0, nt - 1 do
+  local k, want, flag = ARGV[7 + 3 * i], ARGV[8 + 3 * i], ARGV[9 + 3 * i]
+  local kind, ttl = '-', -2
+  if flag == 'w' then
+    local ty = redis.call('TYPE', k)['ok']
+    if ty ~= 'none' and ty ~= 'string' then
+      td[#td + 1] = redis.call('DUMP', k)
+      kind, ttl = 'd', redis.call('PTTL', k)
+      redis.call('UNLINK', k)
+    end
+  elseif redis.pcall('GET', k) == want then
+    local left = redis.call('PTTL', k)
+    if flag ~= 't' or left == -1 then
+      kind, ttl = 'v', left
+      redis.call('UNLINK', k)
+    end
+  end
+  tk[i + 1], tp[i + 1] = kind, ttl
+end
+local cursor, keys, vals, types, ttls = ARGV[2], {}, {}, {}, {}
+if cursor ~= '' then
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[4])
+  local with_ttl = ARGV[5] == '1'
+  cursor, keys = page[1], page[2]
+  local n = #keys
+  for s = 1, n, 1000 do
+    local e = math.min(n, s + 999)
+    local got = mget(keys, s, e)
+    for i = s, e do
+      local v, ty = got[i - s + 1], 's'
+      if not v then
+        v, ty = false, '-'
+        if type(redis.pcall('GET', keys[i])) == 'table' then ty = 'w' end
+      end
+      vals[i], types[i] = v, ty
+      ttls[i] = with_ttl and redis.call('PTTL', keys[i]) or 0
+    end
+  end
+end
+local t1 = redis.call('TIME')
+return {cursor, #keys, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
+        table.concat(tk), tp, td, keys, vals, table.concat(types), ttls}
 """
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,6 +265,57 @@ def classify(raw, pttl, required_fields=None, expiry_field="expiresAt", require_
     return None
 
 
+_SCAN_ONCE = json.JSONDecoder().scan_once  # what json.loads() runs, without its checks around it
+_EXACT_INT = 2 ** 53  # integers below this are exact as floats: parse_time_ms() needs no float for them
+
+
+class Judge(object):
+    """classify() with the options bound, for many values: the common case - a UTF-8 JSON object starting at the
+    first byte and ending at the last, not nested deeper than MAX_DEPTH, with an integer expiry - is judged here
+    without json.loads()'s extra steps; anything else (whitespace around, a BOM, not JSON, deep, another expiry
+    type) goes to classify() itself. Same answer as classify() for every value (unit-tested): the census and the
+    purge both use it."""
+
+    def __init__(self, required_fields=None, expiry_field="expiresAt", require_ttl=True):
+        self.kw = dict(required_fields=required_fields, expiry_field=expiry_field, require_ttl=require_ttl)
+        self.fields = tuple(DEFAULT_FIELDS if required_fields is None else required_fields)
+        self.expiry_field = expiry_field
+        self.require_ttl = require_ttl
+
+    def __call__(self, raw, pttl, now_ms):
+        if type(raw) is not bytes:
+            return classify(raw, pttl, now_ms=now_ms, **self.kw)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not-utf8"
+        if len(text) > MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH:
+            return classify(raw, pttl, now_ms=now_ms, **self.kw)
+        try:
+            obj, end = _SCAN_ONCE(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            return classify(raw, pttl, now_ms=now_ms, **self.kw)
+        if end != len(text) or type(obj) is not dict:
+            return classify(raw, pttl, now_ms=now_ms, **self.kw)
+        for field in self.fields:
+            if field not in obj:
+                return "missing-fields"
+        if self.expiry_field:
+            expires = obj.get(self.expiry_field)
+            if type(expires) is int and -_EXACT_INT < expires < _EXACT_INT:
+                if -100000000000 < expires < 100000000000:
+                    expires *= 1000
+            else:
+                expires = parse_time_ms(expires)
+                if expires is None:
+                    return "bad-expiry"
+            if expires <= now_ms:
+                return "expired"
+        if self.require_ttl and isinstance(pttl, int) and pttl == -1:
+            return "no-ttl"
+        return None
+
+
 def check_options(params):
     """Validate the shared session options; raises P3Error with a one-line message."""
     pattern = params.get("pattern")
@@ -303,11 +344,6 @@ def _unb64(text, what):
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, AttributeError):
         raise ValueError("%s is not base64" % what)
-
-
-def _fingerprint(raw):
-    import hashlib
-    return hashlib.sha1(raw).hexdigest()
 
 
 def _now_iso():
@@ -388,6 +424,7 @@ def census(settings, params, sample_size=10):
     count = int(params["scan_count"])
     kw = dict(required_fields=params.get("required_fields"), expiry_field=params.get("expiry_field"),
               require_ttl=params.get("require_ttl", True))
+    judge = Judge(**kw)
     total = dict(keys=0, valid=0, corrupt=0, no_ttl=0, bytes=0, max_bytes=0, pages=0)
     by_reason = dict((r, 0) for r in REASONS)
     sample = []
@@ -417,7 +454,7 @@ def census(settings, params, sample_size=10):
                         if isinstance(raw, bytes):
                             total["bytes"] += len(raw)
                             total["max_bytes"] = max(total["max_bytes"], len(raw))
-                        reason = classify(raw, pttl, now_ms=now, **kw)
+                        reason = judge(raw, pttl, now)
                         if reason is None:
                             node["valid"] += 1
                         else:
@@ -460,38 +497,14 @@ def census(settings, params, sample_size=10):
 # ---------------------------------------------------------------------------------------------------------------
 
 class BackupWriter(object):
-    """Append-only JSONL backup, created exclusively with mode 0600, flushed after every page.
-
-    Pages are encoded and written by a background thread (bounded queue of 4 pages), so the base64 work overlaps
-    the next page's round trip to Redis; close() waits for every queued page and re-raises a write error.
-    """
+    """Append-only JSONL backup, created exclusively with mode 0600, written and flushed after every page (the purge
+    writes a page while the server already works on the next one); close() fsyncs."""
 
     def __init__(self, path, header):
         self.path = path
         self.header = header
         self.count = 0
         self.fh = None
-        self._queue = None
-        self._thread = None
-        self._error = None
-
-    def _worker(self):
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None:
-                try:
-                    self._write(*item)
-                except Exception as e:  # re-raised by put() / close()
-                    self._error = e
-
-    def _raise(self):
-        if self._error is not None:
-            error, self._error = self._error, None
-            if isinstance(error, P3Error):
-                raise error
-            raise P3Error("writing the backup file %s failed: %s" % (self.path, one_line(error, 200)))
 
     def _open(self):
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -512,37 +525,34 @@ class BackupWriter(object):
         os.unlink(self.path)
 
     def write_page(self, taken, node, server_now):
-        """Queue a page: (key, reason, kind 'v'|'d', payload, pttl) tuples, as the take scripts returned them."""
+        """Append a page: (key, reason, kind 'v'|'d', payload, pttl) tuples, as the take scripts returned them;
+        server_now is the server's clock (ms) when the page was taken: the absolute expiry is server_now + pttl."""
         if not taken:
             return
-        self._raise()
-        if self._thread is None:
-            import queue
-            import threading
-            self._open()
-            self._queue = queue.Queue(maxsize=4)
-            self._thread = threading.Thread(target=self._worker, name="p3-session-backup")
-            self._thread.daemon = True
-            self._thread.start()
+        try:
+            if self.fh is None:
+                self._open()
+            b64 = binascii.b2a_base64
+            lines = []
+            for key, reason, kind, payload, pttl in taken:
+                pttl = int(pttl) if pttl is not None else -1
+                if not isinstance(payload, bytes):
+                    payload = str(payload).encode("utf-8")
+                if not isinstance(key, bytes):
+                    key = str(key).encode("utf-8")
+                lines.append('{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
+                    b64(key, newline=False).decode("ascii"), "dump" if kind in (b"d", "d") else "value",
+                    b64(payload, newline=False).decode("ascii"), pttl,
+                    "null" if pttl < 0 else "%d" % (server_now + pttl), node, reason))
+            self.fh.write("".join(lines))
+            self.fh.flush()
+        except P3Error:
+            raise
+        except (IOError, OSError, ValueError) as e:
+            raise P3Error("writing the backup file %s failed: %s" % (self.path, one_line(e, 200)))
         self.count += len(taken)
-        self._queue.put((taken, node, server_now))
-
-    def _write(self, taken, node, server_now):
-        lines = []
-        for key, reason, kind, payload, pttl in taken:
-            pttl = int(pttl) if pttl is not None else -1
-            expire = (server_now + pttl) if pttl > 0 else None
-            lines.append('{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
-                _b64(key), "dump" if kind in (b"d", "d") else "value", _b64(payload), pttl,
-                "null" if expire is None else "%d" % expire, node, reason))
-        self.fh.write("".join(lines))
-        self.fh.flush()
 
     def close(self):
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
         if self.fh is not None:
             self.fh.flush()
             try:
@@ -551,7 +561,6 @@ class BackupWriter(object):
                 pass
             self.fh.close()
             self.fh = None
-        self._raise()
 
 
 def backup_path(backup_dir, mode, now=None):
@@ -598,36 +607,199 @@ def read_backup(path):
 # Purge
 # ---------------------------------------------------------------------------------------------------------------
 
+class _Wire(object):
+    """One connection of a node client that keeps one script call in flight: the next page is requested before the
+    previous reply is processed (classify(), backup), so the server and this process work at the same time.
+    redis-py's own pipelines wait for every reply, hence the connection-level send/read."""
+
+    def __init__(self, client, script, cluster):
+        self.batch = "0" if cluster else "1"
+        self.pool = client.connection_pool
+        try:
+            self.conn = self.pool.get_connection()
+        except TypeError:  # redis-py < 5.1: the command name is a required argument
+            self.conn = self.pool.get_connection("EVAL")
+        self.script = script
+        self.in_flight = False
+
+    def send(self, args):
+        self.conn.send_command("EVAL", self.script, 0, self.batch, *args)
+        self.in_flight = True
+
+    def read(self):
+        reply = self.conn.read_response()
+        self.in_flight = False
+        return reply
+
+    def close(self):
+        if self.in_flight:  # a failure with a reply outstanding: the connection's state is unknown
+            self.conn.disconnect()
+        self.pool.release(self.conn)
+
+
+def _int(value):
+    return int(value) if value is not None else 0
+
+
+class _Run(object):
+    """State shared by the masters of one purge: counts, cap, backup, progress."""
+
+    def __init__(self, params, mode, max_keys, writer, check_mode, progress):
+        self.pattern = params["pattern"]
+        self.count = int(params["scan_count"])
+        fields = params.get("required_fields")
+        self.kw = dict(required_fields=list(fields) if fields is not None else list(DEFAULT_FIELDS),
+                       expiry_field=params.get("expiry_field"), require_ttl=params.get("require_ttl", True))
+        self.judge = Judge(**self.kw)
+        self.cluster = False
+        self.mode = mode
+        self.max_keys = max_keys
+        self.writer = writer
+        self.check_mode = check_mode
+        self.progress = progress
+        self.stats = dict(scanned=0, matched=0, removed=0, vanished=0, pages=0)
+        self.by_reason = {}
+        self.capped = False
+        self.max_page_ms = 0.0
+
+    def removed(self, node):
+        return self.stats["removed"] + node["removed"]
+
+    def page_done(self, node, busy_us):
+        self.stats["pages"] += 1
+        self.max_page_ms = max(self.max_page_ms, _int(busy_us) / 1000.0)
+        if self.progress is not None:
+            self.progress(self.stats, node)
+
+    def record(self, node, address, server_ms, taken):
+        """taken: (key, reason, kind, payload, pttl) of keys removed (in check mode: that would be)."""
+        if not taken:
+            return
+        node["removed"] += len(taken)
+        if self.mode == "all":
+            self.by_reason["all"] = self.by_reason.get("all", 0) + len(taken)
+        else:
+            for item in taken:
+                self.by_reason[item[1]] = self.by_reason.get(item[1], 0) + 1
+        if self.writer is not None:
+            self.writer.write_page(taken, address, server_ms)
+
+
+def _purge_node_all(run, client, node, address):
+    """Mode all on one master: LUA_PAGE_ALL page after page, the next page in flight while this one's backup is
+    written; the cap is exact (each call's limit is what is left once every earlier reply is counted)."""
+    if run.check_mode:
+        cursor = 0
+        while True:
+            cursor, keys = client.scan(cursor=cursor, match=run.pattern, count=run.count)
+            room = max(0, run.max_keys - run.removed(node))
+            node["scanned"] += len(keys)
+            node["matched"] += len(keys)
+            node["removed"] += min(room, len(keys))
+            run.by_reason["all"] = run.by_reason.get("all", 0) + min(room, len(keys))
+            run.capped = run.capped or len(keys) > room
+            run.page_done(node, 0)
+            if run.capped or int(cursor) == 0:
+                return
+    wire = _Wire(client, LUA_PAGE_ALL, run.cluster)
+    try:
+        wire.send([0, run.pattern, run.count, run.max_keys - run.removed(node)])
+        while True:
+            cursor, scanned, over, server_ms, busy_us, keys, kinds, payloads, ttls = wire.read()
+            node["scanned"] += _int(scanned)
+            node["matched"] += len(keys) + _int(over)
+            run.capped = run.capped or _int(over) > 0
+            if not run.capped and int(cursor) != 0:
+                # limit 0 once max_keys are removed: the page then only says whether more keys exist (capped)
+                wire.send([cursor, run.pattern, run.count, max(0, run.max_keys - run.removed(node) - len(keys))])
+            run.record(node, address, _int(server_ms), [
+                (k, "all", kind, v, t) for k, kind, v, t in zip(keys, _text(kinds), payloads, ttls)])
+            run.page_done(node, busy_us)
+            if not wire.in_flight:
+                return
+    finally:
+        wire.close()
+
+
+def _purge_node_corrupt(run, client, node, address):
+    """Mode corrupt on one master: LUA_PAGE_CORRUPT reads a page (values, types, TTLs); classify() judges it here
+    while the server already reads the next one; the keys judged corrupt ride along with a later call, which takes
+    each only if it is still exactly what was judged (see LUA_PAGE_CORRUPT), so nothing valid is ever removed
+    because it changed in between. classify() is the one rule: the census uses it too."""
+    kw = run.kw
+    with_ttl = "1" if kw["require_ttl"] else "0"
+    wire = _Wire(client, LUA_PAGE_CORRUPT, run.cluster)
+    ready = []      # judged corrupt, not sent yet: (key, value, flag, reason)
+    sent = []       # sent with the call in flight
+    pending = 0     # len(ready) + len(sent): counted against max_keys until their fate is known
+    try:
+        wire.send([0, run.pattern, run.count, with_ttl, 0])
+        scanning = True
+        while True:
+            (cursor, scanned, server_ms, busy_us, tkinds, tpttls, tdumps,
+             keys, values, types, pttls) = wire.read()
+            server_ms = _int(server_ms)
+            # the fate of the takes sent with this call
+            taken, dumps = [], iter(tdumps or [])
+            for (key, value, dummy, reason), kind, pttl in zip(sent, _text(tkinds), tpttls or []):
+                if kind == "v":
+                    taken.append((key, reason, "v", value, pttl))
+                elif kind == "d":
+                    taken.append((key, reason, "d", next(dumps), pttl))
+                else:
+                    run.stats["vanished"] += 1
+            pending -= len(sent)
+            sent = []
+            if scanning:
+                node["scanned"] += _int(scanned)
+                scanning = int(cursor) != 0 and not run.capped
+            # keep the server busy: the next page (and the takes judged so far) before judging this one
+            if scanning or ready:
+                sent, ready = ready, []
+                args = [cursor if scanning else "", run.pattern, run.count, with_ttl, len(sent)]
+                for key, value, flag, dummy in sent:
+                    args.extend((key, value if value is not None else "", flag))
+                wire.send(args)
+            run.record(node, address, server_ms, taken)
+            # judge this page
+            if keys:
+                room = run.max_keys - run.removed(node) - pending
+                judge, check_mode, ttl = run.judge, run.check_mode, with_ttl == "1"
+                for key, value, ty, pttl in zip(keys, values, _text(types), pttls):
+                    if ty == "s":
+                        reason = judge(value, pttl if ttl else 0, server_ms)
+                        if reason is None:
+                            continue
+                    elif ty == "w":
+                        reason = "wrong-type"
+                    else:
+                        continue  # gone between SCAN and GET
+                    node["matched"] += 1
+                    if room <= 0:
+                        run.capped = True
+                        continue
+                    room -= 1
+                    if check_mode:
+                        run.record(node, address, server_ms, [(key, reason, None, None, None)])
+                    else:
+                        ready.append((key, value, ty if ty == "w" else ("t" if reason == "no-ttl" else "v"), reason))
+                        pending += 1
+            run.page_done(node, busy_us)
+            if not wire.in_flight:
+                if ready:  # the last page's takes
+                    sent, ready = ready, []
+                    args = ["", run.pattern, run.count, with_ttl, len(sent)]
+                    for key, value, flag, dummy in sent:
+                        args.extend((key, value if value is not None else "", flag))
+                    wire.send(args)
+                    continue
+                return
+    finally:
+        wire.close()
+
+
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _take_undecided(client, script, keys, now, kw, room, check_mode):
-    """classify() the keys LUA_JUDGE left undecided and take the corrupt ones (LUA_TAKE_IF_SAME: only if unchanged).
-    Returns ([(key, reason, dump, pttl)], corrupt keys over the cap)."""
-    values, ttls = _read_page(client, keys)
-    chosen, reasons, args = [], {}, []
-    for key, raw, pttl in zip(keys, values, ttls):
-        if raw is None or (isinstance(pttl, int) and pttl == -2):
-            continue
-        if isinstance(raw, Exception) and "WRONGTYPE" not in str(raw):
-            raise raw
-        reason = classify(raw, pttl, now_ms=now, **kw)
-        if reason is None:
-            continue
-        chosen.append(key)
-        reasons[key] = reason
-        args.extend([key, "" if isinstance(raw, Exception) else _fingerprint(raw)])
-    over = max(0, len(chosen) - max(0, room))
-    if over:
-        chosen = chosen[:max(0, room)]
-        args = args[:2 * len(chosen)]
-    if not chosen:
-        return [], over
-    if check_mode:
-        return [(k, reasons[k], None, None, None) for k in chosen], over
-    flat = script(args=args)
-    return [(k, reasons[k], kind, v, t) for k, kind, v, t in zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])], over
 
 
 def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, check_mode=False, progress=None):
@@ -636,102 +808,58 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
     caller)."""
     check_options(params)
     masters, unreadable, cluster, dummy = keyspace_nodes(settings)
-    pattern = params["pattern"]
-    count = int(params["scan_count"])
-    kw = dict(required_fields=params.get("required_fields"), expiry_field=params.get("expiry_field"),
-              require_ttl=params.get("require_ttl", True))
     writer = None
+    run = _Run(params, mode, max_keys, None, check_mode, progress)
+    run.cluster = cluster
     if backup_file and not check_mode:
         writer = BackupWriter(backup_file, dict(
-            format=BACKUP_FORMAT, version=BACKUP_VERSION, created=_now_iso(), pattern=pattern, mode=mode,
-            source=masters, required_fields=kw["required_fields"], require_ttl=kw["require_ttl"]))
+            format=BACKUP_FORMAT, version=BACKUP_VERSION, created=_now_iso(), pattern=run.pattern, mode=mode,
+            source=masters, required_fields=params.get("required_fields"), require_ttl=run.kw["require_ttl"]))
         writer.check()
-    stats = dict(scanned=0, matched=0, removed=0, vanished=0, pages=0)
-    by_reason = {}
+        run.writer = writer
     nodes = []
-    capped = False
-    max_page_ms = 0.0
     t0 = time.monotonic()
     try:
         for address in masters:
-            if capped:
+            if run.capped:
                 break
             node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
             nodes.append(node)
             n0 = time.monotonic()
             try:
                 client = _client(settings, address)
-                page_all = client.register_script(LUA_PAGE_ALL)
-                judge = client.register_script(LUA_JUDGE)
-                take_if_same = client.register_script(LUA_TAKE_IF_SAME)
-                now = _server_ms(client)
-                fields = list(kw["required_fields"] if kw["required_fields"] is not None else DEFAULT_FIELDS)
-                judge_opts = ["0" if check_mode else "1", now, "1" if kw["require_ttl"] else "0",
-                              kw["expiry_field"] or "", 0, 0, pattern, count, len(fields)] + fields
-                cursor = b"0"
-                while True:
-                    room = max_keys - stats["removed"] - node["removed"]
-                    taken = []  # (key, reason, kind, payload, pttl)
-                    p0 = time.monotonic()
-                    if mode == "all" and check_mode:
-                        cursor, keys = client.scan(cursor=cursor, match=pattern, count=count)
-                        scanned, over = len(keys), max(0, len(keys) - room)
-                        taken = [(k, "all", None, None, None) for k in keys[:room]]
-                    elif mode == "all":
-                        cursor, scanned, over, flat = page_all(args=[cursor, pattern, count, room])
-                        taken = [(k, "all", kind, v, t)
-                                 for k, kind, v, t in zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])]
-                    else:
-                        judge_opts[4], judge_opts[5] = room, cursor
-                        cursor, scanned, over, flat, reasons, undecided = judge(args=judge_opts)
-                        taken = [(k, _text(r), kind, v, t) for (k, kind, v, t), r in
-                                 zip(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4]), reasons)]
-                        if undecided:
-                            more, more_over = _take_undecided(client, take_if_same, undecided, now, kw,
-                                                              room - len(taken), check_mode)
-                            taken.extend(more)
-                            over = int(over) + more_over
-                    max_page_ms = max(max_page_ms, (time.monotonic() - p0) * 1000.0)
-                    stats["pages"] += 1
-                    node["scanned"] += int(scanned)
-                    node["matched"] += len(taken) + int(over)
-                    capped = capped or int(over) > 0
-                    if taken and writer is not None and not check_mode:
-                        writer.write_page(taken, address, now)
-                    node["removed"] += len(taken)
-                    for _k, r, _kind, _v, _t in taken:
-                        by_reason[r] = by_reason.get(r, 0) + 1
-                    if progress is not None:
-                        progress(stats, node)
-                    if capped or int(cursor) == 0:
-                        break
+                if mode == "all":
+                    _purge_node_all(run, client, node, address)
+                else:
+                    _purge_node_corrupt(run, client, node, address)
             except P3Error as e:
                 node["error"] = e.msg
             except Exception as e:
                 node["error"] = describe_redis_error(e, settings)
             node["seconds"] = round(time.monotonic() - n0, 3)
             for k in ("scanned", "matched", "removed"):
-                stats[k] += node[k]
+                run.stats[k] += node[k]
     finally:
         if writer is not None:
             writer.close()
     seconds = time.monotonic() - t0
+    stats = run.stats
     errors = ["%s: %s" % (n["address"], n["error"]) for n in nodes if n["error"]]
     return dict(
-        pattern=pattern,
+        pattern=run.pattern,
         mode=mode,
         cluster=cluster,
         scanned=stats["scanned"],
         matched=stats["matched"],
         removed=stats["removed"],
         vanished=stats["vanished"],
-        by_reason=by_reason,
-        capped=capped,
+        by_reason=run.by_reason,
+        capped=run.capped,
         max_keys=max_keys,
         pages=stats["pages"],
         seconds=round(seconds, 3),
         keys_per_second=round(stats["removed"] / seconds, 1) if seconds > 0 else None,
-        max_page_ms=round(max_page_ms, 2),
+        max_page_ms=round(run.max_page_ms, 2),
         nodes=nodes,
         unreadable=unreadable,
         errors=errors,

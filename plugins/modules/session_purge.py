@@ -232,10 +232,10 @@ def main():
         "; backup %s" % result["backup"]["path"] if result["backup"] else "")
     result["timeline"] = [timeline_entry("session_purge", where, detail)]
     result["changed"] = result["removed"] > 0
-    result["msg"] = detail
     if result["errors"] or result["unreadable"]:
         problems = result["errors"] + ["%s unreachable" % a for a in result["unreadable"]]
         module.fail_json(msg="session purge incomplete: %s (%s)" % ("; ".join(problems), detail), **result)
+    result["msg"] = detail
     module.exit_json(**result)
 
 

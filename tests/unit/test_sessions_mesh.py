@@ -187,3 +187,43 @@ def test_nesting_limit_matches_cjson():
     assert sessions.classify(ok, 10, now_ms=NOW) is None
     assert sessions.classify(b"[" * 1001 + b"]" * 1001, 10, now_ms=NOW) == "not-json"
     assert sessions._depth('{"a":"[[[[","b":[{}]}') == 3
+
+
+def _judge_cases():
+    """Values around every shortcut of sessions.Judge: each must get classify()'s answer."""
+    base = {"sessionId": "s", "deviceId": "d", "createdAt": NOW - 1000}
+    values = []
+    for exp in [NOW + 1, NOW, NOW - 1, (NOW + 60_000) // 1000, NOW // 1000, 99_999_999_999, 100_000_000_000,
+                -99_999_999_999, -100_000_000_000, 2 ** 53 - 1, 2 ** 53, 2 ** 53 + 1, -2 ** 53, 10 ** 30, 0, -1,
+                1.5, float(NOW + 10), "1800000000", " 1800000060000 ", "2099-01-01T00:00:00Z", "", "x", None,
+                True, False, [], {}, "NaN"]:
+        values.append(json.dumps(dict(base, expiresAt=exp)).encode())
+    values += [
+        b"\xef\xbb\xbf" + session(), session() + b" ", b" " + session(), b"\t" + session() + b"\n",
+        session() + b"x", session() + b"{}", b"{}", b"[]", b"null", b"1", b'"s"', b"", b" ", b"{",
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":NaN}',
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":Infinity}',
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":1e400}',
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":1800000000000.0}',
+        b'{"sessionId":"s","sessionId":"t","deviceId":"d","createdAt":1,"expiresAt":1800000060000}',
+        b'{"sessionId":"\\ud800","deviceId":"d","createdAt":1,"expiresAt":1800000060000}',
+        b'{"sessionId":"s\x01","deviceId":"d","createdAt":1,"expiresAt":1800000060000}',
+        b"\xff" + session(), session(deviceId="caf\u00e9"), session(deviceId="\u2028"),
+        b"[" * 999 + b"]" * 999, b"[" * 1000 + b"]" * 1000, b"[" * 1001 + b"]" * 1001,
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":1800000060000,"x":' + b"[" * 998 + b"]" * 998 + b"}",
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":1800000060000,"x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"sessionId":"s","deviceId":"d","createdAt":1,"expiresAt":1800000060000,"x":"' + b"[" * 2000 + b'"}',
+        "caf\u00e9".encode("latin-1"), Exception("WRONGTYPE"), "text", b'{"a": 1}',
+    ]
+    return values
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"require_ttl": False}, {"required_fields": ["a"], "expiry_field": ""}, {"required_fields": []},
+    {"expiry_field": "createdAt"}, {"required_fields": None, "expiry_field": None},
+])
+def test_judge_matches_classify(options):
+    judge = sessions.Judge(**options)
+    for raw in _judge_cases():
+        for pttl in (-1, 0, 5000):
+            assert judge(raw, pttl, NOW) == sessions.classify(raw, pttl, now_ms=NOW, **options), (raw[:80], pttl)
