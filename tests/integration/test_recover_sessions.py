@@ -312,8 +312,8 @@ def _edge_cases(now_ms):
 
 
 def test_server_side_rule_matches_the_python_rule(lab_up, tmp_path):
-    """The purge judges on the server (Lua); the census in Python: on every edge case they must agree, and the
-    purge must remove exactly the corrupt ones."""
+    """The census, the purge's check mode and the purge (values read by the page script on the server, judged by
+    sessions.Judge in Python) must agree on every edge case, and the purge must remove exactly the corrupt ones."""
     info = lab_info()["redis"]
     host, port = info["nodes"][0].split(":")
     rc = redis.cluster.RedisCluster(host=host, port=int(port), password=info["password"])
@@ -355,4 +355,73 @@ def test_server_side_rule_matches_the_python_rule(lab_up, tmp_path):
     finally:
         for name in cases:
             rc.delete("edgesess:" + name)
+        rc.close()
+
+
+def _sessions():
+    """module_utils.sessions, importable as in the unit tests (<state>/unit-path/ansible_collections/p3/recovery)."""
+    import sys
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    base = os.path.join(root, ".state", "unit-path")
+    link = os.path.join(base, "ansible_collections", "p3", "recovery")
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(root, link)
+    if base not in sys.path:
+        sys.path.insert(0, base)
+    from ansible_collections.p3.recovery.plugins.module_utils import sessions
+    return sessions
+
+
+def test_take_leaves_keys_that_changed_since_judged(lab_up):
+    """Mode corrupt judges a page in Python and removes the corrupt keys with a later script call: a key that changed
+    in between (new value, TTL added to a no-ttl session, type changed, deleted) must be left alone, the others
+    taken with the right payload and TTL. Driven through the page script on the master owning the keys."""
+    sessions = _sessions()
+    info = lab_info()["redis"]
+    host, port = info["nodes"][0].split(":")
+    rc = redis.cluster.RedisCluster(host=host, port=int(port), password=info["password"])
+    now_ms = int(time.time() * 1000)
+    good = json.dumps({"sessionId": "x", "deviceId": "d", "createdAt": now_ms, "expiresAt": now_ms + 3600000})
+    keys = dict((name, "{edgerace}:" + name) for name in (
+        "same", "no-ttl-same", "hash-same", "changed", "ttl-added", "hash-now-string", "deleted", "no-ttl-valued"))
+    try:
+        for k in keys.values():
+            rc.delete(k)
+        rc.set(keys["same"], b"{oops", ex=100)
+        rc.set(keys["no-ttl-same"], good)
+        rc.hset(keys["hash-same"], mapping={"a": "1"})
+        rc.set(keys["changed"], b"{oops", ex=100)
+        rc.set(keys["ttl-added"], good)
+        rc.hset(keys["hash-now-string"], mapping={"a": "1"})
+        rc.set(keys["deleted"], b"{oops", ex=100)
+        rc.set(keys["no-ttl-valued"], b"{oops")
+        judged = [  # as _purge_node_corrupt sends them: key, judged value, flag
+            (keys["same"], b"{oops", "v"), (keys["no-ttl-same"], good.encode(), "t"),
+            (keys["hash-same"], b"", "w"), (keys["changed"], b"{oops", "v"), (keys["ttl-added"], good.encode(), "t"),
+            (keys["hash-now-string"], b"", "w"), (keys["deleted"], b"{oops", "v"), (keys["no-ttl-valued"], b"{oops", "v")]
+        # what happens between the judging and the take
+        rc.set(keys["changed"], good, ex=100)
+        rc.expire(keys["ttl-added"], 100)
+        rc.delete(keys["hash-now-string"])
+        rc.set(keys["hash-now-string"], b"x")
+        rc.delete(keys["deleted"])
+        node = rc.get_node_from_key(keys["same"])
+        direct = redis.Redis(host=node.host, port=node.port, password=info["password"])
+        args = ["0", "", "edgerace:*", 10, "1", len(judged)]
+        for k, v, flag in judged:
+            args += [k, v, flag]
+        reply = direct.eval(sessions.LUA_PAGE_CORRUPT, 0, *args)
+        kinds, pttls, dumps = reply[4].decode(), reply[5], reply[6]
+        assert kinds == "vvd----v", kinds
+        assert 0 < pttls[0] <= 100000 and pttls[1] == -1 and pttls[2] == -1 and pttls[7] == -1
+        assert pttls[3:7] == [-2, -2, -2, -2]
+        assert len(dumps) == 1 and isinstance(dumps[0], bytes)
+        assert rc.exists(keys["same"], keys["no-ttl-same"], keys["hash-same"], keys["no-ttl-valued"]) == 0
+        assert rc.get(keys["changed"]) == good.encode() and rc.ttl(keys["ttl-added"]) > 0
+        assert rc.get(keys["hash-now-string"]) == b"x"
+        direct.close()
+    finally:
+        for k in keys.values():
+            rc.delete(k)
         rc.close()
