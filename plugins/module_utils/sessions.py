@@ -86,36 +86,54 @@ end
 # for another type, its DUMP payload (restored with RESTORE ... ABSTTL), then PTTL, then UNLINK - atomically, so
 # the backup holds exactly what was removed.
 # ARGV: batch (1 standalone / 0 cluster), cursor, pattern, count, limit.
-# Returns {cursor, scanned, over, server_ms, busy_us, keys, kinds ('v' value | 'd' dump, one char per key),
-# payloads, pttls}.
+# Returns {cursor, scanned, over, server_ms, busy_us, keys, kinds ('v' value | 'd' dump, one char per key; '' when
+# all are values), payloads, pttls}.
 LUA_PAGE_ALL = _LUA_BATCH + """
-local t0 = redis.call('TIME')
-local page = redis.call('SCAN', ARGV[2], 'MATCH', ARGV[3], 'COUNT', ARGV[4])
+local call = redis.call
+local t0 = call('TIME')
+local page = call('SCAN', ARGV[2], 'MATCH', ARGV[3], 'COUNT', ARGV[4])
 local keys, limit = page[2], tonumber(ARGV[5])
-local n, taken, kinds, payloads, ttls, over = #keys, {}, {}, {}, {}, 0
-for s = 1, n, 1000 do
-  local e = math.min(n, s + 999)
-  local vals = mget(keys, s, e)
-  for i = s, e do
-    local k, v, kind = keys[i], vals[i - s + 1], 'v'
+local n, vals, ttls = #keys, {}, {}
+if n > 0 and n <= 1000 then
+  vals = mget(keys, 1, n)
+else
+  for s = 1, n, 1000 do
+    local got = mget(keys, s, math.min(n, s + 999))
+    for i = 1, #got do vals[s + i - 1] = got[i] end
+  end
+end
+local simple = n <= limit
+for i = 1, n do
+  if not vals[i] then simple = false break end
+end
+local taken, kinds, payloads, over = keys, '', vals, 0
+if simple then
+  -- the common page: every key a string, under the cap - the SCAN and MGET tables are the reply
+  for i = 1, n do ttls[i] = call('PTTL', keys[i]) end
+else
+  local kind_list, j = {}, 0
+  taken, payloads = {}, {}
+  for i = 1, n do
+    local k, v, kind = keys[i], vals[i], 'v'
     if not v then
       v = redis.pcall('GET', k)
-      if type(v) == 'table' then kind, v = 'd', redis.call('DUMP', k) end
+      if type(v) == 'table' then kind, v = 'd', call('DUMP', k) end
     end
     if v then
-      if #taken >= limit then
+      if j >= limit then
         over = over + 1
       else
-        local j = #taken + 1
-        taken[j], kinds[j], payloads[j], ttls[j] = k, kind, v, redis.call('PTTL', k)
+        j = j + 1
+        taken[j], kind_list[j], payloads[j], ttls[j] = k, kind, v, call('PTTL', k)
       end
     end
   end
+  kinds = table.concat(kind_list)
 end
 unlink(taken)
-local t1 = redis.call('TIME')
+local t1 = call('TIME')
 return {page[1], n, over, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
-        taken, table.concat(kinds), payloads, ttls}
+        taken, kinds, payloads, ttls}
 """
 
 # Mode corrupt: read a page for classify() in Python - value (MGET), type flag, PTTL - and, in the same call, take
@@ -514,8 +532,8 @@ class BackupWriter(object):
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
             raise P3Error("cannot create the backup file %s: %s" % (self.path, one_line(e.strerror or e)))
-        self.fh = os.fdopen(fd, "w")
-        self.fh.write(json.dumps(self.header, sort_keys=True) + "\n")
+        self.fh = os.fdopen(fd, "wb")
+        self.fh.write(json.dumps(self.header, sort_keys=True).encode("utf-8") + b"\n")
 
     def check(self):
         """Fail before anything is removed when the file cannot be created (then remove the empty probe file)."""
@@ -532,7 +550,7 @@ class BackupWriter(object):
         try:
             if self.fh is None:
                 self._open()
-            b64 = binascii.b2a_base64
+            b64, node_b = binascii.b2a_base64, node.encode("utf-8")
             lines = []
             for key, reason, kind, payload, pttl in taken:
                 pttl = int(pttl) if pttl is not None else -1
@@ -540,11 +558,11 @@ class BackupWriter(object):
                     payload = str(payload).encode("utf-8")
                 if not isinstance(key, bytes):
                     key = str(key).encode("utf-8")
-                lines.append('{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
-                    b64(key, newline=False).decode("ascii"), "dump" if kind in (b"d", "d") else "value",
-                    b64(payload, newline=False).decode("ascii"), pttl,
-                    "null" if pttl < 0 else "%d" % (server_now + pttl), node, reason))
-            self.fh.write("".join(lines))
+                lines.append(b'{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
+                    b64(key, newline=False), b"dump" if kind in (b"d", "d") else b"value",
+                    b64(payload, newline=False), pttl, b"null" if pttl < 0 else b"%d" % (server_now + pttl),
+                    node_b, reason.encode("utf-8")))
+            self.fh.write(b"".join(lines))
             self.fh.flush()
         except P3Error:
             raise
@@ -614,20 +632,29 @@ class _Wire(object):
 
     def __init__(self, client, script, cluster):
         self.batch = "0" if cluster else "1"
+        self.sha = client.script_load(script)  # EVALSHA: the server does not hash the script text every page
         self.pool = client.connection_pool
         try:
             self.conn = self.pool.get_connection()
         except TypeError:  # redis-py < 5.1: the command name is a required argument
-            self.conn = self.pool.get_connection("EVAL")
+            self.conn = self.pool.get_connection("EVALSHA")
         self.script = script
+        self.args = None
         self.in_flight = False
 
     def send(self, args):
-        self.conn.send_command("EVAL", self.script, 0, self.batch, *args)
+        self.args = args
+        self.conn.send_command("EVALSHA", self.sha, 0, self.batch, *args)
         self.in_flight = True
 
     def read(self):
-        reply = self.conn.read_response()
+        try:
+            reply = self.conn.read_response()
+        except Exception as e:  # NOSCRIPT: the script cache was flushed meanwhile; the same call with the text
+            if not str(e).startswith("No matching script"):
+                raise
+            self.conn.send_command("EVAL", self.script, 0, self.batch, *self.args)
+            reply = self.conn.read_response()
         self.in_flight = False
         return reply
 
@@ -713,7 +740,7 @@ def _purge_node_all(run, client, node, address):
                 # limit 0 once max_keys are removed: the page then only says whether more keys exist (capped)
                 wire.send([cursor, run.pattern, run.count, max(0, run.max_keys - run.removed(node) - len(keys))])
             run.record(node, address, _int(server_ms), [
-                (k, "all", kind, v, t) for k, kind, v, t in zip(keys, _text(kinds), payloads, ttls)])
+                (k, "all", kind, v, t) for k, kind, v, t in zip(keys, _text(kinds) or "v" * len(keys), payloads, ttls)])
             run.page_done(node, busy_us)
             if not wire.in_flight:
                 return
