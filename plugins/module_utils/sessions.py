@@ -301,37 +301,56 @@ class Judge(object):
         self.require_ttl = require_ttl
 
     def __call__(self, raw, pttl, now_ms):
-        if type(raw) is not bytes:
-            return classify(raw, pttl, now_ms=now_ms, **self.kw)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "not-utf8"
-        if len(text) > MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH:
-            return classify(raw, pttl, now_ms=now_ms, **self.kw)
-        try:
-            obj, end = _SCAN_ONCE(text, 0)
-        except (StopIteration, ValueError, RecursionError):
-            return classify(raw, pttl, now_ms=now_ms, **self.kw)
-        if end != len(text) or type(obj) is not dict:
-            return classify(raw, pttl, now_ms=now_ms, **self.kw)
-        for field in self.fields:
-            if field not in obj:
-                return "missing-fields"
-        if self.expiry_field:
-            expires = obj.get(self.expiry_field)
-            if type(expires) is int and -_EXACT_INT < expires < _EXACT_INT:
-                if -100000000000 < expires < 100000000000:
-                    expires *= 1000
-            else:
-                expires = parse_time_ms(expires)
-                if expires is None:
-                    return "bad-expiry"
-            if expires <= now_ms:
-                return "expired"
-        if self.require_ttl and isinstance(pttl, int) and pttl == -1:
-            return "no-ttl"
+        """The reason raw is corrupt, or None (classify()'s answer)."""
+        for dummy, reason in self.page((raw,), (pttl,), now_ms):
+            return reason
         return None
+
+    def page(self, values, pttls, now_ms):
+        """(index, reason) of every corrupt value of a page (values: GET replies; pttls: PTTL replies)."""
+        fields, efield, require_ttl, kw = self.fields, self.expiry_field, self.require_ttl, self.kw
+        scan_once, exact_int = _SCAN_ONCE, _EXACT_INT
+        out = []
+        for i, raw, pttl in zip(range(len(values)), values, pttls):
+            if type(raw) is not bytes:
+                reason = classify(raw, pttl, now_ms=now_ms, **kw)
+            else:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    out.append((i, "not-utf8"))
+                    continue
+                if len(text) > MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH:
+                    reason = classify(raw, pttl, now_ms=now_ms, **kw)
+                else:
+                    try:
+                        obj, end = scan_once(text, 0)
+                    except (StopIteration, ValueError, RecursionError):
+                        obj = end = None
+                    if end != len(text) or type(obj) is not dict:
+                        reason = classify(raw, pttl, now_ms=now_ms, **kw)
+                    else:
+                        reason = None
+                        for field in fields:
+                            if field not in obj:
+                                reason = "missing-fields"
+                                break
+                        if reason is None and efield:
+                            expires = obj.get(efield)
+                            if type(expires) is int and -exact_int < expires < exact_int:
+                                if -100000000000 < expires < 100000000000:
+                                    expires *= 1000
+                            else:
+                                expires = parse_time_ms(expires)
+                            if expires is None:
+                                reason = "bad-expiry"
+                            elif expires <= now_ms:
+                                reason = "expired"
+                        if reason is None and require_ttl and isinstance(pttl, int) and pttl == -1:
+                            reason = "no-ttl"
+            if reason is not None:
+                out.append((i, reason))
+        return out
 
 
 def check_options(params):
@@ -791,25 +810,27 @@ def _purge_node_corrupt(run, client, node, address):
             # judge this page
             if keys:
                 room = run.max_keys - run.removed(node) - pending
-                judge, check_mode, ttl = run.judge, run.check_mode, with_ttl == "1"
-                for key, value, ty, pttl in zip(keys, values, _text(types), pttls):
-                    if ty == "s":
-                        reason = judge(value, pttl if ttl else 0, server_ms)
-                        if reason is None:
-                            continue
-                    elif ty == "w":
-                        reason = "wrong-type"
-                    else:
-                        continue  # gone between SCAN and GET
+                types = _text(types)
+                strings = [i for i, ty in enumerate(types) if ty == "s"]
+                if len(strings) == len(keys):
+                    corrupt = run.judge.page(values, pttls if with_ttl == "1" else [0] * len(keys), server_ms)
+                else:
+                    corrupt = [(strings[j], reason) for j, reason in run.judge.page(
+                        [values[i] for i in strings], [pttls[i] if with_ttl == "1" else 0 for i in strings],
+                        server_ms)]
+                    corrupt += [(i, "wrong-type") for i, ty in enumerate(types) if ty == "w"]
+                    corrupt.sort()
+                for i, reason in corrupt:
                     node["matched"] += 1
                     if room <= 0:
                         run.capped = True
                         continue
                     room -= 1
-                    if check_mode:
-                        run.record(node, address, server_ms, [(key, reason, None, None, None)])
+                    if run.check_mode:
+                        run.record(node, address, server_ms, [(keys[i], reason, None, None, None)])
                     else:
-                        ready.append((key, value, ty if ty == "w" else ("t" if reason == "no-ttl" else "v"), reason))
+                        flag = "w" if reason == "wrong-type" else ("t" if reason == "no-ttl" else "v")
+                        ready.append((keys[i], values[i], flag, reason))
                         pending += 1
             run.page_done(node, busy_us)
             if not wire.in_flight:
