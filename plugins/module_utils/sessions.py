@@ -146,7 +146,7 @@ return {page[1], n, over, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1
 # key, judged value ('' for flag w), flag.
 # Returns {cursor, scanned, server_ms, busy_us, take kinds ('v' | 'd' | '-' not taken, one char per take),
 # take pttls, take dumps (for the 'd' ones, in order), keys, values (false when not a string), types ('s' string
-# | 'w' another type | '-' gone, one char per key), pttls (0 when not read)}.
+# | 'w' another type | '-' gone, one char per key; '' when all are strings), pttls (empty when not read)}.
 LUA_PAGE_CORRUPT = _LUA_BATCH + """
 local t0 = redis.call('TIME')
 local nt, tk, tp, td = tonumber(ARGV[6]), {}, {}, {}
@@ -169,29 +169,43 @@ for i = 0, nt - 1 do
   end
   tk[i + 1], tp[i + 1] = kind, ttl
 end
-local cursor, keys, vals, types, ttls = ARGV[2], {}, {}, {}, {}
+local cursor, keys, vals, types, ttls = ARGV[2], {}, {}, '', {}
 if cursor ~= '' then
-  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[4])
-  local with_ttl = ARGV[5] == '1'
+  local call = redis.call
+  local page = call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[4])
   cursor, keys = page[1], page[2]
   local n = #keys
-  for s = 1, n, 1000 do
-    local e = math.min(n, s + 999)
-    local got = mget(keys, s, e)
-    for i = s, e do
-      local v, ty = got[i - s + 1], 's'
-      if not v then
-        v, ty = false, '-'
+  if n > 0 and n <= 1000 then
+    vals = mget(keys, 1, n)
+  else
+    for s = 1, n, 1000 do
+      local got = mget(keys, s, math.min(n, s + 999))
+      for i = 1, #got do vals[s + i - 1] = got[i] end
+    end
+  end
+  local odd = false
+  for i = 1, n do
+    if not vals[i] then odd = true break end
+  end
+  if odd then  -- not every key a string: say which ('' = all strings, the common page)
+    local tys = {}
+    for i = 1, n do
+      local ty = 's'
+      if not vals[i] then
+        ty = '-'
         if type(redis.pcall('GET', keys[i])) == 'table' then ty = 'w' end
       end
-      vals[i], types[i] = v, ty
-      ttls[i] = with_ttl and redis.call('PTTL', keys[i]) or 0
+      tys[i] = ty
     end
+    types = table.concat(tys)
+  end
+  if ARGV[5] == '1' then
+    for i = 1, n do ttls[i] = call('PTTL', keys[i]) end
   end
 end
 local t1 = redis.call('TIME')
 return {cursor, #keys, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
-        table.concat(tk), tp, td, keys, vals, table.concat(types), ttls}
+        table.concat(tk), tp, td, keys, vals, types, ttls}
 """
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -810,7 +824,7 @@ def _purge_node_corrupt(run, client, node, address):
             # judge this page
             if keys:
                 room = run.max_keys - run.removed(node) - pending
-                types = _text(types)
+                types = _text(types) or "s" * len(keys)
                 strings = [i for i, ty in enumerate(types) if ty == "s"]
                 if len(strings) == len(keys):
                     corrupt = run.judge.page(values, pttls if with_ttl == "1" else [0] * len(keys), server_ms)
