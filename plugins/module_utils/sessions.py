@@ -547,6 +547,10 @@ def census(settings, params, sample_size=10):
 # Backup file
 # ---------------------------------------------------------------------------------------------------------------
 
+class BackupError(P3Error):
+    """The backup file cannot be written: the purge stops everywhere."""
+
+
 class BackupWriter(object):
     """Append-only JSONL backup, created exclusively with mode 0600, written and flushed after every page (the purge
     writes a page while the server already works on the next one); close() fsyncs."""
@@ -597,10 +601,12 @@ class BackupWriter(object):
                     node_b, reason.encode("utf-8")))
             self.fh.write(b"".join(lines))
             self.fh.flush()
-        except P3Error:
+        except BackupError:
             raise
+        except P3Error as e:
+            raise BackupError(e.msg)
         except (IOError, OSError, ValueError) as e:
-            raise P3Error("writing the backup file %s failed: %s" % (self.path, one_line(e, 200)))
+            raise BackupError("writing the backup file %s failed: %s" % (self.path, one_line(e, 200)))
         self.count += len(taken)
 
     def close(self):
@@ -702,7 +708,8 @@ def _int(value):
 
 
 class _Run(object):
-    """State shared by the masters of one purge: counts, cap, backup, progress."""
+    """State shared by the masters of one purge: counts, cap, backup, progress. The masters are worked at the same
+    time (one call in flight on each); everything here runs in this one thread."""
 
     def __init__(self, params, mode, max_keys, writer, check_mode, progress):
         self.pattern = params["pattern"]
@@ -721,9 +728,10 @@ class _Run(object):
         self.by_reason = {}
         self.capped = False
         self.max_page_ms = 0.0
-
-    def removed(self, node):
-        return self.stats["removed"] + node["removed"]
+        self.total = 0      # removed so far, every master
+        self.pending = 0    # mode corrupt: judged corrupt, their take not answered yet (every master)
+        self.reserved = 0   # mode all: limits of the calls in flight (every master)
+        self.in_flight = 0  # calls in flight (every master)
 
     def page_done(self, node, busy_us):
         self.stats["pages"] += 1
@@ -736,128 +744,165 @@ class _Run(object):
         if not taken:
             return
         node["removed"] += len(taken)
+        self.total += len(taken)
         if self.mode == "all":
             self.by_reason["all"] = self.by_reason.get("all", 0) + len(taken)
         else:
             for item in taken:
                 self.by_reason[item[1]] = self.by_reason.get(item[1], 0) + 1
-        if self.writer is not None:
+
+    def write(self, address, server_ms, taken):
+        if taken and self.writer is not None:
             self.writer.write_page(taken, address, server_ms)
 
 
-def _purge_node_all(run, client, node, address):
+# What a node's walker (a generator) yields to the scheduler in purge(): SENT = a call is in flight, read its reply
+# and send it in; WAIT = resume me (with None) when no other master has a call in flight.
+_SENT, _WAIT = "sent", "wait"
+
+
+def _walk_all(run, client, wire, node, address):
     """Mode all on one master: LUA_PAGE_ALL page after page, the next page in flight while this one's backup is
-    written; the cap is exact (each call's limit is what is left once every earlier reply is counted)."""
+    written. The cap is exact: each call's limit is reserved until its reply is counted; with several masters in
+    flight a call gets at most 20 pages' worth (far more than one SCAN page returns), and when less than that is
+    left it waits until it is the only call in flight and then gets all that is left."""
     if run.check_mode:
         cursor = 0
         while True:
             cursor, keys = client.scan(cursor=cursor, match=run.pattern, count=run.count)
-            room = max(0, run.max_keys - run.removed(node))
+            room = max(0, run.max_keys - run.total)
             node["scanned"] += len(keys)
             node["matched"] += len(keys)
             node["removed"] += min(room, len(keys))
+            run.total += min(room, len(keys))
             run.by_reason["all"] = run.by_reason.get("all", 0) + min(room, len(keys))
             run.capped = run.capped or len(keys) > room
             run.page_done(node, 0)
             if run.capped or int(cursor) == 0:
                 return
-    wire = _Wire(client, LUA_PAGE_ALL, run.cluster)
-    try:
-        wire.send([0, run.pattern, run.count, run.max_keys - run.removed(node)])
+    share = run.count * 20
+    cursor = 0
+    while True:
+        # a limit for the next call
+        free = run.max_keys - run.total - run.reserved
+        while free < share and run.in_flight > 0:
+            yield _WAIT
+            free = run.max_keys - run.total - run.reserved
+        # limit 0 once max_keys are removed: the page then only says whether more keys exist (capped)
+        limit = max(0, min(free, share) if run.in_flight > 0 else free)
+        wire.send([cursor, run.pattern, run.count, limit])
+        run.reserved += limit
+        run.in_flight += 1
+        try:
+            reply = yield _SENT
+        finally:
+            run.reserved -= limit
+            run.in_flight -= 1
         while True:
-            cursor, scanned, over, server_ms, busy_us, keys, kinds, payloads, ttls = wire.read()
+            cursor, scanned, over, server_ms, busy_us, keys, kinds, payloads, ttls = reply
             node["scanned"] += _int(scanned)
             node["matched"] += len(keys) + _int(over)
             run.capped = run.capped or _int(over) > 0
-            if not run.capped and int(cursor) != 0:
-                # limit 0 once max_keys are removed: the page then only says whether more keys exist (capped)
-                wire.send([cursor, run.pattern, run.count, max(0, run.max_keys - run.removed(node) - len(keys))])
-            run.record(node, address, _int(server_ms), [
-                (k, "all", kind, v, t) for k, kind, v, t in zip(keys, _text(kinds) or "v" * len(keys), payloads, ttls)])
-            run.page_done(node, busy_us)
-            if not wire.in_flight:
+            taken = [(k, "all", kind, v, t)
+                     for k, kind, v, t in zip(keys, _text(kinds) or "v" * len(keys), payloads, ttls)]
+            run.record(node, address, _int(server_ms), taken)
+            if run.capped or int(cursor) == 0:
+                run.write(address, _int(server_ms), taken)
+                run.page_done(node, busy_us)
                 return
-    finally:
-        wire.close()
+            free = run.max_keys - run.total - run.reserved
+            if free < share and run.in_flight > 0:
+                run.write(address, _int(server_ms), taken)
+                run.page_done(node, busy_us)
+                break  # wait for the others, above
+            # the next page goes out before this one's backup is written: the server works meanwhile
+            limit = max(0, min(free, share) if run.in_flight > 0 else free)
+            wire.send([cursor, run.pattern, run.count, limit])
+            run.reserved += limit
+            run.in_flight += 1
+            run.write(address, _int(server_ms), taken)
+            run.page_done(node, busy_us)
+            try:
+                reply = yield _SENT
+            finally:
+                run.reserved -= limit
+                run.in_flight -= 1
 
 
-def _purge_node_corrupt(run, client, node, address):
-    """Mode corrupt on one master: LUA_PAGE_CORRUPT reads a page (values, types, TTLs); classify() judges it here
-    while the server already reads the next one; the keys judged corrupt ride along with a later call, which takes
-    each only if it is still exactly what was judged (see LUA_PAGE_CORRUPT), so nothing valid is ever removed
-    because it changed in between. classify() is the one rule: the census uses it too."""
-    kw = run.kw
-    with_ttl = "1" if kw["require_ttl"] else "0"
-    wire = _Wire(client, LUA_PAGE_CORRUPT, run.cluster)
+def _walk_corrupt(run, client, wire, node, address):
+    """Mode corrupt on one master: LUA_PAGE_CORRUPT reads a page (values, types, TTLs); Judge (classify()'s rule,
+    the census's too) judges it here while the server already reads the next one; the keys judged corrupt ride
+    along with a later call, which takes each only if it is still exactly what was judged (see LUA_PAGE_CORRUPT),
+    so nothing valid is ever removed because it changed in between. The cap is counted here, across masters:
+    keys judged but not yet taken count against it until their take is answered."""
+    with_ttl = "1" if run.kw["require_ttl"] else "0"
     ready = []      # judged corrupt, not sent yet: (key, value, flag, reason)
     sent = []       # sent with the call in flight
-    pending = 0     # len(ready) + len(sent): counted against max_keys until their fate is known
-    try:
-        wire.send([0, run.pattern, run.count, with_ttl, 0])
-        scanning = True
-        while True:
-            (cursor, scanned, server_ms, busy_us, tkinds, tpttls, tdumps,
-             keys, values, types, pttls) = wire.read()
-            server_ms = _int(server_ms)
-            # the fate of the takes sent with this call
-            taken, dumps = [], iter(tdumps or [])
-            for (key, value, dummy, reason), kind, pttl in zip(sent, _text(tkinds), tpttls or []):
-                if kind == "v":
-                    taken.append((key, reason, "v", value, pttl))
-                elif kind == "d":
-                    taken.append((key, reason, "d", next(dumps), pttl))
-                else:
-                    run.stats["vanished"] += 1
-            pending -= len(sent)
-            sent = []
-            if scanning:
-                node["scanned"] += _int(scanned)
-                scanning = int(cursor) != 0 and not run.capped
-            # keep the server busy: the next page (and the takes judged so far) before judging this one
-            if scanning or ready:
-                sent, ready = ready, []
-                args = [cursor if scanning else "", run.pattern, run.count, with_ttl, len(sent)]
-                for key, value, flag, dummy in sent:
-                    args.extend((key, value if value is not None else "", flag))
-                wire.send(args)
-            run.record(node, address, server_ms, taken)
-            # judge this page
-            if keys:
-                room = run.max_keys - run.removed(node) - pending
-                types = _text(types) or "s" * len(keys)
-                strings = [i for i, ty in enumerate(types) if ty == "s"]
-                if len(strings) == len(keys):
-                    corrupt = run.judge.page(values, pttls if with_ttl == "1" else [0] * len(keys), server_ms)
-                else:
-                    corrupt = [(strings[j], reason) for j, reason in run.judge.page(
-                        [values[i] for i in strings], [pttls[i] if with_ttl == "1" else 0 for i in strings],
-                        server_ms)]
-                    corrupt += [(i, "wrong-type") for i, ty in enumerate(types) if ty == "w"]
-                    corrupt.sort()
-                for i, reason in corrupt:
-                    node["matched"] += 1
-                    if room <= 0:
-                        run.capped = True
-                        continue
-                    room -= 1
-                    if run.check_mode:
-                        run.record(node, address, server_ms, [(keys[i], reason, None, None, None)])
-                    else:
-                        flag = "w" if reason == "wrong-type" else ("t" if reason == "no-ttl" else "v")
-                        ready.append((keys[i], values[i], flag, reason))
-                        pending += 1
-            run.page_done(node, busy_us)
-            if not wire.in_flight:
-                if ready:  # the last page's takes
-                    sent, ready = ready, []
-                    args = ["", run.pattern, run.count, with_ttl, len(sent)]
-                    for key, value, flag, dummy in sent:
-                        args.extend((key, value if value is not None else "", flag))
-                    wire.send(args)
+
+    def send(cursor):
+        args = [cursor, run.pattern, run.count, with_ttl, len(sent)]
+        for key, value, flag, dummy in sent:
+            args.extend((key, value if value is not None else "", flag))
+        wire.send(args)
+
+    send(0)
+    scanning = True
+    while True:
+        try:
+            reply = yield _SENT
+        finally:
+            run.pending -= len(sent)
+        (cursor, scanned, server_ms, busy_us, tkinds, tpttls, tdumps, keys, values, types, pttls) = reply
+        server_ms = _int(server_ms)
+        taken, dumps = [], iter(tdumps or [])
+        for (key, value, dummy, reason), kind, pttl in zip(sent, _text(tkinds), tpttls or []):
+            if kind == "v":
+                taken.append((key, reason, "v", value, pttl))
+            elif kind == "d":
+                taken.append((key, reason, "d", next(dumps), pttl))
+            else:
+                run.stats["vanished"] += 1
+        sent = []
+        if scanning:
+            node["scanned"] += _int(scanned)
+            scanning = int(cursor) != 0 and not run.capped
+        flying = False
+        if scanning or ready:  # the next call right away: this page is judged while the server works on it
+            sent, ready = ready, []
+            send(cursor if scanning else "")
+            flying = True
+        run.record(node, address, server_ms, taken)
+        run.write(address, server_ms, taken)
+        if keys:
+            room = run.max_keys - run.total - run.pending
+            types = _text(types) or "s" * len(keys)
+            strings = [i for i, ty in enumerate(types) if ty == "s"]
+            if len(strings) == len(keys):
+                corrupt = run.judge.page(values, pttls if with_ttl == "1" else [0] * len(keys), server_ms)
+            else:
+                corrupt = [(strings[j], reason) for j, reason in run.judge.page(
+                    [values[i] for i in strings], [pttls[i] if with_ttl == "1" else 0 for i in strings],
+                    server_ms)]
+                corrupt += [(i, "wrong-type") for i, ty in enumerate(types) if ty == "w"]
+                corrupt.sort()
+            for i, reason in corrupt:
+                node["matched"] += 1
+                if room <= 0:
+                    run.capped = True
                     continue
+                room -= 1
+                if run.check_mode:
+                    run.record(node, address, server_ms, [(keys[i], reason, None, None, None)])
+                else:
+                    flag = "w" if reason == "wrong-type" else ("t" if reason == "no-ttl" else "v")
+                    ready.append((keys[i], values[i], flag, reason))
+                    run.pending += 1
+        run.page_done(node, busy_us)
+        if not flying:
+            if not ready:
                 return
-    finally:
-        wire.close()
+            sent, ready = ready, []  # the last page's takes
+            send("")
 
 
 def _text(value):
@@ -880,30 +925,73 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
         writer.check()
         run.writer = writer
     nodes = []
+    walkers = []
     t0 = time.monotonic()
+
+    def finish(w, error=None):
+        if error is not None:
+            w["node"]["error"] = error.msg if isinstance(error, P3Error) else describe_redis_error(error, settings)
+        w["state"] = None
+        w["gen"].close()  # gives back a reservation it still holds
+        if w["wire"] is not None:
+            w["wire"].close()
+        w["node"]["seconds"] = round(time.monotonic() - w["t0"], 3)
+
+    def step(w, value):
+        try:
+            w["state"] = w["gen"].send(value)
+        except StopIteration:
+            finish(w)
+        except BackupError:
+            raise  # every master stops: nothing more is removed without its backup
+        except Exception as e:
+            finish(w, e)
+
     try:
+        # every master at once, one script call in flight on each: a cluster's masters work in parallel
         for address in masters:
-            if run.capped:
-                break
             node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
             nodes.append(node)
-            n0 = time.monotonic()
+            w = dict(node=node, wire=None, gen=None, state=None, t0=time.monotonic())
             try:
                 client = _client(settings, address)
                 if mode == "all":
-                    _purge_node_all(run, client, node, address)
+                    if not check_mode:
+                        w["wire"] = _Wire(client, LUA_PAGE_ALL, cluster)
+                    w["gen"] = _walk_all(run, client, w["wire"], node, address)
                 else:
-                    _purge_node_corrupt(run, client, node, address)
-            except P3Error as e:
-                node["error"] = e.msg
+                    w["wire"] = _Wire(client, LUA_PAGE_CORRUPT, cluster)
+                    w["gen"] = _walk_corrupt(run, client, w["wire"], node, address)
             except Exception as e:
-                node["error"] = describe_redis_error(e, settings)
-            node["seconds"] = round(time.monotonic() - n0, 3)
-            for k in ("scanned", "matched", "removed"):
-                run.stats[k] += node[k]
+                node["error"] = e.msg if isinstance(e, P3Error) else describe_redis_error(e, settings)
+                if w["wire"] is not None:
+                    w["wire"].close()
+                continue
+            walkers.append(w)
+            step(w, None)
+        while True:
+            flying = [w for w in walkers if w["state"] == _SENT]
+            for w in flying:
+                try:
+                    reply = w["wire"].read()
+                except Exception as e:
+                    finish(w, e)
+                    continue
+                step(w, reply)
+            if not any(w["state"] == _SENT for w in walkers):
+                waiting = [w for w in walkers if w["state"] == _WAIT]
+                if not waiting:
+                    break
+                step(waiting[0], None)
     finally:
+        for w in walkers:
+            if w["state"] is not None:
+                finish(w)
         if writer is not None:
             writer.close()
+    for node in nodes:
+        for k in ("scanned", "matched", "removed"):
+            run.stats[k] += node[k]
     seconds = time.monotonic() - t0
     stats = run.stats
     errors = ["%s: %s" % (n["address"], n["error"]) for n in nodes if n["error"]]
