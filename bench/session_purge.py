@@ -6,12 +6,19 @@ must survive; for mode corrupt every 10th session value is not JSON.
 
 Contenders, each with a concurrent client (its own process) sending PING back to back and recording the slowest
 round trip it saw:
-  ours all      - module_utils.sessions.purge(mode=all) with its backup file (what p3.recovery.session_purge runs)
-  ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset
+  ours all      - module_utils.sessions.purge(mode=all) with its backup file (what p3.recovery.session_purge runs):
+                  one Lua call per SCAN page (SCAN, MGET, PTTL, UNLINK), the next page in flight while this one's
+                  backup lines are written
+  ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset: the page call returns values and TTLs, the
+                  values are judged in Python (sessions.Judge, the census's rule) while the server reads the next
+                  page, the corrupt ones are taken by a later call only if unchanged (compare-and-delete)
   runbook       - redis-cli KEYS 'session:*' | xargs redis-cli DEL
   benchmark     - redis-benchmark -P 64 -n N -r N UNLINK session:...__rand_int__ (the server's pipelined ceiling)
 Targets (issue 6): mode all >= 0.5 x redis-benchmark UNLINK -P 64 throughput with <= 5 ms maximum stall;
-mode corrupt >= 250k keys/s.
+mode corrupt >= 250k keys/s. Each target is printed as met / NOT met. The stall is what the PING client saw
+(client-side: on a 2-core machine it includes waiting for a CPU next to the server and the contender) and, beside
+it, the longest single command in the server's SLOWLOG and the longest page our scripts timed themselves (TIME at
+their start and end). BENCH_SCAN_COUNT sets scan_count (default 200, the module's default).
 """
 import json
 import os
@@ -163,7 +170,8 @@ def bench_session_purge():
         dt, stall, res = ours(server, "all", backup_dir)
         assert res["removed"] == N and server.sessions_left() == 0 and server.client.dbsize() == OTHER, res
         rows["ours_all"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
-                                server_max_ms=stall["server_max_ms"], page_p50_ms=stall.get("page_p50_ms"),
+                                server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
+                                page_p50_ms=stall.get("page_p50_ms"),
                                 page_p99_ms=stall.get("page_p99_ms"),
                                 max_page_ms=res["max_page_ms"], backup_entries=res["backup"]["entries"],
                                 backup_mb=round(os.path.getsize(res["backup"]["path"]) / 1e6, 1))
@@ -174,6 +182,7 @@ def bench_session_purge():
         assert res["removed"] == N // 10 and server.sessions_left() == N - N // 10, res
         rows["ours_corrupt"] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
                                     max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
+                                    server_max_cmd=stall["server_max_cmd"],
                                     page_p50_ms=stall.get("page_p50_ms"), page_p99_ms=stall.get("page_p99_ms"),
                                     max_page_ms=res["max_page_ms"])
         # the runbook
@@ -189,19 +198,29 @@ def bench_session_purge():
                "UNLINK", PREFIX + "__rand_int__"]
         dt, stall, out = measure(server, lambda: subprocess.run(cmd, check=True, capture_output=True, text=True))
         rows["benchmark"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
-                                 server_max_ms=stall["server_max_ms"],
+                                 server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
                                  removed=N - server.sessions_left())
     finally:
         server.stop()
         shutil.rmtree(backup_dir, ignore_errors=True)
     for name, r in rows.items():
-        print("  session_purge %-12s %7.2f s  %9.0f keys/s  max stall %7.2f ms (client) %7.2f ms (server)%s" % (
-            name, r["seconds"], r["keys_per_s"], r["max_stall_ms"], r["server_max_ms"],
-            ("  (page server time p50 %s / p99 %s ms)" % (r.get("page_p50_ms"), r.get("page_p99_ms")))
-            if "max_page_ms" in r else ""))
+        print("  session_purge %-12s %7.2f s  %9.0f keys/s  max stall %7.2f ms (client) %7.2f ms (server, %s)%s" % (
+            name, r["seconds"], r["keys_per_s"], r["max_stall_ms"], r["server_max_ms"], r.get("server_max_cmd"),
+            ("  (page server time p50 %s / p99 %s / max %s ms)" % (
+                r.get("page_p50_ms"), r.get("page_p99_ms"), r.get("max_page_ms"))) if "max_page_ms" in r else ""))
     a, c, b = rows["ours_all"], rows["ours_corrupt"], rows["benchmark"]
     ratio = a["keys_per_s"] / b["keys_per_s"]
-    met = ratio >= 0.5 and a["max_stall_ms"] <= 5 and c["keys_per_s"] >= 250000
+    targets = [
+        ("mode all throughput >= 0.5 x redis-benchmark UNLINK -P 64", ratio >= 0.5,
+         "%.0f / %.0f keys/s = %.2f x" % (a["keys_per_s"], b["keys_per_s"], ratio)),
+        ("mode all maximum stall <= 5 ms (client-side)", a["max_stall_ms"] <= 5,
+         "%.2f ms client-side; server-side longest command %.2f ms (%s), longest page %.2f ms" % (
+             a["max_stall_ms"], a["server_max_ms"], a["server_max_cmd"], a["max_page_ms"])),
+        ("mode corrupt >= 250k keys/s", c["keys_per_s"] >= 250000, "%.0f keys/s" % c["keys_per_s"]),
+    ]
+    for what, ok, detail in targets:
+        print("  session_purge target %-58s %-7s (%s)" % (what, "met" if ok else "NOT met", detail))
+    met = all(ok for _what, ok, _detail in targets)
     return {
         "entry": "session_purge",
         "what": ("%d session keys on a standalone redis-server: ours mode all %.0f keys/s (stall %.1f ms, with a "
@@ -215,6 +234,7 @@ def bench_session_purge():
         "ratio_ours_over_reference": round(ratio, 2),
         "target": "all >= 0.5x redis-benchmark, stall <= 5 ms; corrupt >= 250k keys/s",
         "target_met": met,
+        "targets": dict((what, dict(met=ok, measured=detail)) for what, ok, detail in targets),
         "runs": 1,
         "rows": dict((k, dict((kk, round(vv, 2) if isinstance(vv, float) else vv) for kk, vv in v.items()))
                      for k, v in rows.items()),
