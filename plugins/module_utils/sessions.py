@@ -4,12 +4,13 @@
 """Session keyspace plumbing of p3.recovery (runbook scenario 1, Session Bridge Failure): the validation rule,
 the SCAN census over every master, the selective non-blocking purge with a backup, and the restore.
 
-Never KEYS. The purge walks every master one page at a time with one small Lua script per page: the script runs
-SCAN <cursor> MATCH <pattern> COUNT <scan_count> on its node, judges each key with the rule of classify() (mode
-corrupt; values it cannot judge exactly - non-ASCII bytes, ISO 8601 expiries - go back to classify() and are taken
-by LUA_TAKE_IF_SAME only if unchanged), and takes the chosen keys atomically: GET (strings) or DUMP (other types),
-PTTL, UNLINK. So the server-side work per call is bounded by scan_count, no key travels to the server, and the
-backup holds exactly what was removed.
+Never KEYS. The purge works every master at once, one page at a time on each, with one small Lua script per page
+that runs SCAN <cursor> MATCH <pattern> COUNT <scan_count> itself (so the server-side work per call is bounded by
+scan_count); the next page's call is sent before the previous reply is processed, so Redis and this process work
+in parallel. Mode all takes the page's keys in the script (value or DUMP, PTTL, UNLINK: the backup holds exactly
+what was removed). Mode corrupt reads the page's values and TTLs, judges them in Python with Judge (the rule of
+classify(), the census's too), and a later call removes each corrupt key only if it is still exactly the value
+that was judged (compare-and-delete, LUA_PAGE_CORRUPT).
 
 Backup format (JSON lines, file mode 0600, flushed after every page): a header line
   {"format": "p3.recovery.redis-dump", "version": 1, "created": ISO, "pattern": ..., "mode": ..., "source": [...]}

@@ -14,12 +14,15 @@ description:
   - The runbook's C(redis-cli KEYS "session:*" | xargs redis-cli DEL), made selective, non-blocking and recoverable.
   - Walks every master (every master serving slots in a cluster) with C(SCAN MATCH O(pattern) COUNT O(scan_count));
     never C(KEYS).
-  - Each page is one small Lua script on the node - C(SCAN) one page, judge, take - so the server-side work per call
-    is bounded by O(scan_count) keys and no key travels to the server; taking a key is C(GET) (or C(DUMP) for a key
-    that is not a string), C(PTTL) and C(UNLINK), atomically, so the backup holds exactly what was removed.
+  - Each page is one small Lua script on the node that C(SCAN)s one page itself, so the server-side work per call
+    is bounded by O(scan_count) keys. Every master is worked at the same time, and the next page's call is sent
+    before the previous reply is processed, so Redis and this module work in parallel.
+  - O(mode=all) takes every key of the page atomically in the script - the value (C(MGET); C(DUMP) for a key that is
+    not a string), C(PTTL), C(UNLINK) - so the backup holds exactly what was removed.
   - O(mode=corrupt) (default) removes only the sessions that fail validation (the rule of the doc fragment below).
-    Values the script cannot judge exactly like the Python rule (non-ASCII bytes, ISO 8601 expiries) are judged in
-    Python and removed only if they are still exactly the value that was judged.
+    The script returns each key's value and TTL; they are judged here with the rule M(p3.recovery.session_census)
+    uses, and a later call removes each corrupt key only if it is still exactly the value that was judged (and,
+    for C(no-ttl), still has no TTL); a key that changed in between is left alone (RV(vanished)).
   - O(mode=all) removes every matching key, as the runbook does; it logs every user out and therefore needs
     O(allow_all=true).
   - Every removed key is appended to a JSON-lines backup file (base64 value or C(DUMP) payload, TTL, absolute
@@ -148,8 +151,8 @@ keys_per_second:
   returned: always
   type: float
 max_page_ms:
-  description: Longest single removal script as the client timed it (round trip included) - an upper bound of
-    the time Redis was busy with one page.
+  description: Longest time Redis spent on one page script (the script reads the server clock at its start and
+    end) - how long other clients of that node had to wait at most because of the purge.
   returned: always
   type: float
 nodes:
