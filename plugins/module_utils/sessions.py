@@ -52,7 +52,7 @@ SESSION_ARGUMENT_SPEC = dict(
     required_fields=dict(type="list", elements="str", default=list(DEFAULT_FIELDS)),
     expiry_field=dict(type="str", default="expiresAt"),
     require_ttl=dict(type="bool", default=True),
-    scan_count=dict(type="int", default=200),
+    scan_count=dict(type="int", default=100),
 )
 
 # The page scripts (Lua, one call per SCAN page and master). Each SCANs one page itself (SCAN <cursor> MATCH
@@ -764,9 +764,9 @@ _SENT, _WAIT = "sent", "wait"
 
 def _walk_all(run, client, wire, node, address):
     """Mode all on one master: LUA_PAGE_ALL page after page, the next page in flight while this one's backup is
-    written. The cap is exact: each call's limit is reserved until its reply is counted; with several masters in
-    flight a call gets at most 20 pages' worth (far more than one SCAN page returns), and when less than that is
-    left it waits until it is the only call in flight and then gets all that is left."""
+    written. The cap is exact: each call's limit is reserved until its reply is counted; a call gets at most 20
+    pages' worth (far more than one SCAN page returns), so every master can have one in flight; when less than
+    that is left, a call waits until it is the only one in flight and then gets all that is left."""
     if run.check_mode:
         cursor = 0
         while True:
@@ -790,7 +790,7 @@ def _walk_all(run, client, wire, node, address):
             yield _WAIT
             free = run.max_keys - run.total - run.reserved
         # limit 0 once max_keys are removed: the page then only says whether more keys exist (capped)
-        limit = max(0, min(free, share) if run.in_flight > 0 else free)
+        limit = max(0, min(free, share))
         wire.send([cursor, run.pattern, run.count, limit])
         run.reserved += limit
         run.in_flight += 1
@@ -817,7 +817,7 @@ def _walk_all(run, client, wire, node, address):
                 run.page_done(node, busy_us)
                 break  # wait for the others, above
             # the next page goes out before this one's backup is written: the server works meanwhile
-            limit = max(0, min(free, share) if run.in_flight > 0 else free)
+            limit = max(0, min(free, share))
             wire.send([cursor, run.pattern, run.count, limit])
             run.reserved += limit
             run.in_flight += 1
