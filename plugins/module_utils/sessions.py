@@ -327,7 +327,7 @@ class Judge(object):
         scan_once, exact_int = _SCAN_ONCE, _EXACT_INT
         out = []
         for i, raw, pttl in zip(range(len(values)), values, pttls):
-            if type(raw) is not bytes:
+            if not isinstance(raw, bytes):
                 reason = classify(raw, pttl, now_ms=now_ms, **kw)
             else:
                 try:
@@ -342,7 +342,7 @@ class Judge(object):
                         obj, end = scan_once(text, 0)
                     except (StopIteration, ValueError, RecursionError):
                         obj = end = None
-                    if end != len(text) or type(obj) is not dict:
+                    if end != len(text) or not isinstance(obj, dict):
                         reason = classify(raw, pttl, now_ms=now_ms, **kw)
                     else:
                         reason = None
@@ -352,7 +352,8 @@ class Judge(object):
                                 break
                         if reason is None and efield:
                             expires = obj.get(efield)
-                            if type(expires) is int and -exact_int < expires < exact_int:
+                            if (isinstance(expires, int) and not isinstance(expires, bool)
+                                    and -exact_int < expires < exact_int):
                                 if -100000000000 < expires < 100000000000:
                                     expires *= 1000
                             else:
@@ -855,12 +856,12 @@ def _walk_corrupt(run, client, wire, node, address):
             run.pending -= len(sent)
         (cursor, scanned, server_ms, busy_us, tkinds, tpttls, tdumps, keys, values, types, pttls) = reply
         server_ms = _int(server_ms)
-        taken, dumps = [], iter(tdumps or [])
+        taken, dumps = [], list(tdumps or [])
         for (key, value, dummy, reason), kind, pttl in zip(sent, _text(tkinds), tpttls or []):
             if kind == "v":
                 taken.append((key, reason, "v", value, pttl))
             elif kind == "d":
-                taken.append((key, reason, "d", next(dumps), pttl))
+                taken.append((key, reason, "d", dumps.pop(0), pttl))
             else:
                 run.stats["vanished"] += 1
         sent = []
