@@ -549,6 +549,9 @@ def census(settings, params, sample_size=10):
 # Backup file
 # ---------------------------------------------------------------------------------------------------------------
 
+_LINE = b'{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n'
+
+
 class BackupError(P3Error):
     """The backup file cannot be written: the purge stops everywhere."""
 
@@ -597,7 +600,7 @@ class BackupWriter(object):
                     payload = str(payload).encode("utf-8")
                 if not isinstance(key, bytes):
                     key = str(key).encode("utf-8")
-                lines.append(b'{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n' % (
+                lines.append(_LINE % (
                     b64(key, newline=False), b"dump" if kind in (b"d", "d") else b"value",
                     b64(payload, newline=False), pttl, b"null" if pttl < 0 else b"%d" % (server_now + pttl),
                     node_b, reason.encode("utf-8")))
