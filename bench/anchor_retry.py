@@ -122,13 +122,16 @@ def run_node(server, n):
     return out["ms"] / 1000.0, stats
 
 
-def run_ours_module(server, n, validate=True):
+def run_ours_module(server, n, validate=None):
     seed(server.client, n)
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""),
                ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                ANSIBLE_NOCOLOR="1")
-    args = json.dumps({"redis_url": "redis://127.0.0.1:%d" % server.port, "prefix": PREFIX, "queue": QUEUE,
-                       "max_jobs": n, "redis_socket_timeout": 60, "validate_data": validate})
+    module_args = {"redis_url": "redis://127.0.0.1:%d" % server.port, "prefix": PREFIX, "queue": QUEUE,
+                   "max_jobs": n, "redis_socket_timeout": 60}
+    if validate is not None:
+        module_args["validate_data"] = validate
+    args = json.dumps(module_args)
     server_reset(server.client)
     t0 = time.perf_counter()
     proc = subprocess.run([os.path.join(BIN, "ansible"), "localhost", "-i", "localhost,", "-c", "local",
@@ -182,8 +185,10 @@ def bench_anchor_retry():
         srv = {"node": [], "ours": [], "ours_validated": []}
         for _ in range(runs):  # alternate, same data each time
             n_s, n_st = run_node(server, N_BIG)
-            o, w, o_st = run_ours_module(server, N_BIG, validate=False)  # the same work as retryJobs
-            c, _w, c_st = run_ours_module(server, N_BIG, validate=True)  # the default: plus our job-data check
+            # the module's default: no job-data check, the same work and semantics as retryJobs
+            o, w, o_st = run_ours_module(server, N_BIG)
+            # plus the job-data check (what naming required_data_keys turns on; the anchor_queue role does)
+            c, _w, c_st = run_ours_module(server, N_BIG, validate=True)
             node.append(n_s)
             ours.append(o)
             walls.append(w)
@@ -205,7 +210,7 @@ def bench_anchor_retry():
         "what": ("retry %d failed BullMQ jobs on a standalone redis-server, same data, same run, median of %d: "
                  "Node bullmq queue.retryJobs() (await on a connected Queue) vs bullmq_retry's own elapsed_ms "
                  "(retry() on a connected client, script load included; whole ansible task %.2f s) with "
-                 "validate_data=false (the same work as retryJobs) and with the default validate_data=true "
+                 "its defaults (no job-data check: the same work as retryJobs) and with validate_data=true "
                  "(%.3f s, throughput %.2fx Node, per-run ratios %s); runbook per-job shell on %d: %.2f s (%.0f jobs/s, "
                  "ours %.0f jobs/s = %.0fx); our peak RSS %d KB at %d jobs, %d KB at %d jobs"
                  % (N_BIG, runs, wall_s, checked_s, node_s / checked_s,
@@ -226,7 +231,7 @@ def bench_anchor_retry():
         "rss_kb": {str(N_BIG // 10): rss_small, str(N_BIG): rss_big},
         "target": "throughput >= 1.0x Node retryJobs, RSS flat in the number of jobs",
         "target_met": ours_s <= node_s and rss_big < rss_small * 1.5,
-        "target_met_default_validate_data": checked_s <= node_s and rss_big < rss_small * 1.5,
+        "target_met_with_data_check": checked_s <= node_s and rss_big < rss_small * 1.5,
         "runs": runs,
     }
 

@@ -72,10 +72,12 @@ options:
       - Check each candidate's C(data) on the server, in the same atomic step as its move; a job whose hash is
         missing or whose C(data) is not a JSON object with O(required_data_keys) is not retried and is listed in
         RV(malformed). It costs about half as much server time again as the move itself.
+      - Unset, it is on exactly when O(required_data_keys) is set; so by default the module does what BullMQ's
+        C(retryJobs) does (no check), and naming the keys a job needs turns the check on (the C(anchor_queue) role
+        does).
     type: bool
-    default: true
   required_data_keys:
-    description: Keys every job's C(data) must have (with O(validate_data)).
+    description: Keys every job's C(data) must have (with O(validate_data), which they turn on unless it is false).
     type: list
     elements: str
     default: []
@@ -191,7 +193,7 @@ def main():
         min_age_seconds=dict(type="float", default=0),
         max_jobs=dict(type="int", default=10000),
         page_size=dict(type="int", default=1000),
-        validate_data=dict(type="bool", default=True),
+        validate_data=dict(type="bool"),
         required_data_keys=dict(type="list", elements="str", default=[], no_log=False),
         on_malformed=dict(type="str", choices=["fail", "skip"], default="fail"),
         return_ids=dict(type="int", default=1000),
@@ -204,6 +206,7 @@ def main():
         module.fail_json(msg="page_size must be between 1 and 7000, got %s" % p["page_size"])
     if p["min_age_seconds"] < 0 or p["return_ids"] < 0:
         module.fail_json(msg="min_age_seconds and return_ids must be >= 0")
+    validate = p["validate_data"] if p["validate_data"] is not None else bool(p["required_data_keys"])
     target = RedisTarget(module)
     q = None
     try:
@@ -211,7 +214,7 @@ def main():
         q.connect()
         res = q.retry(state=p["state"], reason_pattern=p["reason_pattern"], min_age_seconds=p["min_age_seconds"],
                       max_jobs=p["max_jobs"], page_size=p["page_size"], required_keys=p["required_data_keys"],
-                      validate=p["validate_data"], check_mode=module.check_mode, ids_limit=p["return_ids"])
+                      validate=validate, check_mode=module.check_mode, ids_limit=p["return_ids"])
         counts, _meta = q.counts()
     except P3Error as e:
         fail_clean(module, e, changed=False)
