@@ -1,9 +1,7 @@
 """The app_restart role against the lab's real supervisord."""
-import json
-import subprocess
 import urllib.request
 
-from conftest import lab_fault, lab_status, run_playbook
+from p3harness import lab_fault, lab_status, run_playbook
 
 
 def health_status(url):
@@ -46,7 +44,7 @@ def test_restart_role_command_backend(healthy_lab):
     """The plain-command backend (here: supervisorctl as an argv list, as a site without supervisor support would
     call its own restart script)."""
     import yaml
-    from conftest import INVENTORY
+    from p3harness import INVENTORY
     with open(INVENTORY) as f:
         host = yaml.safe_load(f)["all"]["children"]["p3_app"]["hosts"]["p3-lab-app"]
     before = healthy_lab["services"]["app"]["pid"]

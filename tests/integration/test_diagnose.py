@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import INVENTORY, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
+from p3harness import INVENTORY, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
 
 CHECKS = ["health", "database", "redis", "pulse", "metrics"]
 LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]

@@ -5,7 +5,7 @@ import os
 
 import yaml
 
-from conftest import LAB_SECRETS_HINT, ROOT, lab_fault, lab_status, run_playbook
+from p3harness import LAB_SECRETS_HINT, ROOT, lab_fault, lab_status, run_playbook
 
 ALERTS = ["session_auth_failure_rate", "mesh_peer_count_low", "anchor_queue_backup", "database_connection_high",
           "redis_memory_high"]

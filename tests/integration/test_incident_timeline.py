@@ -2,7 +2,7 @@
 import json
 import os
 
-from conftest import LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
+from p3harness import LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
 
 
 def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):

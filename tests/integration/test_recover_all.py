@@ -3,7 +3,7 @@ gated on the one before."""
 import glob
 import os
 
-from conftest import lab_fault, lab_status, run_playbook
+from p3harness import lab_fault, lab_status, run_playbook
 
 
 def recover_all(report_dir, check=False, **extra):

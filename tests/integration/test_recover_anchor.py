@@ -13,11 +13,10 @@ import time
 import urllib.request
 
 import psycopg2
-import pytest
 import yaml
 from redis.cluster import ClusterNode, RedisCluster
 
-from conftest import INVENTORY, LAB_DIR, lab, lab_fault, run_playbook
+from p3harness import INVENTORY, LAB_DIR, lab, lab_fault, run_playbook
 
 FUNDING_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0 (lab only)
 FUNDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"

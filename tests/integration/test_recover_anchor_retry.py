@@ -9,20 +9,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-_BASE = os.path.join(ROOT, ".state", "unit-path")
-_LINK = os.path.join(_BASE, "ansible_collections", "p3", "recovery")
-if not os.path.islink(_LINK):
-    os.makedirs(os.path.dirname(_LINK), exist_ok=True)
-    os.symlink(ROOT, _LINK)
-if _BASE not in sys.path:
-    sys.path.insert(0, _BASE)
+from p3harness import ROOT, ensure_collection_importable
+
+ensure_collection_importable()
 
 from ansible_collections.p3.recovery.plugins.module_utils.bullmq import BullQueue  # noqa: E402
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisSettings  # noqa: E402

@@ -16,7 +16,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from conftest import LAB_DIR, lab_fault, lab_status, run_playbook
+from p3harness import LAB_DIR, lab_fault, lab_status, run_playbook
 
 LEAK_APP = "p3-lab-leak"
 PROTECTED_APP = "p3-nightly-report"

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import redis
 
-from conftest import LAB_DIR, lab_fault, lab_status, run_playbook
+from p3harness import LAB_DIR, lab_fault, lab_status, run_playbook
 
 LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 MIN_PEERS = 10  # the runbook's alert mesh_peer_count_low

@@ -20,7 +20,7 @@ import yaml
 
 from redis.crc import key_slot
 
-from conftest import INVENTORY, lab, lab_fault, lab_status, run_playbook
+from p3harness import INVENTORY, lab, lab_fault, lab_status, run_playbook
 
 PW = "p3redis-lab-secret"
 FAILOVER_TASK = "Act - promote the best replica of each failed master"

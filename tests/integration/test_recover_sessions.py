@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.cluster
 
-from conftest import LAB_DIR, lab_fault, lab_status, run_playbook
+from p3harness import LAB_DIR, ensure_collection_importable, lab_fault, lab_status, run_playbook
 
 LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 PROBE_DEVICE = "p3-recovery-probe"
@@ -360,15 +360,7 @@ def test_server_side_rule_matches_the_python_rule(lab_up, tmp_path):
 
 def _sessions():
     """module_utils.sessions, importable as in the unit tests (<state>/unit-path/ansible_collections/p3/recovery)."""
-    import sys
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-    base = os.path.join(root, ".state", "unit-path")
-    link = os.path.join(base, "ansible_collections", "p3", "recovery")
-    if not os.path.islink(link):
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        os.symlink(root, link)
-    if base not in sys.path:
-        sys.path.insert(0, base)
+    ensure_collection_importable()
     from ansible_collections.p3.recovery.plugins.module_utils import sessions
     return sessions
 

@@ -2,7 +2,7 @@
 (through the redis_cluster role), then do their own work - against the real lab, with two faults at once."""
 import pytest
 
-from conftest import lab_fault, lab_status
+from p3harness import lab_fault, lab_status
 import test_recover_mesh as mesh
 import test_recover_sessions as sessions
 

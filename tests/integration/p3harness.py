@@ -1,0 +1,137 @@
+"""Integration harness (helpers; the fixtures are in conftest.py): the real lab and playbook runs through ansible-runner.
+
+Tests import from here (`from p3harness import ...`), never from conftest, so the unit and integration trees can
+run in one pytest session.
+
+Tests drive playbooks against the lab's real services and assert on real state read straight from them
+(`lab/p3lab status --json`, redis-py, psycopg2), not only on what the playbook printed.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PY = sys.executable
+LAB = os.path.join(ROOT, "lab", "p3lab")
+LAB_DIR = os.environ.get("P3LAB_DIR", os.path.join(ROOT, ".lab"))
+INVENTORY = os.path.join(ROOT, "lab", "inventory.yml") if "P3LAB_DIR" not in os.environ else os.path.join(LAB_DIR, "inventory.yml")
+BIN = os.path.dirname(PY)
+LAB_SECRETS_HINT = ("p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw")
+HANG_GUARD = 300  # seconds: a run that takes longer than this is a hang, not a slow probe
+
+
+def lab(*args, check=True, timeout=180):
+    """Run the lab CLI; returns its stdout."""
+    proc = subprocess.run([PY, LAB] + list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("p3lab %s failed (%d):\n%s\n%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
+    return proc.stdout
+
+
+def lab_status():
+    return json.loads(lab("status", "--json"))
+
+
+def lab_fault(name):
+    """Inject a fault; returns the JSON the lab printed about what it did."""
+    out = lab("fault", name)
+    lines = [line for line in out.splitlines() if line.strip().startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def base_env(extra=None):
+    env = dict(os.environ)
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    env["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    # the incident callback (enabled in ansible.cfg) writes here unless a test says otherwise
+    env["P3_INCIDENT_DIR"] = os.path.join(ROOT, ".state", "incidents")
+    env.pop("P3_INCIDENT_ID", None)
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    env.pop("REDIS_PASSWORD", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class Run(object):
+    """The outcome of one playbook run: rc, full stdout, per-task results, set_stats data."""
+
+    def __init__(self, rc, stdout, events):
+        self.rc = rc
+        self.stdout = stdout
+        self.events = events
+
+    def results(self, task):
+        """Every result (all hosts) of the task whose name is `task`."""
+        out = []
+        for ev in self.events:
+            data = ev.get("event_data", {})
+            if ev.get("event", "").startswith("runner_on_") and data.get("task") == task and "res" in data:
+                out.append(data["res"])
+        return out
+
+    def result(self, task):
+        res = self.results(task)
+        assert res, "task %r did not run; output:\n%s" % (task, self.stdout[-3000:])
+        return res[-1]
+
+    @property
+    def stats(self):
+        for ev in self.events:
+            if ev.get("event") == "playbook_on_stats":
+                return ev.get("event_data", {}).get("artifact_data", {})
+        return {}
+
+    @property
+    def changed(self):
+        for ev in self.events:
+            if ev.get("event") == "playbook_on_stats":
+                return ev.get("event_data", {}).get("changed", {})
+        return {}
+
+
+def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=None, env=None, limit=None):
+    import ansible_runner
+
+    path = playbook if os.path.isabs(playbook) else os.path.join(ROOT, "playbooks", playbook)
+    tmp = tempfile.mkdtemp(prefix="p3run-")
+    cmdline = []
+    if check:
+        cmdline.append("--check")
+    try:
+        r = ansible_runner.run(
+            private_data_dir=tmp,
+            playbook=path,
+            inventory=inventory or INVENTORY,
+            extravars=extravars or {},
+            cmdline=" ".join(cmdline) or None,
+            limit=limit,
+            verbosity=verbosity or None,
+            envvars=base_env(env),
+            quiet=True,
+            timeout=HANG_GUARD,
+            project_dir=ROOT,
+        )
+        stdout = r.stdout.read()
+        events = list(r.events)
+        return Run(r.rc, stdout, events)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_collection_importable():
+    """Make ansible_collections.p3.recovery importable in this process (a symlink <state>/unit-path/.../recovery ->
+    the repository root, as the unit tests do), for tests that call module_utils directly."""
+    base = os.path.join(ROOT, ".state", "unit-path")
+    link = os.path.join(base, "ansible_collections", "p3", "recovery")
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(ROOT, link)
+    if base not in sys.path:
+        sys.path.insert(0, base)
