@@ -7,7 +7,8 @@ evaluate_alerts(rules, observations): each rule is {name, severity, op, threshol
 each rule's observe key to {value, source} (value null when the probe could not measure it, its reason as source).
 Returns one entry per rule: name, severity, condition, value, threshold, firing (true / false / null = unknown),
 reason (one line). alert_summary(alerts): {healthy, firing, unknown, severity (worst firing)}.
-redis_memory_usage(topology): the redis_memory_high observation from a redis_cluster_topology result.
+observation(result, field): an alert's observed value from a probe result; redis_memory_usage(topology): the
+redis_memory_high observation from a redis_cluster_topology result.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -67,10 +68,26 @@ def _mib(n):
     return "%.1f MiB" % (n / 1048576.0)
 
 
+def observation(result, field, healthy_default=None):
+    """{value, source} for an alert from a probe result: its field, the probe's reason as the source; {} when the probe
+    was skipped (alert not evaluated). healthy_default stands in for a null field of a healthy probe (e.g. no
+    request in the window: a failure rate of 0)."""
+    result = result or {}
+    if result.get("skipped"):
+        return {}
+    value = result.get(field)
+    if value is None and healthy_default is not None and result.get("healthy"):
+        value = healthy_default
+    source = result.get("reason") or result.get("msg") or "not measured"
+    return dict(value=value, source=" ".join(str(source).split()))
+
+
 def redis_memory_usage(topology):
     """{value, source} for the redis_memory_high alert from a redis_cluster_topology result: the highest used_memory
     of a reachable node as a percentage of its maxmemory, or of the host's memory when maxmemory is 0 (unlimited,
     the node can grow until the host runs out); value null when no node reported memory."""
+    if (topology or {}).get("skipped"):
+        return {}
     best = None
     for n in (topology or {}).get("nodes") or []:
         used = n.get("used_memory")
@@ -105,5 +122,6 @@ class FilterModule(object):
             "evaluate_alerts": evaluate_alerts,
             "alert_summary": alert_summary,
             "alert_table": alert_table,
+            "observation": observation,
             "redis_memory_usage": redis_memory_usage,
         }

@@ -5,6 +5,7 @@ from ansible_collections.p3.recovery.plugins.filter.alerts import (
     alert_summary,
     alert_table,
     evaluate_alerts,
+    observation,
     redis_memory_usage,
 )
 
@@ -57,3 +58,13 @@ def test_redis_memory_against_maxmemory_or_the_host():
     assert usage["value"] == 0.98 and usage["source"] == "b:2: 10.0 MiB of system memory (maxmemory 0) 1024.0 MiB"
     failed = redis_memory_usage({"failed": True, "msg": "no Redis node answered:\n 127.0.0.1:1 refused"})
     assert failed == {"value": None, "source": "no Redis node answered: 127.0.0.1:1 refused"}
+
+
+def test_observation_from_probe_results():
+    assert observation({"skipped": True}, "peers") == {}
+    assert redis_memory_usage({"skipped": True}) == {}
+    assert observation({"healthy": True, "peers": 12, "reason": "12 peers"}, "peers") == {"value": 12, "source": "12 peers"}
+    # a healthy probe without a value: the stand-in; an unhealthy one stays unknown with its reason
+    assert observation({"healthy": True, "failure_pct": None, "reason": "no request"}, "failure_pct", 0)["value"] == 0
+    failed = observation({"healthy": False, "failure_pct": None, "msg": "GET x failed:\n refused"}, "failure_pct", 0)
+    assert failed == {"value": None, "source": "GET x failed: refused"}
