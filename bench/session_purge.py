@@ -7,18 +7,21 @@ must survive; for mode corrupt every 10th session value is not JSON.
 Contenders, each with a concurrent client (its own process) sending PING back to back and recording the slowest
 round trip it saw:
   ours all      - module_utils.sessions.purge(mode=all) with its backup file (what p3.recovery.session_purge runs):
-                  one Lua call per SCAN page (SCAN, MGET, PTTL, UNLINK), the next page in flight while this one's
-                  backup lines are written
+                  one Lua call per SCAN page (SCAN, MGET, PTTL, UNLINK), two cursor streams, each with its next
+                  page in flight while this one's backup lines are written
   ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset: the page call returns values and TTLs, the
                   values are judged in Python (sessions.Judge, the census's rule) while the server reads the next
                   page, the corrupt ones are taken by a later call only if unchanged (compare-and-delete)
+  floor         - not a contender: the same two streams and pages doing only SCAN + UNLINK (nothing read, no
+                  backup), the fastest any SCAN-based purge can be on this server
   runbook       - redis-cli KEYS 'session:*' | xargs redis-cli DEL
   benchmark     - redis-benchmark -P 64 -n N -r N UNLINK session:...__rand_int__ (the server's pipelined ceiling)
 Targets (issue 6): mode all >= 0.5 x redis-benchmark UNLINK -P 64 throughput with <= 5 ms maximum stall;
 mode corrupt >= 250k keys/s. Each target is printed as met / NOT met. The stall is what the PING client saw
 (client-side: on a 2-core machine it includes waiting for a CPU next to the server and the contender) and, beside
 it, the longest single command in the server's SLOWLOG and the longest page our scripts timed themselves (TIME at
-their start and end). BENCH_SCAN_COUNT sets scan_count (default 100, the module's default).
+their start and end). Each row also prints the server's CPU time per key (INFO cpu): what the work costs Redis's
+one thread, whatever the wall clock. BENCH_SCAN_COUNT sets scan_count (default 100, the module's default).
 """
 import json
 import os
@@ -115,6 +118,12 @@ class Stall(object):
         return json.loads(out)
 
 
+def server_cpu(client):
+    """CPU seconds the redis-server process has used (user + system): its work per key, whatever the wall clock."""
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
 def measure(server, fn):
     """Run fn with the concurrent client going; the stall is both what that client saw (client-side, includes CPU
     contention on a shared machine) and the longest single command the server ran (SLOWLOG, server-side)."""
@@ -123,10 +132,13 @@ def measure(server, fn):
     c.config_set("slowlog-max-len", 100000)
     c.slowlog_reset()
     stall = Stall(server.port)
+    cpu0 = server_cpu(c)
     t0 = time.perf_counter()
     extra = fn()
     dt = time.perf_counter() - t0
+    cpu1 = server_cpu(c)
     seen = stall.stop()
+    seen["server_cpu_us_per_key"] = round((cpu1 - cpu0) / N * 1e6, 2)
     # the bench's own housekeeping (CONFIG SET, SLOWLOG RESET of the previous contender's entries) ran before the
     # contender started: not part of what it made other clients wait for
     entries = [e for e in c.execute_command("SLOWLOG", "GET", "-1")
@@ -141,6 +153,41 @@ def measure(server, fn):
         seen["page_p50_ms"] = round(pages[len(pages) // 2] / 1000.0, 2)
         seen["page_p99_ms"] = round(pages[min(len(pages) - 1, int(len(pages) * 0.99))] / 1000.0, 2)
     return dt, seen, extra
+
+
+# The floor of any SCAN-based purge: the same two cursor streams and page size as ours, but each page only SCANs
+# and UNLINKs - nothing read, nothing returned, no backup. Not a contender (it keeps nothing recoverable): it says
+# how much of redis-benchmark's speed a SCAN walk leaves before a backup is read at all.
+FLOOR = """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+if #page[2] > 0 then redis.call('UNLINK', unpack(page[2])) end
+return page[1]
+"""
+
+
+def floor(server):
+    import redis
+    count = int(os.environ.get("BENCH_SCAN_COUNT", "100"))
+
+    def run():
+        conns, cursors = [], []
+        for start in range(2):
+            conn = redis.Redis(port=server.port, socket_timeout=30).connection_pool.get_connection()
+            sha = server.client.script_load(FLOOR)
+            conn.send_command("EVALSHA", sha, 0, start, "session:*", count)
+            conns.append((conn, sha, start))
+        live = list(conns)
+        while live:
+            for item in list(live):
+                conn, sha, start = item
+                cursor = int(conn.read_response())
+                if cursor == 0 or cursor & 1 != start:
+                    live.remove(item)
+                else:
+                    conn.send_command("EVALSHA", sha, 0, cursor, "session:*", count)
+        for conn, _sha, _start in conns:
+            conn.disconnect()
+    return measure(server, run)
 
 
 def ours(server, mode, backup_dir):
@@ -173,6 +220,7 @@ def bench_session_purge():
         dt, stall, res = ours(server, "all", backup_dir)
         assert res["removed"] == N and server.sessions_left() == 0 and server.client.dbsize() == OTHER, res
         rows["ours_all"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                                server_cpu_us_per_key=stall["server_cpu_us_per_key"],
                                 server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
                                 page_p50_ms=stall.get("page_p50_ms"),
                                 page_p99_ms=stall.get("page_p99_ms"),
@@ -184,16 +232,25 @@ def bench_session_purge():
         dt, stall, res = ours(server, "corrupt", backup_dir)
         assert res["removed"] == N // 10 and server.sessions_left() == N - N // 10, res
         rows["ours_corrupt"] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
+                                    server_cpu_us_per_key=stall["server_cpu_us_per_key"],
                                     max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
                                     server_max_cmd=stall["server_max_cmd"],
                                     page_p50_ms=stall.get("page_p50_ms"), page_p99_ms=stall.get("page_p99_ms"),
                                     max_page_ms=res["max_page_ms"])
+        # the floor: SCAN + UNLINK only, no backup
+        server.load()
+        dt, stall, _ = floor(server)
+        assert server.sessions_left() == 0
+        rows["floor"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                             server_cpu_us_per_key=stall["server_cpu_us_per_key"],
+                             server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"])
         # the runbook
         server.load()
         cmd = "redis-cli -p %d KEYS 'session:*' | xargs redis-cli -p %d DEL > /dev/null" % (server.port, server.port)
         dt, stall, _ = measure(server, lambda: subprocess.run(cmd, shell=True, check=True))
         assert server.sessions_left() == 0
         rows["runbook"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                               server_cpu_us_per_key=stall["server_cpu_us_per_key"],
                                server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"])
         # redis-benchmark's pipelined UNLINK on live keys (random with replacement: calls/s is the ceiling)
         server.load()
@@ -201,16 +258,20 @@ def bench_session_purge():
                "UNLINK", PREFIX + "__rand_int__"]
         dt, stall, out = measure(server, lambda: subprocess.run(cmd, check=True, capture_output=True, text=True))
         rows["benchmark"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
+                                 server_cpu_us_per_key=stall["server_cpu_us_per_key"],
                                  server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
                                  removed=N - server.sessions_left())
     finally:
         server.stop()
         shutil.rmtree(backup_dir, ignore_errors=True)
     for name, r in rows.items():
-        print("  session_purge %-12s %7.2f s  %9.0f keys/s  max stall %7.2f ms (client) %7.2f ms (server, %s)%s" % (
-            name, r["seconds"], r["keys_per_s"], r["max_stall_ms"], r["server_max_ms"], r.get("server_max_cmd"),
-            ("  (page server time p50 %s / p99 %s / max %s ms)" % (
-                r.get("page_p50_ms"), r.get("page_p99_ms"), r.get("max_page_ms"))) if "max_page_ms" in r else ""))
+        print("  session_purge %-12s %7.2f s  %9.0f keys/s  server CPU %5.2f us/key  max stall %7.2f ms (client) "
+              "%7.2f ms (server, %s)%s" % (
+                  name, r["seconds"], r["keys_per_s"], r["server_cpu_us_per_key"], r["max_stall_ms"],
+                  r["server_max_ms"], r.get("server_max_cmd"),
+                  ("  (page server time p50 %s / p99 %s / max %s ms)" % (
+                      r.get("page_p50_ms"), r.get("page_p99_ms"), r.get("max_page_ms"))) if "max_page_ms" in r
+                  else ""))
     a, c, b = rows["ours_all"], rows["ours_corrupt"], rows["benchmark"]
     ratio = a["keys_per_s"] / b["keys_per_s"]
     targets = [

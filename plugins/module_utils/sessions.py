@@ -4,10 +4,10 @@
 """Session keyspace plumbing of p3.recovery (runbook scenario 1, Session Bridge Failure): the validation rule,
 the SCAN census over every master, the selective non-blocking purge with a backup, and the restore.
 
-Never KEYS. The purge works every master at once, one page at a time on each, with one small Lua script per page
-that runs SCAN <cursor> MATCH <pattern> COUNT <scan_count> itself (so the server-side work per call is bounded by
-scan_count); the next page's call is sent before the previous reply is processed, so Redis and this process work
-in parallel. Mode all takes the page's keys in the script (value or DUMP, PTTL, UNLINK: the backup holds exactly
+Never KEYS. The purge works every master at once, with one small Lua script per page that runs
+SCAN <cursor> MATCH <pattern> COUNT <scan_count> itself (so the server-side work per call is bounded by
+scan_count); each master's table is walked by SCAN_STREAMS cursor streams, each with one call in flight, and the
+next page's call is sent before the previous reply is processed, so Redis never waits for this process. Mode all takes the page's keys in the script (value or DUMP, PTTL, UNLINK: the backup holds exactly
 what was removed). Mode corrupt reads the page's values and TTLs, judges them in Python with Judge (the rule of
 classify(), the census's too), and a later call removes each corrupt key only if it is still exactly the value
 that was judged (compare-and-delete, LUA_PAGE_CORRUPT).
@@ -550,6 +550,7 @@ def census(settings, params, sample_size=10):
 # ---------------------------------------------------------------------------------------------------------------
 
 _LINE = b'{"key":"%s","%s":"%s","pttl":%d,"expire_at_ms":%s,"node":"%s","reason":"%s"}\n'
+_LINE_VALUE = b'{"key":"%s","value":"%s","pttl":%d,"expire_at_ms":%d,"node":"%s","reason":"%s"}\n'
 
 
 class BackupError(P3Error):
@@ -592,18 +593,27 @@ class BackupWriter(object):
         try:
             if self.fh is None:
                 self._open()
-            b64, node_b = binascii.b2a_base64, node.encode("utf-8")
+            b64, node_b, reasons = binascii.b2a_base64, node.encode("utf-8"), {}
             lines = []
+            append = lines.append
             for key, reason, kind, payload, pttl in taken:
+                reason_b = reasons.get(reason)
+                if reason_b is None:
+                    reason_b = reasons[reason] = reason.encode("utf-8")
+                if (key.__class__ is bytes and payload.__class__ is bytes and pttl.__class__ is int and pttl >= 0
+                        and kind in ("v", b"v")):  # the common line, without the checks below (same bytes)
+                    append(_LINE_VALUE % (b64(key, newline=False), b64(payload, newline=False), pttl,
+                                          server_now + pttl, node_b, reason_b))
+                    continue
                 pttl = int(pttl) if pttl is not None else -1
                 if not isinstance(payload, bytes):
                     payload = str(payload).encode("utf-8")
                 if not isinstance(key, bytes):
                     key = str(key).encode("utf-8")
-                lines.append(_LINE % (
+                append(_LINE % (
                     b64(key, newline=False), b"dump" if kind in (b"d", "d") else b"value",
                     b64(payload, newline=False), pttl, b"null" if pttl < 0 else b"%d" % (server_now + pttl),
-                    node_b, reason.encode("utf-8")))
+                    node_b, reason_b))
             self.fh.write(b"".join(lines))
             self.fh.flush()
         except BackupError:
@@ -670,7 +680,7 @@ def read_backup(path):
 # ---------------------------------------------------------------------------------------------------------------
 
 class _Wire(object):
-    """One connection of a node client that keeps one script call in flight: the next page is requested before the
+    """One connection of a node client (one cursor stream) that keeps one script call in flight: the next page is requested before the
     previous reply is processed (classify(), backup), so the server and this process work at the same time.
     redis-py's own pipelines wait for every reply, hence the connection-level send/read."""
 
@@ -737,6 +747,7 @@ class _Run(object):
         self.pending = 0    # mode corrupt: judged corrupt, their take not answered yet (every master)
         self.reserved = 0   # mode all: limits of the calls in flight (every master)
         self.in_flight = 0  # calls in flight (every master)
+        self.judged = {}    # mode corrupt: address -> keys counted as corrupt there (at most max_keys in all)
 
     def page_done(self, node, busy_us):
         self.stats["pages"] += 1
@@ -766,7 +777,25 @@ class _Run(object):
 _SENT, _WAIT = "sent", "wait"
 
 
-def _walk_all(run, client, wire, node, address):
+# Every master is walked by SCAN_STREAMS script streams at once, each on its own connection with one call in flight:
+# while one stream's reply travels to this process and the next call travels back, the server works on the other
+# stream's page instead of waiting. SCAN's cursor is a reversed bucket index whose lowest bits change only after
+# every higher bit has been visited (also while the table grows, shrinks or rehashes), so stream r starts at cursor
+# r and is done when the cursor returns to 0 or its lowest bits are no longer r: the streams split the table
+# between them with the same guarantee as one SCAN (every key present throughout is returned at least once).
+# One SCAN call visits buckets until it has COUNT keys, so a stream's last call can run on into the next stream's
+# first buckets and return a few of its keys as well: in mode all the page script removes what it returns, so a
+# key is never returned twice; mode corrupt counts and takes a key judged twice on a node once (_Run.judged).
+SCAN_STREAMS = 2
+
+
+def _more(cursor, start, mask):
+    """Whether a stream that started at cursor `start` continues at `cursor` (see SCAN_STREAMS)."""
+    cursor = int(cursor)
+    return cursor != 0 and (cursor & mask) == start
+
+
+def _walk_all(run, client, wire, node, address, start=0, mask=0):
     """Mode all on one master: LUA_PAGE_ALL page after page, the next page in flight while this one's backup is
     written. The cap is exact: each call's limit is reserved until its reply is counted; a call gets at most 20
     pages' worth (far more than one SCAN page returns), so every master can have one in flight; when less than
@@ -786,7 +815,7 @@ def _walk_all(run, client, wire, node, address):
             if run.capped or int(cursor) == 0:
                 return
     share = run.count * 20
-    cursor = 0
+    cursor = start
     while True:
         # a limit for the next call
         free = run.max_keys - run.total - run.reserved
@@ -811,7 +840,7 @@ def _walk_all(run, client, wire, node, address):
             taken = [(k, "all", kind, v, t)
                      for k, kind, v, t in zip(keys, _text(kinds) or "v" * len(keys), payloads, ttls)]
             run.record(node, address, _int(server_ms), taken)
-            if run.capped or int(cursor) == 0:
+            if run.capped or not _more(cursor, start, mask):
                 run.write(address, _int(server_ms), taken)
                 run.page_done(node, busy_us)
                 return
@@ -834,7 +863,7 @@ def _walk_all(run, client, wire, node, address):
                 run.in_flight -= 1
 
 
-def _walk_corrupt(run, client, wire, node, address):
+def _walk_corrupt(run, client, wire, node, address, start=0, mask=0):
     """Mode corrupt on one master: LUA_PAGE_CORRUPT reads a page (values, types, TTLs); Judge (classify()'s rule,
     the census's too) judges it here while the server already reads the next one; the keys judged corrupt ride
     along with a later call, which takes each only if it is still exactly what was judged (see LUA_PAGE_CORRUPT),
@@ -850,7 +879,7 @@ def _walk_corrupt(run, client, wire, node, address):
             args.extend((key, value if value is not None else "", flag))
         wire.send(args)
 
-    send(0)
+    send(start)
     scanning = True
     while True:
         try:
@@ -870,7 +899,7 @@ def _walk_corrupt(run, client, wire, node, address):
         sent = []
         if scanning:
             node["scanned"] += _int(scanned)
-            scanning = int(cursor) != 0 and not run.capped
+            scanning = _more(cursor, start, mask) and not run.capped
         flying = False
         if scanning or ready:  # the next call right away: this page is judged while the server works on it
             sent, ready = ready, []
@@ -890,12 +919,16 @@ def _walk_corrupt(run, client, wire, node, address):
                     server_ms)]
                 corrupt += [(i, "wrong-type") for i, ty in enumerate(types) if ty == "w"]
                 corrupt.sort()
+            judged = run.judged.setdefault(address, set())
             for i, reason in corrupt:
+                if keys[i] in judged:  # the other stream's page returned it too (see SCAN_STREAMS): counted once
+                    continue
                 node["matched"] += 1
                 if room <= 0:
                     run.capped = True
                     continue
                 room -= 1
+                judged.add(keys[i])
                 if run.check_mode:
                     run.record(node, address, server_ms, [(keys[i], reason, None, None, None)])
                 else:
@@ -953,27 +986,26 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
             finish(w, e)
 
     try:
-        # every master at once, one script call in flight on each: a cluster's masters work in parallel
+        # every master at once, SCAN_STREAMS script calls in flight on each: a cluster's masters work in parallel
         for address in masters:
             node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
             nodes.append(node)
-            w = dict(node=node, wire=None, gen=None, state=None, t0=time.monotonic())
-            try:
-                client = _client(settings, address)
-                if mode == "all":
-                    if not check_mode:
-                        w["wire"] = _Wire(client, LUA_PAGE_ALL, cluster)
-                    w["gen"] = _walk_all(run, client, w["wire"], node, address)
-                else:
-                    w["wire"] = _Wire(client, LUA_PAGE_CORRUPT, cluster)
-                    w["gen"] = _walk_corrupt(run, client, w["wire"], node, address)
-            except Exception as e:
-                node["error"] = e.msg if isinstance(e, P3Error) else describe_redis_error(e, settings)
-                if w["wire"] is not None:
-                    w["wire"].close()
-                continue
-            walkers.append(w)
-            step(w, None)
+            streams = 1 if mode == "all" and check_mode else SCAN_STREAMS
+            for start in range(streams):
+                w = dict(node=node, wire=None, gen=None, state=None, t0=time.monotonic())
+                try:
+                    client = _client(settings, address)
+                    walk, script = (_walk_all, LUA_PAGE_ALL) if mode == "all" else (_walk_corrupt, LUA_PAGE_CORRUPT)
+                    if not (mode == "all" and check_mode):
+                        w["wire"] = _Wire(client, script, cluster)
+                    w["gen"] = walk(run, client, w["wire"], node, address, start, streams - 1)
+                except Exception as e:
+                    node["error"] = e.msg if isinstance(e, P3Error) else describe_redis_error(e, settings)
+                    if w["wire"] is not None:
+                        w["wire"].close()
+                    break
+                walkers.append(w)
+                step(w, None)
         while True:
             flying = [w for w in walkers if w["state"] == _SENT]
             for w in flying:

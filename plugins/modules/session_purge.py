@@ -15,8 +15,10 @@ description:
   - Walks every master (every master serving slots in a cluster) with C(SCAN MATCH O(pattern) COUNT O(scan_count));
     never C(KEYS).
   - Each page is one small Lua script on the node that C(SCAN)s one page itself, so the server-side work per call
-    is bounded by O(scan_count) keys. Every master is worked at the same time, and the next page's call is sent
-    before the previous reply is processed, so Redis and this module work in parallel.
+    is bounded by O(scan_count) keys. Every master is worked at the same time, each by two cursor streams that
+    split its table between them (the same guarantee as one C(SCAN)), each with its next page's call sent before
+    the previous reply is processed, so Redis never waits for this module; another client waits at most for two
+    pages.
   - O(mode=all) takes every key of the page atomically in the script - the value (C(MGET); C(DUMP) for a key that is
     not a string), C(PTTL), C(UNLINK) - so the backup holds exactly what was removed.
   - O(mode=corrupt) (default) removes only the sessions that fail validation (the rule of the doc fragment below).

@@ -135,3 +135,43 @@ def ensure_collection_importable():
         os.symlink(ROOT, link)
     if base not in sys.path:
         sys.path.insert(0, base)
+
+
+def _free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class ThrowawayRedis(object):
+    """A standalone redis-server without persistence on a free loopback port in a temporary dir (tests that need a
+    Redis of their own, not the lab's cluster); .port, .client (redis-py), stop()."""
+
+    def __init__(self, prefix="p3test-redis-", decode_responses=False):
+        import time
+        import redis
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = redis.Redis(port=self.port, decode_responses=decode_responses, socket_timeout=30)
+        for _ in range(100):
+            try:
+                self.client.ping()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start on port %d" % self.port)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

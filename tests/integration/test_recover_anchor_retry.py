@@ -7,14 +7,11 @@ Needs redis-server (and node with the npm bullmq package for the comparison with
 import json
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 
 import pytest
 
-from p3harness import ROOT, ensure_collection_importable
+from p3harness import ROOT, ThrowawayRedis, ensure_collection_importable
 
 ensure_collection_importable()
 
@@ -38,32 +35,11 @@ const { Queue } = require('bullmq');
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server not installed")
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def server():
-    import redis
-    d = tempfile.mkdtemp(prefix="p3test-bullmq-")
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, decode_responses=True, socket_timeout=30)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.05)
-    yield port, client
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    redis_server = ThrowawayRedis(prefix="p3test-bullmq-", decode_responses=True)
+    yield redis_server.port, redis_server.client
+    redis_server.stop()
 
 
 def seed(client, n, bad=(), reasons=None, parent=None):

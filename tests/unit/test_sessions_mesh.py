@@ -227,3 +227,51 @@ def test_judge_matches_classify(options):
     for raw in _judge_cases():
         for pttl in (-1, 0, 5000):
             assert judge(raw, pttl, NOW) == sessions.classify(raw, pttl, now_ms=NOW, **options), (raw[:80], pttl)
+
+
+def _dict_scan_cursors(m0, m1=None):
+    """The cursors Redis' dictScan() visits from 0 back to 0 (table mask m0; while rehashing into a table with mask
+    m1 it steps with the larger mask), as in dict.c."""
+    bits = 64
+    full = (1 << bits) - 1
+
+    def rev(v):
+        return int("{:064b}".format(v & full)[::-1], 2)
+    small, large = (m0, m0) if m1 is None else (min(m0, m1), max(m0, m1))
+    out, v = [], 0
+    while True:
+        out.append(v)
+        if m1 is None:
+            v |= ~small & full
+            v = rev((rev(v) + 1) & full)
+        else:
+            while True:
+                v |= ~large & full
+                v = rev((rev(v) + 1) & full)
+                if not v & (small ^ large):
+                    break
+        v &= full
+        if v == 0:
+            return out
+
+
+@pytest.mark.parametrize("m0,m1", [(1, None), (7, None), (1023, None), (255, 1023), (1023, 255)])
+def test_scan_streams_split_the_cursor_sequence(m0, m1):
+    """Stream r starts at cursor r and stops at the first cursor that is 0 or whose lowest bits are not r: the
+    streams' cursors are exactly the sequence one SCAN visits, each once (also while rehashing)."""
+    sequence = _dict_scan_cursors(m0, m1)
+    streams = sessions.SCAN_STREAMS
+    mask = streams - 1
+    seen = []
+    for start in range(streams):
+        cursor, walked = start, [start]
+        position = sequence.index(start)
+        while True:
+            position = (position + 1) % len(sequence)
+            cursor = sequence[position]
+            if not sessions._more(cursor, start, mask):
+                break
+            walked.append(cursor)
+        assert all(c & mask == start for c in walked)
+        seen.extend(walked)
+    assert sorted(seen) == sorted(set(sequence)) and len(seen) == len(sequence)
