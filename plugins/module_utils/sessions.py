@@ -8,9 +8,10 @@ Never KEYS. The purge works every master at once, with one small Lua script per 
 SCAN <cursor> MATCH <pattern> COUNT <scan_count> itself (so the server-side work per call is bounded by
 scan_count); each master's table is walked by SCAN_STREAMS cursor streams, each with one call in flight, and the
 next page's call is sent before the previous reply is processed, so Redis never waits for this process. Mode all
-takes the page's keys in the script (value or DUMP, PTTL, UNLINK: the backup holds exactly what was removed). Mode corrupt reads the page's values and TTLs, judges them in Python with Judge (the rule of
-classify(), the census's too), and a later call removes each corrupt key only if it is still exactly the value
-that was judged (compare-and-delete, LUA_PAGE_CORRUPT).
+takes the page's keys in the script (value or DUMP, PTTL, UNLINK: the backup holds exactly what was removed).
+Mode corrupt reads the page's values and TTLs, judges them in Python with Judge (the rule of classify(), the
+census's too), and a later call removes each corrupt key only if it is still exactly the value that was judged
+(compare-and-delete, LUA_PAGE_CORRUPT).
 
 Backup format (JSON lines, file mode 0600, flushed after every page): a header line
   {"format": "p3.recovery.redis-dump", "version": 1, "created": ISO, "pattern": ..., "mode": ..., "source": [...]}
