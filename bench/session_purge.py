@@ -21,7 +21,8 @@ mode corrupt >= 250k keys/s. Each target is printed as met / NOT met. The stall 
 (client-side: on a 2-core machine it includes waiting for a CPU next to the server and the contender) and, beside
 it, the longest single command in the server's SLOWLOG and the longest page our scripts timed themselves (TIME at
 their start and end). Each row also prints the server's CPU time per key (INFO cpu): what the work costs Redis's
-one thread, whatever the wall clock. BENCH_SCAN_COUNT sets scan_count (default 100, the module's default).
+one thread, whatever the wall clock. BENCH_SCAN_COUNT sets scan_count (default 100, the module's default),
+BENCH_SCAN_STREAMS scan_streams (default 2, the module's default).
 """
 import json
 import os
@@ -197,7 +198,8 @@ def ours(server, mode, backup_dir):
     settings = RedisSettings([("127.0.0.1", server.port)], socket_timeout=30, connect_timeout=5)
     params = dict(pattern="session:*", required_fields=["sessionId", "deviceId", "createdAt", "expiresAt"],
                   expiry_field="expiresAt", require_ttl=True,
-                  scan_count=int(os.environ.get("BENCH_SCAN_COUNT", "100")))
+                  scan_count=int(os.environ.get("BENCH_SCAN_COUNT", "100")),
+                  scan_streams=int(os.environ.get("BENCH_SCAN_STREAMS", "2")))
     path = os.path.join(backup_dir, "sessions-%s.jsonl" % mode)
 
     def run():

@@ -13,6 +13,8 @@ import errno
 import re
 import socket
 import ssl
+import threading
+import time
 
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -240,6 +242,34 @@ def target_error(target, exc, timeout=None, secrets=()):
 # ---------------------------------------------------------------------------------------------------------------
 # Probe result
 # ---------------------------------------------------------------------------------------------------------------
+
+def run_parallel(calls, deadline=None, name="p3"):
+    """Run {key: callable} at once, one daemon thread each (a call stuck past its own timeouts never keeps the module
+    process alive). Returns (results, errors, late): {key: return value} of the calls that returned, {key: exception}
+    of those that raised, and the keys still running after deadline seconds (None = wait for every call; the calls
+    bound their own network waits, the deadline is a last-resort guard)."""
+    results, errors, threads = {}, {}, []
+
+    def run(key, fn):
+        try:
+            results[key] = fn()
+        except Exception as e:  # pylint: disable=broad-except
+            # handed to the caller, which names the target
+            errors[key] = e
+
+    for key, fn in calls.items():
+        t = threading.Thread(target=run, args=(key, fn), name="%s-%s" % (name, key))
+        t.daemon = True
+        t.start()
+        threads.append((key, t))
+    end = time.monotonic() + deadline if deadline is not None else None
+    late = []
+    for key, t in threads:
+        t.join(None if end is None else max(0.0, end - time.monotonic()))
+        if t.is_alive():
+            late.append(key)
+    return results, errors, late
+
 
 def probe_result(healthy, reason, **evidence):
     """The shape every probe returns: changed=false, healthy, a one-line reason, then the evidence fields."""

@@ -8,7 +8,6 @@ in one module process. Each returns the probe result dict (common.probe_result) 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import threading
 import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.app_health import (
@@ -17,7 +16,13 @@ from ansible_collections.p3.recovery.plugins.module_utils.app_health import (
     pulse_verdict,
     skipped_pulse,
 )
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, describe_error, one_line, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    P3Error,
+    describe_error,
+    one_line,
+    probe_result,
+    run_parallel,
+)
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response
 from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
 from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import SETTINGS_SQL
@@ -206,28 +211,19 @@ def run_probes(probes, deadline=None):
     input or unexpected failure never hides the other verdicts. The probes bound their own network waits with
     their timeouts; deadline (seconds) is only a last-resort guard against a probe that ignores them.
     """
-    results = {}
-
-    def run(name, fn):
-        try:
-            results[name] = fn()
-        except (ProbeInputError, P3Error) as e:
-            results[name] = probe_result(False, e.msg, error=True)
-        except Exception as e:  # pylint: disable=broad-except
-            results[name] = probe_result(False, "%s probe failed: %s" % (name, describe_error(e)), error=True)
-
-    threads = []
-    for name, fn in probes.items():
-        t = threading.Thread(target=run, args=(name, fn), name="probe-%s" % name)
-        t.daemon = True
-        t.start()
-        threads.append((name, t))
-    end = time.monotonic() + deadline if deadline else None
-    for name, t in threads:
-        t.join(None if end is None else max(0.0, end - time.monotonic()))
-        if t.is_alive():
-            results[name] = probe_result(False, "%s probe did not finish within %s s" % (name, deadline), error=True)
-    return dict((name, results[name]) for name, _t in threads)
+    results, errors, late = run_parallel(probes, deadline, "probe")
+    out = {}
+    for name in probes:
+        if name in late:
+            out[name] = probe_result(False, "%s probe did not finish within %s s" % (name, deadline), error=True)
+        elif name in errors:
+            e = errors[name]
+            reason = e.msg if isinstance(e, (ProbeInputError, P3Error)) else "%s probe failed: %s" % (
+                name, describe_error(e))
+            out[name] = probe_result(False, reason, error=True)
+        else:
+            out[name] = results[name]
+    return out
 
 
 def summary_reason(results):

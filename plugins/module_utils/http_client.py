@@ -13,7 +13,6 @@ __metaclass__ = type
 import inspect
 import json
 import ssl
-import threading
 import time
 
 from urllib.error import HTTPError
@@ -29,6 +28,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     redact_text,
     redact_url,
     register_secrets,
+    run_parallel,
     url_secrets,
 )
 
@@ -227,17 +227,14 @@ class HttpTarget(object):
     def get_many(self, paths, **kwargs):
         """GET several paths in parallel (so a hanging server costs one timeout, not one per path)."""
         urls = [self.url_for(p) for p in paths]
-        results = [None] * len(urls)
         context = self.context
 
-        def run(i):
-            results[i] = request(urls[i], method="GET", timeout=self.timeout, headers=self.headers,
-                                 validate_certs=self.validate_certs, secrets=self.secrets, context=context, **kwargs)
+        def call(url):
+            return lambda: request(url, method="GET", timeout=self.timeout, headers=self.headers,
+                                   validate_certs=self.validate_certs, secrets=self.secrets, context=context, **kwargs)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(urls))]
-        for t in threads:
-            t.daemon = True
-            t.start()
-        for t in threads:
-            t.join()
-        return results
+        results, errors, dummy = run_parallel(dict((i, call(url)) for i, url in enumerate(urls)), name="http")
+        for i in range(len(urls)):
+            if i in errors:
+                raise errors[i]  # as a single request() would
+        return [results[i] for i in range(len(urls))]

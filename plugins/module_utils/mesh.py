@@ -8,11 +8,9 @@ and the connection count on the app port (psutil)."""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import threading
-import time
 import traceback
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line, run_parallel
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     describe_redis_error,
     node_client,
@@ -77,24 +75,18 @@ def cluster_nodes(settings):
 def pubsub_census(settings, pattern="mesh:*", channels=()):
     """Pub/sub state of every node, asked in parallel (each bounded by the client timeouts)."""
     reachable, unreachable, verdict = cluster_nodes(settings)
-    results = {}
-    deadline = time.monotonic() + settings.connect_timeout + 3 * settings.socket_timeout + 1.0
+    deadline = settings.connect_timeout + 3 * settings.socket_timeout + 1.0
 
-    def run(address):
-        results[address] = node_pubsub(settings, address, pattern, list(channels))
+    def call(address):
+        return lambda: node_pubsub(settings, address, pattern, list(channels))
 
-    threads = []
-    for address in reachable:
-        t = threading.Thread(target=run, args=(address,))
-        t.daemon = True
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
+    results, errors, dummy = run_parallel(dict((a, call(a)) for a in reachable), deadline, "pubsub")
     nodes = []
     for address in reachable:
+        error = describe_redis_error(errors[address], settings) if address in errors else (
+            "no answer within the probe deadline")
         nodes.append(results.get(address) or dict(address=address, reachable=False, channels={}, numpat=None,
-                                                  error="no answer within the probe deadline"))
+                                                  error=error))
     for address in unreachable:
         nodes.append(dict(address=address, reachable=False, channels={}, numpat=None, error="unreachable"))
     totals = {}

@@ -778,7 +778,7 @@ class _Run(object):
 _SENT, _WAIT = "sent", "wait"
 
 
-# Every master is walked by SCAN_STREAMS script streams at once, each on its own connection with one call in flight:
+# Every master is walked by SCAN_STREAMS (params scan_streams: 1, 2 or 4) script streams at once, each on its own connection with one call in flight:
 # while one stream's reply travels to this process and the next call travels back, the server works on the other
 # stream's page instead of waiting. SCAN's cursor is a reversed bucket index whose lowest bits change only after
 # every higher bit has been visited (also while the table grows, shrinks or rehashes), so stream r starts at cursor
@@ -953,6 +953,9 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
     on every master, page by page; see the session_purge RETURN docs. backup_file None = no backup (gated by the
     caller)."""
     check_options(params)
+    per_master = params.get("scan_streams") or SCAN_STREAMS
+    if per_master not in (1, 2, 4):  # a power of two: the streams split the cursor by its lowest bits
+        raise P3Error("scan_streams must be 1, 2 or 4, got %s" % per_master)
     masters, unreadable, cluster, dummy = keyspace_nodes(settings)
     writer = None
     run = _Run(params, mode, max_keys, None, check_mode, progress)
@@ -991,7 +994,7 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
         for address in masters:
             node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
             nodes.append(node)
-            streams = 1 if mode == "all" and check_mode else SCAN_STREAMS
+            streams = 1 if mode == "all" and check_mode else per_master
             for start in range(streams):
                 w = dict(node=node, wire=None, gen=None, state=None, t0=time.monotonic())
                 try:

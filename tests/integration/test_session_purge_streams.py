@@ -165,3 +165,21 @@ def test_tiny_tables(server, tmp_path, mode, n):
         assert set(entries) == set(expected)
     else:
         assert res["backup"] is None
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+def test_other_stream_counts(server, tmp_path, streams):
+    expected = _load(server.client, 5000, corrupt_every=4)
+    settings = RedisSettings([("127.0.0.1", server.port)], socket_timeout=30, connect_timeout=5)
+    params = dict(pattern="session:*", required_fields=FIELDS, expiry_field="expiresAt", require_ttl=True,
+                  scan_count=10, scan_streams=streams)
+    res = sessions.purge(settings, params, mode="corrupt", max_keys=10 ** 6, backup_file=str(tmp_path / "b.jsonl"))
+    corrupt = [k for k, v in expected.items() if v.startswith(b"{not")]
+    assert res["removed"] == res["matched"] == len(corrupt) == 1250 and res["vanished"] == 0
+    assert server.client.exists(*corrupt) == 0 and server.client.dbsize() == 5000 - 1250
+
+
+def test_bad_stream_count(server):
+    settings = RedisSettings([("127.0.0.1", server.port)], socket_timeout=30, connect_timeout=5)
+    with pytest.raises(sessions.P3Error, match="scan_streams must be 1, 2 or 4, got 3"):
+        sessions.purge(settings, dict(pattern="session:*", scan_count=10, scan_streams=3), mode="corrupt")

@@ -141,3 +141,26 @@ def test_register_secrets_adds_variants_but_not_tiny_values():
     c.register_secrets(m, ["p@ss word", "ab", None])
     assert "p@ss word" in m.no_log_values and "p%40ss%20word" in m.no_log_values
     assert "ab" not in m.no_log_values
+
+
+def test_run_parallel_results_errors_and_late():
+    import threading
+    from ansible_collections.p3.recovery.plugins.module_utils.common import run_parallel
+    release = threading.Event()
+    started = []
+
+    def slow():
+        started.append(1)
+        release.wait(5)
+        return "slow"
+
+    def boom():
+        raise ValueError("bad input")
+    results, errors, late = run_parallel(dict(a=lambda: 1, b=boom, c=slow), deadline=0.2)
+    still_running = not release.is_set() and started == [1]  # the deadline, not the slow call, ended the wait
+    release.set()
+    assert still_running
+    assert results == {"a": 1} and list(errors) == ["b"] and isinstance(errors["b"], ValueError)
+    assert late == ["c"] and started == [1]
+    results, errors, late = run_parallel(dict(x=lambda: "x", y=lambda: "y"))
+    assert results == {"x": "x", "y": "y"} and errors == {} and late == []
