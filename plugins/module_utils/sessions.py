@@ -681,8 +681,9 @@ def read_backup(path):
 # ---------------------------------------------------------------------------------------------------------------
 
 class _Wire(object):
-    """One connection of a node client (one cursor stream) that keeps one script call in flight: the next page is requested before the
-    previous reply is processed (classify(), backup), so the server and this process work at the same time.
+    """One connection of a node client (one cursor stream) that keeps one script call in flight: the next page is
+    requested before the previous reply is processed (classify(), backup), so the server and this process work at
+    the same time.
     redis-py's own pipelines wait for every reply, hence the connection-level send/read."""
 
     def __init__(self, client, script, cluster):
@@ -778,15 +779,16 @@ class _Run(object):
 _SENT, _WAIT = "sent", "wait"
 
 
-# Every master is walked by SCAN_STREAMS (params scan_streams: 1, 2 or 4) script streams at once, each on its own connection with one call in flight:
-# while one stream's reply travels to this process and the next call travels back, the server works on the other
-# stream's page instead of waiting. SCAN's cursor is a reversed bucket index whose lowest bits change only after
-# every higher bit has been visited (also while the table grows, shrinks or rehashes), so stream r starts at cursor
-# r and is done when the cursor returns to 0 or its lowest bits are no longer r: the streams split the table
-# between them with the same guarantee as one SCAN (every key present throughout is returned at least once).
-# One SCAN call visits buckets until it has COUNT keys, so a stream's last call can run on into the next stream's
-# first buckets and return a few of its keys as well: in mode all the page script removes what it returns, so a
-# key is never returned twice; mode corrupt counts and takes a key judged twice on a node once (_Run.judged).
+# Every master is walked by SCAN_STREAMS (params scan_streams: 1, 2 or 4) script streams at once, each on its own
+# connection with one call in flight: while one stream's reply travels to this process and the next call travels
+# back, the server works on the other stream's page instead of waiting. SCAN's cursor is a reversed bucket index
+# whose lowest bits change only after every higher bit has been visited (also while the table grows, shrinks or
+# rehashes), so stream r starts at cursor r and is done when the cursor returns to 0 or its lowest bits are no
+# longer r: the streams split the table between them with the same guarantee as one SCAN (every key present
+# throughout is returned at least once). One SCAN call visits buckets until it has COUNT keys, so a stream's last
+# call can run on into the next stream's first buckets (and a table smaller than the streams gives some buckets
+# to two of them): in mode all the page script removes what it returns, so a key is never returned twice; mode
+# corrupt counts and takes a key judged twice on a node once (_Run.judged).
 SCAN_STREAMS = 2
 
 

@@ -255,12 +255,12 @@ def _dict_scan_cursors(m0, m1=None):
             return out
 
 
-@pytest.mark.parametrize("m0,m1", [(1, None), (7, None), (1023, None), (255, 1023), (1023, 255)])
-def test_scan_streams_split_the_cursor_sequence(m0, m1):
+@pytest.mark.parametrize("streams", [1, 2, 4])
+@pytest.mark.parametrize("m0,m1", [(3, None), (7, None), (1023, None), (255, 1023), (1023, 255), (3, 15)])
+def test_scan_streams_split_the_cursor_sequence(m0, m1, streams):
     """Stream r starts at cursor r and stops at the first cursor that is 0 or whose lowest bits are not r: the
     streams' cursors are exactly the sequence one SCAN visits, each once (also while rehashing)."""
     sequence = _dict_scan_cursors(m0, m1)
-    streams = sessions.SCAN_STREAMS
     mask = streams - 1
     seen = []
     for start in range(streams):
