@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a throwaway standalone redis-server on a free loopback port."""
+"""Shared pieces of the benchmarks (and of the integration tests that need a Redis of their own, through
+tests/integration/p3harness.throwaway_redis): a throwaway standalone redis-server on a free loopback port."""
 import shutil
 import socket
 import subprocess
@@ -32,7 +33,7 @@ class StandaloneRedis(object):
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.05)
         self.stop()
-        raise SystemExit("bench: redis-server did not start on %d" % self.port)
+        raise RuntimeError("redis-server did not start on port %d" % self.port)
 
     def stop(self):
         self.proc.terminate()

@@ -171,10 +171,10 @@ def floor(server):
     count = int(os.environ.get("BENCH_SCAN_COUNT", "100"))
 
     def run():
-        conns, cursors = [], []
+        conns = []
+        sha = server.client.script_load(FLOOR)
         for start in range(2):
             conn = redis.Redis(port=server.port, socket_timeout=30).connection_pool.get_connection()
-            sha = server.client.script_load(FLOOR)
             conn.send_command("EVALSHA", sha, 0, start, "session:*", count)
             conns.append((conn, sha, start))
         live = list(conns)

@@ -997,11 +997,13 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
             node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
             nodes.append(node)
             streams = 1 if mode == "all" and check_mode else per_master
+            walk, script = (_walk_all, LUA_PAGE_ALL) if mode == "all" else (_walk_corrupt, LUA_PAGE_CORRUPT)
+            client = None
             for start in range(streams):
                 w = dict(node=node, wire=None, gen=None, state=None, t0=time.monotonic())
                 try:
-                    client = _client(settings, address)
-                    walk, script = (_walk_all, LUA_PAGE_ALL) if mode == "all" else (_walk_corrupt, LUA_PAGE_CORRUPT)
+                    if client is None:  # one client per master; each stream's _Wire takes a connection of its pool
+                        client = _client(settings, address)
                     if not (mode == "all" and check_mode):
                         w["wire"] = _Wire(client, script, cluster)
                     w["gen"] = walk(run, client, w["wire"], node, address, start, streams - 1)

@@ -81,19 +81,19 @@ class Run(object):
         assert res, "task %r did not run; output:\n%s" % (task, self.stdout[-3000:])
         return res[-1]
 
-    @property
-    def stats(self):
+    def _stats_event(self):
         for ev in self.events:
             if ev.get("event") == "playbook_on_stats":
-                return ev.get("event_data", {}).get("artifact_data", {})
+                return ev.get("event_data", {})
         return {}
 
     @property
+    def stats(self):
+        return self._stats_event().get("artifact_data", {})
+
+    @property
     def changed(self):
-        for ev in self.events:
-            if ev.get("event") == "playbook_on_stats":
-                return ev.get("event_data", {}).get("changed", {})
-        return {}
+        return self._stats_event().get("changed", {})
 
 
 def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=None, env=None, limit=None):
@@ -137,41 +137,12 @@ def ensure_collection_importable():
         sys.path.insert(0, base)
 
 
-def _free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
-
-class ThrowawayRedis(object):
-    """A standalone redis-server without persistence on a free loopback port in a temporary dir (tests that need a
-    Redis of their own, not the lab's cluster); .port, .client (redis-py), stop()."""
-
-    def __init__(self, prefix="p3test-redis-", decode_responses=False):
-        import time
-        import redis
-        self.dir = tempfile.mkdtemp(prefix=prefix)
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.client = redis.Redis(port=self.port, decode_responses=decode_responses, socket_timeout=30)
-        for _ in range(100):
-            try:
-                self.client.ping()
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start on port %d" % self.port)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def throwaway_redis(prefix="p3test-redis-", decode_responses=False):
+    """A standalone redis-server without persistence on a free loopback port in a temporary dir, for tests that
+    need a Redis of their own (not the lab's cluster): bench/benchlib.StandaloneRedis (.port, .client, stop())."""
+    bench = os.path.join(ROOT, "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from benchlib import StandaloneRedis
+    return StandaloneRedis(prefix=prefix, socket_timeout=30, decode_responses=decode_responses)

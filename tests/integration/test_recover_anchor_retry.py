@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from p3harness import ROOT, ThrowawayRedis, ensure_collection_importable
+from p3harness import ROOT, ensure_collection_importable, throwaway_redis
 
 ensure_collection_importable()
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-
 
 @pytest.fixture(scope="module")
 def server():
-    redis_server = ThrowawayRedis(prefix="p3test-bullmq-", decode_responses=True)
+    redis_server = throwaway_redis(prefix="p3test-bullmq-", decode_responses=True)
     yield redis_server.port, redis_server.client
     redis_server.stop()
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from p3harness import ThrowawayRedis, ensure_collection_importable
+from p3harness import ensure_collection_importable, throwaway_redis
 
 ensure_collection_importable()
 
@@ -27,7 +27,7 @@ FIELDS = ["sessionId", "deviceId", "createdAt", "expiresAt"]
 
 @pytest.fixture()
 def server():
-    redis_server = ThrowawayRedis(prefix="p3test-sessions-")
+    redis_server = throwaway_redis(prefix="p3test-sessions-")
     yield redis_server
     redis_server.stop()
 
