@@ -537,11 +537,17 @@ class Mesh:
                          ", mesh:*" if self.relay_up else "; relay down")
                 last_rx = last_ping = time.monotonic()
                 while True:
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    # Read raw replies: redis-py 8 answers a subscribed PING with a bare "PONG" that get_message()
+                    # mangles and drops, so the keepalive never counted and an idle subscription (relay down, no
+                    # traffic) was torn down every 25 s.
+                    raw = await ps.parse_response(block=False, timeout=5.0)
                     t = time.monotonic()
-                    if msg is not None:
-                        last_rx = t          # any message, PONG included, proves the link
-                        await self._handle(msg)
+                    if raw is not None:
+                        last_rx = t          # any reply, the keepalive's PONG included, proves the link
+                        if isinstance(raw, (list, tuple)):
+                            msg = await ps.handle_message(raw, ignore_subscribe_messages=True)
+                            if msg is not None:
+                                await self._handle(msg)
                     if t - last_rx > 25:
                         raise TimeoutError("no reply on the subscription connection for 25 s")
                     if t - last_rx > 10 and t - last_ping > 10:

@@ -8,7 +8,7 @@ __metaclass__ = type
 
 import json
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import num_text, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response, truncate
 
 GOOD = frozenset(["ok", "healthy", "up", "pass", "passed", "green", "ready", "true", "alive", "connected", "active"])
@@ -162,20 +162,14 @@ def pulse_verdict(resp, min_peers=1):
         if min_peers > 0:
             problems.append("no peer count in the answer")
     elif peers < min_peers:
-        problems.append("peers %s < %s" % (_num(peers), min_peers))
+        problems.append("peers %s < %s" % (num_text(peers), min_peers))
     if problems:
         out["reason"] = "%s: %s" % (head, ", ".join(problems))
         return out
     out["healthy"] = True
-    shown_peers = _num(peers) if peers is not None else "?"
+    shown_peers = num_text(peers) if peers is not None else "?"
     out["reason"] = "%s: relay %s, %s peers >= %s" % (head, relay or "?", shown_peers, min_peers)
     return out
-
-
-def _num(value):
-    if isinstance(value, float) and value == int(value):
-        return "%d" % value
-    return str(value)
 
 
 def skipped_pulse():
@@ -188,7 +182,7 @@ def app_verdict(health, pulse):
     healthy = bool(health["healthy"] and pulse["healthy"])
     if healthy:
         reason = "health ok; pulse %s" % ("skipped" if pulse.get("skipped") else
-                                          "ok (relay %s, %s peers)" % (pulse["relay"] or "?", _num(pulse["peers"])))
+                                          "ok (relay %s, %s peers)" % (pulse["relay"] or "?", num_text(pulse["peers"])))
     else:
         reason = "; ".join(v["reason"] for v in (health, pulse) if not v["healthy"])
     return healthy, reason

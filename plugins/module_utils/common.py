@@ -172,10 +172,11 @@ def exception_chain(exc):
 
 
 def _timeout_text(timeout):
-    return "timed out after %ss" % _fmt_num(timeout) if timeout else "timed out"
+    return "timed out after %ss" % num_text(timeout) if timeout else "timed out"
 
 
-def _fmt_num(value):
+def num_text(value):
+    """10.0 -> '10', 0.25 -> '0.25', anything else as str()."""
     try:
         f = float(value)
     except (TypeError, ValueError):

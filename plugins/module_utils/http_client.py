@@ -24,6 +24,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
     describe_error,
     env,
+    num_text,
     one_line,
     redact_text,
     redact_url,
@@ -148,7 +149,7 @@ def request(url, method="GET", timeout=5.0, headers=None, validate_certs=True, d
         out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
     except Exception as e:  # transport failure: refused, timeout, DNS, TLS, reset...
         out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
-        out["error"] = describe_error(e, timeout=_num(timeout), secrets=secrets)
+        out["error"] = describe_error(e, timeout=num_text(timeout), secrets=secrets)
         if out["status"] is not None:  # answered, then the body read failed
             out["error"] = "reading the body failed: %s" % out["error"]
     finally:
@@ -171,11 +172,6 @@ def describe_response(resp):
     if resp["error"]:
         text += " (%s)" % resp["error"]
     return text
-
-
-def _num(value):
-    f = float(value)
-    return ("%d" % f) if f == int(f) else ("%g" % f)
 
 
 class HttpTarget(object):

@@ -24,6 +24,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     describe_text,
     env,
     hostport,
+    num_text,
     one_line,
     redact_text,
     register_secrets,
@@ -237,11 +238,11 @@ class PostgresClient(object):
             _wait(conn, deadline)
         except PgTimeout:
             self._close(conn)
-            raise P3Error("cannot connect to %s: timed out after %ss" % (self.target, _num(self.timeout)),
+            raise P3Error("cannot connect to %s: timed out after %ss" % (self.target, num_text(self.timeout)),
                           target=self.target)
         except Exception as e:
             self._close(conn)
-            raise P3Error("cannot connect to %s: %s" % (self.target, describe_pg_error(e, _num(self.timeout), self.secrets)),
+            raise P3Error("cannot connect to %s: %s" % (self.target, describe_pg_error(e, num_text(self.timeout), self.secrets)),
                           target=self.target)
         self.conn = conn
         return self
@@ -265,11 +266,11 @@ class PostgresClient(object):
             except Exception:
                 pass
             self.close()
-            raise P3Error("query on %s timed out after %ss" % (self.target, _num(timeout)), target=self.target)
+            raise P3Error("query on %s timed out after %ss" % (self.target, num_text(timeout)), target=self.target)
         except P3Error:
             raise
         except Exception as e:
-            raise P3Error("query on %s failed: %s" % (self.target, describe_pg_error(e, _num(timeout), self.secrets)),
+            raise P3Error("query on %s failed: %s" % (self.target, describe_pg_error(e, num_text(timeout), self.secrets)),
                           target=self.target)
         finally:
             try:
@@ -301,11 +302,6 @@ class PostgresClient(object):
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def _num(value):
-    f = float(value)
-    return ("%d" % f) if f == int(f) else ("%g" % f)
 
 
 def resolve_conninfo(params):

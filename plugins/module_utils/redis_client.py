@@ -24,6 +24,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     describe_error,
     env,
     hostport,
+    num_text,
     one_line,
     redact_url,
     register_secrets,
@@ -465,7 +466,7 @@ def describe_redis_error(exc, settings=None):
         if isinstance(exc, redis.exceptions.NoPermissionError):
             return "ACL denied (%s)" % one_line(str(exc), 160)
         if isinstance(exc, redis.exceptions.TimeoutError):
-            return "timed out after %ss" % _num(timeout) if timeout else "timed out"
+            return "timed out after %ss" % num_text(timeout) if timeout else "timed out"
     text = str(exc)
     if "Connection closed by server" in text:
         return "connection closed by server"
@@ -477,11 +478,6 @@ def _strip_redis_prefix(text):
         if text.startswith(prefix):
             return text[len(prefix):]
     return text.rstrip(".")
-
-
-def _num(value):
-    f = float(value)
-    return ("%d" % f) if f == int(f) else ("%g" % f)
 
 
 def _is_connection_error(exc):

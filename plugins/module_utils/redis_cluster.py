@@ -17,7 +17,7 @@ import time
 
 from collections import Counter
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, hostport, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, hostport, num_text, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     CLUSTER_SLOTS,
     compress_slots,
@@ -721,14 +721,14 @@ def run_failover(settings, topology, steps, wait_timeout=10.0, allow_takeover=Fa
                     step = dict(step, mode="takeover")
                     timeline.append(timeline_entry("cluster failover takeover", step["replica"], (
                         "the FORCE election did not win within %ss (votes refused?): CLUSTER FAILOVER TAKEOVER -> %s "
-                        "(allow_takeover)") % (_num(MANUAL_FAILOVER_TIMEOUT), reply)))
+                        "(allow_takeover)") % (num_text(MANUAL_FAILOVER_TIMEOUT), reply)))
                     deadline = max(deadline, now + 3.0)
                 if now >= deadline:
                     behind = sorted(a for a in watch if a not in agreed)
                     raise P3Error("failover of %s to %s did not converge within %ss: %s still disagree (the election "
                                   "failed? masters refuse to vote twice for one master's replicas within "
                                   "2 x cluster-node-timeout; see the replica's log, retry later or allow_takeover)" % (
-                                      step["master"], step["replica"], _num(wait_timeout),
+                                      step["master"], step["replica"], num_text(wait_timeout),
                                       ", ".join(behind) or "no node answers"),
                                   timeline=timeline, failovers=done)
                 time.sleep(POLL)
@@ -757,14 +757,9 @@ def _standalone_failover(nodes, topology, step, wait_timeout, timeline):
         if role and role[0] == "master":
             break
         if time.monotonic() >= deadline:
-            raise P3Error("%s did not become master within %ss" % (step["replica"], _num(wait_timeout)))
+            raise P3Error("%s did not become master within %ss" % (step["replica"], num_text(wait_timeout)))
         time.sleep(POLL)
     return dict(step, repointed=others, seconds=round(time.monotonic() - t0, 3))
-
-
-def _num(value):
-    f = float(value)
-    return ("%d" % f) if f == int(f) else ("%g" % f)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -960,27 +955,18 @@ def run_slot_repair(settings, topology, plan, wait_timeout=10.0, migrate_timeout
             expected.append((a["node_id"], set(a["slots"])))
         for f in plan.get("view_fixes") or ():
             expected.append((f["owner_id"], set(f["slots"])))
+        _push_owners(nodes, topology, expected, timeline)
         t0 = time.monotonic()
         deadline = t0 + wait_timeout
         while True:
-            views = views_of(nodes, watch)
-            behind = []
-            for addr, lines in views.items():
-                owners = _owner_map(lines)
-                if any(owners[s] != i for i, slots in expected for s in slots):
-                    behind.append(addr)
-                    continue
-                if any(n["migrating"] or n["importing"] for n in lines if n["myself"]):
-                    behind.append(addr)
-                    continue
-                info, err = nodes.try_run(addr, "CLUSTER", "INFO")
-                if err or parse_info(info).get("cluster_state") != "ok":
-                    behind.append(addr)
+            behind = _behind(nodes, views_of(nodes, watch), expected)
             if not behind:
                 break
             if time.monotonic() >= deadline:
-                raise P3Error("slot repair did not converge within %ss: %s do not agree yet or are not "
-                              "cluster_state:ok" % (_num(wait_timeout), ", ".join(sorted(behind))), timeline=timeline)
+                lagging = "; ".join("%s %s" % item for item in sorted(behind.items()))
+                raise P3Error("slot repair did not converge within %ss: %s (slot ownership reaches the other nodes "
+                              "by heartbeat, at least every cluster-node-timeout/2; raise wait_timeout if that is "
+                              "longer)" % (num_text(wait_timeout), lagging), timeline=timeline)
             time.sleep(POLL)
         if plan["assign"] or topology["open_slots"]:
             timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees and says "
@@ -988,6 +974,55 @@ def run_slot_repair(settings, topology, plan, wait_timeout=10.0, migrate_timeout
     finally:
         nodes.close()
     return timeline
+
+
+def _behind(nodes, views, expected):
+    """{address: why} of the nodes that answer but do not yet map every expected slot to its owner, still have an
+    open slot, or do not say cluster_state:ok."""
+    behind = {}
+    for addr, lines in views.items():
+        owners = _owner_map(lines)
+        wrong = sorted(s for i, slots in expected for s in slots if owners[s] != i)
+        if wrong:
+            behind[addr] = "maps slots %s to another node or to none" % ranges_text(wrong)
+            continue
+        if any(n["migrating"] or n["importing"] for n in lines if n["myself"]):
+            behind[addr] = "still has an open slot"
+            continue
+        info, err = nodes.try_run(addr, "CLUSTER", "INFO")
+        state = parse_info(info).get("cluster_state") if err is None else None
+        if state != "ok":
+            behind[addr] = "says cluster_state:%s" % state if err is None else "does not answer CLUSTER INFO: %s" % err
+    return behind
+
+
+def _push_owners(nodes, topology, expected, timeline):
+    """Tell every other reachable master the new owners at once (CLUSTER SETSLOT <slot> NODE <owner>), as
+    redis-cli does after moving a slot, instead of waiting for the owner's heartbeats (which reach each node only
+    every few seconds, up to cluster-node-timeout/2). A master that claims a slot itself is left alone; replicas
+    cannot take SETSLOT and still learn by heartbeat. Best effort: a refusal is logged and gossip does the rest."""
+    for n in topology["nodes"] if expected else ():
+        if not (n["reachable"] and n["role"] == "master" and n.get("id")):
+            continue
+        text, err = nodes.try_run(n["address"], "CLUSTER", "NODES")
+        if err is not None:
+            continue
+        lines = parse_cluster_nodes(text)
+        owners = _owner_map(lines)
+        todo = [(s, i) for i, slots in expected for s in sorted(slots) if owners[s] not in (i, n["id"])]
+        if not todo:
+            continue
+        pipe = nodes(n["address"]).pipeline(transaction=False)
+        for s, i in todo:
+            pipe.execute_command("CLUSTER", "SETSLOT", s, "NODE", i)
+        try:
+            errors = [str(r) for r in pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+        except Exception as e:  # noqa: BLE001 - acceleration only: the heartbeats still carry the change
+            errors = [describe_redis_error(e, nodes.settings)]
+        detail = "told the new owner of slots %s (instead of waiting for heartbeats)" % ranges_text(t[0] for t in todo)
+        if errors:
+            detail += "; %d refused, left to the heartbeats: %s" % (len(errors), one_line(errors[0], 200))
+        timeline.append(timeline_entry("setslot node", n["address"], detail))
 
 
 def _assign(nodes, by_addr, a, timeline):
@@ -1159,7 +1194,7 @@ def run_rejoin(settings, topology, steps, wait_timeout=10.0, wait_link=True):
                     break
                 if time.monotonic() >= deadline:
                     raise P3Error("%s did not become a linked replica of %s within %ss (role %s, link %s)" % (
-                        n["address"], m["address"], _num(wait_timeout), info.get("role"),
+                        n["address"], m["address"], num_text(wait_timeout), info.get("role"),
                         info.get("master_link_status")), timeline=timeline, rejoined=done)
                 time.sleep(POLL)
             took = round(time.monotonic() - t0, 3)

@@ -43,6 +43,12 @@ options:
       would act on the message).
     type: int
     default: 1
+  subscriber_wait:
+    description: Seconds to keep counting (every half second) while fewer than O(min_subscribers) listen, before
+      failing - a subscriber that is reconnecting (after a Redis repair, a killed or timed-out connection) is back
+      within seconds, and the census is a snapshot. V(0) counts once.
+    type: float
+    default: 10
 seealso:
   - module: p3.recovery.mesh_pubsub_probe
 """
@@ -80,6 +86,11 @@ subscribers_by_node:
   description: Node -> subscribers of the channel (nodes with none are left out).
   returned: always
   type: dict
+waited:
+  description: Seconds spent counting again while fewer than O(min_subscribers) listened (0 when enough listened at
+    the first count).
+  returned: always
+  type: float
 node:
   description: The node the message was published on (null in check mode).
   returned: always
@@ -96,13 +107,16 @@ timeline:
 """
 
 import json
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, num_text
 from ansible_collections.p3.recovery.plugins.module_utils.mesh import publish, pubsub_census
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.sessions import timeline_entry
+
+WAIT_STEP = 0.5
 
 
 def main():
@@ -110,6 +124,7 @@ def main():
         channel=dict(type="str", default="mesh:control"),
         payload=dict(type="raw", default={"action": "reconnect"}),
         min_subscribers=dict(type="int", default=1),
+        subscriber_wait=dict(type="float", default=10.0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
@@ -121,19 +136,30 @@ def main():
     elif message is None or str(message) == "":
         module.fail_json(msg="payload must not be empty")
     message = str(message)
+    if p["subscriber_wait"] < 0:
+        module.fail_json(msg="subscriber_wait must be >= 0")
     target = RedisTarget(module)
     try:
-        census = pubsub_census(target.settings, p["channel"], [p["channel"]])
-        subscribers = census["channels"].get(p["channel"], 0)
+        t0 = time.monotonic()
+        waited = 0.0
+        while True:
+            census = pubsub_census(target.settings, p["channel"], [p["channel"]])
+            subscribers = census["channels"].get(p["channel"], 0)
+            left = t0 + p["subscriber_wait"] - time.monotonic()
+            if subscribers >= p["min_subscribers"] or left <= 0:
+                break
+            time.sleep(min(WAIT_STEP, left))
+            waited = round(time.monotonic() - t0, 3)
         by_node = dict((n["address"], n["channels"].get(p["channel"], 0)) for n in census["nodes"]
                        if n["channels"].get(p["channel"]))
         result = dict(channel=p["channel"], payload=message, subscribers=subscribers, subscribers_by_node=by_node,
-                      published=False, node=None, receivers_local=None)
+                      published=False, node=None, receivers_local=None, waited=waited)
         if subscribers < p["min_subscribers"]:
-            module.fail_json(msg="not publishing on %s: %d subscribers over %d nodes < %d (nobody listens)%s" % (
-                p["channel"], subscribers, len(census["nodes"]), p["min_subscribers"],
-                "; nodes not asked: %s" % ", ".join(census["unreachable_nodes"]) if census["unreachable_nodes"] else ""),
-                **result)
+            counted = ", counted for %ss" % num_text(round(waited, 1)) if waited else ""
+            unasked = census["unreachable_nodes"]
+            module.fail_json(msg="not publishing on %s: %d subscribers over %d nodes < %d (nobody listens%s)%s" % (
+                p["channel"], subscribers, len(census["nodes"]), p["min_subscribers"], counted,
+                "; nodes not asked: %s" % ", ".join(unasked) if unasked else ""), **result)
         if not module.check_mode:
             result["node"], result["receivers_local"] = publish(target.settings, p["channel"], message)
             result["published"] = True

@@ -58,7 +58,7 @@ options:
   wait_timeout:
     description: Seconds to wait for every reachable node to agree on the new roles, per failover.
     type: float
-    default: 10
+    default: 30
 seealso:
   - module: p3.recovery.redis_cluster_topology
   - module: p3.recovery.redis_cluster_slots
@@ -130,7 +130,7 @@ def main():
         master=dict(type="str"),
         replica=dict(type="str"),
         allow_takeover=dict(type="bool", default=False),
-        wait_timeout=dict(type="float", default=10.0),
+        wait_timeout=dict(type="float", default=30.0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

@@ -61,7 +61,7 @@ options:
   wait_timeout:
     description: Seconds to wait for each rejoined node to be linked and agreed on.
     type: float
-    default: 10
+    default: 30
 seealso:
   - module: p3.recovery.redis_cluster_topology
   - module: p3.recovery.redis_cluster_failover
@@ -121,7 +121,7 @@ def main():
         master=dict(type="str"),
         force=dict(type="bool", default=False),
         wait_link=dict(type="bool", default=True),
-        wait_timeout=dict(type="float", default=10.0),
+        wait_timeout=dict(type="float", default=30.0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

@@ -28,8 +28,11 @@ description:
     result name the slots, how many keys may be lost, and the unreachable owners whose keys cannot be counted.
   - Masters whose view maps a slot to another node than the one that claims it (while the majority agrees with the
     claim) learn the owner with C(CLUSTER SETSLOT <slot> NODE <owner>).
+  - Every other reachable master is then told the new owners with C(CLUSTER SETSLOT <slot> NODE <owner>) (as
+    C(redis-cli) does after moving a slot) instead of waiting for the owner's heartbeats; replicas cannot take
+    C(SETSLOT) and learn by heartbeat, which reaches every node at least every C(cluster-node-timeout)/2.
   - Polls every 50 ms until every reachable node maps the repaired slots to their new owner and says
-    C(cluster_state:ok), at most O(wait_timeout) seconds.
+    C(cluster_state:ok), at most O(wait_timeout) seconds; the failure names each node still behind and why.
   - Nothing to repair reports C(changed=false).
 author:
   - P3 Recovery maintainers (@p3-protocol)
@@ -71,8 +74,9 @@ options:
     default: 5000
   wait_timeout:
     description: Seconds to wait for every reachable node to agree after the repair (and for each promotion).
+      Keep it well above C(cluster-node-timeout)/2 (replicas learn slot owners by heartbeat).
     type: float
-    default: 10
+    default: 30
 seealso:
   - module: p3.recovery.redis_cluster_topology
   - module: p3.recovery.redis_cluster_failover
@@ -154,7 +158,7 @@ def main():
         fix_open_slots=dict(type="bool", default=True),
         max_slots=dict(type="int", default=16384),
         migrate_timeout_ms=dict(type="int", default=5000),
-        wait_timeout=dict(type="float", default=10.0),
+        wait_timeout=dict(type="float", default=30.0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params

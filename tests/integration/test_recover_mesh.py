@@ -1,11 +1,15 @@
 """recover_mesh.yml against the real lab: mesh-down -> recover -> peers back above the threshold and the relay
 PSUBSCRIBEd again (read from every Redis node); the restart path; connection-storm detection against psutil's own
 count; check mode publishes nothing; a second run changes nothing; bad input fails cleanly; no secret at -vvvv.
+mesh_publish waits for a subscriber that is (re)connecting; the lab relay's idle subscription stays up.
 """
 import glob
 import json
 import os
+import tempfile
+import threading
 import time
+import uuid
 
 import psutil
 import pytest
@@ -50,6 +54,92 @@ def recover(report_dir, check=False, verbosity=0, **extra):
         with open(reports[-1]) as f:
             report = json.load(f)
     return run, report
+
+
+def control_subscribers():
+    """{address: [client id]} of the connections subscribed to mesh:control, asked of every node."""
+    info = lab_info()["redis"]
+    out = {}
+    for address in info["nodes"]:
+        host, port = address.split(":")
+        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3, decode_responses=True)
+        for cl in c.client_list(_type="pubsub"):
+            if int(cl.get("sub", 0)) > 0:
+                out.setdefault(address, []).append(cl["id"])
+    return out
+
+
+def test_lab_relay_keeps_an_idle_subscription(healthy_lab):
+    """The lab app's keepalive must count the PONG of its subscribed PING: with the relay down no message flows, and
+    a relay that dropped and re-made its subscription every 25 s left windows where nobody listened on mesh:control
+    (a recovery publishing then was refused)."""
+    lab_fault("mesh-down")
+    before = control_subscribers()
+    assert sum(len(v) for v in before.values()) == 1, before
+    time.sleep(32)  # > the relay's 25 s no-reply limit, with its 10 s keepalive PINGs in between
+    assert control_subscribers() == before
+
+
+def publish_playbook(tmp, channel, wait):
+    path = os.path.join(tmp, "publish.yml")
+    with open(path, "w") as f:
+        json.dump([{"name": "publish", "hosts": "localhost", "gather_facts": False, "tasks": [{
+            "name": "mesh_publish", "register": "out",
+            "p3.recovery.mesh_publish": {"redis_nodes": "{{ p3_redis_nodes }}", "redis_password": "{{ p3_redis_password }}",
+                                         "channel": channel, "payload": {"action": "test"}, "subscriber_wait": wait}}]}], f)
+    return run_playbook(path)
+
+
+def numsub_calls(c):
+    return int(c.info("commandstats").get("cmdstat_pubsub|numsub", {}).get("calls", 0))
+
+
+def late_subscriber(channel, got):
+    """Subscribe to channel on the last lab node once somebody has counted its subscribers there (PUBSUB NUMSUB,
+    read from INFO commandstats) and found none; put the first message's data into got."""
+    info = lab_info()["redis"]
+    host, port = info["nodes"][-1].split(":")
+    c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=30)
+    calls = numsub_calls(c)
+
+    def run():
+        deadline = time.monotonic() + 60
+        while numsub_calls(c) == calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        ps = c.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(channel)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = ps.get_message(timeout=1.0)
+            if m and m["type"] == "message":
+                got.append(m["data"])
+                break
+        ps.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_publish_waits_for_a_subscriber_that_is_connecting(lab_up):
+    channel = "mesh:test-%s" % uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = publish_playbook(tmp, channel, 1)  # nobody listens: refused after counting for 1 s
+        assert run.rc != 0
+        res = run.result("mesh_publish")
+        assert res["published"] is False and res["subscribers"] == 0 and res["waited"] >= 1
+        assert "nobody listens, counted for " in res["msg"] and "\n" not in res["msg"], res["msg"]
+
+        got = []
+        t = late_subscriber(channel, got)  # subscribes after the module's first count found nobody
+        run = publish_playbook(tmp, channel, 20)
+        t.join(35)
+        assert run.rc == 0, run.stdout[-3000:]
+        res = run.result("mesh_publish")
+        assert res["published"] is True and res["subscribers"] == 1 and res["waited"] > 0, res
+        assert res["subscribers_by_node"] == {lab_info()["redis"]["nodes"][-1]: 1}
+        assert got == [b'{"action":"test"}']  # the subscriber really received it
 
 
 def test_mesh_down_reconnected_peers_back(healthy_lab, report_dir):
@@ -120,6 +210,7 @@ BAD_INPUT = {
     "unreachable redis": ({"p3_redis_nodes": ["127.0.0.1:1"]}, "127.0.0.1:1"),
     "bad restart": ({"p3_mesh_restart_app": "maybe"}, "p3_mesh_restart_app must be never, auto or always"),
     "bad threshold": ({"p3_mesh_min_peers": "lots"}, "p3_mesh_min_peers must be an integer"),
+    "bad subscriber wait": ({"p3_mesh_subscriber_wait": "a while"}, "p3_mesh_subscriber_wait must be numbers"),
 }
 
 

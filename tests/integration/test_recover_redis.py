@@ -276,6 +276,11 @@ def test_uncovered_slots_go_back_to_the_master_holding_their_keys(healthy_lab, r
         assert v[owner_id]["slots"] >= set(range(a, b + 1)), addr
     assert_serving(nodes, keys)
     assert "addslots" in [e["action"] for e in report["timeline"]]
+    # the other masters were told the owner at once (SETSLOT NODE), not left to the heartbeats
+    view = views(nodes)[did["owner"]]
+    others = set(n["addr"] for n in view.values() if n["role"] == "master" and n["slots"] and n["id"] != owner_id)
+    told = set(e["target"] for e in report["timeline"] if e["action"] == "setslot node")
+    assert len(others) == 2 and told == others, (others, report["timeline"])
 
     run, report = recover(report_dir)
     assert run.rc == 0 and changed_count(run) == 0

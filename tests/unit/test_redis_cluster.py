@@ -243,3 +243,41 @@ def test_standalone_failover_and_stale_master_rejoin():
     t = cl.build_topology(recs)
     assert t["rejoin_candidates"] == ["h:1"] and "split brain" in t["reason"]
     assert [(n["address"], m["address"]) for n, m in cl.plan_rejoin(t)] == [("h:1", "h:3")]
+
+
+class _InfoNodes(object):
+    """Answers CLUSTER INFO like Nodes.try_run: {address: 'ok' | 'fail' | an error text}."""
+
+    def __init__(self, states):
+        self.states = states
+
+    def try_run(self, address, *args):
+        assert args == ("CLUSTER", "INFO")
+        st = self.states[address]
+        if st in ("ok", "fail"):
+            return "cluster_state:%s\r\ncluster_slots_assigned:16384\r\n" % st, None
+        return None, st
+
+
+def test_behind_names_each_node_and_why():
+    uncovered = dict(BASE, c=("master", None, "11023-16383"))  # 10923-11022 not yet learnt
+    views = {
+        ADDR["a"]: parse_cluster_nodes(nodes_text("a", BASE)),            # agrees, says ok
+        ADDR["b"]: parse_cluster_nodes(nodes_text("b", uncovered)),       # still maps the slots to nobody
+        ADDR["d"]: parse_cluster_nodes(nodes_text("d", BASE)),            # agrees but cluster_state:fail
+        ADDR["e"]: parse_cluster_nodes(nodes_text("e", BASE)),            # agrees, INFO fails
+        ADDR["c"]: parse_cluster_nodes(nodes_text("c", BASE).replace(    # agrees, its own slot still open
+            "10923-16383", "10923-16383 [11000-<-%s]" % IDS["a"])),
+        ADDR["f"]: parse_cluster_nodes(nodes_text("f", BASE).replace(    # agrees; another node's open slot
+            "10923-16383", "10923-16383 [11000-<-%s]" % IDS["a"])),       # is not its business
+    }
+    nodes = _InfoNodes({ADDR["a"]: "ok", ADDR["b"]: "ok", ADDR["c"]: "ok", ADDR["d"]: "fail",
+                        ADDR["e"]: "timed out", ADDR["f"]: "ok"})
+    expected = [(IDS["c"], set(range(10923, 11023)))]
+    behind = cl._behind(nodes, views, expected)
+    assert sorted(behind) == [ADDR["b"], ADDR["c"], ADDR["d"], ADDR["e"]]
+    assert behind[ADDR["c"]] == "still has an open slot"
+    assert behind[ADDR["b"]] == "maps slots 10923-11022 to another node or to none"
+    assert behind[ADDR["d"]] == "says cluster_state:fail"
+    assert behind[ADDR["e"]] == "does not answer CLUSTER INFO: timed out"
+    assert cl._behind(nodes, {ADDR["a"]: views[ADDR["a"]]}, expected) == {}
