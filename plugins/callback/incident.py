@@ -43,11 +43,26 @@ options:
     ini:
       - section: p3_incident
         key: incident_id
+  keep_days:
+    description:
+      - Delete incident logs and postmortem drafts (C(incident-*.jsonl), C(postmortem-*.md)) in O(directory) that
+        were last written more than this many days ago, at the end of each run that writes the log - for
+        controllers that run scheduled drift checks for months. The current incident's files are never deleted.
+      - V(0) keeps everything.
+    type: int
+    default: 0
+    env:
+      - name: P3_INCIDENT_KEEP_DAYS
+    ini:
+      - section: p3_incident
+        key: keep_days
 """
 
 import datetime
+import glob
 import json
 import os
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -161,6 +176,11 @@ class CallbackModule(CallbackBase):
         incident = self.get_option("incident_id") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
         os.makedirs(directory, exist_ok=True)
         log = os.path.join(directory, "incident-%s.jsonl" % incident)
+        removed = prune(directory, self.get_option("keep_days") or 0, time.time(),
+                        keep=(log, os.path.join(directory, "postmortem-%s.md" % incident)))
+        if removed:
+            self._display.display("p3.recovery.incident: removed %d incident file(s) older than %d days: %s" % (
+                len(removed), self.get_option("keep_days"), ", ".join(os.path.basename(r) for r in removed)))
         with open(log, "a") as f:
             for e in self._entries:
                 f.write(json.dumps(e, sort_keys=True, default=str) + "\n")
@@ -177,6 +197,26 @@ class CallbackModule(CallbackBase):
         with open(path, "w") as f:
             f.write(render_postmortem(history))
         self._display.display("p3.recovery.incident: timeline %s, postmortem draft %s" % (log, path))
+
+
+def prune(directory, keep_days, now, keep=()):
+    """Delete incident-*.jsonl and postmortem-*.md in directory last modified more than keep_days days before now
+    (epoch seconds), except the paths in keep; keep_days <= 0 deletes nothing. Returns the deleted paths."""
+    if not keep_days or keep_days <= 0:
+        return []
+    cutoff = now - keep_days * 86400
+    keep = set(os.path.abspath(k) for k in keep)
+    removed = []
+    for pattern in ("incident-*.jsonl", "postmortem-*.md"):
+        for path in sorted(glob.glob(os.path.join(directory, pattern))):
+            try:
+                if os.path.abspath(path) in keep or os.path.getmtime(path) >= cutoff:
+                    continue
+                os.remove(path)
+            except OSError:
+                continue  # gone already, or not ours to delete: the run's own log matters more
+            removed.append(path)
+    return removed
 
 
 def render_postmortem(entries):

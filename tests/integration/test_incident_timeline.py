@@ -1,13 +1,19 @@
 """The p3.recovery.incident callback: a real incident (app killed), diagnosed, recovered, diagnosed again."""
 import json
 import os
+import time
 
 from p3harness import LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
 
 
 def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):
-    env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "lab-app-down"}
+    env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "lab-app-down", "P3_INCIDENT_KEEP_DAYS": "30"}
     reports = {"p3_report_dir": str(tmp_path / "reports")}
+    old, recent = tmp_path / "incident-20260901.jsonl", tmp_path / "postmortem-20261120.md"
+    for path, age_days in ((old, 60), (recent, 8)):
+        path.write_text("{}\n")
+        t = time.time() - age_days * 86400
+        os.utime(str(path), (t, t))
     lab_fault("app-down")
     assert run_playbook("diagnose.yml", extravars=reports, env=env).rc == 0
     assert run_playbook("restart_app.yml", env=env).rc == 0
@@ -40,3 +46,4 @@ def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):
     restored = [line for line in pm.splitlines() if "Service restored" in line][0][2:10]
     assert detected <= restored
     assert os.path.getsize(str(log)) > 0
+    assert not old.exists() and recent.exists()  # P3_INCIDENT_KEEP_DAYS=30

@@ -258,7 +258,7 @@ def test_bad_input_fails_cleanly(lab_up, report_dir, case):
     finally:
         hole.close()
     assert run.rc != 0, run.stdout[-3000:]
-    assert elapsed < 30, elapsed
+    assert elapsed < 60, elapsed  # a hang guard (connect timeouts are 5 s), not a speed check
     assert "Traceback" not in run.stdout
     failed = [ev["event_data"]["res"] for ev in run.events if ev.get("event") == "runner_on_failed"]
     msg = failed[-1]["msg"]

@@ -219,8 +219,9 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     assert res["changed"] is True, (res, run.stdout[-3000:])
     step = res["failovers"][0]
     promoted = step["replica"]
-    assert step["master"] == dead and step["mode"] == "force"
-    assert step["seconds"] < 5
+    assert step["master"] == dead and step["mode"] == "force"  # promoted by us, not left to the cluster's own
+    did_what = [(e["action"], e["target"]) for e in report["timeline"]]
+    assert ("cluster failover force", promoted) in did_what and "cluster failover takeover" not in dict(did_what)
     promoted_id = step["replica_id"]
     dead_slots = set()
     for a, b in did["slots"]:

@@ -58,3 +58,20 @@ def test_a_task_with_several_probe_verdicts_gives_one_probe_entry_each():
     cb.v2_runner_on_ok(types.SimpleNamespace(result=dict(res, censored="hidden"), task=task,
                                              host=types.SimpleNamespace(name="localhost")))
     assert len(cb._entries) == 1 and cb._entries[0]["censored"] is True and "reason" not in cb._entries[0]
+
+
+def test_prune_deletes_only_old_incident_files_and_never_the_current_ones(tmp_path):
+    now = 1_800_000_000
+    day = 86400
+    files = {"incident-old.jsonl": 40, "postmortem-old.md": 40, "incident-recent.jsonl": 5, "incident-cur.jsonl": 90,
+             "postmortem-cur.md": 90, "report-old.json": 40, "notes.md": 40}
+    for name, age in files.items():
+        path = tmp_path / name
+        path.write_text("x")
+        os.utime(str(path), (now - age * day, now - age * day))
+    keep = (str(tmp_path / "incident-cur.jsonl"), str(tmp_path / "postmortem-cur.md"))
+    assert incident.prune(str(tmp_path), 0, now, keep) == []
+    assert len(os.listdir(str(tmp_path))) == len(files)
+    removed = incident.prune(str(tmp_path), 30, now, keep)
+    assert sorted(os.path.basename(r) for r in removed) == ["incident-old.jsonl", "postmortem-old.md"]
+    assert sorted(os.listdir(str(tmp_path))) == sorted(set(files) - {"incident-old.jsonl", "postmortem-old.md"})
