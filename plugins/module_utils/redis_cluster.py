@@ -684,7 +684,7 @@ def _sees(lines, node_id, role, slots=None):
 MANUAL_FAILOVER_TIMEOUT = 5.5
 
 
-def run_failover(settings, topology, steps, wait_timeout=10.0, allow_takeover=False):
+def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=False):
     """Execute the planned steps one after the other, each polled until every reachable node agrees.
 
     A FORCE failover whose election fails (masters refuse to vote for one master's replicas twice within
@@ -928,7 +928,7 @@ def open_slot_plan(topology):
     return out
 
 
-def run_slot_repair(settings, topology, plan, wait_timeout=10.0, migrate_timeout_ms=5000):
+def run_slot_repair(settings, topology, plan, wait_timeout=30.0, migrate_timeout_ms=5000):
     """Close open slots, assign the planned slots (DELSLOTS/ADDSLOTS/BUMPEPOCH on the new owner), poll until every
     reachable node maps them to it and says cluster_state:ok."""
     timeline = []
@@ -1166,7 +1166,7 @@ def plan_rejoin(topology, targets=None, master=None):
     return steps
 
 
-def run_rejoin(settings, topology, steps, wait_timeout=10.0, wait_link=True):
+def run_rejoin(settings, topology, steps, wait_timeout=30.0, wait_link=True):
     timeline, done = [], []
     nodes = Nodes(settings)
     try:
