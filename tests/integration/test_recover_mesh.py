@@ -26,13 +26,22 @@ def lab_info():
         return json.load(f)
 
 
-def pubsub_everywhere(channel="mesh:control"):
-    """(NUMPAT summed over every node, subscribers of channel summed over every node), asked of each node."""
+def node_clients(**kw):
+    """[(address, client)] of every lab Redis node."""
     info = lab_info()["redis"]
-    numpat, subs = 0, 0
+    opts = dict(socket_timeout=3, password=info["password"])
+    opts.update(kw)
+    out = []
     for address in info["nodes"]:
         host, port = address.split(":")
-        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3)
+        out.append((address, redis.Redis(host=host, port=int(port), **opts)))
+    return out
+
+
+def pubsub_everywhere(channel="mesh:control"):
+    """(NUMPAT summed over every node, subscribers of channel summed over every node), asked of each node."""
+    numpat, subs = 0, 0
+    for _address, c in node_clients():
         numpat += int(c.execute_command("PUBSUB", "NUMPAT"))
         subs += dict(c.pubsub_numsub(channel)).get(channel.encode(), 0)
     return numpat, subs
@@ -58,11 +67,8 @@ def recover(report_dir, check=False, verbosity=0, **extra):
 
 def control_subscribers():
     """{address: [client id]} of the connections subscribed to mesh:control, asked of every node."""
-    info = lab_info()["redis"]
     out = {}
-    for address in info["nodes"]:
-        host, port = address.split(":")
-        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3, decode_responses=True)
+    for address, c in node_clients(decode_responses=True):
         for cl in c.client_list(_type="pubsub"):
             if int(cl.get("sub", 0)) > 0:
                 out.setdefault(address, []).append(cl["id"])
@@ -97,9 +103,7 @@ def numsub_calls(c):
 def late_subscriber(channel, got):
     """Subscribe to channel on the last lab node once somebody has counted its subscribers there (PUBSUB NUMSUB,
     read from INFO commandstats) and found none; put the first message's data into got."""
-    info = lab_info()["redis"]
-    host, port = info["nodes"][-1].split(":")
-    c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=30)
+    c = node_clients(socket_timeout=30)[-1][1]
     calls = numsub_calls(c)
 
     def run():
