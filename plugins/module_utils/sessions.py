@@ -25,10 +25,12 @@ __metaclass__ = type
 
 import base64
 import binascii
+import collections
 import datetime
 import json
 import math
 import os
+import threading
 import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
@@ -56,12 +58,17 @@ SESSION_ARGUMENT_SPEC = dict(
     scan_count=dict(type="int", default=100),
 )
 
-# The page scripts (Lua, one call per SCAN page and master). Each SCANs one page itself (SCAN <cursor> MATCH
-# <pattern> COUNT <count>), so the server-side work of a call is bounded by COUNT; none ever runs KEYS. Each starts
-# and ends with TIME: the reply carries the server's clock (the backup's absolute expiries are that clock + PTTL)
-# and how long the call held the server (max_page_ms). On a standalone server keys are read with MGET and removed
-# with UNLINK in chunks of 1000 (the unpack() limit); a cluster node refuses multi-key commands across slots inside
-# a script, so there (ARGV[1] = '0') it is one GET / UNLINK per key.
+# The purge's two scripts (Lua), on two connections per master. Neither ever runs KEYS; both start and end with TIME:
+# the reply carries the server's clock (the backup's absolute expiries are that clock + PTTL) and how long the call
+# held the server (max_page_ms). On a standalone server keys are read with MGET and removed with UNLINK in chunks of
+# 1000 (the unpack() limit); a cluster node refuses multi-key commands across slots inside a script, so there
+# (ARGV[1] = '0') it is one GET / UNLINK per key.
+#
+# LUA_READ (read only): SCANs one page itself (SCAN <cursor> MATCH <pattern> COUNT <count>, so the server-side work
+# of a call is bounded by COUNT) and returns each key's value (MGET; DUMP for a key that is not a string) and PTTL.
+# LUA_TAKE (compare-and-delete): removes each given key only if it is still exactly what LUA_READ returned (the
+# same value or DUMP payload; flag 't' also: still no TTL). The purge sends it only for keys whose backup lines are
+# on disk (written and fsynced): a key is never removed before its backup is durable.
 
 _LUA_BATCH = """
 local batch = ARGV[1] == '1'
@@ -76,6 +83,7 @@ local function mget(keys, s, e)
   return out
 end
 local function unlink(keys)
+  if #keys == 0 then return end
   if batch then
     for s = 1, #keys, 1000 do redis.call('UNLINK', unpack(keys, s, math.min(#keys, s + 999))) end
   else
@@ -84,18 +92,16 @@ local function unlink(keys)
 end
 """
 
-# Mode all: take every key of the page, at most <limit>: a string's value (MGET; restored with SET ... PXAT) or,
-# for another type, its DUMP payload (restored with RESTORE ... ABSTTL), then PTTL, then UNLINK - atomically, so
-# the backup holds exactly what was removed.
-# ARGV: batch (1 standalone / 0 cluster), cursor, pattern, count, limit.
-# Returns {cursor, scanned, over, server_ms, busy_us, keys, kinds ('v' value | 'd' dump, one char per key; '' when
-# all are values), payloads, pttls}.
-LUA_PAGE_ALL = _LUA_BATCH + """
+# ARGV: batch (1 standalone / 0 cluster), cursor, pattern, count.
+# Returns {cursor, server_ms, busy_us, keys, values (false when not a string or gone), types ('' = all strings, the
+# common page; else one char per key: 's' string | 'd' another type, its DUMP payload in dumps | '-' gone),
+# dumps, pttls}.
+LUA_READ = _LUA_BATCH + """
 local call = redis.call
 local t0 = call('TIME')
 local page = call('SCAN', ARGV[2], 'MATCH', ARGV[3], 'COUNT', ARGV[4])
-local keys, limit = page[2], tonumber(ARGV[5])
-local n, vals, ttls = #keys, {}, {}
+local keys = page[2]
+local n, vals, ttls, dumps, types = #keys, {}, {}, {}, ''
 if n > 0 and n <= 1000 then
   vals = mget(keys, 1, n)
 else
@@ -104,110 +110,60 @@ else
     for i = 1, #got do vals[s + i - 1] = got[i] end
   end
 end
-local simple = n <= limit
+local odd = false
 for i = 1, n do
-  if not vals[i] then simple = false break end
+  if not vals[i] then odd = true break end
 end
-local taken, kinds, payloads, over = keys, '', vals, 0
-if simple then
-  -- the common page: every key a string, under the cap - the SCAN and MGET tables are the reply
-  for i = 1, n do ttls[i] = call('PTTL', keys[i]) end
-else
-  local kind_list, j = {}, 0
-  taken, payloads = {}, {}
+if odd then
+  local tys = {}
   for i = 1, n do
-    local k, v, kind = keys[i], vals[i], 'v'
-    if not v then
-      v = redis.pcall('GET', k)
-      if type(v) == 'table' then kind, v = 'd', call('DUMP', k) end
+    local ty = 's'
+    if not vals[i] then
+      ty = '-'
+      local d = call('DUMP', keys[i])
+      if d then ty, dumps[#dumps + 1] = 'd', d end
     end
-    if v then
-      if j >= limit then
-        over = over + 1
-      else
-        j = j + 1
-        taken[j], kind_list[j], payloads[j], ttls[j] = k, kind, v, call('PTTL', k)
-      end
-    end
+    tys[i] = ty
   end
-  kinds = table.concat(kind_list)
+  types = table.concat(tys)
 end
-unlink(taken)
+for i = 1, n do ttls[i] = call('PTTL', keys[i]) end
 local t1 = call('TIME')
-return {page[1], n, over, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
-        taken, kinds, payloads, ttls}
+return {page[1], t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
+        keys, vals, types, dumps, ttls}
 """
 
-# Mode corrupt: read a page for classify() in Python - value (MGET), type flag, PTTL - and, in the same call, take
-# the keys judged corrupt in an earlier page only if they are still what was judged (compare-and-delete):
-#   flag 'w' (judged: not a string): taken if it exists and is still not a string (DUMP payload);
-#   flag 'v' (judged by its value): taken if GET still returns exactly the value judged;
-#   flag 't' (judged no-ttl): the same, and the key must still have no TTL.
-# A key that changed in between is left alone (the purge counts it as vanished).
-# ARGV: batch, cursor ('' = no page, takes only), pattern, count, read PTTL (1/0), n_take, then n_take times
-# key, judged value ('' for flag w), flag.
-# Returns {cursor, scanned, server_ms, busy_us, take kinds ('v' | 'd' | '-' not taken, one char per take),
-# take pttls, take dumps (for the 'd' ones, in order), keys, values (false when not a string), types ('s' string
-# | 'w' another type | '-' gone, one char per key; '' when all are strings), pttls (empty when not read)}.
-LUA_PAGE_CORRUPT = _LUA_BATCH + """
-local t0 = redis.call('TIME')
-local nt, tk, tp, td = tonumber(ARGV[6]), {}, {}, {}
-for i = 0, nt - 1 do
-  local k, want, flag = ARGV[7 + 3 * i], ARGV[8 + 3 * i], ARGV[9 + 3 * i]
-  local kind, ttl = '-', -2
-  if flag == 'w' then
-    local ty = redis.call('TYPE', k)['ok']
-    if ty ~= 'none' and ty ~= 'string' then
-      td[#td + 1] = redis.call('DUMP', k)
-      kind, ttl = 'd', redis.call('PTTL', k)
-      redis.call('UNLINK', k)
+# ARGV: batch, then per key: key, the value (flags 'v', 't') or DUMP payload (flag 'd') read, flag.
+# Returns {server_ms, busy_us, outcome}: one char per key, 'r' removed | '-' already gone | 'k' changed, kept.
+# Idempotent: the purge sends it again to resolve a call whose reply it did not get.
+LUA_TAKE = _LUA_BATCH + """
+local call = redis.call
+local t0 = call('TIME')
+local out, gone = {}, {}
+for i = 2, #ARGV, 3 do
+  local k, want, flag = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local r = '-'
+  if flag == 'd' then
+    local d = call('DUMP', k)
+    if d then
+      r = 'k'
+      if d == want then r = 'r' end
     end
-  elseif redis.pcall('GET', k) == want then
-    local left = redis.call('PTTL', k)
-    if flag ~= 't' or left == -1 then
-      kind, ttl = 'v', left
-      redis.call('UNLINK', k)
-    end
-  end
-  tk[i + 1], tp[i + 1] = kind, ttl
-end
-local cursor, keys, vals, types, ttls = ARGV[2], {}, {}, '', {}
-if cursor ~= '' then
-  local call = redis.call
-  local page = call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[4])
-  cursor, keys = page[1], page[2]
-  local n = #keys
-  if n > 0 and n <= 1000 then
-    vals = mget(keys, 1, n)
   else
-    for s = 1, n, 1000 do
-      local got = mget(keys, s, math.min(n, s + 999))
-      for i = 1, #got do vals[s + i - 1] = got[i] end
+    local v = redis.pcall('GET', k)
+    if type(v) == 'table' then
+      r = 'k'
+    elseif v then
+      r = 'k'
+      if v == want and (flag ~= 't' or call('PTTL', k) == -1) then r = 'r' end
     end
   end
-  local odd = false
-  for i = 1, n do
-    if not vals[i] then odd = true break end
-  end
-  if odd then  -- not every key a string: say which ('' = all strings, the common page)
-    local tys = {}
-    for i = 1, n do
-      local ty = 's'
-      if not vals[i] then
-        ty = '-'
-        if type(redis.pcall('GET', keys[i])) == 'table' then ty = 'w' end
-      end
-      tys[i] = ty
-    end
-    types = table.concat(tys)
-  end
-  if ARGV[5] == '1' then
-    for i = 1, n do ttls[i] = call('PTTL', keys[i]) end
-  end
+  if r == 'r' then gone[#gone + 1] = k end
+  out[#out + 1] = r
 end
-local t1 = redis.call('TIME')
-return {cursor, #keys, t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2],
-        table.concat(tk), tp, td, keys, vals, types, ttls}
+unlink(gone)
+local t1 = call('TIME')
+return {t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000000 + t1[2] - t0[2], table.concat(out)}
 """
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -559,41 +515,94 @@ class BackupError(P3Error):
 
 
 class BackupWriter(object):
-    """Append-only JSONL backup, created exclusively with mode 0600, written and flushed after every page (the purge
-    writes a page while the server already works on the next one); close() fsyncs."""
+    """Append-only JSONL backup, created exclusively with mode 0600 (the file and its directory are fsynced when it
+    is created). write_page() appends a page's lines; a background thread fsyncs what has been written - one fsync
+    for every page written meanwhile (group commit) - and `durable` is how many entries are on disk. The purge
+    removes a key only once its entry is durable."""
 
     def __init__(self, path, header):
-        self.path = path
+        self.path = os.path.abspath(path)
         self.header = header
-        self.count = 0
-        self.fh = None
+        self.count = 0      # entries written
+        self.durable = 0    # entries fsynced
+        self.fsyncs = 0
+        self.fd = None
+        self.error = None
+        self._cond = threading.Condition()
+        self._thread = None
+        self._closing = False
 
-    def _open(self):
-        directory = os.path.dirname(os.path.abspath(self.path))
+    def _create(self):
+        directory = os.path.dirname(self.path)
         try:
             if not os.path.isdir(directory):
                 os.makedirs(directory, 0o700)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except OSError as e:
             raise P3Error("cannot create the backup file %s: %s" % (self.path, one_line(e.strerror or e)))
-        self.fh = os.fdopen(fd, "wb")
-        self.fh.write(json.dumps(self.header, sort_keys=True).encode("utf-8") + b"\n")
 
     def check(self):
         """Fail before anything is removed when the file cannot be created (then remove the empty probe file)."""
-        self._open()
-        self.fh.close()
-        self.fh = None
+        os.close(self._create())
         os.unlink(self.path)
 
-    def write_page(self, taken, node, server_now):
-        """Append a page: (key, reason, kind 'v'|'d', payload, pttl) tuples, as the take scripts returned them;
-        server_now is the server's clock (ms) when the page was taken: the absolute expiry is server_now + pttl."""
-        if not taken:
-            return
+    def _fail(self, what, e):
+        return BackupError("%s the backup file %s failed: %s" % (
+            what, self.path, one_line(getattr(e, "strerror", None) or e, 200)))
+
+    def _write_all(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def _start(self):
+        self.fd = self._create()
         try:
-            if self.fh is None:
-                self._open()
+            self._write_all(json.dumps(self.header, sort_keys=True).encode("utf-8") + b"\n")
+            os.fsync(self.fd)
+            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the new file's directory entry is on disk too
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise self._fail("creating", e)
+        self._thread = threading.Thread(target=self._sync_loop, name="p3-backup-fsync")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _sync_loop(self):
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._closing and self.durable >= self.count:
+                    cond.wait()
+                if self.durable >= self.count:
+                    return
+                target = self.count
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                with cond:
+                    self.error = self._fail("syncing", e)
+                    cond.notify_all()
+                return
+            with cond:
+                self.durable = target
+                self.fsyncs += 1
+                cond.notify_all()
+
+    def write_page(self, taken, node, server_now):
+        """Append a page: (key, reason, kind 'v'|'d', payload, pttl) tuples as LUA_READ returned them; server_now is
+        the server's clock (ms) when they were read: the absolute expiry is server_now + pttl. Returns the entry
+        count the page ends at: its keys may be removed once `durable` reaches it (wait())."""
+        if self.error is not None:
+            raise self.error
+        if not taken:
+            return self.count
+        try:
+            if self.fd is None:
+                self._start()
             b64, node_b, reasons = binascii.b2a_base64, node.encode("utf-8"), {}
             lines = []
             append = lines.append
@@ -602,7 +611,7 @@ class BackupWriter(object):
                 if reason_b is None:
                     reason_b = reasons[reason] = reason.encode("utf-8")
                 if (key.__class__ is bytes and payload.__class__ is bytes and pttl.__class__ is int and pttl >= 0
-                        and kind in ("v", b"v")):  # the common line, without the checks below (same bytes)
+                        and kind == "v"):  # the common line, without the checks below (same bytes)
                     append(_LINE_VALUE % (b64(key, newline=False), b64(payload, newline=False), pttl,
                                           server_now + pttl, node_b, reason_b))
                     continue
@@ -612,40 +621,56 @@ class BackupWriter(object):
                 if not isinstance(key, bytes):
                     key = str(key).encode("utf-8")
                 append(_LINE % (
-                    b64(key, newline=False), b"dump" if kind in (b"d", "d") else b"value",
+                    b64(key, newline=False), b"dump" if kind == "d" else b"value",
                     b64(payload, newline=False), pttl, b"null" if pttl < 0 else b"%d" % (server_now + pttl),
                     node_b, reason_b))
-            self.fh.write(b"".join(lines))
-            self.fh.flush()
-        except BackupError:
+            self._write_all(b"".join(lines))
+        except BackupError as e:
+            self.error = e
             raise
         except P3Error as e:
-            raise BackupError(e.msg)
+            self.error = BackupError(e.msg)
+            raise self.error
         except (IOError, OSError, ValueError) as e:
-            raise BackupError("writing the backup file %s failed: %s" % (self.path, one_line(e, 200)))
-        self.count += len(taken)
+            self.error = self._fail("writing", e)
+            raise self.error
+        with self._cond:
+            self.count += len(taken)
+            self._cond.notify_all()
+        return self.count
+
+    def wait(self, count):
+        """Block until `count` entries are durable; raises BackupError when the sync failed."""
+        with self._cond:
+            while self.durable < count and self.error is None:
+                self._cond.wait()
+        if self.durable < count:
+            raise self.error
 
     def close(self):
-        if self.fh is not None:
-            self.fh.flush()
-            try:
-                os.fsync(self.fh.fileno())
-            except OSError:
-                pass
-            self.fh.close()
-            self.fh = None
+        if self.fd is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        os.close(self.fd)
+        self.fd = None
 
 
 def backup_path(backup_dir, mode, now=None):
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%S.%fZ")
-    return os.path.join(backup_dir, "sessions-%s-%s.jsonl" % (mode, stamp))
+    return os.path.abspath(os.path.join(backup_dir, "sessions-%s-%s.jsonl" % (mode, stamp)))
 
 
 def read_backup(path):
-    """Yield the entries of a backup file as dicts (key, dump as bytes, pttl, expire_at_ms, node, reason).
-    Raises P3Error for a missing file or a malformed line (naming the line)."""
+    """(header, entries, truncated) of a backup file: entries as dicts (key, value or dump as bytes, pttl,
+    expire_at_ms, node, reason); truncated is None or dict(line, offset, bytes) of a last line cut short (the purge
+    was killed or the disk filled up while writing it: none of its keys was removed). Raises P3Error for a missing
+    file or a malformed complete line (naming the line)."""
     try:
-        fh = open(path, "r")
+        fh = open(path, "rb")
     except (IOError, OSError) as e:
         raise P3Error("cannot read the backup file %s: %s" % (path, one_line(getattr(e, "strerror", None) or e)))
     with fh:
@@ -659,7 +684,10 @@ def read_backup(path):
         if header.get("version") != BACKUP_VERSION:
             raise P3Error("%s: unsupported backup version %r" % (path, header.get("version")))
         entries = []
+        truncated = None
+        offset = len(first)
         for lineno, line in enumerate(fh, 2):
+            start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
             try:
@@ -671,30 +699,42 @@ def read_backup(path):
                                     dump=_unb64(rec["dump"], "dump") if "dump" in rec else None,
                                     pttl=int(rec.get("pttl", -1)), expire_at_ms=rec.get("expire_at_ms"),
                                     node=rec.get("node"), reason=rec.get("reason")))
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                if not line.endswith(b"\n"):  # the last line, cut short
+                    truncated = dict(line=lineno, offset=start, bytes=len(line))
+                    break
                 raise P3Error("%s line %d is not a backup entry: %s" % (path, lineno, one_line(e, 120)))
-    return header, entries
+    return header, entries, truncated
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Purge
 # ---------------------------------------------------------------------------------------------------------------
+#
+# Write-ahead, per page and master: LUA_READ reads a page (SCAN, values or DUMP, PTTL; nothing removed); the keys
+# chosen (every key in mode all; in mode corrupt those Judge - classify()'s rule, the census's too - finds corrupt)
+# are appended to the backup; once a background fsync has put those lines on disk, LUA_TAKE removes exactly those
+# keys, each only if it is still what was read (compare-and-delete: a key changed meanwhile stays, RV vanished).
+# Each master has one cursor (SCAN's own guarantee on every server version: Redis >= 7.4 and Valkey 8 keep a
+# dictionary per cluster slot and put the slot in the cursor's low bits, so no split of the cursor by its bits is
+# valid everywhere) and two connections: the reader, whose next page is requested before the current one is
+# judged and written, and the taker, with at most one compare-and-delete call in flight, whose reply is read and
+# counted before the next is sent. A taker call that fails or times out is resolved before the run ends: the same
+# (idempotent) call again on a new connection says which of its keys are gone (counted removed: each has its
+# backup line) and which stay. Killed at any moment, the purge leaves every removed key with a durable backup line.
 
-class _Wire(object):
-    """One connection of a node client (one cursor stream) that keeps one script call in flight: the next page is
-    requested before the previous reply is processed (classify(), backup), so the server and this process work at
-    the same time.
-    redis-py's own pipelines wait for every reply, hence the connection-level send/read."""
 
-    def __init__(self, client, script, cluster):
-        self.batch = "0" if cluster else "1"
-        self.sha = client.script_load(script)  # EVALSHA: the server does not hash the script text every page
-        self.pool = client.connection_pool
+class _Conn(object):
+    """One connection of a node client with at most one script call in flight (connection-level send/read:
+    redis-py's pipelines wait for every reply)."""
+
+    def __init__(self, pool, sha, script, batch):
+        self.pool = pool
         try:
-            self.conn = self.pool.get_connection()
+            self.conn = pool.get_connection()
         except TypeError:  # redis-py < 5.1: the command name is a required argument
-            self.conn = self.pool.get_connection("EVALSHA")
-        self.script = script
+            self.conn = pool.get_connection("EVALSHA")
+        self.sha, self.script, self.batch = sha, script, batch
         self.args = None
         self.in_flight = False
 
@@ -715,18 +755,201 @@ class _Wire(object):
         return reply
 
     def close(self):
-        if self.in_flight:  # a failure with a reply outstanding: the connection's state is unknown
+        if self.conn is None:
+            return
+        if self.in_flight:  # a reply outstanding: the connection's state is unknown
             self.conn.disconnect()
         self.pool.release(self.conn)
+        self.conn = None
 
 
 def _int(value):
     return int(value) if value is not None else 0
 
 
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _take_args(items):
+    args = []
+    for key, reason, kind, payload, dummy in items:
+        args.extend((key, payload, "d" if kind == "d" else ("t" if reason == "no-ttl" else "v")))
+    return args
+
+
+class _Master(object):
+    """One master's walk: the reader (one cursor), the chosen keys waiting for their backup to be durable, the
+    taker."""
+
+    def __init__(self, run, settings, address, cluster):
+        self.run = run
+        self.settings = settings
+        self.address = address
+        self.node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
+        self.t0 = time.monotonic()
+        self.batch = "0" if cluster else "1"
+        self.client = None
+        self.reader = self.taker = None
+        self.take_sha = None
+        self.cursor = 0
+        self.scanning = True
+        self.waiting = collections.deque()  # (entry count that must be durable, items)
+        self.ready = []                     # items whose backup is durable, not sent yet
+        self.taking = None                  # items of the take call in flight
+        self.held = set()                   # keys chosen and not resolved yet (SCAN may return a key twice)
+        self.recent = collections.deque(maxlen=2)  # keys of the last takes (a read in flight may return them)
+        self.seen = set()                   # check mode: keys counted (nothing is removed, so SCAN repeats show)
+
+    def connect(self):
+        self.client = _client(self.settings, self.address)
+        self.reader = _Conn(self.client.connection_pool, self.client.script_load(LUA_READ), LUA_READ, self.batch)
+        if not self.run.check_mode:
+            self.take_sha = self.client.script_load(LUA_TAKE)
+            self.taker = _Conn(self.client.connection_pool, self.take_sha, LUA_TAKE, self.batch)
+
+    def fail(self, error):
+        if self.node["error"] is None:
+            self.node["error"] = error if isinstance(error, str) else (
+                error.msg if isinstance(error, P3Error) else describe_redis_error(error, self.settings))
+        self.scanning = False
+
+    def backlog(self):
+        return sum(len(items) for dummy, items in self.waiting) + len(self.ready) + len(self.taking or ())
+
+    def pump(self, fifo):
+        """Send what may be sent now: the next page's read, a take of keys whose backup is durable."""
+        run = self.run
+        if self.node["error"] is not None or run.stopped:
+            return
+        if (self.scanning and not self.reader.in_flight and not run.capped
+                and self.backlog() < run.ahead):
+            self.reader.send([self.cursor, run.pattern, run.count])
+            fifo.append((self, "read"))
+        if self.taker is not None and self.taking is None:
+            durable = run.writer.durable if run.writer is not None else 0
+            while self.waiting and self.waiting[0][0] <= durable:
+                self.ready.extend(self.waiting.popleft()[1])
+            if self.ready:
+                self.taking, self.ready = self.ready[:run.take_batch], self.ready[run.take_batch:]
+                self.taker.send(_take_args(self.taking))
+                fifo.append((self, "take"))
+
+    def on_read(self, fifo):
+        run, node = self.run, self.node
+        try:
+            reply = self.reader.read()
+        except Exception as e:
+            self.reader.close()
+            self.fail(e)
+            return
+        cursor, server_ms, busy_us, keys, values, types, dumps, pttls = reply
+        self.cursor = cursor
+        self.scanning = _int(cursor) != 0
+        node["scanned"] += len(keys)
+        self.pump(fifo)  # the next page is read while this one is judged and written
+        server_ms = _int(server_ms)
+        types = _text(types)
+        held, recent = self.held, self.recent
+        if run.mode == "all" and not types:
+            chosen = [(k, "all", "v", v, t) for k, v, t in zip(keys, values, pttls)]
+        else:
+            chosen = []
+            dumps = list(dumps or [])
+            strings = []
+            for i, ty in enumerate(types or "s" * len(keys)):
+                if ty == "s":
+                    strings.append(i)
+                elif ty == "d":
+                    chosen.append((i, "wrong-type", "d", dumps.pop(0)))
+            if run.mode == "all":
+                chosen = [(keys[i], "all", kind, payload, pttls[i]) for i, dummy, kind, payload in chosen]
+                chosen += [(keys[i], "all", "v", values[i], pttls[i]) for i in strings]
+            else:
+                if len(strings) == len(keys):
+                    bad = run.judge.page(values, pttls, server_ms)
+                else:
+                    bad = [(strings[j], reason) for j, reason in run.judge.page(
+                        [values[i] for i in strings], [pttls[i] for i in strings], server_ms)]
+                chosen = ([(keys[i], "wrong-type", "d", payload, pttls[i]) for i, dummy, kind, payload in chosen]
+                          + [(keys[i], reason, "v", values[i], pttls[i]) for i, reason in bad])
+        if held or recent or run.check_mode:
+            done = self.seen if run.check_mode else held
+            chosen = [c for c in chosen if c[0] not in done and not any(c[0] in r for r in recent)]
+        node["matched"] += len(chosen)
+        room = run.max_keys - run.selected
+        if len(chosen) > room:
+            run.capped = True
+            chosen = chosen[:max(0, room)]
+        run.selected += len(chosen)
+        if chosen:
+            if run.check_mode:
+                self.seen.update(c[0] for c in chosen)
+                run.record(node, chosen)
+            else:
+                try:
+                    need = run.writer.write_page(chosen, self.address, server_ms)
+                except BackupError as e:
+                    run.selected -= len(chosen)
+                    run.stop(e)
+                    return
+                self.waiting.append((need, chosen))
+                held.update(c[0] for c in chosen)
+        run.page_done(node, busy_us)
+
+    def on_take(self):
+        items, self.taking = self.taking, None
+        try:
+            outcome, resolved = _text(self.taker.read()[2]), False
+        except Exception as e:
+            self.taker.close()
+            outcome, resolved = self.resolve(items, e), True
+        # '-' in a resolving call: maybe removed by the call that failed - counted removed (it has its backup line)
+        gone = "r-" if resolved else "r"
+        self.run.record(self.node, [item for item, r in zip(items, outcome) if r in gone])
+        self.run.stats["vanished"] += sum(1 for r in outcome if r not in gone)
+        self.held.difference_update(item[0] for item in items)
+        self.recent.append(set(item[0] for item in items))
+
+    def resolve(self, items, error):
+        """The take call failed or timed out: its keys may or may not be gone. The same call (compare-and-delete,
+        idempotent) again on a new connection, until a deadline: its keys gone now are counted removed (each has
+        its durable backup line), the others stay. Returns the outcome ('' when it could not be resolved)."""
+        cause = describe_redis_error(error, self.settings)
+        deadline = time.monotonic() + max(10.0, 3 * float(self.settings.socket_timeout or 0))
+        last = cause
+        while time.monotonic() < deadline:
+            conn = None
+            try:
+                client = _client(self.settings, self.address)
+                conn = _Conn(client.connection_pool, self.take_sha, LUA_TAKE, self.batch)
+                conn.send(_take_args(items))
+                outcome = _text(conn.read()[2])
+                conn.close()
+                self.fail("a compare-and-delete call failed (%s); resolved: %d of its %d keys are gone (each has "
+                          "its backup line), the rest stay" % (cause, outcome.count("r") + outcome.count("-"),
+                                                                len(items)))
+                return outcome
+            except Exception as e:  # BUSY, a timeout, the node restarting: again until the deadline
+                last = describe_redis_error(e, self.settings)
+                if conn is not None:
+                    conn.close()
+                time.sleep(0.2)
+        self.run.stats["unresolved"] += len(items)
+        self.fail("a compare-and-delete call failed (%s) and could not be resolved (%s): %d keys may be gone; "
+                  "each has its backup line" % (cause, last, len(items)))
+        return ""
+
+    def close(self):
+        for conn in (self.reader, self.taker):
+            if conn is not None:
+                conn.close()
+        self.node["seconds"] = round(time.monotonic() - self.t0, 3)
+
+
 class _Run(object):
-    """State shared by the masters of one purge: counts, cap, backup, progress. The masters are worked at the same
-    time (one call in flight on each); everything here runs in this one thread."""
+    """State shared by the masters of one purge: counts, cap, backup, progress. Everything here runs in one thread
+    (the backup's fsync thread aside)."""
 
     def __init__(self, params, mode, max_keys, writer, check_mode, progress):
         self.pattern = params["pattern"]
@@ -735,21 +958,24 @@ class _Run(object):
         self.kw = dict(required_fields=list(fields) if fields is not None else list(DEFAULT_FIELDS),
                        expiry_field=params.get("expiry_field"), require_ttl=params.get("require_ttl", True))
         self.judge = Judge(**self.kw)
-        self.cluster = False
         self.mode = mode
         self.max_keys = max_keys
         self.writer = writer
         self.check_mode = check_mode
         self.progress = progress
-        self.stats = dict(scanned=0, matched=0, removed=0, vanished=0, pages=0)
+        self.stats = dict(scanned=0, matched=0, removed=0, vanished=0, unresolved=0, pages=0)
         self.by_reason = {}
         self.capped = False
+        self.stopped = None     # the backup failed: nothing more is sent anywhere
         self.max_page_ms = 0.0
-        self.total = 0      # removed so far, every master
-        self.pending = 0    # mode corrupt: judged corrupt, their take not answered yet (every master)
-        self.reserved = 0   # mode all: limits of the calls in flight (every master)
-        self.in_flight = 0  # calls in flight (every master)
-        self.judged = {}    # mode corrupt: address -> keys counted as corrupt there (at most max_keys in all)
+        self.selected = 0       # chosen for removal so far, every master (<= max_keys)
+        # one take call removes at most take_batch keys; a master reads ahead at most `ahead` keys of its takes
+        self.take_batch = min(1000, max(100, 5 * self.count))
+        self.ahead = 4 * self.take_batch + self.count
+
+    def stop(self, error):
+        if self.stopped is None:
+            self.stopped = error.msg if isinstance(error, P3Error) else one_line(error, 300)
 
     def page_done(self, node, busy_us):
         self.stats["pages"] += 1
@@ -757,289 +983,83 @@ class _Run(object):
         if self.progress is not None:
             self.progress(self.stats, node)
 
-    def record(self, node, address, server_ms, taken):
-        """taken: (key, reason, kind, payload, pttl) of keys removed (in check mode: that would be)."""
-        if not taken:
+    def record(self, node, removed):
+        """removed: (key, reason, kind, payload, pttl) of keys removed (in check mode: that would be)."""
+        if not removed:
             return
-        node["removed"] += len(taken)
-        self.total += len(taken)
+        node["removed"] += len(removed)
         if self.mode == "all":
-            self.by_reason["all"] = self.by_reason.get("all", 0) + len(taken)
+            self.by_reason["all"] = self.by_reason.get("all", 0) + len(removed)
         else:
-            for item in taken:
+            for item in removed:
                 self.by_reason[item[1]] = self.by_reason.get(item[1], 0) + 1
-
-    def write(self, address, server_ms, taken):
-        if taken and self.writer is not None:
-            self.writer.write_page(taken, address, server_ms)
-
-
-# What a node's walker (a generator) yields to the scheduler in purge(): SENT = a call is in flight, read its reply
-# and send it in; WAIT = resume me (with None) when no other master has a call in flight.
-_SENT, _WAIT = "sent", "wait"
-
-
-# Every master is walked by SCAN_STREAMS (params scan_streams: 1, 2 or 4) script streams at once, each on its own
-# connection with one call in flight: while one stream's reply travels to this process and the next call travels
-# back, the server works on the other stream's page instead of waiting. SCAN's cursor is a reversed bucket index
-# whose lowest bits change only after every higher bit has been visited (also while the table grows, shrinks or
-# rehashes), so stream r starts at cursor r and is done when the cursor returns to 0 or its lowest bits are no
-# longer r: the streams split the table between them with the same guarantee as one SCAN (every key present
-# throughout is returned at least once). One SCAN call visits buckets until it has COUNT keys, so a stream's last
-# call can run on into the next stream's first buckets (and a table smaller than the streams gives some buckets
-# to two of them): in mode all the page script removes what it returns, so a key is never returned twice; mode
-# corrupt counts and takes a key judged twice on a node once (_Run.judged).
-SCAN_STREAMS = 2
-
-
-def _more(cursor, start, mask):
-    """Whether a stream that started at cursor `start` continues at `cursor` (see SCAN_STREAMS)."""
-    cursor = int(cursor)
-    return cursor != 0 and (cursor & mask) == start
-
-
-def _walk_all(run, client, wire, node, address, start=0, mask=0):
-    """Mode all on one master: LUA_PAGE_ALL page after page, the next page in flight while this one's backup is
-    written. The cap is exact: each call's limit is reserved until its reply is counted; a call gets at most 20
-    pages' worth (far more than one SCAN page returns), so every master can have one in flight; when less than
-    that is left, a call waits until it is the only one in flight and then gets all that is left."""
-    if run.check_mode:
-        cursor = 0
-        while True:
-            cursor, keys = client.scan(cursor=cursor, match=run.pattern, count=run.count)
-            room = max(0, run.max_keys - run.total)
-            node["scanned"] += len(keys)
-            node["matched"] += len(keys)
-            node["removed"] += min(room, len(keys))
-            run.total += min(room, len(keys))
-            run.by_reason["all"] = run.by_reason.get("all", 0) + min(room, len(keys))
-            run.capped = run.capped or len(keys) > room
-            run.page_done(node, 0)
-            if run.capped or int(cursor) == 0:
-                return
-    share = run.count * 20
-    cursor = start
-    while True:
-        # a limit for the next call
-        free = run.max_keys - run.total - run.reserved
-        while free < share and run.in_flight > 0:
-            yield _WAIT
-            free = run.max_keys - run.total - run.reserved
-        # limit 0 once max_keys are removed: the page then only says whether more keys exist (capped)
-        limit = max(0, min(free, share))
-        wire.send([cursor, run.pattern, run.count, limit])
-        run.reserved += limit
-        run.in_flight += 1
-        try:
-            reply = yield _SENT
-        finally:
-            run.reserved -= limit
-            run.in_flight -= 1
-        while True:
-            cursor, scanned, over, server_ms, busy_us, keys, kinds, payloads, ttls = reply
-            node["scanned"] += _int(scanned)
-            node["matched"] += len(keys) + _int(over)
-            run.capped = run.capped or _int(over) > 0
-            taken = [(k, "all", kind, v, t)
-                     for k, kind, v, t in zip(keys, _text(kinds) or "v" * len(keys), payloads, ttls)]
-            run.record(node, address, _int(server_ms), taken)
-            if run.capped or not _more(cursor, start, mask):
-                run.write(address, _int(server_ms), taken)
-                run.page_done(node, busy_us)
-                return
-            free = run.max_keys - run.total - run.reserved
-            if free < share and run.in_flight > 0:
-                run.write(address, _int(server_ms), taken)
-                run.page_done(node, busy_us)
-                break  # wait for the others, above
-            # the next page goes out before this one's backup is written: the server works meanwhile
-            limit = max(0, min(free, share))
-            wire.send([cursor, run.pattern, run.count, limit])
-            run.reserved += limit
-            run.in_flight += 1
-            run.write(address, _int(server_ms), taken)
-            run.page_done(node, busy_us)
-            try:
-                reply = yield _SENT
-            finally:
-                run.reserved -= limit
-                run.in_flight -= 1
-
-
-def _walk_corrupt(run, client, wire, node, address, start=0, mask=0):
-    """Mode corrupt on one master: LUA_PAGE_CORRUPT reads a page (values, types, TTLs); Judge (classify()'s rule,
-    the census's too) judges it here while the server already reads the next one; the keys judged corrupt ride
-    along with a later call, which takes each only if it is still exactly what was judged (see LUA_PAGE_CORRUPT),
-    so nothing valid is ever removed because it changed in between. The cap is counted here, across masters:
-    keys judged but not yet taken count against it until their take is answered."""
-    with_ttl = "1" if run.kw["require_ttl"] else "0"
-    ready = []      # judged corrupt, not sent yet: (key, value, flag, reason)
-    sent = []       # sent with the call in flight
-
-    def send(cursor):
-        args = [cursor, run.pattern, run.count, with_ttl, len(sent)]
-        for key, value, flag, dummy in sent:
-            args.extend((key, value if value is not None else "", flag))
-        wire.send(args)
-
-    send(start)
-    scanning = True
-    while True:
-        try:
-            reply = yield _SENT
-        finally:
-            run.pending -= len(sent)
-        (cursor, scanned, server_ms, busy_us, tkinds, tpttls, tdumps, keys, values, types, pttls) = reply
-        server_ms = _int(server_ms)
-        taken, dumps = [], list(tdumps or [])
-        for (key, value, dummy, reason), kind, pttl in zip(sent, _text(tkinds), tpttls or []):
-            if kind == "v":
-                taken.append((key, reason, "v", value, pttl))
-            elif kind == "d":
-                taken.append((key, reason, "d", dumps.pop(0), pttl))
-            else:
-                run.stats["vanished"] += 1
-        sent = []
-        if scanning:
-            node["scanned"] += _int(scanned)
-            scanning = _more(cursor, start, mask) and not run.capped
-        flying = False
-        if scanning or ready:  # the next call right away: this page is judged while the server works on it
-            sent, ready = ready, []
-            send(cursor if scanning else "")
-            flying = True
-        run.record(node, address, server_ms, taken)
-        run.write(address, server_ms, taken)
-        if keys:
-            room = run.max_keys - run.total - run.pending
-            types = _text(types) or "s" * len(keys)
-            strings = [i for i, ty in enumerate(types) if ty == "s"]
-            if len(strings) == len(keys):
-                corrupt = run.judge.page(values, pttls if with_ttl == "1" else [0] * len(keys), server_ms)
-            else:
-                corrupt = [(strings[j], reason) for j, reason in run.judge.page(
-                    [values[i] for i in strings], [pttls[i] if with_ttl == "1" else 0 for i in strings],
-                    server_ms)]
-                corrupt += [(i, "wrong-type") for i, ty in enumerate(types) if ty == "w"]
-                corrupt.sort()
-            judged = run.judged.setdefault(address, set())
-            for i, reason in corrupt:
-                if keys[i] in judged:  # the other stream's page returned it too (see SCAN_STREAMS): counted once
-                    continue
-                node["matched"] += 1
-                if room <= 0:
-                    run.capped = True
-                    continue
-                room -= 1
-                judged.add(keys[i])
-                if run.check_mode:
-                    run.record(node, address, server_ms, [(keys[i], reason, None, None, None)])
-                else:
-                    flag = "w" if reason == "wrong-type" else ("t" if reason == "no-ttl" else "v")
-                    ready.append((keys[i], values[i], flag, reason))
-                    run.pending += 1
-        run.page_done(node, busy_us)
-        if not flying:
-            if not ready:
-                return
-            sent, ready = ready, []  # the last page's takes
-            send("")
-
-
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, check_mode=False, progress=None):
     """Remove the session keys that fail validation (mode corrupt) or every key matching the pattern (mode all),
-    on every master, page by page; see the session_purge RETURN docs. backup_file None = no backup (gated by the
-    caller)."""
+    on every master, page by page, each key only after its backup line is durable; see the session_purge RETURN
+    docs. backup_file None = no backup (gated by the caller)."""
     check_options(params)
-    per_master = params.get("scan_streams") or SCAN_STREAMS
-    if per_master not in (1, 2, 4):  # a power of two: the streams split the cursor by its lowest bits
-        raise P3Error("scan_streams must be 1, 2 or 4, got %s" % per_master)
     masters, unreadable, cluster, dummy = keyspace_nodes(settings)
     writer = None
-    run = _Run(params, mode, max_keys, None, check_mode, progress)
-    run.cluster = cluster
     if backup_file and not check_mode:
         writer = BackupWriter(backup_file, dict(
-            format=BACKUP_FORMAT, version=BACKUP_VERSION, created=_now_iso(), pattern=run.pattern, mode=mode,
-            source=masters, required_fields=params.get("required_fields"), require_ttl=run.kw["require_ttl"]))
+            format=BACKUP_FORMAT, version=BACKUP_VERSION, created=_now_iso(), pattern=params["pattern"],
+            mode=mode, source=masters, required_fields=params.get("required_fields"),
+            require_ttl=params.get("require_ttl", True)))
         writer.check()
-        run.writer = writer
-    nodes = []
+    run = _Run(params, mode, max_keys, writer, check_mode, progress)
+    if writer is None and not check_mode:
+        writer = run.writer = _NoBackup()
     walkers = []
+    fifo = collections.deque()  # (master, 'read' | 'take') in the order sent
     t0 = time.monotonic()
-
-    def finish(w, error=None):
-        if error is not None:
-            w["node"]["error"] = error.msg if isinstance(error, P3Error) else describe_redis_error(error, settings)
-        w["state"] = None
-        w["gen"].close()  # gives back a reservation it still holds
-        if w["wire"] is not None:
-            w["wire"].close()
-        w["node"]["seconds"] = round(time.monotonic() - w["t0"], 3)
-
-    def step(w, value):
-        try:
-            w["state"] = w["gen"].send(value)
-        except StopIteration:
-            finish(w)
-        except BackupError:
-            raise  # every master stops: nothing more is removed without its backup
-        except Exception as e:
-            finish(w, e)
-
     try:
-        # every master at once, SCAN_STREAMS script calls in flight on each: a cluster's masters work in parallel
         for address in masters:
-            node = dict(address=address, scanned=0, matched=0, removed=0, seconds=0.0, error=None)
-            nodes.append(node)
-            streams = 1 if mode == "all" and check_mode else per_master
-            walk, script = (_walk_all, LUA_PAGE_ALL) if mode == "all" else (_walk_corrupt, LUA_PAGE_CORRUPT)
-            client = None
-            for start in range(streams):
-                w = dict(node=node, wire=None, gen=None, state=None, t0=time.monotonic())
-                try:
-                    if client is None:  # one client per master; each stream's _Wire takes a connection of its pool
-                        client = _client(settings, address)
-                    if not (mode == "all" and check_mode):
-                        w["wire"] = _Wire(client, script, cluster)
-                    w["gen"] = walk(run, client, w["wire"], node, address, start, streams - 1)
-                except Exception as e:
-                    node["error"] = e.msg if isinstance(e, P3Error) else describe_redis_error(e, settings)
-                    if w["wire"] is not None:
-                        w["wire"].close()
-                    break
-                walkers.append(w)
-                step(w, None)
+            m = _Master(run, settings, address, cluster)
+            walkers.append(m)
+            try:
+                m.connect()
+            except Exception as e:
+                m.fail(e)
+                continue
+            m.pump(fifo)
         while True:
-            flying = [w for w in walkers if w["state"] == _SENT]
-            for w in flying:
-                try:
-                    reply = w["wire"].read()
-                except Exception as e:
-                    finish(w, e)
-                    continue
-                step(w, reply)
-            if not any(w["state"] == _SENT for w in walkers):
-                waiting = [w for w in walkers if w["state"] == _WAIT]
-                if not waiting:
-                    break
-                step(waiting[0], None)
+            if fifo:
+                m, kind = fifo.popleft()
+                if kind == "read":
+                    m.on_read(fifo)
+                else:
+                    m.on_take()
+                for w in walkers:
+                    w.pump(fifo)
+                continue
+            # nothing in flight: keys waiting for their backup to be durable, or done
+            need = [w.waiting[0][0] for w in walkers
+                    if w.waiting and w.node["error"] is None and not run.stopped]
+            if not need:
+                break
+            try:
+                writer.wait(min(need))
+            except BackupError as e:
+                run.stop(e)
+            for w in walkers:
+                w.pump(fifo)
     finally:
         for w in walkers:
-            if w["state"] is not None:
-                finish(w)
+            w.close()
         if writer is not None:
             writer.close()
-    for node in nodes:
+    for w in walkers:
         for k in ("scanned", "matched", "removed"):
-            run.stats[k] += node[k]
+            run.stats[k] += w.node[k]
     seconds = time.monotonic() - t0
     stats = run.stats
+    nodes = [w.node for w in walkers]
     errors = ["%s: %s" % (n["address"], n["error"]) for n in nodes if n["error"]]
+    if run.stopped:
+        errors.insert(0, "backup: %s; nothing more was removed" % run.stopped)
+    entries = getattr(writer, "count", 0)
     return dict(
         pattern=run.pattern,
         mode=mode,
@@ -1048,6 +1068,7 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
         matched=stats["matched"],
         removed=stats["removed"],
         vanished=stats["vanished"],
+        unresolved=stats["unresolved"],
         by_reason=run.by_reason,
         capped=run.capped,
         max_keys=max_keys,
@@ -1058,8 +1079,25 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
         nodes=nodes,
         unreadable=unreadable,
         errors=errors,
-        backup=dict(path=backup_file, entries=writer.count) if writer is not None and writer.count else None,
+        backup=dict(path=writer.path, entries=entries, fsyncs=writer.fsyncs)
+        if isinstance(writer, BackupWriter) and entries else None,
     )
+
+
+class _NoBackup(object):
+    """backup=false: every chosen key is removable at once (the caller gated the unrecoverable removal)."""
+    count = durable = fsyncs = 0
+    path = None
+
+    def write_page(self, taken, node, server_now):
+        return 0
+
+    def wait(self, count):
+        return
+
+    def close(self):
+        return
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1078,7 +1116,7 @@ def restore(settings, path, replace=False, check_mode=False, batch=500):
     Per key: identical (the key exists with the same value / DUMP payload: nothing to do), conflict (another value
     exists and replace is false), expired (its TTL ran out since the backup), restored. See session_restore RETURN.
     """
-    header, entries = read_backup(path)
+    header, entries, truncated = read_backup(path)
     masters, unreadable, cluster, verdict = keyspace_nodes(settings)
     owners = slot_owners(verdict) if cluster else []
 
@@ -1165,6 +1203,7 @@ def restore(settings, path, replace=False, check_mode=False, batch=500):
         except Exception as e:
             out["errors"].append("%s: %s" % (address, describe_redis_error(e, settings)))
     out["unreadable"] = unreadable
+    out["truncated"] = truncated
     return out
 
 

@@ -138,11 +138,12 @@ def ensure_collection_importable():
 
 
 
-def throwaway_redis(prefix="p3test-redis-", decode_responses=False):
+def throwaway_redis(prefix="p3test-redis-", decode_responses=False, **kw):
     """A standalone redis-server without persistence on a free loopback port in a temporary dir, for tests that
-    need a Redis of their own (not the lab's cluster): bench/benchlib.StandaloneRedis (.port, .client, stop())."""
+    need a Redis of their own (not the lab's cluster): bench/benchlib.StandaloneRedis (.port, .client, stop());
+    kw: binary, cluster (see there)."""
     bench = os.path.join(ROOT, "bench")
     if bench not in sys.path:
         sys.path.insert(0, bench)
     from benchlib import StandaloneRedis
-    return StandaloneRedis(prefix=prefix, socket_timeout=30, decode_responses=decode_responses)
+    return StandaloneRedis(prefix=prefix, socket_timeout=30, decode_responses=decode_responses, **kw)
