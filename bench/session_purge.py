@@ -12,6 +12,10 @@ round trip it saw:
   ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset: the page call returns values and TTLs, the
                   values are judged in Python (sessions.Judge, the census's rule) while the server reads the next
                   page, the corrupt ones are taken by a later call only if unchanged (compare-and-delete)
+  before all / before corrupt - the same two runs with the purge of BENCH_BASELINE_REF (default 4d82f6b, the
+                  code before the write-ahead backup: it removed a page in the same script that read it and wrote
+                  the backup after the reply), loaded from git into a temporary module: the price of durability
+                  (issue 13: at most 20 % of its keys/s)
   floor         - not a contender: the same two streams and pages doing only SCAN + UNLINK (nothing read, no
                   backup), the fastest any SCAN-based purge can be on this server
   runbook       - redis-cli KEYS 'session:*' | xargs redis-cli DEL
@@ -22,7 +26,7 @@ mode corrupt >= 250k keys/s. Each target is printed as met / NOT met. The stall 
 it, the longest single command in the server's SLOWLOG and the longest page our scripts timed themselves (TIME at
 their start and end). Each row also prints the server's CPU time per key (INFO cpu): what the work costs Redis's
 one thread, whatever the wall clock. BENCH_SCAN_COUNT sets scan_count (default 100, the module's default),
-BENCH_SCAN_STREAMS scan_streams (default 2, the module's default).
+the baseline runs with its default scan_streams 2.
 """
 import json
 import os
@@ -191,16 +195,38 @@ def floor(server):
     return measure(server, run)
 
 
-def ours(server, mode, backup_dir):
+BASELINE_REF = os.environ.get("BENCH_BASELINE_REF", "4d82f6b")
+
+
+def baseline_purge():
+    """purge() of plugins/module_utils/sessions.py at BASELINE_REF, imported from git into a temporary module."""
+    import importlib.util
+    sys.path.insert(0, COLLECTIONS)
+    src = subprocess.run(["git", "show", "%s:plugins/module_utils/sessions.py" % BASELINE_REF], cwd=ROOT,
+                         check=True, capture_output=True).stdout
+    fd, path = tempfile.mkstemp(prefix="sessions_before_", suffix=".py")
+    os.write(fd, src)
+    os.close(fd)
+    try:
+        spec = importlib.util.spec_from_file_location("p3_sessions_before", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        os.unlink(path)
+    return mod.purge
+
+
+def ours(server, mode, backup_dir, purge=None):
     sys.path.insert(0, COLLECTIONS)
     from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisSettings
-    from ansible_collections.p3.recovery.plugins.module_utils.sessions import purge
+    if purge is None:
+        from ansible_collections.p3.recovery.plugins.module_utils.sessions import purge
     settings = RedisSettings([("127.0.0.1", server.port)], socket_timeout=30, connect_timeout=5)
     params = dict(pattern="session:*", required_fields=["sessionId", "deviceId", "createdAt", "expiresAt"],
                   expiry_field="expiresAt", require_ttl=True,
                   scan_count=int(os.environ.get("BENCH_SCAN_COUNT", "100")),
-                  scan_streams=int(os.environ.get("BENCH_SCAN_STREAMS", "2")))
-    path = os.path.join(backup_dir, "sessions-%s.jsonl" % mode)
+                  scan_streams=2)
+    path = os.path.join(backup_dir, "sessions-%s-%d.jsonl" % (mode, time.time_ns()))
 
     def run():
         return purge(settings, params, mode=mode, max_keys=N * 2, backup_file=path)
@@ -239,6 +265,17 @@ def bench_session_purge():
                                     server_max_cmd=stall["server_max_cmd"],
                                     page_p50_ms=stall.get("page_p50_ms"), page_p99_ms=stall.get("page_p99_ms"),
                                     max_page_ms=res["max_page_ms"])
+        # the code before the write-ahead backup, on the same data (issue 13: durability costs <= 20 % keys/s)
+        before = baseline_purge()
+        for mode, every, name in (("all", 0, "before_all"), ("corrupt", 10, "before_corrupt")):
+            server.load(corrupt_every=every)
+            dt, stall, res = ours(server, mode, backup_dir, purge=before)
+            assert res["removed"] == (N if mode == "all" else N // 10), res
+            rows[name] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
+                              server_cpu_us_per_key=stall["server_cpu_us_per_key"],
+                              max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
+                              server_max_cmd=stall["server_max_cmd"], page_p50_ms=stall.get("page_p50_ms"),
+                              page_p99_ms=stall.get("page_p99_ms"), max_page_ms=res["max_page_ms"])
         # the floor: SCAN + UNLINK only, no backup
         server.load()
         dt, stall, _ = floor(server)
@@ -284,8 +321,12 @@ def bench_session_purge():
              a["max_stall_ms"], a["server_max_ms"], a["server_max_cmd"], a["max_page_ms"])),
         ("mode corrupt >= 250k keys/s", c["keys_per_s"] >= 250000, "%.0f keys/s" % c["keys_per_s"]),
     ]
+    for mode in ("all", "corrupt"):
+        now_, was = rows["ours_" + mode]["keys_per_s"], rows["before_" + mode]["keys_per_s"]
+        targets.append(("mode %s durable >= 0.8 x before (%s)" % (mode, BASELINE_REF), now_ >= 0.8 * was,
+                        "%.0f / %.0f keys/s = %.2f x" % (now_, was, now_ / was)))
     for what, ok, detail in targets:
-        print("  session_purge target %-58s %-7s (%s)" % (what, "met" if ok else "NOT met", detail))
+        print("  session_purge target %-62s %-7s (%s)" % (what, "met" if ok else "NOT met", detail))
     met = all(ok for _what, ok, _detail in targets)
     return {
         "entry": "session_purge",

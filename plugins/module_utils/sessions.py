@@ -133,33 +133,34 @@ return {page[1], t0[1] * 1000 + math.floor(t0[2] / 1000), (t1[1] - t0[1]) * 1000
         keys, vals, types, dumps, ttls}
 """
 
-# ARGV: batch, then per key: key, the value (flags 'v', 't') or DUMP payload (flag 'd') read, flag.
+# ARGV: batch, flags (one char per key: 'v' value, 't' value and still no TTL, 'd' DUMP payload), then per key:
+# key, the value or DUMP payload read.
 # Returns {server_ms, busy_us, outcome}: one char per key, 'r' removed | '-' already gone | 'k' changed, kept.
 # Idempotent: the purge sends it again to resolve a call whose reply it did not get.
 LUA_TAKE = _LUA_BATCH + """
 local call = redis.call
 local t0 = call('TIME')
+local flags, keys, want = ARGV[2], {}, {}
+local n = (#ARGV - 2) / 2
+for i = 1, n do keys[i], want[i] = ARGV[1 + 2 * i], ARGV[2 + 2 * i] end
+local vals = {}
+for s = 1, n, 1000 do
+  local got = mget(keys, s, math.min(n, s + 999))
+  for i = 1, #got do vals[s + i - 1] = got[i] end
+end
 local out, gone = {}, {}
-for i = 2, #ARGV, 3 do
-  local k, want, flag = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local r = '-'
-  if flag == 'd' then
+for i = 1, n do
+  local k, flag, v, r = keys[i], string.byte(flags, i), vals[i], 'k'
+  if flag == 100 then  -- 'd'
     local d = call('DUMP', k)
-    if d then
-      r = 'k'
-      if d == want then r = 'r' end
-    end
-  else
-    local v = redis.pcall('GET', k)
-    if type(v) == 'table' then
-      r = 'k'
-    elseif v then
-      r = 'k'
-      if v == want and (flag ~= 't' or call('PTTL', k) == -1) then r = 'r' end
-    end
+    if not d then r = '-' elseif d == want[i] then r = 'r' end
+  elseif v == want[i] then
+    if flag ~= 116 or call('PTTL', k) == -1 then r = 'r' end  -- 't'
+  elseif not v and call('EXISTS', k) == 0 then
+    r = '-'
   end
   if r == 'r' then gone[#gone + 1] = k end
-  out[#out + 1] = r
+  out[i] = r
 end
 unlink(gone)
 local t1 = call('TIME')
@@ -526,11 +527,14 @@ class BackupWriter(object):
         self.count = 0      # entries written
         self.durable = 0    # entries fsynced
         self.fsyncs = 0
+        self.batch = 1      # entries worth an fsync of their own; fewer are synced when wait() asks for them
         self.fd = None
         self.error = None
         self._cond = threading.Condition()
         self._thread = None
         self._closing = False
+        self._idle = False  # the sync thread waits for work
+        self._wanted = 0    # wait() waits for this many entries
 
     def _create(self):
         directory = os.path.dirname(self.path)
@@ -575,10 +579,15 @@ class BackupWriter(object):
         cond = self._cond
         while True:
             with cond:
-                while not self._closing and self.durable >= self.count:
+                while not self._closing and (self.count - self.durable < self.batch or self.durable >= self.count) \
+                        and self._wanted <= self.durable:
+                    self._idle = True
                     cond.wait()
+                self._idle = False
                 if self.durable >= self.count:
-                    return
+                    if self._closing:
+                        return
+                    continue
                 target = self.count
             try:
                 os.fsync(self.fd)
@@ -636,12 +645,15 @@ class BackupWriter(object):
             raise self.error
         with self._cond:
             self.count += len(taken)
-            self._cond.notify_all()
+            if self._idle and self.count - self.durable >= self.batch:  # one wake-up per batch, not per page
+                self._cond.notify_all()
         return self.count
 
     def wait(self, count):
         """Block until `count` entries are durable; raises BackupError when the sync failed."""
         with self._cond:
+            self._wanted = max(self._wanted, count)
+            self._cond.notify_all()
             while self.durable < count and self.error is None:
                 self._cond.wait()
         if self.durable < count:
@@ -740,7 +752,7 @@ class _Conn(object):
 
     def send(self, args):
         self.args = args
-        self.conn.send_command("EVALSHA", self.sha, 0, self.batch, *args)
+        self.conn.send_packed_command([_resp(["EVALSHA", self.sha, 0, self.batch] + args)])
         self.in_flight = True
 
     def read(self):
@@ -749,7 +761,7 @@ class _Conn(object):
         except Exception as e:  # NOSCRIPT: the script cache was flushed meanwhile; the same call with the text
             if not str(e).startswith("No matching script"):
                 raise
-            self.conn.send_command("EVAL", self.script, 0, self.batch, *self.args)
+            self.conn.send_packed_command([_resp(["EVAL", self.script, 0, self.batch] + self.args)])
             reply = self.conn.read_response()
         self.in_flight = False
         return reply
@@ -772,10 +784,24 @@ def _text(value):
 
 
 def _take_args(items):
-    args = []
+    flags, args = [], [None]
     for key, reason, kind, payload, dummy in items:
-        args.extend((key, payload, "d" if kind == "d" else ("t" if reason == "no-ttl" else "v")))
+        flags.append("d" if kind == "d" else ("t" if reason == "no-ttl" else "v"))
+        args.extend((key, payload))
+    args[0] = "".join(flags)
     return args
+
+
+def _resp(args):
+    """RESP bytes of a command of bytes/str/int arguments (redis-py encodes each argument in Python: a take call of
+    500 keys has 1500)."""
+    out = [b"*%d\r\n" % len(args)]
+    append = out.append
+    for a in args:
+        if a.__class__ is not bytes:
+            a = str(a).encode("utf-8")
+        append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
 
 
 class _Master(object):
@@ -798,7 +824,7 @@ class _Master(object):
         self.ready = []                     # items whose backup is durable, not sent yet
         self.taking = None                  # items of the take call in flight
         self.held = set()                   # keys chosen and not resolved yet (SCAN may return a key twice)
-        self.recent = collections.deque(maxlen=2)  # keys of the last takes (a read in flight may return them)
+        self.recent = self.recent_before = frozenset()  # keys of the last two takes (a read may return them)
         self.seen = set()                   # check mode: keys counted (nothing is removed, so SCAN repeats show)
 
     def connect(self):
@@ -850,7 +876,7 @@ class _Master(object):
         self.pump(fifo)  # the next page is read while this one is judged and written
         server_ms = _int(server_ms)
         types = _text(types)
-        held, recent = self.held, self.recent
+        held = self.held
         if run.mode == "all" and not types:
             chosen = [(k, "all", "v", v, t) for k, v, t in zip(keys, values, pttls)]
         else:
@@ -873,9 +899,11 @@ class _Master(object):
                         [values[i] for i in strings], [pttls[i] for i in strings], server_ms)]
                 chosen = ([(keys[i], "wrong-type", "d", payload, pttls[i]) for i, dummy, kind, payload in chosen]
                           + [(keys[i], reason, "v", values[i], pttls[i]) for i, reason in bad])
-        if held or recent or run.check_mode:
-            done = self.seen if run.check_mode else held
-            chosen = [c for c in chosen if c[0] not in done and not any(c[0] in r for r in recent)]
+        if run.check_mode:
+            chosen = [c for c in chosen if c[0] not in self.seen]
+        elif held or self.recent:
+            r0, r1 = self.recent, self.recent_before
+            chosen = [c for c in chosen if c[0] not in held and c[0] not in r0 and c[0] not in r1]
         node["matched"] += len(chosen)
         room = run.max_keys - run.selected
         if len(chosen) > room:
@@ -908,8 +936,8 @@ class _Master(object):
         gone = "r-" if resolved else "r"
         self.run.record(self.node, [item for item, r in zip(items, outcome) if r in gone])
         self.run.stats["vanished"] += sum(1 for r in outcome if r not in gone)
-        self.held.difference_update(item[0] for item in items)
-        self.recent.append(set(item[0] for item in items))
+        self.recent_before, self.recent = self.recent, frozenset(item[0] for item in items)
+        self.held.difference_update(self.recent)
 
     def resolve(self, items, error):
         """The take call failed or timed out: its keys may or may not be gone. The same call (compare-and-delete,
@@ -1009,6 +1037,8 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
             require_ttl=params.get("require_ttl", True)))
         writer.check()
     run = _Run(params, mode, max_keys, writer, check_mode, progress)
+    if writer is not None:
+        writer.batch = run.take_batch
     if writer is None and not check_mode:
         writer = run.writer = _NoBackup()
     walkers = []
