@@ -9,7 +9,9 @@ import traceback
 from .common import DirLock, Lab, LabError
 
 USAGE_EPILOG = """environment: P3LAB_BASE_PORT (default 17000), P3LAB_DIR (default <repo>/.lab), P3LAB_PEERS (12),
-P3LAB_BACKLOG (200), P3LAB_ANVIL (anvil binary), P3LAB_PG_BIN (PostgreSQL bin dir), P3LAB_DEBUG=1 (tracebacks)."""
+P3LAB_BACKLOG (200), P3LAB_ANVIL (anvil binary), P3LAB_PG_BIN (PostgreSQL bin dir), P3LAB_REDIS_SERVER (Redis server
+binary: redis-server or a valkey-server path), P3LAB_REDIS_CLI (its cli; default the one beside it), P3LAB_DEBUG=1
+(tracebacks)."""
 
 
 def parser():

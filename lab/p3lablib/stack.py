@@ -280,7 +280,7 @@ def _is_lab_process(lab, pid):
     if pid in owned_pids(lab):
         return True
     cmd = cmdline(pid)
-    if "redis-server" in cmd:
+    if "redis-server" in cmd or "valkey-server" in cmd:
         return any("127.0.0.1:%d" % p in cmd for p in lab.redis_ports)
     if "postgres" in cmd:
         return lab.pg_data in cmd

@@ -4,18 +4,15 @@
 """Session keyspace plumbing of p3.recovery (runbook scenario 1, Session Bridge Failure): the validation rule,
 the SCAN census over every master, the selective non-blocking purge with a backup, and the restore.
 
-Never KEYS. The purge works every master at once, with one small Lua script per page that runs
-SCAN <cursor> MATCH <pattern> COUNT <scan_count> itself (so the server-side work per call is bounded by
-scan_count); each master's table is walked by SCAN_STREAMS cursor streams, each with one call in flight, and the
-next page's call is sent before the previous reply is processed, so Redis never waits for this process. Mode all
-takes the page's keys in the script (value or DUMP, PTTL, UNLINK: the backup holds exactly what was removed).
-Mode corrupt reads the page's values and TTLs, judges them in Python with Judge (the rule of classify(), the
-census's too), and a later call removes each corrupt key only if it is still exactly the value that was judged
-(compare-and-delete, LUA_PAGE_CORRUPT).
+Never KEYS. The purge works every master at once, write-ahead (see the Purge section): a read-only Lua script per
+SCAN page (value or DUMP, PTTL; bounded by scan_count), the chosen keys' backup lines written and fsynced, then a
+compare-and-delete script removes exactly those keys, each only if it is still what was read (LUA_TAKE). One SCAN
+cursor per master: correct on every server version (Redis >= 7.4 and Valkey 8 put the cluster slot in the
+cursor's low bits). Mode corrupt judges values in Python with Judge (the rule of classify(), the census's too).
 
-Backup format (JSON lines, file mode 0600, flushed after every page): a header line
+Backup format (JSON lines, file mode 0600; a line is on disk before its key is removed): a header line
   {"format": "p3.recovery.redis-dump", "version": 1, "created": ISO, "pattern": ..., "mode": ..., "source": [...]}
-then one line per removed key:
+then one line per key chosen for removal (a key that changed before its compare-and-delete stays, its line too):
   {"key": base64, "value": base64 (strings) | "dump": base64 DUMP payload (other types), "pttl": ms or -1,
    "expire_at_ms": absolute server ms or null, "node": "host:port", "reason": "not-json" | ... | "all"}
 """
@@ -630,7 +627,7 @@ class BackupWriter(object):
                 if not isinstance(key, bytes):
                     key = str(key).encode("utf-8")
                 append(_LINE % (
-                    b64(key, newline=False), b"dump" if kind == "d" else b"value",
+                    b64(key, newline=False), b"dump" if kind in ("d", b"d") else b"value",
                     b64(payload, newline=False), pttl, b"null" if pttl < 0 else b"%d" % (server_now + pttl),
                     node_b, reason_b))
             self._write_all(b"".join(lines))

@@ -14,21 +14,26 @@ description:
   - The runbook's C(redis-cli KEYS "session:*" | xargs redis-cli DEL), made selective, non-blocking and recoverable.
   - Walks every master (every master serving slots in a cluster) with C(SCAN MATCH O(pattern) COUNT O(scan_count));
     never C(KEYS).
-  - Each page is one small Lua script on the node that C(SCAN)s one page itself, so the server-side work per call
-    is bounded by O(scan_count) keys. Every master is worked at the same time, each by O(scan_streams) cursor
-    streams that split its table between them (the same guarantee as one C(SCAN)), each with its next page's call
-    sent before the previous reply is processed, so Redis never waits for this module; another client waits at
-    most for O(scan_streams) pages.
-  - O(mode=all) takes every key of the page atomically in the script - the value (C(MGET); C(DUMP) for a key that is
-    not a string), C(PTTL), C(UNLINK) - so the backup holds exactly what was removed.
-  - O(mode=corrupt) (default) removes only the sessions that fail validation (the rule of the doc fragment below).
-    The script returns each key's value and TTL; they are judged here with the rule M(p3.recovery.session_census)
-    uses, and a later call removes each corrupt key only if it is still exactly the value that was judged (and,
-    for C(no-ttl), still has no TTL); a key that changed in between is left alone (RV(vanished)).
+  - Write-ahead, page by page. A small Lua script on the node C(SCAN)s one page itself (so the server-side work
+    per call is bounded by O(scan_count) keys) and returns each key's value (C(DUMP) for a key that is not a
+    string) and C(PTTL); nothing is removed by it. The keys chosen are appended to the backup file, the lines are
+    fsynced (one fsync for all the pages written meanwhile), and only then a second script removes exactly those
+    keys, each only if it is still exactly what was read (compare-and-delete; for C(no-ttl), still without TTL);
+    a key that changed in between is left alone (RV(vanished)). So every removed key has a durable backup line,
+    whenever the run stops (killed, disk full, a node failing).
+  - Every master is worked at the same time, each with one C(SCAN) cursor (correct on every supported server
+    version, also Redis >= 7.4 and Valkey 8, whose cluster cursors carry the slot) and two connections - the
+    reader, whose next page is requested before the current one is judged and written, and the remover, with at
+    most one compare-and-delete call in flight whose reply is counted before the next is sent. A
+    compare-and-delete call that fails or times out is resolved before the run ends (the same idempotent call
+    again on a new connection says which of its keys are gone); keys it cannot resolve are RV(unresolved).
+  - O(mode=corrupt) (default) removes only the sessions that fail validation (the rule of the doc fragment below),
+    judged here with the rule M(p3.recovery.session_census) uses.
   - O(mode=all) removes every matching key, as the runbook does; it logs every user out and therefore needs
     O(allow_all=true).
-  - Every removed key is appended to a JSON-lines backup file (base64 value or C(DUMP) payload, TTL, absolute
-    expiry), flushed after every page; M(p3.recovery.session_restore) puts them back byte for byte.
+  - The backup is a JSON-lines file (base64 value or C(DUMP) payload, TTL, absolute expiry);
+    M(p3.recovery.session_restore) puts the keys back byte for byte. A line for a key that was then left alone
+    (changed meanwhile) restores nothing (the key exists).
   - Stops after O(max_keys) removals (RV(capped)). In check mode nothing is removed and no file is written; the
     counts say what would be removed. A second run on a clean keyspace removes nothing and reports C(changed=false).
 author:
@@ -59,14 +64,6 @@ options:
       - Most keys to remove in one run (across all masters). The run stops there and reports RV(capped=true).
     type: int
     default: 10000
-  scan_streams:
-    description:
-      - Cursor streams per master (each its own connection with one page call in flight). With V(2) Redis works on
-        one stream's page while the other's reply and next call travel (about 1.3-1.4x the keys per second of V(1)
-        on the bench), and another client may wait behind two pages; V(1) keeps that to one page.
-    type: int
-    choices: [1, 2, 4]
-    default: 2
   backup:
     description:
       - Write the removed keys to a backup file. Setting V(false) makes the removal unrecoverable.
@@ -75,7 +72,9 @@ options:
   backup_dir:
     description:
       - Directory of the backup file (created with mode 0700), named C(sessions-<mode>-<UTC timestamp>.jsonl),
-        used when O(backup_path) is not set.
+        used when O(backup_path) is not set. A relative path is taken from the module's working directory on the
+        target host; pass an absolute one (the role C(p3.recovery.session_bridge) passes
+        C(<directory ansible-playbook was started from>/backups)). RV(backup.path) is always absolute.
     type: path
     default: backups
   backup_path:
@@ -121,7 +120,13 @@ matched:
   returned: always
   type: int
 vanished:
-  description: Chosen keys that were gone or had changed when the script ran (left alone).
+  description: Chosen (and backed-up) keys that were gone or had changed when the compare-and-delete ran (left
+    alone).
+  returned: always
+  type: int
+unresolved:
+  description: Keys of a compare-and-delete call that failed and could not be checked again before the deadline
+    (each has its backup line; they may or may not be gone). Non-zero only with an error in RV(errors).
   returned: always
   type: int
 by_reason:
@@ -176,17 +181,20 @@ unreadable:
   type: list
   elements: str
 errors:
-  description: One line per master that failed mid-run (the run continues with the next master).
+  description:
+    - One line per master that failed mid-run (the run continues with the other masters), and a C(backup:) line
+      when the backup file could not be written (nothing more is removed anywhere).
   returned: always
   type: list
   elements: str
 backup:
   description:
-    - C(path) and C(entries) of the backup file.
-    - Null in check mode, with O(backup=false), or when nothing was removed (no file is left behind then).
+    - C(path) (absolute), C(entries) (lines written, each fsynced before its key was removed) and C(fsyncs) of the
+      backup file.
+    - Null in check mode, with O(backup=false), or when no key was chosen (no file is left behind then).
   returned: always
   type: dict
-  sample: {"path": "backups/sessions-corrupt-20261128T140303.123456Z.jsonl", "entries": 20}
+  sample: {"path": "/srv/ops/backups/sessions-corrupt-20261128T140303.123456Z.jsonl", "entries": 20, "fsyncs": 1}
 timeline:
   description: What was done, for the incident timeline - C(ts), C(action), C(target), C(detail).
   returned: always
@@ -213,7 +221,6 @@ def main():
         mode=dict(type="str", choices=["corrupt", "all"], default="corrupt"),
         allow_all=dict(type="bool", default=False),
         max_keys=dict(type="int", default=10000, no_log=False),
-        scan_streams=dict(type="int", choices=[1, 2, 4], default=2),
         backup=dict(type="bool", default=True),
         backup_dir=dict(type="path", default="backups"),
         backup_path=dict(type="path"),

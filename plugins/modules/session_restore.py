@@ -18,6 +18,9 @@ description:
   - A key that exists with the same value (or C(DUMP) payload) counts as RV(identical) and is left alone, so running the
     restore twice changes nothing the second time. A key that exists with another value is a RV(conflicts) entry
     and is kept unless O(replace=true). A key whose expiry passed since the backup is skipped (RV(expired)).
+  - A last line cut short (the purge was killed or the disk filled up while writing it; none of its keys was
+    removed) is reported in RV(truncated); every complete line is restored. A malformed complete line fails the
+    run before anything is written.
   - In check mode nothing is written; the counts say what would be restored.
 author:
   - P3 Recovery maintainers (@p3-protocol)
@@ -56,9 +59,14 @@ changed:
   returned: always
   type: bool
 entries:
-  description: Keys in the backup file.
+  description: Complete entries (keys) in the backup file.
   returned: always
   type: int
+truncated:
+  description: The cut-short last line - C(line) number, byte C(offset) and C(bytes) - or null.
+  returned: always
+  type: dict
+  sample: {"line": 1202, "offset": 262144, "bytes": 97}
 restored:
   description: Keys restored (in check mode, that would be).
   returned: always
@@ -133,9 +141,12 @@ def main():
     except P3Error as e:
         fail_clean(module, e)
     verb = "would restore" if module.check_mode else "restored"
-    detail = "%s %d of %d keys from %s (identical %d, conflicts %d, expired %d, unroutable %d)" % (
+    detail = "%s %d of %d keys from %s (identical %d, conflicts %d, expired %d, unroutable %d)%s" % (
         verb, result["restored"], result["entries"], module.params["path"], result["identical"],
-        result["conflicts"], result["expired"], result["unroutable"])
+        result["conflicts"], result["expired"], result["unroutable"],
+        "; last line %d cut short at byte %d (%d bytes, none of its keys was removed)" % (
+            result["truncated"]["line"], result["truncated"]["offset"], result["truncated"]["bytes"])
+        if result["truncated"] else "")
     result["timeline"] = [timeline_entry("session_restore", ",".join(target.settings.seed_addresses), detail)]
     result["changed"] = result["restored"] > 0
     result["msg"] = detail

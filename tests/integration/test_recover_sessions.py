@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import stat
+import subprocess
 import time
 import urllib.request
 
@@ -16,7 +17,8 @@ import pytest
 import redis
 import redis.cluster
 
-from p3harness import LAB_DIR, ensure_collection_importable, lab_fault, lab_status, run_playbook
+from p3harness import (BIN, HANG_GUARD, INVENTORY, LAB_DIR, ROOT, base_env, ensure_collection_importable, lab_fault,
+                       lab_status, run_playbook)
 
 LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 PROBE_DEVICE = "p3-recovery-probe"
@@ -237,6 +239,40 @@ def test_mode_all_is_gated_then_removes_everything_restorably(healthy_lab, dirs,
         assert now[key][0] == raw and now[key][2] == dump
 
 
+def test_backup_lands_where_the_operator_runs_and_the_printed_undo_works(healthy_lab, tmp_path):
+    """Without p3_session_backup_dir the backup goes to backups/ under the directory ansible-playbook was started
+    from (an absolute path in the report), and the undo command the run prints works as printed - from another
+    directory, with nothing added - putting every removed key back byte for byte."""
+    fault = lab_fault("sessions-corrupt")
+    corrupt = set(("session:" + i).encode() for i in fault["ids"])
+    before = snapshot()
+    workdir = tmp_path / "operator"
+    workdir.mkdir()
+    extravars = {"p3_report_dir": str(tmp_path / "reports"), "p3_handshake_session_path": "/api/protocol/session/{id}",
+                 "p3_session_log_paths": [os.path.join(LAB_DIR, "logs", "*.log")], "p3_session_log_pattern": "session:"}
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", os.path.relpath(INVENTORY, str(workdir)),
+                           os.path.relpath(os.path.join(ROOT, "playbooks", "recover_sessions.yml"), str(workdir)),
+                           "-e", json.dumps(extravars)], cwd=str(workdir), env=base_env(), capture_output=True,
+                          text=True, timeout=HANG_GUARD)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with open(sorted(glob.glob(str(tmp_path / "reports" / "recover_sessions-*.json")))[-1]) as f:
+        purge = json.load(f)["actions"]["purge"]
+    path = purge["backup"]["path"]
+    assert os.path.dirname(path) == str(workdir / "backups") and os.path.isfile(path)
+    assert not os.path.exists(os.path.join(ROOT, "playbooks", "backups"))
+    undo = purge["undo"]
+    assert "undo: " in proc.stdout and os.path.basename(path) in proc.stdout
+    assert not corrupt & set(snapshot())
+    # as printed, from another directory
+    proc = subprocess.run(undo, shell=True, cwd="/", env=base_env(), capture_output=True, text=True,
+                          timeout=HANG_GUARD)
+    assert proc.returncode == 0, (undo, proc.stdout[-3000:])
+    assert "restored 20 of 20 keys" in proc.stdout, proc.stdout[-3000:]
+    restored = snapshot()
+    for key in corrupt:
+        assert restored[key][0] == before[key][0] and restored[key][2] == before[key][2], key
+
+
 BAD_INPUT = {
     "unreachable redis": ({"p3_redis_nodes": ["127.0.0.1:1"]}, "127.0.0.1:1"),
     "wrong password": ({"p3_redis_password": "Wr0ngSecret"}, "authentication failed"),
@@ -363,57 +399,3 @@ def _sessions():
     ensure_collection_importable()
     from ansible_collections.p3.recovery.plugins.module_utils import sessions
     return sessions
-
-
-def test_take_leaves_keys_that_changed_since_judged(lab_up):
-    """Mode corrupt judges a page in Python and removes the corrupt keys with a later script call: a key that changed
-    in between (new value, TTL added to a no-ttl session, type changed, deleted) must be left alone, the others
-    taken with the right payload and TTL. Driven through the page script on the master owning the keys."""
-    sessions = _sessions()
-    info = lab_info()["redis"]
-    host, port = info["nodes"][0].split(":")
-    rc = redis.cluster.RedisCluster(host=host, port=int(port), password=info["password"])
-    now_ms = int(time.time() * 1000)
-    good = json.dumps({"sessionId": "x", "deviceId": "d", "createdAt": now_ms, "expiresAt": now_ms + 3600000})
-    keys = dict((name, "{edgerace}:" + name) for name in (
-        "same", "no-ttl-same", "hash-same", "changed", "ttl-added", "hash-now-string", "deleted", "no-ttl-valued"))
-    try:
-        for k in keys.values():
-            rc.delete(k)
-        rc.set(keys["same"], b"{oops", ex=100)
-        rc.set(keys["no-ttl-same"], good)
-        rc.hset(keys["hash-same"], mapping={"a": "1"})
-        rc.set(keys["changed"], b"{oops", ex=100)
-        rc.set(keys["ttl-added"], good)
-        rc.hset(keys["hash-now-string"], mapping={"a": "1"})
-        rc.set(keys["deleted"], b"{oops", ex=100)
-        rc.set(keys["no-ttl-valued"], b"{oops")
-        judged = [  # as _purge_node_corrupt sends them: key, judged value, flag
-            (keys["same"], b"{oops", "v"), (keys["no-ttl-same"], good.encode(), "t"),
-            (keys["hash-same"], b"", "w"), (keys["changed"], b"{oops", "v"), (keys["ttl-added"], good.encode(), "t"),
-            (keys["hash-now-string"], b"", "w"), (keys["deleted"], b"{oops", "v"), (keys["no-ttl-valued"], b"{oops", "v")]
-        # what happens between the judging and the take
-        rc.set(keys["changed"], good, ex=100)
-        rc.expire(keys["ttl-added"], 100)
-        rc.delete(keys["hash-now-string"])
-        rc.set(keys["hash-now-string"], b"x")
-        rc.delete(keys["deleted"])
-        node = rc.get_node_from_key(keys["same"])
-        direct = redis.Redis(host=node.host, port=node.port, password=info["password"])
-        args = ["0", "", "edgerace:*", 10, "1", len(judged)]
-        for k, v, flag in judged:
-            args += [k, v, flag]
-        reply = direct.eval(sessions.LUA_PAGE_CORRUPT, 0, *args)
-        kinds, pttls, dumps = reply[4].decode(), reply[5], reply[6]
-        assert kinds == "vvd----v", kinds
-        assert 0 < pttls[0] <= 100000 and pttls[1] == -1 and pttls[2] == -1 and pttls[7] == -1
-        assert pttls[3:7] == [-2, -2, -2, -2]
-        assert len(dumps) == 1 and isinstance(dumps[0], bytes)
-        assert rc.exists(keys["same"], keys["no-ttl-same"], keys["hash-same"], keys["no-ttl-valued"]) == 0
-        assert rc.get(keys["changed"]) == good.encode() and rc.ttl(keys["ttl-added"]) > 0
-        assert rc.get(keys["hash-now-string"]) == b"x"
-        direct.close()
-    finally:
-        for k in keys.values():
-            rc.delete(k)
-        rc.close()

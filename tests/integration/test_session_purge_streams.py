@@ -422,3 +422,53 @@ def test_restore_reports_a_truncated_last_line_and_restores_the_rest(server, tmp
         "bytes"] == size - 40
     assert server.client.dbsize() == 499
     assert all(server.client.get(k) == v for k, v in list(expected.items())[:50] if server.client.exists(k))
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_take_leaves_keys_that_changed_since_read(tmp_path, cluster):
+    """LUA_READ reads a page; between it and LUA_TAKE keys change (new value, TTL added to a no-ttl session, type
+    changed, deleted): those stay, the others are removed - the compare-and-delete the purge relies on."""
+    srv = throwaway_redis(prefix="p3test-take-", cluster=cluster)
+    c = srv.client
+    now_ms = int(time.time() * 1000)
+    good = json.dumps({"sessionId": "x", "deviceId": "d", "createdAt": now_ms, "expiresAt": now_ms + 3600000})
+    names = ("same", "no-ttl-same", "hash-same", "changed", "ttl-added", "hash-now-string", "deleted",
+             "no-ttl-valued")
+    keys = dict((n, ("edgerace:" + n).encode()) for n in names)
+    try:
+        c.set(keys["same"], b"{oops", ex=100)
+        c.set(keys["no-ttl-same"], good)
+        c.hset(keys["hash-same"], mapping={"a": "1"})
+        c.set(keys["changed"], b"{oops", ex=100)
+        c.set(keys["ttl-added"], good)
+        c.hset(keys["hash-now-string"], mapping={"a": "1"})
+        c.set(keys["deleted"], b"{oops", ex=100)
+        c.set(keys["no-ttl-valued"], b"{oops")
+        batch = "0" if cluster else "1"
+        cursor, _ms, _us, got, values, types, dumps, pttls = c.eval(sessions.LUA_READ, 0, batch, 0, "edgerace:*", 100)
+        assert int(cursor) == 0 and sorted(got) == sorted(keys.values())
+        types = types.decode() or "s" * len(got)
+        dumps = list(dumps)
+        read = {}
+        for k, v, ty, t in zip(got, values, types, pttls):
+            read[k] = ("d", dumps.pop(0), t) if ty == "d" else ("v", v, t)
+        assert read[keys["hash-same"]][0] == "d" and read[keys["no-ttl-same"]][2] == -1
+        reasons = {keys["no-ttl-same"]: "no-ttl", keys["ttl-added"]: "no-ttl"}
+        items = [(keys[n], reasons.get(keys[n], "not-json"), read[keys[n]][0], read[keys[n]][1], read[keys[n]][2])
+                 for n in names]
+        # what happens between the read and the take
+        c.set(keys["changed"], good, ex=100)
+        c.expire(keys["ttl-added"], 100)
+        c.delete(keys["hash-now-string"])
+        c.set(keys["hash-now-string"], b"x")
+        c.delete(keys["deleted"])
+        _ms, _us, outcome = c.eval(sessions.LUA_TAKE, 0, batch, *sessions._take_args(items))
+        assert outcome.decode() == "rrrkkk-r"
+        assert sum(c.exists(keys[n]) for n in ("same", "no-ttl-same", "hash-same", "no-ttl-valued")) == 0
+        assert c.get(keys["changed"]) == good.encode() and c.ttl(keys["ttl-added"]) > 0
+        assert c.get(keys["hash-now-string"]) == b"x"
+        # idempotent: the same call again (as when resolving a call whose reply was lost) removes nothing more
+        _ms, _us, again = c.eval(sessions.LUA_TAKE, 0, batch, *sessions._take_args(items))
+        assert again.decode() == "---kkk--"
+    finally:
+        srv.stop()

@@ -85,13 +85,16 @@ def test_backup_round_trip(tmp_path):
     w = sessions.BackupWriter(path, dict(format=sessions.BACKUP_FORMAT, version=sessions.BACKUP_VERSION, mode="corrupt"))
     w.check()
     assert not os.path.exists(path)  # the check leaves nothing behind
-    w.write_page([(b"session:a", "not-json", b"v", b"{oops\xff", 5000),
+    w.write_page([(b"session:a", "not-json", "v", b"{oops\xff", 5000),
                   (b"session:\xffb", "wrong-type", "d", b"\x00dump", -1)], "127.0.0.1:1", NOW)
     w.write_page([], "127.0.0.1:1", NOW)
+    w.wait(2)  # returns once both entries are fsynced
+    assert w.durable == 2 and w.fsyncs >= 1
     w.close()
     assert w.count == 2
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    header, entries = sessions.read_backup(path)
+    header, entries, truncated = sessions.read_backup(path)
+    assert truncated is None
     assert header["mode"] == "corrupt"
     a, b = entries
     assert a["key"] == b"session:a" and a["value"] == b"{oops\xff" and a["dump"] is None
@@ -123,6 +126,34 @@ def test_read_backup_rejects_malformed_files(tmp_path, content, text):
     with pytest.raises(P3Error) as e:
         sessions.read_backup(str(path))
     assert text in e.value.msg and "\n" not in e.value.msg
+
+
+def test_read_backup_reports_a_truncated_last_line(tmp_path):
+    """A last line cut short (killed, disk full): the complete lines are entries, the cut one is reported."""
+    head = '{"format": "p3.recovery.redis-dump", "version": 1}\n'
+    line = '{"key": "eA==", "value": "eQ==", "pttl": -1, "expire_at_ms": null}\n'
+    path = tmp_path / "b.jsonl"
+    path.write_text(head + line + line[:17])
+    header, entries, truncated = sessions.read_backup(str(path))
+    assert len(entries) == 1 and entries[0]["value"] == b"y"
+    assert truncated == dict(line=3, offset=len(head) + len(line), bytes=17)
+    path.write_text(head + line + line.rstrip("\n"))  # complete but for its newline: an entry
+    assert sessions.read_backup(str(path))[1:] == (entries * 2, None)
+    path.write_text(head + line[:17] + "\n" + line)  # a damaged line in the middle is not a cut: refused
+    with pytest.raises(P3Error) as e:
+        sessions.read_backup(str(path))
+    assert "line 2" in e.value.msg
+
+
+def test_take_args_and_resp():
+    items = [(b"session:a", "not-json", "v", b"{x", 5), (b"session:b", "no-ttl", "v", b"{}", -1),
+             (b"session:c", "wrong-type", "d", b"\x00dump", -1)]
+    args = sessions._take_args(items)
+    assert args == ["vtd", b"session:a", b"{x", b"session:b", b"{}", b"session:c", b"\x00dump"]
+    from redis.connection import PythonRespSerializer
+    want = b"".join(PythonRespSerializer(6000, lambda a: a if isinstance(a, bytes) else str(a).encode()).pack(
+        "EVALSHA", "abc", 0, "1", *args))
+    assert sessions._resp(["EVALSHA", "abc", 0, "1"] + args) == want
 
 
 def test_read_backup_missing_file(tmp_path):
@@ -227,51 +258,3 @@ def test_judge_matches_classify(options):
     for raw in _judge_cases():
         for pttl in (-1, 0, 5000):
             assert judge(raw, pttl, NOW) == sessions.classify(raw, pttl, now_ms=NOW, **options), (raw[:80], pttl)
-
-
-def _dict_scan_cursors(m0, m1=None):
-    """The cursors Redis' dictScan() visits from 0 back to 0 (table mask m0; while rehashing into a table with mask
-    m1 it steps with the larger mask), as in dict.c."""
-    bits = 64
-    full = (1 << bits) - 1
-
-    def rev(v):
-        return int("{:064b}".format(v & full)[::-1], 2)
-    small, large = (m0, m0) if m1 is None else (min(m0, m1), max(m0, m1))
-    out, v = [], 0
-    while True:
-        out.append(v)
-        if m1 is None:
-            v |= ~small & full
-            v = rev((rev(v) + 1) & full)
-        else:
-            while True:
-                v |= ~large & full
-                v = rev((rev(v) + 1) & full)
-                if not v & (small ^ large):
-                    break
-        v &= full
-        if v == 0:
-            return out
-
-
-@pytest.mark.parametrize("streams", [1, 2, 4])
-@pytest.mark.parametrize("m0,m1", [(3, None), (7, None), (1023, None), (255, 1023), (1023, 255), (3, 15)])
-def test_scan_streams_split_the_cursor_sequence(m0, m1, streams):
-    """Stream r starts at cursor r and stops at the first cursor that is 0 or whose lowest bits are not r: the
-    streams' cursors are exactly the sequence one SCAN visits, each once (also while rehashing)."""
-    sequence = _dict_scan_cursors(m0, m1)
-    mask = streams - 1
-    seen = []
-    for start in range(streams):
-        cursor, walked = start, [start]
-        position = sequence.index(start)
-        while True:
-            position = (position + 1) % len(sequence)
-            cursor = sequence[position]
-            if not sessions._more(cursor, start, mask):
-                break
-            walked.append(cursor)
-        assert all(c & mask == start for c in walked)
-        seen.extend(walked)
-    assert sorted(seen) == sorted(set(sequence)) and len(seen) == len(sequence)
