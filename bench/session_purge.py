@@ -196,6 +196,13 @@ def floor(server):
 
 
 BASELINE_REF = os.environ.get("BENCH_BASELINE_REF", "4d82f6b")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
+# BENCH_SESSION_ONLY=before-after: only ours and the code before (no floor, runbook, redis-benchmark rows)
+ONLY_BEFORE_AFTER = os.environ.get("BENCH_SESSION_ONLY") == "before-after"
+
+
+class _Done(Exception):
+    pass
 
 
 def baseline_purge():
@@ -243,39 +250,34 @@ def bench_session_purge():
     backup_dir = tempfile.mkdtemp(prefix="bench-session-backups-")
     rows = {}
     try:
-        # ours, mode all
-        server.load()
-        dt, stall, res = ours(server, "all", backup_dir)
-        assert res["removed"] == N and server.sessions_left() == 0 and server.client.dbsize() == OTHER, res
-        rows["ours_all"] = dict(seconds=dt, keys_per_s=N / dt, max_stall_ms=stall["max_ms"],
-                                server_cpu_us_per_key=stall["server_cpu_us_per_key"],
-                                server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
-                                page_p50_ms=stall.get("page_p50_ms"),
-                                page_p99_ms=stall.get("page_p99_ms"),
-                                max_page_ms=res["max_page_ms"], backup_entries=res["backup"]["entries"],
-                                backup_mb=round(os.path.getsize(res["backup"]["path"]) / 1e6, 1))
-        os.unlink(res["backup"]["path"])
-        # ours, mode corrupt (10% corrupt)
-        server.load(corrupt_every=10)
-        dt, stall, res = ours(server, "corrupt", backup_dir)
-        assert res["removed"] == N // 10 and server.sessions_left() == N - N // 10, res
-        rows["ours_corrupt"] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
-                                    server_cpu_us_per_key=stall["server_cpu_us_per_key"],
-                                    max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
-                                    server_max_cmd=stall["server_max_cmd"],
-                                    page_p50_ms=stall.get("page_p50_ms"), page_p99_ms=stall.get("page_p99_ms"),
-                                    max_page_ms=res["max_page_ms"])
-        # the code before the write-ahead backup, on the same data (issue 13: durability costs <= 20 % keys/s)
+        # ours and the code before the write-ahead backup (issue 13: durability may cost <= 20 % keys/s), on the
+        # same data, alternating before / ours, BENCH_ROUNDS times each (default 1); a row keeps its fastest round
+        # (on a shared machine the slower rounds measure the neighbours)
         before = baseline_purge()
-        for mode, every, name in (("all", 0, "before_all"), ("corrupt", 10, "before_corrupt")):
-            server.load(corrupt_every=every)
-            dt, stall, res = ours(server, mode, backup_dir, purge=before)
-            assert res["removed"] == (N if mode == "all" else N // 10), res
-            rows[name] = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"],
-                              server_cpu_us_per_key=stall["server_cpu_us_per_key"],
-                              max_stall_ms=stall["max_ms"], server_max_ms=stall["server_max_ms"],
-                              server_max_cmd=stall["server_max_cmd"], page_p50_ms=stall.get("page_p50_ms"),
-                              page_p99_ms=stall.get("page_p99_ms"), max_page_ms=res["max_page_ms"])
+        for _round in range(ROUNDS):
+            for mode, every in (("all", 0), ("corrupt", 10)):
+                for who, fn in (("before", before), ("ours", None)):
+                    server.load(corrupt_every=every)
+                    dt, stall, res = ours(server, mode, backup_dir, purge=fn)
+                    want = N if mode == "all" else N // 10
+                    assert res["removed"] == want and server.sessions_left() == N - want, res
+                    if mode == "all":
+                        assert server.client.dbsize() == OTHER
+                    row = dict(seconds=dt, keys_per_s=N / dt, removed=res["removed"], max_stall_ms=stall["max_ms"],
+                               server_cpu_us_per_key=stall["server_cpu_us_per_key"],
+                               server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
+                               page_p50_ms=stall.get("page_p50_ms"), page_p99_ms=stall.get("page_p99_ms"),
+                               max_page_ms=res["max_page_ms"], rounds_keys_per_s=[])
+                    if res.get("backup"):
+                        row["backup_mb"] = round(os.path.getsize(res["backup"]["path"]) / 1e6, 1)
+                        os.unlink(res["backup"]["path"])
+                    name = "%s_%s" % (who, mode)
+                    seen = rows.get(name, dict(rounds_keys_per_s=[]))["rounds_keys_per_s"] + [round(N / dt)]
+                    if name not in rows or row["keys_per_s"] > rows[name]["keys_per_s"]:
+                        rows[name] = row
+                    rows[name]["rounds_keys_per_s"] = seen
+        if ONLY_BEFORE_AFTER:
+            raise _Done()
         # the floor: SCAN + UNLINK only, no backup
         server.load()
         dt, stall, _ = floor(server)
@@ -300,6 +302,8 @@ def bench_session_purge():
                                  server_cpu_us_per_key=stall["server_cpu_us_per_key"],
                                  server_max_ms=stall["server_max_ms"], server_max_cmd=stall["server_max_cmd"],
                                  removed=N - server.sessions_left())
+    except _Done:
+        pass
     finally:
         server.stop()
         shutil.rmtree(backup_dir, ignore_errors=True)
@@ -310,7 +314,13 @@ def bench_session_purge():
                   r["server_max_ms"], r.get("server_max_cmd"),
                   ("  (page server time p50 %s / p99 %s / max %s ms)" % (
                       r.get("page_p50_ms"), r.get("page_p99_ms"), r.get("max_page_ms"))) if "max_page_ms" in r
-                  else ""))
+                  else "") + ("  rounds %s" % r["rounds_keys_per_s"] if len(r.get("rounds_keys_per_s", [])) > 1 else ""))
+    for mode in ("all", "corrupt"):
+        now_, was = rows["ours_" + mode]["keys_per_s"], rows["before_" + mode]["keys_per_s"]
+        print("  session_purge %-12s write-ahead %.0f keys/s vs before %.0f keys/s = %.2f x (target >= 0.8)" % (
+            mode, now_, was, now_ / was))
+    if ONLY_BEFORE_AFTER:
+        return dict(entry="session_purge", rows=rows)
     a, c, b = rows["ours_all"], rows["ours_corrupt"], rows["benchmark"]
     ratio = a["keys_per_s"] / b["keys_per_s"]
     targets = [

@@ -951,9 +951,9 @@ class _Master(object):
                 conn.send(_take_args(items))
                 outcome = _text(conn.read()[2])
                 conn.close()
+                gone = outcome.count("r") + outcome.count("-")
                 self.fail("a compare-and-delete call failed (%s); resolved: %d of its %d keys are gone (each has "
-                          "its backup line), the rest stay" % (cause, outcome.count("r") + outcome.count("-"),
-                                                                len(items)))
+                          "its backup line), the rest stay" % (cause, gone, len(items)))
                 return outcome
             except Exception as e:  # BUSY, a timeout, the node restarting: again until the deadline
                 last = describe_redis_error(e, self.settings)
@@ -1124,7 +1124,6 @@ class _NoBackup(object):
 
     def close(self):
         return
-
 
 
 # ---------------------------------------------------------------------------------------------------------------

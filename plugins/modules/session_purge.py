@@ -74,7 +74,7 @@ options:
       - Directory of the backup file (created with mode 0700), named C(sessions-<mode>-<UTC timestamp>.jsonl),
         used when O(backup_path) is not set. A relative path is taken from the module's working directory on the
         target host; pass an absolute one (the role C(p3.recovery.session_bridge) passes
-        C(<directory ansible-playbook was started from>/backups)). RV(backup.path) is always absolute.
+        C(<directory ansible-playbook was started from>/backups)). The C(path) in RV(backup) is always absolute.
     type: path
     default: backups
   backup_path:
