@@ -866,6 +866,8 @@ class _Master(object):
             self.reader.close()
             self.fail(e)
             return
+        if self.node["error"] is not None or run.stopped:
+            return  # this master (or the backup) failed meanwhile: nothing more is chosen
         cursor, server_ms, busy_us, keys, values, types, dumps, pttls = reply
         self.cursor = cursor
         self.scanning = _int(cursor) != 0
@@ -943,10 +945,11 @@ class _Master(object):
         cause = describe_redis_error(error, self.settings)
         deadline = time.monotonic() + max(10.0, 3 * float(self.settings.socket_timeout or 0))
         last = cause
+        client = None
         while time.monotonic() < deadline:
             conn = None
             try:
-                client = _client(self.settings, self.address)
+                client = client or _client(self.settings, self.address)
                 conn = _Conn(client.connection_pool, self.take_sha, LUA_TAKE, self.batch)
                 conn.send(_take_args(items))
                 outcome = _text(conn.read()[2])
