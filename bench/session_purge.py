@@ -7,16 +7,18 @@ must survive; for mode corrupt every 10th session value is not JSON.
 Contenders, each with a concurrent client (its own process) sending PING back to back and recording the slowest
 round trip it saw:
   ours all      - module_utils.sessions.purge(mode=all) with its backup file (what p3.recovery.session_purge runs):
-                  one Lua call per SCAN page (SCAN, MGET, PTTL, UNLINK), two cursor streams, each with its next
-                  page in flight while this one's backup lines are written
-  ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset: the page call returns values and TTLs, the
-                  values are judged in Python (sessions.Judge, the census's rule) while the server reads the next
-                  page, the corrupt ones are taken by a later call only if unchanged (compare-and-delete)
+                  write-ahead - a read-only Lua call per SCAN page (SCAN, MGET, PTTL) with the next page in flight,
+                  the page's backup lines written and fsynced (one fsync per batch), then a compare-and-delete
+                  call (MGET, compare, UNLINK) on a second connection; one cursor per master
+  ours corrupt  - the same in mode corrupt on the 10%-corrupt dataset: the values are judged in Python
+                  (sessions.Judge, the census's rule) while the server reads the next page; only the corrupt ones
+                  are backed up and then removed (compare-and-delete)
   before all / before corrupt - the same two runs with the purge of BENCH_BASELINE_REF (default 4d82f6b, the
                   code before the write-ahead backup: it removed a page in the same script that read it and wrote
                   the backup after the reply), loaded from git into a temporary module: the price of durability
                   (issue 13: at most 20 % of its keys/s)
-  floor         - not a contender: the same two streams and pages doing only SCAN + UNLINK (nothing read, no
+  floor         - not a contender: two cursor streams (split by the cursor's low bit, valid on this standalone
+                  server) and the same pages doing only SCAN + UNLINK (nothing read, no
                   backup), the fastest any SCAN-based purge can be on this server
   runbook       - redis-cli KEYS 'session:*' | xargs redis-cli DEL
   benchmark     - redis-benchmark -P 64 -n N -r N UNLINK session:...__rand_int__ (the server's pipelined ceiling)
