@@ -109,6 +109,8 @@ def node_conf(lab, i):
         "appendonly no",
         # replicas link at once instead of after the default 5 s diskless-sync delay
         "repl-diskless-sync-delay 0",
+        # the tests stall a master with DEBUG SLEEP (busy is not down)
+        "enable-debug-command local",
         "",
     ])
 

@@ -370,6 +370,92 @@ def test_empty_master_rejoins_as_replica(healthy_lab, report_dir):
     assert run.rc == 0 and changed_count(run) == 0
 
 
+def _log_since_start(addr):
+    """The node's redis.log from its last start on (CONFIG GET dir / logfile)."""
+    c = client(addr)
+    d = c.config_get("dir")["dir"]
+    log = c.config_get("logfile")["logfile"]
+    with open(log if os.path.isabs(log) else os.path.join(d, log)) as f:
+        text = f.read()
+    return text[text.rfind("Server initialized"):]
+
+
+def _masters(addrs):
+    v0 = views(addrs)[addrs[0]]
+    return sorted((n for n in v0.values() if n["role"] == "master" and n["slots"]), key=lambda n: n["addr"])
+
+
+def test_busy_master_is_not_failed_over(healthy_lab, report_dir):
+    """A master stalled 4 s by DEBUG SLEEP (a slow script, a big delete, a fork stall) while recover_redis.yml runs
+    with the role's defaults: busy is not down - no failover, no acknowledged write lost, roles unchanged."""
+    import threading
+
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 300, "busy")
+    busy = _masters(nodes)[0]
+    before = dict((a, roles(v)) for a, v in views(nodes).items())
+    around, around_errors = {}, []
+
+    def stall_and_write():
+        c = client(busy["addr"], timeout=15)
+        t = threading.Thread(target=lambda: client(busy["addr"], timeout=15).execute_command("DEBUG", "SLEEP", 4))
+        t.start()
+        time.sleep(0.3)
+        # writes sent during the stall: answered once it ends, and acknowledged by the replica
+        mine = [k for k in ("p3test:busy-around:%d" % i for i in range(400)) if key_slot(k.encode()) in busy["slots"]]
+        pipe = c.pipeline(transaction=False)
+        for k in mine:
+            pipe.set(k, "around")
+        replies = pipe.execute(raise_on_error=False)
+        try:
+            acked = c.execute_command("WAIT", 1, 5000)
+        except redis.RedisError as e:
+            acked = e
+        around.update((k, "around") for k, r in zip(mine, replies) if r is True)
+        around_errors.extend(str(r) for r in replies + [acked] if isinstance(r, Exception))
+        t.join()
+
+    def later():
+        time.sleep(1.2)  # ansible-playbook's own start: the stall covers the diagnosis
+        stall_and_write()
+
+    th = threading.Thread(target=later)
+    th.start()
+    run, report = recover(report_dir)
+    th.join()
+    assert run.rc == 0, run.stdout[-3000:]
+    assert around and not around_errors, around_errors[:3]
+    actions = [e["action"] for e in report["timeline"]]
+    assert not [a for a in actions if a.startswith("cluster failover") or a == "addslots"], report["timeline"]
+    for res in run.results(FAILOVER_TASK):
+        assert not res.get("failovers"), res
+    after = dict((a, roles(v)) for a, v in views(nodes).items())
+    assert after == before
+    keys.update(around)
+    assert missing_keys(nodes, keys) == []
+    cluster_check(nodes[0])
+
+
+def test_heal_never_resurrects_old_data(healthy_lab, report_dir):
+    """A dead master restarted by `p3lab heal` comes back empty and rejoins as a replica: the RDB file an earlier
+    sync (here: a SAVE) left behind never takes its slots back and never overwrites newer acknowledged writes."""
+    nodes = lab_nodes()
+    old = write_acked(nodes, 300, "heal-old")
+    victim = _masters(nodes)[0]  # the fault kills the live master with the lowest port
+    client(victim["addr"]).execute_command("SAVE")  # stale data on disk, as a replica sync leaves it
+    new = write_acked(nodes, 600, "heal-new")
+    did = lab_fault("redis-master-down")
+    assert did["node"] == victim["addr"]
+    lab("heal")
+    keys = dict(old)
+    keys.update(new)
+    assert missing_keys(nodes, keys) == []
+    for a, v in views(nodes).items():
+        assert v[victim["id"]]["role"] == "replica" and not v[victim["id"]]["slots"], a
+    assert "DB loaded from disk" not in _log_since_start(victim["addr"])
+    cluster_check(nodes[0])
+
+
 # ---------------------------------------------------------------- throwaway deployments (ports base+40..)
 
 def _base():
