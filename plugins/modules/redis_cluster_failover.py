@@ -112,16 +112,25 @@ from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
     REDIS_CLUSTER_ARGUMENT_SPEC, plan_failover, read_topology, run_failover)
 
 
-def describe(steps, done=None):
+def describe(steps, done=None, skipped=None):
     if not steps:
         return "no failed master to fail over"
+    if done is None:
+        return "; ".join("would promote %s over %s (%s)" % (s["replica"], s["master"], s["mode"]) for s in steps)
     parts = []
-    for s in done or steps:
-        text = "%s %s over %s (%s)" % ("promoted" if done else "would promote", s["replica"], s["master"], s["mode"])
-        if done:
-            text += " in %ss" % s["seconds"]
-        parts.append(text)
+    for s in done:
+        if s.get("by") == "redis":
+            parts.append("Redis promoted %s over %s by itself (nothing sent)" % (s["replica"], s["master"]))
+        else:
+            parts.append("promoted %s over %s (%s) in %ss" % (s["replica"], s["master"], s["mode"], s["seconds"]))
+    for s in skipped or ():
+        parts.append("left %s alone: %s" % (s["master"], s["why"]))
     return "; ".join(parts)
+
+
+def sent(timeline):
+    """Whether the timeline records a command we sent (a failover or REPLICAOF), not only what we observed."""
+    return any(e["action"].startswith(("cluster failover", "replicaof")) for e in timeline or ())
 
 
 def main():
@@ -140,18 +149,19 @@ def main():
         module.fail_json(msg="replica needs master")
     target = RedisTarget(module)
     try:
-        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
+        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"], confirm_timeout=p["confirm_timeout"])
         steps = plan_failover(topo, master=p["master"], replica=p["replica"], allow_takeover=p["allow_takeover"])
     except P3Error as e:
         fail_clean(module, e, plan=[], failovers=[], timeline=[])
     if not steps or module.check_mode:
         module.exit_json(changed=bool(steps), plan=steps, failovers=[], timeline=[], reason=describe(steps))
     try:
-        done, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
-                                      allow_takeover=p["allow_takeover"])
+        done, timeline, skipped = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
+                                               allow_takeover=p["allow_takeover"])
     except P3Error as e:
-        fail_clean(module, e, plan=steps, changed=True)
-    module.exit_json(changed=True, plan=steps, failovers=done, timeline=timeline, reason=describe(steps, done))
+        fail_clean(module, e, plan=steps, changed=sent(e.details.get("timeline")))
+    module.exit_json(changed=sent(timeline), plan=steps, failovers=done, skipped=skipped, timeline=timeline,
+                     reason=describe(steps, done, skipped))
 
 
 if __name__ == "__main__":

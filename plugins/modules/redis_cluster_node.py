@@ -130,7 +130,7 @@ def main():
     target = RedisTarget(module)
     out = dict(rejoined=[], forgotten=[], timeline=[])
     try:
-        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
+        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"], confirm_timeout=p["confirm_timeout"])
         if topo.get("cluster_enabled") is None:
             raise P3Error(topo["reason"])
         if p["state"] == "forgotten":

@@ -168,7 +168,7 @@ def main():
     empty = dict(plan={}, failovers=[], timeline=[], slots_uncovered_before=[])
     failovers, timeline = [], []
     try:
-        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
+        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"], confirm_timeout=p["confirm_timeout"])
         if topo.get("cluster_enabled") is None:
             raise P3Error(topo["reason"])
         if not topo["cluster_enabled"]:
