@@ -572,13 +572,17 @@ def build_standalone(records):
     current = masters[0] if masters else None
     if len(masters) > 1:
         # the current master: the one with replicas, else the promoted one (it keeps its old replication id as
-        # replid2), else the one furthest ahead; another master rejoins only when it is provably stale - empty (a
-        # restarted node without persistence) or the very master the current one was promoted from
+        # replid2), else the one furthest ahead; another master rejoins (REPLICAOF discards its data) only when it
+        # is empty - as in a cluster: a former master may hold writes taken after the failover
         current = sorted(masters, key=lambda m: (-(m["connected_replicas"] or 0),
                                                  0 if m["replid2"] and m["replid2"] != "0" * 40 else 1,
                                                  -(m["repl_offset"] or 0), m["address"]))[0]
-        rejoin = sorted(m["address"] for m in masters if m is not current
-                        and (not m["keys"] or (m["replid"] and m["replid"] == current["replid2"])))
+        rejoin = sorted(m["address"] for m in masters if m is not current and not m["keys"])
+        for m in masters:
+            if m is not current and m["keys"]:
+                problems.append("%s holds %d keys: not made a replica of %s (REPLICAOF would discard them; dump or "
+                                "flush it after checking its data is stale)" % (m["address"], m["keys"],
+                                                                                current["address"]))
         problems.append("%d masters (split brain): %s" % (len(masters), ", ".join(m["address"] for m in masters)))
     if not masters:
         problems.append("no reachable master")
@@ -1132,6 +1136,15 @@ def run_slot_repair(settings, topology, plan, wait_timeout=30.0, migrate_timeout
         for slot, e in sorted(open_slot_plan(topology).items()):
             _close_open_slot(settings, nodes, by_addr, slot, e, timeline, migrate_timeout_ms)
         for a in plan["assign"]:
+            for gone in a.get("taken_from") or ():
+                # the slots of an owner that is not serving them: re-check, right before the ADDSLOTS, that it is
+                # still down by the cluster's definition (a busy master keeps its slots)
+                owner = by_addr.get(gone) or {}
+                if owner.get("reachable") and not owner.get("failed"):
+                    continue
+                down, why, dummy = recheck_down(nodes, topology, owner.get("id"), gone)
+                if not down:
+                    raise P3Error("not reassigning slots of %s: %s" % (gone, why), timeline=timeline)
             _assign(nodes, by_addr, a, timeline)
         for f in plan.get("view_fixes") or ():
             pipe = nodes(f["node"]).pipeline(transaction=False)
@@ -1356,6 +1369,10 @@ def plan_rejoin(topology, targets=None, master=None):
                 raise P3Error("no master to attach %s to" % n["address"])
             if n["role"] == "replica" and n["master"] == m["address"]:
                 continue
+            if n["role"] == "master" and n.get("keys"):
+                raise P3Error("%s holds %d keys: REPLICAOF would discard them (it may hold writes taken after the "
+                              "failover); dump or flush it after checking its data is stale" % (
+                                  n["address"], n["keys"]))
         steps.append((n, m))
     return steps
 
@@ -1421,11 +1438,15 @@ def plan_forget(topology, targets=None, force=False):
     return out
 
 
-def run_forget(settings, topology, targets):
+def run_forget(settings, topology, targets, recheck=True):
     timeline = []
     nodes = Nodes(settings)
     try:
         for t in targets:
+            if recheck:
+                down, why, dummy = recheck_down(nodes, topology, t["id"], t["address"])
+                if not down:
+                    raise P3Error("not forgetting %s: %s" % (t["address"], why), timeline=timeline)
             told, errors = [], []
             for x in topology["nodes"]:
                 if not x["reachable"] or x["id"] == t["id"]:
@@ -1442,3 +1463,14 @@ def run_forget(settings, topology, targets):
     finally:
         nodes.close()
     return timeline
+
+
+def repair_changed(timeline):
+    """Whether a slot repair's timeline records a command that changed the cluster (an ADDSLOTS that assigned
+    something, a SETSLOT, a MIGRATE, a promotion), converged or not."""
+    for e in timeline or ():
+        if e["action"] in ("setslot node", "setslot stable", "migrate") or e["action"].startswith("cluster failover"):
+            return True
+        if e["action"] == "addslots" and not e["detail"].startswith("already owns"):
+            return True
+    return False

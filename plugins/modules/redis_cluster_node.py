@@ -142,7 +142,7 @@ def main():
                 module.exit_json(changed=False, reason="no node to forget", **out)
             if module.check_mode:
                 module.exit_json(changed=True, reason="would forget %s" % ", ".join(out["forgotten"]), **out)
-            out["timeline"] = run_forget(target.settings, topo, targets)
+            out["timeline"] = run_forget(target.settings, topo, targets, recheck=not p["force"])
             module.exit_json(changed=True, reason="forgot %s on every reachable node" % ", ".join(out["forgotten"]),
                              **out)
         steps = plan_rejoin(topo, p["nodes"], master=p["master"])

@@ -130,7 +130,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
     REDIS_CLUSTER_ARGUMENT_SPEC, count_keys, plan_failover, plan_slot_repair, plan_view_fixes, range_slots, ranges_text,
-    read_topology, run_failover, run_slot_repair)
+    read_topology, repair_changed, run_failover, run_slot_repair)
 
 
 def shown(plan, open_slots, failover):
@@ -182,8 +182,8 @@ def main():
                 if c["master_id"] in uncovered_owners:
                     steps += plan_failover(topo, master=c["master"], allow_takeover=p["allow_takeover"])
         if steps and not module.check_mode:
-            failovers, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
-                                               allow_takeover=p["allow_takeover"])
+            failovers, timeline, dummy = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
+                                                      allow_takeover=p["allow_takeover"])
             topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
         if not p["fix_open_slots"]:
             topo["open_slots"] = []
@@ -198,10 +198,10 @@ def main():
         n_assign = sum(len(a["slots"]) for a in plan["assign"])
         if n_assign > p["max_slots"]:
             raise P3Error("the repair would assign %d slots, more than max_slots=%d; nothing assigned" % (
-                n_assign, p["max_slots"]), changed=bool(failovers), **result)
+                n_assign, p["max_slots"]), **result)
         if plan["refused"]:
             raise P3Error("cannot repair slots %s: %s" % (", ".join(r["slots"] for r in plan["refused"]),
-                                                          plan["refused"][0]["why"]), changed=bool(failovers), **result)
+                                                          plan["refused"][0]["why"]), **result)
         if not plan["allowed"]:
             unknown = plan["keys_unknown_on"]
             raise P3Error(
@@ -211,7 +211,7 @@ def main():
                     "; ".join(sorted(set(plan["lossy"].values()))[:3]), plan["keys_at_risk"],
                     ("; the keys of %s (unreachable) cannot be counted and are lost unless it returns" %
                      ", ".join(unknown)) if unknown else ""),
-                changed=bool(failovers), **result)
+                **result)
         work = bool(plan["assign"] or plan["view_fixes"] or topo["open_slots"])
         if module.check_mode or not work:
             what = []
@@ -234,18 +234,25 @@ def main():
         details.update(e.details)
         details.setdefault("timeline", timeline)
         details.setdefault("failovers", failovers)
-        details.setdefault("changed", bool(failovers))
+        # slot assignments sent but not converged (or a promotion) changed the cluster: changed survives the failure
+        details["changed"] = bool(details.get("changed")) or repair_changed(timeline + [
+            e for e in details["timeline"] if e not in timeline])
         module.fail_json(msg=e.msg, **details)
     reason = []
     if failovers:
-        reason.append("promoted %s" % ", ".join(f["replica"] for f in failovers))
+        ours = [f["replica"] for f in failovers if f.get("by") != "redis"]
+        theirs = [f["replica"] for f in failovers if f.get("by") == "redis"]
+        if ours:
+            reason.append("promoted %s" % ", ".join(ours))
+        if theirs:
+            reason.append("Redis promoted %s by itself" % ", ".join(theirs))
     if plan["assign"]:
         reason.append("assigned %s" % "; ".join("%s to %s" % (ranges_text(a["slots"]), a["node"]) for a in plan["assign"]))
     if topo["open_slots"]:
         reason.append("closed %d open slots" % len(topo["open_slots"]))
     if plan["view_fixes"]:
         reason.append("fixed %d stale views" % len(plan["view_fixes"]))
-    module.exit_json(changed=True, reason="; ".join(reason), **result)
+    module.exit_json(changed=repair_changed(timeline), reason="; ".join(reason), **result)
 
 
 if __name__ == "__main__":

@@ -201,34 +201,35 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     live = [a for a in nodes if a != dead]
     before = views(live)
 
-    # check mode: the plan, and no role or slot changes
-    run, report = recover(report_dir, check=True)
+    replica = [n for n in before[live[0]].values() if n["master"] == dead_id][0]
+    promoted, promoted_id = replica["addr"], replica["id"]
+
+    # check mode without waiting for the cluster's verdict: right after the kill the peers have not flagged it fail
+    # yet, so it is busy (not confirmed down): nothing is planned and no role or slot changes
+    run, report = recover(report_dir, check=True, p3_redis_confirm_timeout=0)
     assert run.rc == 0, run.stdout[-3000:]
-    plan = run.result(FAILOVER_TASK)["plan"]
-    assert [(p["master"], p["mode"]) for p in plan] == [(dead, "force")]
-    assert run.result(FAILOVER_TASK)["failovers"] == []
+    assert dead in report["before"]["busy_nodes"] and report["before"]["failover_candidates"] == []
+    assert run.results(FAILOVER_TASK) == [] or not run.result(FAILOVER_TASK).get("plan")
     after_check = views(live)
     for a in live:
         assert roles(after_check[a]) == roles(before[a]), a
         assert after_check[a][dead_id]["slots"] == before[a][dead_id]["slots"]
 
-    # the real run
+    # the real run, role defaults: waits (read-only) for the cluster's own verdict, then promotes the replica - or
+    # finds that Redis's own election (which starts about a second after the fail flag) already did; it claims only
+    # what it did
     run, report = recover(report_dir)
     assert run.rc == 0, run.stdout[-3000:]
+    assert report["before"]["down_nodes"] == [dead] or report["before"]["failover_candidates"] == []
     res = run.result(FAILOVER_TASK)
-    step = res["failovers"][0]
-    promoted = step["replica"]
-    assert step["master"] == dead and step["mode"] == "force"
     did_what = [(e["action"], e["target"]) for e in report["timeline"]]
-    # the run waited for the cluster's own verdict (fail flag) and then raced Redis's own election: it claims only
-    # what it did - our FORCE, or that Redis had already promoted the replica
-    if step["by"] == "p3.recovery":
+    ours = [f for f in res.get("failovers") or () if f["by"] == "p3.recovery"]
+    if ours:
+        assert ours[0]["master"] == dead and ours[0]["mode"] == "force" and ours[0]["replica"] == promoted
         assert res["changed"] is True and ("cluster failover force", promoted) in did_what, res
     else:
-        assert step["by"] == "redis" and res["changed"] is False and ("observed failover", promoted) in did_what, res
-        assert "cluster failover force" not in dict(did_what)
+        assert res["changed"] is False and "cluster failover force" not in dict(did_what), res
     assert "cluster failover takeover" not in dict(did_what)
-    promoted_id = step["replica_id"]
     dead_slots = set()
     for a, b in did["slots"]:
         dead_slots.update(range(a, b + 1))
@@ -237,9 +238,9 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
         assert v[promoted_id]["slots"] == dead_slots, a
         assert not v[dead_id]["slots"], a
     assert_serving(nodes, keys)
-    assert report["healthy"] is True and report["changed"] is (step["by"] == "p3.recovery")
+    assert report["healthy"] is True and report["changed"] is bool(ours)
     assert [e["action"] for e in report["timeline"]] in (["cluster failover force", "converged"],
-                                                         ["observed failover", "converged"])
+                                                         ["observed failover", "converged"], [])
     assert all(set(e) == {"ts", "action", "target", "detail"} for e in report["timeline"])
     assert report["after"]["masters_without_replica"] == [promoted]
 
@@ -324,12 +325,14 @@ def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, rep
                    for v in views(peers).values()):
                 break
             time.sleep(0.2)
-        # busy is not down: the run waits (read-only) until the cluster flags it fail, then promotes its replica
+        # busy is not down: the run waits (read-only) until the cluster flags it fail; then its replica is promoted,
+        # by this run (FORCE) or by Redis's own election if that came first
         run, report = recover(report_dir)
         assert run.rc == 0, run.stdout[-3000:]
-        step = run.result(FAILOVER_TASK)["failovers"][0]
-        assert step["master"] == frozen["addr"] and step["mode"] == "force"
-        assert report["before"]["failover_candidates"][0]["master"] == frozen["addr"]
+        replica = [n for n in v0.values() if n["master"] == frozen["id"]][0]
+        step = dict(replica_id=replica["id"])
+        for f in run.result(FAILOVER_TASK).get("failovers") or ():
+            assert f["master"] == frozen["addr"] and f["mode"] == "force" and f["replica_id"] == replica["id"]
         for a, v in views(peers).items():
             assert v[step["replica_id"]]["role"] == "master" and v[step["replica_id"]]["slots"] == frozen["slots"], a
         # (redis-cli --cluster check would hang on the frozen node: it has no timeout; run below, after the thaw)

@@ -356,3 +356,38 @@ def test_behind_names_each_node_and_why():
     assert behind[ADDR["d"]] == "says cluster_state:fail"
     assert behind[ADDR["e"]] == "does not answer CLUSTER INFO: timed out"
     assert cl._behind(nodes, {ADDR["a"]: views[ADDR["a"]]}, expected) == {}
+
+
+def _standalone_pair(keys_old_master):
+    def rec(addr, role, keys, replid, replid2="0" * 40, replicas=0, master=None):
+        repl = {"role": "master" if role == "master" else "slave", "master_replid": replid, "master_replid2": replid2,
+                "master_repl_offset": "100", "connected_slaves": str(replicas)}
+        if master:
+            repl.update(master_host="127.0.0.1", master_port=master, master_link_status="up")
+        return dict(address=addr, reachable=True, error=None, cluster_enabled=False, role=role,
+                    replication=repl, keys=keys, memory={})
+    return cl.build_topology({
+        "127.0.0.1:6001": rec("127.0.0.1:6001", "master", keys_old_master, "r" * 40),
+        "127.0.0.1:6002": rec("127.0.0.1:6002", "master", 10, "n" * 40, replid2="r" * 40, replicas=1),
+        "127.0.0.1:6003": rec("127.0.0.1:6003", "replica", 10, "n" * 40, master="6002"),
+    })
+
+
+def test_standalone_rejoin_only_an_empty_former_master():
+    """REPLICAOF discards a node's data: a former master holding keys (writes taken after the failover?) is not
+    made a replica, even when it is the very master the current one was promoted from."""
+    t = _standalone_pair(0)
+    assert t["rejoin_candidates"] == ["127.0.0.1:6001"]
+    t = _standalone_pair(5)
+    assert t["rejoin_candidates"] == [] and "holds 5 keys" in t["reason"]
+    with pytest.raises(P3Error) as e:
+        cl.plan_rejoin(t, targets=["127.0.0.1:6001"])
+    assert "holds 5 keys" in e.value.msg
+
+
+def test_repair_changed_counts_what_was_sent_even_without_convergence():
+    assign = dict(action="addslots", target="x", detail="ADDSLOTSRANGE 0-99 (100 slots, 0 keys already there)")
+    assert cl.repair_changed([assign]) is True
+    assert cl.repair_changed([dict(assign, detail="already owns 0-99")]) is False
+    assert cl.repair_changed([dict(action="setslot node", target="y", detail="")]) is True
+    assert cl.repair_changed([]) is False
