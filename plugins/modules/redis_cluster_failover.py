@@ -13,8 +13,14 @@ version_added: 0.1.0
 description:
   - The runbook's "If master failed, promote replica" (C(CLUSTER FAILOVER)), done the way it works.
   - Reads the merged topology (as M(p3.recovery.redis_cluster_topology)); the masters to fail over are O(master),
-    or else every master that serves slots and is confirmed down (unreachable from here and flagged, disconnected
-    or not answering pings according to a reachable peer).
+    or else every master that serves slots and is down by the cluster's own definition (see
+    M(p3.recovery.redis_cluster_topology) - a majority of its peers flag it C(fail), or every peer has waited for
+    its pong longer than C(cluster-node-timeout)). A busy master (no answer, not down) is never forced over; naming
+    it in O(master) fails with the reason.
+  - Right before C(CLUSTER FAILOVER FORCE) or C(TAKEOVER) the master is checked again (C(PING), fresh
+    C(CLUSTER NODES) of every peer): one that answers or is no longer down is left alone (RV(skipped)), and a
+    replica that is already the master of the slots (Redis's own election won) is reported with C(by=redis), not
+    claimed; C(changed) counts only the commands this run sent.
   - Chooses the best replica (reachable, unflagged, link up first, then the highest replication offset) unless
     O(replica) names one, and sends it C(CLUSTER FAILOVER) when the master is reachable (coordinated, no write
     lost), C(CLUSTER FAILOVER FORCE) when it is down and a majority of the slot-serving masters can vote, or
@@ -88,8 +94,15 @@ plan:
   type: list
   elements: dict
 failovers:
-  description: The steps done, each with C(seconds) until every reachable node agreed (empty in check mode).
+  description:
+    - The steps done, each with C(seconds) until every reachable node agreed (empty in check mode), and C(by) -
+      V(p3.recovery) when this run's command promoted the replica, V(redis) when Redis had already promoted it.
   returned: always
+  type: list
+  elements: dict
+skipped:
+  description: Planned steps not taken because the re-check found the master answering or no longer down (C(why)).
+  returned: success
   type: list
   elements: dict
 timeline:
