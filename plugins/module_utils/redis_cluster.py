@@ -208,7 +208,7 @@ def judge_node(reachable, peer_lines, peer_now_ms, node_timeout_ms, own_unreacha
             ages.append(max(0, now - n["ping_sent"]))
         else:
             ages.append(0)
-    unanswered = min(ages) if ages else None
+    unanswered = int(min(ages)) if ages else 0
     if reachable:
         health, why = "up", "answers"
     elif failed:
@@ -218,14 +218,14 @@ def judge_node(reachable, peer_lines, peer_now_ms, node_timeout_ms, own_unreacha
             unanswered, node_timeout_ms)
     elif not viewers and own_unreachable_ms is not None and own_unreachable_ms > node_timeout_ms:
         health, why = "down", "unreachable from here for %d ms > cluster-node-timeout %d ms (no peer to ask)" % (
-            own_unreachable_ms, node_timeout_ms)
+            int(own_unreachable_ms), node_timeout_ms)
     else:
         seen = ("peers waiting for its pong %d ms" % unanswered if unanswered else "a peer heard from it recently"
                 ) if viewers else "no peer to ask"
         health, why = "busy", "not flagged fail by a majority of its peers (%d of %d), %s <= cluster-node-timeout " \
             "%d ms: busy or not yet confirmed, not down" % (len(fail_votes), len(viewers), seen, node_timeout_ms)
     return dict(health=health, failed=failed, pfail=bool(pfail_votes) and not failed, fail_votes=len(fail_votes),
-                viewers=len(viewers), unanswered_ms=unanswered, why=why)
+                viewers=len(viewers), unanswered_ms=unanswered if viewers else None, why=why)
 
 
 def cluster_node_timeout(records, default=DEFAULT_NODE_TIMEOUT_MS):

@@ -18,7 +18,7 @@ description:
     its pong longer than C(cluster-node-timeout)). A busy master (no answer, not down) is never forced over; naming
     it in O(master) fails with the reason.
   - Right before C(CLUSTER FAILOVER FORCE) or C(TAKEOVER) the master is checked again (C(PING), fresh
-    C(CLUSTER NODES) of every peer): one that answers or is no longer down is left alone (RV(skipped)), and a
+    C(CLUSTER NODES) of every peer) - one that answers or is no longer down is left alone (RV(skipped)), and a
     replica that is already the master of the slots (Redis's own election won) is reported with C(by=redis), not
     claimed; C(changed) counts only the commands this run sent.
   - Chooses the best replica (reachable, unflagged, link up first, then the highest replication offset) unless

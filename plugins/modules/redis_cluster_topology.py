@@ -19,7 +19,7 @@ description:
     config epoch, replication offset and lag, memory against C(maxmemory)), the slots no live master serves (with
     the ranges), unassigned slots, open (migrating/importing) slots, slots and epochs the nodes disagree about,
     config epoch collisions and masters without a healthy replica.
-  - Each node's RV(nodes[].health) comes from one model (C(redis_cluster.judge_node)) that M(p3.recovery.redis_probe),
+  - Each node's C(health) (in RV(nodes)) comes from one model (C(redis_cluster.judge_node)) that M(p3.recovery.redis_probe),
     the C(p3.recovery.redis_serving) filter and every action's re-check share - V(up) it answers; V(down) it does
     not, and a majority of the peers that list it flag it C(fail) (the cluster's own verdict), or every peer has
     waited for its pong longer than the cluster's C(cluster-node-timeout) (read with C(CONFIG GET)); V(busy) it does

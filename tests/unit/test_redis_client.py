@@ -373,7 +373,7 @@ def test_summarize_is_a_view_of_the_one_model():
     recs = cluster(A=record("A", dead=("B",), fail_flag="fail?"))
     v = rc.summarize(recs, seeds=[addr(1)])
     t = build_topology(recs, seeds=[addr(1)])
-    assert v["failed_nodes"] == [n for n in t["failed_nodes"]] == []
+    assert v["failed_nodes"] == list(t["failed_nodes"]) == []
     # down: a majority flags it fail
     recs = cluster(B=record("B", reachable=False), **{n: record(n, dead=("B",)) for n in "ACDEF"})
     v = rc.summarize(recs, seeds=[addr(1)])
