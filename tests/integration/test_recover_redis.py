@@ -401,9 +401,14 @@ def _masters(addrs):
     return sorted((n for n in v0.values() if n["role"] == "master" and n["slots"]), key=lambda n: n["addr"])
 
 
-def test_busy_master_is_not_failed_over(healthy_lab, report_dir):
-    """A master stalled 4 s by DEBUG SLEEP (a slow script, a big delete, a fork stall) while recover_redis.yml runs
-    with the role's defaults: busy is not down - no failover, no acknowledged write lost, roles unchanged."""
+@pytest.mark.parametrize("stall,extra", [
+    (4, {}),  # the role's defaults
+    # the operator allows data loss and does not wait: a busy master's slots are still never repaired around
+    (5, {"p3_redis_allow_data_loss": True, "p3_redis_confirm_timeout": 0}),
+], ids=["defaults", "allow_data_loss"])
+def test_busy_master_is_not_failed_over(healthy_lab, report_dir, stall, extra):
+    """A master stalled by DEBUG SLEEP (a slow script, a big delete, a fork stall) while recover_redis.yml runs:
+    busy is not down - no failover, no slot assignment, no acknowledged write lost, roles unchanged."""
     import threading
 
     nodes = lab_nodes()
@@ -414,7 +419,7 @@ def test_busy_master_is_not_failed_over(healthy_lab, report_dir):
 
     def stall_and_write():
         c = client(busy["addr"], timeout=15)
-        t = threading.Thread(target=lambda: client(busy["addr"], timeout=15).execute_command("DEBUG", "SLEEP", 4))
+        t = threading.Thread(target=lambda: client(busy["addr"], timeout=15).execute_command("DEBUG", "SLEEP", stall))
         t.start()
         time.sleep(0.3)
         # writes sent during the stall: answered once it ends, and acknowledged by the replica
@@ -437,7 +442,7 @@ def test_busy_master_is_not_failed_over(healthy_lab, report_dir):
 
     th = threading.Thread(target=later)
     th.start()
-    run, report = recover(report_dir)
+    run, report = recover(report_dir, **extra)
     th.join()
     assert run.rc == 0, run.stdout[-3000:]
     assert around and not around_errors, around_errors[:3]
