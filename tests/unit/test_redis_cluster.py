@@ -391,3 +391,122 @@ def test_repair_changed_counts_what_was_sent_even_without_convergence():
     assert cl.repair_changed([dict(assign, detail="already owns 0-99")]) is False
     assert cl.repair_changed([dict(action="setslot node", target="y", detail="")]) is True
     assert cl.repair_changed([]) is False
+
+
+class _Settings(object):
+    seed_addresses = [ADDR["a"]]
+
+
+def test_read_topology_waits_for_the_clusters_verdict(monkeypatch):
+    """confirm_timeout: a busy master is read again until the cluster flags it fail (then it is a candidate)."""
+    readings = [records(down="a", pings={"a": NOW - 2000}), records(down="a", pings={"a": NOW - 9000}),
+                records(down="a", flags={"a": ["fail"]})]
+    calls = []
+
+    def fake(settings, deadline=None):
+        calls.append(1)
+        return readings[min(len(calls), len(readings)) - 1]
+    monkeypatch.setattr(cl, "read_records", fake)
+    monkeypatch.setattr(cl, "CONFIRM_POLL", 0.0)
+    t = cl.read_topology(_Settings(), confirm_timeout=30)
+    assert len(calls) == 3 and t["down_nodes"] == [ADDR["a"]] and t["next_actions"] == ["failover"]
+    calls[:] = []
+    t = cl.read_topology(_Settings(), confirm_timeout=0)
+    assert len(calls) == 1 and t["busy_nodes"] == [ADDR["a"]] and t["next_actions"] == []
+
+
+def test_read_topology_stops_waiting_when_the_master_answers(monkeypatch):
+    readings = [records(down="a", pings={"a": NOW - 2000}), records()]
+    calls = []
+
+    def fake(settings, deadline=None):
+        calls.append(1)
+        return readings[min(len(calls), len(readings)) - 1]
+    monkeypatch.setattr(cl, "read_records", fake)
+    monkeypatch.setattr(cl, "CONFIRM_POLL", 0.0)
+    t = cl.read_topology(_Settings(), confirm_timeout=30)
+    assert len(calls) == 2 and t["healthy"] and t["confirm_waited"] >= 0
+
+
+class _FakeNodes(object):
+    """Answers like a 6-node cluster whose master a is dead; replica d is master already when promoted_first."""
+
+    def __init__(self, promoted_first, accept=True):
+        self.promoted = promoted_first
+        self.accept = accept
+        self.sent = []
+
+    def __call__(self, settings):
+        return self
+
+    def _view(self, viewer):
+        spec = dict(BASE)
+        if self.promoted:
+            spec["d"] = ("master", None, "0-5460")
+            spec["a"] = ("slave", "d", "")
+        return parse_cluster_nodes(nodes_text(viewer, spec, flags={"a": ["fail"]}))
+
+    def try_run(self, address, *args):
+        name = [n for n, a in ADDR.items() if a == address][0]
+        if args[0] == "PING":
+            return (None, "connection refused") if name == "a" else ("PONG", None)
+        if args[:2] == ("CLUSTER", "NODES"):
+            return (None, "connection refused") if name == "a" else (self._view(name), None)
+        if args[0] == "TIME":
+            return [str(NOW // 1000), "0"], None
+        if args[:2] == ("CLUSTER", "FAILOVER"):
+            self.sent.append((address,) + args)
+            if self.promoted:
+                return None, "ERR You should send CLUSTER FAILOVER to a replica"
+            self.promoted = True
+            return "OK", None
+        raise AssertionError(args)
+
+    def close(self):
+        pass
+
+
+def _fake_views(nodes, addresses):
+    out = {}
+    for a in addresses:
+        text, err = nodes.try_run(a, "CLUSTER", "NODES")
+        if err is None:
+            out[a] = text
+    return out
+
+
+@pytest.mark.parametrize("redis_first", [False, True])
+def test_failover_claims_only_what_it_did(monkeypatch, redis_first):
+    """A run claims only what it did: when Redis promoted the replica before our FORCE, the step says by=redis and
+    nothing was sent; otherwise by=p3.recovery."""
+    t = topo(down="a", flags={"a": ["fail"]})
+    steps = cl.plan_failover(t)
+    fake = _FakeNodes(promoted_first=redis_first)
+    monkeypatch.setattr(cl, "Nodes", fake)
+    monkeypatch.setattr(cl, "views_of", _fake_views)
+    done, timeline, skipped = cl.run_failover(None, t, steps, wait_timeout=2)
+    assert skipped == [] and len(done) == 1
+    if redis_first:
+        assert done[0]["by"] == "redis" and fake.sent == []
+        assert [e["action"] for e in timeline] == ["observed failover", "converged"]
+    else:
+        assert done[0]["by"] == "p3.recovery" and fake.sent == [(ADDR["d"], "CLUSTER", "FAILOVER", "FORCE")]
+        assert [e["action"] for e in timeline] == ["cluster failover force", "converged"]
+
+
+def test_failover_recheck_leaves_a_master_that_answers_again(monkeypatch):
+    t = topo(down="a", flags={"a": ["fail"]})
+    steps = cl.plan_failover(t)
+    fake = _FakeNodes(promoted_first=False)
+    real = fake.try_run
+
+    def try_run(address, *args):
+        if args[0] == "PING":
+            return "PONG", None  # a is back
+        return real(address, *args)
+    fake.try_run = try_run
+    monkeypatch.setattr(cl, "Nodes", fake)
+    monkeypatch.setattr(cl, "views_of", _fake_views)
+    done, timeline, skipped = cl.run_failover(None, t, steps, wait_timeout=2)
+    assert done == [] and fake.sent == [] and skipped[0]["master"] == ADDR["a"]
+    assert "answers PING again" in skipped[0]["why"]
