@@ -40,6 +40,15 @@ REDIS_CLUSTER_ARGUMENT_SPEC = dict(
     unanswered_ms=dict(type="int", default=15000),
     confirm_timeout=dict(type="float", default=0.0),
 )
+def cluster_param_error(params):
+    """One line naming a bad option of doc fragment p3.recovery.redis_cluster, or None."""
+    if params.get("unanswered_ms") is not None and params["unanswered_ms"] <= 0:
+        return "unanswered_ms must be > 0, got %s" % params["unanswered_ms"]
+    if params.get("confirm_timeout") is not None and params["confirm_timeout"] < 0:
+        return "confirm_timeout must be >= 0, got %s" % params["confirm_timeout"]
+    return None
+
+
 # Redis's own default cluster-node-timeout: what "down" means when no node answers CONFIG GET.
 DEFAULT_NODE_TIMEOUT_MS = 15000
 

@@ -47,7 +47,7 @@ options:
   master:
     description:
       - Fail over this master (C(host:port) or node id), for example for planned maintenance while it is still up.
-      - If not set, every confirmed-down master that serves slots.
+      - If not set, every master that serves slots and is down by the cluster's own definition.
     type: str
   replica:
     description: Promote this replica (C(host:port) or node id) of O(master) instead of the best one.
@@ -122,7 +122,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, plan_failover, read_topology, run_failover)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, plan_failover, read_topology, run_failover)
 
 
 def describe(steps, done=None, skipped=None):
@@ -158,6 +158,8 @@ def main():
     p = module.params
     if p["wait_timeout"] <= 0:
         module.fail_json(msg="wait_timeout must be > 0")
+    if cluster_param_error(p):
+        module.fail_json(msg=cluster_param_error(p))
     if p["replica"] and not p["master"]:
         module.fail_json(msg="replica needs master")
     target = RedisTarget(module)

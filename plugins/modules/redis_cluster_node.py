@@ -110,7 +110,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, plan_forget, plan_rejoin, read_topology, run_forget, run_rejoin)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, plan_forget, plan_rejoin, read_topology, run_forget, run_rejoin)
 
 
 def main():
@@ -127,6 +127,8 @@ def main():
     p = module.params
     if p["wait_timeout"] <= 0:
         module.fail_json(msg="wait_timeout must be > 0")
+    if cluster_param_error(p):
+        module.fail_json(msg=cluster_param_error(p))
     target = RedisTarget(module)
     out = dict(rejoined=[], forgotten=[], timeline=[])
     try:

@@ -129,8 +129,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, count_keys, plan_failover, plan_slot_repair, plan_view_fixes, range_slots, ranges_text,
-    read_topology, repair_changed, run_failover, run_slot_repair)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, count_keys, plan_failover, plan_slot_repair, plan_view_fixes,
+    range_slots, ranges_text, read_topology, repair_changed, run_failover, run_slot_repair)
 
 
 def shown(plan, open_slots, failover):
@@ -164,6 +164,8 @@ def main():
     p = module.params
     if p["wait_timeout"] <= 0 or p["max_slots"] < 0 or p["migrate_timeout_ms"] <= 0:
         module.fail_json(msg="wait_timeout and migrate_timeout_ms must be > 0, max_slots >= 0")
+    if cluster_param_error(p):
+        module.fail_json(msg=cluster_param_error(p))
     target = RedisTarget(module)
     empty = dict(plan={}, failovers=[], timeline=[], slots_uncovered_before=[])
     failovers, timeline = [], []

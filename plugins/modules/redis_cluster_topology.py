@@ -255,7 +255,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import REDIS_CLUSTER_ARGUMENT_SPEC, public, read_topology
+from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, public, read_topology)
 
 
 def main():
@@ -266,8 +267,10 @@ def main():
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if module.params["wait_timeout"] < 0 or module.params["unanswered_ms"] <= 0 or module.params["confirm_timeout"] < 0:
-        module.fail_json(msg="wait_timeout and confirm_timeout must be >= 0, unanswered_ms > 0")
+    if module.params["wait_timeout"] < 0:
+        module.fail_json(msg="wait_timeout must be >= 0")
+    if cluster_param_error(module.params):
+        module.fail_json(msg=cluster_param_error(module.params))
     target = RedisTarget(module)
     t0 = time.monotonic()
     deadline = t0 + module.params["wait_timeout"]

@@ -510,3 +510,9 @@ def test_failover_recheck_leaves_a_master_that_answers_again(monkeypatch):
     done, timeline, skipped = cl.run_failover(None, t, steps, wait_timeout=2)
     assert done == [] and fake.sent == [] and skipped[0]["master"] == ADDR["a"]
     assert "answers PING again" in skipped[0]["why"]
+
+
+def test_cluster_param_errors_are_one_line():
+    assert cl.cluster_param_error(dict(unanswered_ms=15000, confirm_timeout=0)) is None
+    assert "unanswered_ms must be > 0" in cl.cluster_param_error(dict(unanswered_ms=0, confirm_timeout=0))
+    assert "confirm_timeout must be >= 0" in cl.cluster_param_error(dict(unanswered_ms=1, confirm_timeout=-1))
