@@ -35,11 +35,13 @@ FAIL = "fail"
 PFAIL = "fail?"
 POLL = 0.05
 
-# The option of doc fragment p3.recovery.redis_cluster, defined once.
+# The options of doc fragment p3.recovery.redis_cluster, defined once.
 REDIS_CLUSTER_ARGUMENT_SPEC = dict(
     unanswered_ms=dict(type="int", default=15000),
     confirm_timeout=dict(type="float", default=0.0),
 )
+
+
 def cluster_param_error(params):
     """One line naming a bad option of doc fragment p3.recovery.redis_cluster, or None."""
     if params.get("unanswered_ms") is not None and params["unanswered_ms"] <= 0:
