@@ -18,11 +18,13 @@ description:
     lists it as a replica of that master. A node that serves slots or holds keys is refused. A node already a
     replica (of O(master) when given) is left alone.
   - For a standalone deployment, C(REPLICAOF) the current master (the reachable master that has replicas) on an old
-    master that came back as a second master.
+    master that came back as a second master - only when it is empty, as in a cluster (C(REPLICAOF) discards its
+    data, which may include writes taken after the failover); one that holds keys is refused and reported.
   - O(state=forgotten) - C(CLUSTER FORGET) of each of O(nodes) (default - the topology's forget candidates,
     unreachable nodes flagged C(fail) without slots and without a live replica) on every reachable node, within
-    Redis's 60 s forget ban. Refuses a reachable node, one not flagged C(fail), or one that still owns slots, unless
-    O(force=true) (slots always refuse).
+    Redis's 60 s forget ban. Refuses a reachable node, one not flagged C(fail) by a majority of its peers, or one
+    that still owns slots, unless O(force=true) (slots always refuse); without O(force) the node is checked again
+    (C(PING), fresh views of every peer) right before the first C(FORGET) and left alone if it is not down.
   - Nothing to do reports C(changed=false).
 author:
   - P3 Recovery maintainers (@p3-protocol)

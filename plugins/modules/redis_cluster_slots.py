@@ -23,9 +23,14 @@ description:
     holds their keys; slots without keys go to the master of the nearest served slot, so ranges stay contiguous
     (C(redis-cli --cluster fix) scatters them at random). The new owner runs C(CLUSTER DELSLOTSRANGE) (for slots its
     view still gives a dead node), C(CLUSTER ADDSLOTSRANGE) and C(CLUSTER BUMPEPOCH) in one C(MULTI).
-  - Lossy cases - the owner is down with no replica to promote, keys of one slot on several masters, or an
-    unassigned slot while a master is unreachable - are refused unless O(allow_data_loss=true); the refusal and the
-    result name the slots, how many keys may be lost, and the unreachable owners whose keys cannot be counted.
+  - The slots of a busy master (it does not answer, but is not down by the cluster's own definition - see
+    M(p3.recovery.redis_cluster_topology)) are never reassigned, whatever O(allow_data_loss) says; right before an
+    C(ADDSLOTS) that takes the slots of an owner that does not serve them, that owner is checked again (C(PING),
+    fresh views of every peer) and the repair stops if it is not down any more.
+  - Lossy cases - the owner is down and none of its replicas can be promoted (the message says whether it has
+    none, or names them and their state), keys of one slot on several masters, or an unassigned slot while a master
+    is unreachable - are refused unless O(allow_data_loss=true); the refusal and the result name the slots, how many
+    keys may be lost, and the unreachable owners whose keys cannot be counted.
   - Masters whose view maps a slot to another node than the one that claims it (while the majority agrees with the
     claim) learn the owner with C(CLUSTER SETSLOT <slot> NODE <owner>).
   - Every other reachable master is then told the new owners with C(CLUSTER SETSLOT <slot> NODE <owner>) (as
@@ -33,7 +38,8 @@ description:
     C(SETSLOT) and learn by heartbeat, which reaches every node at least every C(cluster-node-timeout)/2.
   - Polls every 50 ms until every reachable node maps the repaired slots to their new owner and says
     C(cluster_state:ok), at most O(wait_timeout) seconds; the failure names each node still behind and why.
-  - Nothing to repair reports C(changed=false).
+  - Nothing to repair reports C(changed=false); a repair that sent assignments reports C(changed=true) even when it
+    then fails (for example, did not converge within O(wait_timeout)).
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
