@@ -224,7 +224,7 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     assert report["before"]["down_nodes"] == [dead] or report["before"]["failover_candidates"] == []
     res = run.result(FAILOVER_TASK)
     did_what = [(e["action"], e["target"]) for e in report["timeline"]]
-    ours = [f for f in res.get("failovers") or () if f["by"] == "p3.recovery"]
+    ours = [f for f in res.get("failovers") or () if f.get("by", "p3.recovery") == "p3.recovery"]
     if ours:
         assert ours[0]["master"] == dead and ours[0]["mode"] == "force" and ours[0]["replica"] == promoted
         assert res["changed"] is True and ("cluster failover force", promoted) in did_what, res
@@ -475,6 +475,56 @@ def test_heal_never_resurrects_old_data(healthy_lab, report_dir):
         assert v[victim["id"]]["role"] == "replica" and not v[victim["id"]]["slots"], a
     assert "DB loaded from disk" not in _log_since_start(victim["addr"])
     cluster_check(nodes[0])
+
+
+def _logfile(addr):
+    c = client(addr)
+    d = c.config_get("dir")["dir"]
+    log = c.config_get("logfile")["logfile"]
+    return log if os.path.isabs(log) else os.path.join(d, log)
+
+
+def test_concurrent_runs_claim_only_what_they_did(healthy_lab, tmp_path):
+    """Two recover_redis.yml at once on one dead master: each run claims a promotion (by=p3.recovery, changed)
+    only for a FORCE the replica accepted (its log says so); when Redis's own election promoted it, no run claims
+    it. No acknowledged key is lost either way."""
+    import threading
+
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 300, "concurrent")
+    v0 = views(nodes)[nodes[0]]
+    did = lab_fault("redis-master-down")
+    replica = [n for n in v0.values() if n["master"] == did["node_id"]][0]
+    log = _logfile(replica["addr"])
+    start = os.path.getsize(log)
+    out = {}
+
+    def one(i):
+        out[i] = recover(str(tmp_path / ("r%d" % i)))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(log) as f:
+        f.seek(start)
+        text = f.read()
+    forced = text.count("Forced failover user request accepted")
+    claims = 0
+    for i, (run, report) in out.items():
+        assert run.rc == 0, run.stdout[-3000:]
+        ours = [f for res in run.results(FAILOVER_TASK) for f in res.get("failovers") or () if f.get("by", "p3.recovery") == "p3.recovery"]
+        claims += len(ours)
+        assert report["changed"] is bool(ours), report
+        sent = [e for e in report["timeline"] if e["action"].startswith("cluster failover")]
+        assert len(sent) == len(ours), report["timeline"]
+    assert claims == forced, (claims, forced, text[-2000:])
+    if not forced:
+        assert "Failover election won" in text or "failover election" in text.lower(), text[-2000:]
+    for a, v in views([a for a in nodes if a != did["node"]]).items():
+        assert v[replica["id"]]["role"] == "master", a
+    assert missing_keys(nodes, keys) == []
 
 
 # ---------------------------------------------------------------- throwaway deployments (ports base+40..)
