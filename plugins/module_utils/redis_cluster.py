@@ -130,15 +130,21 @@ def read_topology(settings, unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, confirm_timeo
 
     confirm_timeout: while a slot-owning master is busy (unreachable from here, not yet down by the cluster's own
     definition), read again every 0.25 s for at most this many seconds, until it answers again or the cluster
-    confirms it down. A total deadline: the last read starts before it ends.
+    confirms it down. A total deadline: a read after the first is cut at it (plus one connection and one reply
+    time), its unanswered nodes reported as such.
     """
     end = time.monotonic() + max(0.0, confirm_timeout or 0.0)
     since = {}
     waited = 0.0
     t0 = time.monotonic()
+    first = True
     while True:
         now = time.monotonic()
-        topo = build_topology(read_records(settings), seeds=settings.seed_addresses, unanswered_ms=unanswered_ms,
+        c, t = settings.connect_timeout, settings.socket_timeout
+        cut = None if first else max(min(end, now + 2 * c + 4 * t + 1.0), now + c + t + 0.5)
+        first = False
+        topo = build_topology(read_records(settings, deadline=cut), seeds=settings.seed_addresses,
+                              unanswered_ms=unanswered_ms,
                               unreachable_since=dict((i, (now - t) * 1000.0) for i, t in since.items()))
         busy = [n for n in topo.get("nodes") or () if n.get("health") == "busy" and n.get("slot_count")]
         for n in topo.get("nodes") or ():

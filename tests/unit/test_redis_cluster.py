@@ -395,6 +395,8 @@ def test_repair_changed_counts_what_was_sent_even_without_convergence():
 
 class _Settings(object):
     seed_addresses = [ADDR["a"]]
+    connect_timeout = 1.0
+    socket_timeout = 1.0
 
 
 def test_read_topology_waits_for_the_clusters_verdict(monkeypatch):
