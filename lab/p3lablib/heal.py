@@ -1,10 +1,12 @@
 """`p3lab heal`: undo every fault (recorded or not) without the collection, then wait until the lab is healthy."""
 import json
+import os
+import shutil
 import signal
 import time
 
 from . import anvil, pg, rediscluster, status
-from .common import ONE_ETH, LabError, http, kill, pid_alive, read_json, wait_until, write_json
+from .common import ONE_ETH, LabError, http, kill, live_pid, pid_alive, read_json, wait_until, write_json
 from .faults import holder_pids, peers, waiting
 from .stack import Deadline, check_binaries, preflight_ports, start_infra, write_state
 
@@ -28,6 +30,69 @@ def _delete_corrupt_sessions(lab):
                 pipe.unlink(k)
             deleted += sum(pipe.execute())
     return deleted
+
+
+def _dead_redis(lab):
+    """Indexes (1..6) of our redis nodes whose process is gone (a frozen node is alive: not restarted)."""
+    return [i for i in range(1, 7) if not live_pid(lab.redis_pidfile(i))]
+
+
+def _hand_over_slots(lab, dead, dl):
+    """Before a dead master is restarted, its best live replica takes its slots (CLUSTER FAILOVER FORCE, then
+    TAKEOVER if the election is refused): restarted, the old master must never take its slots back, whatever data
+    it would come back with. The process is gone (heal knows it from the pid file), so forcing is safe here.
+    A dead master without a live replica keeps its slots: it comes back empty and serves them (its keys are lost,
+    as a killed master's are without persistence)."""
+    actions = []
+    dead_ports = set(lab.redis_ports[i - 1] for i in dead)
+    _, nodes = rediscluster.view(lab, prefer=next((p for p in lab.redis_ports if p not in dead_ports), None))
+    for m in nodes or []:
+        if m["port"] not in dead_ports or m["role"] != "master" or not m["slots"]:
+            continue
+        reps = []
+        for r in nodes:
+            if r["master_id"] == m["id"] and r["port"] not in dead_ports and rediscluster.ping(r["port"]):
+                try:
+                    offset = int(rediscluster.replication(r["port"]).get("slave_repl_offset") or 0)
+                except Exception:  # noqa: BLE001
+                    continue
+                reps.append((offset, r))
+        if not reps:
+            continue
+        r = max(reps, key=lambda t: t[0])[1]
+
+        def promoted(r=r):
+            me = [n for n in rediscluster.cluster_nodes(r["port"], timeout=0.7) if n["myself"]][0]
+            return me["role"] == "master" and bool(me["slots"])
+
+        for how in ("FORCE", "TAKEOVER"):
+            try:
+                rediscluster.client(r["port"], timeout=2).execute_command("CLUSTER", "FAILOVER", how)
+            except Exception as e:  # noqa: BLE001 - already a master (Redis failed over by itself)
+                actions.append("CLUSTER FAILOVER %s on %s: %s" % (how, r["address"], e))
+            if wait_until(promoted, dl.left(6), 0.05):
+                actions.append("%s took the slots of dead master %s (CLUSTER FAILOVER %s)"
+                               % (r["address"], m["address"], how))
+                break
+        else:
+            raise LabError("the replica %s of dead master %s did not take its slots" % (r["address"], m["address"]))
+    return actions
+
+
+def _empty_disk(lab, i):
+    """A restarted node comes back empty: drop whatever data files an earlier sync or SAVE left in its dir (its
+    nodes.conf stays, so it rejoins under its id and follows the new owner of its slots as a replica)."""
+    d = lab.redis_node_dir(i)
+    gone = []
+    for name in ("dump.rdb", "appendonly.aof", "appendonlydir"):
+        path = os.path.join(d, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            gone.append(name)
+        elif os.path.exists(path):
+            os.remove(path)
+            gone.append(name)
+    return gone
 
 
 def _publish_reconnect(lab):
@@ -61,7 +126,15 @@ def heal(lab):
             actions.append("anchor wallet balance %d -> 1 ETH" % bal)
             wallet_faulted = False
 
-    # 3. every process that is not running: dead redis nodes rejoin from nodes.conf
+    # 3. every process that is not running: dead redis nodes rejoin from nodes.conf, empty, and a dead master's
+    #    slots go to its replica first (so it comes back as that replica's replica, never as their owner)
+    dead = _dead_redis(lab)
+    if dead and len(dead) < 6:
+        actions += _hand_over_slots(lab, dead, dl)
+    for i in dead:
+        gone = _empty_disk(lab, i)
+        if gone:
+            actions.append("redis%d starts empty (removed %s)" % (i, ", ".join(gone)))
     check_binaries()
     preflight_ports(lab)
     write_state(lab)

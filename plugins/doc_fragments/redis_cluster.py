@@ -7,14 +7,25 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # The option every redis_cluster_* module shares to read the topology (argument spec:
+    # The options every redis_cluster_* module shares to read the topology (argument spec:
     # module_utils/redis_cluster.py REDIS_CLUSTER_ARGUMENT_SPEC).
     DOCUMENTATION = r"""
 options:
   unanswered_ms:
     description:
-      - A ping from a peer unanswered for longer than this many milliseconds confirms a node we cannot reach is down
-        (a frozen or partitioned node keeps its TCP link, so peers only flag it after C(cluster-node-timeout)).
+      - The C(cluster-node-timeout) (milliseconds) to assume when no node answers C(CONFIG GET cluster-node-timeout)
+        (a managed Redis may refuse C(CONFIG)); otherwise the nodes' own value is used.
+      - A node we cannot reach is down only when a majority of the peers that list it flag it C(fail), or when every
+        peer has waited for its pong longer than C(cluster-node-timeout) (with no peer to ask, our own observation
+        counts). Otherwise it is busy (slow, stalled, paused, or not yet confirmed) and is never failed over,
+        forgotten or repaired around.
     type: int
-    default: 1000
+    default: 15000
+  confirm_timeout:
+    description:
+      - While a slot-owning master is busy, read the topology again every 0.25 s for at most this many seconds, until
+        it answers again or the cluster confirms it down (the cluster flags a dead master C(fail) about
+        C(cluster-node-timeout) after it stopped answering). V(0) reads once.
+    type: float
+    default: 0
 """

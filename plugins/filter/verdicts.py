@@ -103,10 +103,15 @@ def evidence(result, drop=None):
 
 
 def redis_serving(result):
-    """Whether Redis, as a redis_probe result describes it, serves clients: a cluster serves when the reachable
-    nodes say cluster_state:ok and every slot is served by a reachable master (a dead replica or a dead former
-    master that was failed over does not stop it); a standalone Redis when the probe is healthy."""
+    """Whether Redis, as a redis_probe (or redis_cluster_topology) result describes it, serves clients: the
+    result's own C(serving), which comes from the one node-health model (redis_cluster.judge_node) - a cluster
+    serves when the reachable nodes say cluster_state:ok, the views agree and every slot is served by a reachable
+    master that is not flagged (a dead replica or a failed-over former master does not stop it; a busy master's
+    slots are not served until it answers); a standalone Redis when the probe is healthy. Results without that field
+    (older evidence) are judged from their slot counts."""
     result = result or {}
+    if result.get("serving") is not None:
+        return bool(result["serving"])
     if result.get("cluster_enabled"):
         return (result.get("cluster_state") == "ok" and not result.get("slots_uncovered")
                 and result.get("slots_ok") == 16384)

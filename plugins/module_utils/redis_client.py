@@ -697,8 +697,21 @@ def summarize(records, seeds=None):
         )
         nodes.append(node)
 
-    failed_nodes = [n["address"] for n in nodes
-                    if not n["reachable"] or n["flagged_by_peers"] or any(f in _FAIL_FLAGS for f in n["flags"])]
+    model = _cluster_model(records, seeds) if cluster_enabled else None
+    if model is not None:
+        # One model judges a cluster node (redis_cluster.judge_node, via build_topology): this verdict is a view of
+        # it, so the sessions/mesh roles and the repair never disagree about which node is down, busy or serving.
+        health = dict((m["address"], m) for m in model["nodes"] if m.get("address"))
+        for n in nodes:
+            m = health.get(n["address"]) or {}
+            n["health"] = m.get("health") or ("up" if n["reachable"] else "busy")
+            n["health_why"] = m.get("health_why")
+        failed_nodes = [n["address"] for n in nodes if not n["reachable"] or (health.get(n["address"]) or {}).get("failed")]
+    else:
+        for n in nodes:
+            n["health"] = "up" if n["reachable"] else "down"
+            n["health_why"] = None if n["reachable"] else n["error"]
+        failed_nodes = [n["address"] for n in nodes if not n["reachable"]]
     failed_set = set(failed_nodes)
     # Healthy members per role: reachable, not flagged failed (a master must also serve slots in a cluster).
     masters = [n["address"] for n in nodes if n["role"] == "master" and n["address"] not in failed_set
@@ -716,11 +729,15 @@ def summarize(records, seeds=None):
         masters=len(masters),
         replicas=len(replicas),
         failed_nodes=failed_nodes,
+        busy_nodes=[n["address"] for n in nodes if n["health"] == "busy"],
+        down_nodes=[n["address"] for n in nodes if n["health"] == "down"],
+        serving=None,
     )
     problems = []
     for n in nodes:
         if not n["reachable"]:
-            problems.append("node %s unreachable (%s)" % (n["address"], n["error"] or "no answer"))
+            problems.append("node %s unreachable (%s)%s" % (n["address"], n["error"] or "no answer", (
+                ", %s: %s" % (n["health"], n["health_why"])) if model is not None and n["health_why"] else ""))
         elif n["error"]:
             problems.append("node %s: %s" % (n["address"], n["error"]))
         elif n["flagged_by_peers"]:
@@ -749,32 +766,31 @@ def summarize(records, seeds=None):
                             owners[s] = n["id"]
             owner_maps.append(owners)
             assigned.update(owners)
-        ok = set()
-        for address, me in own.items():
-            if me["role"] == "master" and address not in failed_set:
-                ok.update(slots_from_ranges(me["slots"]))
+        # slots served: the model's (claimed by a reachable master that is not flagged, and the consensus owner)
+        ok = CLUSTER_SLOTS - (model["slots_uncovered_count"] or 0)
         result["slots_assigned"] = len(assigned)
-        result["slots_ok"] = len(ok)
-        uncovered = uncovered_ranges(ok)
-        result["slots_uncovered"] = format_ranges(uncovered)
+        result["slots_ok"] = ok
+        result["slots_uncovered"] = list(model["slots_uncovered"])
         result["views_agree"] = all(m == owner_maps[0] for m in owner_maps[1:]) if owner_maps else None
+        result["serving"] = bool(model["serving"])
         for n in nodes:
             if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
                 problems.append("replica %s master link %s" % (n["address"], n["master_link_status"]))
-        if len(ok) < CLUSTER_SLOTS:
+        if ok < CLUSTER_SLOTS:
             problems.append("slots uncovered: %s (%d slots)" % (
-                _short_ranges(result["slots_uncovered"]), CLUSTER_SLOTS - len(ok)))
+                _short_ranges(result["slots_uncovered"]), CLUSTER_SLOTS - ok))
         if result["views_agree"] is False:
             problems.append("nodes disagree about the slot configuration")
         state_text = "cluster_state=%s" % (state or "unknown")
-        healthy = not problems and state == "ok" and len(ok) == CLUSTER_SLOTS
+        healthy = not problems and state == "ok" and ok == CLUSTER_SLOTS
         if healthy:
             reason = "%d nodes reachable (%d masters, %d replicas); %s; %d/%d slots ok" % (
-                len(nodes), len(masters), len(replicas), state_text, len(ok), CLUSTER_SLOTS)
+                len(nodes), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
         else:
             reason = "; ".join(problems + [state_text])
     else:
         healthy = bool(nodes) and not problems
+        result["serving"] = healthy
         if healthy:
             reason = "%d node%s answered PING (standalone)" % (len(nodes), "" if len(nodes) == 1 else "s")
         else:
@@ -782,6 +798,12 @@ def summarize(records, seeds=None):
     result["healthy"] = healthy
     result["reason"] = reason
     return result
+
+
+def _cluster_model(records, seeds):
+    """The cluster topology of redis_cluster.build_topology (imported here: redis_cluster builds on this module)."""
+    from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import build_topology
+    return build_topology(records, seeds=seeds)
 
 
 def _short_ranges(ranges, limit=6):

@@ -35,10 +35,26 @@ FAIL = "fail"
 PFAIL = "fail?"
 POLL = 0.05
 
-# The option of doc fragment p3.recovery.redis_cluster, defined once.
+# The options of doc fragment p3.recovery.redis_cluster, defined once.
 REDIS_CLUSTER_ARGUMENT_SPEC = dict(
-    unanswered_ms=dict(type="int", default=1000),
+    unanswered_ms=dict(type="int", default=15000),
+    confirm_timeout=dict(type="float", default=0.0),
 )
+
+
+def cluster_param_error(params):
+    """One line naming a bad option of doc fragment p3.recovery.redis_cluster, or None."""
+    if params.get("unanswered_ms") is not None and params["unanswered_ms"] <= 0:
+        return "unanswered_ms must be > 0, got %s" % params["unanswered_ms"]
+    if params.get("confirm_timeout") is not None and params["confirm_timeout"] < 0:
+        return "confirm_timeout must be >= 0, got %s" % params["confirm_timeout"]
+    return None
+
+
+# Redis's own default cluster-node-timeout: what "down" means when no node answers CONFIG GET.
+DEFAULT_NODE_TIMEOUT_MS = 15000
+
+CONFIRM_POLL = 0.25
 
 
 def utc_now():
@@ -82,6 +98,20 @@ def _extra(client, rec):
     t = client.execute_command("TIME")
     rec["time_ms"] = int(t[0]) * 1000 + int(t[1]) // 1000
     rec["keys"] = int(client.execute_command("DBSIZE"))
+    rec["node_timeout_ms"] = read_node_timeout(client)
+
+
+def read_node_timeout(client):
+    """The node's cluster-node-timeout in ms (CONFIG GET), or None when it refuses CONFIG (renamed, ACL)."""
+    try:
+        reply = client.execute_command("CONFIG", "GET", "cluster-node-timeout")
+    except Exception:  # noqa: BLE001 - a managed Redis may refuse CONFIG: the caller falls back
+        return None
+    if isinstance(reply, dict):
+        return _int(reply.get("cluster-node-timeout"))
+    if isinstance(reply, (list, tuple)) and len(reply) >= 2:
+        return _int(reply[1])
+    return None
 
 
 def _int(value):
@@ -95,9 +125,40 @@ def read_records(settings, deadline=None):
     return probe_nodes(settings, extra=_extra, deadline=deadline)
 
 
-def read_topology(settings, unanswered_ms=1000):
-    """Probe every node reachable from the seeds and merge their views (see build_topology)."""
-    return build_topology(read_records(settings), seeds=settings.seed_addresses, unanswered_ms=unanswered_ms)
+def read_topology(settings, unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, confirm_timeout=0.0):
+    """Probe every node reachable from the seeds and merge their views (see build_topology).
+
+    confirm_timeout: while a slot-owning master is busy (unreachable from here, not yet down by the cluster's own
+    definition), read again every 0.25 s for at most this many seconds, until it answers again or the cluster
+    confirms it down. A total deadline: a read after the first is cut at it (plus one connection and one reply
+    time), its unanswered nodes reported as such.
+    """
+    end = time.monotonic() + max(0.0, confirm_timeout or 0.0)
+    since = {}
+    waited = 0.0
+    t0 = time.monotonic()
+    first = True
+    while True:
+        now = time.monotonic()
+        c, t = settings.connect_timeout, settings.socket_timeout
+        cut = None if first else max(min(end, now + 2 * c + 4 * t + 1.0), now + c + t + 0.5)
+        first = False
+        topo = build_topology(read_records(settings, deadline=cut), seeds=settings.seed_addresses,
+                              unanswered_ms=unanswered_ms,
+                              unreachable_since=dict((i, (now - t) * 1000.0) for i, t in since.items()))
+        busy = [n for n in topo.get("nodes") or () if n.get("health") == "busy" and n.get("slot_count")]
+        for n in topo.get("nodes") or ():
+            if n.get("id") and not n.get("reachable"):
+                since.setdefault(n["id"], now)
+            elif n.get("id"):
+                since.pop(n["id"], None)
+        if not busy or time.monotonic() + CONFIRM_POLL >= end:
+            break
+        time.sleep(CONFIRM_POLL)
+        waited = time.monotonic() - t0
+    if topo.get("cluster_enabled"):
+        topo["confirm_waited"] = round(waited, 3)
+    return topo
 
 
 def _dedupe(records, seeds):
@@ -131,13 +192,75 @@ def _owner_map(lines):
     return owners
 
 
-def build_topology(records, seeds=(), unanswered_ms=1000):
+def judge_node(reachable, peer_lines, peer_now_ms, node_timeout_ms, own_unreachable_ms=None):
+    """The one model of a cluster node's health; every verdict (topology, redis_probe, redis_serving, the actions'
+    re-checks) is a view of it. Pure.
+
+    reachable: the node answered us. peer_lines: {viewer: that viewer's CLUSTER NODES line about the node} (the
+    node's own line excluded). peer_now_ms: {viewer: the viewer's clock (TIME) in ms}. node_timeout_ms: the
+    cluster's own cluster-node-timeout. own_unreachable_ms: how long we have seen it unreachable ourselves.
+
+    health is
+      - "up": it answers us;
+      - "down": it does not answer us, and the cluster itself marks it failed (a majority of the peers that list it
+        carry the fail flag), or every peer has waited for its pong longer than cluster-node-timeout (flag fail?
+        or a ping pending that long) - with no peer answering, our own observation counts;
+      - "busy": it does not answer us but is not down by that definition: slow, stalled, paused or just dead and
+        not yet confirmed. A busy node is never failed over, forgotten or repaired around.
+    Returns dict(health, failed (majority fail flag), pfail, fail_votes, viewers, unanswered_ms (the shortest time
+    every peer has been waiting for its pong, 0 when one has heard from it), why).
+    """
+    viewers = sorted(peer_lines)
+    fail_votes = [v for v in viewers if FAIL in peer_lines[v]["flags"]]
+    pfail_votes = [v for v in viewers if PFAIL in peer_lines[v]["flags"]]
+    failed = bool(viewers) and len(fail_votes) * 2 > len(viewers)
+    ages = []
+    for v in viewers:
+        n = peer_lines[v]
+        now = peer_now_ms.get(v)
+        if v in fail_votes or v in pfail_votes:
+            ages.append(node_timeout_ms + 1 if not (n["ping_sent"] and now) else max(now - n["ping_sent"],
+                                                                                     node_timeout_ms + 1))
+        elif n["ping_sent"] and now:
+            ages.append(max(0, now - n["ping_sent"]))
+        else:
+            ages.append(0)
+    unanswered = int(min(ages)) if ages else 0
+    if reachable:
+        health, why = "up", "answers"
+    elif failed:
+        health, why = "down", "flagged fail by %d of %d peers" % (len(fail_votes), len(viewers))
+    elif viewers and unanswered > node_timeout_ms:
+        health, why = "down", "no peer has heard from it for %d ms > cluster-node-timeout %d ms" % (
+            unanswered, node_timeout_ms)
+    elif not viewers and own_unreachable_ms is not None and own_unreachable_ms > node_timeout_ms:
+        health, why = "down", "unreachable from here for %d ms > cluster-node-timeout %d ms (no peer to ask)" % (
+            int(own_unreachable_ms), node_timeout_ms)
+    else:
+        seen = ("peers waiting for its pong %d ms" % unanswered if unanswered else "a peer heard from it recently"
+                ) if viewers else "no peer to ask"
+        health, why = "busy", "not flagged fail by a majority of its peers (%d of %d), %s <= cluster-node-timeout " \
+            "%d ms: busy or not yet confirmed, not down" % (len(fail_votes), len(viewers), seen, node_timeout_ms)
+    return dict(health=health, failed=failed, pfail=bool(pfail_votes) and not failed, fail_votes=len(fail_votes),
+                viewers=len(viewers), unanswered_ms=unanswered if viewers else None, why=why)
+
+
+def cluster_node_timeout(records, default=DEFAULT_NODE_TIMEOUT_MS):
+    """The cluster-node-timeout the reachable nodes report (the largest, to stay on the safe side), else default."""
+    values = [r.get("node_timeout_ms") for r in records.values() if r.get("reachable") and r.get("node_timeout_ms")]
+    return max(values) if values else int(default or DEFAULT_NODE_TIMEOUT_MS)
+
+
+def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unreachable_since=None):
     """Merge per-node probe records (redis_client.probe_node + _extra) into one topology with a verdict.
 
-    Pure. Returns a dict: cluster_enabled, nodes, slots (covered/uncovered/unassigned), open_slots, disagreements,
-    masters_without_replica, failed/pfail nodes, failover_candidates, rejoin_candidates, forget_candidates,
-    serving, redundant, healthy, reason.
+    Pure. Each node's health comes from judge_node. unanswered_ms: the cluster-node-timeout to assume when no node
+    answers CONFIG GET. unreachable_since: {node id: ms we have seen it unreachable} (read_topology's own
+    observation). Returns a dict: cluster_enabled, nodes, slots (covered/uncovered/unassigned), open_slots,
+    disagreements, masters_without_replica, failed/pfail/busy/down nodes, failover_candidates, rejoin_candidates,
+    forget_candidates, serving, redundant, healthy, reason.
     """
+    unreachable_since = unreachable_since or {}
     seeds = list(seeds or [])
     records = _dedupe(records, seeds)
     reachable = dict((a, r) for a, r in records.items() if r.get("reachable"))
@@ -147,6 +270,7 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
     if not cluster:
         return build_standalone(records)
 
+    node_timeout = cluster_node_timeout(records, unanswered_ms)
     views = dict((a, r["cluster_nodes"]) for a, r in reachable.items() if r.get("cluster_nodes"))
     own = dict((a, _myself(r)) for a, r in reachable.items() if _myself(r) is not None)
     canonical = dict((me["id"], a) for a, me in own.items())
@@ -176,6 +300,7 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
         peers = dict((v, n) for v, n in seen[node_id].items() if v != address)
         flagged = {}
         disconnected, unanswered = [], []
+        clocks = {}
         for v, n in sorted(peers.items()):
             for f in n["flags"]:
                 if f in (FAIL, PFAIL):
@@ -183,8 +308,10 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
             if n["link_state"] == "disconnected":
                 disconnected.append(v)
             now = (records.get(v) or {}).get("time_ms")
-            if n["ping_sent"] and now and now - n["ping_sent"] > unanswered_ms:
+            clocks[v] = now
+            if n["ping_sent"] and now and now - n["ping_sent"] > node_timeout:
                 unanswered.append(v)
+        verdict = judge_node(reach, peers, clocks, node_timeout, unreachable_since.get(node_id))
         repl = rec.get("replication") or {} if reach else {}
         mem = rec.get("memory") or {} if reach else {}
         node = dict(
@@ -215,9 +342,12 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
             memory_pct=(round(100.0 * mem["used_memory"] / mem["maxmemory"], 1)
                         if mem.get("maxmemory") and mem.get("used_memory") is not None else None),
         )
-        node["failed"] = bool(FAIL in flagged or FAIL in node["flags"])
-        node["pfail"] = bool(PFAIL in flagged) and not node["failed"]
-        node["down_confirmed"] = (not reach) and bool(flagged or disconnected or unanswered)
+        node["health"] = verdict["health"]
+        node["health_why"] = verdict["why"]
+        node["failed"] = verdict["failed"]
+        node["pfail"] = bool(flagged) and not node["failed"]
+        node["unanswered_ms"] = verdict["unanswered_ms"]
+        node["down_confirmed"] = verdict["health"] == "down"
         nodes[node_id] = node
     # unreachable seeds no reachable node knows
     for address, rec in records.items():
@@ -227,7 +357,8 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
                 master=None, flags=[], flagged_by={}, link_disconnected_from=[], unanswered_pings_from=[],
                 config_epoch=None, slots=[], slot_count=0, cluster_state=None, current_epoch=None, repl_offset=None,
                 replica_offset=None, master_link_status=None, lag_bytes=None, keys=None, used_memory=None,
-                maxmemory=None, total_system_memory=None, memory_pct=None, failed=False, pfail=False, down_confirmed=False)
+                maxmemory=None, total_system_memory=None, memory_pct=None, failed=False, pfail=False, down_confirmed=False,
+                health="busy", health_why="no reachable node knows it: cannot be confirmed down", unanswered_ms=None)
 
     for n in nodes.values():
         if n["master_id"] and n["master_id"] in nodes:
@@ -310,7 +441,7 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
 
     failover = []
     for m in sorted(owners, key=lambda n: n["address"]):
-        if m["reachable"] or not (m["down_confirmed"] or m["failed"]):
+        if m["health"] != "down":
             continue
         cands = [r for r in replicas_of.get(m["id"], []) if usable(r)]
         failover.append(dict(master=m["address"], master_id=m["id"], slots=m["slots"],
@@ -323,20 +454,14 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
                     and not any(r["reachable"] for r in replicas_of.get(n["id"], [])))
 
     promotable = set(f["master_id"] for f in failover if f["replicas"])
-    orphaned = [s for s in uncovered if consensus[s] not in promotable]
+    busy_ids = set(n["id"] for n in nodes.values() if n["health"] == "busy")
+    # a busy master's slots are waited for, never repaired around
+    orphaned = [s for s in uncovered if consensus[s] not in promotable and consensus[s] not in busy_ids]
     node_list = sorted(nodes.values(), key=lambda n: (n["address"] or "", n["id"] or ""))
     problems = []
     for n in node_list:
         if not n["reachable"]:
-            how = []
-            if n["failed"]:
-                how.append("flagged fail")
-            elif n["pfail"]:
-                how.append("flagged fail?")
-            elif n["down_confirmed"]:
-                how.append("peers cannot reach it either")
-            suffix = "; " + ", ".join(how) if how else ""
-            problems.append("%s %s unreachable (%s%s)" % (n["role"], n["address"], n["error"], suffix))
+            problems.append("%s %s %s (%s; %s)" % (n["role"], n["address"], n["health"], n["error"], n["health_why"]))
         elif n["failed"] or n["pfail"]:
             problems.append("%s %s flagged %s by peers" % (n["role"], n["address"], "fail" if n["failed"] else "fail?"))
         if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
@@ -390,6 +515,9 @@ def build_topology(records, seeds=(), unanswered_ms=1000):
         open_slots=open_slots,
         failed_nodes=sorted(n["address"] for n in node_list if n["failed"] or not n["reachable"]),
         pfail_nodes=sorted(n["address"] for n in node_list if n["pfail"]),
+        busy_nodes=sorted(n["address"] for n in node_list if n["health"] == "busy"),
+        down_nodes=sorted(n["address"] for n in node_list if n["health"] == "down"),
+        node_timeout_ms=node_timeout,
         masters_without_replica=without_replica,
         failover_candidates=failover,
         rejoin_candidates=rejoin,
@@ -461,13 +589,17 @@ def build_standalone(records):
     current = masters[0] if masters else None
     if len(masters) > 1:
         # the current master: the one with replicas, else the promoted one (it keeps its old replication id as
-        # replid2), else the one furthest ahead; another master rejoins only when it is provably stale - empty (a
-        # restarted node without persistence) or the very master the current one was promoted from
+        # replid2), else the one furthest ahead; another master rejoins (REPLICAOF discards its data) only when it
+        # is empty - as in a cluster: a former master may hold writes taken after the failover
         current = sorted(masters, key=lambda m: (-(m["connected_replicas"] or 0),
                                                  0 if m["replid2"] and m["replid2"] != "0" * 40 else 1,
                                                  -(m["repl_offset"] or 0), m["address"]))[0]
-        rejoin = sorted(m["address"] for m in masters if m is not current
-                        and (not m["keys"] or (m["replid"] and m["replid"] == current["replid2"])))
+        rejoin = sorted(m["address"] for m in masters if m is not current and not m["keys"])
+        for m in masters:
+            if m is not current and m["keys"]:
+                problems.append("%s holds %d keys: not made a replica of %s (REPLICAOF would discard them; dump or "
+                                "flush it after checking its data is stale)" % (m["address"], m["keys"],
+                                                                                current["address"]))
         problems.append("%d masters (split brain): %s" % (len(masters), ", ".join(m["address"] for m in masters)))
     if not masters:
         problems.append("no reachable master")
@@ -534,6 +666,11 @@ def plan_failover(topology, master=None, replica=None, allow_takeover=False):
             raise P3Error("master %s is not a node of this cluster" % master)
         if m["role"] != "master" or not m["slot_count"]:
             return []  # already failed over (or never served slots): nothing to do
+        if m.get("health") == "busy":
+            raise P3Error("master %s does not answer but is not down (%s): refusing to fail it over - a forced "
+                          "promotion of a busy master loses the writes its replica has not received; retry when it "
+                          "answers (coordinated failover) or once the cluster flags it fail" % (
+                              m["address"], m.get("health_why")))
         targets.append(m)
     else:
         # masters without a live replica are left to the slot repair (lossy, gated there)
@@ -556,8 +693,13 @@ def plan_failover(topology, master=None, replica=None, allow_takeover=False):
             chosen = r
         else:
             if not live:
-                raise P3Error("master %s (slots %s) has no reachable replica to promote; its slots stay uncovered "
-                              "until it returns (or repair them with redis_cluster_slots allow_data_loss=true)"
+                if reps:
+                    raise P3Error("master %s (slots %s): none of its replicas can be promoted now (%s); retry when "
+                                  "one answers" % (m["address"], ",".join(m["slots"]), "; ".join(
+                                      "%s %s" % (r["address"], r.get("error") or "flagged by its peers")
+                                      for r in reps)))
+                raise P3Error("master %s (slots %s) has no replica to promote; its slots stay uncovered until it "
+                              "returns (or repair them with redis_cluster_slots allow_data_loss=true)"
                               % (m["address"], ",".join(m["slots"])))
             chosen = rank_replicas(live)[0]
         alive_voters = [v for v in voters if v["reachable"] and not v.get("failed") and not v.get("pfail")
@@ -569,7 +711,7 @@ def plan_failover(topology, master=None, replica=None, allow_takeover=False):
         elif len(alive_voters) >= needed:
             mode = "force"
             why = "master %s is down (%s); %d of %d masters can vote" % (
-                m["address"], m.get("error") or "flagged fail", len(alive_voters), len(voters))
+                m["address"], m.get("health_why") or m.get("error") or "flagged fail", len(alive_voters), len(voters))
         elif allow_takeover:
             mode = "takeover"
             why = ("master %s is down and only %d of %d masters can vote (majority %d): takeover without election"
@@ -684,30 +826,85 @@ def _sees(lines, node_id, role, slots=None):
 MANUAL_FAILOVER_TIMEOUT = 5.5
 
 
+def recheck_down(nodes, topology, node_id, address):
+    """Right before a destructive step: is the node still down by the cluster's own definition (judge_node on fresh
+    CLUSTER NODES of every other reachable node, after a PING of the node itself)? Returns (down, why, views)."""
+    pong, err = nodes.try_run(address, "PING") if address else (None, "no address")
+    if err is None:
+        return False, "%s answers PING again" % address, {}
+    watch = [n["address"] for n in topology["nodes"] if n.get("reachable") and n["address"] != address]
+    views = views_of(nodes, watch)
+    clocks, lines = {}, {}
+    for v, view in views.items():
+        line = next((x for x in view if x["id"] == node_id), None)
+        if line is None or line["myself"]:
+            continue
+        t = nodes.try_run(v, "TIME")[0]
+        clocks[v] = int(t[0]) * 1000 + int(t[1]) // 1000 if t else None
+        lines[v] = line
+    verdict = judge_node(False, lines, clocks, topology.get("node_timeout_ms") or DEFAULT_NODE_TIMEOUT_MS)
+    return verdict["health"] == "down", verdict["why"], views
+
+
+def _promoted_already(views, replica_id, slots):
+    """The replica serves the slots as a master in its own view or in most views."""
+    agree = [a for a, lines in views.items() if _sees(lines, replica_id, "master", slots)]
+    return bool(views) and len(agree) * 2 > len(views)
+
+
 def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=False):
     """Execute the planned steps one after the other, each polled until every reachable node agrees.
 
+    Right before a FORCE or TAKEOVER the master is checked again (PING, fresh views of every peer, judge_node): a
+    master that answers or is no longer down is left alone, and a replica that is already the master of the slots
+    (Redis failed over by itself, or another run did) is reported as promoted by Redis (by=redis), not by us. A run
+    claims only what it did: each returned step says by=p3.recovery (our command was accepted) or by=redis.
     A FORCE failover whose election fails (masters refuse to vote for one master's replicas twice within
     2 x cluster-node-timeout) is retried as TAKEOVER when allow_takeover, else reported as not converged.
+    Returns (done, timeline, skipped).
     """
-    timeline, done = [], []
+    timeline, done, skipped = [], [], []
     nodes = Nodes(settings)
     try:
         for step in steps:
             if step["mode"] == "replicaof":
-                done.append(_standalone_failover(nodes, topology, step, wait_timeout, timeline))
+                done.append(dict(_standalone_failover(nodes, topology, step, wait_timeout, timeline), by="p3.recovery"))
                 continue
+            slots = range_slots(step["slots"])
             args = ("CLUSTER", "FAILOVER") + FAILOVER_ARGS[step["mode"]]
             t0 = time.monotonic()
-            reply = nodes.run(step["replica"], *args)
-            timeline.append(timeline_entry(" ".join(args).lower(), step["replica"], "%s -> %s; promote over %s: %s" % (
-                " ".join(args), reply, step["master"], step["why"])))
-            slots = range_slots(step["slots"])
+            by = "p3.recovery"
+            if step["mode"] in ("force", "takeover"):
+                down, why, fresh = recheck_down(nodes, topology, step["master_id"], step["master"])
+                if _promoted_already(fresh, step["replica_id"], slots):
+                    by = "redis"
+                elif not down:
+                    skipped.append(dict(step, why=why))
+                    timeline.append(timeline_entry("skipped failover", step["master"], "not failed over: %s" % why))
+                    continue
+            reply = None
+            if by != "redis":
+                reply, err = nodes.try_run(step["replica"], *args)
+                if err is not None:
+                    fresh = views_of(nodes, [step["replica"]])
+                    if _promoted_already(fresh, step["replica_id"], slots):
+                        by = "redis"
+                    else:
+                        raise P3Error("%s: %s failed: %s" % (step["replica"], " ".join(args), err),
+                                      timeline=timeline, failovers=done)
+            if by == "redis":
+                timeline.append(timeline_entry("observed failover", step["replica"], "%s is already the master of %s: "
+                                               "Redis promoted it over %s by itself; nothing sent" % (
+                                                   step["replica"], ",".join(step["slots"]), step["master"])))
+            else:
+                timeline.append(timeline_entry(" ".join(args).lower(), step["replica"], "%s -> %s; promote over %s: %s"
+                                               % (" ".join(args), reply, step["master"], step["why"])))
             watch = [n["address"] for n in topology["nodes"] if n["reachable"] and n["address"] != step["master"]]
             if step["mode"] == "default":
                 watch.append(step["master"])
             deadline = t0 + wait_timeout
-            fallback_at = t0 + MANUAL_FAILOVER_TIMEOUT if step["mode"] == "force" and allow_takeover else None
+            fallback_at = (t0 + MANUAL_FAILOVER_TIMEOUT if step["mode"] == "force" and allow_takeover
+                           and by != "redis" else None)
             last = {}
             while True:
                 last = views_of(nodes, watch)
@@ -717,11 +914,17 @@ def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=Fa
                 now = time.monotonic()
                 if fallback_at is not None and now >= fallback_at and step["replica"] not in agreed:
                     fallback_at = None
-                    reply = nodes.run(step["replica"], "CLUSTER", "FAILOVER", "TAKEOVER")
-                    step = dict(step, mode="takeover")
-                    timeline.append(timeline_entry("cluster failover takeover", step["replica"], (
-                        "the FORCE election did not win within %ss (votes refused?): CLUSTER FAILOVER TAKEOVER -> %s "
-                        "(allow_takeover)") % (num_text(MANUAL_FAILOVER_TIMEOUT), reply)))
+                    down, why, fresh = recheck_down(nodes, topology, step["master_id"], step["master"])
+                    if not down and not _promoted_already(fresh, step["replica_id"], slots):
+                        raise P3Error("the FORCE failover of %s to %s did not win its election, and TAKEOVER is not "
+                                      "sent: %s" % (step["master"], step["replica"], why),
+                                      timeline=timeline, failovers=done)
+                    reply, err = nodes.try_run(step["replica"], "CLUSTER", "FAILOVER", "TAKEOVER")
+                    if err is None:
+                        step = dict(step, mode="takeover")
+                        timeline.append(timeline_entry("cluster failover takeover", step["replica"], (
+                            "the FORCE election did not win within %ss (votes refused?): CLUSTER FAILOVER TAKEOVER -> "
+                            "%s (allow_takeover)") % (num_text(MANUAL_FAILOVER_TIMEOUT), reply)))
                     deadline = max(deadline, now + 3.0)
                 if now >= deadline:
                     behind = sorted(a for a in watch if a not in agreed)
@@ -735,10 +938,10 @@ def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=Fa
             took = round(time.monotonic() - t0, 3)
             timeline.append(timeline_entry("converged", step["replica"], "%d reachable nodes see %s as the master of "
                                            "%s after %ss" % (len(last), step["replica"], ",".join(step["slots"]), took)))
-            done.append(dict(step, seconds=took))
+            done.append(dict(step, seconds=took, by=by))
     finally:
         nodes.close()
-    return done, timeline
+    return done, timeline, skipped
 
 
 def _standalone_failover(nodes, topology, step, wait_timeout, timeline):
@@ -808,7 +1011,13 @@ def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replic
     failover_ids = set()
     if promote_replicas:
         failover_ids = set(c["master_id"] for c in topology["failover_candidates"] if c["replicas"])
-    todo = set(s for s in uncovered if consensus[s] not in failover_ids)
+    busy_ids = set(n["id"] for n in nodes if n.get("id") and n.get("health") == "busy")
+    # a busy master (not answering us, not down by the cluster's definition) keeps its slots: never repaired around
+    todo = set(s for s in uncovered if consensus[s] not in failover_ids and consensus[s] not in busy_ids)
+    replicas_of = {}
+    for n in nodes:
+        if n["role"] == "replica" and n.get("master_id"):
+            replicas_of.setdefault(n["master_id"], []).append(n)
     owner_of = {}      # slot -> node id
     why = {}
     lossy = {}         # slot -> reason
@@ -838,7 +1047,13 @@ def plan_slot_repair(topology, key_counts, allow_data_loss=False, promote_replic
         else:
             owner_of[s] = None  # decided by neighbourhood below
             if known:
-                lossy[s] = "owner %s is down with no replica to promote" % by_id[known]["address"]
+                reps = replicas_of.get(known, [])
+                if not reps:
+                    lossy[s] = "owner %s is down with no replica to promote" % by_id[known]["address"]
+                else:
+                    lossy[s] = "owner %s is down and none of its replicas (%s) can be promoted now" % (
+                        by_id[known]["address"], ", ".join("%s %s" % (r["address"], r.get("health") or (
+                            "up" if r["reachable"] else "unreachable")) for r in reps))
             elif unreachable_masters:
                 lossy[s] = "unassigned and %s unreachable (may hold its keys)" % ", ".join(
                     n["address"] for n in unreachable_masters)
@@ -938,6 +1153,15 @@ def run_slot_repair(settings, topology, plan, wait_timeout=30.0, migrate_timeout
         for slot, e in sorted(open_slot_plan(topology).items()):
             _close_open_slot(settings, nodes, by_addr, slot, e, timeline, migrate_timeout_ms)
         for a in plan["assign"]:
+            for gone in a.get("taken_from") or ():
+                # the slots of an owner that is not serving them: re-check, right before the ADDSLOTS, that it is
+                # still down by the cluster's definition (a busy master keeps its slots)
+                owner = by_addr.get(gone) or {}
+                if owner.get("reachable") and not owner.get("failed"):
+                    continue
+                down, why, dummy = recheck_down(nodes, topology, owner.get("id"), gone)
+                if not down:
+                    raise P3Error("not reassigning slots of %s: %s" % (gone, why), timeline=timeline)
             _assign(nodes, by_addr, a, timeline)
         for f in plan.get("view_fixes") or ():
             pipe = nodes(f["node"]).pipeline(transaction=False)
@@ -1162,6 +1386,10 @@ def plan_rejoin(topology, targets=None, master=None):
                 raise P3Error("no master to attach %s to" % n["address"])
             if n["role"] == "replica" and n["master"] == m["address"]:
                 continue
+            if n["role"] == "master" and n.get("keys"):
+                raise P3Error("%s holds %d keys: REPLICAOF would discard them (it may hold writes taken after the "
+                              "failover); dump or flush it after checking its data is stale" % (
+                                  n["address"], n["keys"]))
         steps.append((n, m))
     return steps
 
@@ -1227,11 +1455,15 @@ def plan_forget(topology, targets=None, force=False):
     return out
 
 
-def run_forget(settings, topology, targets):
+def run_forget(settings, topology, targets, recheck=True):
     timeline = []
     nodes = Nodes(settings)
     try:
         for t in targets:
+            if recheck:
+                down, why, dummy = recheck_down(nodes, topology, t["id"], t["address"])
+                if not down:
+                    raise P3Error("not forgetting %s: %s" % (t["address"], why), timeline=timeline)
             told, errors = [], []
             for x in topology["nodes"]:
                 if not x["reachable"] or x["id"] == t["id"]:
@@ -1248,3 +1480,14 @@ def run_forget(settings, topology, targets):
     finally:
         nodes.close()
     return timeline
+
+
+def repair_changed(timeline):
+    """Whether a slot repair's timeline records a command that changed the cluster (an ADDSLOTS that assigned
+    something, a SETSLOT, a MIGRATE, a promotion), converged or not."""
+    for e in timeline or ():
+        if e["action"] in ("setslot node", "setslot stable", "migrate") or e["action"].startswith("cluster failover"):
+            return True
+        if e["action"] == "addslots" and not e["detail"].startswith("already owns"):
+            return True
+    return False

@@ -13,8 +13,14 @@ version_added: 0.1.0
 description:
   - The runbook's "If master failed, promote replica" (C(CLUSTER FAILOVER)), done the way it works.
   - Reads the merged topology (as M(p3.recovery.redis_cluster_topology)); the masters to fail over are O(master),
-    or else every master that serves slots and is confirmed down (unreachable from here and flagged, disconnected
-    or not answering pings according to a reachable peer).
+    or else every master that serves slots and is down by the cluster's own definition (see
+    M(p3.recovery.redis_cluster_topology) - a majority of its peers flag it C(fail), or every peer has waited for
+    its pong longer than C(cluster-node-timeout)). A busy master (no answer, not down) is never forced over; naming
+    it in O(master) fails with the reason.
+  - Right before C(CLUSTER FAILOVER FORCE) or C(TAKEOVER) the master is checked again (C(PING), fresh
+    C(CLUSTER NODES) of every peer) - one that answers or is no longer down is left alone (RV(skipped)), and a
+    replica that is already the master of the slots (Redis's own election won) is reported with C(by=redis), not
+    claimed; C(changed) counts only the commands this run sent.
   - Chooses the best replica (reachable, unflagged, link up first, then the highest replication offset) unless
     O(replica) names one, and sends it C(CLUSTER FAILOVER) when the master is reachable (coordinated, no write
     lost), C(CLUSTER FAILOVER FORCE) when it is down and a majority of the slot-serving masters can vote, or
@@ -41,7 +47,7 @@ options:
   master:
     description:
       - Fail over this master (C(host:port) or node id), for example for planned maintenance while it is still up.
-      - If not set, every confirmed-down master that serves slots.
+      - If not set, every master that serves slots and is down by the cluster's own definition.
     type: str
   replica:
     description: Promote this replica (C(host:port) or node id) of O(master) instead of the best one.
@@ -88,8 +94,15 @@ plan:
   type: list
   elements: dict
 failovers:
-  description: The steps done, each with C(seconds) until every reachable node agreed (empty in check mode).
+  description:
+    - The steps done, each with C(seconds) until every reachable node agreed (empty in check mode), and C(by) -
+      V(p3.recovery) when this run's command promoted the replica, V(redis) when Redis had already promoted it.
   returned: always
+  type: list
+  elements: dict
+skipped:
+  description: Planned steps not taken because the re-check found the master answering or no longer down (C(why)).
+  returned: success
   type: list
   elements: dict
 timeline:
@@ -109,19 +122,28 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, plan_failover, read_topology, run_failover)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, plan_failover, read_topology, run_failover)
 
 
-def describe(steps, done=None):
+def describe(steps, done=None, skipped=None):
     if not steps:
         return "no failed master to fail over"
+    if done is None:
+        return "; ".join("would promote %s over %s (%s)" % (s["replica"], s["master"], s["mode"]) for s in steps)
     parts = []
-    for s in done or steps:
-        text = "%s %s over %s (%s)" % ("promoted" if done else "would promote", s["replica"], s["master"], s["mode"])
-        if done:
-            text += " in %ss" % s["seconds"]
-        parts.append(text)
+    for s in done:
+        if s.get("by") == "redis":
+            parts.append("Redis promoted %s over %s by itself (nothing sent)" % (s["replica"], s["master"]))
+        else:
+            parts.append("promoted %s over %s (%s) in %ss" % (s["replica"], s["master"], s["mode"], s["seconds"]))
+    for s in skipped or ():
+        parts.append("left %s alone: %s" % (s["master"], s["why"]))
     return "; ".join(parts)
+
+
+def sent(timeline):
+    """Whether the timeline records a command we sent (a failover or REPLICAOF), not only what we observed."""
+    return any(e["action"].startswith(("cluster failover", "replicaof")) for e in timeline or ())
 
 
 def main():
@@ -136,22 +158,25 @@ def main():
     p = module.params
     if p["wait_timeout"] <= 0:
         module.fail_json(msg="wait_timeout must be > 0")
+    if cluster_param_error(p):
+        module.fail_json(msg=cluster_param_error(p))
     if p["replica"] and not p["master"]:
         module.fail_json(msg="replica needs master")
     target = RedisTarget(module)
     try:
-        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
+        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"], confirm_timeout=p["confirm_timeout"])
         steps = plan_failover(topo, master=p["master"], replica=p["replica"], allow_takeover=p["allow_takeover"])
     except P3Error as e:
         fail_clean(module, e, plan=[], failovers=[], timeline=[])
     if not steps or module.check_mode:
         module.exit_json(changed=bool(steps), plan=steps, failovers=[], timeline=[], reason=describe(steps))
     try:
-        done, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
-                                      allow_takeover=p["allow_takeover"])
+        done, timeline, skipped = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
+                                               allow_takeover=p["allow_takeover"])
     except P3Error as e:
-        fail_clean(module, e, plan=steps, changed=True)
-    module.exit_json(changed=True, plan=steps, failovers=done, timeline=timeline, reason=describe(steps, done))
+        fail_clean(module, e, plan=steps, changed=sent(e.details.get("timeline")))
+    module.exit_json(changed=sent(timeline), plan=steps, failovers=done, skipped=skipped, timeline=timeline,
+                     reason=describe(steps, done, skipped))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ description:
     lists it as a replica of that master. A node that serves slots or holds keys is refused. A node already a
     replica (of O(master) when given) is left alone.
   - For a standalone deployment, C(REPLICAOF) the current master (the reachable master that has replicas) on an old
-    master that came back as a second master.
+    master that came back as a second master - only when it is empty, as in a cluster (C(REPLICAOF) discards its
+    data, which may include writes taken after the failover); one that holds keys is refused and reported.
   - O(state=forgotten) - C(CLUSTER FORGET) of each of O(nodes) (default - the topology's forget candidates,
     unreachable nodes flagged C(fail) without slots and without a live replica) on every reachable node, within
-    Redis's 60 s forget ban. Refuses a reachable node, one not flagged C(fail), or one that still owns slots, unless
-    O(force=true) (slots always refuse).
+    Redis's 60 s forget ban. Refuses a reachable node, one not flagged C(fail) by a majority of its peers, or one
+    that still owns slots, unless O(force=true) (slots always refuse); without O(force) the node is checked again
+    (C(PING), fresh views of every peer) right before the first C(FORGET) and left alone if it is not down.
   - Nothing to do reports C(changed=false).
 author:
   - P3 Recovery maintainers (@p3-protocol)
@@ -110,7 +112,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, plan_forget, plan_rejoin, read_topology, run_forget, run_rejoin)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, plan_forget, plan_rejoin, read_topology, run_forget, run_rejoin)
 
 
 def main():
@@ -127,10 +129,12 @@ def main():
     p = module.params
     if p["wait_timeout"] <= 0:
         module.fail_json(msg="wait_timeout must be > 0")
+    if cluster_param_error(p):
+        module.fail_json(msg=cluster_param_error(p))
     target = RedisTarget(module)
     out = dict(rejoined=[], forgotten=[], timeline=[])
     try:
-        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
+        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"], confirm_timeout=p["confirm_timeout"])
         if topo.get("cluster_enabled") is None:
             raise P3Error(topo["reason"])
         if p["state"] == "forgotten":
@@ -142,7 +146,7 @@ def main():
                 module.exit_json(changed=False, reason="no node to forget", **out)
             if module.check_mode:
                 module.exit_json(changed=True, reason="would forget %s" % ", ".join(out["forgotten"]), **out)
-            out["timeline"] = run_forget(target.settings, topo, targets)
+            out["timeline"] = run_forget(target.settings, topo, targets, recheck=not p["force"])
             module.exit_json(changed=True, reason="forgot %s on every reachable node" % ", ".join(out["forgotten"]),
                              **out)
         steps = plan_rejoin(topo, p["nodes"], master=p["master"])

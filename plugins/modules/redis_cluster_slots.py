@@ -23,9 +23,14 @@ description:
     holds their keys; slots without keys go to the master of the nearest served slot, so ranges stay contiguous
     (C(redis-cli --cluster fix) scatters them at random). The new owner runs C(CLUSTER DELSLOTSRANGE) (for slots its
     view still gives a dead node), C(CLUSTER ADDSLOTSRANGE) and C(CLUSTER BUMPEPOCH) in one C(MULTI).
-  - Lossy cases - the owner is down with no replica to promote, keys of one slot on several masters, or an
-    unassigned slot while a master is unreachable - are refused unless O(allow_data_loss=true); the refusal and the
-    result name the slots, how many keys may be lost, and the unreachable owners whose keys cannot be counted.
+  - The slots of a busy master (it does not answer, but is not down by the cluster's own definition - see
+    M(p3.recovery.redis_cluster_topology)) are never reassigned, whatever O(allow_data_loss) says; right before an
+    C(ADDSLOTS) that takes the slots of an owner that does not serve them, that owner is checked again (C(PING),
+    fresh views of every peer) and the repair stops if it is not down any more.
+  - Lossy cases - the owner is down and none of its replicas can be promoted (the message says whether it has
+    none, or names them and their state), keys of one slot on several masters, or an unassigned slot while a master
+    is unreachable - are refused unless O(allow_data_loss=true); the refusal and the result name the slots, how many
+    keys may be lost, and the unreachable owners whose keys cannot be counted.
   - Masters whose view maps a slot to another node than the one that claims it (while the majority agrees with the
     claim) learn the owner with C(CLUSTER SETSLOT <slot> NODE <owner>).
   - Every other reachable master is then told the new owners with C(CLUSTER SETSLOT <slot> NODE <owner>) (as
@@ -33,7 +38,8 @@ description:
     C(SETSLOT) and learn by heartbeat, which reaches every node at least every C(cluster-node-timeout)/2.
   - Polls every 50 ms until every reachable node maps the repaired slots to their new owner and says
     C(cluster_state:ok), at most O(wait_timeout) seconds; the failure names each node still behind and why.
-  - Nothing to repair reports C(changed=false).
+  - Nothing to repair reports C(changed=false); a repair that sent assignments reports C(changed=true) even when it
+    then fails (for example, did not converge within O(wait_timeout)).
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
@@ -129,8 +135,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, count_keys, plan_failover, plan_slot_repair, plan_view_fixes, range_slots, ranges_text,
-    read_topology, run_failover, run_slot_repair)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, count_keys, plan_failover, plan_slot_repair, plan_view_fixes,
+    range_slots, ranges_text, read_topology, repair_changed, run_failover, run_slot_repair)
 
 
 def shown(plan, open_slots, failover):
@@ -164,11 +170,13 @@ def main():
     p = module.params
     if p["wait_timeout"] <= 0 or p["max_slots"] < 0 or p["migrate_timeout_ms"] <= 0:
         module.fail_json(msg="wait_timeout and migrate_timeout_ms must be > 0, max_slots >= 0")
+    if cluster_param_error(p):
+        module.fail_json(msg=cluster_param_error(p))
     target = RedisTarget(module)
     empty = dict(plan={}, failovers=[], timeline=[], slots_uncovered_before=[])
     failovers, timeline = [], []
     try:
-        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
+        topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"], confirm_timeout=p["confirm_timeout"])
         if topo.get("cluster_enabled") is None:
             raise P3Error(topo["reason"])
         if not topo["cluster_enabled"]:
@@ -182,8 +190,8 @@ def main():
                 if c["master_id"] in uncovered_owners:
                     steps += plan_failover(topo, master=c["master"], allow_takeover=p["allow_takeover"])
         if steps and not module.check_mode:
-            failovers, timeline = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
-                                               allow_takeover=p["allow_takeover"])
+            failovers, timeline, dummy = run_failover(target.settings, topo, steps, wait_timeout=p["wait_timeout"],
+                                                      allow_takeover=p["allow_takeover"])
             topo = read_topology(target.settings, unanswered_ms=p["unanswered_ms"])
         if not p["fix_open_slots"]:
             topo["open_slots"] = []
@@ -198,10 +206,10 @@ def main():
         n_assign = sum(len(a["slots"]) for a in plan["assign"])
         if n_assign > p["max_slots"]:
             raise P3Error("the repair would assign %d slots, more than max_slots=%d; nothing assigned" % (
-                n_assign, p["max_slots"]), changed=bool(failovers), **result)
+                n_assign, p["max_slots"]), **result)
         if plan["refused"]:
             raise P3Error("cannot repair slots %s: %s" % (", ".join(r["slots"] for r in plan["refused"]),
-                                                          plan["refused"][0]["why"]), changed=bool(failovers), **result)
+                                                          plan["refused"][0]["why"]), **result)
         if not plan["allowed"]:
             unknown = plan["keys_unknown_on"]
             raise P3Error(
@@ -211,7 +219,7 @@ def main():
                     "; ".join(sorted(set(plan["lossy"].values()))[:3]), plan["keys_at_risk"],
                     ("; the keys of %s (unreachable) cannot be counted and are lost unless it returns" %
                      ", ".join(unknown)) if unknown else ""),
-                changed=bool(failovers), **result)
+                **result)
         work = bool(plan["assign"] or plan["view_fixes"] or topo["open_slots"])
         if module.check_mode or not work:
             what = []
@@ -234,18 +242,25 @@ def main():
         details.update(e.details)
         details.setdefault("timeline", timeline)
         details.setdefault("failovers", failovers)
-        details.setdefault("changed", bool(failovers))
+        # slot assignments sent but not converged (or a promotion) changed the cluster: changed survives the failure
+        details["changed"] = bool(details.get("changed")) or repair_changed(timeline + [
+            e for e in details["timeline"] if e not in timeline])
         module.fail_json(msg=e.msg, **details)
     reason = []
     if failovers:
-        reason.append("promoted %s" % ", ".join(f["replica"] for f in failovers))
+        ours = [f["replica"] for f in failovers if f.get("by") != "redis"]
+        theirs = [f["replica"] for f in failovers if f.get("by") == "redis"]
+        if ours:
+            reason.append("promoted %s" % ", ".join(ours))
+        if theirs:
+            reason.append("Redis promoted %s by itself" % ", ".join(theirs))
     if plan["assign"]:
         reason.append("assigned %s" % "; ".join("%s to %s" % (ranges_text(a["slots"]), a["node"]) for a in plan["assign"]))
     if topo["open_slots"]:
         reason.append("closed %d open slots" % len(topo["open_slots"]))
     if plan["view_fixes"]:
         reason.append("fixed %d stale views" % len(plan["view_fixes"]))
-    module.exit_json(changed=True, reason="; ".join(reason), **result)
+    module.exit_json(changed=repair_changed(timeline), reason="; ".join(reason), **result)
 
 
 if __name__ == "__main__":

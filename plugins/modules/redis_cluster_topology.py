@@ -19,9 +19,15 @@ description:
     config epoch, replication offset and lag, memory against C(maxmemory)), the slots no live master serves (with
     the ranges), unassigned slots, open (migrating/importing) slots, slots and epochs the nodes disagree about,
     config epoch collisions and masters without a healthy replica.
-  - A node we cannot reach counts as confirmed down when a reachable peer flags it C(fail)/C(fail?), has its bus
-    link disconnected, or has a ping to it unanswered for longer than O(unanswered_ms); only confirmed-down masters
-    are failover candidates, so a controller-side network problem alone never triggers a failover.
+  - Each node's C(health) (in RV(nodes)) comes from one model (C(redis_cluster.judge_node)) that M(p3.recovery.redis_probe),
+    the C(p3.recovery.redis_serving) filter and every action's re-check share - V(up) it answers; V(down) it does
+    not, and a majority of the peers that list it flag it C(fail) (the cluster's own verdict), or every peer has
+    waited for its pong longer than the cluster's C(cluster-node-timeout) (read with C(CONFIG GET)); V(busy) it does
+    not answer but is not down by that definition (a slow script, a big-key delete, a fork stall, a VM pause, or a
+    death not yet confirmed). Only down masters are failover candidates; a busy master's slots are waited for, never
+    repaired around, and a controller-side network problem alone never triggers a failover.
+  - With O(confirm_timeout), a busy slot-owning master is read again until it answers or the cluster confirms it
+    down (the role waits this way before deciding, instead of acting on a master that is only slow).
   - Also reports what a recovery would do next (failover, rejoin and forget candidates) without doing it.
   - For a standalone (non-cluster) deployment given as a list of nodes, reports each node's role and replication
     link, and a failover candidate when no master is reachable but a replica is.
@@ -101,13 +107,18 @@ cluster_enabled:
   returned: always
   type: bool
 nodes:
-  description: Every node, merged from all views (a node's own view wins; else the majority of its peers').
+  description:
+    - Every node, merged from all views (a node's own view wins; else the majority of its peers').
+    - C(health) is V(up), V(busy) or V(down) (see the description), C(health_why) says why in one line,
+      C(unanswered_ms) is the shortest time every peer has been waiting for its pong, C(down_confirmed) is
+      C(health == down).
   returned: always
   type: list
   elements: dict
   sample:
     - {id: "a3b0...", address: "127.0.0.1:17001", reachable: false, role: master, slots: ["0-5460"],
-       flagged_by: {"fail?": ["127.0.0.1:17002"]}, link_disconnected_from: ["127.0.0.1:17002"], down_confirmed: true}
+       flagged_by: {"fail": ["127.0.0.1:17002", "127.0.0.1:17003"]}, health: down,
+       health_why: "flagged fail by 5 of 5 peers", down_confirmed: true}
 cluster_state:
   description: C(ok) when every reachable node says C(ok), else C(fail) (cluster only).
   returned: when cluster
@@ -181,13 +192,32 @@ pfail_nodes:
   returned: when cluster
   type: list
   elements: str
+busy_nodes:
+  description: Nodes that do not answer here but are not down by the cluster's definition (never acted on).
+  returned: when cluster
+  type: list
+  elements: str
+down_nodes:
+  description: Nodes that are down by the cluster's definition (flagged C(fail) by a majority, or unanswered for
+    longer than C(cluster-node-timeout)).
+  returned: when cluster
+  type: list
+  elements: str
+node_timeout_ms:
+  description: The C(cluster-node-timeout) used (the largest the reachable nodes report, else O(unanswered_ms)).
+  returned: when cluster
+  type: int
+confirm_waited:
+  description: Seconds spent waiting for a busy master to answer or be confirmed down (O(confirm_timeout)).
+  returned: when cluster
+  type: float
 masters_without_replica:
   description: Masters serving slots without a healthy replica.
   returned: always
   type: list
   elements: str
 failover_candidates:
-  description: Confirmed-down masters that serve slots, with their live replicas best first.
+  description: Down masters (RV(down_nodes)) that serve slots, with their live replicas best first.
   returned: always
   type: list
   elements: dict
@@ -225,7 +255,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import REDIS_CLUSTER_ARGUMENT_SPEC, public, read_topology
+from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, public, read_topology)
 
 
 def main():
@@ -236,14 +267,19 @@ def main():
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if module.params["wait_timeout"] < 0 or module.params["unanswered_ms"] < 0:
-        module.fail_json(msg="wait_timeout and unanswered_ms must be >= 0")
+    if module.params["wait_timeout"] < 0:
+        module.fail_json(msg="wait_timeout must be >= 0")
+    if cluster_param_error(module.params):
+        module.fail_json(msg=cluster_param_error(module.params))
     target = RedisTarget(module)
     t0 = time.monotonic()
     deadline = t0 + module.params["wait_timeout"]
     wait_for = module.params["wait_for"]
+    confirm = module.params["confirm_timeout"]
     while True:
-        topo = public(read_topology(target.settings, unanswered_ms=module.params["unanswered_ms"]))
+        topo = public(read_topology(target.settings, unanswered_ms=module.params["unanswered_ms"],
+                                    confirm_timeout=confirm))
+        confirm = 0.0
         if wait_for == "none" or topo.get(wait_for) or time.monotonic() >= deadline:
             break
         time.sleep(0.1)

@@ -100,6 +100,15 @@ nodes:
       description: C(fail) / C(fail?) flags other nodes give it.
       type: list
       elements: str
+    health:
+      description:
+        - V(up), V(busy) or V(down), from the one node-health model M(p3.recovery.redis_cluster_topology) uses - down
+          only when a majority of its peers flag it C(fail) or every peer has waited for its pong longer than
+          C(cluster-node-timeout); busy when it does not answer but is not down. Standalone - V(up) or V(down).
+      type: str
+    health_why:
+      description: One line saying why (cluster only).
+      type: str
     error:
       description: Why it is unreachable (or what failed after it answered), one line; null when fine.
       type: str
@@ -158,18 +167,33 @@ views_agree:
   type: bool
 masters:
   description:
-    - Number of healthy masters - reachable, not flagged C(fail)/C(fail?), and (in a cluster) serving slots.
+    - Number of healthy masters - reachable, not flagged C(fail) by a majority of its peers, and (in a cluster) serving slots.
     - The addresses are in RV(nodes) (C(role=master)).
   returned: always
   type: int
   sample: 3
 replicas:
-  description: Number of healthy replicas - reachable and not flagged C(fail)/C(fail?).
+  description: Number of healthy replicas - reachable and not flagged C(fail) by a majority of its peers.
   returned: always
   type: int
   sample: 3
+serving:
+  description: Whether Redis serves clients (every slot served by a reachable, unflagged master, the views agreeing,
+    C(cluster_state:ok)); standalone - the verdict. What the C(p3.recovery.redis_serving) filter returns.
+  returned: always
+  type: bool
+busy_nodes:
+  description: Nodes that do not answer but are not down (never acted on by the recovery).
+  returned: always
+  type: list
+  elements: str
+down_nodes:
+  description: Nodes down by the cluster's definition (cluster), or unreachable (standalone).
+  returned: always
+  type: list
+  elements: str
 failed_nodes:
-  description: Addresses of the nodes that are unreachable or flagged C(fail)/C(fail?).
+  description: Addresses of the nodes that are unreachable or flagged C(fail) by a majority of their peers.
   returned: always
   type: list
   elements: str

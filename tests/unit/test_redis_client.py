@@ -353,3 +353,30 @@ def test_seed_host_name_and_peer_ip_are_one_node():
     assert addr(1) not in [n["address"] for n in v["nodes"]] and len(v["nodes"]) == 6
     f = [n for n in v["nodes"] if n["address"] == addr(6)][0]
     assert f["master"] == "redis-a:1"
+
+
+def test_summarize_is_a_view_of_the_one_model():
+    """redis_probe's verdict, redis_cluster_topology's and the redis_serving filter judge a node the same way
+    (redis_cluster.judge_node): a master that does not answer while its peers do not flag it is busy, not failed;
+    once a majority flags it fail it is down."""
+    from ansible_collections.p3.recovery.plugins.filter.verdicts import redis_serving
+    from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import build_topology
+    # busy: B does not answer, no peer flags it
+    recs = cluster(B=record("B", reachable=False, error="timed out after 1s"))
+    v = rc.summarize(recs, seeds=[addr(1)])
+    t = build_topology(recs, seeds=[addr(1)])
+    b = [n for n in v["nodes"] if n["address"] == addr(2)][0]
+    assert b["health"] == "busy" and v["busy_nodes"] == t["busy_nodes"] == [addr(2)] and v["down_nodes"] == []
+    assert v["serving"] is t["serving"] is False and redis_serving(v) is False
+    assert v["slots_uncovered"] == t["slots_uncovered"] == ["5461-10922"]
+    # a reachable master flagged fail? by one peer only: neither view calls it failed
+    recs = cluster(A=record("A", dead=("B",), fail_flag="fail?"))
+    v = rc.summarize(recs, seeds=[addr(1)])
+    t = build_topology(recs, seeds=[addr(1)])
+    assert v["failed_nodes"] == list(t["failed_nodes"]) == []
+    # down: a majority flags it fail
+    recs = cluster(B=record("B", reachable=False), **{n: record(n, dead=("B",)) for n in "ACDEF"})
+    v = rc.summarize(recs, seeds=[addr(1)])
+    t = build_topology(recs, seeds=[addr(1)])
+    assert v["down_nodes"] == t["down_nodes"] == [addr(2)] and v["failed_nodes"] == t["failed_nodes"]
+    assert redis_serving(v) is False and redis_serving(rc.summarize(cluster())) is True

@@ -31,7 +31,7 @@ def nodes_text(viewer, spec, flags=None, links=None, pings=None, epochs=None):
     return "\n".join(lines)
 
 
-def records(spec=None, down=(), state="ok", viewer_spec=None, keys=None, **kw):
+def records(spec=None, down=(), state="ok", viewer_spec=None, keys=None, node_timeout_ms=15000, **kw):
     spec = spec or BASE
     out = {}
     for n in spec:
@@ -47,7 +47,8 @@ def records(spec=None, down=(), state="ok", viewer_spec=None, keys=None, **kw):
         out[addr] = dict(address=addr, reachable=True, error=None, cluster_enabled=True,
                          cluster_nodes=parse_cluster_nodes(nodes_text(n, (viewer_spec or {}).get(n, spec), **kw)),
                          cluster_info={"cluster_state": state, "cluster_current_epoch": "6"}, replication=repl,
-                         memory={"used_memory": 1000, "maxmemory": 0}, time_ms=NOW, keys=(keys or {}).get(n, 0))
+                         memory={"used_memory": 1000, "maxmemory": 0}, time_ms=NOW, keys=(keys or {}).get(n, 0),
+                         node_timeout_ms=node_timeout_ms)
     return out
 
 
@@ -64,8 +65,13 @@ def test_healthy_cluster():
     assert d["master"] == ADDR["a"] and d["lag_bytes"] == 1000 - 903
 
 
-def test_dead_master_confirmed_by_a_disconnected_link_is_a_failover_candidate():
-    t = topo(down="a", links={"a": "disconnected"})
+def node(t, name):
+    return [n for n in t["nodes"] if n["address"] == ADDR[name]][0]
+
+
+def test_dead_master_flagged_fail_by_a_majority_is_a_failover_candidate():
+    t = topo(down="a", flags={"a": ["fail"]}, links={"a": "disconnected"})
+    assert node(t, "a")["health"] == "down" and t["down_nodes"] == [ADDR["a"]]
     assert not t["serving"] and t["slots_uncovered"] == ["0-5460"]
     assert t["failover_candidates"] == [dict(master=ADDR["a"], master_id=IDS["a"], slots=["0-5460"],
                                              replicas=[ADDR["d"]])]
@@ -74,11 +80,80 @@ def test_dead_master_confirmed_by_a_disconnected_link_is_a_failover_candidate():
     assert [(s["replica"], s["mode"]) for s in steps] == [(ADDR["d"], "force")]
 
 
-def test_frozen_master_confirmed_by_an_unanswered_ping():
-    t = topo(down="a", pings={"a": NOW - 3000})
-    a = [n for n in t["nodes"] if n["address"] == ADDR["a"]][0]
-    assert a["down_confirmed"] and a["unanswered_pings_from"]
-    assert t["next_actions"] == ["failover"]
+def test_busy_master_is_not_down():
+    """DEBUG SLEEP 4 / a slow script: no answer within our timeout, peers waiting 4 s for its pong, link
+    disconnected, no fail flag: busy - not a failover or lossy-repair candidate (it was force-failed-over before)."""
+    t = topo(down="a", pings={"a": NOW - 4000}, links={"a": "disconnected"}, node_timeout_ms=15000)
+    a = node(t, "a")
+    assert a["health"] == "busy" and not a["down_confirmed"], a["health_why"]
+    assert t["busy_nodes"] == [ADDR["a"]] and t["down_nodes"] == []
+    assert t["failover_candidates"] == [] and t["next_actions"] == [] and t["slots_orphaned"] == []
+    assert not t["serving"] and "busy" in t["reason"]
+    assert cl.plan_failover(t) == []
+    with pytest.raises(P3Error) as e:
+        cl.plan_failover(t, master=ADDR["a"])
+    assert "not down" in e.value.msg
+    plan = cl.plan_slot_repair(t, {ADDR["b"]: {}, ADDR["c"]: {}}, allow_data_loss=True)
+    assert plan["assign"] == [] and plan["lossy_slots"] == []
+
+
+def test_a_minority_fail_flag_is_not_down():
+    # every viewer prints the same flags in this fixture: make only two of the five say fail
+    recs = records(down="a")
+    for v in ("b", "c"):
+        recs[ADDR[v]]["cluster_nodes"] = parse_cluster_nodes(nodes_text(v, BASE, flags={"a": ["fail"]}))
+    t = cl.build_topology(recs, seeds=[ADDR["a"]])
+    assert node(t, "a")["health"] == "busy" and t["failover_candidates"] == []
+    assert node(topo(down="a", flags={"a": ["fail"]}), "a")["health"] == "down"
+
+
+def test_down_once_every_peer_waited_longer_than_the_clusters_node_timeout():
+    # the node timeout comes from the nodes (CONFIG GET), not from a module default
+    assert node(topo(down="a", pings={"a": NOW - 3000}, node_timeout_ms=2000), "a")["health"] == "down"
+    assert node(topo(down="a", pings={"a": NOW - 3000}, node_timeout_ms=5000), "a")["health"] == "busy"
+    # nodes refusing CONFIG: the fallback (unanswered_ms) is the node timeout
+    recs = records(down="a", pings={"a": NOW - 3000}, node_timeout_ms=None)
+    assert node(cl.build_topology(recs, unanswered_ms=2000), "a")["health"] == "down"
+    assert node(cl.build_topology(recs), "a")["health"] == "busy"
+    t = topo(down="a", pings={"a": NOW - 16000})
+    assert node(t, "a")["health"] == "down" and t["next_actions"] == ["failover"]
+
+
+def test_judge_node_on_recorded_cluster_nodes():
+    """The model on CLUSTER NODES lines as Redis 7.0 prints them (lab recordings)."""
+    busy = parse_cluster_nodes(
+        "e0a1 127.0.0.1:22002@32002 master - 1795873166000 1795873165990 2 connected 5461-10922")[0]
+    pfail = parse_cluster_nodes(
+        "e0a1 127.0.0.1:22002@32002 master,fail? 1795873150000 1795873149990 2 disconnected 5461-10922")[0]
+    failed = parse_cluster_nodes(
+        "e0a1 127.0.0.1:22002@32002 master,fail 1795873150000 1795873149990 2 disconnected 5461-10922")[0]
+    up = parse_cluster_nodes("e0a1 127.0.0.1:22002@32002 master - 0 1795873169000 2 connected 5461-10922")[0]
+    clocks = dict(v1=NOW, v2=NOW, v3=NOW)
+    j = cl.judge_node
+    assert j(True, dict(v1=busy), clocks, 15000)["health"] == "up"
+    assert j(False, dict(v1=busy, v2=busy, v3=up), clocks, 15000)["health"] == "busy"
+    assert j(False, dict(v1=pfail, v2=pfail, v3=busy), clocks, 15000)["health"] == "busy"
+    assert j(False, dict(v1=pfail, v2=pfail, v3=pfail), clocks, 15000)["health"] == "down"
+    assert j(False, dict(v1=failed, v2=failed, v3=busy), clocks, 15000)["health"] == "down"
+    assert j(False, dict(v1=failed, v2=busy, v3=busy), clocks, 15000)["health"] == "busy"
+    assert j(False, {}, {}, 15000)["health"] == "busy"
+    assert j(False, {}, {}, 15000, own_unreachable_ms=16000)["health"] == "down"
+
+
+def test_no_replica_to_promote_only_when_none_exists():
+    t = topo(down="ad", flags={"a": ["fail"], "d": ["fail"]})
+    plan = cl.plan_slot_repair(t, {ADDR["b"]: {}, ADDR["c"]: {}})
+    why = set(plan["lossy"].values())
+    assert why and not any("no replica to promote" in w for w in why), why
+    assert any(ADDR["d"] in w for w in why)
+    with pytest.raises(P3Error) as e:
+        cl.plan_failover(t, master=ADDR["a"])
+    assert "no replica to promote" not in e.value.msg and ADDR["d"] in e.value.msg
+    spec = dict(BASE)
+    del spec["d"]
+    t = topo(spec=spec, down="a", flags={"a": ["fail"]})
+    plan = cl.plan_slot_repair(t, {ADDR["b"]: {}, ADDR["c"]: {}})
+    assert any("no replica to promote" in w for w in plan["lossy"].values())
 
 
 def test_unreachable_from_here_only_is_not_failed_over():
@@ -89,7 +164,7 @@ def test_unreachable_from_here_only_is_not_failed_over():
 
 def test_no_majority_needs_takeover():
     spec = dict(BASE)
-    t = topo(down="ab", links={"a": "disconnected", "b": "disconnected"})
+    t = topo(down="ab", flags={"a": ["fail"], "b": ["fail"]})
     with pytest.raises(P3Error) as e:
         cl.plan_failover(t, master=ADDR["a"])
     assert "allow_takeover" in e.value.msg and "1 of 3" in e.value.msg
@@ -281,3 +356,165 @@ def test_behind_names_each_node_and_why():
     assert behind[ADDR["d"]] == "says cluster_state:fail"
     assert behind[ADDR["e"]] == "does not answer CLUSTER INFO: timed out"
     assert cl._behind(nodes, {ADDR["a"]: views[ADDR["a"]]}, expected) == {}
+
+
+def _standalone_pair(keys_old_master):
+    def rec(addr, role, keys, replid, replid2="0" * 40, replicas=0, master=None):
+        repl = {"role": "master" if role == "master" else "slave", "master_replid": replid, "master_replid2": replid2,
+                "master_repl_offset": "100", "connected_slaves": str(replicas)}
+        if master:
+            repl.update(master_host="127.0.0.1", master_port=master, master_link_status="up")
+        return dict(address=addr, reachable=True, error=None, cluster_enabled=False, role=role,
+                    replication=repl, keys=keys, memory={})
+    return cl.build_topology({
+        "127.0.0.1:6001": rec("127.0.0.1:6001", "master", keys_old_master, "r" * 40),
+        "127.0.0.1:6002": rec("127.0.0.1:6002", "master", 10, "n" * 40, replid2="r" * 40, replicas=1),
+        "127.0.0.1:6003": rec("127.0.0.1:6003", "replica", 10, "n" * 40, master="6002"),
+    })
+
+
+def test_standalone_rejoin_only_an_empty_former_master():
+    """REPLICAOF discards a node's data: a former master holding keys (writes taken after the failover?) is not
+    made a replica, even when it is the very master the current one was promoted from."""
+    t = _standalone_pair(0)
+    assert t["rejoin_candidates"] == ["127.0.0.1:6001"]
+    t = _standalone_pair(5)
+    assert t["rejoin_candidates"] == [] and "holds 5 keys" in t["reason"]
+    with pytest.raises(P3Error) as e:
+        cl.plan_rejoin(t, targets=["127.0.0.1:6001"])
+    assert "holds 5 keys" in e.value.msg
+
+
+def test_repair_changed_counts_what_was_sent_even_without_convergence():
+    assign = dict(action="addslots", target="x", detail="ADDSLOTSRANGE 0-99 (100 slots, 0 keys already there)")
+    assert cl.repair_changed([assign]) is True
+    assert cl.repair_changed([dict(assign, detail="already owns 0-99")]) is False
+    assert cl.repair_changed([dict(action="setslot node", target="y", detail="")]) is True
+    assert cl.repair_changed([]) is False
+
+
+class _Settings(object):
+    seed_addresses = [ADDR["a"]]
+    connect_timeout = 1.0
+    socket_timeout = 1.0
+
+
+def test_read_topology_waits_for_the_clusters_verdict(monkeypatch):
+    """confirm_timeout: a busy master is read again until the cluster flags it fail (then it is a candidate)."""
+    readings = [records(down="a", pings={"a": NOW - 2000}), records(down="a", pings={"a": NOW - 9000}),
+                records(down="a", flags={"a": ["fail"]})]
+    calls = []
+
+    def fake(settings, deadline=None):
+        calls.append(1)
+        return readings[min(len(calls), len(readings)) - 1]
+    monkeypatch.setattr(cl, "read_records", fake)
+    monkeypatch.setattr(cl, "CONFIRM_POLL", 0.0)
+    t = cl.read_topology(_Settings(), confirm_timeout=30)
+    assert len(calls) == 3 and t["down_nodes"] == [ADDR["a"]] and t["next_actions"] == ["failover"]
+    calls[:] = []
+    t = cl.read_topology(_Settings(), confirm_timeout=0)
+    assert len(calls) == 1 and t["busy_nodes"] == [ADDR["a"]] and t["next_actions"] == []
+
+
+def test_read_topology_stops_waiting_when_the_master_answers(monkeypatch):
+    readings = [records(down="a", pings={"a": NOW - 2000}), records()]
+    calls = []
+
+    def fake(settings, deadline=None):
+        calls.append(1)
+        return readings[min(len(calls), len(readings)) - 1]
+    monkeypatch.setattr(cl, "read_records", fake)
+    monkeypatch.setattr(cl, "CONFIRM_POLL", 0.0)
+    t = cl.read_topology(_Settings(), confirm_timeout=30)
+    assert len(calls) == 2 and t["healthy"] and t["confirm_waited"] >= 0
+
+
+class _FakeNodes(object):
+    """Answers like a 6-node cluster whose master a is dead; replica d is master already when promoted_first."""
+
+    def __init__(self, promoted_first, accept=True):
+        self.promoted = promoted_first
+        self.accept = accept
+        self.sent = []
+
+    def __call__(self, settings):
+        return self
+
+    def _view(self, viewer):
+        spec = dict(BASE)
+        if self.promoted:
+            spec["d"] = ("master", None, "0-5460")
+            spec["a"] = ("slave", "d", "")
+        return parse_cluster_nodes(nodes_text(viewer, spec, flags={"a": ["fail"]}))
+
+    def try_run(self, address, *args):
+        name = [n for n, a in ADDR.items() if a == address][0]
+        if args[0] == "PING":
+            return (None, "connection refused") if name == "a" else ("PONG", None)
+        if args[:2] == ("CLUSTER", "NODES"):
+            return (None, "connection refused") if name == "a" else (self._view(name), None)
+        if args[0] == "TIME":
+            return [str(NOW // 1000), "0"], None
+        if args[:2] == ("CLUSTER", "FAILOVER"):
+            self.sent.append((address,) + args)
+            if self.promoted:
+                return None, "ERR You should send CLUSTER FAILOVER to a replica"
+            self.promoted = True
+            return "OK", None
+        raise AssertionError(args)
+
+    def close(self):
+        pass
+
+
+def _fake_views(nodes, addresses):
+    out = {}
+    for a in addresses:
+        text, err = nodes.try_run(a, "CLUSTER", "NODES")
+        if err is None:
+            out[a] = text
+    return out
+
+
+@pytest.mark.parametrize("redis_first", [False, True])
+def test_failover_claims_only_what_it_did(monkeypatch, redis_first):
+    """A run claims only what it did: when Redis promoted the replica before our FORCE, the step says by=redis and
+    nothing was sent; otherwise by=p3.recovery."""
+    t = topo(down="a", flags={"a": ["fail"]})
+    steps = cl.plan_failover(t)
+    fake = _FakeNodes(promoted_first=redis_first)
+    monkeypatch.setattr(cl, "Nodes", fake)
+    monkeypatch.setattr(cl, "views_of", _fake_views)
+    done, timeline, skipped = cl.run_failover(None, t, steps, wait_timeout=2)
+    assert skipped == [] and len(done) == 1
+    if redis_first:
+        assert done[0]["by"] == "redis" and fake.sent == []
+        assert [e["action"] for e in timeline] == ["observed failover", "converged"]
+    else:
+        assert done[0]["by"] == "p3.recovery" and fake.sent == [(ADDR["d"], "CLUSTER", "FAILOVER", "FORCE")]
+        assert [e["action"] for e in timeline] == ["cluster failover force", "converged"]
+
+
+def test_failover_recheck_leaves_a_master_that_answers_again(monkeypatch):
+    t = topo(down="a", flags={"a": ["fail"]})
+    steps = cl.plan_failover(t)
+    fake = _FakeNodes(promoted_first=False)
+    real = fake.try_run
+
+    def try_run(address, *args):
+        if args[0] == "PING":
+            return "PONG", None  # a is back
+        return real(address, *args)
+    fake.try_run = try_run
+    monkeypatch.setattr(cl, "Nodes", fake)
+    monkeypatch.setattr(cl, "views_of", _fake_views)
+    done, timeline, skipped = cl.run_failover(None, t, steps, wait_timeout=2)
+    assert done == [] and fake.sent == [] and skipped[0]["master"] == ADDR["a"]
+    assert "answers PING again" in skipped[0]["why"]
+
+
+def test_cluster_param_errors_are_one_line():
+    assert cl.cluster_param_error(dict(unanswered_ms=15000, confirm_timeout=0)) is None
+    assert "unanswered_ms must be > 0" in cl.cluster_param_error(dict(unanswered_ms=0, confirm_timeout=0))
+    assert "confirm_timeout must be >= 0" in cl.cluster_param_error(dict(unanswered_ms=1, confirm_timeout=-1))
