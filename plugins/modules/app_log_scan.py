@@ -98,8 +98,7 @@ import glob
 import os
 import re
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, one_line, probe_result
 
 
@@ -132,7 +131,7 @@ def main():
         max_bytes=dict(type="int", default=10 * 1024 * 1024),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     try:
         regex = re.compile(p["pattern"], re.IGNORECASE if p["ignore_case"] else 0)

@@ -106,14 +106,13 @@ timeline:
 import datetime
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.process_env import check_name, set_supervisor_env, set_systemd_env
 
 
 def main():
-    module = AnsibleModule(
+    module = P3Module(
         argument_spec=dict(
             name=dict(type="str", required=True),
             value=dict(type="str", required=True),
