@@ -15,7 +15,6 @@ import math
 import os
 import re
 import select
-import threading
 import time
 import traceback
 
@@ -44,6 +43,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 SSLMODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 APPLICATION_NAME = "p3-recovery"
+MAXFD = 65536
 CANCEL_GRACE = 0.5  # seconds a query timeout waits for the server to take the cancel request, at most
 
 # The options of doc fragment p3.recovery.postgres, defined once.
@@ -280,22 +280,38 @@ class PostgresClient(object):
         return list(rows[0].values())[0]
 
     def _cancel(self, grace=CANCEL_GRACE):
-        """Ask the server to cancel the running statement without waiting for it: psycopg2's cancel() opens a
-        new connection and blocks with no deadline (a frozen postmaster held it for as long as it was frozen),
-        so it runs in a daemon thread that is abandoned after grace seconds."""
+        """Ask the server to cancel the running statement without waiting for it. psycopg2's cancel() opens a
+        new connection to the postmaster and blocks, holding the GIL, with no deadline (a frozen postmaster held
+        it for as long as it was frozen; a thread cannot bound it), so it runs in a forked child that is
+        abandoned after grace seconds."""
         conn = self.conn
-        if conn is None:
+        if conn is None or not hasattr(os, "fork"):
             return
-
-        def cancel():
+        try:
+            pid = os.fork()
+        except OSError:
+            return  # best effort: closing the connection ends the statement when the server next writes
+        if pid == 0:  # child: send the cancel request, never return into the module
             try:
+                # no inherited descriptor (the module's stdout above all) may outlive the module in this child,
+                # or Ansible would wait for the child; cancel() needs none of them
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.closerange(3, MAXFD)
                 conn.cancel()
-            except Exception:  # pylint: disable=broad-except
-                pass  # best effort: closing the connection ends the statement too
-        t = threading.Thread(target=cancel, name="p3-pg-cancel")
-        t.daemon = True
-        t.start()
-        t.join(grace)
+            finally:
+                os._exit(0)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            try:
+                done, dummy = os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                return
+            if done:
+                return
+            time.sleep(0.01)
+        # abandoned: the child ends when the postmaster answers, or with the module's process group
 
     @staticmethod
     def _close(conn):
