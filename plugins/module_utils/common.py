@@ -245,10 +245,34 @@ def value_secrets(name, value):
     return out
 
 
+# Options whose URLs are node-provider URLs: an API key may sit in a path segment or a query value.
+PROVIDER_URL_OPTIONS = ("rpc_url",)
+
+
+def provider_url_secrets(url):
+    """Credentials of a provider URL (https://host/v3/<key>, ?apikey=...): the userinfo password, every path
+    segment of 16+ characters and every query value of 8+ characters."""
+    out = list(url_secrets(url))
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return out
+    for segment in (parts.path or "").split("/"):
+        if len(segment) >= 16:
+            out.append(segment)
+    for pair in (parts.query or "").split("&"):
+        if "=" in pair and len(pair.split("=", 1)[1]) >= 8:
+            out.append(pair.split("=", 1)[1])
+    return out
+
+
 def params_secrets(params, argument_spec=None, environ=None):
     """The secrets in raw module parameters and in the environment variables their options fall back to."""
     out = value_secrets(None, params or {})
     environ = os.environ if environ is None else environ
+    for name in PROVIDER_URL_OPTIONS:
+        if isinstance((params or {}).get(name), str):
+            out.extend(provider_url_secrets(params[name]))
     for name, spec in (argument_spec or {}).items():
         fallback = spec.get("fallback") if isinstance(spec, dict) else None
         if fallback and fallback[0] is env_fallback:
@@ -256,6 +280,8 @@ def params_secrets(params, argument_spec=None, environ=None):
             for var in (names[0] if names and isinstance(names[0], (list, tuple)) else names):
                 if environ.get(var):
                     out.extend(value_secrets(name, environ[var]))
+                    if name in PROVIDER_URL_OPTIONS:
+                        out.extend(provider_url_secrets(environ[var]))
                     if spec.get("no_log"):
                         out.append(environ[var])
         if isinstance(spec, dict) and spec.get("no_log") and isinstance((params or {}).get(name), str):
