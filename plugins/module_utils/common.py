@@ -186,7 +186,8 @@ def text_secrets(text):
             if nxt >= 0 and any(c in rest[at + 1:nxt] for c in "/?#"):
                 break  # a later @ in the path or query is not part of the userinfo
             at = nxt
-    out.extend(url_secrets(text))
+    for found in url_secrets(text):
+        out.extend(_with_pieces(found))
     for m in _KV_SECRET.finditer(text):
         rest = text[m.end():]
         if rest[:1] in ("'", '"'):
@@ -196,14 +197,18 @@ def text_secrets(text):
                 end += 2 if rest[end] == "\\" else 1
             value = rest[1:end]
             out.extend(_with_pieces(value))
-            out.append(value.replace("\\" + q, q).replace("\\\\", "\\"))
+            out.extend(_with_pieces(value.replace("\\" + q, q).replace("\\\\", "\\")))
         else:
             nxt = _KV_NEXT_KEY.search(rest)
             value = (rest[:nxt.start()] if nxt else rest).strip()
             out.extend(_with_pieces(value))
             first = rest.split(None, 1)[0] if rest.split() else ""
             out.append(first)
-    return [s for s in out if s]
+    unique = []
+    for found in out:
+        if found and found not in unique:
+            unique.append(found)
+    return unique
 
 
 def header_secrets(value):
