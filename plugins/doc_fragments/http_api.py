@@ -36,6 +36,6 @@ options:
 notes:
   - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
     argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core
-    itself prints at C(-vvvv): use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX
+    itself prints at C(-vvvv); use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX
     credentials (see the collection README, "Passing secrets").
 """
