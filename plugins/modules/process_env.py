@@ -109,7 +109,7 @@ checked:
   returned: backend supervisor
   type: bool
 restored:
-  description: The reload failed and the previous file was put back (the run then fails with RV(changed=false)).
+  description: The reload failed and the previous file was put back (the run then fails, with C(changed=false)).
   returned: when the reload failed
   type: bool
 timeline:
