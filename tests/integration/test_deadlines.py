@@ -272,3 +272,22 @@ def test_process_env_percent_and_newline(lab_up, tmp_path):
             f.write(original)
         subprocess.run([ctl, "-c", conf, "reread"], capture_output=True, timeout=30)
     assert st["app"]["healthy"]
+
+
+def test_process_env_rolls_back_when_reread_fails(lab_up, tmp_path):
+    """supervisorctl reread fails (no supervisord behind this file): the previous file is put back, the run
+    fails with changed=false, and the message quotes no other variable."""
+    conf = tmp_path / "p3.conf"
+    original = ('[supervisorctl]\nserverurl=unix://%s/nothing.sock\n\n[program:app]\ncommand=/bin/true\n'
+                'environment=DATABASE_URL="postgresql://u:rollback-secret-1@h/db",A="1"\n' % tmp_path)
+    conf.write_text(original)
+    ctl = os.path.join(ROOT, ".venv", "bin", "supervisorctl")
+    tasks = [dict(name="set", ignore_errors=True, **{"p3.recovery.process_env": dict(
+        supervisor_conf=str(conf), program="app", supervisorctl=ctl, name="LIMIT", value="7", backup=False)})]
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    msg = one_line_failure(run, "set")
+    res = run.result("set")
+    assert res["restored"] is True and res["changed"] is False, res
+    assert conf.read_text() == original
+    assert "rollback-secret-1" not in run.stdout and "reread" in msg
+    assert not [p for p in os.listdir(str(tmp_path)) if p.endswith(".p3tmp")]
