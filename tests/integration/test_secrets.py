@@ -216,16 +216,21 @@ def test_every_module_masks_secrets(creds, tmp_path, case):
         assert not run.failed("process_env"), run.result("process_env")
 
 
-@pytest.mark.parametrize("case", ["success", "unreachable", "wrong"])
-def test_diagnose_playbook_masks_secrets(creds, tmp_path, case):
+@pytest.mark.parametrize("playbook,case", [("diagnose.yml", "success"), ("diagnose.yml", "unreachable"),
+                                           ("diagnose.yml", "wrong"), ("recover_all.yml", "wrong"),
+                                           ("recover_all.yml", "unreachable")])
+def test_playbooks_mask_secrets(creds, tmp_path, playbook, case):
+    """diagnose, and recover_all in check mode failing on wrong / unreachable credentials: its failed-run
+    report and postmortem embed the registered results."""
     cv = case_vars(case, creds)
     extravars = tmp_path / "vars.json"
     extravars.write_text(json.dumps(dict(
         p3_redis_nodes=cv["sec_redis_nodes"], p3_redis_password="", p3_database_url=cv["sec_dsn"],
         p3_app_url=cv["sec_url"], p3_rpc_url=cv["sec_rpc_url"], p3_report_dir=str(tmp_path / "reports"))))
     incidents = tmp_path / "incidents"
-    run = run_playbook("diagnose.yml", extravars_file=str(extravars), verbosity=3, timeout=GUARD,
-                       env={"P3_INCIDENT_DIR": str(incidents), "P3_INCIDENT_ID": "diag-%s" % case})
+    run = run_playbook(playbook, extravars_file=str(extravars), verbosity=3, timeout=GUARD,
+                       check=playbook != "diagnose.yml",
+                       env={"P3_INCIDENT_DIR": str(incidents), "P3_INCIDENT_ID": "run-%s" % case})
     assert run.status != "timeout", run.stdout[-3000:]
     assert os.path.isdir(str(tmp_path / "reports")), run.stdout[-3000:]
     assert_no_secret(everything_written(run, tmp_path), creds)
