@@ -24,8 +24,13 @@ GUARD = 240
 
 
 def secret(tag):
-    # a '%' makes the URL-encoded form differ from the raw one; '-' and hex keep it a valid URL password
-    return "s3cr3t-%s-%s" % (tag, uuid.uuid4().hex)
+    # the '/' makes the URL-encoded form (written into the URLs) differ from the raw one; both are searched
+    h = uuid.uuid4().hex
+    return "s3cr3t-%s-%s/%s" % (tag, h[:16], h[16:])
+
+
+def q(value):
+    return quote(value, safe="")
 
 
 def lab_vars():
@@ -83,20 +88,20 @@ def case_vars(case, c):
         pg = rpc = app = UNREACHABLE_PORT
     first = nodes[0]
     return dict(
-        sec_redis_url="redis://%s:%s@%s" % (c["user"], redis_pw, first),
-        sec_redis_nodes=["redis://%s:%s@%s" % (c["user"], redis_pw, n) for n in nodes],
-        sec_dsn="postgresql://%s:%s@127.0.0.1:%d/p3" % (c["user"], pg_pw, pg),
+        sec_redis_url="redis://%s:%s@%s" % (c["user"], q(redis_pw), first),
+        sec_redis_nodes=["redis://%s:%s@%s" % (c["user"], q(redis_pw), n) for n in nodes],
+        sec_dsn="postgresql://%s:%s@127.0.0.1:%d/p3" % (c["user"], q(pg_pw), pg),
         # keyword form, unencoded @ and an unquoted space in the password: malformed on purpose except success
         sec_dsn_kw=("host=127.0.0.1 port=%d dbname=p3 user=%s_w password='%s'" % (pg, c["user"], c["pg_weird"])
                     if case == "success" else
                     "host=127.0.0.1 port=%d dbname=p3 user=%s_w password=%s" % (pg, c["user"], c["pg_weird"])),
-        sec_url="http://u:%s@127.0.0.1:%d" % (other, app),
+        sec_url="http://u:%s@127.0.0.1:%d" % (q(other), app),
         sec_headers={"Authorization": "Bearer %s" % (c["http_token"] if case == "success" else other)},
-        sec_rpc_url="http://u:%s@127.0.0.1:%d" % (c["rpc_pw"] if case == "success" else other, rpc),
+        sec_rpc_url="http://u:%s@127.0.0.1:%d" % (q(c["rpc_pw"] if case == "success" else other), rpc),
         sec_chain_id=v["p3_chain_id"],
         sec_wallet=v["p3_anchor_wallet"] if case != "bad" else "0xnot-an-address",
         sec_key="0x" + uuid.uuid4().hex * 2 if case != "bad" else c["key"],
-        sec_env_value="postgresql://p3app:%s@127.0.0.1:5432/p3" % c["env_pw"],
+        sec_env_value="postgresql://p3app:%s@127.0.0.1:5432/p3" % q(c["env_pw"]),
         sec_timeout=1 if case != "bad" else "not-a-number",
     )
 
