@@ -19,7 +19,12 @@ options:
     type: str
   rpc_timeout:
     description:
-      - Seconds to wait for each JSON-RPC call.
+      - Total deadline in seconds of each JSON-RPC call (connect, headers and the whole body).
     type: float
     default: 5.0
+notes:
+  - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
+    argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core
+    itself prints at C(-vvvv); use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX
+    credentials (see the collection README, "Passing secrets").
 """

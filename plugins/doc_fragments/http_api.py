@@ -17,14 +17,15 @@ options:
     type: str
   timeout:
     description:
-      - Seconds to wait for the connection and for each read of every request.
+      - Total deadline in seconds of each request - name resolution, connect, headers and the whole body - so a
+        server that accepts and never answers, or dribbles its answer, costs this long and no more.
     type: float
     default: 5.0
   headers:
     description:
       - Extra HTTP headers for every request, for example C(Authorization) or C(X-Forwarded-Proto).
       - Values of headers whose names suggest a credential (C(Authorization), C(Cookie), C(*token*), C(*key*), ...)
-        are masked in the module's output.
+        are masked in the module's output (for C(Basic), the decoded password too).
     type: dict
     default: {}
   validate_certs:
@@ -32,4 +33,9 @@ options:
       - Verify the server's TLS certificate (HTTPS only).
     type: bool
     default: true
+notes:
+  - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
+    argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core
+    itself prints at C(-vvvv); use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX
+    credentials (see the collection README, "Passing secrets").
 """

@@ -43,12 +43,18 @@ options:
   connect_timeout:
     description:
       - Seconds allowed for connecting (TCP, TLS and authentication), and for each query.
-      - Enforced by the module itself, so a server that accepts connections but never answers costs this long.
+      - Enforced by the module itself, so a server that accepts connections but never answers costs this long; a
+        query that runs out of time is cancelled without waiting for the server (a frozen postmaster included).
     type: float
     default: 5.0
 requirements:
   - psycopg2 (Python library; psycopg2-binary is fine)
 notes:
   - Connections identify themselves with C(application_name=p3-recovery).
-  - Passwords are removed from every message, including the server's and libpq's error texts.
+  - Passwords are removed from every message, including the server's and libpq's error texts; a malformed DSN is
+    reported without quoting any part of it.
+  - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
+    argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core
+    itself prints at C(-vvvv); use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX
+    credentials (see the collection README, "Passing secrets").
 """

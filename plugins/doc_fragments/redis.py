@@ -21,7 +21,9 @@ options:
     type: str
   redis_nodes:
     description:
-      - Cluster seed nodes as C(host:port) strings (C([v6addr]:port) for IPv6; the port defaults to 6379).
+      - Cluster seed nodes as C(host:port) strings (C([v6addr]:port) for IPv6; the port defaults to 6379), or as
+        URLs C(redis://[[user]:password@]host:port) (C(rediss://) for TLS) whose credentials are used; every entry
+        must carry the same credentials. O(redis_username) and O(redis_password) override them.
       - Every node named by the seeds' C(CLUSTER NODES) is contacted too.
       - If not set, the environment variable E(REDIS_CLUSTER_NODES) is used (comma-separated, as P3 reads it).
     type: list
@@ -66,4 +68,8 @@ requirements:
 notes:
   - Each node is contacted with its own connection and no retries, so the time a probe takes is bounded by
     the timeouts above, whatever the state of the nodes.
+  - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
+    argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core
+    itself prints at C(-vvvv); use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX
+    credentials (see the collection README, "Passing secrets").
 """

@@ -9,7 +9,9 @@ Everything here is pure Python (no third-party import) so the unit tests can loa
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import base64
 import errno
+import os
 import re
 import socket
 import ssl
@@ -18,7 +20,7 @@ import time
 
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 MASK = "********"
 
@@ -135,6 +137,174 @@ def url_secrets(url):
             out.append(m.group("value"))
             out.append(unquote(m.group("value")))
     return [s for s in out if s]
+
+
+_SCHEME = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://")
+_KV_SECRET = re.compile(r"\b(?:password|passwd|pwd)\s*=\s*", re.IGNORECASE)
+_KV_NEXT_KEY = re.compile(r"\s+[A-Za-z_][A-Za-z0-9_]*\s*=")
+# Option and header names whose values are credentials as a whole.
+_SECRET_NAME_WORDS = ("authorization", "cookie", "token", "secret", "api-key", "apikey", "api_key", "password",
+                      "passwd", "auth", "private_key", "privatekey", "credential")
+
+
+def is_secret_name(name):
+    """Option / header / variable names whose values are credentials (Authorization, X-Api-Key, db_password...)."""
+    name = str(name).lower()
+    return any(w in name for w in _SECRET_NAME_WORDS)
+
+
+def _with_pieces(value):
+    """value plus its whitespace- and @-separated pieces: a malformed DSN makes libraries quote only a fragment."""
+    out = [value]
+    pieces = [p for p in re.split(r"[\s@]+", value) if p]
+    if len(pieces) > 1:
+        out.extend(pieces)
+    return out
+
+
+def text_secrets(text):
+    """Every password a string may carry, however malformed: URL userinfo (an unencoded @ or space in the
+    password included: each possible end of the userinfo counts), ?password=, and key=value DSN passwords
+    (quoted, or unquoted up to the next keyword). Over-collects on purpose; the result feeds no_log values."""
+    out = []
+    if not text or not isinstance(text, str):
+        return out
+    schemes = list(_SCHEME.finditer(text))
+    for idx, m in enumerate(schemes):
+        start = m.end()
+        stop = schemes[idx + 1].start() if idx + 1 < len(schemes) else len(text)
+        rest = text[start:stop]
+        at = rest.find("@")
+        while at >= 0:
+            userinfo = rest[:at]
+            if ":" in userinfo:
+                password = userinfo.split(":", 1)[1]
+                if password:
+                    out.extend(_with_pieces(password))
+                    out.append(unquote(password))
+            nxt = rest.find("@", at + 1)
+            if nxt >= 0 and any(c in rest[at + 1:nxt] for c in "/?#"):
+                break  # a later @ in the path or query is not part of the userinfo
+            at = nxt
+    for found in url_secrets(text):
+        out.extend(_with_pieces(found))
+    for m in _KV_SECRET.finditer(text):
+        rest = text[m.end():]
+        if rest[:1] in ("'", '"'):
+            q = rest[0]
+            end = 1
+            while end < len(rest) and rest[end] != q:
+                end += 2 if rest[end] == "\\" else 1
+            value = rest[1:end]
+            out.extend(_with_pieces(value))
+            out.extend(_with_pieces(value.replace("\\" + q, q).replace("\\\\", "\\")))
+        else:
+            nxt = _KV_NEXT_KEY.search(rest)
+            value = (rest[:nxt.start()] if nxt else rest).strip()
+            out.extend(_with_pieces(value))
+            first = rest.split(None, 1)[0] if rest.split() else ""
+            out.append(first)
+    unique = []
+    for found in out:
+        if found and found not in unique:
+            unique.append(found)
+    return unique
+
+
+def header_secrets(value):
+    """A credential header value, the token after its scheme ('Bearer x'), and a Basic password."""
+    value = str(value)
+    out = [value]
+    scheme, sep, token = value.partition(" ")
+    if sep and token.strip():
+        out.append(token.strip())
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8", "replace")
+                out.append(decoded)
+                if ":" in decoded:
+                    out.append(decoded.split(":", 1)[1])
+            except (ValueError, TypeError):
+                pass
+    return out
+
+
+def value_secrets(name, value):
+    """Secrets in one option value (recursively for lists and dicts): credential-named keys as a whole,
+    passwords inside URL / DSN strings everywhere."""
+    out = []
+    if value is None or isinstance(value, bool):
+        return out
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.extend(value_secrets(k, v))
+        return out
+    if isinstance(value, (list, tuple, set)):
+        for v in value:
+            out.extend(value_secrets(name, v))
+        return out
+    if name is not None and is_secret_name(name) and not isinstance(value, (int, float)):
+        out.extend(header_secrets(value))
+    if isinstance(value, str):
+        out.extend(text_secrets(value))
+    return out
+
+
+# Options whose URLs are node-provider URLs: an API key may sit in a path segment or a query value.
+PROVIDER_URL_OPTIONS = ("rpc_url",)
+
+
+def provider_url_secrets(url):
+    """Credentials of a provider URL (https://host/v3/<key>, ?apikey=...): the userinfo password, every path
+    segment of 16+ characters and every query value of 8+ characters."""
+    out = list(url_secrets(url))
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return out
+    for segment in (parts.path or "").split("/"):
+        if len(segment) >= 16:
+            out.append(segment)
+    for pair in (parts.query or "").split("&"):
+        if "=" in pair and len(pair.split("=", 1)[1]) >= 8:
+            out.append(pair.split("=", 1)[1])
+    return out
+
+
+def params_secrets(params, argument_spec=None, environ=None):
+    """The secrets in raw module parameters and in the environment variables their options fall back to."""
+    out = value_secrets(None, params or {})
+    environ = os.environ if environ is None else environ
+    for name in PROVIDER_URL_OPTIONS:
+        if isinstance((params or {}).get(name), str):
+            out.extend(provider_url_secrets(params[name]))
+    for name, spec in (argument_spec or {}).items():
+        fallback = spec.get("fallback") if isinstance(spec, dict) else None
+        if fallback and fallback[0] is env_fallback:
+            names = fallback[1] if len(fallback) > 1 else []
+            for var in (names[0] if names and isinstance(names[0], (list, tuple)) else names):
+                if environ.get(var):
+                    out.extend(value_secrets(name, environ[var]))
+                    if name in PROVIDER_URL_OPTIONS:
+                        out.extend(provider_url_secrets(environ[var]))
+                    if spec.get("no_log"):
+                        out.append(environ[var])
+        if isinstance(spec, dict) and spec.get("no_log") and isinstance((params or {}).get(name), str):
+            out.append(params[name])
+    return out
+
+
+class P3Module(AnsibleModule):
+    """AnsibleModule that registers every secret of its raw parameters as a no_log value BEFORE the argument
+    spec is validated, so no failure on any path (a wrong type, a missing option, a bad address, an early
+    fail_json in the module) can print a password: Ansible masks fail_json/exit_json and the invocation itself.
+
+    ansible-core loads the parameters, then validates them (and only then learns the no_log options); a
+    validation error is reported with the invocation. This hook runs between the two."""
+
+    def _load_params(self):
+        super(P3Module, self)._load_params()
+        register_secrets(self, params_secrets(self.params, self.argument_spec))
 
 
 def hostport(host, port):

@@ -12,6 +12,7 @@ __metaclass__ = type
 
 import inspect
 import json
+import socket
 import ssl
 import time
 
@@ -24,6 +25,8 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
     describe_error,
     env,
+    header_secrets,
+    is_secret_name,
     num_text,
     one_line,
     redact_text,
@@ -50,13 +53,9 @@ def http_argument_spec(**extra):
     return spec
 
 
-_SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "api-key", "apikey", "api_key", "password", "auth")
-
-
 def is_secret_header(name):
     """Header names whose values are credentials (registered as no_log, masked in messages)."""
-    name = str(name).lower()
-    return any(w in name for w in _SECRET_HEADER_WORDS)
+    return is_secret_name(name)
 
 
 def check_url(url, option="url", schemes=("http", "https")):
@@ -121,6 +120,10 @@ def request(url, method="GET", timeout=5.0, headers=None, validate_certs=True, d
             max_body=MAX_BODY, context=None):
     """One HTTP request. Never raises for a service failure.
 
+    timeout is a total deadline over name resolution, connect, headers and the whole body: socket timeouts
+    alone bound each read, and a server that dribbles its answer a byte at a time would never trip them. The
+    exchange runs in a daemon thread that is abandoned at the deadline.
+
     Returns dict(url (redacted), method, status (int or None), ok (2xx), latency_ms, content_type, raw (bytes),
     json (parsed or None), text, error (one-line cause when there was no HTTP answer, else None)).
     """
@@ -132,6 +135,32 @@ def request(url, method="GET", timeout=5.0, headers=None, validate_certs=True, d
     if _REQUEST_TAKES_CONTEXT:
         kwargs["context"] = context if context is not None else tls_context(url, validate_certs)
     t0 = time.monotonic()
+    deadline = t0 + float(timeout)
+    work = dict(status=None, content_type=None, raw=b"", error=None)
+    results, errors, late = run_parallel({"exchange": lambda: _exchange(url, kwargs, work, deadline, max_body)},
+                                         deadline=float(timeout), name="http")
+    out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
+    if late:
+        out["error"] = "timed out after %ss" % num_text(timeout)
+        if work["status"] is not None:
+            out["status"] = work["status"]
+            out["error"] = "reading the body failed: %s" % out["error"]
+        return out
+    exc = errors.get("exchange")
+    out["status"], out["content_type"], out["raw"] = work["status"], work["content_type"], work["raw"]
+    if exc is not None:  # transport failure: refused, timeout, DNS, TLS, reset...
+        out["error"] = describe_error(exc, timeout=num_text(timeout), secrets=secrets)
+        if out["status"] is not None:  # answered, then the body read failed
+            out["error"] = "reading the body failed: %s" % out["error"]
+    out["json"], out["text"] = decode_body(out["raw"], out["content_type"])
+    out["text"] = redact_text(out["text"], secrets)
+    out["ok"] = out["error"] is None and out["status"] is not None and 200 <= out["status"] < 300
+    return out
+
+
+def _exchange(url, kwargs, work, deadline, max_body):
+    """Send the request and read the answer into work (status, content_type, raw); raises transport errors.
+    Each body read gets the time left as its socket timeout, so the thread itself ends near the deadline."""
     resp = None
     try:
         try:
@@ -143,25 +172,38 @@ def request(url, method="GET", timeout=5.0, headers=None, validate_certs=True, d
         except HTTPError as e:  # 4xx / 5xx: still an answer with a body
             resp = e
             status = e.code
-        out["status"] = int(status) if status is not None else None
-        out["content_type"] = (resp.headers.get("Content-Type") if resp.headers is not None else None)
-        out["raw"] = resp.read(max_body) or b""
-        out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
-    except Exception as e:  # transport failure: refused, timeout, DNS, TLS, reset...
-        out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
-        out["error"] = describe_error(e, timeout=num_text(timeout), secrets=secrets)
-        if out["status"] is not None:  # answered, then the body read failed
-            out["error"] = "reading the body failed: %s" % out["error"]
+        work["status"] = int(status) if status is not None else None
+        work["content_type"] = (resp.headers.get("Content-Type") if resp.headers is not None else None)
+        sock = _response_socket(resp)
+        chunks, size = [], 0
+        while size < max_body:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("timed out")
+            if sock is not None:
+                sock.settimeout(remaining)
+            chunk = resp.read1(min(65536, max_body - size)) if hasattr(resp, "read1") else resp.read(max_body - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        work["raw"] = b"".join(chunks)
     finally:
         if resp is not None:
             try:
                 resp.close()
-            except Exception:
+            except Exception:  # pylint: disable=broad-except
                 pass
-    out["json"], out["text"] = decode_body(out["raw"], out["content_type"])
-    out["text"] = redact_text(out["text"], secrets)
-    out["ok"] = out["error"] is None and out["status"] is not None and 200 <= out["status"] < 300
-    return out
+
+
+def _response_socket(resp):
+    """The socket under an http.client response (to give each read the time left), or None."""
+    fp = getattr(resp, "fp", None)
+    for attr in ("raw", "_sock"):
+        fp = getattr(fp, attr, None) if fp is not None else None
+        if isinstance(fp, socket.socket):
+            return fp
+    return None
 
 
 def describe_response(resp):
@@ -180,13 +222,11 @@ class HttpTarget(object):
     def __init__(self, module):
         self.module = module
         url = module.params.get("url")
+        # P3Module registered these before validation; kept here to redact library messages.
         self.secrets = url_secrets(url)
-        register_secrets(module, self.secrets)
         for name, value in (module.params.get("headers") or {}).items():
             if is_secret_header(name) and value:
-                self.secrets.append(str(value))
-                if " " in str(value):  # "Bearer <token>": the token alone too
-                    self.secrets.append(str(value).split(" ", 1)[1])
+                self.secrets.extend(header_secrets(value))
         register_secrets(module, self.secrets)
         try:
             if not url:

@@ -28,7 +28,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     one_line,
     redact_text,
     register_secrets,
-    url_secrets,
+    text_secrets,
 )
 
 PSYCOPG2_IMP_ERR = None
@@ -43,6 +43,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 SSLMODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 APPLICATION_NAME = "p3-recovery"
+MAXFD = 65536
+CANCEL_GRACE = 0.5  # seconds a query timeout waits for the server to take the cancel request, at most
 
 # The options of doc fragment p3.recovery.postgres, defined once.
 POSTGRES_ARGUMENT_SPEC = dict(
@@ -70,26 +72,22 @@ def postgres_argument_spec(**extra):
 # DSN handling (pure)
 # ---------------------------------------------------------------------------------------------------------------
 
-_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|[^\s]+)", re.IGNORECASE)
-
-
 def dsn_secrets(dsn):
-    """Passwords found in a DSN (URI userinfo, ?password=, or password=... keyword), even when it is malformed."""
+    """Passwords found in a DSN (URI userinfo, ?password=, or password=... keyword), even when it is malformed
+    (an unencoded @ or an unquoted space in the password: every fragment libpq might quote counts)."""
     if not dsn:
         return []
-    out = list(url_secrets(dsn)) if "://" in dsn else []
-    for m in _KV_PASSWORD.finditer(dsn):
-        value = m.group(1)
-        if value.startswith("'") and value.endswith("'") and len(value) >= 2:
-            value = value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
-        if value:
-            out.append(value)
-    if "://" in dsn:
-        # userinfo the URL parser refused (e.g. a port that is not a number)
-        m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*:([^@/]*)@", dsn)
-        if m and m.group(1):
-            out.append(m.group(1))
-    return [s for s in out if s]
+    return text_secrets(dsn)
+
+
+# libpq quotes fragments of a malformed DSN in its message ('missing "=" after "word" in connection info
+# string'); a fragment may be part of the password, so only these quoted words are kept.
+_SAFE_QUOTED = frozenset(["=", "]", "[", "host", "hostaddr", "port", "dbname", "user", "password", "sslmode",
+                          "connect_timeout", "application_name", "options", "target_session_attrs"])
+
+
+def _unquote_fragments(text):
+    return re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in _SAFE_QUOTED else '"..."', text)
 
 
 def redact_dsn(dsn):
@@ -106,7 +104,7 @@ def parse_dsn(dsn):
     try:
         parsed = psycopg2.extensions.parse_dsn(dsn)
     except Exception as e:
-        text = clean_pg_message(str(e), dsn_secrets(dsn))
+        text = _unquote_fragments(clean_pg_message(str(e), dsn_secrets(dsn)))
         if text.lower().startswith("invalid dsn:"):
             text = text[len("invalid dsn:"):].strip()
         raise P3Error("invalid dsn: %s" % text)
@@ -261,10 +259,7 @@ class PostgresClient(object):
                 return []
             return [dict(r) for r in cur.fetchall()]
         except PgTimeout:
-            try:
-                self.conn.cancel()
-            except Exception:
-                pass
+            self._cancel()
             self.close()
             raise P3Error("query on %s timed out after %ss" % (self.target, num_text(timeout)), target=self.target)
         except P3Error:
@@ -283,6 +278,40 @@ class PostgresClient(object):
         if not rows:
             return None
         return list(rows[0].values())[0]
+
+    def _cancel(self, grace=CANCEL_GRACE):
+        """Ask the server to cancel the running statement without waiting for it. psycopg2's cancel() opens a
+        new connection to the postmaster and blocks, holding the GIL, with no deadline (a frozen postmaster held
+        it for as long as it was frozen; a thread cannot bound it), so it runs in a forked child that is
+        abandoned after grace seconds."""
+        conn = self.conn
+        if conn is None or not hasattr(os, "fork"):
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            return  # best effort: closing the connection ends the statement when the server next writes
+        if pid == 0:  # child: send the cancel request, never return into the module
+            try:
+                # no inherited descriptor (the module's stdout above all) may outlive the module in this child,
+                # or Ansible would wait for the child; cancel() needs none of them
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.closerange(3, MAXFD)
+                conn.cancel()
+            finally:
+                os._exit(0)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            try:
+                done, dummy = os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                return
+            if done:
+                return
+            time.sleep(0.01)
+        # abandoned: the child ends when the postmaster answers, or with the module's process group
 
     @staticmethod
     def _close(conn):

@@ -28,7 +28,6 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     one_line,
     redact_url,
     register_secrets,
-    url_secrets,
 )
 
 REDIS_IMP_ERR = None
@@ -199,13 +198,25 @@ def resolve_redis_settings(params):
         seeds = [(u["host"], u["port"])]
         username, password, tls, db = u["username"], u["password"], u["tls"], u["db"]
     else:
+        creds = []
         for node in nodes:
             try:
-                seeds.append(parse_address(node))
+                if "://" in node:
+                    # redis://user:password@host:port: the credentials are used, not dropped
+                    u = parse_redis_url(node)
+                    seeds.append((u["host"], u["port"]))
+                    tls = tls or u["tls"]
+                    if u["username"] or u["password"]:
+                        creds.append((u["username"], u["password"]))
+                    db = db or u["db"]
+                else:
+                    seeds.append(parse_address(node))
             except ValueError as e:
                 raise P3Error("invalid redis_nodes entry: %s" % one_line(e))
-            if "://" in node:
-                tls = tls or node.strip().startswith("rediss://")
+        if len(set(creds)) > 1:
+            raise P3Error("redis_nodes entries carry different credentials; one user and password serve the cluster")
+        if creds:
+            username, password = creds[0]
     if params.get("redis_username"):
         username = params["redis_username"]
     if params.get("redis_password"):
@@ -826,7 +837,6 @@ class RedisTarget(object):
         if not HAS_REDIS:
             from ansible.module_utils.basic import missing_required_lib
             module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMP_ERR)
-        register_secrets(module, url_secrets(module.params.get("redis_url")))
         try:
             self.settings = resolve_redis_settings(module.params)
         except P3Error as e:

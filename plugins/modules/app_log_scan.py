@@ -53,6 +53,17 @@ options:
     description: Read at most this many bytes from the end of each file.
     type: int
     default: 10485760
+  timeout:
+    description:
+      - Total deadline in seconds for the whole scan, matching included. An operator's pattern can backtrack
+        catastrophically (C((a+\)+$) against a long line takes hours with Python's C(re)); with the C(regex)
+        package installed on the host (see C(requirements.txt)) every match gets the time left and the module
+        fails with one line naming the file and line when the deadline passes.
+      - Without the C(regex) package the deadline is checked between lines only.
+    type: float
+    default: 30
+requirements:
+  - regex (recommended, bounds every match by O(timeout))
 """
 
 EXAMPLES = r"""
@@ -97,13 +108,24 @@ last:
 import glob
 import os
 import re
+import time
 
-from ansible.module_utils.basic import AnsibleModule
+try:
+    import regex as regex_lib  # matches take a timeout; the stdlib re cannot be interrupted
+    HAS_REGEX = True
+except ImportError:  # pragma: no cover - depends on the host
+    regex_lib = None
+    HAS_REGEX = False
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, one_line, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, num_text, one_line, probe_result
 
 
-def scan_file(path, regex, max_bytes, keep):
+class ScanTimeout(Exception):
+    pass
+
+
+def scan_file(path, regex, max_bytes, keep, deadline):
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         if size > max_bytes:
@@ -112,9 +134,16 @@ def scan_file(path, regex, max_bytes, keep):
         data = fh.read(max_bytes)
     count = 0
     last = []
-    for raw in data.splitlines():
+    for number, raw in enumerate(data.splitlines(), 1):
         line = raw.decode("utf-8", "replace")
-        if regex.search(line):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ScanTimeout("%s line %d" % (path, number))
+        try:
+            found = regex.search(line, timeout=remaining) if HAS_REGEX else regex.search(line)
+        except TimeoutError:
+            raise ScanTimeout("%s line %d" % (path, number))
+        if found:
             count += 1
             last.append(dict(path=path, line=one_line(line, 500)))
             if len(last) > keep:
@@ -130,16 +159,19 @@ def main():
         max_matches=dict(type="int", default=0),
         last_lines=dict(type="int", default=20),
         max_bytes=dict(type="int", default=10 * 1024 * 1024),
+        timeout=dict(type="float", default=30.0),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
+    deadline = time.monotonic() + (p["timeout"] or 0)
+    lib = regex_lib if HAS_REGEX else re
     try:
-        regex = re.compile(p["pattern"], re.IGNORECASE if p["ignore_case"] else 0)
-    except re.error as e:
-        module.fail_json(msg="invalid pattern %r: %s" % (p["pattern"], e))
-    if p["max_matches"] < 0 or p["last_lines"] < 0 or p["max_bytes"] < 1:
-        module.fail_json(msg="max_matches and last_lines must be >= 0, max_bytes >= 1")
+        regex = lib.compile(p["pattern"], lib.IGNORECASE if p["ignore_case"] else 0)
+    except (re.error, lib.error) as e:
+        module.fail_json(msg="invalid pattern %r: %s" % (p["pattern"], one_line(e, 200)))
+    if p["max_matches"] < 0 or p["last_lines"] < 0 or p["max_bytes"] < 1 or not p["timeout"] or p["timeout"] <= 0:
+        module.fail_json(msg="max_matches and last_lines must be >= 0, max_bytes >= 1, timeout > 0")
     files, last, missing, errors = [], [], [], []
     for spec in p["paths"]:
         found = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
@@ -147,7 +179,10 @@ def main():
             missing.append(spec)
         for path in found:
             try:
-                rec, tail = scan_file(path, regex, p["max_bytes"], p["last_lines"])
+                rec, tail = scan_file(path, regex, p["max_bytes"], p["last_lines"], deadline)
+            except ScanTimeout as e:
+                module.fail_json(msg="pattern %r: scan timed out after %ss at %s" % (
+                    p["pattern"], num_text(p["timeout"]), e), matches=sum(f["matches"] for f in files), files=files)
             except (IOError, OSError) as e:
                 errors.append("%s: %s" % (path, one_line(e.strerror or e, 160)))
                 missing.append(path)

@@ -152,8 +152,7 @@ pulse:
       type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe
 from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import app_probe
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, http_argument_spec
@@ -166,7 +165,7 @@ def main():
         min_peers=dict(type="int", default=1),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     target = HttpTarget(module)
     exit_probe(module, app_probe(target, module.params["health_path"], module.params["pulse_path"],
                                  module.params["min_peers"]))

@@ -195,8 +195,7 @@ jobs:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.bullmq import BullQueue, queue_verdict
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     PROBE_ARGUMENT_SPEC,
@@ -221,7 +220,7 @@ def main():
         job_ids=dict(type="list", elements="str", default=[]),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     for name in ("max_waiting", "max_failed", "failed_sample"):
         if p[name] < 0:

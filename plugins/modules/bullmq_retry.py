@@ -177,8 +177,7 @@ timeline:
 
 import datetime
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.bullmq import BullQueue
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
@@ -198,7 +197,7 @@ def main():
         on_malformed=dict(type="str", choices=["fail", "skip"], default="fail"),
         return_ids=dict(type="int", default=1000),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["max_jobs"] < 1:
         module.fail_json(msg="max_jobs must be >= 1, got %s" % p["max_jobs"])

@@ -143,8 +143,7 @@ receipts:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.chain import chain_facts, check_address, check_thresholds, check_tx_hash
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, env, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import EthereumTarget, ethereum_argument_spec
@@ -161,7 +160,7 @@ def main():
         tx_hashes=dict(type="list", elements="str", default=[], no_log=False),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     try:
         if p["wallet"]:

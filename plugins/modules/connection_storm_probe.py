@@ -96,8 +96,9 @@ top_remotes:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, fail_clean, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.mesh import HAS_PSUTIL, PSUTIL_IMP_ERR, count_connections
 
@@ -111,7 +112,7 @@ def main():
         top=dict(type="int", default=5),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not HAS_PSUTIL:
         module.fail_json(msg=missing_required_lib("psutil"), exception=PSUTIL_IMP_ERR)

@@ -92,8 +92,7 @@ metrics_error:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.app_health import pulse_verdict
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, describe_response, http_argument_spec
@@ -108,7 +107,7 @@ def main():
         min_peers=dict(type="int", default=10),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["min_peers"] < 0:
         module.fail_json(msg="min_peers must be >= 0, got %d" % p["min_peers"])

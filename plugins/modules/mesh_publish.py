@@ -109,8 +109,7 @@ timeline:
 import json
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, num_text
 from ansible_collections.p3.recovery.plugins.module_utils.mesh import publish, pubsub_census
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
@@ -126,7 +125,7 @@ def main():
         min_subscribers=dict(type="int", default=1),
         subscriber_wait=dict(type="float", default=10.0),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not p["channel"]:
         module.fail_json(msg="channel must not be empty")

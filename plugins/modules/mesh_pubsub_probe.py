@@ -113,8 +113,7 @@ cluster:
   type: bool
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     PROBE_ARGUMENT_SPEC,
     P3Error,
@@ -134,7 +133,7 @@ def main():
         min_patterns=dict(type="int", default=1),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not p["pattern"]:
         module.fail_json(msg="pattern must not be empty")

@@ -135,8 +135,9 @@ selected:
   sample: 3
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe
 from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import SelectError, metrics_probe
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, http_argument_spec
@@ -150,7 +151,7 @@ def main():
         required=dict(type="list", elements="str", default=[]),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     if not m.HAS_PROMETHEUS:
         module.fail_json(msg=missing_required_lib("prometheus-client"), exception=m.PROMETHEUS_IMP_ERR)
     expression = module.params["select"]

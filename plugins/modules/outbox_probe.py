@@ -110,8 +110,7 @@ receipts:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.outbox import check_table, outbox_verdict, read_outbox
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import PostgresTarget, postgres_argument_spec
@@ -127,7 +126,7 @@ def main():
         sample=dict(type="int", default=10),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     try:
         table = check_table(p["table"], "table")

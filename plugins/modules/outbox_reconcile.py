@@ -76,8 +76,7 @@ timeline:
 
 import datetime
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.outbox import check_table, reconcile
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import PostgresTarget, postgres_argument_spec
@@ -90,7 +89,7 @@ def main():
         retry_dead_letters=dict(type="bool", default=False),
         max_rows=dict(type="int", default=1000),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     try:
         table = check_table(p["table"], "table")

@@ -261,8 +261,7 @@ blocking_roots:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     PROBE_ARGUMENT_SPEC,
     P3Error,
@@ -391,7 +390,7 @@ def main():
         max_items=dict(type="int", default=20),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     try:
         validate(module.params)
     except P3Error as e:

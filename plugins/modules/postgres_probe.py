@@ -159,8 +159,7 @@ database:
   sample: p3
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe
 from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import check_usage_threshold, postgres_probe
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import (
@@ -174,7 +173,7 @@ def main():
         max_usage_pct=dict(type="float", default=80),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     threshold = module.params["max_usage_pct"]
     try:
         check_usage_threshold(threshold)

@@ -285,8 +285,7 @@ connections_after:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
     BACKENDS_SQL,
@@ -449,7 +448,7 @@ def _why_none(chosen):
 
 
 def main():
-    module = AnsibleModule(
+    module = P3Module(
         argument_spec=postgres_argument_spec(
             min_age_seconds=dict(type="float", default=300),
             states=dict(type="list", elements="str", choices=STATES, default=list(DEFAULT_STATES)),

@@ -19,6 +19,14 @@ description:
     the program with it.
   - V(systemd) - writes C(Environment="NAME=value") into the drop-in O(systemd_dropin) of O(systemd_unit) and
     runs C(systemctl daemon-reload) unless O(apply=false); the next restart uses it.
+  - The value is written literally - V(supervisor) and V(systemd) both expand C(%), so it is written as C(%%). A
+    value with a newline, carriage return or NUL byte (or a double quote, or for systemd a backslash) fails
+    cleanly before anything is written; messages name the variable, never its value or any other variable.
+  - V(supervisor) - the candidate file is written to a 0600 temporary file and its program section parsed with
+    supervisor's own parser (when the C(supervisor) Python package is importable on the host, RV(checked)) before
+    it replaces the real file; when C(supervisorctl reread) still fails, the previous file is put back.
+  - A value is hidden from every output when O(name) looks like a credential (C(PASSWORD), C(SECRET), C(TOKEN),
+    C(PRIVATE_KEY)...) and a password inside a URL value is always hidden.
   - Idempotent (no change when the value is already set); the previous file is kept as a timestamped backup.
   - In check mode nothing is written or reloaded; the result says what would change.
 author:
@@ -96,6 +104,14 @@ restart_needed:
   description: The running program still has the old value until it is restarted.
   returned: always
   type: bool
+checked:
+  description: The candidate file was parsed with supervisor's own parser before it replaced the real one.
+  returned: backend supervisor
+  type: bool
+restored:
+  description: The reload failed and the previous file was put back (the run then fails, with C(changed=false)).
+  returned: when the reload failed
+  type: bool
 timeline:
   description: One entry C({ts, action, target, detail}) when changed.
   returned: always
@@ -105,15 +121,37 @@ timeline:
 
 import datetime
 import os
+import tempfile
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, is_secret_name, one_line, register_secrets
+from ansible_collections.p3.recovery.plugins.module_utils.process_env import (
+    check_name,
+    check_supervisor_config,
+    mask_values,
+    set_supervisor_env,
+    set_systemd_env,
+    supervisor_env_pairs,
+)
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
-from ansible_collections.p3.recovery.plugins.module_utils.process_env import check_name, set_supervisor_env, set_systemd_env
+
+def write_file(path, text):
+    """Write text next to path in a 0600 temporary file (other variables in it are credentials); return its name."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".p3tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except Exception:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def main():
-    module = AnsibleModule(
+    module = P3Module(
         argument_spec=dict(
             name=dict(type="str", required=True),
             value=dict(type="str", required=True),
@@ -131,6 +169,10 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if is_secret_name(p["name"]):
+        register_secrets(module, [p["value"]])  # e.g. DATABASE_PASSWORD: its value is never shown
+    pairs = []
+    checked = False
     try:
         check_name(p["name"])
         if p["backend"] == "supervisor":
@@ -140,9 +182,13 @@ def main():
                     old = f.read()
             except (IOError, OSError) as e:
                 raise P3Error("cannot read %s: %s" % (path, one_line(e.strerror or e, 120)))
+            pairs = supervisor_env_pairs(old, p["program"])
             new, previous = set_supervisor_env(old, p["program"], p["name"], p["value"])
             target = "[program:%s] in %s" % (p["program"], path)
             apply_cmd = [p["supervisorctl"], "-c", path, "reread"]
+            if new != old:
+                # the candidate as supervisord will read it, before anything is written
+                checked = check_supervisor_config(new, path, p["program"], pairs + supervisor_env_pairs(new, p["program"]))
         else:
             unit = p["systemd_unit"]
             path = p["systemd_dropin"] or "/etc/systemd/system/%s.d/p3-recovery-env.conf" % unit
@@ -156,6 +202,8 @@ def main():
     except P3Error as e:
         module.fail_json(msg=e.msg)
     result = dict(changed=False, previous=previous, path=path, restart_needed=False, timeline=[])
+    if p["backend"] == "supervisor":
+        result["checked"] = checked
     if new == old:
         module.exit_json(**result)
     result.update(changed=True, restart_needed=True)
@@ -172,18 +220,28 @@ def main():
         result["backup_file"] = module.backup_local(path)
     if not os.path.isdir(os.path.dirname(path) or "."):
         os.makedirs(os.path.dirname(path))
-    tmp = "%s.p3tmp" % path
-    with open(tmp, "w") as f:
-        f.write(new)
-    if os.path.exists(path):
+    existed = os.path.exists(path)
+    tmp = write_file(path, new)
+    if existed:
         os.chmod(tmp, os.stat(path).st_mode & 0o7777)
     module.atomic_move(tmp, path)
     result["timeline"].append(dict(ts=ts, action="process_env", target=target, detail="set " + detail))
     if p["apply"]:
         rc, out, err = module.run_command(apply_cmd)
         if rc != 0:
-            module.fail_json(msg="%s: wrote %s but %s failed (rc %d): %s" % (
-                target, detail, " ".join(apply_cmd), rc, one_line(err or out, 200)), **result)
+            # Put the previous file back so the process manager never starts from a file it cannot read.
+            if existed:
+                restore = write_file(path, old)
+                os.chmod(restore, os.stat(path).st_mode & 0o7777)
+                module.atomic_move(restore, path)
+            else:
+                os.unlink(path)
+            result.update(changed=False, restart_needed=False, restored=True)
+            result["timeline"].append(dict(ts=ts, action="process_env (rolled back)", target=target,
+                                           detail="%s failed, previous file restored" % " ".join(apply_cmd)))
+            cause = one_line(mask_values(err or out, pairs + supervisor_env_pairs(new, p.get("program") or "")), 200)
+            module.fail_json(msg="%s: %s failed (rc %d), previous file restored: %s" % (
+                target, " ".join(apply_cmd), rc, cause), **result)
         result["applied"] = one_line(out, 200)
     module.exit_json(**result)
 

@@ -154,8 +154,9 @@ metrics:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils import diagnostics as d
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HTTP_ARGUMENT_SPEC, HttpTarget
@@ -210,7 +211,7 @@ def main():
     argument_spec.update(POSTGRES_ARGUMENT_SPEC)
     argument_spec.update(REDIS_ARGUMENT_SPEC)
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not p["probes"]:
         module.fail_json(msg="probes is empty: name at least one of %s" % ", ".join(PROBES))

@@ -117,8 +117,7 @@ reason:
   sample: "promoted 127.0.0.1:17006 over 127.0.0.1:17001 (force) in 0.14 s"
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
@@ -154,7 +153,7 @@ def main():
         allow_takeover=dict(type="bool", default=False),
         wait_timeout=dict(type="float", default=30.0),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["wait_timeout"] <= 0:
         module.fail_json(msg="wait_timeout must be > 0")

@@ -130,8 +130,7 @@ reason:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
@@ -166,7 +165,7 @@ def main():
         migrate_timeout_ms=dict(type="int", default=5000),
         wait_timeout=dict(type="float", default=30.0),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["wait_timeout"] <= 0 or p["max_slots"] < 0 or p["migrate_timeout_ms"] <= 0:
         module.fail_json(msg="wait_timeout and migrate_timeout_ms must be > 0, max_slots >= 0")

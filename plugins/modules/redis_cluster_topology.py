@@ -251,8 +251,7 @@ waited_s:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
@@ -266,7 +265,7 @@ def main():
         wait_timeout=dict(type="float", default=10.0),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     if module.params["wait_timeout"] < 0:
         module.fail_json(msg="wait_timeout must be >= 0")
     if cluster_param_error(module.params):

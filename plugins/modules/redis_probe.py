@@ -200,8 +200,7 @@ failed_nodes:
   sample: ["127.0.0.1:17001"]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe
 from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import redis_probe
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
@@ -210,7 +209,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.redis_client import Re
 def main():
     argument_spec = redis_argument_spec()
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     target = RedisTarget(module)
     exit_probe(module, redis_probe(target))
 

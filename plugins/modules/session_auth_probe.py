@@ -94,8 +94,7 @@ window_seconds:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, describe_response, http_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.metrics import parse_metrics
@@ -139,7 +138,7 @@ def main():
         max_failure_pct=dict(type="float", default=5),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not 0 <= p["window_seconds"] <= 300:
         module.fail_json(msg="window_seconds must be between 0 and 300, got %s" % p["window_seconds"])

@@ -127,8 +127,7 @@ seconds:
   type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     PROBE_ARGUMENT_SPEC,
     P3Error,
@@ -147,7 +146,7 @@ def main():
     )
     argument_spec.update(SESSION_ARGUMENT_SPEC)
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     if module.params["max_corrupt"] < 0 or module.params["sample_size"] < 0:
         module.fail_json(msg="max_corrupt and sample_size must be >= 0")
     target = RedisTarget(module)

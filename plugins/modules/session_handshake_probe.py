@@ -114,8 +114,7 @@ readback_status:
 
 import json
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import (
     HttpTarget,
@@ -137,7 +136,7 @@ def main():
         max_latency_ms=dict(type="float", default=2000),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["max_latency_ms"] <= 0:
         module.fail_json(msg="max_latency_ms must be > 0")

@@ -204,8 +204,7 @@ timeline:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.sessions import (
@@ -226,7 +225,7 @@ def main():
         backup_path=dict(type="path"),
     )
     argument_spec.update(SESSION_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["mode"] == "all" and not p["allow_all"]:
         module.fail_json(msg="mode=all removes every session (every user is logged out): set allow_all=true to do it")

@@ -121,8 +121,7 @@ timeline:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.sessions import restore, timeline_entry
@@ -133,7 +132,7 @@ def main():
         path=dict(type="path", required=True),
         replace=dict(type="bool", default=False),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     target = RedisTarget(module)
     try:
         result = restore(target.settings, module.params["path"], replace=module.params["replace"],

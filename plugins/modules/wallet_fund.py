@@ -133,8 +133,9 @@ timeline:
 
 import datetime
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.chain import (
     ETH_ACCOUNT_IMP_ERR,
     HAS_ETH_ACCOUNT,
@@ -159,7 +160,7 @@ def main():
         max_fund_wei=dict(type="int", default=10 ** 18),
         receipt_timeout=dict(type="float", default=60),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if not HAS_ETH_ACCOUNT:
         module.fail_json(msg=missing_required_lib("eth-account (web3)"), exception=ETH_ACCOUNT_IMP_ERR)

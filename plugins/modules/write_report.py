@@ -78,14 +78,13 @@ generated_at:
   sample: "2026-11-28T13:15:00Z"
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.report import REPORT_ARGUMENT_SPEC, write_report
 
 
 def main():
-    module = AnsibleModule(argument_spec=REPORT_ARGUMENT_SPEC, supports_check_mode=True)
+    module = P3Module(argument_spec=REPORT_ARGUMENT_SPEC, supports_check_mode=True)
     try:
         result = write_report(module.params, check_mode=module.check_mode)
     except P3Error as e:

@@ -81,6 +81,12 @@ class Run(object):
         assert res, "task %r did not run; output:\n%s" % (task, self.stdout[-3000:])
         return res[-1]
 
+    def failed(self, task):
+        """Whether the (last) result of the task is a failure (ignore_errors keeps the run going)."""
+        evs = [ev for ev in self.events if ev.get("event", "").startswith("runner_on_")
+               and ev.get("event_data", {}).get("task") == task and "res" in ev.get("event_data", {})]
+        return bool(evs) and evs[-1]["event"] == "runner_on_failed"
+
     def _stats_event(self):
         for ev in self.events:
             if ev.get("event") == "playbook_on_stats":
@@ -96,7 +102,10 @@ class Run(object):
         return self._stats_event().get("changed", {})
 
 
-def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=None, env=None, limit=None):
+def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=None, env=None, limit=None,
+                 timeout=HANG_GUARD, extravars_file=None, on_start=None):
+    """timeout: hang guard (runner status 'timeout', rc 254). extravars_file: passed as -e @file, the way
+    secrets should be. on_start(): called in this thread while the run goes on (the run is async then)."""
     import ansible_runner
 
     path = playbook if os.path.isabs(playbook) else os.path.join(ROOT, "playbooks", playbook)
@@ -104,8 +113,11 @@ def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=N
     cmdline = []
     if check:
         cmdline.append("--check")
+    if extravars_file:
+        cmdline += ["-e", "@" + extravars_file]
     try:
-        r = ansible_runner.run(
+        start = ansible_runner.run_async if on_start else ansible_runner.run
+        r = start(
             private_data_dir=tmp,
             playbook=path,
             inventory=inventory or INVENTORY,
@@ -115,12 +127,20 @@ def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=N
             verbosity=verbosity or None,
             envvars=base_env(env),
             quiet=True,
-            timeout=HANG_GUARD,
+            timeout=timeout,
             project_dir=ROOT,
         )
+        if on_start:
+            thread, r = r
+            try:
+                on_start()
+            finally:
+                thread.join()
         stdout = r.stdout.read()
         events = list(r.events)
-        return Run(r.rc, stdout, events)
+        run = Run(r.rc, stdout, events)
+        run.status = r.status
+        return run
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

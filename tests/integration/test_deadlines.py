@@ -1,0 +1,293 @@
+"""Every timeout is a total deadline, whatever the peer does (issue 14 §3), and process_env never breaks the
+process manager (issue 14 §2).
+
+Peers: a SIGSTOPped postmaster, an HTTP server that dribbles its body a byte every 0.5 s, a server that accepts
+and never answers, a pathological regular expression on a long log line. Each module must come back failed with
+one line naming the target and the cause. The subprocess timeout of each run is a hang guard (documented timeout
+plus a generous margin for ansible-playbook itself), not a wall-clock assertion.
+"""
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from p3harness import INVENTORY, LAB_DIR, ROOT, lab_status, run_playbook
+
+TIMEOUT = 2  # the documented timeout every module gets here
+GUARD = 30  # seconds for one ansible-playbook run of a few tasks: far below the old behaviour (minutes / hours)
+DRIBBLE_PORT = int(os.environ.get("P3LAB_BASE_PORT", "17000")) + 91
+SILENT_PORT = int(os.environ.get("P3LAB_BASE_PORT", "17000")) + 92
+
+
+def finished(run):
+    assert run.status != "timeout", "hung past the guard:\n" + run.stdout[-3000:]
+    return run
+
+
+def one_line_failure(run, task):
+    res = run.result(task)
+    assert run.failed(task), res
+    msg = res.get("msg", "")
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def lab_vars():
+    import yaml
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]
+
+
+def admin_dsn():
+    return lab_vars()["p3_database_url"]
+
+
+def postmaster_pid():
+    for path in glob.glob(os.path.join(LAB_DIR, "**", "postmaster.pid"), recursive=True):
+        with open(path) as f:
+            return int(f.readline().strip())
+    raise AssertionError("no postmaster.pid under %s" % LAB_DIR)
+
+
+def write_play(tmp_path, tasks, name="play.yml"):
+    play = [dict(hosts="localhost", gather_facts=False, tasks=tasks)]
+    path = tmp_path / name
+    path.write_text(json.dumps(play))  # JSON is YAML
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ misbehaving peers
+
+class Server(object):
+    """A TCP server in a thread: 'dribble' answers HTTP 200 then sends its body one byte every 0.5 s,
+    'silent' accepts and never answers."""
+
+    def __init__(self, port, mode):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.mode = mode
+        self.stop = threading.Event()
+        self.conns = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, dummy = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.conns.append(conn)
+            if self.mode == "dribble":
+                threading.Thread(target=self.dribble, args=(conn,), daemon=True).start()
+
+    def dribble(self, conn):
+        try:
+            conn.settimeout(5)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+            for dummy in range(1000):
+                if self.stop.is_set():
+                    break
+                conn.sendall(b" ")
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop.set()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self.sock.close()
+
+
+@pytest.fixture
+def peers():
+    servers = [Server(DRIBBLE_PORT, "dribble"), Server(SILENT_PORT, "silent")]
+    yield
+    for s in servers:
+        s.close()
+
+
+def test_dribbling_and_silent_peers_cost_one_timeout(lab_up, peers, tmp_path):
+    dribble = "http://127.0.0.1:%d" % DRIBBLE_PORT
+    silent = "http://127.0.0.1:%d" % SILENT_PORT
+    tasks = [
+        dict(name="app dribble", ignore_errors=True, **{"p3.recovery.app_probe": dict(
+            url=dribble, timeout=TIMEOUT, fail_on_unhealthy=True)}),
+        dict(name="rpc dribble", ignore_errors=True, **{"p3.recovery.chain_probe": dict(
+            rpc_url=dribble, rpc_timeout=TIMEOUT, fail_on_unhealthy=True)}),
+        dict(name="app silent", ignore_errors=True, **{"p3.recovery.app_probe": dict(
+            url=silent, timeout=TIMEOUT, fail_on_unhealthy=True)}),
+        dict(name="rpc silent", ignore_errors=True, **{"p3.recovery.chain_probe": dict(
+            rpc_url=silent, rpc_timeout=TIMEOUT, fail_on_unhealthy=True)}),
+        dict(name="pg silent", ignore_errors=True, **{"p3.recovery.postgres_probe": dict(
+            db_host="127.0.0.1", db_port=SILENT_PORT, db_user="x", db_name="x", connect_timeout=TIMEOUT,
+            fail_on_unhealthy=True)}),
+        dict(name="redis silent", ignore_errors=True, **{"p3.recovery.redis_probe": dict(
+            redis_url="redis://127.0.0.1:%d" % SILENT_PORT, redis_socket_timeout=TIMEOUT,
+            redis_connect_timeout=TIMEOUT, fail_on_unhealthy=True)}),
+    ]
+    # six tasks, each bounded by TIMEOUT: the guard is their sum plus the margin
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 6 * TIMEOUT))
+    for task in ("app dribble", "rpc dribble", "app silent", "rpc silent", "pg silent", "redis silent"):
+        msg = one_line_failure(run, task)
+        if task != "rpc dribble":  # ethereum_client words a late body as "not a JSON-RPC answer"
+            assert "timed out" in msg, (task, msg)
+        assert str(DRIBBLE_PORT if "dribble" in task else SILENT_PORT) in msg, (task, msg)
+
+
+def test_frozen_postmaster_query_and_connect(lab_up, tmp_path):
+    """The probe's backend waits on a lock; then the postmaster is frozen: the query timeout must not wait for
+    psycopg2's cancel() (which needs the postmaster). A new connection to the frozen postmaster is bounded too."""
+    dsn = admin_dsn()
+    locker = psycopg2.connect(dsn)
+    pid = postmaster_pid()
+    stopped = False
+    try:
+        cur = locker.cursor()
+        cur.execute("LOCK TABLE anchor_outbox IN ACCESS EXCLUSIVE MODE")
+        tasks = [dict(name="outbox", ignore_errors=True, **{"p3.recovery.outbox_probe": dict(
+            dsn=dsn, connect_timeout=TIMEOUT, fail_on_unhealthy=True)})]
+
+        def freeze_when_waiting():
+            nonlocal stopped
+            waiting = False
+            for dummy in range(150):  # the probe connected and waits on our lock
+                watch = psycopg2.connect(dsn)
+                try:
+                    c = watch.cursor()
+                    c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'p3-recovery' "
+                              "AND wait_event_type = 'Lock'")
+                    waiting = c.fetchone()[0] > 0
+                finally:
+                    watch.close()
+                if waiting:
+                    break
+                time.sleep(0.1)
+            assert waiting, "the probe never reached the lock"
+            os.kill(pid, signal.SIGSTOP)
+            stopped = True
+
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD, on_start=freeze_when_waiting))
+        msg = one_line_failure(run, "outbox")
+        assert "timed out" in msg, msg
+
+        # a new connection to the frozen postmaster
+        tasks = [dict(name="probe", ignore_errors=True, **{"p3.recovery.postgres_probe": dict(
+            dsn=dsn, connect_timeout=TIMEOUT, fail_on_unhealthy=True)})]
+        run = finished(run_playbook(write_play(tmp_path, tasks, "probe.yml"), timeout=GUARD))
+        msg = one_line_failure(run, "probe")
+        assert "timed out" in msg and "p3admin-lab-secret" not in run.stdout, msg
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+        locker.rollback()
+        locker.close()
+    # the server is fine afterwards
+    check = psycopg2.connect(dsn, connect_timeout=5)
+    check.close()
+
+
+def test_pathological_regex_on_long_line(lab_up, tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("ok line\n" + "a" * 64 + "b\n")
+    tasks = [dict(name="scan", ignore_errors=True, **{"p3.recovery.app_log_scan": dict(
+        paths=[str(log)], pattern="(a|aa)+$", timeout=TIMEOUT)})]
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    msg = one_line_failure(run, "scan")
+    assert "timed out" in msg and "line 2" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------ process_env
+
+def supervisor_env(conf, program="p3app"):
+    """The environment of the program as supervisor's own parser reads the file."""
+    from supervisor.options import ServerOptions
+    opts = ServerOptions()
+    opts.configfile = conf
+    opts.here = os.path.dirname(conf)
+    section = opts.read_config(conf)
+    for group in section.process_group_configs:
+        for pconf in group.process_configs:
+            if pconf.name == program:
+                return pconf.environment
+    raise AssertionError("no program %s" % program)
+
+
+def test_process_env_percent_and_newline(lab_up, tmp_path):
+    st = lab_status()
+    conf = os.path.join(LAB_DIR, "supervisor", "supervisord.conf")
+    ctl = os.path.join(ROOT, ".venv", "bin", "supervisorctl")
+    with open(conf) as f:
+        original = f.read()
+    mode = os.stat(conf).st_mode & 0o7777
+    db_password = "p3app-lab-pw"
+    assert db_password in original  # DATABASE_URL with its password is in the same environment= line
+    base = dict(supervisor_conf=conf, program="p3app", supervisorctl=ctl, backup=False)
+    tasks = [
+        dict(name="percent", ignore_errors=True, **{"p3.recovery.process_env": dict(
+            base, name="P3_TEST_PCT", value="50%")}),
+        dict(name="newline", ignore_errors=True, **{"p3.recovery.process_env": dict(
+            base, name="P3_TEST_NL", value="a\nb")}),
+        dict(name="percent again", ignore_errors=True, **{"p3.recovery.process_env": dict(
+            base, name="P3_TEST_PCT", value="50%")}),
+    ]
+    incidents = tmp_path / "incidents"
+    try:
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD, env={"P3_INCIDENT_DIR": str(incidents)}))
+        pct = run.result("percent")
+        assert not run.failed("percent") and pct["changed"] is True and pct["checked"] is True, pct
+        # supervisor itself reads the value back as written, and reread accepts the file
+        assert supervisor_env(conf)["P3_TEST_PCT"] == "50%"
+        assert run.result("percent again")["changed"] is False
+        msg = one_line_failure(run, "newline")
+        assert "P3_TEST_NL" in msg and "newline" in msg, msg
+        assert "P3_TEST_NL" not in supervisor_env(conf)
+        reread = subprocess.run([ctl, "-c", conf, "reread"], capture_output=True, text=True, timeout=30)
+        assert reread.returncode == 0 and "rror" not in reread.stdout + reread.stderr, reread
+        written = run.stdout
+        for path in glob.glob(str(incidents / "**" / "*"), recursive=True):
+            if os.path.isfile(path):
+                with open(path, errors="replace") as f:
+                    written += f.read()
+        assert db_password not in written
+        leftovers = [p for p in os.listdir(os.path.dirname(conf)) if p.endswith(".p3tmp")]
+        assert not leftovers
+        assert os.stat(conf).st_mode & 0o7777 == mode
+    finally:
+        with open(conf, "w") as f:
+            f.write(original)
+        subprocess.run([ctl, "-c", conf, "reread"], capture_output=True, timeout=30)
+    assert st["app"]["healthy"]
+
+
+def test_process_env_rolls_back_when_reread_fails(lab_up, tmp_path):
+    """supervisorctl reread fails (no supervisord behind this file): the previous file is put back, the run
+    fails with changed=false, and the message quotes no other variable."""
+    conf = tmp_path / "p3.conf"
+    original = ('[supervisorctl]\nserverurl=unix://%s/nothing.sock\n\n[program:app]\ncommand=/bin/true\n'
+                'environment=DATABASE_URL="postgresql://u:rollback-secret-1@h/db",A="1"\n' % tmp_path)
+    conf.write_text(original)
+    ctl = os.path.join(ROOT, ".venv", "bin", "supervisorctl")
+    tasks = [dict(name="set", ignore_errors=True, **{"p3.recovery.process_env": dict(
+        supervisor_conf=str(conf), program="app", supervisorctl=ctl, name="LIMIT", value="7", backup=False)})]
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    msg = one_line_failure(run, "set")
+    res = run.result("set")
+    assert res["restored"] is True and res["changed"] is False, res
+    assert conf.read_text() == original
+    assert "rollback-secret-1" not in run.stdout and "reread" in msg
+    assert not [p for p in os.listdir(str(tmp_path)) if p.endswith(".p3tmp")]
