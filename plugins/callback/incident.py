@@ -20,8 +20,8 @@ description:
   - Secrets are not recorded. Module invocations (arguments) are left out, and results hidden with C(no_log)
     stay hidden. Other sessions' SQL text and live session ids are left out unless O(include_sensitive).
   - The log and the postmortem are created with mode C(0600) and O(directory) with C(0700), whatever the umask.
-    Several runs appending to one log at once never interleave: each line is one C(O_APPEND) write, under an
-    exclusive C(flock) held while the run appends, re-reads the log and renders the postmortem.
+    Several runs appending to one log at once never interleave (each line is one C(O_APPEND) write, under an
+    exclusive C(flock) held while the run appends, re-reads the log and renders the postmortem).
   - Enable it with C(callbacks_enabled = p3.recovery.incident) in C(ansible.cfg) or
     E(ANSIBLE_CALLBACKS_ENABLED=p3.recovery.incident) (for example in an AWX job template's environment).
 requirements:

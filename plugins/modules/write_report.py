@@ -14,7 +14,7 @@ description:
   - Writes O(data) as pretty JSON into O(dir), named C(<prefix>-<UTC timestamp to the microsecond>-<pid>-<random>.json),
     or to O(path). Two runs in the same second write two files.
   - Creates the directory when missing (mode C(0700), whatever the umask) and writes atomically and exclusively
-    (temporary file, then a hard link that fails when the name exists): no report ever replaces another.
+    (temporary file, then a hard link that fails when the name exists), so no report ever replaces another.
     An existing O(path) fails the task.
   - O(prefix) must be a plain name part (no C(/), no C(..)) and O(path) must not contain C(..); the final path is
     resolved and checked to stay inside O(dir).
