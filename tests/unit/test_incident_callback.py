@@ -84,9 +84,9 @@ def _writer(directory, incident_id=None, **options):
     cb = incident.CallbackModule()
     opts = dict(directory=str(directory), incident_id=incident_id, keep_days=0, include_sensitive=False)
     opts.update(options)
-    cb.get_option = lambda name: opts.get(name)
-    cb._display = types.SimpleNamespace(display=lambda *a, **k: None, warning=lambda msg: warnings.append(msg))
     warnings = []
+    cb.get_option = opts.get
+    cb._display = types.SimpleNamespace(display=lambda *a, **k: None, warning=warnings.append)
     cb.warnings = warnings
     return cb
 

@@ -318,8 +318,8 @@ def test_a_role_at_its_own_connection_limit_is_unhealthy_and_named():
     limit_rows = [dict(kind="role", name="p3app", limit=2, used=2), dict(kind="database", name="p3", limit=-1, used=5),
                   dict(kind="role", name="reporting", limit=10, used=1)]
     items = pa.connection_limits(limit_rows, 80)
-    assert [(i["kind"], i["name"], i["state"]) for i in items] == [("role", "p3app", "at_limit"),
-                                                                 ("role", "reporting", "ok")]
+    assert [(i["kind"], i["name"], i["state"]) for i in items] == [
+        ("role", "p3app", "at_limit"), ("role", "reporting", "ok")]
     assert pa.limits_reason(items) == "role p3app at its CONNECTION LIMIT 2 (2/2)"
     near = pa.connection_limits([dict(kind="database", name="p3", limit=10, used=8)], 80)
     assert near[0]["state"] == "near_limit"
