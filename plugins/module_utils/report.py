@@ -156,8 +156,9 @@ def _check_path(path):
 def write_report(params, check_mode=False, now=None):
     """Write params['data'] as pretty JSON; return {changed: false, path, generated_at}.
 
-    The file gets a name unique to this run (microseconds, pid, random) or is O(path); it is written to a
-    temporary file and then linked into place, which fails if the name exists, so no report ever replaces another.
+    The file gets a name unique to this run (microseconds, pid, random), written to a temporary file and then
+    linked into place, which fails if the name exists, so no report ever replaces another; or it is O(path),
+    replaced atomically (the caller chose that file).
     The report names its own path (C(report)). A report is output, not state: changed is always false. In check
     mode nothing is written.
     """
@@ -191,7 +192,11 @@ def write_report(params, check_mode=False, now=None):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.link(tmp, path)  # atomic and exclusive: fails with EEXIST instead of replacing a report
+        if params.get("path"):
+            os.rename(tmp, path)  # the caller's own choice of file: replaced atomically
+            tmp = None
+        else:
+            os.link(tmp, path)  # a generated name: atomic and exclusive, EEXIST instead of replacing a report
     except FileExistsError:
         raise P3Error("cannot write report %s: it already exists (reports are never overwritten)" % path, path=path)
     except (OSError, ValueError, TypeError) as e:

@@ -15,7 +15,7 @@ description:
     or to O(path). Two runs in the same second write two files.
   - Creates the directory when missing (mode C(0700), whatever the umask) and writes atomically and exclusively
     (temporary file, then a hard link that fails when the name exists), so no report ever replaces another.
-    An existing O(path) fails the task.
+    An explicit O(path) is replaced atomically (temporary file, then rename).
   - O(prefix) must be a plain name part (no C(/), no C(..)) and O(path) must not contain C(..); the final path is
     resolved and checked to stay inside O(dir).
   - Adds C(generated_at) (UTC, ISO 8601) to the report unless it is already there, and C(report), the report's own
@@ -53,7 +53,8 @@ options:
     default: report
   path:
     description:
-      - Exact file to write; overrides O(dir) and O(prefix). It must not exist yet and must not contain C(..).
+      - Exact file to write; overrides O(dir) and O(prefix). It must not contain C(..); an existing file is
+        replaced atomically.
     type: path
   include_sensitive:
     description:

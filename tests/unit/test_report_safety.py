@@ -33,13 +33,23 @@ def test_two_reports_in_the_same_second_are_two_files(tmp_path):
     assert runs == {1, 2}
 
 
-def test_an_explicit_path_is_never_overwritten(tmp_path):
+def test_generated_names_are_created_exclusively(tmp_path, monkeypatch):
+    """Even if the generated name were to repeat, the second write fails instead of replacing the first report."""
+    monkeypatch.setattr(report, "unique_name", lambda prefix, now: "%s-fixed.json" % prefix)
+    report.write_report(params(tmp_path, data={"run": 1}), now=NOW)
+    with pytest.raises(P3Error, match="already exists"):
+        report.write_report(params(tmp_path, data={"run": 2}), now=NOW)
+    with open(str(tmp_path / "recover_database-fixed.json")) as f:
+        assert json.load(f)["run"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["recover_database-fixed.json"]  # no temporary file left
+
+
+def test_an_explicit_path_is_replaced_atomically(tmp_path):
     target = str(tmp_path / "r.json")
     report.write_report(params(tmp_path, path=target, data={"run": 1}), now=NOW)
-    with pytest.raises(P3Error, match="already exists"):
-        report.write_report(params(tmp_path, path=target, data={"run": 2}), now=NOW)
+    report.write_report(params(tmp_path, path=target, data={"run": 2}), now=NOW)
     with open(target) as f:
-        assert json.load(f)["run"] == 1
+        assert json.load(f)["run"] == 2
 
 
 @pytest.mark.parametrize("prefix", ["../evil", "a/b", "..", "x/../../y"])
