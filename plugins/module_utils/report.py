@@ -30,7 +30,8 @@ REPORT_ARGUMENT_SPEC = dict(
 # Keys whose value is SQL text of some session (pg_stat_activity.query): replaced by a fingerprint.
 SQL_KEYS = ("query",)
 # Keys whose value is, or names, a live session (a bearer id): replaced by a hash of the id.
-SESSION_KEYS = ("session_id", "session_ids", "session", "sessions", "key", "keys", "sid")
+SESSION_KEYS = ("session_id", "session_ids", "sessionId", "sessionToken", "session", "sessions", "key", "keys", "sid",
+                "token")
 _SQL_STRING = re.compile(r"'(?:[^']|'')*'")
 _SQL_DOLLAR = re.compile(r"\$([A-Za-z_]*)\$.*?\$\1\$", re.S)
 _SQL_NUMBER = re.compile(r"(?<![\w$])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")

@@ -22,8 +22,8 @@ description:
     path.
   - Module invocations (C(invocation), the arguments of a registered result) are removed at any depth.
   - Unless O(include_sensitive), other sessions' SQL text (keys named C(query)) is replaced by a fingerprint of
-    its normalised form (literals replaced by C(?)), and live session ids (keys named C(session_id), C(sid),
-    C(key), C(keys), C(session), C(sessions)) by a hash (C(sha256:<12 hex>), the key's prefix such as
+    its normalised form (literals replaced by C(?)), and live session ids (keys named C(session_id), C(sessionId),
+    C(sessionToken), C(sid), C(token), C(key), C(keys), C(session), C(sessions)) by a hash (C(sha256:<12 hex>), the key's prefix such as
     C(session:) kept).
   - In check mode nothing is written; the playbooks of this collection run it with C(check_mode=false)
     because a report is the output of a dry run, not a change to the system.

@@ -77,6 +77,7 @@ def test_invocation_is_stripped_recursively(tmp_path):
 def test_sql_text_and_session_ids_are_left_out_by_default(tmp_path):
     data = {"before": {"long_running": [{"pid": 7, "query": "UPDATE users SET password = 'hunter2' WHERE id = 42"}]},
             "session_id": "3f1c2b7e-5d1a-4f7c-9a0b-0c1d2e3f4a5b",
+            "handshake": {"body": {"sessionId": "3f1c2b7e-5d1a-4f7c-9a0b-0c1d2e3f4a5b", "ttlSeconds": 3600}},
             "sample": [{"key": "session:3f1c2b7e-5d1a-4f7c-9a0b-0c1d2e3f4a5b", "reason": "not-json"}]}
     r = report.write_report(params(tmp_path, data=data), now=NOW)
     with open(r["path"]) as f:
