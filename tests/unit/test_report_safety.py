@@ -105,3 +105,10 @@ def test_report_file_and_directory_modes_do_not_depend_on_umask(tmp_path):
         os.umask(old)
     assert os.stat(r["path"]).st_mode & 0o777 == 0o600
     assert os.stat(str(tmp_path / "new")).st_mode & 0o777 == 0o700
+
+
+def test_the_directory_itself_may_be_relative_with_dotdot(tmp_path):
+    base = tmp_path / "a"
+    base.mkdir()
+    r = report.write_report(params(tmp_path, dir=str(base / ".." / "reports")), now=NOW)
+    assert os.path.dirname(os.path.realpath(r["path"])) == str(tmp_path / "reports")
