@@ -64,6 +64,7 @@ def test_a_failed_run_reports_each_timeline_entry_once_and_the_recap_counts_the_
     with open(path) as f:
         report = json.load(f)
     assert report["healthy"] is False and report["changed"] is True, report
+    assert report["failed_task"] == "Act - promote the best replica of each failed master", report
     keys = [json.dumps(t, sort_keys=True) for t in report["timeline"]]
     assert keys and len(keys) == len(set(keys)), report["timeline"]
     recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", run.stdout, re.M)
