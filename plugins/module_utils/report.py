@@ -83,17 +83,23 @@ def hash_id(value):
     return "%ssha256:%s" % (prefix, hashlib.sha256(text.encode("utf-8")).hexdigest()[:12])
 
 
+def _is_pattern(value):
+    """A key pattern (session:*, {bull}:anchor:*) names no session: kept as it is."""
+    return any(c in value for c in "*?[")
+
+
 def _redact_value(key, value, sensitive):
     if isinstance(value, dict):
         return redact(value, sensitive)
     if isinstance(value, (list, tuple)):
         if not sensitive and key in SESSION_KEYS:
-            return [hash_id(v) if isinstance(v, str) and v else _redact_value(None, v, sensitive) for v in value]
+            return [hash_id(v) if isinstance(v, str) and v and not _is_pattern(v) else _redact_value(None, v, sensitive)
+                    for v in value]
         return [_redact_value(None, v, sensitive) for v in value]
     if not sensitive and isinstance(value, str) and value:
         if key in SQL_KEYS:
             return sql_fingerprint(value)
-        if key in SESSION_KEYS:
+        if key in SESSION_KEYS and not _is_pattern(value):
             return hash_id(value)
     return value
 

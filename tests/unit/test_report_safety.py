@@ -91,6 +91,7 @@ def test_sql_text_and_session_ids_are_left_out_by_default(tmp_path):
     # the same id gives the same hash, so entries can still be matched up
     again = report.redact({"session_id": "3f1c2b7e-5d1a-4f7c-9a0b-0c1d2e3f4a5b"})
     assert again["session_id"] == body["session_id"]
+    assert report.redact({"keys": "{bull}:anchor:*"}) == {"keys": "{bull}:anchor:*"}  # a pattern names no session
     r2 = report.write_report(params(tmp_path, data=data, include_sensitive=True), now=NOW)
     with open(r2["path"]) as f:
         text = f.read()
