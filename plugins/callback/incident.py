@@ -18,7 +18,10 @@ description:
   - At the end of a run that saw anything unhealthy or changed anything, writes a postmortem draft in the
     runbook's template (summary, timeline, resolution, action items) filled with what the run saw and did.
   - Secrets are not recorded. Module invocations (arguments) are left out, and results hidden with C(no_log)
-    stay hidden.
+    stay hidden. Other sessions' SQL text and live session ids are left out unless O(include_sensitive).
+  - The log and the postmortem are created with mode C(0600) and O(directory) with C(0700), whatever the umask.
+    Several runs appending to one log at once never interleave (each line is one C(O_APPEND) write, under an
+    exclusive C(flock) held while the run appends, re-reads the log and renders the postmortem).
   - Enable it with C(callbacks_enabled = p3.recovery.incident) in C(ansible.cfg) or
     E(ANSIBLE_CALLBACKS_ENABLED=p3.recovery.incident) (for example in an AWX job template's environment).
 requirements:
@@ -37,12 +40,26 @@ options:
     description:
       - Name shared by the runs of one incident, so several playbook runs append to one log
         (C(incident-<id>.jsonl)); default is one log per UTC day.
+      - A plain name part - an id with C(/) or C(..) is rejected (nothing is written, with a warning), and the
+        final paths are checked to stay inside O(directory).
     type: str
     env:
       - name: P3_INCIDENT_ID
     ini:
       - section: p3_incident
         key: incident_id
+  include_sensitive:
+    description:
+      - Record other sessions' SQL text and live session ids as they are. By default SQL text (keys named C(query))
+        is replaced by a fingerprint of its normalised form and session ids by a hash, as in the reports
+        (M(p3.recovery.write_report)).
+    type: bool
+    default: false
+    env:
+      - name: P3_INCIDENT_INCLUDE_SENSITIVE
+    ini:
+      - section: p3_incident
+        key: include_sensitive
   keep_days:
     description:
       - Delete incident logs and postmortem drafts (C(incident-*.jsonl), C(postmortem-*.md)) in O(directory) that
@@ -59,12 +76,17 @@ options:
 """
 
 import datetime
+import fcntl
 import glob
 import json
 import os
+import tempfile
 import time
 
 from ansible.plugins.callback import CallbackBase
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.report import make_private_dir, path_under, redact, safe_name
 
 _SKIP_ACTIONS = ("p3.recovery.write_report",)
 _EVIDENCE_KEYS = ("healthy", "reason", "changed", "msg", "severity")
@@ -135,6 +157,7 @@ class CallbackModule(CallbackBase):
         if res.get("censored"):
             entry["censored"] = True
         else:
+            res = redact(res, bool(self._option("include_sensitive")))
             for key in _EVIDENCE_KEYS:
                 if key in res:
                     entry[key] = _one_line(res[key]) if key in ("reason", "msg") else res[key]
@@ -162,6 +185,12 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._record(result, "ignored" if ignore_errors else "failed")
 
+    def _option(self, name):
+        try:
+            return self.get_option(name)
+        except Exception:  # pylint: disable=broad-except
+            return None
+
     # -- output ---------------------------------------------------------------------------------------
     def v2_playbook_on_stats(self, stats):
         try:
@@ -174,29 +203,60 @@ class CallbackModule(CallbackBase):
             return
         directory = self.get_option("directory") or "reports"
         incident = self.get_option("incident_id") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
-        os.makedirs(directory, exist_ok=True)
-        log = os.path.join(directory, "incident-%s.jsonl" % incident)
-        removed = prune(directory, self.get_option("keep_days") or 0, time.time(),
-                        keep=(log, os.path.join(directory, "postmortem-%s.md" % incident)))
+        try:
+            incident = safe_name(incident, "incident_id")
+        except P3Error as e:
+            self._display.warning("p3.recovery.incident: nothing written: %s" % e.msg)
+            return
+        make_private_dir(directory)
+        log = path_under(directory, "incident-%s.jsonl" % incident)
+        path = path_under(directory, "postmortem-%s.md" % incident)
+        removed = prune(directory, self.get_option("keep_days") or 0, time.time(), keep=(log, path))
         if removed:
             self._display.display("p3.recovery.incident: removed %d incident file(s) older than %d days: %s" % (
                 len(removed), self.get_option("keep_days"), ", ".join(os.path.basename(r) for r in removed)))
-        with open(log, "a") as f:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)  # a log created by an older version (0644) becomes private too
+            # One run at a time appends, re-reads and renders: other runs wait here (released on close).
+            fcntl.flock(fd, fcntl.LOCK_EX)
             for e in self._entries:
-                f.write(json.dumps(e, sort_keys=True, default=str) + "\n")
-        history = []
-        with open(log) as f:
-            for line in f:
-                try:
-                    history.append(json.loads(line))
-                except ValueError:
-                    continue
-        if not any(e.get("healthy") is False or e.get("changed") for e in history):
-            return
-        path = os.path.join(directory, "postmortem-%s.md" % incident)
-        with open(path, "w") as f:
-            f.write(render_postmortem(history))
+                _write_all(fd, (json.dumps(e, sort_keys=True, default=str) + "\n").encode("utf-8"))
+            history = []
+            with open(log) as f:
+                for line in f:
+                    try:
+                        history.append(json.loads(line))
+                    except ValueError:
+                        continue
+            if not any(e.get("healthy") is False or e.get("changed") for e in history):
+                return
+            write_private(path, render_postmortem(history))
+        finally:
+            os.close(fd)
         self._display.display("p3.recovery.incident: timeline %s, postmortem draft %s" % (log, path))
+
+
+def _write_all(fd, data):
+    """One write(2) per line (O_APPEND: at the end, whole); loop only on a short write."""
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def write_private(path, text):
+    """Replace path atomically with text, mode 0600 whatever the umask."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".postmortem-", suffix=".md")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            os.unlink(tmp)
 
 
 def prune(directory, keep_days, now, keep=()):

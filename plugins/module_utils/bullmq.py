@@ -406,13 +406,14 @@ class BullQueue(object):
                 raise self.fail(e, "SCRIPT LOAD moveJobsToWait")
         return self._sha["move_page"][0]
 
-    def _move_pages(self, state, cutoff, page_size, limit, validate, required_keys, ids_room, window=2):
+    def _move_pages(self, state, cutoff, page_size, limit, validate, required_keys, ids_room, window=2, progress=None):
         """BullMQ's retryJobs loop (moveJobsToWait, page after page, from the head of the state set up to cutoff),
         each page checked first in the same atomic script, with up to window calls in flight on one connection so
         the server never waits for a round trip (each call is still its own script: other clients get the server
         between two pages). Never asks for more than limit jobs in total, counting calls still in flight.
 
-        Returns (moved, ids (at most ids_room), pages, stopped_on_bad)."""
+        Returns (moved, ids (at most ids_room), pages, stopped_on_bad). progress (a dict), when given, counts the
+        jobs moved so far in C(moved) as the pages come back, so a later error still knows what was done."""
         sha = self._move_script()
         keys = [self.base, self.key("events"), self.key(state), self.key("wait"), self.key("paused"),
                 self.key("meta"), self.key("active"), self.key("marker")]
@@ -440,6 +441,8 @@ class BullQueue(object):
                     asked -= n
                     continue
                 moved += got
+                if progress is not None:
+                    progress["moved"] = progress.get("moved", 0) + got
                 asked -= n - got
                 room = ids_room - len(ids)
                 if room > 0 and page_ids:
@@ -500,8 +503,15 @@ class BullQueue(object):
                 room = ids_limit - len(out["ids"])
                 if pattern is None and offset == 0 and not check_mode and not fast_done:
                     # Fast path: whole pages through BullMQ's moveJobsToWait, each checked first on the server.
-                    moved_n, moved, pages, bad_seen = self._move_pages(
-                        state, cutoff, page_size, remaining, validate, required_keys, max(room, 0))
+                    progress = {}
+                    try:
+                        moved_n, moved, pages, bad_seen = self._move_pages(
+                            state, cutoff, page_size, remaining, validate, required_keys, max(room, 0),
+                            progress=progress)
+                    except Exception:
+                        out["retried"] += progress.get("moved", 0)
+                        out["matched"] += progress.get("moved", 0)
+                        raise
                     out["pages"] += pages
                     out["matched"] += moved_n
                     out["retried"] += moved_n
@@ -551,10 +561,15 @@ class BullQueue(object):
                     out["ids"].extend(moved[:room])
                 if len(moved) > max(room, 0):
                     out["ids_truncated"] = True
-        except P3Error:
-            raise
-        except Exception as e:
-            raise self.fail(e, "retry")
+        except Exception as e:  # pylint: disable=broad-except
+            err = self.fail(e, "retry")
+            if check_mode or not out["retried"]:
+                raise err
+            # Jobs already moved stay moved: the failure says so (changed survives a later failure).
+            out["elapsed_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
+            details = dict(err.details)
+            details.update(out, changed=True)
+            raise P3Error("%s (after moving %d %s job(s) to wait)" % (err.msg, out["retried"], state), **details)
         out["elapsed_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
         if check_mode:
             out["would_retry"] = out.pop("retried")

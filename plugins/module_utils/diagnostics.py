@@ -25,7 +25,14 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
 )
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response
 from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
-from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import SETTINGS_SQL
+from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
+    LIMITS_SQL,
+    SETTINGS_SQL,
+    connect_hint,
+    connection_limits,
+    limited,
+    limits_reason,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,7 +70,7 @@ SELECT COALESCE(state, 'unknown') AS state,
 """
 
 PG_EVIDENCE_KEYS = ("latency_ms", "server_version", "server_version_num", "usage_pct", "connections", "in_recovery",
-                    "user", "superuser", "database")
+                    "user", "superuser", "database", "limits", "limited")
 PG_SETTING_KEYS = ("server_version", "server_version_num", "in_recovery", "user", "superuser", "database")
 
 
@@ -88,8 +95,9 @@ def postgres_probe(target, threshold=80):
         evidence["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 2)
         settings = client.query(PG_SETTINGS_SQL)[0]
         rows = client.query(PG_ACTIVITY_SQL)
+        limit_rows = client.query(LIMITS_SQL)
     except P3Error as e:
-        return probe_result(False, e.msg, **evidence)
+        return probe_result(False, connect_hint(e.msg), **evidence)
     finally:
         client.close()
     for key in PG_SETTING_KEYS:
@@ -118,6 +126,15 @@ def postgres_probe(target, threshold=80):
         longest_active_seconds=round(longest, 1) if longest is not None else None,
     )
     summary = "connections %d/%d (%s%%)" % (used, max_conn, _pct(usage))
+    # A role or database at its own CONNECTION LIMIT locks its clients out at any max_connections usage: the
+    # root cause, named first.
+    items = connection_limits(limit_rows, threshold)
+    evidence["limits"] = items
+    evidence["limited"] = limited(items)
+    over_limit = limits_reason(items)
+    if over_limit:
+        return probe_result(False, "%s on %s; %s %s %s%%" % (
+            over_limit, target.target, summary, ">=" if usage >= threshold else "<", _pct(threshold)), **evidence)
     if usage >= threshold:
         return probe_result(False, "%s >= %s%% on %s" % (summary, _pct(threshold), target.target), **evidence)
     return probe_result(True, "%s < %s%% on %s (PostgreSQL %s)" % (

@@ -80,6 +80,23 @@ SELECT a.pid, a.backend_start::text AS backend_start, a.state,
  WHERE a.pid = ANY(%(pids)s)
 """
 
+# Per-role and per-database CONNECTION LIMITs (-1 = none) and the client backends counted against each.
+# Superuser roles are not subject to their limit; a database's limit counts every client backend in it.
+LIMITS_SQL = """
+SELECT 'role' AS kind, r.rolname::text AS name, r.rolconnlimit AS "limit",
+       (SELECT count(*) FROM pg_stat_activity a
+         WHERE a.usesysid = r.oid AND a.backend_type = 'client backend')::int AS used
+  FROM pg_roles r
+ WHERE r.rolconnlimit >= 0 AND r.rolcanlogin AND NOT r.rolsuper
+UNION ALL
+SELECT 'database' AS kind, d.datname::text AS name, d.datconnlimit AS "limit",
+       (SELECT count(*) FROM pg_stat_activity a
+         WHERE a.datid = d.oid AND a.backend_type = 'client backend')::int AS used
+  FROM pg_database d
+ WHERE d.datconnlimit >= 0 AND d.datallowconn
+ ORDER BY 1 DESC, 2
+"""
+
 USAGE_SQL = """
 SELECT count(*)::int AS used FROM pg_stat_activity WHERE backend_type = 'client backend'
 """
@@ -142,6 +159,8 @@ def policy_verdict(row, policy):
         return "user"
     if name_matches(user, policy.get("exclude_users")):
         return "user"
+    if policy.get("include_databases") and not name_matches(row.get("datname"), policy["include_databases"]):
+        return "database"
     return None
 
 
@@ -152,7 +171,7 @@ def select_backends(rows, policy):
     protected={reason: count}, excluded={filter: count}).
     """
     protected = dict(own=0, not_client=0, superuser=0, not_permitted=0)
-    excluded = dict(state=0, age=0, application=0, user=0)
+    excluded = dict(state=0, age=0, application=0, user=0, database=0)
     matched = []
     for row in rows:
         guard = protection(row, policy.get("include_superusers", False))
@@ -192,7 +211,8 @@ def validate_policy(params):
     max_count = params.get("max_count")
     if max_count is not None and max_count < 1:
         raise P3Error("max_count must be >= 1, got %s" % max_count)
-    for key in ("include_applications", "exclude_applications", "include_users", "exclude_users"):
+    for key in ("include_applications", "exclude_applications", "include_users", "exclude_users",
+                "include_databases"):
         for pattern in params.get(key) or []:
             if pattern is None:
                 raise P3Error("%s must not contain a null pattern (use '' to match an empty name)" % key)
@@ -209,6 +229,7 @@ def validate_policy(params):
         exclude_applications=list(params.get("exclude_applications") or []),
         include_users=list(params.get("include_users") or []),
         exclude_users=list(params.get("exclude_users") or []),
+        include_databases=list(params.get("include_databases") or []),
         include_superusers=bool(params.get("include_superusers")),
         max_count=max_count,
     )
@@ -406,11 +427,54 @@ def _in_cycle(pid, blocked_by):
     return False
 
 
+def connection_limits(limit_rows, threshold):
+    """Rows of LIMITS_SQL -> [{kind, name, limit, used, usage_pct, state}], state at_limit (used >= limit),
+    near_limit (usage_pct >= threshold, the same alert threshold as for max_connections) or ok. A limit of 0 is a
+    deliberate lock-out, not exhaustion: ok."""
+    out = []
+    for r in limit_rows or ():
+        limit = int(r.get("limit") if r.get("limit") is not None else -1)
+        if limit < 0:
+            continue
+        used = int(r.get("used") or 0)
+        usage_pct = round(100.0 * used / limit, 1) if limit else 0.0
+        state = "ok" if limit == 0 else "at_limit" if used >= limit else "near_limit" if usage_pct >= threshold else "ok"
+        out.append(dict(kind=r.get("kind"), name=r.get("name"), limit=limit, used=used, usage_pct=usage_pct,
+                        state=state))
+    return out
+
+
+def limits_reason(items):
+    """One line naming every role/database at or near its own CONNECTION LIMIT ('' when none)."""
+    parts = []
+    for i in items:
+        if i["state"] == "at_limit":
+            parts.append("%s %s at its CONNECTION LIMIT %d (%d/%d)" % (i["kind"], i["name"], i["limit"], i["used"],
+                                                                       i["limit"]))
+    for i in items:
+        if i["state"] == "near_limit":
+            parts.append("%s %s near its CONNECTION LIMIT %d (%d/%d, %s%%)" % (
+                i["kind"], i["name"], i["limit"], i["used"], i["limit"], pct(i["usage_pct"])))
+    return "; ".join(parts)
+
+
+def limited(items):
+    """Names of the roles and databases at or near their own limit: {roles: [...], databases: [...]}."""
+    bad = [i for i in items if i["state"] != "ok"]
+    return dict(roles=[i["name"] for i in bad if i["kind"] == "role"],
+                databases=[i["name"] for i in bad if i["kind"] == "database"])
+
+
+_LIMIT_MSG = re.compile(r'too many connections for (role|database) "([^"]*)"', re.I)
 _RESERVED_MSG = re.compile(r"reserved for (non-replication )?superuser|too many connections|too many clients", re.I)
 
 
 def connect_hint(msg):
-    """Add what to do when the ordinary slots are full to a connection error."""
+    """Add what to do when the ordinary slots are full, or which CONNECTION LIMIT was hit, to a connection error."""
+    m = _LIMIT_MSG.search(msg or "")
+    if m:
+        return "%s (%s %s is at its CONNECTION LIMIT: a per-%s limit, not max_connections)" % (
+            msg, m.group(1).lower(), m.group(2), m.group(1).lower())
     if _RESERVED_MSG.search(msg or "") and "superuser_reserved_connections" not in msg:
         return "%s (connect as a superuser: only superusers get the superuser_reserved_connections slots)" % msg
     return msg

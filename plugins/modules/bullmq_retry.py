@@ -25,6 +25,9 @@ description:
     started are candidates, so a job that fails again during the run is not retried twice.
   - Memory stays one page whatever the number of jobs; the result lists at most O(return_ids) ids.
   - In check mode it reads and counts what it would retry and moves nothing.
+  - An error after earlier pages moved jobs (a page's script failed, the connection dropped) fails the task with
+    C(changed=true), RV(retried) counting the jobs already moved and a C(timeline) entry for them; the message says
+    how many moved.
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
@@ -216,7 +219,15 @@ def main():
                       validate=validate, check_mode=module.check_mode, ids_limit=p["return_ids"])
         counts, _meta = q.counts()
     except P3Error as e:
-        fail_clean(module, e, changed=False)
+        partial = dict(e.details)
+        partial.setdefault("changed", False)
+        if partial["changed"]:
+            # Earlier pages moved jobs before the error: changed and what moved survive the failure.
+            partial["timeline"] = [dict(
+                ts=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                action="bullmq_retry", target="%s on %s" % (q.display if q else p["queue"], q.address if q else "?"),
+                detail="moved %d %s job(s) to wait, then failed" % (partial.get("retried", 0), p["state"]))]
+        fail_clean(module, e, **partial)
     finally:
         if q is not None:
             q.close()

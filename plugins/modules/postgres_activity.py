@@ -21,8 +21,13 @@ description:
     longer (C(now() - xact_start)) and transactions sitting idle for longer (C(idle in transaction) since
     C(state_change)).
   - Lock waits with C(pg_blocking_pids()), and the backends at the root of each blocking chain.
-  - Unhealthy when it cannot connect or when the usage reaches O(max_usage_pct) (the runbook's 80% alert).
-    Long-running work and lock waits are evidence and do not make it unhealthy by themselves.
+  - Per-role and per-database C(CONNECTION LIMIT)s (C(pg_roles.rolconnlimit), C(pg_database.datconnlimit)) and the
+    client backends counted against each (RV(limits)). A role or database at its own limit locks its clients out
+    while C(max_connections) may be far from full.
+  - Unhealthy when it cannot connect, when the usage reaches O(max_usage_pct) (the runbook's 80% alert), or when a
+    role or database reaches O(max_usage_pct) of its own C(CONNECTION LIMIT); the reason names that role or
+    database first (C(role p3app at its CONNECTION LIMIT 2 (2/2))). Long-running work and lock waits are
+    evidence and do not make it unhealthy by themselves.
   - Connect as a superuser. When the application holds every ordinary slot, only a superuser gets in, through
     the C(superuser_reserved_connections) slots. RV(connections.via_reserved_slot) says whether that happened.
     Only a superuser (or a member of C(pg_read_all_stats)) sees other roles' query texts.
@@ -129,6 +134,20 @@ usage_pct:
   returned: always
   type: float
   sample: 90.0
+limits:
+  description:
+    - Every role (not superuser, can log in) and database with a C(CONNECTION LIMIT) (not -1), with the client
+      backends counted against it. C(state) is C(at_limit), C(near_limit) (at or over O(max_usage_pct) of the
+      limit) or C(ok); a limit of 0 (a deliberate lock-out) is C(ok). Empty when it could not connect.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"kind": "role", "name": "p3app", "limit": 2, "used": 2, "usage_pct": 100.0, "state": "at_limit"}]
+limited:
+  description: Names of the roles and databases at or near their own limit (RV(limits) not C(ok)).
+  returned: always
+  type: dict
+  sample: {"roles": ["p3app"], "databases": []}
 connections:
   description: Connection usage; null when it could not connect.
   returned: always
@@ -270,13 +289,17 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
 )
 from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
     BACKENDS_SQL,
+    LIMITS_SQL,
     SETTINGS_SQL,
     backend_age,
     blocking_chains,
     client_backends,
+    connection_limits,
     connect_hint,
     evidence,
     group_counts,
+    limited,
+    limits_reason,
     long_running,
     pct,
     usage,
@@ -301,8 +324,8 @@ def _oldest(rows):
     return dict((k, None if v is None else round(v, 1)) for k, v in out.items())
 
 
-def analyse(rows, settings, params, target):
-    """Pure: rows of BACKENDS_SQL + SETTINGS_SQL -> the probe result."""
+def analyse(rows, settings, params, target, limits=None):
+    """Pure: rows of BACKENDS_SQL + SETTINGS_SQL (+ LIMITS_SQL) -> the probe result."""
     threshold = params["max_usage_pct"]
     qlen = params["query_length"]
     limit = params["max_items"]
@@ -334,11 +357,15 @@ def analyse(rows, settings, params, target):
         len(lr),
         (" (oldest %s s)" % pct(round(max(backend_age(lr[0][0]), float(lr[0][0].get("xact_age") or 0)), 1))) if lr else "",
         len(waits))
-    healthy = conns["usage_pct"] < threshold
-    if healthy:
+    limit_items = connection_limits(limits, threshold)
+    over_limit = limits_reason(limit_items)
+    healthy = conns["usage_pct"] < threshold and not over_limit
+    if conns["usage_pct"] < threshold:
         reason = "%s < %s%% on %s; %s" % (summary, pct(threshold), target, extra)
     else:
         reason = "%s >= %s%% on %s; %s" % (summary, pct(threshold), target, extra)
+    if over_limit:
+        reason = "%s on %s; %s" % (over_limit, target, reason.replace(" on %s;" % target, ";", 1))
     if conns["via_reserved_slot"]:
         reason += "; connected through a superuser-reserved slot"
     return probe_result(
@@ -352,6 +379,8 @@ def analyse(rows, settings, params, target):
         long_running_seconds=float(params["long_running_seconds"]),
         usage_pct=conns["usage_pct"],
         connections=conns,
+        limits=limit_items,
+        limited=limited(limit_items),
         long_running=long_list,
         long_running_count=len(lr),
         oldest=oldest,
@@ -366,7 +395,7 @@ def unreachable(target, params, msg):
         False, connect_hint(msg),
         reachable=False, target=target, user=None, superuser=None, server_version=None,
         max_usage_pct=float(params["max_usage_pct"]), long_running_seconds=float(params["long_running_seconds"]),
-        usage_pct=None, connections=None, long_running=[], long_running_count=0,
+        usage_pct=None, connections=None, limits=[], limited=dict(roles=[], databases=[]), long_running=[], long_running_count=0,
         oldest=dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None),
         lock_waits=[], lock_waits_count=0, blocking_roots=[])
 
@@ -401,11 +430,12 @@ def main():
         client.connect()
         settings = client.query(SETTINGS_SQL)[0]
         rows = client.query(BACKENDS_SQL, dict(query_length=module.params["query_length"]))
+        limits = client.query(LIMITS_SQL)
     except P3Error as e:
         exit_probe(module, unreachable(target.target, module.params, e.msg))
     finally:
         client.close()
-    exit_probe(module, analyse(rows, settings, module.params, target.target))
+    exit_probe(module, analyse(rows, settings, module.params, target.target, limits))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ description:
     of C(max_connections) are in use (the runbook's C(database_connection_high) alert).
   - Unhealthy when it cannot connect (the reason names C(host:port) and the cause, such as C(connection refused),
     C(timed out after 5s), C(password authentication failed for user "p3admin") or
-    C(sorry, too many clients already)), or when the usage reaches O(max_usage_pct).
+    C(sorry, too many clients already)), when the usage reaches O(max_usage_pct), or when a role or database
+    reaches O(max_usage_pct) of its own C(CONNECTION LIMIT) (C(pg_roles.rolconnlimit),
+    C(pg_database.datconnlimit)). Such a role or database locks its clients out while C(max_connections) is far
+    from full; the reason names it first, for example C(role p3app at its CONNECTION LIMIT 2 (2/2)).
   - Connect as a superuser during a connection exhaustion incident; the probe then gets in through the
     C(superuser_reserved_connections) slots that the application cannot take.
 author:
@@ -157,6 +160,20 @@ database:
   returned: always
   type: str
   sample: p3
+limits:
+  description:
+    - Every role (not superuser, can log in) and database with a C(CONNECTION LIMIT), with the client backends
+      counted against it; C(state) is C(at_limit), C(near_limit) (at or over O(max_usage_pct) of the limit) or
+      C(ok). Null when it could not connect.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"kind": "role", "name": "p3app", "limit": 2, "used": 2, "usage_pct": 100.0, "state": "at_limit"}]
+limited:
+  description: Names of the roles and databases at or near their own limit. Null when it could not connect.
+  returned: always
+  type: dict
+  sample: {"roles": ["p3app"], "databases": []}
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module

@@ -29,7 +29,8 @@ description:
     signalled. It sends no signal and runs no statement that changes anything. It does not run the statement
     and roll it back, because a transaction does not undo a terminate.
   - C(changed) is true only when a signal was sent (in check mode, when one would be). On a database with
-    nothing matching, it is false.
+    nothing matching, it is false. A failure after a signal was sent (the connection lost while waiting) still
+    returns C(changed=true) with RV(terminated) and RV(cancelled), and the message names them.
   - During an exhaustion incident connect as a superuser. Only superusers get in through the
     C(superuser_reserved_connections) slots, and only they can terminate any role's backend.
   - Needs PostgreSQL 10 or later (C(pg_stat_activity.backend_type)).
@@ -77,6 +78,13 @@ options:
     default: []
   exclude_users:
     description: Never select backends of roles matching one of these patterns.
+    type: list
+    elements: str
+    default: []
+  include_databases:
+    description:
+      - Select only backends connected to databases matching one of these patterns. Empty means any. The
+        database role uses it to scope a terminate to a database at its own C(CONNECTION LIMIT).
     type: list
     elements: str
     default: []
@@ -174,7 +182,8 @@ policy:
   returned: always
   type: dict
   sample: {"min_age_seconds": 300.0, "states": ["active"], "include_applications": [], "exclude_applications": [],
-           "include_users": [], "exclude_users": [], "include_superusers": false, "max_count": 50}
+           "include_users": [], "exclude_users": [], "include_databases": [], "include_superusers": false,
+           "max_count": 50}
 matched:
   description: Client backends matching the policy, before O(max_count).
   returned: always
@@ -203,10 +212,10 @@ protected:
       description: Backends the connected role may not signal.
       type: int
 excluded:
-  description: Unprotected client backends the policy did not select, per first failing filter (C(state), C(age), C(application), C(user)).
+  description: Unprotected client backends the policy did not select, per first failing filter (C(state), C(age), C(application), C(user), C(database)).
   returned: always
   type: dict
-  sample: {"state": 0, "age": 1, "application": 1, "user": 0}
+  sample: {"state": 0, "age": 1, "application": 1, "user": 0, "database": 0}
 selected:
   description:
     - The backends chosen by the policy, oldest first. In check mode these are exactly the ones that would be
@@ -343,6 +352,23 @@ def _present(client, targets):
 
 
 def run(module, target, policy):
+    """The terminate flow; a P3Error raised after a signal was sent carries the result so far in its details
+    (changed true, what was cancelled/terminated), so the failure still says what was done."""
+    acted = {}
+    try:
+        return _run(module, target, policy, acted)
+    except P3Error as e:
+        if not acted.get("changed"):
+            raise
+        done = dict(acted)
+        done.pop("msg", None)
+        raise P3Error("%s (after terminating %d backends and cancelling %d: %s)" % (
+            e.msg, len(done.get("terminated") or []), len(done.get("cancelled") or []),
+            ", ".join(str(p) for p in (done.get("terminated") or []) + (done.get("cancelled") or [])) or "-"),
+            **done)
+
+
+def _run(module, target, policy, result):
     params = module.params
     client = target.client()
     try:
@@ -352,7 +378,7 @@ def run(module, target, policy):
         chosen = select_backends(rows, policy)
         before = usage(rows, settings)
         selected = chosen["selected"]
-        result = dict(
+        result.update(
             changed=False,
             target=target.target,
             user=settings["user"],
@@ -392,6 +418,9 @@ def run(module, target, policy):
         cancel_sent = []
         if params["cancel_first"]:
             cancel_sent = _signal(client, "pg_cancel_backend", targets, policy, settings["server_version_num"])
+            if cancel_sent:
+                result["changed"] = True
+                result["cancelled"] = sorted(cancel_sent)
             deadline = time.monotonic() + params["cancel_grace_seconds"]
             remaining = targets
             while True:
@@ -406,6 +435,8 @@ def run(module, target, policy):
 
         terminated = _signal(client, "pg_terminate_backend", targets, policy, settings["server_version_num"])
         result["terminated"] = terminated
+        if terminated:
+            result["changed"] = True
         done = set(terminated) | set(result["cancelled"])
         result["vanished"] = sorted(r["pid"] for r in selected if r["pid"] not in done)
         waiting = [t for t in targets if t["pid"] in terminated]
@@ -437,7 +468,7 @@ def run(module, target, policy):
 def _why_none(chosen):
     parts = []
     for key, label in (("age", "too young"), ("state", "other state"), ("application", "application filter"),
-                       ("user", "user filter")):
+                       ("user", "user filter"), ("database", "database filter")):
         if chosen["excluded"][key]:
             parts.append("%d %s" % (chosen["excluded"][key], label))
     for key, label in (("superuser", "superuser, protected"), ("not_client", "not client backends"),
@@ -456,6 +487,7 @@ def main():
             exclude_applications=dict(type="list", elements="str", default=[]),
             include_users=dict(type="list", elements="str", default=[]),
             exclude_users=dict(type="list", elements="str", default=[]),
+            include_databases=dict(type="list", elements="str", default=[]),
             include_superusers=dict(type="bool", default=False),
             max_count=dict(type="int", default=50),
             cancel_first=dict(type="bool", default=False),
@@ -475,7 +507,8 @@ def main():
     try:
         result = run(module, target, policy)
     except P3Error as e:
-        module.fail_json(msg=connect_hint(e.msg), target=target.target)
+        details = dict(e.details, target=target.target)
+        module.fail_json(msg=connect_hint(e.msg), **details)
     module.exit_json(**result)
 
 

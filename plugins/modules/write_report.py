@@ -8,12 +8,23 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: write_report
-short_description: Write a JSON run report (diagnose, recovery) with a UTC timestamped name
+short_description: Write a JSON run report (diagnose, recovery) under a name unique to the run
 version_added: 0.1.0
 description:
-  - Writes O(data) as pretty JSON into O(dir), named C(<prefix>-<UTC timestamp>.json), or to O(path).
-  - Creates the directory when missing and writes atomically (temporary file, then rename).
-  - Adds C(generated_at) (UTC, ISO 8601) to the report unless it is already there.
+  - Writes O(data) as pretty JSON into O(dir), named C(<prefix>-<UTC timestamp to the microsecond>-<pid>-<random>.json),
+    or to O(path). Two runs in the same second write two files.
+  - Creates the directory when missing (mode C(0700), whatever the umask) and writes atomically and exclusively
+    (temporary file, then a hard link that fails when the name exists), so no report ever replaces another.
+    An explicit O(path) is replaced atomically (temporary file, then rename).
+  - O(prefix) must be a plain name part (no C(/), no C(..)) and O(path) must not contain C(..); the final path is
+    resolved and checked to stay inside O(dir).
+  - Adds C(generated_at) (UTC, ISO 8601) to the report unless it is already there, and C(report), the report's own
+    path.
+  - Module invocations (C(invocation), the arguments of a registered result) are removed at any depth.
+  - Unless O(include_sensitive), other sessions' SQL text (keys named C(query)) is replaced by a fingerprint of
+    its normalised form (literals replaced by C(?)), and live session ids (keys named C(session_id), C(sessionId),
+    C(sessionToken), C(sid), C(token), C(key), C(keys), C(session), C(sessions)) by a hash (C(sha256:<12 hex>), the key's prefix such as
+    C(session:) kept).
   - In check mode nothing is written; the playbooks of this collection run it with C(check_mode=false)
     because a report is the output of a dry run, not a change to the system.
   - For the same reason it always reports C(changed=false), so a diagnose or drift-check run on a healthy
@@ -41,8 +52,17 @@ options:
     type: str
     default: report
   path:
-    description: Exact file to write; overrides O(dir) and O(prefix).
+    description:
+      - Exact file to write; overrides O(dir) and O(prefix). It must not contain C(..); an existing file is
+        replaced atomically.
     type: path
+  include_sensitive:
+    description:
+      - Keep other sessions' SQL text and live session ids in the report as they are. SQL text can hold literal
+        secrets and a session id is a bearer credential; the collection's roles set this from
+        C(p3_report_include_sensitive) (default V(false)).
+    type: bool
+    default: false
   mode:
     description: File mode of the report.
     type: raw
@@ -70,7 +90,7 @@ path:
   description: The file written (or that would be written in check mode).
   returned: always
   type: str
-  sample: reports/diagnose-20261128T131500Z.json
+  sample: reports/diagnose-20261128T131500123456Z-4242-a1b2c3.json
 generated_at:
   description: UTC time stamped into the report.
   returned: always

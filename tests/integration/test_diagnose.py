@@ -4,10 +4,12 @@ import json
 import os
 import socket
 import subprocess
+import time
 
+import psycopg2
 import pytest
 
-from p3harness import INVENTORY, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
+from p3harness import INVENTORY, LAB_DIR, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
 
 CHECKS = ["health", "database", "redis", "pulse", "metrics"]
 LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
@@ -271,3 +273,56 @@ def test_quick_diagnostics_module_defaults_subset_and_one_bad_input(healthy_lab,
     assert quick["postgres"]["healthy"] is False and quick["postgres"]["error"] is True and quick["postgres"]["reason"]
     assert quick["redis"]["healthy"] is True and quick["metrics"]["healthy"] is True
     assert quick["reason"].startswith("1 of 3 probes unhealthy - postgres: ")
+
+
+def test_database_at_its_own_connection_limit_is_the_named_root_cause(healthy_lab, report_dir):
+    """Issue 13 §6: a database at its own CONNECTION LIMIT (far from max_connections) is red and named; then
+    recover_database scopes its terminate to that database and frees it (read back from pg_stat_activity)."""
+    with open(os.path.join(LAB_DIR, "lab.json")) as f:
+        pg = json.load(f)["postgres"]
+
+    def connect(user, password, dbname, app="p3-test-observer"):
+        conn = psycopg2.connect(host="127.0.0.1", port=pg["port"], user=user, password=password, dbname=dbname,
+                                connect_timeout=3, application_name=app)
+        conn.autocommit = True
+        return conn
+
+    admin = connect(pg["admin_user"], pg["admin_password"], pg["database"])
+    cur = admin.cursor()
+    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'p3limitdb'")
+    cur.execute("DROP DATABASE IF EXISTS p3limitdb")
+    cur.execute("CREATE DATABASE p3limitdb CONNECTION LIMIT 2")
+    hogs = []
+    try:
+        for _ in range(2):
+            hog = connect(pg["app_user"], pg["app_password"], "p3limitdb", app="p3-limit-hog")
+            hog.cursor().execute("BEGIN")
+            hogs.append(hog)
+        with pytest.raises(psycopg2.OperationalError, match="too many connections for database"):
+            connect(pg["app_user"], pg["app_password"], "p3limitdb").close()
+
+        run, report = diagnose(report_dir)
+        assert run.rc == 0, run.stdout[-3000:]
+        db = by_name(report)["database"]
+        assert db["healthy"] is False
+        assert "database p3limitdb at its CONNECTION LIMIT 2 (2/2)" in db["reason"], db
+        assert report["triage"]["root_causes"] == ["database"]
+        assert report["triage"]["scenarios"] == ["p3.recovery.recover_database"]
+
+        time.sleep(1.2)
+        rec = run_playbook("recover_database.yml", extravars={
+            "p3_report_dir": report_dir, "p3_db_min_age_seconds": 1, "p3_db_states": ["idle in transaction"]})
+        assert rec.rc == 0, rec.stdout[-3000:]
+        [path] = glob.glob(os.path.join(report_dir, "recover_database-*.json"))
+        with open(path) as f:
+            rep = json.load(f)
+        assert rep["decision"]["include_databases"] == ["p3limitdb"] and rep["decision"]["include_users"] == []
+        assert rep["changed"] is True and rep["healthy"] is True
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'p3limitdb'")
+        assert cur.fetchone()[0] == 0
+    finally:
+        for h in hogs:
+            h.close()
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'p3limitdb'")
+        cur.execute("DROP DATABASE IF EXISTS p3limitdb")
+        admin.close()

@@ -47,3 +47,28 @@ def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):
     assert detected <= restored
     assert os.path.getsize(str(log)) > 0
     assert not old.exists() and recent.exists()  # P3_INCIDENT_KEEP_DAYS=30
+
+
+def test_a_failed_run_reports_each_timeline_entry_once_and_the_recap_counts_the_change(healthy_lab, tmp_path):
+    """recover_redis whose failover acted (FORCE promotion) and then failed (convergence wait far too short): the
+    failed run's report lists each action once, says changed, and PLAY RECAP counts that change too."""
+    import glob
+    import re
+
+    lab_fault("redis-master-down")
+    env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "redis-failed"}
+    run = run_playbook("recover_redis.yml", extravars={"p3_report_dir": str(tmp_path / "reports"),
+                                                       "p3_redis_wait_timeout": 0.001}, env=env)
+    assert run.rc != 0, run.stdout[-3000:]
+    [path] = glob.glob(str(tmp_path / "reports" / "recover_redis-*.json"))
+    with open(path) as f:
+        report = json.load(f)
+    assert report["healthy"] is False and report["changed"] is True, report
+    assert report["failed_task"] == "Act - promote the best replica of each failed master", report
+    keys = [json.dumps(t, sort_keys=True) for t in report["timeline"]]
+    assert keys and len(keys) == len(set(keys)), report["timeline"]
+    recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", run.stdout, re.M)
+    assert recap and any(int(changed) >= 1 for _host, changed in recap), run.stdout[-1500:]
+    # the incident log and postmortem are private
+    for name in ("incident-redis-failed.jsonl", "postmortem-redis-failed.md"):
+        assert os.stat(str(tmp_path / name)).st_mode & 0o777 == 0o600

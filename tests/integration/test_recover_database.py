@@ -286,3 +286,76 @@ def test_password_never_printed_at_vvvv(healthy_lab, report_dir):
     assert run.rc != 0
     assert "Sup3rSecretWrong" not in run.stdout
     assert "Sup3rSecretWrong" not in json.dumps(report)
+
+
+# -- issue 13 §6: a role at its own CONNECTION LIMIT ------------------------------------------------------------------
+
+HOG_APP = "p3-limit-hog"
+
+
+def role_backends(role, app=None):
+    rows, _ = backends()
+    return [r for r in rows.values() if r["user"] == role and (app is None or r["app"] == app)]
+
+
+def _hog(tries=40):
+    """A long query as the app's role; the app's own pool (1 s idle lifetime) may hold a slot for a moment."""
+    for _ in range(tries):
+        try:
+            return LongQuery(HOG_APP)
+        except psycopg2.OperationalError as e:
+            if "too many connections" not in str(e):
+                raise
+            time.sleep(0.25)
+    raise AssertionError("the app's role never had a free slot")
+
+
+def test_app_role_at_its_connection_limit_is_named_and_recovered_by_policy(healthy_lab, report_dir):
+    """The app's role hits its own CONNECTION LIMIT at ~15 % of max_connections: diagnose must name the limit as the
+    root cause (database, not health / restart_app), and recover_database must terminate that role's backends by
+    policy so the app connects again."""
+    pg = pg_info()
+    role = pg["app_user"]
+    hogs = []
+    with admin() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (HOG_APP,))
+        cur.execute("ALTER ROLE %s CONNECTION LIMIT 2" % role)
+    conn.close()
+    try:
+        for _ in range(2):
+            hogs.append(_hog())
+        assert len(role_backends(role, HOG_APP)) == 2
+        with pytest.raises(psycopg2.OperationalError, match="too many connections for role"):
+            psycopg2.connect(host="127.0.0.1", port=pg["port"], user=role, password=pg["app_password"],
+                             dbname=pg["database"], connect_timeout=3).close()
+        rows, max_conn = backends()
+        assert len(rows) + 1 < 0.8 * max_conn  # nowhere near max_connections
+
+        diag = run_playbook("diagnose.yml", extravars={"p3_report_dir": report_dir})
+        assert diag.rc == 0, diag.stdout[-3000:]
+        [path] = glob.glob(os.path.join(report_dir, "diagnose-*.json"))
+        with open(path) as f:
+            d = json.load(f)
+        checks = dict((c["name"], c) for c in d["checks"])
+        assert checks["database"]["healthy"] is False, checks["database"]
+        assert "role %s at its CONNECTION LIMIT 2 (2/2)" % role in checks["database"]["reason"], checks["database"]
+        assert "database" in d["triage"]["root_causes"] and "health" not in d["triage"]["root_causes"], d["triage"]
+        assert d["triage"]["scenarios"] == ["p3.recovery.recover_database"], d["triage"]
+        assert d["evidence"]["database"]["limited"]["roles"] == [role]
+
+        wait_leak_ready()
+        run, report = recover(report_dir)
+        assert run.rc == 0, run.stdout[-4000:]
+        # real state: the hogs are gone, the role is under its limit, the app connects again
+        assert role_backends(role, HOG_APP) == []
+        assert health_code() == 200
+        assert report["healthy"] is True and report["changed"] is True
+        assert "CONNECTION LIMIT" in report["decision"]["why"]
+        assert report["decision"]["include_users"] == [role]
+        assert sorted(report["actions"]["terminate"]["terminated"]) == sorted(h.pid for h in hogs)
+    finally:
+        for h in hogs:
+            h.close()
+        with admin() as conn, conn.cursor() as cur:
+            cur.execute("ALTER ROLE %s CONNECTION LIMIT -1" % role)
+        conn.close()

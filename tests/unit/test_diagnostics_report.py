@@ -118,12 +118,14 @@ def test_write_report_names_writes_atomically_and_never_reports_changed(tmp_path
     params = dict(data={"healthy": True, "checks": []}, dir=str(tmp_path / "r"), prefix="diagnose", path=None,
                   mode="0640")
     result = report.write_report(params, now=NOW)
-    assert result == dict(changed=False, path=str(tmp_path / "r" / "diagnose-20261128T131500Z.json"),
-                          generated_at="2026-11-28T13:15:00Z")
+    assert result["changed"] is False and result["generated_at"] == "2026-11-28T13:15:00Z"
+    name = os.path.basename(result["path"])
+    assert os.path.dirname(result["path"]) == str(tmp_path / "r") and name.startswith("diagnose-20261128T131500000123Z-")
     with open(result["path"]) as f:
-        assert json.load(f) == {"healthy": True, "checks": [], "generated_at": "2026-11-28T13:15:00Z"}
+        assert json.load(f) == {"healthy": True, "checks": [], "generated_at": "2026-11-28T13:15:00Z",
+                                "report": result["path"]}
     assert stat.S_IMODE(os.stat(result["path"]).st_mode) == 0o640
-    assert os.listdir(str(tmp_path / "r")) == ["diagnose-20261128T131500Z.json"]  # no temporary file left
+    assert os.listdir(str(tmp_path / "r")) == [name]  # no temporary file left
     kept = report.write_report(dict(params, data={"generated_at": "earlier"}, path=str(tmp_path / "x.json"), mode=0o600),
                                now=NOW)
     assert kept["generated_at"] == "earlier" and stat.S_IMODE(os.stat(kept["path"]).st_mode) == 0o600
@@ -132,7 +134,7 @@ def test_write_report_names_writes_atomically_and_never_reports_changed(tmp_path
 def test_write_report_check_mode_writes_nothing_and_errors_are_one_line(tmp_path):
     params = dict(data={"a": 1}, dir=str(tmp_path / "never"), prefix="p", path=None, mode="0640")
     result = report.write_report(params, check_mode=True, now=NOW)
-    assert result["path"].endswith("p-20261128T131500Z.json") and not (tmp_path / "never").exists()
+    assert os.path.basename(result["path"]).startswith("p-20261128T131500000123Z-") and not (tmp_path / "never").exists()
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(P3Error, match=r"^cannot write report .*file/sub/r.json: ") as err:

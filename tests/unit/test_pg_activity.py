@@ -84,7 +84,7 @@ def test_select_takes_the_oldest_first_up_to_max_count_and_counts_the_rest():
     assert [r["pid"] for r in out["selected"]] == [2, 3]
     assert out["matched"] == 3 and out["capped"] == 1
     assert out["protected"] == dict(own=1, not_client=1, superuser=1, not_permitted=0)
-    assert out["excluded"] == dict(state=1, age=1, application=1, user=0)
+    assert out["excluded"] == dict(state=1, age=1, application=1, user=0, database=0)
 
 
 def test_zero_min_age_selects_regardless_of_age_but_still_never_ourselves():
@@ -310,3 +310,97 @@ def test_cancel_first_counts_what_the_cancel_ended():
     # the fake's cancel ends the backends, so nothing is left to terminate
     assert res["cancelled"] == [5, 50] and res["terminated"] == [] and res["changed"] is True
     assert any("pg_cancel_backend(" in s for s in client.statements)
+
+
+# ------------------------------------------------------------------------------- per-role / per-database limits
+
+def test_a_role_at_its_own_connection_limit_is_unhealthy_and_named():
+    limit_rows = [dict(kind="role", name="p3app", limit=2, used=2), dict(kind="database", name="p3", limit=-1, used=5),
+                  dict(kind="role", name="reporting", limit=10, used=1)]
+    items = pa.connection_limits(limit_rows, 80)
+    assert [(i["kind"], i["name"], i["state"]) for i in items] == [
+        ("role", "p3app", "at_limit"), ("role", "reporting", "ok")]
+    assert pa.limits_reason(items) == "role p3app at its CONNECTION LIMIT 2 (2/2)"
+    near = pa.connection_limits([dict(kind="database", name="p3", limit=10, used=8)], 80)
+    assert near[0]["state"] == "near_limit"
+    assert pa.limits_reason(near) == "database p3 near its CONNECTION LIMIT 10 (8/10, 80%)"
+    assert pa.limits_reason(pa.connection_limits([dict(kind="role", name="x", limit=10, used=7)], 80)) == ""
+    # CONNECTION LIMIT 0 is a deliberate lock-out, not exhaustion
+    assert pa.connection_limits([dict(kind="role", name="off", limit=0, used=0)], 80)[0]["state"] == "ok"
+
+
+def test_activity_at_20_percent_of_max_connections_is_unhealthy_when_a_role_hits_its_limit():
+    params = dict(max_usage_pct=80, long_running_seconds=300, query_length=200, max_items=5)
+    rows = [row(1), row(2), row(3, user="p3admin", own=True, superuser=True)]
+    res = activity_mod.analyse(rows, SETTINGS, params, "h:1", limits=[dict(kind="role", name="p3app", limit=2, used=2)])
+    assert res["healthy"] is False and res["usage_pct"] == 15.0
+    assert res["reason"].startswith("role p3app at its CONNECTION LIMIT 2 (2/2) on h:1; connections 3/20 (15%)")
+    assert res["limits"] == [dict(kind="role", name="p3app", limit=2, used=2, usage_pct=100.0, state="at_limit")]
+    assert res["limited"] == dict(roles=["p3app"], databases=[])
+
+
+def test_connect_hint_names_a_role_or_database_limit():
+    hint = pa.connect_hint('cannot connect to h:1: FATAL: too many connections for role "p3app"')
+    assert "role p3app is at its CONNECTION LIMIT" in hint and "connect as a superuser" not in hint
+    hint = pa.connect_hint('cannot connect to h:1: FATAL: too many connections for database "p3"')
+    assert "database p3 is at its CONNECTION LIMIT" in hint
+
+
+def test_policy_can_be_scoped_to_databases():
+    p = policy(include_databases=["p3"])
+    assert pa.policy_verdict(row(1, datname="other"), p) == "database"
+    assert pa.policy_verdict(row(1, datname="p3"), p) is None
+
+
+class BreaksAfterTerminate(FakeClient):
+    """The connection drops right after the terminate was sent (reading the targets again fails)."""
+
+    def query(self, sql, args=None, timeout=None):
+        if sql is pa.TARGETS_SQL and any("pg_terminate_backend(" in s for s in self.statements):
+            raise P3Error("query on 127.0.0.1:5432 failed: server closed the connection unexpectedly")
+        return super(BreaksAfterTerminate, self).query(sql, args, timeout)
+
+
+def test_terminations_followed_by_an_error_still_report_changed_and_what_was_terminated():
+    client = BreaksAfterTerminate(_rows())
+    with pytest.raises(P3Error) as err:
+        terminate_mod.run(FakeModule(False), FakeTarget(client), policy(exclude_applications=["p3-nightly-*"]))
+    assert err.value.details["changed"] is True
+    assert err.value.details["terminated"] == [1, 2, 3, 4, 5]
+    assert "after terminating 5 backends" in err.value.msg
+
+
+def test_quick_diagnostics_postgres_probe_judges_role_limits():
+    from ansible_collections.p3.recovery.plugins.module_utils import diagnostics as d
+
+    class Client(object):
+        def connect(self):
+            return self
+
+        def close(self):
+            pass
+
+        def scalar(self, sql, args=None, timeout=None):
+            return 1
+
+        def query(self, sql, args=None, timeout=None):
+            if sql is d.PG_SETTINGS_SQL:
+                return [dict(SETTINGS)]
+            if sql is d.PG_ACTIVITY_SQL:
+                return [dict(state="active", application_name="app", usename="p3app", n=2, longest_active_seconds=3.0),
+                        dict(state="active", application_name="p3", usename="p3admin", n=1,
+                             longest_active_seconds=None)]
+            if sql is pa.LIMITS_SQL:
+                return [dict(kind="role", name="p3app", limit=2, used=2)]
+            raise AssertionError(sql)
+
+    class Target(object):
+        target = "h:1"
+
+        def client(self):
+            return Client()
+
+    res = d.postgres_probe(Target(), 80)
+    assert res["healthy"] is False and res["usage_pct"] == 15.0
+    assert res["reason"].startswith("role p3app at its CONNECTION LIMIT 2 (2/2) on h:1")
+    assert res["limited"] == dict(roles=["p3app"], databases=[])
