@@ -1,0 +1,126 @@
+"""recovery_lock against the lab's real Redis Cluster and PostgreSQL (issue 13 section 5).
+
+The store semantics are asserted on the stores themselves (the key and its PTTL with redis-py, the lock row with
+psycopg2): one run holds, a second is locked out with who and since, only the holder releases, a killed run's lock
+expires by itself, check mode takes nothing.
+"""
+import os
+import time
+
+import psycopg2
+import pytest
+import yaml
+from redis.cluster import ClusterNode, RedisCluster
+
+from p3harness import INVENTORY, ROOT, run_playbook
+
+TASK = "Lock"
+PW = "p3redis-lab-secret"
+
+
+def lab_vars():
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]
+
+
+def rc():
+    nodes = [n.rsplit(":", 1) for n in lab_vars()["p3_redis_nodes"]]
+    return RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in nodes], password=PW,
+                        decode_responses=True)
+
+
+def pg():
+    conn = psycopg2.connect(lab_vars()["p3_database_url"])
+    conn.autocommit = True
+    return conn
+
+
+def pg_row(resource):
+    with pg() as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('p3_recovery_locks') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute("SELECT run_id, owner, expires_at > now() FROM p3_recovery_locks WHERE resource = %s",
+                    (resource,))
+        return cur.fetchone()
+
+
+def lock(tmp_path, store, resource, check=False, **args):
+    v = lab_vars()
+    task = dict(resource=resource, store=store)
+    if store == "redis":
+        task.update(redis_nodes=v["p3_redis_nodes"], redis_password=v["p3_redis_password"])
+    else:
+        task.update(dsn=v["p3_database_url"])
+    task.update(args)
+    play = [{"hosts": "localhost", "gather_facts": False,
+             "vars": {"ansible_python_interpreter": os.path.join(ROOT, ".venv", "bin", "python")},
+             "tasks": [{"name": TASK, "p3.recovery.recovery_lock": task}]}]
+    path = tmp_path / ("lock-%d.yml" % time.monotonic_ns())
+    path.write_text(yaml.safe_dump(play))
+    run = run_playbook(str(path), check=check, env={"AWX_JOB_ID": "4242"})
+    assert run.rc == 0, run.stdout[-3000:]
+    return run.result(TASK)
+
+
+def holder_in_store(store, resource):
+    if store == "redis":
+        c = rc()
+        return c.get("{p3recovery}:lock:" + resource), c.pttl("{p3recovery}:lock:" + resource)
+    return pg_row(resource)
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_one_run_holds_the_other_is_told_who_and_since(lab_up, tmp_path, store):
+    res_name = "p3test-%s-%d" % (store, time.monotonic_ns())
+    # check mode takes nothing
+    res = lock(tmp_path, store, res_name, check=True, run_id="run-a")
+    assert res["locked_out"] is False and res["acquired"] is False
+    assert not (holder_in_store(store, res_name) or [None])[0]
+
+    a = lock(tmp_path, store, res_name, run_id="run-a", purpose="recover_redis", ttl=60)
+    assert a["acquired"] is True and a["changed"] is True and a["locked_out"] is False
+    assert "AWX job 4242" in a["owner"] and "(recover_redis)" in a["owner"]
+    stored = holder_in_store(store, res_name)
+    assert stored[0] and "run-a" in str(stored[0])
+    if store == "redis":
+        assert 0 < stored[1] <= 60000
+
+    # a second run (and its check mode): locked out, told who and since; the lock is unchanged
+    for check in (False, True):
+        b = lock(tmp_path, store, res_name, check=check, run_id="run-b", wait=1.5 if not check else 0)
+        assert b["locked_out"] is True and b["acquired"] is False and b["changed"] is False
+        assert b["reason"].startswith("%s is already being recovered by %s since %s" % (
+            res_name, a["owner"], a["holder"]["since"])), b["reason"]
+        assert "run-a" in str(holder_in_store(store, res_name)[0])
+
+    # the holder renews (same run id), the other cannot release it, the holder can
+    again = lock(tmp_path, store, res_name, run_id="run-a", ttl=60)
+    assert again["acquired"] is True and again["renewed"] is True and again["changed"] is False
+    assert again["holder"]["since"] == a["holder"]["since"]
+    b = lock(tmp_path, store, res_name, state="released", run_id="run-b")
+    assert b["released"] is False and "run-a" in str(holder_in_store(store, res_name)[0])
+    rel = lock(tmp_path, store, res_name, state="released", run_id="run-a")
+    assert rel["released"] is True and rel["changed"] is True
+    assert not (holder_in_store(store, res_name) or [None])[0]
+    b = lock(tmp_path, store, res_name, run_id="run-b", ttl=60)
+    assert b["acquired"] is True
+    lock(tmp_path, store, res_name, state="released", force=True)
+    assert not (holder_in_store(store, res_name) or [None])[0]
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_a_killed_runs_lock_expires_by_itself(lab_up, tmp_path, store):
+    res_name = "p3test-ttl-%s-%d" % (store, time.monotonic_ns())
+    a = lock(tmp_path, store, res_name, run_id="killed-run", ttl=1)
+    assert a["acquired"] is True
+    # the killed run never releases; once the TTL is over the next run takes it
+    deadline = time.monotonic() + 30
+    while True:
+        b = lock(tmp_path, store, res_name, run_id="next-run", ttl=60)
+        if b["acquired"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert b["acquired"] is True and b["renewed"] is False
+    assert "next-run" in str(holder_in_store(store, res_name)[0])
+    lock(tmp_path, store, res_name, state="released", run_id="next-run")
