@@ -124,3 +124,87 @@ def test_a_killed_runs_lock_expires_by_itself(lab_up, tmp_path, store):
     assert b["acquired"] is True and b["renewed"] is False
     assert "next-run" in str(holder_in_store(store, res_name)[0])
     lock(tmp_path, store, res_name, state="released", run_id="next-run")
+
+
+# ---------------------------------------------------------------- recover_redis.yml with the lock
+
+def failover_calls(addrs):
+    """CLUSTER FAILOVER commands every live node has executed (INFO commandstats)."""
+    from test_recover_redis import alive, client
+    total = 0
+    for a in addrs:
+        if alive(a):
+            stats = client(a).info("commandstats")
+            total += stats.get("cmdstat_cluster|failover", {}).get("calls", 0)
+    return total
+
+
+def test_recover_redis_locked_by_another_run_does_nothing(healthy_lab, tmp_path, report_dir):
+    from test_recover_redis import FAILOVER_TASK, lab_nodes, missing_keys, recover, views, write_acked
+    from p3harness import lab_fault
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 200, "locked")
+    did = lab_fault("redis-master-down")
+    live = [a for a in nodes if a != did["node"]]
+    calls = failover_calls(live)
+    other = lock(tmp_path, "postgres", "redis-cluster", run_id="alert-run-1", purpose="alert-triggered", ttl=300)
+    assert other["acquired"] is True
+    try:
+        for check in (True, False):
+            run, report = recover(report_dir, check=check)
+            assert run.rc == 0, run.stdout[-3000:]
+            assert report["locked_out"] is True and report["timeline"] == [] and report["changed"] is False
+            assert report["reason"].startswith("redis-cluster is already being recovered by %s since %s" % (
+                other["owner"], other["holder"]["since"])), report["reason"]
+            assert run.results(FAILOVER_TASK) == []
+            assert "already being recovered by" in run.stdout
+        assert failover_calls(live) == calls  # nobody sent CLUSTER FAILOVER
+        assert pg_row("redis-cluster")[0] == "alert-run-1"  # the other run's lock is untouched
+    finally:
+        lock(tmp_path, "postgres", "redis-cluster", state="released", run_id="alert-run-1")
+    # the other run is gone: the next run acts and releases its own lock
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert run.result(FAILOVER_TASK)["changed"] is True
+    assert failover_calls(live) == calls + 1
+    assert pg_row("redis-cluster") is None
+    assert missing_keys(nodes, keys) == []
+    assert len(views(live)) == len(live)
+
+
+def test_two_concurrent_recover_redis_one_acts(healthy_lab, tmp_path):
+    import subprocess
+    import json as _json
+    import glob
+    from test_recover_redis import lab_nodes, missing_keys, views, write_acked
+    from p3harness import base_env, lab_fault
+    nodes = lab_nodes()
+    keys = write_acked(nodes, 300, "concurrent")
+    did = lab_fault("redis-master-down")
+    dead_id = did["node_id"]
+    live = [a for a in nodes if a != did["node"]]
+    calls = failover_calls(live)
+    dirs = [str(tmp_path / "run-a"), str(tmp_path / "run-b")]
+    procs = [subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", INVENTORY,
+                               os.path.join(ROOT, "playbooks", "recover_redis.yml"), "-e", "p3_report_dir=" + d],
+                              cwd=ROOT, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for d in dirs]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reports = []
+    for d in dirs:
+        files = glob.glob(os.path.join(d, "recover_redis-*.json"))
+        assert len(files) == 1, (d, files)
+        with open(files[0]) as f:
+            reports.append(_json.load(f))
+    acted = [r for r in reports if any(e["action"] == "cluster failover force" for e in r["timeline"])]
+    assert len(acted) == 1, [r.get("reason") for r in reports]
+    idle = [r for r in reports if r is not acted[0]][0]
+    # the other run was locked out, or (started after the first released) found nothing to do
+    assert idle.get("locked_out") is True or (idle["changed"] is False and idle["timeline"] == []), idle
+    assert failover_calls(live) == calls + 1  # exactly one CLUSTER FAILOVER sent, by one run
+    promoted = [n for n in views(live)[live[0]].values() if n["role"] == "master" and n["slots"] and
+                n["id"] != dead_id]
+    assert len(promoted) == 3
+    assert missing_keys(nodes, keys) == []
+    assert pg_row("redis-cluster") is None  # released by the run that took it
