@@ -249,11 +249,10 @@ def main():
         mined = None
         result["receipt_error"] = e.msg
     if mined is None:
-        fail_clean(module, P3Error(
-            "sent %s in tx %s, but no receipt within %ss%s: it is still pending; a later run sees it in flight and "
-            "sends nothing more" % (detail, sent["tx_hash"], num_text(p["receipt_timeout"]),
-                                    (" (%s)" % result["receipt_error"]) if result.get("receipt_error") else "")),
-            **result)
+        why = (" (%s)" % result["receipt_error"]) if result.get("receipt_error") else ""
+        msg = "sent %s in tx %s, but no receipt within %ss%s: it is still pending; a later run sees it in flight " \
+              "and sends nothing more" % (detail, sent["tx_hash"], num_text(p["receipt_timeout"]), why)
+        fail_clean(module, P3Error(msg), **result)
     result.update(receipt="mined" if mined["status"] == 1 else "reverted", block_number=mined["block_number"],
                   fee_wei=mined["fee_wei"])
     if mined["status"] != 1:
