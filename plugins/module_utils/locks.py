@@ -145,7 +145,7 @@ class RedisLockStore(object):
         except P3Error:
             raise
         except Exception as e:
-            raise P3Error("recovery lock store redis (%s): %s failed: %s" % (self.where, what, self.describe(e)))
+            raise P3Error("%s on %s failed: %s" % (what, self.where, self.describe(e)))
 
     def acquire(self, resource, run_id, owner, ttl):
         value = json.dumps({"run_id": run_id, "owner": owner, "since": utc_iso()}, sort_keys=True)

@@ -218,7 +218,9 @@ def main():
         result = lock_action(store, p["state"], p["resource"], p["run_id"] or "", owner, ttl=p["ttl"],
                              wait=p["wait"], force=p["force"], check_mode=module.check_mode)
     except P3Error as e:
-        fail_clean(module, e, resource=p["resource"], store=p["store"])
+        # one line naming the lock, the store and the cause; the run must not act without its lock
+        fail_clean(module, P3Error("recovery lock of %s (store %s): %s" % (p["resource"], p["store"], e.msg)),
+                   resource=p["resource"], store=p["store"])
     finally:
         if client is not None:
             try:
