@@ -29,6 +29,8 @@ def rpc_server():
         def do_POST(self):  # noqa: N802 - http.server API
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             result = answers.get(body["method"], GOOD.get(body["method"]))
+            if callable(result):
+                result = result(body["params"])
             data = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -99,3 +101,38 @@ def test_hex_to_int_is_clean():
         ec.hex_to_int("zz")
     with pytest.raises(P3Error):
         ec.hex_to_int({"a": 1})
+
+
+FUNDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+WALLET = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+TX = {"hash": "0x" + "ab" * 32, "nonce": "0x5", "value": "0x10", "to": WALLET.lower(), "from": FUNDER.lower()}
+
+
+def _nonces(latest, pending):
+    """eth_getTransactionCount answering by block tag."""
+    return lambda params: "0x%x" % (latest if params[1] == "latest" else pending)
+
+
+def test_pending_transfer_found_in_txpool(rpc_server):
+    answers, url = rpc_server
+    answers["eth_getTransactionCount"] = _nonces(5, 6)
+    answers["txpool_content"] = {"pending": {FUNDER.lower(): {"5": TX}}, "queued": {}}
+    out = chain.pending_transfers(ec.EthereumRpc(url, timeout=2), FUNDER, WALLET)
+    assert out["transfers"] == [dict(tx_hash=TX["hash"], nonce=5, value_wei=16)] and out["source"] == "txpool_content"
+
+
+def test_nothing_in_flight_asks_no_pool(rpc_server):
+    answers, url = rpc_server
+    answers["txpool_content"] = "would be a bad shape if it were asked"
+    out = chain.pending_transfers(ec.EthereumRpc(url, timeout=2), FUNDER, WALLET)
+    assert out["transfers"] == [] and out["source"] is None
+
+
+def test_in_flight_but_invisible_refuses(rpc_server):
+    answers, url = rpc_server
+    answers["eth_getTransactionCount"] = _nonces(5, 7)
+    answers["txpool_content"] = {"pending": {}, "queued": {}}
+    answers["eth_getBlockByNumber"] = {"number": "0x10", "timestamp": "0x0", "transactions": []}
+    with pytest.raises(P3Error) as e:
+        chain.pending_transfers(ec.EthereumRpc(url, timeout=2), FUNDER, WALLET)
+    assert "2 transaction(s) in flight" in e.value.msg and "refusing to send" in e.value.msg
