@@ -230,3 +230,33 @@ def test_unreachable_store_fails_in_one_line(tmp_path, store, args):
     assert msg.startswith("recovery lock of redis-cluster (store %s): " % store), msg
     assert "127.0.0.1:1" in msg and "refused" in msg and "\n" not in msg, msg
     assert "s3cret-lock-pw" not in run.stdout and "Traceback" not in run.stdout
+
+
+@pytest.mark.parametrize("resource", ["anchor-queue", "wallet"])
+def test_recover_anchor_locked_funds_and_retries_nothing(healthy_lab, tmp_path, report_dir, resource):
+    """Another run holds the queue (or the wallet): no funding transaction, no job moved."""
+    from test_recover_anchor import FUNDER, PREFIX, balance, recover, redis
+    from test_recover_anchor import nonce as chain_nonce
+    from p3harness import lab_fault
+    wallet = lab_vars()["p3_anchor_wallet"]
+    name = resource if resource == "anchor-queue" else "wallet-" + wallet.lower()
+    lab_fault("wallet-empty")
+    r = redis()
+    failed = r.zcard(PREFIX + "failed")
+    funder_nonce = chain_nonce(FUNDER)
+    other = lock(tmp_path, "postgres", name, run_id="operator-2", purpose="recover_anchor", ttl=300)
+    try:
+        run, report = recover(report_dir)
+        assert run.rc == 0, run.stdout[-3000:]
+        assert report["locked_out"] is True and report["reason"].startswith(
+            "%s is already being recovered by %s" % (name, other["owner"])), report["reason"]
+        assert chain_nonce(FUNDER) == funder_nonce and balance(wallet) == 0  # nothing sent
+        assert r.zcard(PREFIX + "failed") == failed  # nothing retried
+        assert pg_row(name)[0] == "operator-2"
+    finally:
+        lock(tmp_path, "postgres", name, state="released", run_id="operator-2")
+    # without the other run, this one funds and retries, and releases both locks
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["changed"] is True and report["actions"]["fund"]["funded"] is True
+    assert pg_row("anchor-queue") is None and pg_row("wallet-" + wallet.lower()) is None
