@@ -255,8 +255,5 @@ def test_recover_anchor_locked_funds_and_retries_nothing(healthy_lab, tmp_path, 
         assert pg_row(name)[0] == "operator-2"
     finally:
         lock(tmp_path, "postgres", name, state="released", run_id="operator-2")
-    # without the other run, this one funds and retries, and releases both locks
-    run, report = recover(report_dir)
-    assert run.rc == 0, run.stdout[-3000:]
-    assert report["changed"] is True and report["actions"]["fund"]["funded"] is True
+    # the locked-out run released nothing of the other run's and left no lock of its own
     assert pg_row("anchor-queue") is None and pg_row("wallet-" + wallet.lower()) is None
