@@ -13,7 +13,7 @@ import time
 import traceback
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
-from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import WEI_PER_ETH, hex_to_int
+from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import RpcError, WEI_PER_ETH, hex_to_int
 
 ETH_ACCOUNT_IMP_ERR = None
 try:
@@ -92,7 +92,7 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
     try:
         out["chain_id"] = rpc.chain_id()
         out["reachable"] = True
-        block = rpc.call("eth_getBlockByNumber", ["latest", False]) or {}
+        block = rpc.block("latest")
         out["block_number"] = hex_to_int(block.get("number"))
         ts = hex_to_int(block.get("timestamp"))
         out["block_age_seconds"] = round(max(0.0, clock() - ts), 1) if ts is not None else None
@@ -103,7 +103,7 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
             out["nonce_pending"] = rpc.nonce(wallet, "pending")
             out["pending_transactions"] = out["nonce_pending"] - out["nonce_latest"]
         for h in tx_hashes or ():
-            r = rpc.call("eth_getTransactionReceipt", [h])
+            r = rpc.receipt(h)
             out["receipts"].append(dict(tx_hash=h, found=r is not None,
                                         status=hex_to_int(r.get("status")) if r else None,
                                         block_number=hex_to_int(r.get("blockNumber")) if r else None,
@@ -157,39 +157,102 @@ def load_account(key):
         raise P3Error("funding_key is not a valid secp256k1 private key")
 
 
-def send_funds(rpc, account, to, amount, chain_id, receipt_timeout=60.0, priority_fee=10 ** 9, poll=0.2,
-               sleep=time.sleep, clock=time.monotonic):
-    """Sign and send an EIP-1559 value transfer, wait for its receipt. Returns dict(tx_hash, block_number, gas_used,
-    fee_wei). Raises P3Error (funder short of funds, rejected, reverted, no receipt in time)."""
-    block = rpc.call("eth_getBlockByNumber", ["latest", False]) or {}
+def pending_transfers(rpc, funder, wallet):
+    """Transfers from funder to wallet that were sent but are not mined yet.
+
+    Returns dict(nonce_latest, nonce_pending, source, transfers=[{tx_hash, nonce, value_wei}]). Nothing is looked up
+    when the funder's pending nonce equals its latest one (nothing of the funder's is in flight on this node). Else
+    the node's pool is read: txpool_content (geth, anvil, reth, erigon), else the pending block
+    (eth_getBlockByNumber('pending', true)). Raises P3Error when the funder has transactions in flight that neither
+    shows (a node without txpool access): one of them may be a transfer to the wallet, so sending is refused."""
+    out = dict(nonce_latest=rpc.nonce(funder, "latest"), nonce_pending=rpc.nonce(funder, "pending"), source=None,
+               transfers=[])
+    in_flight = out["nonce_pending"] - out["nonce_latest"]
+    if in_flight <= 0:
+        return out
+    txs = None
+    try:
+        content = rpc.obj("txpool_content", [], what="a txpool object")
+        txs = []
+        for state in ("pending", "queued"):
+            by_sender = content.get(state) or {}
+            if not isinstance(by_sender, dict):
+                raise rpc.unexpected("txpool_content", "an object of senders", by_sender)
+            for sender, by_nonce in by_sender.items():
+                if str(sender).lower() == funder.lower() and isinstance(by_nonce, dict):
+                    txs.extend(tx for tx in by_nonce.values() if isinstance(tx, dict))
+        out["source"] = "txpool_content"
+    except RpcError as e:
+        if e.code is None:
+            raise  # the RPC itself failed (unreachable, timeout, not JSON-RPC): no fallback would fare better
+    if not txs:
+        try:
+            block = rpc.obj("eth_getBlockByNumber", ["pending", True], what="a block object", optional=True) or {}
+            txs = [tx for tx in (block.get("transactions") or []) if isinstance(tx, dict)
+                   and str(tx.get("from") or "").lower() == funder.lower()]
+            out["source"] = "pending block" if txs else out["source"]
+        except RpcError as e:
+            if e.code is None:
+                raise
+    if not txs:
+        raise P3Error("funding account %s has %d transaction(s) in flight (pending nonce %d > latest %d) that %s "
+                      "does not show (no txpool_content, not in the pending block): one may be a transfer to %s; "
+                      "refusing to send until they are mined" % (
+                          funder, in_flight, out["nonce_pending"], out["nonce_latest"], rpc.display, wallet))
+    for tx in txs:
+        if str(tx.get("to") or "").lower() == wallet.lower():
+            try:
+                nonce, value = hex_to_int(tx.get("nonce")), hex_to_int(tx.get("value")) or 0
+            except P3Error:
+                raise rpc.unexpected(out["source"], "transactions with hex nonce and value", tx)
+            out["transfers"].append(dict(tx_hash=tx.get("hash"), nonce=nonce, value_wei=value))
+    out["transfers"].sort(key=lambda t: t["nonce"] if t["nonce"] is not None else -1)
+    return out
+
+
+def send_transfer(rpc, account, to, amount, chain_id, expect_nonce=None, priority_fee=10 ** 9):
+    """Sign and send an EIP-1559 value transfer (no wait). Returns dict(tx_hash, nonce, gas, max_fee_wei).
+
+    expect_nonce: the funder's pending nonce the decision was made on; if it moved since (another transaction of
+    the funder was sent meanwhile), nothing is sent (P3Error): the decision has to be made again. Two runs that
+    decided on the same state sign the same nonce, so at most one of their transfers can be mined."""
+    block = rpc.block("latest")
     base_fee = hex_to_int(block.get("baseFeePerGas")) or 0
     max_fee = 2 * base_fee + priority_fee
-    gas = hex_to_int(rpc.call("eth_estimateGas", [{"from": account.address, "to": to, "value": hex(amount)}]))
+    gas = rpc.quantity("eth_estimateGas", [{"from": account.address, "to": to, "value": hex(amount)}])
     funder_balance = rpc.balance(account.address)
     need = amount + gas * max_fee
     if funder_balance < need:
         raise P3Error("funding account %s has %s ETH, needs %s ETH (%s + gas) to fund %s" % (
             account.address, eth(funder_balance), eth(need), eth(amount), to))
     nonce = rpc.nonce(account.address, "pending")
+    if expect_nonce is not None and nonce != expect_nonce:
+        raise P3Error("funding account %s sent another transaction meanwhile (pending nonce %d, was %d): nothing "
+                      "sent, run again to decide on the new state" % (account.address, nonce, expect_nonce))
     tx = dict(chainId=chain_id, nonce=nonce, to=to, value=amount, gas=gas, type=2,
               maxFeePerGas=max_fee, maxPriorityFeePerGas=priority_fee, data=b"")
     signed = account.sign_transaction(tx)
     raw = getattr(signed, "raw_transaction", None) or getattr(signed, "rawTransaction")
-    tx_hash = rpc.call("eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
-    deadline = clock() + receipt_timeout
+    tx_hash = rpc.send_raw("0x" + bytes(raw).hex())
+    return dict(tx_hash=tx_hash, nonce=nonce, gas=gas, max_fee_wei=max_fee)
+
+
+def wait_receipt(rpc, tx_hash, timeout=60.0, poll=0.2, sleep=time.sleep, clock=time.monotonic):
+    """Poll for the receipt until timeout seconds have passed (total). Returns dict(tx_hash, block_number,
+    gas_used, fee_wei, status), or None when the transaction is still not mined at the deadline."""
+    deadline = clock() + timeout
     while True:
-        receipt = rpc.call("eth_getTransactionReceipt", [tx_hash])
+        left = deadline - clock()
+        if left <= 0:
+            return None
+        receipt = rpc.receipt(tx_hash, timeout=min(rpc.timeout, max(left, 0.05)))
         if receipt:
             break
-        if clock() > deadline:
-            raise P3Error("funding transaction %s sent but no receipt within %ss" % (tx_hash, receipt_timeout),
-                          tx_hash=tx_hash)
-        sleep(poll)
-    status = hex_to_int(receipt.get("status"))
+        left = deadline - clock()
+        if left <= 0:
+            return None
+        sleep(min(poll, left))
     gas_used = hex_to_int(receipt.get("gasUsed"))
     price = hex_to_int(receipt.get("effectiveGasPrice")) or 0
-    result = dict(tx_hash=tx_hash, block_number=hex_to_int(receipt.get("blockNumber")), gas_used=gas_used,
-                  fee_wei=(gas_used or 0) * price, nonce=nonce, status=status)
-    if status != 1:
-        raise P3Error("funding transaction %s reverted (status %s)" % (tx_hash, status), **result)
-    return result
+    return dict(tx_hash=tx_hash, block_number=hex_to_int(receipt.get("blockNumber")), gas_used=gas_used,
+                fee_wei=(gas_used or 0) * price, status=hex_to_int(receipt.get("status")))

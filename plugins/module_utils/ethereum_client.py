@@ -66,11 +66,34 @@ def rpc_secrets(url):
 
 
 def hex_to_int(value):
+    """A JSON-RPC quantity ('0x1a', or an int) -> int; None stays None. Raises P3Error for anything else."""
     if value is None:
         return None
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return int(str(value), 16)
+    if isinstance(value, str):
+        try:
+            return int(value, 16)
+        except ValueError:
+            pass
+    raise P3Error("not a hex quantity: %s" % describe_shape(value))
+
+
+def describe_shape(value):
+    """What a JSON value is, for messages: null, a string '0x1', a number 5, a list, an object {...}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean %s" % str(value).lower()
+    if isinstance(value, str):
+        return "a string %r" % one_line(value, 60)
+    if isinstance(value, (int, float)):
+        return "a number %s" % value
+    if isinstance(value, list):
+        return "a list of %d" % len(value)
+    if isinstance(value, dict):
+        return "an object %s" % one_line(json.dumps(value, sort_keys=True, default=str), 80)
+    return "a %s" % type(value).__name__
 
 
 class RpcError(P3Error):
@@ -92,9 +115,11 @@ class EthereumRpc(object):
         self.secrets = list(secrets) + rpc_secrets(url)
         self.display = rpc_display(url)
 
-    def call(self, method, params=None):
+    def call(self, method, params=None, timeout=None):
+        """One JSON-RPC call; timeout (seconds) overrides rpc_timeout for this call (e.g. what is left of a
+        caller's deadline)."""
         payload = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params or []})
-        resp = request(self.url, method="POST", timeout=self.timeout, data=payload,
+        resp = request(self.url, method="POST", timeout=timeout or self.timeout, data=payload,
                        headers={"Content-Type": "application/json"}, validate_certs=self.validate_certs,
                        secrets=self.secrets)
         where = "%s %s" % (method, self.display)
@@ -111,17 +136,68 @@ class EthereumRpc(object):
             raise RpcError("%s -> HTTP %s without result" % (where, resp["status"]))
         return body["result"]
 
+    # Typed calls: a reply of another shape (a string where a block object is expected, a quantity that is not hex)
+    # is an RpcError naming the method and the RPC, never a traceback.
+
+    def unexpected(self, method, expected, value):
+        return RpcError("%s %s -> unexpected reply: expected %s, got %s" % (
+            method, self.display, expected, describe_shape(value)))
+
+    def quantity(self, method, params=None):
+        """A call whose result is a hex quantity -> int."""
+        value = self.call(method, params)
+        if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self.unexpected(method, "a hex quantity", value)
+        try:
+            return hex_to_int(value)
+        except P3Error:
+            raise self.unexpected(method, "a hex quantity", value)
+
+    def obj(self, method, params=None, what="an object", optional=False, quantities=(), timeout=None):
+        """A call whose result is a JSON object (None allowed when optional); the named fields, when present, must
+        be hex quantities."""
+        value = self.call(method, params, timeout=timeout)
+        if value is None and optional:
+            return None
+        if not isinstance(value, dict):
+            raise self.unexpected(method, what, value)
+        for name in quantities:
+            if value.get(name) is not None:
+                try:
+                    hex_to_int(value[name])
+                except P3Error:
+                    raise RpcError("%s %s -> unexpected reply: field %s of %s is not a hex quantity (%s)" % (
+                        method, self.display, name, what, describe_shape(value[name])))
+        return value
+
     def chain_id(self):
-        return hex_to_int(self.call("eth_chainId"))
+        return self.quantity("eth_chainId")
 
     def block_number(self):
-        return hex_to_int(self.call("eth_blockNumber"))
+        return self.quantity("eth_blockNumber")
 
     def balance(self, address, block="latest"):
-        return hex_to_int(self.call("eth_getBalance", [address, block]))
+        return self.quantity("eth_getBalance", [address, block])
 
     def nonce(self, address, block="latest"):
-        return hex_to_int(self.call("eth_getTransactionCount", [address, block]))
+        return self.quantity("eth_getTransactionCount", [address, block])
+
+    def block(self, tag="latest", full=False):
+        """eth_getBlockByNumber -> dict (number, timestamp, baseFeePerGas checked as quantities)."""
+        return self.obj("eth_getBlockByNumber", [tag, bool(full)], what="a block object",
+                        quantities=("number", "timestamp", "baseFeePerGas"))
+
+    def receipt(self, tx_hash, timeout=None):
+        """eth_getTransactionReceipt -> dict, or None while the transaction is not mined."""
+        return self.obj("eth_getTransactionReceipt", [tx_hash], what="a receipt object", optional=True,
+                        quantities=("status", "blockNumber", "gasUsed", "effectiveGasPrice"), timeout=timeout)
+
+    def send_raw(self, raw_hex):
+        """eth_sendRawTransaction -> the transaction hash (0x + 64 hex)."""
+        value = self.call("eth_sendRawTransaction", [raw_hex])
+        if not isinstance(value, str) or len(value) != 66 or not value.startswith("0x"):
+            raise self.unexpected("eth_sendRawTransaction", "a transaction hash", value)
+        return value
 
 
 class EthereumTarget(object):

@@ -8,15 +8,28 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: wallet_fund
-short_description: Top up the anchor wallet from a funding key, only below the low threshold, capped per run
+short_description: Top up the anchor wallet from a funding key, only below the low threshold, never above the target
 version_added: 0.1.0
 description:
   - The runbook's C(cast send $ANCHOR_WALLET --value 0.1ether), guarded. Sends nothing while the wallet holds at
     least O(low_threshold_wei) (so a second run reports C(changed=false)); below it, sends exactly
     O(target_wei) minus the balance, never more than O(max_fund_wei), and waits for the receipt.
+  - The balance is read in the C(pending) state (C(eth_getBalance(wallet, "pending"))), so transfers already in the
+    node's pool count, whoever sent them.
+  - A transfer from the funding account to the wallet that was sent but is not mined yet (the funder's pending nonce
+    is above its latest one and the pool holds a transaction to the wallet) means C(nothing to do - transfer <tx>
+    pending), C(changed=false), whatever the balance. The pool is read with C(txpool_content) (geth, anvil, reth,
+    erigon), else the pending block. When the funder has transactions in flight that the node shows in neither (many
+    hosted RPCs), nothing is sent and the module fails, naming them. Limits - a node only knows the pool it saw; a
+    transfer sent through another node may not be visible yet.
+  - Right before signing, the funder's pending nonce is read again; if it moved since the decision, nothing is sent.
+    Two runs that decided on the same state sign the same nonce, so at most one of their transfers can be mined.
+  - C(changed=true) and RV(tx_hash) as soon as a transaction was sent. When no receipt comes within
+    O(receipt_timeout) the task fails (the wallet is not funded yet, later steps should not run on it) with
+    C(changed=true), RV(tx_hash) and RV(receipt=pending); a later run sees the transfer pending and sends nothing.
   - Refuses to send when the RPC serves another chain than O(expected_chain_id), or when the funding account cannot
     pay the amount plus gas (a clean failure naming both accounts, never the key).
-  - In check mode it reads the balances and reports what it would send; it signs and sends nothing.
+  - In check mode it reads the balances and the pool and reports what it would send; it signs and sends nothing.
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
@@ -56,7 +69,7 @@ options:
     type: int
     default: 1000000000000000000
   receipt_timeout:
-    description: Seconds to wait for the receipt.
+    description: Seconds to wait for the receipt (a total deadline, RPC calls included).
     type: float
     default: 60
 """
@@ -73,11 +86,12 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed:
-  description: A transaction was sent (or would be, in check mode).
+  description: A transaction was sent (or would be, in check mode); true as soon as it was sent, also when the task
+    then fails waiting for its receipt.
   returned: always
   type: bool
 funded:
-  description: Whether a transaction was mined in this run.
+  description: Whether the transaction of this run was mined with status 1.
   returned: always
   type: bool
 wallet:
@@ -93,11 +107,11 @@ chain_id:
   returned: always
   type: int
 balance_before_wei:
-  description: Wallet balance before.
+  description: Wallet balance before, in the pending state (transfers in the pool included).
   returned: always
   type: int
 amount_wei:
-  description: Sent (or, in check mode, would send); 0 when the wallet was not below the low threshold.
+  description: Sent (or, in check mode, would send); 0 when nothing is sent.
   returned: always
   type: int
 capped:
@@ -105,20 +119,33 @@ capped:
   returned: always
   type: bool
 balance_after_wei:
-  description: Wallet balance at the block of the funding transaction (null when nothing was sent).
+  description: Wallet balance at the block of the funding transaction (null when nothing was mined).
   returned: always
   type: int
-tx_hash:
-  description: Funding transaction.
-  returned: when funded
+pending_tx:
+  description: Hash of a transfer from the funder to the wallet that is still pending (then nothing was sent).
+  returned: always
   type: str
+receipt:
+  description: C(pending) (sent, no receipt within O(receipt_timeout)), C(mined), C(reverted), or null when nothing
+    was sent.
+  returned: always
+  type: str
+tx_hash:
+  description: Funding transaction sent by this run.
+  returned: when a transaction was sent
+  type: str
+nonce:
+  description: Nonce of that transaction.
+  returned: when a transaction was sent
+  type: int
 block_number:
   description: Block it was mined in.
-  returned: when funded
+  returned: when mined
   type: int
 fee_wei:
   description: Gas paid by the funder.
-  returned: when funded
+  returned: when mined
   type: int
 reason:
   description: One line saying what was decided.
@@ -144,9 +171,11 @@ from ansible_collections.p3.recovery.plugins.module_utils.chain import (
     eth,
     fund_amount,
     load_account,
-    send_funds,
+    pending_transfers,
+    send_transfer,
+    wait_receipt,
 )
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, env, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, env, fail_clean, num_text
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import EthereumTarget, ethereum_argument_spec
 
 
@@ -175,7 +204,8 @@ def main():
     target = EthereumTarget(module)
     rpc = target.rpc
     result = dict(changed=False, funded=False, wallet=wallet, funder=account.address, chain_id=None,
-                  balance_before_wei=None, amount_wei=0, capped=False, balance_after_wei=None, timeline=[])
+                  balance_before_wei=None, amount_wei=0, capped=False, balance_after_wei=None, pending_tx=None,
+                  receipt=None, timeline=[])
     try:
         result["chain_id"] = rpc.chain_id()
         if result["chain_id"] != p["expected_chain_id"]:
@@ -183,12 +213,21 @@ def main():
                 rpc.display, result["chain_id"], p["expected_chain_id"]))
         if account.address.lower() == wallet.lower():
             raise P3Error("funding_key belongs to the wallet itself (%s)" % wallet)
-        balance = rpc.balance(wallet)
+        # A transfer of ours still in flight is the answer: never a second one on top of it.
+        flight = pending_transfers(rpc, account.address, wallet)
+        balance = rpc.balance(wallet, "pending")
         result["balance_before_wei"] = balance
+        if flight["transfers"]:
+            t = flight["transfers"][-1]
+            result["pending_tx"] = t["tx_hash"]
+            result["reason"] = "nothing to do: transfer %s pending (%s ETH from %s to %s, nonce %s; seen in %s); " \
+                "wallet %s ETH once it is mined" % (t["tx_hash"], eth(t["value_wei"]), account.address, wallet,
+                                                    t["nonce"], flight["source"], eth(balance))
+            module.exit_json(**result)
         amount, capped = fund_amount(balance, p["low_threshold_wei"], p["target_wei"], p["max_fund_wei"])
         result.update(amount_wei=amount, capped=capped)
         if not amount:
-            result["reason"] = "%s holds %s ETH >= low threshold %s ETH: nothing to send" % (
+            result["reason"] = "%s holds %s ETH (pending state) >= low threshold %s ETH: nothing to send" % (
                 wallet, eth(balance), eth(p["low_threshold_wei"]))
             module.exit_json(**result)
         detail = "%s ETH from %s to %s (balance %s ETH -> %s ETH%s)" % (
@@ -198,15 +237,35 @@ def main():
             result.update(changed=True, reason="would send " + detail)
             result["timeline"].append(_entry("wallet_fund (check mode: nothing sent)", wallet, "would send " + detail))
             module.exit_json(**result)
-        sent = send_funds(rpc, account, wallet, amount, result["chain_id"], receipt_timeout=p["receipt_timeout"])
-        result.update(changed=True, funded=True, tx_hash=sent["tx_hash"], block_number=sent["block_number"],
-                      fee_wei=sent["fee_wei"])
-        result["balance_after_wei"] = rpc.balance(wallet, hex(sent["block_number"]))
-        result["reason"] = "sent " + detail
-        result["timeline"].append(_entry("wallet_fund", wallet, "sent %s in tx %s (block %s)" % (
-            detail, sent["tx_hash"], sent["block_number"])))
+        # Re-checked right before signing: the funder's pending nonce must still be the one decided on.
+        sent = send_transfer(rpc, account, wallet, amount, result["chain_id"], expect_nonce=flight["nonce_pending"])
     except P3Error as e:
         fail_clean(module, e, **result)
+    # From here on a transaction is out: changed=true whatever happens next.
+    result.update(changed=True, tx_hash=sent["tx_hash"], nonce=sent["nonce"], receipt="pending")
+    result["timeline"].append(_entry("wallet_fund", wallet, "sent %s in tx %s" % (detail, sent["tx_hash"])))
+    try:
+        mined = wait_receipt(rpc, sent["tx_hash"], timeout=p["receipt_timeout"])
+    except P3Error as e:
+        mined = None
+        result["receipt_error"] = e.msg
+    if mined is None:
+        why = (" (%s)" % result["receipt_error"]) if result.get("receipt_error") else ""
+        msg = "sent %s in tx %s, but no receipt within %ss%s: it is still pending; a later run sees it in flight " \
+              "and sends nothing more" % (detail, sent["tx_hash"], num_text(p["receipt_timeout"]), why)
+        fail_clean(module, P3Error(msg), **result)
+    result.update(receipt="mined" if mined["status"] == 1 else "reverted", block_number=mined["block_number"],
+                  fee_wei=mined["fee_wei"])
+    if mined["status"] != 1:
+        fail_clean(module, P3Error("funding transaction %s reverted (status %s) in block %s" % (
+            sent["tx_hash"], mined["status"], mined["block_number"])), **result)
+    result["funded"] = True
+    try:
+        result["balance_after_wei"] = rpc.balance(wallet, hex(mined["block_number"]))
+    except P3Error as e:
+        module.warn("balance after the transfer not read: %s" % e.msg)
+    result["reason"] = "sent " + detail
+    result["timeline"][-1]["detail"] += " (mined in block %s)" % mined["block_number"]
     module.exit_json(**result)
 
 
