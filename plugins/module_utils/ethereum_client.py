@@ -16,8 +16,8 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
     env,
     one_line,
+    provider_url_secrets,
     register_secrets,
-    url_secrets,
 )
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import check_url, request
 
@@ -47,22 +47,6 @@ def rpc_display(url):
         return urlunsplit((parts.scheme, netloc, "", "", ""))
     except ValueError:
         return "<invalid URL>"
-
-
-def rpc_secrets(url):
-    """Credentials of an RPC URL: userinfo password and any path segment / query value that looks like a key."""
-    out = list(url_secrets(url))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return out
-    for segment in (parts.path or "").split("/"):
-        if len(segment) >= 16:
-            out.append(segment)
-    for pair in (parts.query or "").split("&"):
-        if "=" in pair and len(pair.split("=", 1)[1]) >= 8:
-            out.append(pair.split("=", 1)[1])
-    return out
 
 
 def hex_to_int(value):
@@ -112,7 +96,7 @@ class EthereumRpc(object):
         self.url = check_url(url, option="rpc_url")
         self.timeout = float(timeout)
         self.validate_certs = validate_certs
-        self.secrets = list(secrets) + rpc_secrets(url)
+        self.secrets = list(secrets) + provider_url_secrets(url)
         self.display = rpc_display(url)
 
     def call(self, method, params=None, timeout=None):
@@ -206,7 +190,7 @@ class EthereumTarget(object):
     def __init__(self, module):
         self.module = module
         url = module.params.get("rpc_url")
-        register_secrets(module, rpc_secrets(url) if url else [])
+        register_secrets(module, provider_url_secrets(url) if url else [])
         if not url:
             module.fail_json(msg="no Ethereum RPC endpoint: set rpc_url (or RPC_URL)")
         timeout = module.params.get("rpc_timeout") or 5.0

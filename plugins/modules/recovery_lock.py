@@ -165,9 +165,7 @@ reason:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, P3Module, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.locks import (
     DEFAULT_TABLE,
     PostgresLockStore,
@@ -198,7 +196,7 @@ def main():
         table=dict(type="str", default=DEFAULT_TABLE),
     )
     argument_spec.update(POSTGRES_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if p["ttl"] <= 0:
         module.fail_json(msg="ttl must be > 0 seconds, got %s" % p["ttl"])

@@ -3,7 +3,20 @@ import json
 import os
 import time
 
-from p3harness import LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
+import redis
+import yaml
+
+from p3harness import INVENTORY, LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
+
+
+def lab_redis_clients():
+    with open(INVENTORY) as f:
+        lab_vars = yaml.safe_load(f)["all"]["vars"]
+    out = []
+    for addr in lab_vars["p3_redis_nodes"]:
+        host, port = addr.rsplit(":", 1)
+        out.append(redis.Redis(host=host, port=int(port), password=lab_vars.get("p3_redis_password"), socket_timeout=2))
+    return out
 
 
 def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):
@@ -55,10 +68,24 @@ def test_a_failed_run_reports_each_timeline_entry_once_and_the_recap_counts_the_
     import glob
     import re
 
-    lab_fault("redis-master-down")
-    env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "redis-failed"}
-    run = run_playbook("recover_redis.yml", extravars={"p3_report_dir": str(tmp_path / "reports"),
-                                                       "p3_redis_wait_timeout": 0.001}, env=env)
+    # Redis must not promote the replica by itself (it would, about 1 s after the cluster flags the master
+    # failed): with cluster-replica-no-failover the run's own FORCE promotion is what acts. The run waits for the
+    # cluster's verdict (confirm timeout), then its convergence wait is far too short.
+    nodes = lab_redis_clients()
+    try:
+        for c in nodes:
+            c.config_set("cluster-replica-no-failover", "yes")
+        lab_fault("redis-master-down")
+        env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "redis-failed"}
+        run = run_playbook("recover_redis.yml", extravars={"p3_report_dir": str(tmp_path / "reports"),
+                                                           "p3_redis_confirm_timeout": 60,
+                                                           "p3_redis_wait_timeout": 0.001}, env=env)
+    finally:
+        for c in nodes:
+            try:
+                c.config_set("cluster-replica-no-failover", "no")
+            except redis.RedisError:
+                pass  # the killed master
     assert run.rc != 0, run.stdout[-3000:]
     [path] = glob.glob(str(tmp_path / "reports" / "recover_redis-*.json"))
     with open(path) as f:

@@ -557,16 +557,21 @@ def _start(ports, tmp, cluster):
 
 
 def _inventory(tmp, addrs):
+    """A throwaway Redis with the lab's database beside it, as in every P3 deployment: the run-level lock lives
+    there (a Redis that is being repaired cannot hold it: a standalone master that is down leaves no writable node)."""
+    with open(INVENTORY) as f:
+        database_url = yaml.safe_load(f)["all"]["vars"]["p3_database_url"]
     path = os.path.join(tmp, "inventory.yml")
     with open(path, "w") as f:
         yaml.safe_dump({"all": {"vars": {"ansible_python_interpreter": os.path.join(os.path.dirname(os.sys.executable), "python"),
-                                         "p3_redis_nodes": addrs, "p3_redis_password": PW},
+                                         "p3_redis_nodes": addrs, "p3_redis_password": PW,
+                                         "p3_database_url": database_url},
                                 "hosts": {"localhost": {"ansible_connection": "local"}}}}, f)
     return path
 
 
 @pytest.fixture
-def throwaway():
+def throwaway(lab_up):
     tmp = tempfile.mkdtemp(prefix="p3-redis-")
     started = []
     yield tmp, started

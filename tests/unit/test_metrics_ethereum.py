@@ -3,7 +3,7 @@ import pytest
 
 from ansible_collections.p3.recovery.plugins.module_utils import ethereum_client as ec
 from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, provider_url_secrets
 
 pytest.importorskip("prometheus_client")
 
@@ -87,7 +87,7 @@ def test_json_number():
 def test_ethereum_helpers():
     assert ec.rpc_display("https://u:p@base-mainnet.g.alchemy.com/v2/abcdefghijklmnopqrstu?x=1") == \
         "https://base-mainnet.g.alchemy.com"
-    secrets = ec.rpc_secrets("https://u:pw@base-mainnet.g.alchemy.com/v2/abcdefghijklmnopqrstu?key=12345678")
+    secrets = provider_url_secrets("https://u:pw@base-mainnet.g.alchemy.com/v2/abcdefghijklmnopqrstu?key=12345678")
     assert "pw" in secrets and "abcdefghijklmnopqrstu" in secrets and "12345678" in secrets
     assert ec.hex_to_int("0x7a69") == 31337 and ec.hex_to_int(5) == 5 and ec.hex_to_int(None) is None
 
