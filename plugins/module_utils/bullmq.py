@@ -22,7 +22,7 @@ import os
 import re
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, hostport, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, close_quietly, hostport, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     HAS_REDIS,
     describe_redis_error,
@@ -216,11 +216,7 @@ class BullQueue(object):
                 raise
             except Exception as e:  # next seed
                 errors.append("%s %s" % (address, describe_redis_error(e, self.settings)))
-                if client is not None:
-                    try:
-                        client.close()
-                    except Exception:
-                        pass
+                close_quietly(client)
         raise P3Error("cannot reach the Redis of queue %s: %s" % (self.display, "; ".join(errors) or "no seed"))
 
     @staticmethod

@@ -307,6 +307,17 @@ class P3Module(AnsibleModule):
         register_secrets(self, params_secrets(self.params, self.argument_spec))
 
 
+def close_quietly(client):
+    """Close a client (Redis, PostgreSQL, a socket) that may be None or already broken; never raises: used in
+    finally blocks, where a close error must not replace the result or the real error."""
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
 def hostport(host, port):
     """host:port, with brackets around IPv6 literals."""
     if host and ":" in str(host) and not str(host).startswith("["):

@@ -107,7 +107,8 @@ class EthereumRpc(object):
                        headers={"Content-Type": "application/json"}, validate_certs=self.validate_certs,
                        secrets=self.secrets)
         where = "%s %s" % (method, self.display)
-        if resp["status"] is None:
+        if resp["status"] is None or resp["error"]:
+            # no answer, or the headers came and the body did not (timed out / cut off): the cause, not the body
             raise RpcError("%s failed: %s" % (where, resp["error"]))
         body = resp["json"]
         if not isinstance(body, dict):

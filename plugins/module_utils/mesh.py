@@ -10,7 +10,7 @@ __metaclass__ = type
 
 import traceback
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line, run_parallel
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, close_quietly, one_line, run_parallel
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     describe_redis_error,
     node_client,
@@ -53,11 +53,7 @@ def node_pubsub(settings, address, pattern, channels):
     except Exception as e:
         rec["error"] = describe_redis_error(e, settings)
     finally:
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        close_quietly(client)
     return rec
 
 
@@ -130,11 +126,7 @@ def publish(settings, channel, message, address=None):
         except Exception as e:
             errors.append("%s: %s" % (addr, describe_redis_error(e, settings)))
         finally:
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:
-                    pass
+            close_quietly(client)
     raise P3Error("cannot publish on %s: %s" % (channel, "; ".join(errors) or "no Redis node reachable"))
 
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
+    close_quietly,
     describe_error,
     env,
     hostport,
@@ -542,11 +543,7 @@ def probe_node(settings, host, port, extra=None):
             else:
                 rec["error"] = "answered PING, but %s" % rec["error"]
     finally:
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        close_quietly(client)
     return rec
 
 

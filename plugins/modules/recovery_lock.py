@@ -165,7 +165,7 @@ reason:
   type: str
 """
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, P3Module, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, P3Module, close_quietly, fail_clean
 from ansible_collections.p3.recovery.plugins.module_utils.locks import (
     DEFAULT_TABLE,
     PostgresLockStore,
@@ -220,11 +220,7 @@ def main():
         fail_clean(module, P3Error("recovery lock of %s (store %s): %s" % (p["resource"], p["store"], e.msg)),
                    resource=p["resource"], store=p["store"])
     finally:
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        close_quietly(client)
     module.exit_json(**result)
 
 

@@ -144,8 +144,7 @@ def test_dribbling_and_silent_peers_cost_one_timeout(lab_up, peers, tmp_path):
     run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 6 * TIMEOUT))
     for task in ("app dribble", "rpc dribble", "app silent", "rpc silent", "pg silent", "redis silent"):
         msg = one_line_failure(run, task)
-        if task != "rpc dribble":  # ethereum_client words a late body as "not a JSON-RPC answer"
-            assert "timed out" in msg, (task, msg)
+        assert "timed out" in msg, (task, msg)
         assert str(DRIBBLE_PORT if "dribble" in task else SILENT_PORT) in msg, (task, msg)
 
 

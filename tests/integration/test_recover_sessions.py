@@ -57,7 +57,7 @@ def snapshot():
     return out
 
 
-def recover(report_dir, backup_dir, check=False, verbosity=0, **extra):
+def recover(report_dir, backup_dir, check=False, verbosity=0, env=None, **extra):
     extravars = {
         "p3_report_dir": report_dir,
         "p3_session_backup_dir": backup_dir,
@@ -66,7 +66,7 @@ def recover(report_dir, backup_dir, check=False, verbosity=0, **extra):
         "p3_session_log_pattern": "session:",
     }
     extravars.update(extra)
-    run = run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity)
+    run = run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity, env=env)
     reports = sorted(glob.glob(os.path.join(report_dir, "recover_sessions-*.json")))
     report = None
     if reports:
@@ -399,3 +399,37 @@ def _sessions():
     ensure_collection_importable()
     from ansible_collections.p3.recovery.plugins.module_utils import sessions
     return sessions
+
+
+def test_a_purge_that_fails_after_removing_keys_counts_its_change(healthy_lab, dirs, tmp_path):
+    """The backup file hits its size limit (RLIMIT_FSIZE inherited by ansible-playbook, as on a full disk) after
+    the purge removed keys: the run fails, and both PLAY RECAP and the report count the change (Ansible never
+    counts a failed task as changed, so the purge task ends ok+changed and a stop task fails the run)."""
+    import resource
+
+    report_dir, backup_dir = dirs
+    info = lab_info()["redis"]
+    host, port = info["nodes"][0].split(":")
+    cluster = redis.cluster.RedisCluster(host=host, port=int(port), password=info["password"], socket_timeout=10)
+    n, limit = 20000, 1024 * 1024  # about 5 MiB of backup lines for a 1 MiB limit
+    pipe = cluster.pipeline(transaction=False)
+    for i in range(n):
+        pipe.set("session:p3test-full-%06d" % i, "not json " + "x" * 200, ex=3600)
+    pipe.execute()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # inherited by the ansible-playbook it starts
+        run, report = recover(report_dir, backup_dir, env={"P3_INCIDENT_DIR": str(tmp_path / "incidents")})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        left = sum(1 for c in masters() for _k in c.scan_iter(match=b"session:p3test-full-*", count=1000))
+        for c in masters():
+            for key in c.scan_iter(match=b"session:p3test-full-*", count=1000):
+                c.unlink(key)
+        cluster.close()
+    assert 0 < left < n, left  # the purge removed some keys, then stopped at the backup's limit
+    assert run.rc != 0, run.stdout[-3000:]
+    assert report["changed"] is True and report["healthy"] is False, report
+    assert report["failed_task"].startswith("Act - purge sessions"), report["failed_task"]
+    assert "backup" in report["reason"], report["reason"]
+    assert run.changed.get("localhost", 0) >= 1, run.stdout[-1500:]

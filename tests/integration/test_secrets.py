@@ -151,6 +151,9 @@ MODULES = [
      True),
     ("fund", "wallet_fund", dict(RPC, wallet="{{ sec_wallet }}", funding_key="{{ sec_key }}",
                                  expected_chain_id="{{ sec_chain_id }}"), True, False),
+    ("lock redis", "recovery_lock", dict(NODES, resource="secrets-test", store="redis", state="query"), False, True),
+    ("lock postgres", "recovery_lock", dict(PG, resource="secrets-test", store="postgres", state="query"), False,
+     True),
     ("quick", "quick_diagnostics", dict(HTTP, dsn="{{ sec_dsn }}", redis_nodes="{{ sec_redis_nodes }}",
                                         connect_timeout="{{ sec_timeout }}"), False, True),
 ]
