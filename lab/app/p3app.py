@@ -1008,6 +1008,7 @@ class P3App:
         r.add_post("/_lab/mesh/down", self.lab_mesh_down)
         r.add_post("/_lab/anchor/pause", self.lab_anchor_pause)
         r.add_post("/_lab/anchor/resume", self.lab_anchor_resume)
+        r.add_post("/_lab/anchor/retry-failed", self.lab_anchor_retry_failed)
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.on_shutdown)
         app.on_cleanup.append(self.on_cleanup)
@@ -1180,6 +1181,14 @@ class P3App:
     async def lab_anchor_resume(self, request):
         await self.anchor.resume()
         return web.json_response({"ok": True, "paused": False})
+
+    async def lab_anchor_retry_failed(self, request):
+        """For `p3lab heal`: every failed anchor job back to wait, BullMQ's own way (Queue.retryJobs), so jobs a
+        fault failed complete (and their outbox rows with them) instead of waiting for a recovery."""
+        failed = await self.anchor.hub.call(lambda c: c.zcard(self.anchor.key("failed")))
+        if failed:
+            await self.anchor.hub.call_queue(lambda q: q.retryJobs({"state": "failed"}), timeout=15)
+        return web.json_response({"ok": True, "retried": failed})
 
 
 class _DropNoise(logging.Filter):

@@ -405,6 +405,10 @@ def waiting(lab):
     return _anchor_client(lab).llen(anchor_key("wait"))
 
 
+def failed_jobs(lab):
+    return _anchor_client(lab).zcard(anchor_key("failed"))
+
+
 def anchor_backlog(lab):
     require_app(lab)
     t0 = time.monotonic()

@@ -7,7 +7,7 @@ import time
 
 from . import anvil, pg, rediscluster, status
 from .common import ONE_ETH, LabError, http, kill, live_pid, pid_alive, read_json, wait_until, write_json
-from .faults import holder_pids, peers, waiting
+from .faults import failed_jobs, holder_pids, peers, waiting
 from .stack import Deadline, check_binaries, preflight_ports, start_infra, write_state
 
 
@@ -210,12 +210,20 @@ def heal(lab):
                 last = time.monotonic()
             time.sleep(0.2)
 
-    # 10. the anchor backlog drains
+    # 10. jobs a fault failed go back to wait (BullMQ's retryJobs, in the app) and the anchor backlog drains
+    failed = failed_jobs(lab)
+    if failed:
+        code, body = http("POST", lab.app_url + "/_lab/anchor/retry-failed", {}, timeout=20)
+        if code != 200:
+            raise LabError("POST /_lab/anchor/retry-failed answered %s %s" % (code, body))
+        actions.append("%d failed anchor jobs retried" % failed)
     w = waiting(lab)
     if w:
         if not wait_until(lambda: waiting(lab) == 0, dl.left(90), 0.5):
             raise LabError("the anchor queue did not drain: %s jobs still waiting" % waiting(lab))
         actions.append("anchor backlog of %d drained" % w)
+    if failed and not wait_until(lambda: failed_jobs(lab) == 0 and waiting(lab) == 0, dl.left(60), 0.5):
+        raise LabError("failed anchor jobs did not complete: %s still failed" % failed_jobs(lab))
 
     # 11. everything at once
     last = {}

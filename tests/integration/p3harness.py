@@ -101,6 +101,16 @@ class Run(object):
     def changed(self):
         return self._stats_event().get("changed", {})
 
+    def changed_tasks(self):
+        """(host, task, reason or msg) of every result that reported changed: what an assertion on changed says."""
+        out = []
+        for ev in self.events:
+            data = ev.get("event_data", {})
+            res = data.get("res") or {}
+            if ev.get("event", "").startswith("runner_on_") and isinstance(res, dict) and res.get("changed"):
+                out.append((data.get("host"), data.get("task"), res.get("reason") or res.get("msg")))
+        return out
+
 
 def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=None, env=None, limit=None,
                  timeout=HANG_GUARD, extravars_file=None, on_start=None):

@@ -30,7 +30,7 @@ def ran(run, role):
 def test_healthy_lab_changes_nothing(healthy_lab, report_dir):
     run = recover_all(report_dir)
     assert run.rc == 0, run.stdout[-3000:]
-    assert not any(run.changed.values()), run.changed
+    assert not any(run.changed.values()), (run.changed, run.changed_tasks())
     for role in ("database", "redis_cluster", "session_bridge", "mesh_relay", "anchor_queue"):
         assert ran(run, role), role  # every stage looked at its area
     final = sorted(glob.glob(os.path.join(report_dir, "diagnose-*.json")))
