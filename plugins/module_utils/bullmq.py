@@ -24,9 +24,9 @@ import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, close_quietly, hostport, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
-    HAS_REDIS,
     describe_redis_error,
-    node_client,
+    key_node_client,
+    key_slot,
 )
 
 STATES = ["wait", "paused", "active", "delayed", "prioritized", "waiting-children", "failed", "completed"]
@@ -95,12 +95,6 @@ return {moved, ids, {}}
 
 def now_ms():
     return int(time.time() * 1000)
-
-
-def key_slot(key):
-    """Redis Cluster hash slot of a key (CRC16 of the hash tag, or of the whole key)."""
-    from redis.crc import key_slot as _slot
-    return _slot(key.encode("utf-8") if not isinstance(key, bytes) else key)
 
 
 def validate_names(queue, prefix):
@@ -180,53 +174,20 @@ class BullQueue(object):
 
     # -- connection
     def connect(self):
-        """Find the node that serves the queue's keys (the slot's master on a cluster) and connect to it."""
-        if not HAS_REDIS:
-            raise P3Error("the redis Python library is required (pip install redis)")
-        errors = []
-        for host, port in self.settings.seeds:
-            address = hostport(host, port)
-            client = None
-            try:
-                client = node_client(self.settings, host, port)
-                info = client.info("cluster")
-                if str(info.get("cluster_enabled", 0)) != "1":
-                    self.client, self.address, self.cluster = client, address, False
-                    return self
-                self.cluster = True
-                slot = key_slot(self.key("wait"))
-                other = [s for s in ("failed", "meta", "1") if key_slot(self.key(s)) != slot]
-                if other:
-                    client.close()
-                    raise P3Error(
-                        "prefix %r is not hash-tagged: on a Redis Cluster the keys of queue %r fall in different slots "
-                        "(BullMQ needs one slot per queue, e.g. prefix '{%s}')" % (self.prefix, self.queue,
-                                                                                   self.prefix.strip("{}")))
-                owner = self._slot_owner(client, slot)
-                if owner is None:
-                    raise P3Error("slot %d of %s is not served by any master (seen from %s)" % (
-                        slot, self.display, address))
-                if owner != (host, port):
-                    client.close()
-                    client = node_client(self.settings, owner[0], owner[1])
-                    client.ping()
-                self.client, self.address = client, hostport(*owner)
-                return self
-            except P3Error:
-                raise
-            except Exception as e:  # next seed
-                errors.append("%s %s" % (address, describe_redis_error(e, self.settings)))
-                close_quietly(client)
-        raise P3Error("cannot reach the Redis of queue %s: %s" % (self.display, "; ".join(errors) or "no seed"))
-
-    @staticmethod
-    def _slot_owner(client, slot):
-        for entry in client.execute_command("CLUSTER", "SLOTS"):
-            start, end, master = entry[0], entry[1], entry[2]
-            if int(start) <= slot <= int(end):
-                host = master[0].decode() if isinstance(master[0], bytes) else master[0]
-                return (host or "127.0.0.1", int(master[1]))
-        return None
+        """Connect to the node that serves the queue's keys (the slot's master on a cluster)."""
+        try:
+            client, owner, self.cluster = key_node_client(self.settings, self.key("wait"))
+        except P3Error as e:
+            raise P3Error("queue %s: %s" % (self.display, e.msg))
+        slot = key_slot(self.key("wait"))
+        if self.cluster and any(key_slot(self.key(s)) != slot for s in ("failed", "meta", "1")):
+            close_quietly(client)
+            raise P3Error(
+                "prefix %r is not hash-tagged: on a Redis Cluster the keys of queue %r fall in different slots "
+                "(BullMQ needs one slot per queue, e.g. prefix '{%s}')" % (self.prefix, self.queue,
+                                                                           self.prefix.strip("{}")))
+        self.client, self.address = client, hostport(*owner)
+        return self
 
     def close(self):
         if self.client is not None:

@@ -32,7 +32,8 @@ import re
 import socket
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, close_quietly, hostport, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.redis_client import describe_redis_error, key_node_client
 
 KEY_PREFIX = "{p3recovery}:lock:"
 DEFAULT_TABLE = "p3_recovery_locks"
@@ -127,42 +128,63 @@ def _decode_holder(value, pttl):
 
 
 class RedisLockStore(object):
-    """Locks as keys of a Redis deployment (cluster or standalone), through a client that routes by key."""
+    """Locks as keys of a Redis deployment (cluster or standalone), on a plain connection to the node that serves
+    the locks' slot (redis_client.key_node_client); a MOVED reply (the slot moved since) is followed once."""
 
     kind = "redis"
 
-    def __init__(self, client, describe_error, where):
-        self.client = client
-        self.describe = describe_error
-        self.where = where
+    def __init__(self, settings, connect=None):
+        self.settings = settings
+        self.connect = connect or key_node_client
+        self.client = None
+        self.where = ", ".join(settings.seed_addresses)
+        self.node = None
 
     def key(self, resource):
         return KEY_PREFIX + resource
 
-    def _run(self, what, fn):
-        try:
-            return fn()
-        except P3Error:
-            raise
-        except Exception as e:
-            raise P3Error("%s on %s failed: %s" % (what, self.where, self.describe(e)))
+    def close(self):
+        close_quietly(self.client)
+        self.client = None
+
+    def _open(self, resource, moved=None):
+        self.close()
+        self.client, owner, _cluster = self.connect(self.settings, self.key(resource), moved=moved)
+        self.node = hostport(*owner)
+
+    def _run(self, what, resource, fn):
+        moved = None
+        for _attempt in range(2):
+            try:
+                if self.client is None or moved:
+                    self._open(resource, moved)
+                return fn(self.client)
+            except P3Error:
+                raise
+            except Exception as e:
+                if str(e).startswith("MOVED ") and moved is None:
+                    moved = str(e)
+                    continue
+                raise P3Error("%s on %s failed: %s" % (what, self.node or self.where,
+                                                       describe_redis_error(e, self.settings)))
+        raise P3Error("%s on %s failed: the slot moved twice (%s)" % (what, self.node or self.where, moved))
 
     def acquire(self, resource, run_id, owner, ttl):
         value = json.dumps({"run_id": run_id, "owner": owner, "since": utc_iso()}, sort_keys=True)
-        state, stored, pttl = self._run("taking %s" % self.key(resource), lambda: self.client.eval(
+        state, stored, pttl = self._run("taking %s" % self.key(resource), resource, lambda c: c.eval(
             _ACQUIRE, 1, self.key(resource), run_id, value, int(ttl * 1000)))
         holder = _decode_holder(stored, pttl)
         return dict(acquired=int(state) in (1, 2), renewed=int(state) == 2, holder=holder)
 
     def release(self, resource, run_id, force=False):
-        deleted, stored = self._run("releasing %s" % self.key(resource), lambda: self.client.eval(
+        deleted, stored = self._run("releasing %s" % self.key(resource), resource, lambda c: c.eval(
             _RELEASE, 1, self.key(resource), "" if force else run_id))
         return dict(released=bool(int(deleted)), holder=_decode_holder(stored, None) if stored else None)
 
     def read(self, resource):
-        def get():
-            return self.client.get(self.key(resource)), self.client.pttl(self.key(resource))
-        stored, pttl = self._run("reading %s" % self.key(resource), get)
+        def get(c):
+            return c.get(self.key(resource)), c.pttl(self.key(resource))
+        stored, pttl = self._run("reading %s" % self.key(resource), resource, get)
         return _decode_holder(stored, pttl) if stored else None
 
 

@@ -462,6 +462,72 @@ def cluster_client(settings, **extra):
             ", ".join(settings.seed_addresses), describe_redis_error(e, settings)))
 
 
+def key_slot(key):
+    """Redis Cluster hash slot of a key (CRC16 of its hash tag, or of the whole key)."""
+    from redis.crc import key_slot as _slot
+    return _slot(key.encode("utf-8") if not isinstance(key, bytes) else key)
+
+
+def key_node_client(settings, key, moved=None):
+    """Connect to the node that serves ``key``, with the settings' credentials and short timeouts: on a Redis
+    Cluster the master owning the key's slot (asked of the seeds in turn with CLUSTER SLOTS), on a standalone Redis
+    the first seed that answers. ``moved``: the text of a ``MOVED <slot> <host>:<port>`` reply an earlier node gave
+    for this key - connect to the node it names instead (the slot moved since it was looked up).
+
+    The one home of key routing for modules that keep a plain connection to one node (BullMQ's scripts, the run
+    locks): no cluster client that retries or follows redirects for seconds. Returns (client, (host, port),
+    cluster). Raises P3Error with one line naming the seeds (or the node) and the cause."""
+    if not HAS_REDIS:
+        raise P3Error("the redis Python library is required (pip install redis)")
+    if moved:
+        parts = str(moved).split()
+        if len(parts) < 3 or parts[0] != "MOVED":
+            raise P3Error("not a MOVED reply: %s" % one_line(moved, 80))
+        host, _sep, port = parts[2].rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        client = node_client(settings, host, port)
+        try:
+            client.ping()
+        except Exception as e:
+            close_quietly(client)
+            raise P3Error("key %s moved to %s, which cannot be reached: %s" % (
+                one_line(key, 80), hostport(host, port), describe_redis_error(e, settings)))
+        return client, (host, int(port)), True
+    slot = key_slot(key)
+    errors = []
+    for host, port in settings.seeds:
+        client = None
+        at = hostport(host, port)
+        try:
+            client = node_client(settings, host, port)
+            if str(client.info("cluster").get("cluster_enabled", 0)) != "1":
+                return client, (host, int(port)), False
+            owner = None
+            for entry in client.execute_command("CLUSTER", "SLOTS"):
+                if int(entry[0]) <= slot <= int(entry[1]):
+                    master = entry[2]
+                    owner = ((master[0].decode() if isinstance(master[0], bytes) else master[0]) or host,
+                             int(master[1]))
+                    break
+            if owner is None:
+                close_quietly(client)
+                raise P3Error("slot %d (key %s) is not served by any master (seen from %s)" % (
+                    slot, one_line(key, 80), hostport(host, port)))
+            if owner != (host, int(port)):
+                close_quietly(client)
+                at = "%s (master of slot %d, seen from %s)" % (hostport(*owner), slot, hostport(host, port))
+                client = node_client(settings, owner[0], owner[1])
+                client.ping()
+            return client, owner, True
+        except P3Error:
+            raise
+        except Exception as e:  # next seed
+            errors.append("%s %s" % (at, describe_redis_error(e, settings)))
+            close_quietly(client)
+    raise P3Error("cannot reach the Redis node serving %s via %s: %s" % (
+        one_line(key, 80), ", ".join(settings.seed_addresses), "; ".join(errors) or "no seed"))
+
+
 def describe_redis_error(exc, settings=None):
     """Cause of a redis-py exception, one line, without secrets."""
     timeout = None

@@ -34,6 +34,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error,
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     HAS_REDIS,
     describe_redis_error,
+    key_slot,
     node_client,
     parse_address,
     probe_nodes,
@@ -1133,11 +1134,6 @@ class _NoBackup(object):
 # Restore
 # ---------------------------------------------------------------------------------------------------------------
 
-def _key_slot(key):
-    from redis.crc import key_slot
-    return key_slot(key)
-
-
 def restore(settings, path, replace=False, check_mode=False, batch=500):
     """Put the keys of a backup file back, each on the master that owns its slot now: strings with
     SET key value [PXAT expire_at_ms] [NX], other types with RESTORE key expire_at_ms payload ABSTTL [REPLACE].
@@ -1152,7 +1148,7 @@ def restore(settings, path, replace=False, check_mode=False, batch=500):
     def owner(key):
         if not cluster:
             return masters[0] if masters else None
-        slot = _key_slot(key)
+        slot = key_slot(key)
         for a, b, address in owners:
             if a <= slot <= b:
                 return address

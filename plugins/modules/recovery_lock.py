@@ -174,12 +174,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.locks import (
     lock_action,
 )
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import POSTGRES_ARGUMENT_SPEC, PostgresTarget
-from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
-    RedisTarget,
-    describe_redis_error,
-    node_client,
-    redis_argument_spec,
-)
+from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 
 
 def main():
@@ -211,8 +206,7 @@ def main():
             client = PostgresTarget(module).client()
             store = PostgresLockStore(client, table=p["table"])
         else:
-            store = _redis_store(RedisTarget(module))
-            client = store.client
+            store = client = RedisLockStore(RedisTarget(module).settings)
         result = lock_action(store, p["state"], p["resource"], p["run_id"] or "", owner, ttl=p["ttl"],
                              wait=p["wait"], force=p["force"], check_mode=module.check_mode)
     except P3Error as e:
@@ -222,20 +216,6 @@ def main():
     finally:
         close_quietly(client)
     module.exit_json(**result)
-
-
-def _redis_store(target):
-    """A key-routing client: the cluster client on a cluster, the first seed's connection on a standalone Redis."""
-    settings = target.settings
-    where = ", ".join(settings.seed_addresses)
-    try:
-        client = target.cluster()
-    except P3Error as e:
-        if "cluster mode is not enabled" not in e.msg.lower() and "cluster_enabled" not in e.msg.lower():
-            raise
-        host, port = settings.seeds[0]
-        client = node_client(settings, host, port)
-    return RedisLockStore(client, lambda exc: describe_redis_error(exc, settings), where)
 
 
 if __name__ == "__main__":

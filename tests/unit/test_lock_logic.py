@@ -94,3 +94,37 @@ def test_default_owner_names_the_awx_job():
     text = locks.default_owner({"AWX_JOB_ID": "99"}, purpose="recover_redis")
     assert "@" in text and "AWX job 99" in text and text.endswith("(recover_redis)")
     assert "AWX" not in locks.default_owner({})
+
+
+def test_redis_store_follows_one_moved_and_names_the_node():
+    from ansible_collections.p3.recovery.plugins.module_utils.locks import RedisLockStore
+    from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisSettings
+
+    class Client(object):
+        def __init__(self, replies):
+            self.replies = list(replies)
+
+        def eval(self, *args):
+            r = self.replies.pop(0)
+            if isinstance(r, Exception):
+                raise r
+            return r
+
+        def close(self):
+            pass
+
+    calls = []
+    nodes = {None: Client([Exception("MOVED 1 10.0.0.2:7002")]), "MOVED 1 10.0.0.2:7002": Client([[0, None]])}
+
+    def connect(settings, key, moved=None):
+        calls.append(moved)
+        return nodes[moved], ("10.0.0.2", 7002) if moved else ("10.0.0.1", 7001), True
+    store = RedisLockStore(RedisSettings([("10.0.0.1", 7001)]), connect=connect)
+    assert store.release("redis-cluster", "run")["released"] is False
+    assert calls == [None, "MOVED 1 10.0.0.2:7002"]
+    nodes[None] = Client([Exception("MOVED 1 10.0.0.2:7002")])
+    nodes["MOVED 1 10.0.0.2:7002"] = Client([Exception("MOVED 1 10.0.0.3:7003")])
+    store = RedisLockStore(RedisSettings([("10.0.0.1", 7001)]), connect=connect)
+    with pytest.raises(P3Error) as e:
+        store.release("redis-cluster", "run")
+    assert "10.0.0.2:7002" in e.value.msg

@@ -380,3 +380,87 @@ def test_summarize_is_a_view_of_the_one_model():
     t = build_topology(recs, seeds=[addr(1)])
     assert v["down_nodes"] == t["down_nodes"] == [addr(2)] and v["failed_nodes"] == t["failed_nodes"]
     assert redis_serving(v) is False and redis_serving(rc.summarize(cluster())) is True
+
+
+# ---------------------------------------------------------------- key routing (key_node_client)
+
+class _FakeNode(object):
+    """A node as key_node_client sees it: INFO cluster, CLUSTER SLOTS, PING; dead nodes refuse to connect."""
+
+    def __init__(self, net, address):
+        self.net, self.address, self.closed = net, address, False
+        if net["nodes"].get(address) is None:
+            raise ConnectionError("Error 111 connecting to %s:%d. Connection refused." % address)
+        self.node = net["nodes"][address]
+        self.net["opened"].append(address)
+
+    def info(self, section):
+        return {"cluster_enabled": 1 if self.node.get("slots") is not None else 0}
+
+    def execute_command(self, *args):
+        assert args == ("CLUSTER", "SLOTS")
+        return self.node["slots"]
+
+    def ping(self):
+        return True
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_net(monkeypatch):
+    net = {"nodes": {}, "opened": [], "auth": []}
+
+    def node_client(settings, host, port, decode_responses=True):
+        net["auth"].append((settings.username, settings.password))
+        return _FakeNode(net, (host, int(port)))
+    monkeypatch.setattr(rc, "node_client", node_client)
+    return net
+
+
+def _slots(*ranges):
+    return [[a, b, [h.encode(), p, b"id"]] for a, b, h, p in ranges]
+
+
+def test_key_node_client_routes_to_the_slot_master(fake_net):
+    table = _slots((0, 5460, "127.0.0.1", 7001), (5461, 10922, "127.0.0.1", 7002), (10923, 16383, "127.0.0.1", 7003))
+    for port in (7001, 7002, 7003):
+        fake_net["nodes"][("127.0.0.1", port)] = {"slots": table}
+    s = rc.RedisSettings([("127.0.0.1", 7001)], username="u", password="pw")
+    slot = rc.key_slot("{p3recovery}:lock:x")
+    want = 7001 if slot <= 5460 else 7002 if slot <= 10922 else 7003
+    client, owner, cluster = rc.key_node_client(s, "{p3recovery}:lock:x")
+    assert cluster is True and owner == ("127.0.0.1", want) and client.address == owner
+    assert set(fake_net["auth"]) == {("u", "pw")}  # credentials on every connection
+
+
+def test_key_node_client_skips_dead_seeds_and_names_them(fake_net):
+    fake_net["nodes"][("127.0.0.1", 7001)] = None
+    fake_net["nodes"][("127.0.0.1", 7002)] = {"slots": _slots((0, 16383, "", 7002))}  # '' host: the seed's own
+    s = rc.RedisSettings([("127.0.0.1", 7001), ("127.0.0.1", 7002)])
+    client, owner, cluster = rc.key_node_client(s, "k")
+    assert owner == ("127.0.0.1", 7002) and cluster
+    fake_net["nodes"][("127.0.0.1", 7002)] = None
+    with pytest.raises(P3Error) as e:
+        rc.key_node_client(s, "k")
+    assert "127.0.0.1:7001" in e.value.msg and "127.0.0.1:7002" in e.value.msg and "\n" not in e.value.msg
+
+
+def test_key_node_client_uncovered_slot_and_standalone(fake_net):
+    fake_net["nodes"][("h", 1)] = {"slots": _slots((0, 10, "h", 1))}
+    s = rc.RedisSettings([("h", 1)])
+    with pytest.raises(P3Error) as e:
+        rc.key_node_client(s, "{p3recovery}:lock:x")
+    assert "not served by any master" in e.value.msg
+    fake_net["nodes"][("h", 2)] = {"slots": None}
+    client, owner, cluster = rc.key_node_client(rc.RedisSettings([("h", 2)]), "any")
+    assert (owner, cluster) == (("h", 2), False)
+
+
+def test_key_node_client_follows_moved(fake_net):
+    fake_net["nodes"][("10.0.0.9", 7009)] = {"slots": []}
+    client, owner, cluster = rc.key_node_client(rc.RedisSettings([("h", 1)]), "k", moved="MOVED 866 10.0.0.9:7009")
+    assert owner == ("10.0.0.9", 7009) and fake_net["opened"] == [("10.0.0.9", 7009)]
+    with pytest.raises(P3Error):
+        rc.key_node_client(rc.RedisSettings([("h", 1)]), "k", moved="ERR nonsense")
