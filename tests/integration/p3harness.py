@@ -6,12 +6,19 @@ run in one pytest session.
 Tests drive playbooks against the lab's real services and assert on real state read straight from them
 (`lab/p3lab status --json`, redis-py, psycopg2), not only on what the playbook printed.
 """
+import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
+
+import redis
+import yaml
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PY = sys.executable
@@ -177,3 +184,259 @@ def throwaway_redis(prefix="p3test-redis-", decode_responses=False, **kw):
         sys.path.insert(0, bench)
     from benchlib import StandaloneRedis
     return StandaloneRedis(prefix=prefix, socket_timeout=30, decode_responses=decode_responses, **kw)
+
+
+# ---------------------------------------------------------------- shared by several test modules
+
+LAB_SECRETS = list(LAB_SECRETS_HINT)
+
+
+def lab_info():
+    with open(os.path.join(LAB_DIR, "lab.json")) as f:
+        return json.load(f)
+
+
+def lab_vars():
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]
+
+
+class _LabVars(object):
+    """The lab inventory's vars, read on first use: the lab (and its inventory) is started by the session
+    fixture, after pytest has collected this module."""
+
+    _vars = None
+
+    def __getitem__(self, key):
+        if _LabVars._vars is None:
+            _LabVars._vars = lab_vars()
+        return _LabVars._vars[key]
+
+
+V = _LabVars()
+
+
+def lab_redis_clients():
+    with open(INVENTORY) as f:
+        lab_vars = yaml.safe_load(f)["all"]["vars"]
+    out = []
+    for addr in lab_vars["p3_redis_nodes"]:
+        host, port = addr.rsplit(":", 1)
+        out.append(redis.Redis(host=host, port=int(port), password=lab_vars.get("p3_redis_password"), socket_timeout=2))
+    return out
+
+
+# ---------------------------------------------------------------- the lab's Redis Cluster (recover_redis)
+
+PW = "p3redis-lab-secret"
+FAILOVER_TASK = "Act - promote the best replica of each failed master"
+
+
+def lab_nodes():
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]["p3_redis_nodes"]
+
+
+def client(addr, password=PW, timeout=2):
+    host, port = addr.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), password=password, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, decode_responses=True)
+
+
+def alive(addr, password=PW):
+    try:
+        return client(addr, password, timeout=0.5).ping()
+    except redis.RedisError:
+        return False
+
+
+def parse_nodes(text):
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        slots = set()
+        for tok in f[8:]:
+            if tok.startswith("["):
+                continue
+            a, _, b = tok.partition("-")
+            slots.update(range(int(a), int(b or a) + 1))
+        flags = f[2].split(",")
+        out[f[0]] = dict(id=f[0], addr=f[1].split("@")[0], flags=flags, myself="myself" in flags,
+                         role="master" if "master" in flags else "replica", master=f[3], ping_sent=int(f[4]),
+                         link=f[7], slots=slots)
+    return out
+
+
+def views(addrs, password=PW):
+    """{addr: {id: line}} of the nodes that answer."""
+    out = {}
+    for a in addrs:
+        if alive(a, password):
+            out[a] = parse_nodes(client(a, password).execute_command("CLUSTER", "NODES"))
+    return out
+
+
+def owner_map(view):
+    owners = {}
+    for n in view.values():
+        for s in n["slots"]:
+            owners[s] = n["addr"]
+    return owners
+
+
+def write_acked(addrs, n, prefix, password=PW, acks=1):
+    """Write n keys on their slot's master, then WAIT until a replica acknowledged them; returns {key: value}."""
+    live = [a for a in addrs if alive(a, password)]
+    owners = owner_map(views(live[:1], password)[live[0]])
+    by_master = {}
+    data = {}
+    for i in range(n):
+        k = "p3test:%s:%d" % (prefix, i)
+        data[k] = "v%d-%s" % (i, prefix)
+        by_master.setdefault(owners[key_slot(k.encode())], []).append(k)
+    for m, keys in by_master.items():
+        c = client(m, password)
+        pipe = c.pipeline(transaction=False)
+        for k in keys:
+            pipe.set(k, data[k])
+        assert all(r is True for r in pipe.execute())
+        if acks:
+            acked = c.execute_command("WAIT", acks, 1500)
+            assert acked >= acks, "no replica of %s acknowledged the writes" % m
+    return data
+
+
+def missing_keys(addrs, data, password=PW):
+    """Keys not readable with their value from the master that serves their slot now."""
+    live = [a for a in addrs if alive(a, password)]
+    owners = owner_map(views(live[:1], password)[live[0]])
+    by_master = {}
+    for k in data:
+        by_master.setdefault(owners.get(key_slot(k.encode())), []).append(k)
+    bad = []
+    for m, keys in by_master.items():
+        if m is None:
+            bad += keys
+            continue
+        pipe = client(m, password).pipeline(transaction=False)
+        for k in keys:
+            pipe.get(k)
+        got = pipe.execute(raise_on_error=False)
+        bad += [k for k, v in zip(keys, got) if v != data[k]]
+    return bad
+
+
+def recover_redis(report_dir, check=False, inventory=None, verbosity=0, **extra):
+    extravars = {"p3_report_dir": report_dir}
+    extravars.update(extra)
+    before = set(glob.glob(os.path.join(report_dir, "recover_redis-*.json")))
+    run = run_playbook("recover_redis.yml", extravars=extravars, check=check, inventory=inventory,
+                       verbosity=verbosity)
+    new = sorted(set(glob.glob(os.path.join(report_dir, "recover_redis-*.json"))) - before)
+    assert new, "no report written; output:\n%s" % run.stdout[-3000:]
+    with open(new[-1]) as f:
+        return run, json.load(f)
+
+
+# ---------------------------------------------------------------- the anchor path (chain, queue)
+
+FUNDING_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0 (lab only)
+FUNDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+PREFIX = "{bull}:anchor:"
+
+
+def rpc(method, params=None, url=None):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    req = urllib.request.Request(url or V["p3_rpc_url"], data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        answer = json.loads(r.read())
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+def balance(addr, block="latest"):
+    return int(rpc("eth_getBalance", [addr, block]), 16)
+
+
+def nonce(addr):
+    return int(rpc("eth_getTransactionCount", [addr, "latest"]), 16)
+
+
+def anchor_redis():
+    nodes = [ClusterNode(*n.split(":")) for n in V["p3_redis_nodes"]]
+    return RedisCluster(startup_nodes=nodes, password=V["p3_redis_password"], decode_responses=True,
+                        socket_timeout=5)
+
+
+def recover_anchor(report_dir, check=False, verbosity=0, **extra):
+    extravars = {"p3_report_dir": report_dir, "p3_anchor_funding_key": FUNDING_KEY}
+    extravars.update(extra)
+    run = run_playbook("recover_anchor.yml", extravars=extravars, check=check, verbosity=verbosity)
+    reports = sorted(glob.glob(os.path.join(report_dir, "recover_anchor-*.json")))
+    report = None
+    if reports:
+        with open(reports[-1]) as f:
+            report = json.load(f)
+    return run, report
+
+
+# ---------------------------------------------------------------- sessions and mesh
+
+def masters():
+    info = lab_info()["redis"]
+    out = []
+    for address in info["nodes"]:
+        host, port = address.split(":")
+        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3)
+        try:
+            if c.info("replication")["role"] == "master":
+                out.append(c)
+        except redis.ConnectionError:
+            pass
+    return out
+
+
+def snapshot():
+    """{key: (raw value, pttl, dump)} of every session:* key on every master."""
+    out = {}
+    for c in masters():
+        for key in c.scan_iter(match=b"session:*", count=1000):
+            pipe = c.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            pipe.dump(key)
+            raw, pttl, dump = pipe.execute()
+            out[key] = (raw, pttl, dump)
+    return out
+
+
+def recover_sessions(report_dir, backup_dir, check=False, verbosity=0, env=None, **extra):
+    extravars = {
+        "p3_report_dir": report_dir,
+        "p3_session_backup_dir": backup_dir,
+        "p3_handshake_session_path": "/api/protocol/session/{id}",
+        "p3_session_log_paths": [os.path.join(LAB_DIR, "logs", "*.log")],
+        "p3_session_log_pattern": "session:",
+    }
+    extravars.update(extra)
+    run = run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity, env=env)
+    reports = sorted(glob.glob(os.path.join(report_dir, "recover_sessions-*.json")))
+    report = None
+    if reports:
+        with open(reports[-1]) as f:
+            report = json.load(f)
+    return run, report
+
+
+def recover_mesh(report_dir, check=False, verbosity=0, **extra):
+    extravars = {"p3_report_dir": report_dir}
+    extravars.update(extra)
+    run = run_playbook("recover_mesh.yml", extravars=extravars, check=check, verbosity=verbosity)
+    reports = sorted(glob.glob(os.path.join(report_dir, "recover_mesh-*.json")))
+    report = None
+    if reports:
+        with open(reports[-1]) as f:
+            report = json.load(f)
+    return run, report

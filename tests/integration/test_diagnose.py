@@ -9,10 +9,9 @@ import time
 import psycopg2
 import pytest
 
-from p3harness import INVENTORY, LAB_DIR, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
+from p3harness import INVENTORY, LAB_DIR, LAB_SECRETS, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
 
 CHECKS = ["health", "database", "redis", "pulse", "metrics"]
-LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 
 
 def diagnose(report_dir, **extra):

@@ -4,19 +4,8 @@ import os
 import time
 
 import redis
-import yaml
 
-from p3harness import INVENTORY, LAB_SECRETS_HINT, lab_fault, lab_status, run_playbook
-
-
-def lab_redis_clients():
-    with open(INVENTORY) as f:
-        lab_vars = yaml.safe_load(f)["all"]["vars"]
-    out = []
-    for addr in lab_vars["p3_redis_nodes"]:
-        host, port = addr.rsplit(":", 1)
-        out.append(redis.Redis(host=host, port=int(port), password=lab_vars.get("p3_redis_password"), socket_timeout=2))
-    return out
+from p3harness import LAB_SECRETS_HINT, lab_fault, lab_redis_clients, lab_status, run_playbook
 
 
 def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):

@@ -130,7 +130,7 @@ def test_a_killed_runs_lock_expires_by_itself(lab_up, tmp_path, store):
 
 def failover_calls(addrs):
     """CLUSTER FAILOVER commands every live node has executed (INFO commandstats)."""
-    from test_recover_redis import alive, client
+    from p3harness import alive, client
     total = 0
     for a in addrs:
         if alive(a):
@@ -140,7 +140,8 @@ def failover_calls(addrs):
 
 
 def test_recover_redis_locked_by_another_run_does_nothing(healthy_lab, tmp_path, report_dir):
-    from test_recover_redis import FAILOVER_TASK, lab_nodes, missing_keys, recover, views, write_acked
+    from p3harness import FAILOVER_TASK, lab_nodes, missing_keys, views, write_acked
+    from p3harness import recover_redis as recover
     from p3harness import lab_fault
     nodes = lab_nodes()
     keys = write_acked(nodes, 200, "locked")
@@ -178,7 +179,7 @@ def test_two_concurrent_recover_redis_one_acts(healthy_lab, tmp_path):
     import subprocess
     import json as _json
     import glob
-    from test_recover_redis import client, lab_nodes, missing_keys, views, write_acked
+    from p3harness import client, lab_nodes, missing_keys, views, write_acked
     from p3harness import base_env, lab_fault
     nodes = lab_nodes()
     keys = write_acked(nodes, 300, "concurrent")
@@ -248,8 +249,10 @@ def test_unreachable_store_fails_in_one_line(tmp_path, store, args):
 @pytest.mark.parametrize("resource", ["anchor-queue", "wallet"])
 def test_recover_anchor_locked_funds_and_retries_nothing(healthy_lab, tmp_path, report_dir, resource):
     """Another run holds the queue (or the wallet): no funding transaction, no job moved."""
-    from test_recover_anchor import FUNDER, PREFIX, balance, recover, redis
-    from test_recover_anchor import nonce as chain_nonce
+    from p3harness import FUNDER, PREFIX, balance
+    from p3harness import anchor_redis as redis
+    from p3harness import nonce as chain_nonce
+    from p3harness import recover_anchor as recover
     from p3harness import lab_fault
     wallet = lab_vars()["p3_anchor_wallet"]
     name = resource if resource == "anchor-queue" else "wallet-" + wallet.lower()

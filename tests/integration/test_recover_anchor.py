@@ -4,68 +4,20 @@ Every assertion reads the services themselves: BullMQ sets and job hashes (redis
 anchor_receipts (psycopg2), balances, nonces, transactions and receipts (JSON-RPC to anvil).
 """
 import glob
-import json
 import os
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 
 import psycopg2
-import yaml
-from redis.cluster import ClusterNode, RedisCluster
 
-from p3harness import INVENTORY, LAB_DIR, lab, lab_fault, run_playbook
+from p3harness import FUNDER, FUNDING_KEY, LAB_DIR, PREFIX, V, balance, lab, lab_fault, nonce, rpc
+from p3harness import anchor_redis as redis
+from p3harness import recover_anchor as recover
 
-FUNDING_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0 (lab only)
-FUNDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 ANCHOR_KEY = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # the app's PRIVATE_KEY (lab only)
 TARGET_WEI = 5 * 10 ** 17
-PREFIX = "{bull}:anchor:"
-
-
-def lab_vars():
-    with open(INVENTORY) as f:
-        return yaml.safe_load(f)["all"]["vars"]
-
-
-class _LabVars(object):
-    """The lab inventory's vars, read on first use: the lab (and its inventory) is started by the session
-    fixture, after pytest has collected this module."""
-
-    _vars = None
-
-    def __getitem__(self, key):
-        if _LabVars._vars is None:
-            _LabVars._vars = lab_vars()
-        return _LabVars._vars[key]
-
-
-V = _LabVars()
-
-
-def rpc(method, params=None, url=None):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
-    req = urllib.request.Request(url or V["p3_rpc_url"], data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        answer = json.loads(r.read())
-    assert "error" not in answer, answer
-    return answer["result"]
-
-
-def balance(addr, block="latest"):
-    return int(rpc("eth_getBalance", [addr, block]), 16)
-
-
-def nonce(addr):
-    return int(rpc("eth_getTransactionCount", [addr, "latest"]), 16)
-
-
-def redis():
-    nodes = [ClusterNode(*n.split(":")) for n in V["p3_redis_nodes"]]
-    return RedisCluster(startup_nodes=nodes, password=V["p3_redis_password"], decode_responses=True,
-                        socket_timeout=5)
 
 
 def db_rows(sql, args=None):
@@ -76,18 +28,6 @@ def db_rows(sql, args=None):
             return cur.fetchall()
     finally:
         conn.close()
-
-
-def recover(report_dir, check=False, verbosity=0, **extra):
-    extravars = {"p3_report_dir": report_dir, "p3_anchor_funding_key": FUNDING_KEY}
-    extravars.update(extra)
-    run = run_playbook("recover_anchor.yml", extravars=extravars, check=check, verbosity=verbosity)
-    reports = sorted(glob.glob(os.path.join(report_dir, "recover_anchor-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
 
 
 def total_changed(run):

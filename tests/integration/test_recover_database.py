@@ -16,11 +16,10 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from p3harness import LAB_DIR, lab_fault, lab_status, run_playbook
+from p3harness import LAB_DIR, LAB_SECRETS, lab_fault, lab_status, run_playbook
 
 LEAK_APP = "p3-lab-leak"
 PROTECTED_APP = "p3-nightly-report"
-LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 MIN_AGE = 1  # the fault's backends are seconds old; the runbook's 5 minutes is the role's default
 
 

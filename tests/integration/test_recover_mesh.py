@@ -15,15 +15,10 @@ import psutil
 import pytest
 import redis
 
-from p3harness import LAB_DIR, lab_fault, lab_status, run_playbook
+from p3harness import LAB_SECRETS, lab_fault, lab_info, lab_status, run_playbook
+from p3harness import recover_mesh as recover
 
-LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 MIN_PEERS = 10  # the runbook's alert mesh_peer_count_low
-
-
-def lab_info():
-    with open(os.path.join(LAB_DIR, "lab.json")) as f:
-        return json.load(f)
 
 
 def node_clients(**kw):
@@ -51,18 +46,6 @@ def app_connections():
     port = lab_info()["app"]["port"]
     return sum(1 for c in psutil.net_connections(kind="tcp")
                if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED")
-
-
-def recover(report_dir, check=False, verbosity=0, **extra):
-    extravars = {"p3_report_dir": report_dir}
-    extravars.update(extra)
-    run = run_playbook("recover_mesh.yml", extravars=extravars, check=check, verbosity=verbosity)
-    reports = sorted(glob.glob(os.path.join(report_dir, "recover_mesh-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
 
 
 def control_subscribers():

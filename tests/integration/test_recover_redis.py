@@ -5,8 +5,6 @@ Every test writes keys before the fault and waits for replica acknowledgement (W
 straight from the nodes (CLUSTER NODES of every live node, CLUSTER INFO, GET of every key) and on the reference
 tool, `redis-cli --cluster check` (judged by its output: it exits 0 on errors).
 """
-import glob
-import json
 import os
 import shutil
 import signal
@@ -20,117 +18,21 @@ import yaml
 
 from redis.crc import key_slot
 
-from p3harness import INVENTORY, lab, lab_fault, lab_status, run_playbook
+from p3harness import (FAILOVER_TASK, INVENTORY, PW, alive, client, lab, lab_fault, lab_nodes, lab_status,
+                       missing_keys, owner_map, views, write_acked)
+from p3harness import recover_redis as recover
 
-PW = "p3redis-lab-secret"
-FAILOVER_TASK = "Act - promote the best replica of each failed master"
 SLOTS_TASK = "Act - repair slot coverage and open slots"
 REJOIN_TASK = "Act - former masters rejoin as replicas"
-
-
-def lab_nodes():
-    with open(INVENTORY) as f:
-        return yaml.safe_load(f)["all"]["vars"]["p3_redis_nodes"]
-
-
-def client(addr, password=PW, timeout=2):
-    host, port = addr.rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), password=password, socket_timeout=timeout,
-                       socket_connect_timeout=timeout, decode_responses=True)
-
-
-def alive(addr, password=PW):
-    try:
-        return client(addr, password, timeout=0.5).ping()
-    except redis.RedisError:
-        return False
-
-
-def parse_nodes(text):
-    out = {}
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        slots = set()
-        for tok in f[8:]:
-            if tok.startswith("["):
-                continue
-            a, _, b = tok.partition("-")
-            slots.update(range(int(a), int(b or a) + 1))
-        flags = f[2].split(",")
-        out[f[0]] = dict(id=f[0], addr=f[1].split("@")[0], flags=flags, myself="myself" in flags,
-                         role="master" if "master" in flags else "replica", master=f[3], ping_sent=int(f[4]),
-                         link=f[7], slots=slots)
-    return out
-
-
-def views(addrs, password=PW):
-    """{addr: {id: line}} of the nodes that answer."""
-    out = {}
-    for a in addrs:
-        if alive(a, password):
-            out[a] = parse_nodes(client(a, password).execute_command("CLUSTER", "NODES"))
-    return out
 
 
 def roles(view):
     return dict((i, (n["role"], n["master"], frozenset(n["slots"]))) for i, n in view.items())
 
 
-def owner_map(view):
-    owners = {}
-    for n in view.values():
-        for s in n["slots"]:
-            owners[s] = n["addr"]
-    return owners
-
-
 def states(addrs, password=PW):
     return dict((a, client(a, password).execute_command("CLUSTER", "INFO").split("cluster_state:")[1].split()[0])
                 for a in addrs if alive(a, password))
-
-
-def write_acked(addrs, n, prefix, password=PW, acks=1):
-    """Write n keys on their slot's master, then WAIT until a replica acknowledged them; returns {key: value}."""
-    live = [a for a in addrs if alive(a, password)]
-    owners = owner_map(views(live[:1], password)[live[0]])
-    by_master = {}
-    data = {}
-    for i in range(n):
-        k = "p3test:%s:%d" % (prefix, i)
-        data[k] = "v%d-%s" % (i, prefix)
-        by_master.setdefault(owners[key_slot(k.encode())], []).append(k)
-    for m, keys in by_master.items():
-        c = client(m, password)
-        pipe = c.pipeline(transaction=False)
-        for k in keys:
-            pipe.set(k, data[k])
-        assert all(r is True for r in pipe.execute())
-        if acks:
-            acked = c.execute_command("WAIT", acks, 1500)
-            assert acked >= acks, "no replica of %s acknowledged the writes" % m
-    return data
-
-
-def missing_keys(addrs, data, password=PW):
-    """Keys not readable with their value from the master that serves their slot now."""
-    live = [a for a in addrs if alive(a, password)]
-    owners = owner_map(views(live[:1], password)[live[0]])
-    by_master = {}
-    for k in data:
-        by_master.setdefault(owners.get(key_slot(k.encode())), []).append(k)
-    bad = []
-    for m, keys in by_master.items():
-        if m is None:
-            bad += keys
-            continue
-        pipe = client(m, password).pipeline(transaction=False)
-        for k in keys:
-            pipe.get(k)
-        got = pipe.execute(raise_on_error=False)
-        bad += [k for k, v in zip(keys, got) if v != data[k]]
-    return bad
 
 
 def missing_keys_standalone(addr, n):
@@ -147,18 +49,6 @@ def cluster_check(addr, password=PW):
     assert "[OK] All 16384 slots covered" in out, out
     assert "[ERR]" not in out and "[WARNING]" not in out, out
     return out
-
-
-def recover(report_dir, check=False, inventory=None, verbosity=0, **extra):
-    extravars = {"p3_report_dir": report_dir}
-    extravars.update(extra)
-    before = set(glob.glob(os.path.join(report_dir, "recover_redis-*.json")))
-    run = run_playbook("recover_redis.yml", extravars=extravars, check=check, inventory=inventory,
-                       verbosity=verbosity)
-    new = sorted(set(glob.glob(os.path.join(report_dir, "recover_redis-*.json"))) - before)
-    assert new, "no report written; output:\n%s" % run.stdout[-3000:]
-    with open(new[-1]) as f:
-        return run, json.load(f)
 
 
 def changed_count(run):

@@ -17,62 +17,11 @@ import pytest
 import redis
 import redis.cluster
 
-from p3harness import (BIN, HANG_GUARD, INVENTORY, LAB_DIR, ROOT, base_env, ensure_collection_importable, lab_fault,
-                       lab_status, run_playbook)
+from p3harness import (BIN, HANG_GUARD, INVENTORY, LAB_DIR, LAB_SECRETS, ROOT, base_env, ensure_collection_importable,
+                       lab_fault, lab_info, lab_status, masters, run_playbook, snapshot)
+from p3harness import recover_sessions as recover
 
-LAB_SECRETS = ["p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw"]
 PROBE_DEVICE = "p3-recovery-probe"
-
-
-def lab_info():
-    with open(os.path.join(LAB_DIR, "lab.json")) as f:
-        return json.load(f)
-
-
-def masters():
-    info = lab_info()["redis"]
-    out = []
-    for address in info["nodes"]:
-        host, port = address.split(":")
-        c = redis.Redis(host=host, port=int(port), password=info["password"], socket_timeout=3)
-        try:
-            if c.info("replication")["role"] == "master":
-                out.append(c)
-        except redis.ConnectionError:
-            pass
-    return out
-
-
-def snapshot():
-    """{key: (raw value, pttl, dump)} of every session:* key on every master."""
-    out = {}
-    for c in masters():
-        for key in c.scan_iter(match=b"session:*", count=1000):
-            pipe = c.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.pttl(key)
-            pipe.dump(key)
-            raw, pttl, dump = pipe.execute()
-            out[key] = (raw, pttl, dump)
-    return out
-
-
-def recover(report_dir, backup_dir, check=False, verbosity=0, env=None, **extra):
-    extravars = {
-        "p3_report_dir": report_dir,
-        "p3_session_backup_dir": backup_dir,
-        "p3_handshake_session_path": "/api/protocol/session/{id}",
-        "p3_session_log_paths": [os.path.join(LAB_DIR, "logs", "*.log")],
-        "p3_session_log_pattern": "session:",
-    }
-    extravars.update(extra)
-    run = run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity, env=env)
-    reports = sorted(glob.glob(os.path.join(report_dir, "recover_sessions-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
 
 
 def restore(tmp_path, path, check=False):
