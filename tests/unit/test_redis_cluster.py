@@ -399,17 +399,30 @@ class _Settings(object):
     socket_timeout = 1.0
 
 
-def test_read_topology_waits_for_the_clusters_verdict(monkeypatch):
-    """confirm_timeout: a busy master is read again until the cluster flags it fail (then it is a candidate)."""
-    readings = [records(down="a", pings={"a": NOW - 2000}), records(down="a", pings={"a": NOW - 9000}),
-                records(down="a", flags={"a": ["fail"]})]
-    calls = []
+@pytest.fixture
+def readings(monkeypatch):
+    """A fake read_records that answers the records put in the returned list, one per call (the last one again
+    once the list is used up), with no wait between reads; the calls are counted in readings.calls."""
+
+    class Readings(list):
+        pass
+
+    seq = Readings()
+    seq.calls = []
 
     def fake(settings, deadline=None):
-        calls.append(1)
-        return readings[min(len(calls), len(readings)) - 1]
+        seq.calls.append(1)
+        return seq[min(len(seq.calls), len(seq)) - 1]
     monkeypatch.setattr(cl, "read_records", fake)
     monkeypatch.setattr(cl, "CONFIRM_POLL", 0.0)
+    return seq
+
+
+def test_read_topology_waits_for_the_clusters_verdict(readings):
+    """confirm_timeout: a busy master is read again until the cluster flags it fail (then it is a candidate)."""
+    readings[:] = [records(down="a", pings={"a": NOW - 2000}), records(down="a", pings={"a": NOW - 9000}),
+                   records(down="a", flags={"a": ["fail"]})]
+    calls = readings.calls
     t = cl.read_topology(_Settings(), confirm_timeout=30)
     assert len(calls) == 3 and t["down_nodes"] == [ADDR["a"]] and t["next_actions"] == ["failover"]
     calls[:] = []
@@ -417,15 +430,9 @@ def test_read_topology_waits_for_the_clusters_verdict(monkeypatch):
     assert len(calls) == 1 and t["busy_nodes"] == [ADDR["a"]] and t["next_actions"] == []
 
 
-def test_read_topology_stops_waiting_when_the_master_answers(monkeypatch):
-    readings = [records(down="a", pings={"a": NOW - 2000}), records()]
-    calls = []
-
-    def fake(settings, deadline=None):
-        calls.append(1)
-        return readings[min(len(calls), len(readings)) - 1]
-    monkeypatch.setattr(cl, "read_records", fake)
-    monkeypatch.setattr(cl, "CONFIRM_POLL", 0.0)
+def test_read_topology_stops_waiting_when_the_master_answers(readings):
+    readings[:] = [records(down="a", pings={"a": NOW - 2000}), records()]
+    calls = readings.calls
     t = cl.read_topology(_Settings(), confirm_timeout=30)
     assert len(calls) == 2 and t["healthy"] and t["confirm_waited"] >= 0
 
