@@ -251,8 +251,10 @@ def problems(lab, st):
         p.append("mesh: peers=%s (want %d)" % (st["mesh"]["peers"], lab.peers))
     if st["db"]["leaked"]:
         p.append("db: %d leaked connections" % st["db"]["leaked"])
-    if st["anchor"]["waiting"] is None or st["anchor"]["waiting"] >= BACKLOG_PROBLEM:
-        p.append("anchor: waiting=%s" % st["anchor"]["waiting"])
+    # as the anchor playbook judges the queue: any failed job is a problem, and so is a backlog (or an unreadable queue)
+    a = st["anchor"]
+    if a["waiting"] is None or a["failed"] is None or a["failed"] > 0 or a["waiting"] >= BACKLOG_PROBLEM:
+        p.append("anchor: failed=%s waiting=%s" % (a["failed"], a["waiting"]))
     bal = st["wallet"]["balance_wei"]
     if bal is None or bal < ONE_ETH // 10:
         p.append("wallet: balance_wei=%s" % bal)

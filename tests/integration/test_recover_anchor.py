@@ -12,7 +12,7 @@ import time
 
 import psycopg2
 
-from p3harness import FUNDER, FUNDING_KEY, LAB_DIR, PREFIX, V, balance, lab, lab_fault, nonce, rpc
+from p3harness import FUNDER, FUNDING_KEY, LAB_DIR, PREFIX, V, balance, lab, lab_fault, lab_status, nonce, rpc
 from p3harness import anchor_redis as redis
 from p3harness import recover_anchor as recover
 
@@ -330,3 +330,21 @@ def test_outbox_reconcile_stale_rows_and_gated_dead_letters(healthy_lab, report_
     finally:
         _outbox_exec("DELETE FROM anchor_outbox WHERE app_id = %s", (tag,))
     assert _outbox_rows(tag) == {}
+
+
+def test_lab_status_is_unhealthy_while_anchor_jobs_are_failed(healthy_lab):
+    """The lab's status judges the anchor queue as the anchor playbook does: a failed job is unhealthy (named with
+    its count), even once the wallet has its funds back; heal retries them and the lab is healthy again."""
+    fault = lab_fault("wallet-empty")
+    wallet = V["p3_anchor_wallet"]
+    rpc("anvil_setBalance", [wallet, hex(10 ** 19)])  # the wallet is fine again; its jobs stay failed
+    failed = redis().zcard(PREFIX + "failed")
+    assert failed >= len(fault["jobs"]) > 0 and balance(wallet) > 10 ** 18
+    st = lab_status()
+    assert st["anchor"]["failed"] == failed
+    assert st["healthy"] is False and "anchor: failed=%d" % failed in "; ".join(st["problems"]), st["problems"]
+    assert not any(p.startswith("wallet") for p in st["problems"]), st["problems"]
+    lab("heal", timeout=240)
+    st = lab_status()
+    assert redis().zcard(PREFIX + "failed") == 0 and st["anchor"]["failed"] == 0
+    assert st["healthy"] is True, st["problems"]
