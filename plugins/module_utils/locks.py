@@ -103,6 +103,19 @@ end
 return {0, v, redis.call('PTTL', KEYS[1])}
 """
 
+# KEYS[1] lock key; ARGV: run id, ttl ms. Compare-and-set: extends the TTL only while the key holds this run's id.
+# Returns {1, value, pttl} renewed, {0, value|false, pttl} not ours (another run's, or gone: expired or released).
+_RENEW = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {0, false, -2} end
+local ok, cur = pcall(cjson.decode, v)
+if ok and type(cur) == 'table' and cur['run_id'] == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, v, tonumber(ARGV[2])}
+end
+return {0, v, redis.call('PTTL', KEYS[1])}
+"""
+
 # KEYS[1] lock key; ARGV[1] run id ('' = whoever holds it). Returns {1, value} deleted, {0, value|false} not ours.
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
@@ -176,6 +189,11 @@ class RedisLockStore(object):
         holder = _decode_holder(stored, pttl)
         return dict(acquired=int(state) in (1, 2), renewed=int(state) == 2, holder=holder)
 
+    def renew(self, resource, run_id, ttl):
+        state, stored, pttl = self._run("renewing %s" % self.key(resource), resource, lambda c: c.eval(
+            _RENEW, 1, self.key(resource), run_id, int(ttl * 1000)))
+        return dict(renewed=bool(int(state)), holder=_decode_holder(stored, pttl) if stored else None)
+
     def release(self, resource, run_id, force=False):
         deleted, stored = self._run("releasing %s" % self.key(resource), resource, lambda c: c.eval(
             _RELEASE, 1, self.key(resource), "" if force else run_id))
@@ -240,6 +258,17 @@ class PostgresLockStore(object):
             return self.acquire(resource, run_id, owner, ttl)
         return dict(acquired=False, renewed=False, holder=holder)
 
+    def renew(self, resource, run_id, ttl):
+        """Compare-and-set by the database's clock: only a row that is this run's and not yet expired is extended."""
+        self.ensure_table()
+        rows = self._q("UPDATE @T SET expires_at = now() + make_interval(secs => %s)"
+                       " WHERE resource = %s AND run_id = %s AND expires_at > now()"
+                       " RETURNING owner, run_id, since, extract(epoch FROM expires_at - now()) AS expires_in",
+                       (float(ttl), resource, run_id))
+        if rows:
+            return dict(renewed=True, holder=self._holder(rows[0]))
+        return dict(renewed=False, holder=self.read(resource))
+
     def release(self, resource, run_id, force=False):
         self.ensure_table()
         if force:
@@ -267,11 +296,33 @@ class PostgresLockStore(object):
 
 def lock_action(store, state, resource, run_id, owner, ttl=900, wait=0.0, force=False, check_mode=False,
                 sleep=time.sleep, clock=time.monotonic, poll=1.0):
-    """Take, release or read the lock of resource. Returns the module result (changed, acquired, locked_out,
-    released, holder, reason, store, where). Raises P3Error when the store cannot be used."""
+    """Take, renew, release or read the lock of resource. Returns the module result (changed, acquired, locked_out,
+    renewed, lost, released, holder, reason, store, where). Raises P3Error when the store cannot be used.
+
+    state renewed: compare-and-set - the expiry is pushed ttl seconds out only while this run (run_id) still holds the
+    lock; otherwise nothing is written and lost is true (another run holds it, or it expired or was released)."""
     resource = check_resource(resource)
     out = dict(changed=False, resource=resource, store=store.kind, where=store.where, run_id=run_id, owner=owner,
-               acquired=False, renewed=False, locked_out=False, released=False, holder=None)
+               acquired=False, renewed=False, locked_out=False, lost=False, released=False, holder=None)
+    if state == "renewed":
+        if check_mode:  # check mode takes no lock: there is nothing of this run's to renew; report the holder
+            holder = store.read(resource)
+            out["holder"] = holder
+            theirs = holder is not None and holder.get("run_id") != run_id
+            out["locked_out"] = theirs
+            out["reason"] = holder_text(resource, holder) if theirs else (
+                "check mode: the lock of %s is not renewed" % resource)
+            return out
+        res = store.renew(resource, run_id, ttl)
+        out.update(renewed=res["renewed"], acquired=res["renewed"], holder=res["holder"], lost=not res["renewed"])
+        if res["renewed"]:
+            out["reason"] = "renewed the lock of %s for %ss (%s)" % (resource, num_text(ttl), store.where)
+        elif res["holder"]:
+            out["locked_out"] = True
+            out["reason"] = "lost the lock of %s: %s" % (resource, holder_text(resource, res["holder"]))
+        else:
+            out["reason"] = "lost the lock of %s: it expired or was released (nobody holds it now)" % resource
+        return out
     if state == "query" or (check_mode and state == "acquired"):
         holder = store.read(resource)
         out["holder"] = holder

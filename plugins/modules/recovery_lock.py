@@ -25,6 +25,10 @@ description:
     already holds it. When another run holds it, the module does not fail - it returns RV(locked_out=true) and
     RV(reason) C(<resource> is already being recovered by <who> since <when>), after waiting up to O(wait) seconds
     for it to be released.
+  - O(state=renewed) pushes the expiry O(ttl) seconds out only while this run (O(run_id)) still holds the lock
+    (compare-and-set, in one Lua script on Redis, one C(UPDATE ... WHERE run_id AND not expired) on PostgreSQL). A
+    lock that expired, was released or is held by another run is not touched and the module fails with one line
+    (RV(lost)) - the run must not go on to its next destructive step. Check mode renews nothing and never fails.
   - O(state=released) deletes the lock only while it is this run's (or any holder's with O(force)).
   - O(state=query) reads the holder.
   - In check mode nothing is taken or released; the holder is read and a lock held by another run is reported
@@ -49,9 +53,10 @@ options:
     type: str
     required: true
   state:
-    description: C(acquired) (take or renew), C(released), or C(query) (read only).
+    description: C(acquired) (take or renew), C(renewed) (extend only while this run holds it), C(released), or
+      C(query) (read only).
     type: str
-    choices: [acquired, released, query]
+    choices: [acquired, renewed, released, query]
     default: acquired
   store:
     description: Where the lock lives.
@@ -61,7 +66,7 @@ options:
   run_id:
     description:
       - Identifies the run that holds the lock (the roles create one random id per playbook run). Required for
-        O(state=acquired) and O(state=released) (unless O(force)).
+        O(state=acquired), O(state=renewed) and O(state=released) (unless O(force)).
     type: str
   owner:
     description:
@@ -105,6 +110,13 @@ EXAMPLES = r"""
   ansible.builtin.meta: end_host
   when: lock.locked_out
 
+- name: Before the next destructive step - still ours? (fails in one line when the lock was lost)
+  p3.recovery.recovery_lock:
+    resource: redis-cluster
+    store: postgres
+    state: renewed
+    run_id: "{{ p3_lock_run_id }}"
+
 - name: Break a stale lock by hand
   p3.recovery.recovery_lock:
     resource: redis-cluster
@@ -124,6 +136,11 @@ acquired:
   type: bool
 renewed:
   description: This run already held the lock; its expiry was pushed out.
+  returned: always
+  type: bool
+lost:
+  description: With O(state=renewed), this run no longer holds the lock (another run holds it, or it expired or was
+    released); nothing was written and the module failed.
   returned: always
   type: bool
 locked_out:
@@ -180,7 +197,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.redis_client import Re
 def main():
     argument_spec = redis_argument_spec(
         resource=dict(type="str", required=True),
-        state=dict(type="str", choices=["acquired", "released", "query"], default="acquired"),
+        state=dict(type="str", choices=["acquired", "renewed", "released", "query"], default="acquired"),
         store=dict(type="str", choices=["redis", "postgres"], required=True),
         run_id=dict(type="str"),
         owner=dict(type="str"),
@@ -197,8 +214,8 @@ def main():
         module.fail_json(msg="ttl must be > 0 seconds, got %s" % p["ttl"])
     if p["wait"] < 0:
         module.fail_json(msg="wait must be >= 0 seconds, got %s" % p["wait"])
-    if not p["run_id"] and (p["state"] == "acquired" or (p["state"] == "released" and not p["force"])):
-        module.fail_json(msg="run_id is required to take or release a lock (force=true releases any holder)")
+    if not p["run_id"] and (p["state"] in ("acquired", "renewed") or (p["state"] == "released" and not p["force"])):
+        module.fail_json(msg="run_id is required to take, renew or release a lock (force=true releases any holder)")
     owner = p["owner"] or default_owner(purpose=p["purpose"])
     client = None
     try:
@@ -215,6 +232,10 @@ def main():
                    resource=p["resource"], store=p["store"])
     finally:
         close_quietly(client)
+    if result["lost"]:
+        # the run must not take its next destructive step without its lock
+        module.fail_json(msg="recovery lock of %s (store %s): %s" % (p["resource"], p["store"], result["reason"]),
+                         **result)
     module.exit_json(**result)
 
 

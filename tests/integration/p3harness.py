@@ -174,7 +174,6 @@ def ensure_collection_importable():
         sys.path.insert(0, base)
 
 
-
 def throwaway_redis(prefix="p3test-redis-", decode_responses=False, **kw):
     """A standalone redis-server without persistence on a free loopback port in a temporary dir, for tests that
     need a Redis of their own (not the lab's cluster): bench/benchlib.StandaloneRedis (.port, .client, stop());
@@ -326,6 +325,17 @@ def missing_keys(addrs, data, password=PW):
         got = pipe.execute(raise_on_error=False)
         bad += [k for k, v in zip(keys, got) if v != data[k]]
     return bad
+
+
+def failover_calls(addrs):
+    """CLUSTER FAILOVER commands every live node has executed (INFO commandstats); Redis's own failover after a
+    master's fail flag sends none."""
+    total = 0
+    for a in addrs:
+        if alive(a):
+            stats = client(a).info("commandstats")
+            total += stats.get("cmdstat_cluster|failover", {}).get("calls", 0)
+    return total
 
 
 def recover_redis(report_dir, check=False, inventory=None, verbosity=0, **extra):

@@ -12,15 +12,9 @@ import pytest
 import yaml
 from redis.cluster import ClusterNode, RedisCluster
 
-from p3harness import INVENTORY, ROOT, run_playbook
+from p3harness import INVENTORY, PW, ROOT, failover_calls, lab_vars, run_playbook
 
 TASK = "Lock"
-PW = "p3redis-lab-secret"
-
-
-def lab_vars():
-    with open(INVENTORY) as f:
-        return yaml.safe_load(f)["all"]["vars"]
 
 
 def rc():
@@ -45,7 +39,7 @@ def pg_row(resource):
         return cur.fetchone()
 
 
-def lock(tmp_path, store, resource, check=False, **args):
+def lock(tmp_path, store, resource, check=False, rc=0, **args):
     v = lab_vars()
     task = dict(resource=resource, store=store)
     if store == "redis":
@@ -59,7 +53,7 @@ def lock(tmp_path, store, resource, check=False, **args):
     path = tmp_path / ("lock-%d.yml" % time.monotonic_ns())
     path.write_text(yaml.safe_dump(play))
     run = run_playbook(str(path), check=check, env={"AWX_JOB_ID": "4242"})
-    assert run.rc == 0, run.stdout[-3000:]
+    assert (run.rc == 0) == (rc == 0), run.stdout[-3000:]
     return run.result(TASK)
 
 
@@ -126,18 +120,40 @@ def test_a_killed_runs_lock_expires_by_itself(lab_up, tmp_path, store):
     lock(tmp_path, store, res_name, state="released", run_id="next-run")
 
 
+def ttl_in_store(store, resource):
+    """Seconds the stored lock has left (None when there is none)."""
+    if store == "redis":
+        pttl = rc().pttl("{p3recovery}:lock:" + resource)
+        return pttl / 1000.0 if pttl >= 0 else None
+    with pg() as conn, conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM expires_at - now()) FROM p3_recovery_locks"
+                    " WHERE resource = %s AND expires_at > now()", (resource,))
+        row = cur.fetchone()
+        return float(row[0]) if row else None
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_renew_extends_only_while_the_token_matches(lab_up, tmp_path, store):
+    res_name = "p3test-renew-%s-%d" % (store, time.monotonic_ns())
+    assert lock(tmp_path, store, res_name, run_id="run-a", ttl=30)["acquired"] is True
+    # another run's token: the module fails in one line and the lock keeps its TTL and holder
+    b = lock(tmp_path, store, res_name, rc=2, state="renewed", run_id="run-b", ttl=600)
+    assert b["lost"] is True and b["renewed"] is False
+    assert b["msg"].startswith("recovery lock of %s (store %s): lost the lock of %s: %s is already being recovered"
+                               % (res_name, store, res_name, res_name)) and "\n" not in b["msg"], b["msg"]
+    assert "run-a" in str(holder_in_store(store, res_name)[0]) and ttl_in_store(store, res_name) <= 30
+    # the holder's token: extended, not a change
+    a = lock(tmp_path, store, res_name, state="renewed", run_id="run-a", ttl=600)
+    assert a["renewed"] is True and a["lost"] is False and a["changed"] is False
+    assert 500 < ttl_in_store(store, res_name) <= 600
+    # released (or expired): nothing to renew, the run stops; nothing is written back
+    lock(tmp_path, store, res_name, state="released", run_id="run-a")
+    gone = lock(tmp_path, store, res_name, rc=2, state="renewed", run_id="run-a", ttl=600)
+    assert gone["lost"] is True and "expired or was released" in gone["msg"]
+    assert ttl_in_store(store, res_name) is None
+
+
 # ---------------------------------------------------------------- recover_redis.yml with the lock
-
-def failover_calls(addrs):
-    """CLUSTER FAILOVER commands every live node has executed (INFO commandstats)."""
-    from p3harness import alive, client
-    total = 0
-    for a in addrs:
-        if alive(a):
-            stats = client(a).info("commandstats")
-            total += stats.get("cmdstat_cluster|failover", {}).get("calls", 0)
-    return total
-
 
 def test_recover_redis_locked_by_another_run_does_nothing(healthy_lab, tmp_path, report_dir):
     from p3harness import FAILOVER_TASK, lab_nodes, missing_keys, views, write_acked
@@ -273,3 +289,99 @@ def test_recover_anchor_locked_funds_and_retries_nothing(healthy_lab, tmp_path, 
         lock(tmp_path, "postgres", name, state="released", run_id="operator-2")
     # the locked-out run released nothing of the other run's and left no lock of its own
     assert pg_row("anchor-queue") is None and pg_row("wallet-" + wallet.lower()) is None
+
+
+# ---------------------------------------------------------------- the lock covers the restart and the verification
+
+def _held_until_flag_playbook(tmp_path, reached, flag):
+    """recover_database.yml with its restart play replaced by a pause: play 1 diagnoses and acts (the role, verify
+    deferred), play 2 says it got there and waits for a flag file (an app restart that takes its time), play 3 is
+    the role's verification."""
+    interp = {"ansible_python_interpreter": os.path.join(ROOT, ".venv", "bin", "python")}
+    book = [
+        {"name": "run A - diagnose, decide, act", "hosts": "localhost", "gather_facts": False, "vars": interp,
+         "roles": [{"role": "p3.recovery.database", "vars": {"p3_db_defer_verify": True}}]},
+        {"name": "run A - the restart play (a slow one)", "hosts": "localhost", "gather_facts": False, "vars": interp,
+         "tasks": [{"name": "got here", "ansible.builtin.copy": {"dest": reached, "content": "x"}},
+                   {"name": "restarting", "ansible.builtin.wait_for": {"path": flag, "timeout": 240}}]},
+        {"name": "run A - verify and report", "hosts": "localhost", "gather_facts": False, "vars": interp,
+         "tasks": [{"name": "verify", "ansible.builtin.import_role": {"name": "p3.recovery.database",
+                                                                       "tasks_from": "verify"}}]},
+    ]
+    path = tmp_path / "run-a.yml"
+    path.write_text(yaml.safe_dump(book))
+    return str(path)
+
+
+def test_a_second_run_is_refused_while_the_first_restarts_and_verifies(healthy_lab, tmp_path):
+    import glob
+    import json as _json
+    import subprocess
+    from p3harness import base_env
+    reached, flag = str(tmp_path / "reached"), str(tmp_path / "flag")
+    dirs = [str(tmp_path / "run-a"), str(tmp_path / "run-b")]
+    first = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "ansible-playbook"), "-i", INVENTORY,
+                              _held_until_flag_playbook(tmp_path, reached, flag), "-e", "p3_report_dir=" + dirs[0]],
+                             cwd=ROOT, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(reached) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.path.exists(reached), first.communicate(timeout=60)[0][-3000:]
+        held = pg_row("database")
+        assert held and held[2] is True, held  # still held by the first run while it restarts
+        run = run_playbook("recover_database.yml", extravars={"p3_report_dir": dirs[1]})
+        assert run.rc == 0, run.stdout[-3000:]
+        files = glob.glob(os.path.join(dirs[1], "recover_database-*.json"))
+        assert len(files) == 1, files
+        with open(files[0]) as f:
+            second = _json.load(f)
+        assert second["locked_out"] is True and second["changed"] is False, second
+        assert second["reason"].startswith("database is already being recovered by %s" % held[1]), second["reason"]
+        assert pg_row("database")[0] == held[0]  # the second run left the first run's lock alone
+    finally:
+        open(flag, "w").close()
+        out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out[-3000:]
+    files = glob.glob(os.path.join(dirs[0], "recover_database-*.json"))
+    assert len(files) == 1 and "PLAY [run A - verify and report]" in out, out[-3000:]
+    assert pg_row("database") is None  # released after the verification
+
+
+def test_a_lost_lock_stops_the_run_before_its_next_destructive_step(healthy_lab, tmp_path, report_dir):
+    """The sessions lock is taken by another run while this one diagnoses (as after an expiry): the renew before
+    the purge fails in one line, nothing is purged, the other run's lock stays."""
+    import threading
+    from p3harness import lab_fault, snapshot
+    from p3harness import recover_sessions as recover
+    corrupt = set(("session:" + i).encode() for i in lab_fault("sessions-corrupt")["ids"])
+    assert corrupt <= set(snapshot())
+    stolen = {}
+    stop = threading.Event()
+
+    def steal():
+        while not stop.is_set():
+            row = pg_row("sessions")
+            if row and row[0] != "thief-run":
+                with pg() as conn, conn.cursor() as cur:
+                    cur.execute("UPDATE p3_recovery_locks SET run_id = 'thief-run', owner = 'thief@ctl', since = now(),"
+                                " expires_at = now() + interval '300 seconds' WHERE resource = 'sessions'")
+                stolen["from"] = row[0]
+                return
+            time.sleep(0.01)
+    thief = threading.Thread(target=steal, daemon=True)
+    thief.start()
+    try:
+        run, report = recover(report_dir, str(tmp_path / "backups"))
+        stop.set()
+        thief.join(5)
+        assert stolen.get("from"), "the run never took the sessions lock"
+        assert run.rc != 0, run.stdout[-3000:]
+        assert "lost the lock of sessions: sessions is already being recovered by thief@ctl" in report["reason"], \
+            report["reason"]
+        assert run.results("Act - purge sessions (SCAN per master, bounded pages, backup of every removed key)") == []
+        assert corrupt <= set(snapshot())  # nothing purged
+        assert pg_row("sessions")[0] == "thief-run"  # the other run's lock is not released by this one
+    finally:
+        stop.set()
+        lock(tmp_path, "postgres", "sessions", state="released", force=True)

@@ -23,6 +23,13 @@ class MemStore(object):
             return dict(acquired=True, renewed=renewed, holder=dict(self.rows[resource]))
         return dict(acquired=False, renewed=False, holder=dict(cur))
 
+    def renew(self, resource, run_id, ttl):
+        cur = self.rows.get(resource)
+        if cur and cur["run_id"] == run_id:
+            cur["expires_in"] = ttl
+            return dict(renewed=True, holder=dict(cur))
+        return dict(renewed=False, holder=dict(cur) if cur else None)
+
     def release(self, resource, run_id, force=False):
         cur = self.rows.get(resource)
         if cur and (force or cur["run_id"] == run_id):
@@ -128,3 +135,22 @@ def test_redis_store_follows_one_moved_and_names_the_node():
     with pytest.raises(P3Error) as e:
         store.release("redis-cluster", "run")
     assert "10.0.0.2:7002" in e.value.msg
+
+
+def test_renew_extends_only_the_holders_lock():
+    s = MemStore()
+    locks.lock_action(s, "acquired", "db", "a", "alice", ttl=60)
+    mine = locks.lock_action(s, "renewed", "db", "a", "alice", ttl=900)
+    assert mine["renewed"] and not mine["lost"] and not mine["changed"] and s.rows["db"]["expires_in"] == 900
+    theirs = locks.lock_action(s, "renewed", "db", "b", "bob", ttl=5000)
+    assert theirs["lost"] and not theirs["renewed"] and s.rows["db"]["expires_in"] == 900
+    assert theirs["reason"].startswith("lost the lock of db: db is already being recovered by alice")
+    s.rows.clear()  # expired
+    gone = locks.lock_action(s, "renewed", "db", "a", "alice", ttl=60)
+    assert gone["lost"] and "expired or was released" in gone["reason"] and "db" not in s.rows
+
+
+def test_renew_in_check_mode_writes_nothing_and_never_loses():
+    s = MemStore()
+    out = locks.lock_action(s, "renewed", "db", "a", "alice", ttl=60, check_mode=True)
+    assert not out["lost"] and not out["changed"] and s.rows == {}
