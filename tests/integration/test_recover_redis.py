@@ -18,8 +18,8 @@ import yaml
 
 from redis.crc import key_slot
 
-from p3harness import (FAILOVER_TASK, INVENTORY, PW, alive, client, lab, lab_fault, lab_nodes, lab_status,
-                       missing_keys, owner_map, views, write_acked)
+from p3harness import (FAILOVER_TASK, INVENTORY, PW, alive, client, failover_calls, lab, lab_fault, lab_nodes,
+                       lab_status, missing_keys, owner_map, views, write_acked)
 from p3harness import recover_redis as recover
 
 SLOTS_TASK = "Act - repair slot coverage and open slots"
@@ -152,6 +152,45 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     assert run.rc == 0 and changed_count(run) == 0
     assert report["fully_healthy"] is True, report["reason"]
     assert missing_keys(nodes, keys) == []
+
+
+def test_redis_own_failover_wins_and_the_run_claims_nothing(healthy_lab, report_dir):
+    """A master dies while recover_redis.yml waits for the cluster's verdict, and its replica CAN fail over by itself
+    (no cluster-replica-no-failover): Redis promotes it (about a second after the fail flag, while the run goes from
+    its diagnosis to its failover step). The run sends no CLUSTER FAILOVER, reports any promotion it sees as by redis
+    and does not count it as its change.
+
+    Measured on the lab: Redis's promotion lands before the failover module's own topology read (about 2 s of Ansible
+    between the diagnosis and that read), so the module plans nothing and reports nothing about it; its by=redis
+    re-check right before FORCE (unit-tested) covers the narrower window between its read and its FORCE."""
+    nodes = lab_nodes()
+    for addr in nodes:
+        assert client(addr).config_get("cluster-replica-no-failover")["cluster-replica-no-failover"] == "no"
+    keys = write_acked(nodes, 300, "redis-wins")
+    did = lab_fault("redis-master-down")
+    dead, dead_id = did["node"], did["node_id"]
+    live = [a for a in nodes if a != dead]
+    replica = [n for n in views(live)[live[0]].values() if n["master"] == dead_id][0]
+    calls = failover_calls(live)
+
+    run, report = recover(report_dir, p3_redis_confirm_timeout=60)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["before"]["down_nodes"] == [dead], report["before"]  # it waited for, and got, the cluster's verdict
+    # real state: the replica is the master of the dead master's slots on every live node, every slot is served
+    dead_slots = set()
+    for a, b in did["slots"]:
+        dead_slots.update(range(a, b + 1))
+    for a, v in views(live).items():
+        assert v[replica["id"]]["role"] == "master" and v[replica["id"]]["slots"] == dead_slots, a
+        assert len(owner_map(v)) == 16384, a
+    assert_serving(nodes, keys)
+    assert failover_calls(live) == calls  # no CLUSTER FAILOVER was sent by anyone: Redis promoted it itself
+    # what the run says: nothing of ours - a promotion it saw is by redis, the run's change count does not claim it
+    res = run.result(FAILOVER_TASK)
+    assert res["changed"] is False and all(f["by"] == "redis" for f in res.get("failovers") or ()), res
+    assert [e["action"] for e in report["timeline"]] in ([], ["observed failover", "converged"]), report["timeline"]
+    assert "cluster failover force" not in [e["action"] for e in report["timeline"]]
+    assert report["changed"] is False and changed_count(run) == 0, run.changed_tasks()
 
 
 def test_uncovered_slots_go_back_to_the_master_holding_their_keys(healthy_lab, report_dir):
