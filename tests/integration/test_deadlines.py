@@ -9,6 +9,7 @@ plus a generous margin for ansible-playbook itself), not a wall-clock assertion.
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -290,3 +291,166 @@ def test_process_env_rolls_back_when_reread_fails(lab_up, tmp_path):
     assert conf.read_text() == original
     assert "rollback-secret-1" not in run.stdout and "reread" in msg
     assert not [p for p in os.listdir(str(tmp_path)) if p.endswith(".p3tmp")]
+
+
+# ------------------------------------------------------------------------------------------ Redis: total deadline
+
+REDIS_DEADLINE = 3  # redis_deadline of every Redis module below; each operation's own timeouts are 1 s
+
+
+def redis_tasks(seeds, backup_dir, backup_file):
+    """One task per Redis module, every one against the same (frozen / silent) node."""
+    conn = dict(redis_nodes=seeds, redis_socket_timeout=1, redis_connect_timeout=1, redis_deadline=REDIS_DEADLINE)
+    mods = [
+        ("redis_probe", dict(fail_on_unhealthy=True)),
+        ("redis_cluster_topology", dict(fail_on_unhealthy=True)),
+        ("redis_cluster_failover", dict()),
+        ("redis_cluster_slots", dict()),
+        ("redis_cluster_node", dict(state="replica")),
+        ("session_census", dict(fail_on_unhealthy=True)),
+        ("session_purge", dict(backup_dir=backup_dir)),
+        ("session_restore", dict(path=backup_file, replace=True)),
+        ("bullmq_probe", dict(queue="anchor", prefix="{bull}", fail_on_unhealthy=True)),
+        ("bullmq_retry", dict(queue="anchor", prefix="{bull}")),
+        ("mesh_publish", dict(subscriber_wait=0)),
+        ("mesh_pubsub_probe", dict(fail_on_unhealthy=True)),
+        ("recovery_lock", dict(store="redis", resource="p3test-deadline", state="acquired", run_id="t1")),
+    ]
+    return [dict(name=m, ignore_errors=True, **{"p3.recovery." + m: dict(conn, **args)}) for m, args in mods]
+
+
+def assert_redis_failures(run, tasks, address):
+    for task in tasks:
+        name = task["name"]
+        msg = one_line_failure(run, name)
+        assert address in msg, (name, msg)
+        assert "timed out" in msg or "deadline of %ss exceeded" % REDIS_DEADLINE in msg, (name, msg)
+
+
+def test_frozen_redis_node_costs_at_most_the_deadline(tmp_path):
+    """A SIGSTOPped redis-server (a one-node cluster holding corrupt sessions and a backup to restore): every Redis
+    module fails in one line naming the node and the cause; its wall time is bounded by redis_deadline (the
+    run's guard is the sum of the deadlines plus ansible-playbook's own time)."""
+    from p3harness import throwaway_redis
+    srv = throwaway_redis(cluster=True)
+    stopped = False
+    try:
+        for i in range(50):
+            srv.client.set("session:corrupt-%d" % i, "not json", ex=3600)
+        backup_dir = str(tmp_path / "backups")
+        seeds = ["127.0.0.1:%d" % srv.port]
+        # a real backup file for session_restore, made while the node answers
+        make = [dict(name="backup", **{"p3.recovery.session_purge": dict(
+            redis_nodes=seeds, backup_dir=backup_dir, redis_deadline=30)})]
+        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=GUARD))
+        res = run.result("backup")
+        assert not run.failed("backup") and res["removed"] == 50, res
+        backup_file = res["backup"]["path"]
+        for i in range(50):
+            srv.client.set("session:corrupt-%d" % i, "not json", ex=3600)
+        tasks = redis_tasks(seeds, backup_dir, backup_file)
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        stopped = True
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        assert_redis_failures(run, tasks, "127.0.0.1:%d" % srv.port)
+    finally:
+        if stopped:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+def test_silent_redis_peer_costs_at_most_the_deadline(tmp_path):
+    """A socket that accepts and never answers, as every Redis module's only node."""
+    server = Server(SILENT_PORT, "silent")
+    try:
+        backup = tmp_path / "backup.jsonl"
+        backup.write_text("")
+        tasks = redis_tasks(["127.0.0.1:%d" % SILENT_PORT], str(tmp_path / "backups"), str(backup))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        assert_redis_failures(run, [t for t in tasks if t["name"] != "session_restore"], "127.0.0.1:%d" % SILENT_PORT)
+    finally:
+        server.close()
+
+
+class SlowProxy(object):
+    """A TCP proxy in front of a Redis that delays every reply by delay seconds (each reply still comes well within
+    the socket timeout): the old per-operation timeouts never trip, so only a total deadline bounds the call."""
+
+    def __init__(self, port, delay):
+        self.port, self.delay = port, delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, dummy = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self.pipe, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(upstream, client, self.delay), daemon=True).start()
+
+    def pipe(self, src, dst, delay):
+        try:
+            while not self.stop.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
+    """Every reply 0.4 s late (socket timeout 1 s): a census / purge of 40 keys one key per page took one delay per
+    page, unbounded (16+ s). With redis_deadline=2 each fails in one line naming the node and the deadline; the purge
+    removed only keys whose backup line is durable, reports changed and what it removed."""
+    from p3harness import throwaway_redis
+    srv = throwaway_redis(decode_responses=True)
+    proxy = SlowProxy(srv.port, 0.4)
+    try:
+        keys = ["session:corrupt-%d" % i for i in range(40)]
+        for k in keys:
+            srv.client.set(k, "not json", ex=3600)
+        conn = dict(redis_url="redis://%s" % proxy.address, redis_socket_timeout=1, redis_connect_timeout=1,
+                    redis_deadline=2, scan_count=1)
+        tasks = [
+            dict(name="census", ignore_errors=True, **{"p3.recovery.session_census": dict(conn, fail_on_unhealthy=True)}),
+            dict(name="purge", ignore_errors=True, **{"p3.recovery.session_purge": dict(
+                conn, backup_dir=str(tmp_path / "backups"))}),
+        ]
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 2 * 2))
+        for task in ("census", "purge"):
+            msg = one_line_failure(run, task)
+            assert proxy.address in msg and "deadline of 2s exceeded" in msg, (task, msg)
+        res = run.result("purge")
+        left = set(k for k in keys if srv.client.exists(k))
+        gone = set(keys) - left
+        assert res["removed"] + res["unresolved"] >= len(gone) >= res["removed"], res
+        assert res["changed"] is (res["removed"] > 0), res
+        backed_up = set()
+        if gone:
+            with open(res["backup"]["path"]) as f:
+                for line in f:
+                    backed_up.update(re.findall(r"session:corrupt-[0-9]+", line))
+        assert gone <= backed_up, gone - backed_up  # nothing removed without its durable backup line
+    finally:
+        proxy.close()
+        srv.stop()
