@@ -60,3 +60,96 @@ def test_backtracking_pattern_stops_at_the_deadline(tmp_path):
         app_log_scan.scan_file(str(log), regex, 1 << 20, 5, time.monotonic() + 0.5)
     assert time.monotonic() - t0 < 10  # hang guard: hours with the stdlib re
     assert str(e.value).endswith("line 2")
+
+
+# ------------------------------------------------------------------------------------------ the Deadline object
+
+from ansible_collections.p3.recovery.plugins.module_utils import common  # noqa: E402
+from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc  # noqa: E402
+
+
+class Clock(object):
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_deadline_arithmetic():
+    clock = Clock()
+    d = common.Deadline(5, "redis_deadline", clock=clock)
+    assert d.remaining() == 5 and not d.expired
+    assert d.bound(2) == 2 and d.bound(None) == 5
+    clock.now += 4
+    assert d.bound(2) == pytest.approx(1.0)  # min(per-operation timeout, time left)
+    assert d.cut(clock.now + 30) == pytest.approx(105.0) and d.cut(clock.now + 0.5) == pytest.approx(104.5)
+    d.check("h:1")
+    clock.now += 1
+    assert d.expired and d.remaining() == 0 and d.bound(2) == 0
+    with pytest.raises(common.DeadlineExceeded) as e:
+        d.check("10.0.0.1:7001")
+    assert str(e.value) == "10.0.0.1:7001 deadline of 5s exceeded (redis_deadline)"
+
+
+def test_no_deadline_keeps_each_timeout():
+    d = common.Deadline(None)
+    assert d.remaining() is None and not d.expired
+    assert d.bound(2) == 2 and d.cut(7.0) == 7.0
+    d.check("anything")
+
+
+def test_redis_deadline_default_leaves_room_for_the_modules_waits():
+    assert rc.deadline_seconds(dict(redis_deadline=4)) == 4
+    assert rc.deadline_seconds(dict()) == rc.DEFAULT_DEADLINE
+    assert rc.deadline_seconds(dict(wait_timeout=30, confirm_timeout=5)) == rc.DEFAULT_DEADLINE + 35
+    with pytest.raises(common.P3Error):
+        rc.deadline_seconds(dict(redis_deadline=0))
+    s = rc.resolve_redis_settings(dict(redis_url="redis://127.0.0.1:1", redis_deadline=3))
+    assert s.deadline.seconds == 3 and s.deadline.name == "redis_deadline"
+
+
+@pytest.fixture
+def silent():
+    """Accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    conns = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1]
+    stop.set()
+    srv.close()
+    for c in conns:
+        c.close()
+
+
+def test_many_redis_operations_on_a_silent_node_cost_the_deadline(silent):
+    """Ten operations, each with its own 0.5 s timeout, against a node that never answers: once the 1.2 s deadline
+    has passed, no operation starts (the old code paid 0.5 s per operation, 5 s here)."""
+    s = rc.resolve_redis_settings(dict(redis_url="redis://127.0.0.1:%d" % silent, redis_socket_timeout=0.5,
+                                       redis_connect_timeout=0.5, redis_deadline=1.2))
+    client = rc.node_client(s, "127.0.0.1", silent)
+    errors = []
+    t0 = time.monotonic()
+    for dummy in range(10):
+        try:
+            client.ping()
+        except Exception as e:  # pylint: disable=broad-except
+            errors.append(e)
+    took = time.monotonic() - t0
+    assert took < 3.5  # hang guard, not a timing claim (old code: 5 s)
+    assert len(errors) == 10
+    cut = [e for e in errors if isinstance(e, common.DeadlineExceeded)]
+    assert cut, errors
+    assert rc.describe_redis_error(cut[-1], s) == "127.0.0.1:%d deadline of 1.2s exceeded (redis_deadline)" % silent
+    client.close()
