@@ -153,3 +153,71 @@ def test_many_redis_operations_on_a_silent_node_cost_the_deadline(silent):
     assert cut, errors
     assert rc.describe_redis_error(cut[-1], s) == "127.0.0.1:%d deadline of 1.2s exceeded (redis_deadline)" % silent
     client.close()
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL host names
+
+from ansible_collections.p3.recovery.plugins.module_utils import postgres_client as pc  # noqa: E402
+
+
+def test_pg_name_resolution_is_bounded_by_the_connect_timeout():
+    """A resolver that blocks (a dead DNS server): libpq would wait for it with no bound; the client stops at the
+    deadline and names the host."""
+    release = threading.Event()
+
+    def blocking(*args, **kwargs):
+        release.wait(30)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    client = pc.PostgresClient(dict(host="db.example.internal", port="5432", user="u", dbname="d"), timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(common.P3Error) as e:
+        pc.resolve_hosts(client.conninfo, time.monotonic() + 0.5, resolver=blocking, target=client.target)
+    release.set()
+    assert time.monotonic() - t0 < 5  # hang guard
+    assert e.value.msg == ("cannot connect to db.example.internal:5432: name resolution of db.example.internal "
+                           "timed out after 0.5s")
+
+
+def test_pg_hosts_resolved_to_hostaddr_keeping_host():
+    def resolver(name, port, family, kind):
+        table = {"db1": ["::1", "127.0.0.1", "127.0.0.1"], "db2": ["10.0.0.2"]}
+        return [(None, kind, 6, "", (a, port)) for a in table[name]]
+
+    one = pc.resolve_hosts(dict(host="db1", port="6432", sslmode="verify-full"), time.monotonic() + 5, resolver)
+    assert one == dict(host="db1,db1", hostaddr="::1,127.0.0.1", port="6432", sslmode="verify-full")
+    two = pc.resolve_hosts(dict(host="db1,/run/pg,db2", port="1,2,3"), time.monotonic() + 5, resolver)
+    assert two["host"] == "db1,db1,/run/pg,db2"
+    assert two["hostaddr"] == "::1,127.0.0.1,,10.0.0.2" and two["port"] == "1,1,2,3"
+    # a socket directory alone, or a hostaddr given by the operator: unchanged
+    assert pc.resolve_hosts(dict(host="/run/pg"), time.monotonic() + 5, resolver) == dict(host="/run/pg")
+    given = dict(host="db1", hostaddr="10.9.9.9")
+    assert pc.resolve_hosts(given, time.monotonic() + 5, resolver) == given
+
+
+def test_pg_unknown_host_fails_naming_it():
+    def resolver(*args):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    with pytest.raises(common.P3Error) as e:
+        pc.resolve_hosts(dict(host="nohost.invalid", port="5432"), time.monotonic() + 5, resolver)
+    assert e.value.msg == "cannot connect to nohost.invalid:5432: name resolution failed (Name or service not known)"
+
+
+def test_http_name_resolution_is_inside_the_deadline(monkeypatch):
+    """urllib resolves the host before any socket timeout applies: a resolver that blocks is cut at the total
+    deadline (the exchange runs in a thread abandoned there)."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def blocking(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            release.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", blocking)
+    t0 = time.monotonic()
+    r = hc.request("http://slow-dns.example:8080/health", timeout=0.5)
+    release.set()
+    assert time.monotonic() - t0 < 5  # hang guard
+    assert r["status"] is None and r["error"] == "timed out after 0.5s", r
