@@ -473,3 +473,33 @@ def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
     finally:
         proxy.close()
         srv.stop()
+
+
+def test_frozen_lab_replica_ends_the_topology_wait_at_the_deadline(lab_up, tmp_path):
+    """A frozen replica of the lab cluster: redis_cluster_topology waiting for a healthy cluster (wait_timeout 60)
+    stops at redis_deadline and its verdict names the node and the deadline; the cluster is fine after SIGCONT."""
+    import redis as redis_py
+    v = lab_vars()
+    replica, pid = None, None
+    for name, svc in lab_status()["services"].items():
+        if name.startswith("redis") and svc["up"]:
+            c = redis_py.Redis(port=svc["port"], password=v["p3_redis_password"], socket_timeout=5)
+            try:
+                if c.info("replication")["role"] == "slave":
+                    replica, pid = "127.0.0.1:%d" % svc["port"], svc["pid"]
+                    break
+            finally:
+                c.close()
+    assert replica, "no replica in the lab"
+    tasks = [dict(name="topology", ignore_errors=True, **{"p3.recovery.redis_cluster_topology": dict(
+        redis_nodes=v["p3_redis_nodes"], redis_password=v["p3_redis_password"], redis_socket_timeout=1,
+        redis_connect_timeout=1, redis_deadline=4, wait_for="healthy", wait_timeout=60)})]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    res = run.result("topology")
+    assert res["healthy"] is False and not run.failed("topology"), res
+    assert replica in res["reason"] and "deadline of 4s exceeded" in res["reason"], res["reason"]
+    assert "\n" not in res["reason"] and "p3redis-lab-secret" not in run.stdout
