@@ -72,9 +72,9 @@ options:
         connect, send and read waits at most min(its own timeout, the time left); once the time is up no operation
         starts and the module fails (probes report it in their verdict) with one line naming the node and
         C(deadline of Ns exceeded).
-      - The module's own waits (O(wait_timeout), O(confirm_timeout), O(subscriber_wait), O(wait), where it has them)
+      - The module's own waits (C(wait_timeout), C(confirm_timeout), C(subscriber_wait), C(wait), where it has them)
         are inside it and end with it.
-      - Destructive modules stay safe when it hits: M(p3.recovery.session_purge) removes no key without its durable
+      - Destructive modules stay safe when it hits. M(p3.recovery.session_purge) removes no key without its durable
         backup line and reports a compare-and-delete call it could not resolve in time as C(unresolved); the cluster
         modules report the timeline of what they did; C(changed) is true when anything changed.
       - When not set, 300 seconds plus the module's own waits named above (so a default O(wait_timeout) is never
