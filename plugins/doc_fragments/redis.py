@@ -77,7 +77,7 @@ options:
       - Destructive modules stay safe when it hits. M(p3.recovery.session_purge) removes no key without its durable
         backup line and reports a compare-and-delete call it could not resolve in time as C(unresolved); the cluster
         modules report the timeline of what they did; C(changed) is true when anything changed.
-      - When not set, 300 seconds plus the module's own waits named above (so a default O(wait_timeout) is never
+      - When not set, 300 seconds plus the module's own waits named above (so a default C(wait_timeout) is never
         cut). Raise it for very large purges, restores or slot migrations.
     type: float
 requirements:
