@@ -42,7 +42,10 @@ options:
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
   connect_timeout:
     description:
-      - Seconds allowed for connecting (TCP, TLS and authentication), and for each query.
+      - Seconds allowed for connecting (name resolution, TCP, TLS and authentication), and for each query.
+      - Host names are resolved by the module within this time and passed to libpq as C(hostaddr), with C(host)
+        kept for TLS verification and C(.pgpass) (libpq resolves names before its own timeout starts, with no
+        bound); a name with several addresses is tried address by address, as libpq would.
       - Enforced by the module itself, so a server that accepts connections but never answers costs this long; a
         query that runs out of time is cancelled without waiting for the server (a frozen postmaster included).
     type: float

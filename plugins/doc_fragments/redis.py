@@ -54,20 +54,37 @@ options:
     default: true
   redis_socket_timeout:
     description:
-      - Seconds to wait for each reply of a node before it is reported as not answering.
-      - A frozen node (for example a stopped process whose port still accepts connections) costs this long.
+      - Seconds to wait for each reply of a node before it is reported as not answering (per operation).
+      - Never longer than what is left of O(redis_deadline).
     type: float
     default: 2.0
   redis_connect_timeout:
     description:
-      - Seconds to wait for the TCP (and TLS) connection to each node.
+      - Seconds to wait for the TCP (and TLS) connection to each node (per connection).
+      - Never longer than what is left of O(redis_deadline).
     type: float
     default: 2.0
+  redis_deadline:
+    description:
+      - Total deadline, in seconds, of everything the module does with Redis in one call, whatever the nodes do
+        (frozen, accepting and never answering, answering every reply just within O(redis_socket_timeout)).
+      - O(redis_socket_timeout) and O(redis_connect_timeout) bound each operation; this bounds their sum. Each
+        connect, send and read waits at most min(its own timeout, the time left); once the time is up no operation
+        starts and the module fails (probes report it in their verdict) with one line naming the node and
+        C(deadline of Ns exceeded).
+      - The module's own waits (C(wait_timeout), C(confirm_timeout), C(subscriber_wait), C(wait), where it has them)
+        are inside it and end with it.
+      - Destructive modules stay safe when it hits. M(p3.recovery.session_purge) removes no key without its durable
+        backup line and reports a compare-and-delete call it could not resolve in time as C(unresolved); the cluster
+        modules report the timeline of what they did; C(changed) is true when anything changed.
+      - When not set, 300 seconds plus the module's own waits named above (so a default C(wait_timeout) is never
+        cut). Raise it for very large purges, restores or slot migrations.
+    type: float
 requirements:
   - redis (Python library, redis-py 5 or later)
 notes:
-  - Each node is contacted with its own connection and no retries, so the time a probe takes is bounded by
-    the timeouts above, whatever the state of the nodes.
+  - Each node is contacted with its own connection and no retries; every connection of a call carries the call's
+    O(redis_deadline), so the time a module takes is bounded by it whatever the state of the nodes.
   - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
     argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core
     itself prints at C(-vvvv); use Ansible Vault, C(-e @file), the environment variable fallbacks or AWX

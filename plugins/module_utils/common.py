@@ -422,6 +422,62 @@ def target_error(target, exc, timeout=None, secrets=()):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Total deadline
+# ---------------------------------------------------------------------------------------------------------------
+
+class DeadlineExceeded(P3Error):
+    """An operation refused (or cut) because the total deadline of the call has passed. Not an OSError and not a
+    library error, so no client library retries it: it ends the call."""
+
+
+class Deadline(object):
+    """A total deadline over many operations: each operation gets min(its own timeout, the time left), and none
+    starts once the time is up. seconds=None means no total bound (each operation keeps its own timeout).
+    name is the option that set it, for the failure message."""
+
+    def __init__(self, seconds, name="deadline", clock=time.monotonic):
+        self.seconds = None if seconds is None else float(seconds)
+        self.name = name
+        self.clock = clock
+        self.end = None if self.seconds is None else clock() + self.seconds
+
+    def remaining(self):
+        """Seconds left (never negative), or None without a bound."""
+        if self.end is None:
+            return None
+        return max(0.0, self.end - self.clock())
+
+    @property
+    def expired(self):
+        return self.end is not None and self.clock() >= self.end
+
+    def bound(self, timeout):
+        """min(timeout, time left); timeout None means no per-operation bound."""
+        left = self.remaining()
+        if left is None:
+            return timeout
+        if timeout is None:
+            return left
+        return min(float(timeout), left)
+
+    def cut(self, end):
+        """The earlier of a monotonic end time (a wait loop's own deadline) and this deadline's end."""
+        if self.end is None:
+            return end
+        if end is None:
+            return self.end
+        return min(end, self.end)
+
+    def message(self, target):
+        return "%s deadline of %ss exceeded (%s)" % (target, num_text(self.seconds), self.name)
+
+    def check(self, target):
+        """Raise DeadlineExceeded naming target when the time is up."""
+        if self.expired:
+            raise DeadlineExceeded(self.message(target), target=target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Probe result
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ __metaclass__ = type
 
 import traceback
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, close_quietly, one_line, run_parallel
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    DeadlineExceeded, P3Error, close_quietly, one_line, run_parallel)
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     describe_redis_error,
     node_client,
@@ -71,12 +72,16 @@ def cluster_nodes(settings):
 def pubsub_census(settings, pattern="mesh:*", channels=()):
     """Pub/sub state of every node, asked in parallel (each bounded by the client timeouts)."""
     reachable, unreachable, verdict = cluster_nodes(settings)
-    deadline = settings.connect_timeout + 3 * settings.socket_timeout + 1.0
+    deadline = settings.deadline.bound(settings.connect_timeout + 3 * settings.socket_timeout + 1.0)
 
     def call(address):
         return lambda: node_pubsub(settings, address, pattern, list(channels))
 
     results, errors, dummy = run_parallel(dict((a, call(a)) for a in reachable), deadline, "pubsub")
+    unanswered = [a for a in reachable if a not in results] + list(unreachable)
+    if unanswered and settings.deadline.expired:
+        # a census cut by the call's total deadline is no verdict: say so rather than "nobody listens"
+        raise DeadlineExceeded(settings.deadline.message(", ".join(unanswered)))
     nodes = []
     for address in reachable:
         error = describe_redis_error(errors[address], settings) if address in errors else (

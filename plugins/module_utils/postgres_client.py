@@ -15,6 +15,7 @@ import math
 import os
 import re
 import select
+import socket
 import time
 import traceback
 
@@ -28,6 +29,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     one_line,
     redact_text,
     register_secrets,
+    run_parallel,
     text_secrets,
 )
 
@@ -188,6 +190,64 @@ class PgTimeout(Exception):
     pass
 
 
+def _is_socket_dir(host):
+    return not host or host.startswith("/") or host.startswith("@") or (len(host) > 1 and host[1] == ":")
+
+
+def resolve_hosts(conninfo, deadline, resolver=None, target=None):
+    """conninfo with every host name resolved before libpq sees it, within the deadline (libpq resolves names
+    itself before its asynchronous connect starts, with no bound): each name is looked up in a daemon thread that
+    is abandoned at the deadline. A name with several addresses becomes one host entry per address (host kept, for
+    TLS verification and .pgpass; hostaddr the address), so libpq still tries each in turn. Raises P3Error naming
+    the host. Unix socket directories and a conninfo that already has hostaddr pass unchanged."""
+    resolver = resolver or socket.getaddrinfo
+    host = conninfo.get("host")
+    if not host or conninfo.get("hostaddr"):
+        return conninfo
+    hosts = str(host).split(",")
+    ports = str(conninfo.get("port") or "").split(",")
+    if len(ports) not in (1, len(hosts)):
+        return conninfo  # libpq reports the mismatch itself
+    target = target or describe_target(conninfo)
+
+    def lookup(name, port):
+        def call():
+            infos = resolver(name, int(port) if port else 5432, 0, socket.SOCK_STREAM)
+            out = []
+            for info in infos:
+                if info[4][0] not in out:
+                    out.append(info[4][0])
+            return out
+        return call
+
+    calls = dict((i, lookup(h, ports[i] if len(ports) > 1 else ports[0]))
+                 for i, h in enumerate(hosts) if not _is_socket_dir(h))
+    if not calls:
+        return conninfo
+    left = max(0.0, deadline - time.monotonic())
+    results, errors, late = run_parallel(calls, deadline=left, name="pg-dns")
+    for i in sorted(calls):
+        if i in late:
+            raise P3Error("cannot connect to %s: name resolution of %s timed out after %ss" % (
+                target, hosts[i], num_text(round(left, 3))), target=target)
+        if i in errors:
+            raise P3Error("cannot connect to %s: %s" % (target, describe_error(errors[i])), target=target)
+        if not results.get(i):
+            raise P3Error("cannot connect to %s: name resolution of %s returned no address" % (target, hosts[i]),
+                          target=target)
+    out_hosts, out_addrs, out_ports = [], [], []
+    for i, h in enumerate(hosts):
+        port = ports[i] if len(ports) > 1 else ports[0]
+        for addr in results.get(i) or [""]:
+            out_hosts.append(h)
+            out_addrs.append(addr)
+            out_ports.append(port)
+    resolved = dict(conninfo, host=",".join(out_hosts), hostaddr=",".join(out_addrs))
+    if len(ports) > 1:
+        resolved["port"] = ",".join(out_ports)
+    return resolved
+
+
 def _wait(conn, deadline):
     """Drive an asynchronous psycopg2 connection until it is ready, or raise PgTimeout at the deadline."""
     while True:
@@ -231,8 +291,9 @@ class PostgresClient(object):
             raise P3Error("the psycopg2 Python library is required (pip install psycopg2-binary)")
         deadline = time.monotonic() + self.timeout
         conn = None
+        conninfo = resolve_hosts(self.conninfo, deadline, target=self.target)
         try:
-            conn = psycopg2.connect(async_=True, **self.conninfo)
+            conn = psycopg2.connect(async_=True, **conninfo)
             _wait(conn, deadline)
         except PgTimeout:
             self._close(conn)

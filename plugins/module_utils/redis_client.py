@@ -20,6 +20,8 @@ import traceback
 from urllib.parse import unquote, urlsplit
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    Deadline,
+    DeadlineExceeded,
     P3Error,
     close_quietly,
     describe_error,
@@ -56,7 +58,13 @@ REDIS_ARGUMENT_SPEC = dict(
     redis_validate_certs=dict(type="bool", default=True),
     redis_socket_timeout=dict(type="float", default=2.0),
     redis_connect_timeout=dict(type="float", default=2.0),
+    redis_deadline=dict(type="float"),
 )
+
+# redis_deadline when not set: this many seconds plus the module's own waits (WAIT_OPTIONS).
+DEFAULT_DEADLINE = 300.0
+# Options of some Redis modules that make them wait on purpose; the default total deadline leaves room for them.
+WAIT_OPTIONS = ("wait_timeout", "confirm_timeout", "subscriber_wait", "wait")
 
 
 def redis_argument_spec(**extra):
@@ -73,7 +81,7 @@ class RedisSettings(object):
     """Where and how to connect: the seed nodes plus credentials, TLS and timeouts."""
 
     def __init__(self, seeds, username=None, password=None, tls=False, ca_cert=None, validate_certs=True,
-                 socket_timeout=2.0, connect_timeout=2.0, db=0, source=None):
+                 socket_timeout=2.0, connect_timeout=2.0, db=0, source=None, deadline=None):
         self.seeds = list(seeds)
         self.username = username or None
         self.password = password or None
@@ -84,6 +92,8 @@ class RedisSettings(object):
         self.connect_timeout = float(connect_timeout)
         self.db = int(db or 0)
         self.source = source
+        # The total deadline of the whole call: every connection made from these settings carries it.
+        self.deadline = deadline if deadline is not None else Deadline(None, "redis_deadline")
 
     @property
     def secrets(self):
@@ -230,6 +240,7 @@ def resolve_redis_settings(params):
             raise P3Error("%s must be > 0, got %s" % (key, value))
         timeouts[key] = value
     return RedisSettings(
+        deadline=Deadline(deadline_seconds(params), "redis_deadline"),
         seeds=_unique(seeds),
         username=username,
         password=password,
@@ -241,6 +252,23 @@ def resolve_redis_settings(params):
         db=db,
         source=source,
     )
+
+
+def deadline_seconds(params):
+    """The total deadline of a module call: redis_deadline, else DEFAULT_DEADLINE plus the module's own waits."""
+    value = params.get("redis_deadline")
+    if value is not None:
+        value = float(value)
+        if value <= 0:
+            raise P3Error("redis_deadline must be > 0, got %s" % num_text(value))
+        return value
+    waits = 0.0
+    for name in WAIT_OPTIONS:
+        try:
+            waits += max(0.0, float(params.get(name) or 0))
+        except (TypeError, ValueError):
+            pass
+    return DEFAULT_DEADLINE + waits
 
 
 def _unique(items):
@@ -408,6 +436,85 @@ def _optional_client_kwargs():
     return dict(_CLIENT_KWARGS)
 
 
+class _DeadlineConnectionMixin(object):
+    """A redis-py connection under a total deadline (p3_deadline, a common.Deadline set on the class): before
+    connecting, sending and reading, its connect / socket timeouts become min(own timeout, time left); once the
+    time is up no operation starts (DeadlineExceeded naming the node), and a read cut by the deadline says so.
+    One frozen node thus costs the time left, never one socket timeout per pending operation."""
+
+    p3_deadline = None
+
+    def __init__(self, *args, **kwargs):
+        super(_DeadlineConnectionMixin, self).__init__(*args, **kwargs)
+        self._p3_socket_timeout = self.socket_timeout
+        self._p3_connect_timeout = self.socket_connect_timeout
+
+    def _p3_target(self):
+        return hostport(getattr(self, "host", "?"), getattr(self, "port", "?"))
+
+    def _p3_arm(self):
+        deadline = self.p3_deadline
+        if deadline is None or deadline.end is None:
+            return
+        deadline.check(self._p3_target())
+        self.socket_timeout = deadline.bound(self._p3_socket_timeout)
+        self.socket_connect_timeout = deadline.bound(self._p3_connect_timeout)
+        sock = self._get_socket()
+        if sock is not None and sock.gettimeout() != 0:  # 0: inside a non-blocking can_read, left alone
+            sock.settimeout(self.socket_timeout)
+        self.update_parser_timeout(self.socket_timeout)
+
+    def _p3_cut(self, exc):
+        """A timeout that happened because the deadline ran out is reported as the deadline."""
+        deadline = self.p3_deadline
+        if deadline is not None and deadline.expired and _is_connection_error(exc):
+            return DeadlineExceeded(deadline.message(self._p3_target()), target=self._p3_target())
+        return None
+
+    def connect_check_health(self, *args, **kwargs):
+        if self._get_socket() is not None:
+            return None
+        self._p3_arm()
+        try:
+            return super(_DeadlineConnectionMixin, self).connect_check_health(*args, **kwargs)
+        except Exception as e:
+            cut = self._p3_cut(e)
+            if cut is None:
+                raise
+            raise cut
+
+    def send_packed_command(self, *args, **kwargs):
+        self._p3_arm()
+        try:
+            return super(_DeadlineConnectionMixin, self).send_packed_command(*args, **kwargs)
+        except Exception as e:
+            cut = self._p3_cut(e)
+            if cut is None:
+                raise
+            raise cut
+
+    def read_response(self, *args, **kwargs):
+        try:
+            self._p3_arm()
+        except DeadlineExceeded:
+            self.disconnect()  # a reply is pending: the connection cannot be reused
+            raise
+        try:
+            return super(_DeadlineConnectionMixin, self).read_response(*args, **kwargs)
+        except Exception as e:
+            cut = self._p3_cut(e)
+            if cut is None:
+                raise
+            self.disconnect()
+            raise cut
+
+
+def deadline_connection_class(deadline, tls=False):
+    """The redis-py connection class (TCP or TLS) whose connections all carry deadline."""
+    base = redis.connection.SSLConnection if tls else redis.connection.Connection
+    return type("P3Deadline" + base.__name__, (_DeadlineConnectionMixin, base), {"p3_deadline": deadline})
+
+
 def node_client(settings, host, port, decode_responses=True):
     """A redis.Redis to exactly one node, with the short timeouts and no retry."""
     if not HAS_REDIS:
@@ -431,7 +538,11 @@ def node_client(settings, host, port, decode_responses=True):
             ssl_check_hostname=bool(settings.validate_certs),
         )
     kwargs.update(_optional_client_kwargs())
-    return redis.Redis(**kwargs)
+    client = redis.Redis(**kwargs)
+    if settings.deadline.end is not None:
+        # every connection of this client's pool is made under the call's total deadline
+        client.connection_pool.connection_class = deadline_connection_class(settings.deadline, settings.tls)
+    return client
 
 
 def cluster_client(settings, **extra):
@@ -454,9 +565,13 @@ def cluster_client(settings, **extra):
             ssl_cert_reqs="required" if settings.validate_certs else "none",
             ssl_check_hostname=bool(settings.validate_certs),
         )
+    if settings.deadline.end is not None:
+        kwargs["connection_class"] = deadline_connection_class(settings.deadline, settings.tls)
     kwargs.update(extra)
     try:
         return RedisCluster(**kwargs)
+    except DeadlineExceeded:
+        raise
     except Exception as e:
         raise P3Error("cannot open the Redis cluster via %s: %s" % (
             ", ".join(settings.seed_addresses), describe_redis_error(e, settings)))
@@ -538,6 +653,8 @@ def describe_redis_error(exc, settings=None):
         text = str(exc)
         if "connecting to" in text and "Timeout" in text or text == "Timeout connecting to server":
             timeout = settings.connect_timeout
+    if isinstance(exc, P3Error):
+        return exc.msg
     if HAS_REDIS:
         if isinstance(exc, redis.exceptions.AuthenticationError):
             return "authentication failed (%s)" % _strip_redis_prefix(one_line(str(exc), 160))
@@ -622,6 +739,7 @@ def probe_nodes(settings, discover=True, deadline=None, max_workers=16, extra=No
     if deadline is None:
         # Discovery chains at most one extra wave after the seed answered.
         deadline = time.monotonic() + settings.connect_timeout + settings.socket_timeout + per_node + 1.0
+    deadline = settings.deadline.cut(deadline)
     lock = threading.Lock()
     done = threading.Condition(lock)
     results = {}
@@ -671,7 +789,8 @@ def probe_nodes(settings, discover=True, deadline=None, max_workers=16, extra=No
             done.wait(min(remaining, 0.5))
         for address, (host, port) in list(pending.items()) + [(hostport(h, p), (h, p)) for h, p in queue]:
             results[address] = dict(address=address, host=host, port=port, reachable=False,
-                                    error="no answer within the probe deadline", latency_ms=None, role=None,
+                                    error=(settings.deadline.message(address) if settings.deadline.expired
+                                           else "no answer within the probe deadline"), latency_ms=None, role=None,
                                     cluster_enabled=False, cluster_info=None, cluster_nodes=None,
                                     replication=None, redis_version=None)
     return results

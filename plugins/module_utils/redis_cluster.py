@@ -17,7 +17,8 @@ import time
 
 from collections import Counter
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, hostport, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    DeadlineExceeded, P3Error, hostport, num_text, one_line)
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     CLUSTER_SLOTS,
     compress_slots,
@@ -133,7 +134,7 @@ def read_topology(settings, unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, confirm_timeo
     confirms it down. A total deadline: a read after the first is cut at it (plus one connection and one reply
     time), its unanswered nodes reported as such.
     """
-    end = time.monotonic() + max(0.0, confirm_timeout or 0.0)
+    end = settings.deadline.cut(time.monotonic() + max(0.0, confirm_timeout or 0.0))
     since = {}
     waited = 0.0
     t0 = time.monotonic()
@@ -776,6 +777,9 @@ class Nodes(object):
     def run(self, address, *args):
         try:
             return self(address).execute_command(*args)
+        except DeadlineExceeded:
+            self.drop(address)
+            raise  # the call's total deadline ends the action, it is not one node's error
         except Exception as e:
             self.drop(address)
             raise P3Error("%s: %s failed: %s" % (address, " ".join(str(a) for a in args[:2]),
@@ -784,6 +788,9 @@ class Nodes(object):
     def try_run(self, address, *args):
         try:
             return self(address).execute_command(*args), None
+        except DeadlineExceeded:
+            self.drop(address)
+            raise
         except Exception as e:
             self.drop(address)
             return None, describe_redis_error(e, self.settings)
@@ -939,9 +946,18 @@ def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=Fa
             timeline.append(timeline_entry("converged", step["replica"], "%d reachable nodes see %s as the master of "
                                            "%s after %ss" % (len(last), step["replica"], ",".join(step["slots"]), took)))
             done.append(dict(step, seconds=took, by=by))
+    except DeadlineExceeded as e:
+        raise _progress(e, timeline=timeline, failovers=done)
     finally:
         nodes.close()
     return done, timeline, skipped
+
+
+def _progress(exc, **details):
+    """exc with what the action did so far (its timeline...), so a cut by the total deadline reports it."""
+    for key, value in details.items():
+        exc.details.setdefault(key, value)
+    return exc
 
 
 def _standalone_failover(nodes, topology, step, wait_timeout, timeline):
@@ -1195,6 +1211,8 @@ def run_slot_repair(settings, topology, plan, wait_timeout=30.0, migrate_timeout
         if plan["assign"] or topology["open_slots"]:
             timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees and says "
                                            "cluster_state:ok after %ss" % round(time.monotonic() - t0, 3)))
+    except DeadlineExceeded as e:
+        raise _progress(e, timeline=timeline)
     finally:
         nodes.close()
     return timeline
@@ -1429,6 +1447,8 @@ def run_rejoin(settings, topology, steps, wait_timeout=30.0, wait_link=True):
             timeline.append(timeline_entry("converged", n["address"], "linked replica of %s, every reachable node "
                                            "agrees, after %ss" % (m["address"], took)))
             done.append(dict(node=n["address"], master=m["address"], seconds=took))
+    except DeadlineExceeded as e:
+        raise _progress(e, timeline=timeline, rejoined=done)
     finally:
         nodes.close()
     return done, timeline

@@ -944,7 +944,8 @@ class _Master(object):
         idempotent) again on a new connection, until a deadline: its keys gone now are counted removed (each has
         its durable backup line), the others stay. Returns the outcome ('' when it could not be resolved)."""
         cause = describe_redis_error(error, self.settings)
-        deadline = time.monotonic() + max(10.0, 3 * float(self.settings.socket_timeout or 0))
+        # within the call's total deadline (redis_deadline): past it, the keys are reported unresolved
+        deadline = self.settings.deadline.cut(time.monotonic() + max(10.0, 3 * float(self.settings.socket_timeout or 0)))
         last = cause
         client = None
         while time.monotonic() < deadline:
@@ -963,7 +964,7 @@ class _Master(object):
                 last = describe_redis_error(e, self.settings)
                 if conn is not None:
                     conn.close()
-                time.sleep(0.2)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         self.run.stats["unresolved"] += len(items)
         self.fail("a compare-and-delete call failed (%s) and could not be resolved (%s): %d keys may be gone; "
                   "each has its backup line" % (cause, last, len(items)))

@@ -272,7 +272,7 @@ def main():
         module.fail_json(msg=cluster_param_error(module.params))
     target = RedisTarget(module)
     t0 = time.monotonic()
-    deadline = t0 + module.params["wait_timeout"]
+    deadline = target.settings.deadline.cut(t0 + module.params["wait_timeout"])  # redis_deadline ends the wait too
     wait_for = module.params["wait_for"]
     confirm = module.params["confirm_timeout"]
     while True:

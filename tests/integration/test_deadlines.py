@@ -9,6 +9,7 @@ plus a generous margin for ansible-playbook itself), not a wall-clock assertion.
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -290,3 +291,215 @@ def test_process_env_rolls_back_when_reread_fails(lab_up, tmp_path):
     assert conf.read_text() == original
     assert "rollback-secret-1" not in run.stdout and "reread" in msg
     assert not [p for p in os.listdir(str(tmp_path)) if p.endswith(".p3tmp")]
+
+
+# ------------------------------------------------------------------------------------------ Redis: total deadline
+
+REDIS_DEADLINE = 3  # redis_deadline of every Redis module below; each operation's own timeouts are 1 s
+
+
+def redis_tasks(seeds, backup_dir, backup_file):
+    """One task per Redis module, every one against the same (frozen / silent) node."""
+    conn = dict(redis_nodes=seeds, redis_socket_timeout=1, redis_connect_timeout=1, redis_deadline=REDIS_DEADLINE)
+    mods = [
+        ("redis_probe", dict(fail_on_unhealthy=True)),
+        ("redis_cluster_topology", dict(fail_on_unhealthy=True)),
+        ("redis_cluster_failover", dict()),
+        ("redis_cluster_slots", dict()),
+        ("redis_cluster_node", dict(state="replica")),
+        ("session_census", dict(fail_on_unhealthy=True)),
+        ("session_purge", dict(backup_dir=backup_dir)),
+        ("session_restore", dict(path=backup_file, replace=True)),
+        ("bullmq_probe", dict(queue="anchor", prefix="{bull}", fail_on_unhealthy=True)),
+        ("bullmq_retry", dict(queue="anchor", prefix="{bull}")),
+        ("mesh_publish", dict(subscriber_wait=0)),
+        ("mesh_pubsub_probe", dict(fail_on_unhealthy=True)),
+        ("recovery_lock", dict(store="redis", resource="p3test-deadline", state="acquired", run_id="t1")),
+    ]
+    return [dict(name=m, ignore_errors=True, **{"p3.recovery." + m: dict(conn, **args)}) for m, args in mods]
+
+
+def assert_redis_failures(run, tasks, address):
+    for task in tasks:
+        name = task["name"]
+        msg = one_line_failure(run, name)
+        assert address in msg, (name, msg)
+        assert "timed out" in msg or "deadline of %ss exceeded" % REDIS_DEADLINE in msg, (name, msg)
+
+
+def test_frozen_redis_node_costs_at_most_the_deadline(tmp_path):
+    """A SIGSTOPped redis-server (a one-node cluster holding corrupt sessions and a backup to restore): every Redis
+    module fails in one line naming the node and the cause; its wall time is bounded by redis_deadline (the
+    run's guard is the sum of the deadlines plus ansible-playbook's own time)."""
+    from p3harness import throwaway_redis
+    srv = throwaway_redis(cluster=True)
+    stopped = False
+    try:
+        for i in range(50):
+            srv.client.set("session:corrupt-%d" % i, "not json", ex=3600)
+        backup_dir = str(tmp_path / "backups")
+        seeds = ["127.0.0.1:%d" % srv.port]
+        # a real backup file for session_restore, made while the node answers
+        make = [dict(name="backup", **{"p3.recovery.session_purge": dict(
+            redis_nodes=seeds, backup_dir=backup_dir, redis_deadline=30)})]
+        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=GUARD))
+        res = run.result("backup")
+        assert not run.failed("backup") and res["removed"] == 50, res
+        backup_file = res["backup"]["path"]
+        for i in range(50):
+            srv.client.set("session:corrupt-%d" % i, "not json", ex=3600)
+        tasks = redis_tasks(seeds, backup_dir, backup_file)
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        stopped = True
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        assert_redis_failures(run, tasks, "127.0.0.1:%d" % srv.port)
+    finally:
+        if stopped:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+def test_silent_redis_peer_costs_at_most_the_deadline(tmp_path):
+    """A socket that accepts and never answers, as every Redis module's only node."""
+    server = Server(SILENT_PORT, "silent")
+    try:
+        backup = tmp_path / "backup.jsonl"
+        backup.write_text("")
+        tasks = redis_tasks(["127.0.0.1:%d" % SILENT_PORT], str(tmp_path / "backups"), str(backup))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        assert_redis_failures(run, [t for t in tasks if t["name"] != "session_restore"], "127.0.0.1:%d" % SILENT_PORT)
+    finally:
+        server.close()
+
+
+class SlowProxy(object):
+    """A TCP proxy in front of a Redis that delays every reply by delay seconds (each reply still comes well within
+    the socket timeout): the old per-operation timeouts never trip, so only a total deadline bounds the call."""
+
+    def __init__(self, port, delay):
+        self.port, self.delay = port, delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, dummy = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self.pipe, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(upstream, client, self.delay), daemon=True).start()
+
+    def pipe(self, src, dst, delay):
+        try:
+            while not self.stop.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
+    """Every reply 0.4 s late (socket timeout 1 s): each operation succeeds, so only a total deadline bounds a call.
+    Without one a census of 40 keys one key per page took 27.6 s, a purge of them 16.5 s, the others 3-4 s (ansible
+    included). With redis_deadline=1 (6 for the purge, to get into its walk) every module fails in one line naming the node; the purge removed only keys
+    whose backup line is durable and reports changed when it removed any."""
+    from p3harness import throwaway_redis
+    srv = throwaway_redis(decode_responses=True)
+    proxy = SlowProxy(srv.port, 0.4)
+    try:
+        keys = ["session:corrupt-%d" % i for i in range(400)]
+        for k in keys:
+            srv.client.set(k, "not json", ex=3600)
+        restore_file = tmp_path / "restore.jsonl"
+        purge_file = tmp_path / "purge.jsonl"
+        # a real backup for session_restore, made straight to the server (a key that is not there now)
+        srv.client.set("session:restore-me", "not json", ex=3600)
+        make = [dict(name="backup", **{"p3.recovery.session_purge": dict(
+            redis_url="redis://127.0.0.1:%d" % srv.port, pattern="session:restore-*", backup_path=str(restore_file))})]
+        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=GUARD))
+        assert run.result("backup")["removed"] == 1, run.result("backup")
+        tasks = [t for t in redis_tasks([proxy.address], str(tmp_path / "backups"), str(restore_file))
+                 if not t["name"].startswith("redis_cluster")]
+        for t in tasks:
+            args = t["p3.recovery." + t["name"]]
+            args.update(redis_deadline=1)
+            if t["name"] == "session_census":
+                args.update(scan_count=1)
+            if t["name"] == "session_purge":
+                args.update(scan_count=50, redis_deadline=6)  # past discovery, into the walk: takes of 100 keys
+            if t["name"] == "session_purge":
+                args.update(backup_path=str(purge_file))
+                args.pop("backup_dir")
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 4 * len(tasks)))
+        for t in tasks:
+            msg = one_line_failure(run, t["name"])
+            assert proxy.address in msg, (t["name"], msg)
+            if t["name"] != "recovery_lock":  # (its cluster client wraps the cut as a timeout: still bounded)
+                assert "deadline of %ss exceeded" % t["p3.recovery." + t["name"]]["redis_deadline"] in msg, (
+                    t["name"], msg)
+        res = run.result("session_purge")
+        left = set(k for k in keys if srv.client.exists(k))
+        gone = set(keys) - left
+        assert res["removed"] + res["unresolved"] >= len(gone) >= res["removed"], res
+        assert res["changed"] is (res["removed"] > 0), res
+        assert res["removed"] > 0 and res["changed"] is True, res  # the deadline cut a walk that removed keys
+        from p3harness import ensure_collection_importable
+        ensure_collection_importable()
+        from ansible_collections.p3.recovery.plugins.module_utils.sessions import read_backup
+        backed_up = set(e["key"].decode() if isinstance(e["key"], bytes) else e["key"]
+                        for e in read_backup(str(purge_file))[1])
+        assert gone <= backed_up, gone - backed_up  # nothing removed without its durable backup line
+        assert not srv.client.exists("session:restore-me") or run.result("session_restore")["restored"] in (0, 1)
+    finally:
+        proxy.close()
+        srv.stop()
+
+
+def test_frozen_lab_replica_ends_the_topology_wait_at_the_deadline(lab_up, tmp_path):
+    """A frozen replica of the lab cluster: redis_cluster_topology waiting for a healthy cluster (wait_timeout 60)
+    stops at redis_deadline and its verdict names the node and the deadline; the cluster is fine after SIGCONT."""
+    import redis as redis_py
+    v = lab_vars()
+    replica, pid = None, None
+    for name, svc in lab_status()["services"].items():
+        if name.startswith("redis") and svc["up"]:
+            c = redis_py.Redis(port=svc["port"], password=v["p3_redis_password"], socket_timeout=5)
+            try:
+                if c.info("replication")["role"] == "slave":
+                    replica, pid = "127.0.0.1:%d" % svc["port"], svc["pid"]
+                    break
+            finally:
+                c.close()
+    assert replica, "no replica in the lab"
+    tasks = [dict(name="topology", ignore_errors=True, **{"p3.recovery.redis_cluster_topology": dict(
+        redis_nodes=v["p3_redis_nodes"], redis_password=v["p3_redis_password"], redis_socket_timeout=1,
+        redis_connect_timeout=1, redis_deadline=4, wait_for="healthy", wait_timeout=60)})]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    res = run.result("topology")
+    assert res["healthy"] is False and not run.failed("topology"), res
+    assert replica in res["reason"] and "deadline of 4s exceeded" in res["reason"], res["reason"]
+    assert "\n" not in res["reason"] and "p3redis-lab-secret" not in run.stdout

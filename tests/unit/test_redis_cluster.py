@@ -2,7 +2,7 @@
 import pytest
 
 from ansible_collections.p3.recovery.plugins.module_utils import redis_cluster as cl
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline, P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import parse_cluster_nodes
 
 NOW = 1795873170000
@@ -397,6 +397,7 @@ class _Settings(object):
     seed_addresses = [ADDR["a"]]
     connect_timeout = 1.0
     socket_timeout = 1.0
+    deadline = Deadline(None)  # no total bound (RedisSettings always carries one)
 
 
 @pytest.fixture
