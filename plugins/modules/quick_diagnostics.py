@@ -115,10 +115,17 @@ options:
     type: str
     default: api_requests_total
   max_auth_failure_pct:
-    description: Highest 401 rate (percent, since the app started) that counts as healthy (C(auth) probe; the
-      runbook's alert C(session_auth_failure_rate), C(error_rate > 5%)).
+    description: Highest 401 rate (percent) that counts as healthy (C(auth) probe; the runbook's alert
+      C(session_auth_failure_rate), C(error_rate > 5%)).
     type: float
     default: 5
+  auth_window_seconds:
+    description:
+      - The C(auth) probe scrapes the metrics twice, this many seconds apart, and judges the 401s among the requests
+        in between (no request in the window is healthy). V(0) judges the counters' totals since the app started,
+        which stay red after an incident until the app restarts. At most 60.
+    type: float
+    default: 0
   max_corrupt_sessions:
     description: Most corrupt sessions that count as healthy (C(sessions) probe).
     type: int
@@ -162,8 +169,8 @@ options:
 notes:
   - O(timeout) bounds each HTTP request, O(connect_timeout) the PostgreSQL connection,
     O(redis_socket_timeout)/O(redis_connect_timeout) each Redis call and O(rpc_timeout) each JSON-RPC call, as in
-    the one-probe modules; the whole run has one deadline (four times the longest of them plus 5 s), after which a
-    probe that has not finished is reported unhealthy as late.
+    the one-probe modules; the whole run has one deadline (four times the longest of them plus 5 s, plus
+    O(auth_window_seconds)), after which a probe that has not finished is reported unhealthy as late.
   - The C(anchor) result carries two verdicts - its own (the backlog - waiting, failed, oldest, paused, stalled)
     and RV(anchor.worker), whether any worker serves the queue (BullMQ's C(getWorkers) - connections named by
     C(CLIENT SETNAME) C(<prefix>:<base64 of the queue>) or C(<prefix>:<queue>), with an optional C(:w:<name>)). A
@@ -343,8 +350,11 @@ def probe_functions(module):
         _need_prometheus()
         if not p["auth_requests_metric"]:
             raise P3Error("auth_requests_metric must not be empty")
+        if not 0 <= p["auth_window_seconds"] <= 60:
+            raise P3Error("auth_window_seconds must be between 0 and 60, got %s" % p["auth_window_seconds"])
         return d.auth_rate_probe(HttpTarget(scoped), p["metrics_path"], p["auth_failures_metric"],
-                                 p["auth_requests_metric"], max_failure_pct=p["max_auth_failure_pct"])
+                                 p["auth_requests_metric"], window_seconds=p["auth_window_seconds"],
+                                 max_failure_pct=p["max_auth_failure_pct"])
 
     def sessions():
         if p["max_corrupt_sessions"] < 0:
@@ -391,6 +401,7 @@ def main():
         auth_failures_metric=dict(type="str", default="p3_auth_failures_total"),
         auth_requests_metric=dict(type="str", default="api_requests_total"),
         max_auth_failure_pct=dict(type="float", default=5),
+        auth_window_seconds=dict(type="float", default=0),
         max_corrupt_sessions=dict(type="int", default=0),
         queue=dict(type="str", default="anchor"),
         prefix=dict(type="str", default="bull"),
@@ -415,7 +426,8 @@ def main():
     # Each probe bounds its own waits; this is only a guard against one that would not.
     waits = [p["timeout"] or 5.0, p["connect_timeout"] or 5.0, (p["redis_connect_timeout"] or 2.0) + (p["redis_socket_timeout"] or 2.0),
              p["rpc_timeout"] or 5.0]
-    results = d.run_probes(probe_functions(module), deadline=4 * max(waits) + 5)
+    window = p["auth_window_seconds"] if "auth" in p["probes"] and 0 < p["auth_window_seconds"] <= 60 else 0
+    results = d.run_probes(probe_functions(module), deadline=4 * max(waits) + 5 + window)
     verdicts = [dict(probe=name, module=MODULES[name], healthy=r["healthy"], reason=r["reason"]) for name, r in results.items()]
     result = probe_result(all(v["healthy"] for v in verdicts), d.summary_reason(results), verdicts=verdicts)
     result.update(results)

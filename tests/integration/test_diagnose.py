@@ -502,3 +502,43 @@ def test_triage_slow_query_is_sev3_recover_database(healthy_lab, report_dir):
                                "WHERE application_name = 'p3-slow-query-test'")
         admin.close()
         conn.close()
+
+
+def test_triage_auth_failure_rate_under_traffic_is_sev2_recover_sessions(healthy_lab, report_dir):
+    """Users presenting sessions the app rejects (401) during the diagnose's window: the runbook's alert
+    session_auth_failure_rate (> 5%), SEV-2; the handshake still works, so not "all auth failing"."""
+    import threading
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    url = _inventory_vars()["p3_app_url"]
+    stop = threading.Event()
+    answers = []
+
+    def users():
+        while not stop.is_set():
+            try:
+                urllib.request.urlopen("%s/api/protocol/session/%s" % (url, uuid.uuid4()), timeout=2)
+                answers.append(200)
+            except urllib.error.HTTPError as e:
+                answers.append(e.code)
+            except Exception:  # noqa: BLE001
+                answers.append(None)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=users, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        run, report = diagnose(report_dir, p3_diag_auth_window_seconds=2)
+    finally:
+        stop.set()
+        t.join(5)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert answers and set(answers) == {401}, set(answers)  # the real symptom: the app answered 401 to them all
+    checks = by_name(report)
+    assert checks["handshake"]["healthy"] is True and checks["sessions"]["healthy"] is True
+    auth = report["evidence"]["auth"]
+    assert checks["auth"]["healthy"] is False and auth["failure_pct"] > 5 and auth["window_seconds"] == 2, auth
+    _triage_only(report, "p3.recovery.recover_sessions", "SEV-2", "auth")
