@@ -724,6 +724,7 @@ class Anchor:
         self.worker_client: RedisCluster | None = None
         self.run_task: asyncio.Task | None = None
         self.paused = False
+        self.stopped = False     # /_lab/anchor/stop: no worker at all (P3 as coded with the lockfile's BullMQ)
         self.in_flight = 0
         self.last_job_start = time.monotonic()
         self._supervisor: asyncio.Task | None = None
@@ -887,7 +888,7 @@ class Anchor:
             try:
                 t = time.monotonic()
                 if self.worker is None:
-                    if t >= next_start:
+                    if not self.stopped and t >= next_start:
                         await self._start_worker(quiet=failures > 0)
                         started_at = time.monotonic()
                 elif self.run_task is not None and self.run_task.done():
@@ -920,7 +921,16 @@ class Anchor:
             await self.worker.pause(True)    # do not wait for active jobs
         log.warning("anchor: worker PAUSED")
 
+    async def stop(self):
+        """No worker at all: its connections close (so CLIENT LIST names none) and the supervisor starts none."""
+        self.stopped = True
+        await self._stop_worker(force=True)
+        log.warning("anchor: worker STOPPED")
+
     async def resume(self):
+        if self.stopped:
+            self.stopped = False
+            log.info("anchor: worker may start again")
         was_paused, self.paused = self.paused, False
         self.last_job_start = time.monotonic()
         if self.worker is not None:
@@ -1008,6 +1018,7 @@ class P3App:
         r.add_post("/_lab/mesh/down", self.lab_mesh_down)
         r.add_post("/_lab/anchor/pause", self.lab_anchor_pause)
         r.add_post("/_lab/anchor/resume", self.lab_anchor_resume)
+        r.add_post("/_lab/anchor/stop", self.lab_anchor_stop)
         r.add_post("/_lab/anchor/retry-failed", self.lab_anchor_retry_failed)
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.on_shutdown)
@@ -1177,6 +1188,10 @@ class P3App:
     async def lab_anchor_pause(self, request):
         await self.anchor.pause()
         return web.json_response({"ok": True, "paused": True})
+
+    async def lab_anchor_stop(self, request):
+        await self.anchor.stop()
+        return web.json_response({"ok": True, "stopped": True})
 
     async def lab_anchor_resume(self, request):
         await self.anchor.resume()

@@ -1,4 +1,5 @@
 """`p3lab fault NAME`: inject one failure and wait (bounded) until the app shows the symptom."""
+import base64
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from .common import (BULL_PREFIX, BULL_QUEUE, REPO, VENV_PY, LabError, http, kil
 from .status import scan_sessions, session_ok
 
 FAULTS = ["db-exhaustion", "redis-master-down", "redis-slots-uncovered", "sessions-corrupt", "mesh-down",
-          "anchor-backlog", "wallet-empty", "app-down"]
+          "anchor-backlog", "anchor-worker-down", "wallet-empty", "app-down"]
 SLOT_BLOCK = 100
 
 
@@ -430,6 +431,39 @@ def anchor_backlog(lab):
     return rec
 
 
+def worker_connections(lab):
+    """Connections of the anchor queue's workers on the node serving the queue, as BullMQ's getWorkers counts them
+    (CLIENT SETNAME <prefix>:<queue> (Python) or <prefix>:<base64 queue> (Node), with an optional :w:<name>)."""
+    names = ("%s:%s" % (BULL_PREFIX, BULL_QUEUE),
+             "%s:%s" % (BULL_PREFIX, base64.b64encode(BULL_QUEUE.encode()).decode()))
+    return sum(1 for c in _anchor_client(lab).client_list()
+               if any(c.get("name") == n or (c.get("name") or "").startswith(n + ":w:") for n in names))
+
+
+def anchor_worker_down(lab, jobs=5):
+    """The app runs without an anchor worker (P3 as coded with its lockfile's BullMQ): the worker is stopped, not
+    paused, so no connection carries its name; jobs posted afterwards wait."""
+    require_app(lab)
+    t0 = time.monotonic()
+    before = worker_connections(lab)
+    code, body = http("POST", lab.app_url + "/_lab/anchor/stop", {}, timeout=15)
+    if code not in (200, 202, 204):
+        raise LabError("anchor-worker-down: POST /_lab/anchor/stop answered %s %s" % (code, body))
+    rec = {"fault": "anchor-worker-down", "at": now_iso(), "worker_connections_before": before}
+    record(lab, rec)
+    if not wait_until(lambda: worker_connections(lab) == 0, 15, 0.2):
+        raise LabError("anchor-worker-down: %d worker connections still named after 15 s" % worker_connections(lab))
+    w0 = waiting(lab)
+    post_many(lab, "/api/anchor", [{"appId": "p3-lab", "event": "no-worker-%d" % i} for i in range(jobs)],
+              expect=(202,))
+    w = wait_until(lambda: (lambda v: v if v >= w0 + jobs else None)(waiting(lab)), 20, 0.2)
+    if not w:
+        raise LabError("anchor-worker-down: posted %d jobs but %s are waiting after 20 s" % (jobs, waiting(lab)))
+    rec.update({"worker_connections": 0, "posted": jobs, "waiting": w, "waited_s": round(time.monotonic() - t0, 1)})
+    _update_last(lab, rec)
+    return rec
+
+
 def wallet_empty(lab, jobs=10):
     require_app(lab)
     t0 = time.monotonic()
@@ -483,6 +517,7 @@ def inject(lab, name):
         "sessions-corrupt": sessions_corrupt,
         "mesh-down": mesh_down,
         "anchor-backlog": anchor_backlog,
+        "anchor-worker-down": anchor_worker_down,
         "wallet-empty": wallet_empty,
         "app-down": app_down,
     }[name]

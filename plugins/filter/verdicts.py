@@ -41,12 +41,17 @@ def _sev_rank(sev):
 def triage(checks, severities=None, scenarios=None, depends=None):
     """Classify a list of checks with the runbook's incident table.
 
-    severities: check name -> SEV-n when that check fails; scenarios: check name -> playbook to run;
-    depends: check name -> the checks it depends on (the health endpoint depends on database and redis, the
-    pulse and metrics endpoints on the app answering at all). A failing check whose dependency also fails is a
-    consequence, not a root cause: its scenario is not recommended (fix the dependency first, then diagnose
-    again, as the runbook's recovery order says). Scenarios come out in the order of the checks, which the
-    diagnose role lists in the runbook's recovery order (database, redis, express, mesh relay).
+    severities: check name -> SEV-n when that check fails (unknown: SEV-3); scenarios: check name -> playbook to
+    run; depends: check name -> the checks it depends on (the health endpoint depends on database and redis, the
+    handshake on those and the app, the anchor backlog on the anchor worker and the wallet...). A failing check
+    whose dependency also fails is a consequence, not a root cause: its scenario is not recommended (fix the
+    dependency first, then diagnose again, as the runbook's recovery order says). Scenarios come out in the order
+    of the checks, which the diagnose role lists in the runbook's recovery order (database, redis, express, mesh
+    relay, anchor worker).
+
+    The severity is the worst of every failing check, consequences included (the impact counts: the database down
+    makes all auth fail, SEV-1). causes names each root cause with its reason, severity and scenario, and a
+    one-line form (line) for people.
     """
     severities = severities or {}
     scenarios = scenarios or {}
@@ -54,14 +59,19 @@ def triage(checks, severities=None, scenarios=None, depends=None):
     failing = [c for c in checks if c.get("healthy") is False]
     if not failing:
         return {"severity": None, "response_time": None, "failing": [], "root_causes": [], "consequences": [],
-                "scenarios": []}
+                "scenarios": [], "causes": []}
     failing_names = set(c["name"] for c in failing)
-    roots, consequences = [], []
+    roots, consequences, causes = [], [], []
     for c in failing:
         if failing_names.intersection(depends.get(c["name"], [])):
             consequences.append(c["name"])
         else:
             roots.append(c["name"])
+            sev = severities.get(c["name"], "SEV-3")
+            scenario = scenarios.get(c["name"])
+            causes.append({"check": c["name"], "reason": c.get("reason", ""), "severity": sev, "scenario": scenario,
+                           "line": _one_line("%s (%s): %s%s" % (c["name"], sev, c.get("reason", ""),
+                                                                (" -> %s" % scenario) if scenario else ""))})
     worst = min((severities.get(c["name"], "SEV-3") for c in failing), key=_sev_rank)
     recs = []
     for name in roots:
@@ -75,6 +85,7 @@ def triage(checks, severities=None, scenarios=None, depends=None):
         "root_causes": roots,
         "consequences": consequences,
         "scenarios": recs,
+        "causes": causes,
     }
 
 

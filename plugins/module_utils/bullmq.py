@@ -534,6 +534,58 @@ class BullQueue(object):
         return out
 
 
+def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(), sample_seconds=0, job_ids=(),
+               sleep=time.sleep):
+    """Read one queue's state on the node that serves it: {base, counts, extra, error, fatal}. base holds reachable,
+    node, cluster, keys; extra the evidence queue_verdict judges (paused, concurrency, stalled, oldest waiting job,
+    failed reasons, malformed, active without lock, worker_connections, progress, jobs). error is the one-line cause
+    when the queue could not be read; fatal marks bad input (a prefix that is not hash-tagged on a cluster, keys
+    that are not a BullMQ queue) rather than an unreachable service."""
+    q = BullQueue(settings, queue, prefix)
+    base = dict(reachable=False, node=None, cluster=None, keys=q.display)
+    out = dict(base=base, counts=None, extra=None, error=None, fatal=False)
+    try:
+        q.connect()
+    except P3Error as e:
+        out.update(error=e.msg, fatal="hash-tagged" in e.msg)
+        return out
+    base.update(reachable=True, node=q.address, cluster=q.cluster)
+    try:
+        counts, meta = q.counts()
+        extra = dict(meta)
+        extra["oldest_wait_job"], age = q.oldest_waiting()
+        extra["oldest_wait_age_seconds"] = round(age, 3) if age is not None else None
+        sample = q.failed_sample(failed_sample, required_data_keys)
+        extra["failed_reasons"] = sample["reasons"]
+        extra["failed_sampled"] = sample["sampled"]
+        extra["malformed"] = sample["malformed"]
+        extra["active_without_lock"] = q.active_without_lock()
+        names = q.worker_names()
+        extra["worker_connections"] = None if names is None else len(names)
+        if sample_seconds > 0:
+            sleep(sample_seconds)
+            after, _meta = q.counts()
+            w0 = counts["wait"] + counts["paused"] + counts["prioritized"]
+            w1 = after["wait"] + after["paused"] + after["prioritized"]
+            f0 = counts["failed"] + counts["completed"]
+            f1 = after["failed"] + after["completed"]
+            extra["progress"] = dict(seconds=sample_seconds, waiting_before=w0, waiting_after=w1,
+                                     finished_before=f0, finished_after=f1,
+                                     stuck=w1 > 0 and w1 >= w0 and f1 <= f0)
+            counts = after
+        extra["jobs"] = q.jobs(list(job_ids)) if job_ids else []
+    except P3Error as e:
+        base["reachable"] = False
+        out.update(error=e.msg, fatal="not a BullMQ queue" in e.msg)
+        return out
+    finally:
+        q.close()
+    extra["counts"] = counts
+    extra["waiting"] = counts["wait"] + counts["paused"] + counts["prioritized"]
+    out.update(counts=counts, extra=extra)
+    return out
+
+
 def _lifo(opts):
     if not opts:
         return False

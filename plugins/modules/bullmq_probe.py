@@ -193,10 +193,8 @@ jobs:
   elements: dict
 """
 
-import time
-
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.bullmq import BullQueue, queue_verdict
+from ansible_collections.p3.recovery.plugins.module_utils.bullmq import queue_verdict, read_queue
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     PROBE_ARGUMENT_SPEC,
     P3Error,
@@ -229,54 +227,21 @@ def main():
         module.fail_json(msg="sample_seconds must be between 0 and 60, got %s" % p["sample_seconds"])
     target = RedisTarget(module)
     try:
-        q = BullQueue(target.settings, p["queue"], p["prefix"])
-    except P3Error as e:
+        state = read_queue(target.settings, p["queue"], p["prefix"], failed_sample=p["failed_sample"],
+                           required_data_keys=p["required_data_keys"], sample_seconds=p["sample_seconds"],
+                           job_ids=p["job_ids"])
+    except P3Error as e:  # a bad queue name or prefix
         module.fail_json(msg=e.msg)
-    base = dict(reachable=False, node=None, cluster=None, keys=q.display)
-    try:
-        q.connect()
-    except P3Error as e:
-        if "hash-tagged" in e.msg:
-            module.fail_json(msg=e.msg, **base)
-        exit_probe(module, probe_result(False, e.msg, **base))
-    base.update(reachable=True, node=q.address, cluster=q.cluster)
-    try:
-        counts, meta = q.counts()
-        extra = dict(meta)
-        extra["oldest_wait_job"], age = q.oldest_waiting()
-        extra["oldest_wait_age_seconds"] = round(age, 3) if age is not None else None
-        sample = q.failed_sample(p["failed_sample"], p["required_data_keys"])
-        extra["failed_reasons"] = sample["reasons"]
-        extra["failed_sampled"] = sample["sampled"]
-        extra["malformed"] = sample["malformed"]
-        extra["active_without_lock"] = q.active_without_lock()
-        names = q.worker_names()
-        extra["worker_connections"] = None if names is None else len(names)
-        if p["sample_seconds"] > 0:
-            time.sleep(p["sample_seconds"])
-            after, _meta = q.counts()
-            w0 = counts["wait"] + counts["paused"] + counts["prioritized"]
-            w1 = after["wait"] + after["paused"] + after["prioritized"]
-            f0 = counts["failed"] + counts["completed"]
-            f1 = after["failed"] + after["completed"]
-            extra["progress"] = dict(seconds=p["sample_seconds"], waiting_before=w0, waiting_after=w1,
-                                     finished_before=f0, finished_after=f1,
-                                     stuck=w1 > 0 and w1 >= w0 and f1 <= f0)
-            counts = after
-        extra["jobs"] = q.jobs(p["job_ids"]) if p["job_ids"] else []
-    except P3Error as e:
-        if "not a BullMQ queue" in e.msg:
-            module.fail_json(msg=e.msg, **base)
-        base["reachable"] = False
-        exit_probe(module, probe_result(False, e.msg, **base))
-    finally:
-        q.close()
-    extra["counts"] = counts
-    extra["waiting"] = counts["wait"] + counts["paused"] + counts["prioritized"]
-    healthy, reason = queue_verdict(counts, extra, dict(
+    base = state["base"]
+    if state["error"]:
+        if state["fatal"]:
+            module.fail_json(msg=state["error"], **base)
+        exit_probe(module, probe_result(False, state["error"], **base))
+    extra = state["extra"]
+    healthy, reason = queue_verdict(state["counts"], extra, dict(
         max_waiting=p["max_waiting"], max_failed=p["max_failed"], max_wait_age_seconds=p["max_wait_age_seconds"],
         require_worker=p["require_worker"], max_stalled=0))
-    reason = "%s on %s: %s" % (q.display, q.address, reason)
+    reason = "%s on %s: %s" % (base["keys"], base["node"], reason)
     base.update(extra)
     exit_probe(module, probe_result(healthy, reason, **base))
 

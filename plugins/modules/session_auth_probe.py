@@ -92,40 +92,10 @@ window_seconds:
   type: float
 """
 
-import time
-
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
-from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, describe_response, http_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.metrics import parse_metrics
-
-
-def _sum(metrics, family, label=None, value=None):
-    name = family[:-len("_total")] if family.endswith("_total") and family not in metrics else family
-    entry = metrics.get(name)
-    if entry is None:
-        raise P3Error("metric %s not exposed" % family)
-    total = 0.0
-    for s in entry["samples"]:
-        if s["name"].endswith("_created"):
-            continue
-        if label and s["labels"].get(label) != value:
-            continue
-        if isinstance(s["value"], (int, float)):
-            total += s["value"]
-    return total
-
-
-def scrape(target, p):
-    resp = target.get(p["metrics_path"])
-    if not resp["ok"]:
-        raise P3Error("metrics scrape failed: %s" % describe_response(resp))
-    metrics = parse_metrics(resp["text"])
-    if p["failures_metric"]:
-        failures = _sum(metrics, p["failures_metric"])
-    else:
-        failures = _sum(metrics, p["requests_metric"], p["status_label"], "401")
-    return failures, _sum(metrics, p["requests_metric"])
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import auth_rate_probe
+from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, http_argument_spec
 
 
 def main():
@@ -145,24 +115,8 @@ def main():
     if not p["requests_metric"]:
         module.fail_json(msg="requests_metric must not be empty")
     target = HttpTarget(module)
-    try:
-        failures, requests = scrape(target, p)
-        if p["window_seconds"]:
-            time.sleep(p["window_seconds"])
-            f2, r2 = scrape(target, p)
-            failures, requests = max(0.0, f2 - failures), max(0.0, r2 - requests)
-    except P3Error as e:
-        exit_probe(module, probe_result(False, e.msg, failures=None, requests=None, failure_pct=None,
-                                        window_seconds=p["window_seconds"]))
-        return
-    pct = round(100.0 * failures / requests, 2) if requests else None
-    scope = ("in %gs" % p["window_seconds"]) if p["window_seconds"] else "since start"
-    healthy = pct is None or pct <= p["max_failure_pct"]
-    reason = "401s %d of %d requests %s (%s) %s %s%%" % (
-        failures, requests, scope, "no traffic" if pct is None else "%s%%" % pct, "<=" if healthy else ">",
-        p["max_failure_pct"])
-    exit_probe(module, probe_result(healthy, reason, failures=failures, requests=requests, failure_pct=pct,
-                                    window_seconds=p["window_seconds"]))
+    exit_probe(module, auth_rate_probe(target, p["metrics_path"], p["failures_metric"], p["requests_metric"],
+                                       p["status_label"], p["window_seconds"], p["max_failure_pct"]))
 
 
 if __name__ == "__main__":

@@ -133,8 +133,8 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
     exit_probe,
     fail_clean,
-    probe_result,
 )
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import census_verdict
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.sessions import SESSION_ARGUMENT_SPEC, census
 
@@ -154,21 +154,7 @@ def main():
         result = census(target.settings, module.params, sample_size=module.params["sample_size"])
     except P3Error as e:
         fail_clean(module, e)
-    masters = len(result["nodes"])
-    reasons = ", ".join("%s %d" % kv for kv in sorted(result["by_reason"].items()))
-    problems = []
-    if result["corrupt"] > module.params["max_corrupt"]:
-        problems.append("%d corrupt of %d sessions on %d masters (%s) > %d" % (
-            result["corrupt"], result["keys"], masters, reasons, module.params["max_corrupt"]))
-    if result["unreadable"]:
-        problems.append("masters not read: %s" % "; ".join(result["errors"] or result["unreadable"]))
-    if problems:
-        healthy, reason = False, "; ".join(problems)
-    else:
-        healthy = True
-        reason = "%d sessions on %d masters, %d corrupt%s" % (
-            result["keys"], masters, result["corrupt"], (" (%s)" % reasons) if reasons else "")
-    exit_probe(module, probe_result(healthy, reason, **result))
+    exit_probe(module, census_verdict(result, module.params["max_corrupt"]))
 
 
 if __name__ == "__main__":

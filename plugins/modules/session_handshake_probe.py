@@ -112,23 +112,16 @@ readback_status:
   type: int
 """
 
-import json
-
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
-from ansible_collections.p3.recovery.plugins.module_utils.http_client import (
-    HttpTarget,
-    describe_response,
-    http_argument_spec,
-    request,
-    truncate,
-)
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe
+from ansible_collections.p3.recovery.plugins.module_utils.diagnostics import HANDSHAKE_BODY, handshake_probe
+from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, http_argument_spec
 
 
 def main():
     argument_spec = http_argument_spec(
         handshake_path=dict(type="str", default="/api/protocol/session/handshake"),
-        body=dict(type="dict", default={"deviceId": "p3-recovery-probe", "capabilities": {"encoding": ["json"]}}),
+        body=dict(type="dict", default=HANDSHAKE_BODY),
         expected_status=dict(type="list", elements="int", default=[200, 201]),
         required_fields=dict(type="list", elements="str", default=["sessionId"]),
         session_field=dict(type="str", default="sessionId"),
@@ -141,45 +134,9 @@ def main():
     if p["max_latency_ms"] <= 0:
         module.fail_json(msg="max_latency_ms must be > 0")
     target = HttpTarget(module)
-    headers = dict(target.headers)
-    headers.setdefault("Content-Type", "application/json")
-    resp = request(target.url_for(p["handshake_path"]), method="POST", timeout=target.timeout, headers=headers,
-                   validate_certs=target.validate_certs, data=json.dumps(p["body"]).encode("utf-8"),
-                   secrets=target.secrets, context=target.context)
-    head = describe_response(resp)
-    body = resp["json"] if resp["json"] is not None else truncate(resp["text"])
-    out = dict(status=resp["status"], latency_ms=resp["latency_ms"], session_id=None, missing_fields=[], body=body,
-               readback_status=None)
-    problems = []
-    if resp["status"] is None or resp["error"]:
-        problems.append(head)
-    else:
-        if resp["status"] not in p["expected_status"]:
-            problems.append("%s, expected %s" % (head, "/".join(str(s) for s in p["expected_status"])))
-        if not isinstance(resp["json"], dict):
-            problems.append("answer is not a JSON object")
-        else:
-            out["missing_fields"] = [f for f in p["required_fields"] if f not in resp["json"]]
-            if out["missing_fields"]:
-                problems.append("answer lacks %s" % ", ".join(out["missing_fields"]))
-            sid = resp["json"].get(p["session_field"])
-            out["session_id"] = str(sid) if sid is not None else None
-        if resp["latency_ms"] is not None and resp["latency_ms"] > p["max_latency_ms"]:
-            problems.append("handshake took %s ms > %s ms" % (int(resp["latency_ms"]), p["max_latency_ms"]))
-    if p["session_path"] and not problems:
-        if not out["session_id"]:
-            problems.append("no %s in the answer to read back" % p["session_field"])
-        else:
-            back = target.get(p["session_path"].replace("{id}", out["session_id"]))
-            out["readback_status"] = back["status"]
-            if back["status"] != 200:
-                problems.append("session read-back: %s" % describe_response(back))
-    if problems:
-        reason = "; ".join(problems) if problems[0].startswith(("GET", "POST")) else "%s: %s" % (head, "; ".join(problems))
-    else:
-        reason = "%s in %s ms%s" % (head, int(round(resp["latency_ms"] or 0)),
-                                    "; session read back (200)" if out["readback_status"] == 200 else "")
-    exit_probe(module, probe_result(not problems, reason, **out))
+    exit_probe(module, handshake_probe(target, p["handshake_path"], p["body"], p["expected_status"],
+                                       p["required_fields"], p["session_field"], p["session_path"],
+                                       p["max_latency_ms"]))
 
 
 if __name__ == "__main__":

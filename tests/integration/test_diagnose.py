@@ -7,11 +7,19 @@ import subprocess
 import time
 
 import psycopg2
+import psycopg2.extras
 import pytest
+import redis
+import yaml
+from redis.cluster import ClusterNode, RedisCluster
 
 from p3harness import INVENTORY, LAB_DIR, LAB_SECRETS, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
 
-CHECKS = ["health", "database", "redis", "pulse", "metrics"]
+CHECKS = ["database", "slow_queries", "redis", "health", "handshake", "sessions", "auth", "pulse", "metrics",
+          "anchor_worker", "wallet", "anchor_queue"]
+# The checks whose probe reads the app or the services directly (an unreachable endpoint turns them red).
+ENDPOINT_CHECKS = ["health", "database", "slow_queries", "redis", "pulse", "metrics", "handshake", "auth", "sessions", "anchor_worker",
+                   "anchor_queue"]
 
 
 def diagnose(report_dir, **extra):
@@ -43,6 +51,11 @@ def test_healthy_lab_is_all_green(healthy_lab, report_dir):
     assert report["evidence"]["database"]["connections"]["max"] == st["db"]["max_connections"]
     assert report["evidence"]["redis"]["masters"] == st["redis"]["masters"] == 3
     assert report["evidence"]["redis"]["cluster_state"] == st["redis"]["cluster_state"] == "ok"
+    assert report["evidence"]["anchor"]["worker"]["worker_connections"] > 0
+    assert report["evidence"]["anchor"]["waiting"] == st["anchor"]["waiting"] == 0
+    assert report["evidence"]["wallet"]["balance_wei"] == st["wallet"]["balance_wei"]
+    assert report["evidence"]["sessions"]["corrupt"] == st["sessions"]["corrupt"] == 0
+    assert report["evidence"]["handshake"]["status"] == 201
     # published for AWX
     stats = run.stats["p3_diagnose"]
     assert stats["healthy"] is True and stats["report"].startswith(report_dir)
@@ -130,7 +143,7 @@ def test_unreachable_and_wrong_credentials_every_probe_reports(lab_up, report_di
     assert run.rc == 0, run.stdout[-3000:]
     assert "Traceback" not in run.stdout
     checks = by_name(report)
-    for name in CHECKS:
+    for name in ENDPOINT_CHECKS:
         assert checks[name]["healthy"] is False, checks[name]
         assert checks[name]["reason"] and "\n" not in checks[name]["reason"]
     assert "timed out" in checks["health"]["reason"].lower() or "timeout" in checks["health"]["reason"].lower()
@@ -148,7 +161,7 @@ def test_unreachable_and_wrong_credentials_every_probe_reports(lab_up, report_di
     )
     assert run.rc == 0 and "Traceback" not in run.stdout
     checks = by_name(report)
-    for name in CHECKS:
+    for name in ENDPOINT_CHECKS:
         assert checks[name]["healthy"] is False
         assert "127.0.0.1:1" in checks[name]["reason"], checks[name]
 
@@ -325,3 +338,206 @@ def test_database_at_its_own_connection_limit_is_the_named_root_cause(healthy_la
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'p3limitdb'")
         cur.execute("DROP DATABASE IF EXISTS p3limitdb")
         admin.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 15 §4: triage that covers every scenario. Per lab fault: the real state is what the fault says (read from
+# the services), then diagnose names the root cause, recommends the matching playbook only, with the runbook's
+# severity (SEV-1 database down / all auth failing; SEV-2 mesh relay down / payments failing; SEV-3 slow queries).
+# ---------------------------------------------------------------------------------------------------------------
+
+def _lab_pg():
+    with open(os.path.join(LAB_DIR, "lab.json")) as f:
+        return json.load(f)["postgres"]
+
+
+def _inventory_vars():
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]
+
+
+def _anchor_redis():
+    """A redis-py client on the master serving the lab's anchor queue (the slot of its hash-tagged prefix)."""
+    inv = _inventory_vars()
+    rc = RedisCluster(startup_nodes=[ClusterNode(*n.split(":")) for n in inv["p3_redis_nodes"]],
+                      password=inv["p3_redis_password"], decode_responses=True, socket_timeout=3)
+    node = rc.get_node_from_key("%s:%s:wait" % (inv["p3_bullmq_prefix"], inv["p3_bullmq_queue"]))
+    return rc.get_redis_connection(node), inv
+
+
+def _worker_connections(r, inv):
+    names = ("%s:%s" % (inv["p3_bullmq_prefix"], inv["p3_bullmq_queue"]),)
+    return sum(1 for c in r.client_list() if c.get("name") in names or (c.get("name") or "").startswith(names[0] + ":w:"))
+
+
+def _triage_only(report, scenario, severity, root):
+    t = report["triage"]
+    assert t["scenarios"] == [scenario], t
+    assert t["severity"] == severity, t
+    assert root in t["root_causes"], t
+    assert report["healthy"] is False
+
+
+def test_triage_database_exhaustion_is_sev1_recover_database(healthy_lab, report_dir):
+    lab_fault("db-exhaustion")
+    st = lab_status()
+    assert st["db"]["connections"] >= 0.8 * st["db"]["max_connections"]
+    run, report = diagnose(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    _triage_only(report, "p3.recovery.recover_database", "SEV-1", "database")
+    assert report["triage"]["root_causes"] == ["database"], report["triage"]
+
+
+def test_triage_redis_master_down_recommends_recover_redis(healthy_lab, report_dir):
+    did = lab_fault("redis-master-down")
+    host, port = did["node"].split(":")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        redis.Redis(host=host, port=int(port), socket_connect_timeout=1).ping()
+    run, report = diagnose(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    checks = by_name(report)
+    assert checks["redis"]["healthy"] is False and did["node"] in checks["redis"]["reason"]
+    t = report["triage"]
+    assert t["scenarios"] == ["p3.recovery.recover_redis"] and t["root_causes"] == ["redis"], t
+    # SEV-2 (Redis degraded) unless the dead master's slots made the app or the handshake fail: all auth failing, SEV-1
+    auth_down = checks["health"]["healthy"] is False or checks["handshake"]["healthy"] is False
+    assert t["severity"] == ("SEV-1" if auth_down else "SEV-2"), (t, checks["health"], checks["handshake"])
+
+
+def test_triage_sessions_corrupt_is_sev2_recover_sessions(healthy_lab, report_dir):
+    did = lab_fault("sessions-corrupt")
+    assert lab_status()["sessions"]["corrupt"] >= did["corrupt"] == 20
+    run, report = diagnose(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    checks = by_name(report)
+    assert checks["sessions"]["healthy"] is False and "corrupt" in checks["sessions"]["reason"]
+    assert report["evidence"]["sessions"]["corrupt"] >= 20
+    assert checks["handshake"]["healthy"] is True  # people can still log in: not "all auth failing"
+    _triage_only(report, "p3.recovery.recover_sessions", "SEV-2", "sessions")
+
+
+def test_triage_mesh_down_is_sev2_recover_mesh(healthy_lab, report_dir):
+    lab_fault("mesh-down")
+    assert lab_status()["mesh"]["peers"] == 0
+    run, report = diagnose(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    _triage_only(report, "p3.recovery.recover_mesh", "SEV-2", "pulse")
+
+
+def test_triage_anchor_backlog_is_sev2_recover_anchor(healthy_lab, report_dir):
+    did = lab_fault("anchor-backlog")
+    r, inv = _anchor_redis()
+    assert r.llen("{bull}:anchor:wait") >= did["posted"] > 0
+    assert _worker_connections(r, inv) > 0  # the worker is there (paused), it just does not drain
+    time.sleep(1.5)
+    run, report = diagnose(report_dir, p3_diag_anchor_max_wait_age_seconds=1)
+    assert run.rc == 0, run.stdout[-3000:]
+    checks = by_name(report)
+    assert checks["anchor_worker"]["healthy"] is True, checks["anchor_worker"]
+    assert checks["anchor_queue"]["healthy"] is False and "oldest waiting job" in checks["anchor_queue"]["reason"]
+    _triage_only(report, "p3.recovery.recover_anchor", "SEV-2", "anchor_queue")
+
+
+def test_triage_anchor_worker_absent_is_the_named_root_cause(healthy_lab, report_dir):
+    did = lab_fault("anchor-worker-down")
+    r, inv = _anchor_redis()
+    assert _worker_connections(r, inv) == 0
+    assert r.llen("{bull}:anchor:wait") >= did["posted"] == 5
+    time.sleep(1.5)
+    run, report = diagnose(report_dir, p3_diag_anchor_max_wait_age_seconds=1)
+    assert run.rc == 0, run.stdout[-3000:]
+    checks = by_name(report)
+    assert checks["anchor_worker"]["reason"].startswith("anchor worker absent: queue anchor has no worker")
+    assert checks["anchor_queue"]["healthy"] is False  # the backlog is its consequence
+    _triage_only(report, "p3.recovery.restart_app", "SEV-2", "anchor_worker")
+    assert report["triage"]["root_causes"] == ["anchor_worker"], report["triage"]
+    assert "anchor_queue" in report["triage"]["consequences"]
+    table = run.result("Show the verdict table")["msg"]
+    assert "root cause: anchor_worker (SEV-2): anchor worker absent: queue anchor has no worker" in table
+
+
+def test_triage_wallet_empty_is_sev2_recover_anchor(healthy_lab, report_dir):
+    lab_fault("wallet-empty")
+    st = lab_status()
+    assert st["wallet"]["balance_wei"] == 0 and st["anchor"]["failed"] >= 10
+    run, report = diagnose(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    checks = by_name(report)
+    assert checks["wallet"]["healthy"] is False and "critical" in checks["wallet"]["reason"]
+    assert checks["anchor_queue"]["healthy"] is False and "failed" in checks["anchor_queue"]["reason"]
+    _triage_only(report, "p3.recovery.recover_anchor", "SEV-2", "wallet")
+    assert report["triage"]["root_causes"] == ["wallet"] and report["triage"]["consequences"] == ["anchor_queue"]
+
+
+def test_triage_slow_query_is_sev3_recover_database(healthy_lab, report_dir):
+    pg = _lab_pg()
+    conn = psycopg2.connect(host="127.0.0.1", port=pg["port"], user=pg["app_user"], password=pg["app_password"],
+                            dbname=pg["database"], connect_timeout=3, application_name="p3-slow-query-test",
+                            async_=1)
+    psycopg2.extras.wait_select(conn)
+    admin = psycopg2.connect(host="127.0.0.1", port=pg["port"], user=pg["admin_user"], password=pg["admin_password"],
+                             dbname=pg["database"], connect_timeout=3)
+    admin.autocommit = True
+    try:
+        conn.cursor().execute("SELECT pg_sleep(120)")
+        cur = admin.cursor()
+        for _ in range(50):  # the statement really runs (read back from pg_stat_activity), then ages past 1 s
+            cur.execute("SELECT EXTRACT(EPOCH FROM now() - query_start) FROM pg_stat_activity "
+                        "WHERE application_name = 'p3-slow-query-test' AND state = 'active'")
+            row = cur.fetchone()
+            if row and row[0] >= 1.5:
+                break
+            time.sleep(0.1)
+        assert row and row[0] >= 1.5, row
+        run, report = diagnose(report_dir, p3_diag_slow_query_seconds=1)
+        assert run.rc == 0, run.stdout[-3000:]
+        checks = by_name(report)
+        assert checks["database"]["healthy"] is True, checks["database"]
+        assert checks["slow_queries"]["healthy"] is False and "pg_sleep(120)" in checks["slow_queries"]["reason"]
+        _triage_only(report, "p3.recovery.recover_database", "SEV-3", "slow_queries")
+        assert report["triage"]["failing"] == ["slow_queries"], report["triage"]
+    finally:
+        admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name = 'p3-slow-query-test'")
+        admin.close()
+        conn.close()
+
+
+def test_triage_auth_failure_rate_under_traffic_is_sev2_recover_sessions(healthy_lab, report_dir):
+    """Users presenting sessions the app rejects (401) during the diagnose's window: the runbook's alert
+    session_auth_failure_rate (> 5%), SEV-2; the handshake still works, so not "all auth failing"."""
+    import threading
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    url = _inventory_vars()["p3_app_url"]
+    stop = threading.Event()
+    answers = []
+
+    def users():
+        while not stop.is_set():
+            try:
+                urllib.request.urlopen("%s/api/protocol/session/%s" % (url, uuid.uuid4()), timeout=2)
+                answers.append(200)
+            except urllib.error.HTTPError as e:
+                answers.append(e.code)
+            except Exception:  # noqa: BLE001
+                answers.append(None)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=users, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        run, report = diagnose(report_dir, p3_diag_auth_window_seconds=2)
+    finally:
+        stop.set()
+        t.join(5)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert answers and set(answers) == {401}, set(answers)  # the real symptom: the app answered 401 to them all
+    checks = by_name(report)
+    assert checks["handshake"]["healthy"] is True and checks["sessions"]["healthy"] is True
+    auth = report["evidence"]["auth"]
+    assert checks["auth"]["healthy"] is False and auth["failure_pct"] > 5 and auth["window_seconds"] == 2, auth
+    _triage_only(report, "p3.recovery.recover_sessions", "SEV-2", "auth")

@@ -51,7 +51,7 @@ def test_triage_of_minor_and_healthy():
     assert verdicts.triage([{"name": "unknown", "healthy": False}], SEV, SCEN)["severity"] == "SEV-3"
     assert verdicts.triage([{"name": "redis", "healthy": True}], SEV, SCEN) == {
         "severity": None, "response_time": None, "failing": [], "root_causes": [], "consequences": [],
-        "scenarios": []}
+        "scenarios": [], "causes": []}
 
 
 DEPS = {"health": ["database", "redis"], "pulse": ["health"], "metrics": ["health"]}
