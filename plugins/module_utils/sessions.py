@@ -30,7 +30,7 @@ import os
 import threading
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import DeadlineExceeded, P3Error, num_text, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     HAS_REDIS,
     describe_redis_error,
@@ -776,6 +776,7 @@ def _int(value):
     return int(value) if value is not None else 0
 
 
+
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -844,6 +845,14 @@ class _Master(object):
         """Send what may be sent now: the next page's read, a take of keys whose backup is durable."""
         run = self.run
         if self.node["error"] is not None or run.stopped:
+            return
+        deadline = self.settings.deadline
+        left = deadline.remaining()
+        if left is not None and left < self.settings.connect_timeout + 2 * self.settings.socket_timeout:
+            # redis_deadline: nothing new is sent once only the time to resolve a take in flight is left (a new
+            # connection and one call), so a take cut by a frozen node can still be resolved within the deadline
+            self.fail(DeadlineExceeded("%s (nothing new sent in the last %ss, kept to resolve a take in flight)" % (
+                deadline.message(self.address), num_text(self.settings.connect_timeout + 2 * self.settings.socket_timeout))))
             return
         if (self.scanning and not self.reader.in_flight and not run.capped
                 and self.backlog() < run.ahead):
