@@ -506,3 +506,22 @@ def test_frozen_lab_replica_ends_the_topology_wait_at_the_deadline(lab_up, tmp_p
     assert res["healthy"] is False and not run.failed("topology"), res
     assert replica in res["reason"] and "deadline of 4s exceeded" in res["reason"], res["reason"]
     assert "\n" not in res["reason"] and "p3redis-lab-secret" not in run.stdout
+
+
+def test_postgres_host_names(lab_up, tmp_path):
+    """A host name (localhost) still connects (resolved by the client, passed as hostaddr); an unresolvable one fails
+    in one line naming the host."""
+    import psycopg2.extensions
+    parsed = psycopg2.extensions.parse_dsn(admin_dsn())
+    conn = dict(db_port=int(parsed.get("port") or 5432), db_user=parsed["user"], db_password=parsed["password"],
+                db_name=parsed["dbname"], connect_timeout=TIMEOUT)
+    tasks = [
+        dict(name="localhost", **{"p3.recovery.postgres_probe": dict(conn, db_host="localhost")}),
+        dict(name="unknown", ignore_errors=True, **{"p3.recovery.postgres_probe": dict(
+            conn, db_host="p3-no-such-host.invalid", fail_on_unhealthy=True)}),
+    ]
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    assert run.result("localhost")["healthy"] is True, run.result("localhost")
+    msg = one_line_failure(run, "unknown")
+    assert "p3-no-such-host.invalid" in msg and "name resolution" in msg, msg
+    assert parsed["password"] not in run.stdout
