@@ -75,7 +75,9 @@ options:
       - The module's own waits (C(wait_timeout), C(confirm_timeout), C(subscriber_wait), C(wait), where it has them)
         are inside it and end with it.
       - Destructive modules stay safe when it hits. M(p3.recovery.session_purge) removes no key without its durable
-        backup line and reports a compare-and-delete call it could not resolve in time as C(unresolved); the cluster
+        backup line, sends nothing new once only O(redis_connect_timeout) + 2 x O(redis_socket_timeout) are left
+        (kept to resolve a compare-and-delete call in flight), and reports a call it still could not resolve in time
+        as C(unresolved); the cluster
         modules report the timeline of what they did; C(changed) is true when anything changed.
       - When not set, 300 seconds plus the module's own waits named above (so a default C(wait_timeout) is never
         cut). Raise it for very large purges, restores or slot migrations.

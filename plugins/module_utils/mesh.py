@@ -78,7 +78,7 @@ def pubsub_census(settings, pattern="mesh:*", channels=()):
         return lambda: node_pubsub(settings, address, pattern, list(channels))
 
     results, errors, dummy = run_parallel(dict((a, call(a)) for a in reachable), deadline, "pubsub")
-    unanswered = [a for a in reachable if a not in results] + list(unreachable)
+    unanswered = [a for a in reachable if not (results.get(a) or {}).get("reachable")] + list(unreachable)
     if unanswered and settings.deadline.expired:
         # a census cut by the call's total deadline is no verdict: say so rather than "nobody listens"
         raise DeadlineExceeded(settings.deadline.message(", ".join(unanswered)))

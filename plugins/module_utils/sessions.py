@@ -30,7 +30,7 @@ import os
 import threading
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import DeadlineExceeded, P3Error, num_text, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     HAS_REDIS,
     describe_redis_error,
@@ -846,6 +846,14 @@ class _Master(object):
         run = self.run
         if self.node["error"] is not None or run.stopped:
             return
+        deadline, reserve = self.settings.deadline, self.settings.connect_timeout + 2 * self.settings.socket_timeout
+        left = deadline.remaining()
+        if left is not None and left < reserve:
+            # redis_deadline: nothing new is sent once only the time to resolve a take in flight is left (a new
+            # connection and one call), so a take cut by a frozen node can still be resolved within the deadline
+            self.fail(DeadlineExceeded("%s (nothing new sent in the last %ss, kept to resolve a take in flight)" % (
+                deadline.message(self.address), num_text(reserve))))
+            return
         if (self.scanning and not self.reader.in_flight and not run.capped
                 and self.backlog() < run.ahead):
             self.reader.send([self.cursor, run.pattern, run.count])
@@ -945,7 +953,8 @@ class _Master(object):
         its durable backup line), the others stay. Returns the outcome ('' when it could not be resolved)."""
         cause = describe_redis_error(error, self.settings)
         # within the call's total deadline (redis_deadline): past it, the keys are reported unresolved
-        deadline = self.settings.deadline.cut(time.monotonic() + max(10.0, 3 * float(self.settings.socket_timeout or 0)))
+        own = time.monotonic() + max(10.0, 3 * float(self.settings.socket_timeout or 0))
+        deadline = self.settings.deadline.cut(own)
         last = cause
         client = None
         while time.monotonic() < deadline:

@@ -351,7 +351,7 @@ def test_frozen_redis_node_costs_at_most_the_deadline(tmp_path):
         tasks = redis_tasks(seeds, backup_dir, backup_file)
         os.kill(srv.proc.pid, signal.SIGSTOP)
         stopped = True
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * (REDIS_DEADLINE + 3)))
         assert_redis_failures(run, tasks, "127.0.0.1:%d" % srv.port)
     finally:
         if stopped:
@@ -366,7 +366,7 @@ def test_silent_redis_peer_costs_at_most_the_deadline(tmp_path):
         backup = tmp_path / "backup.jsonl"
         backup.write_text("")
         tasks = redis_tasks(["127.0.0.1:%d" % SILENT_PORT], str(tmp_path / "backups"), str(backup))
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * REDIS_DEADLINE))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * (REDIS_DEADLINE + 3)))
         assert_redis_failures(run, [t for t in tasks if t["name"] != "session_restore"], "127.0.0.1:%d" % SILENT_PORT)
     finally:
         server.close()
@@ -421,13 +421,14 @@ class SlowProxy(object):
 def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
     """Every reply 0.4 s late (socket timeout 1 s): each operation succeeds, so only a total deadline bounds a call.
     Without one a census of 40 keys one key per page took 27.6 s, a purge of them 16.5 s, the others 3-4 s (ansible
-    included). With redis_deadline=1 (6 for the purge, to get into its walk) every module fails in one line naming the node; the purge removed only keys
-    whose backup line is durable and reports changed when it removed any."""
+    included). With redis_deadline=1 (9 for the purge, to get into its walk) every module fails in one line naming
+    the node; the purge removed only keys whose backup line is durable, reports changed, and sent nothing new in its
+    last connect + 2 x socket timeout, so no take was left unresolved (before that rule: 149 of 400 unresolved)."""
     from p3harness import throwaway_redis
     srv = throwaway_redis(decode_responses=True)
     proxy = SlowProxy(srv.port, 0.4)
     try:
-        keys = ["session:corrupt-%d" % i for i in range(400)]
+        keys = ["session:corrupt-%d" % i for i in range(1000)]
         for k in keys:
             srv.client.set(k, "not json", ex=3600)
         restore_file = tmp_path / "restore.jsonl"
@@ -446,11 +447,11 @@ def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
             if t["name"] == "session_census":
                 args.update(scan_count=1)
             if t["name"] == "session_purge":
-                args.update(scan_count=50, redis_deadline=6)  # past discovery, into the walk: takes of 100 keys
+                args.update(scan_count=50, redis_deadline=9)  # past discovery, into the walk: takes of 100 keys
             if t["name"] == "session_purge":
                 args.update(backup_path=str(purge_file))
                 args.pop("backup_dir")
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 4 * len(tasks)))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 6 * len(tasks)))
         for t in tasks:
             msg = one_line_failure(run, t["name"])
             assert proxy.address in msg, (t["name"], msg)
@@ -463,6 +464,8 @@ def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
         assert res["removed"] + res["unresolved"] >= len(gone) >= res["removed"], res
         assert res["changed"] is (res["removed"] > 0), res
         assert res["removed"] > 0 and res["changed"] is True, res  # the deadline cut a walk that removed keys
+        # the walk sent nothing new once only the time to resolve a take was left: every take in flight finished
+        assert res["unresolved"] == 0 and len(gone) == res["removed"] and left, res
         from p3harness import ensure_collection_importable
         ensure_collection_importable()
         from ansible_collections.p3.recovery.plugins.module_utils.sessions import read_backup
@@ -503,3 +506,22 @@ def test_frozen_lab_replica_ends_the_topology_wait_at_the_deadline(lab_up, tmp_p
     assert res["healthy"] is False and not run.failed("topology"), res
     assert replica in res["reason"] and "deadline of 4s exceeded" in res["reason"], res["reason"]
     assert "\n" not in res["reason"] and "p3redis-lab-secret" not in run.stdout
+
+
+def test_postgres_host_names(lab_up, tmp_path):
+    """A host name (localhost) still connects (resolved by the client, passed as hostaddr); an unresolvable one fails
+    in one line naming the host."""
+    import psycopg2.extensions
+    parsed = psycopg2.extensions.parse_dsn(admin_dsn())
+    conn = dict(db_port=int(parsed.get("port") or 5432), db_user=parsed["user"], db_password=parsed["password"],
+                db_name=parsed["dbname"], connect_timeout=TIMEOUT)
+    tasks = [
+        dict(name="localhost", **{"p3.recovery.postgres_probe": dict(conn, db_host="localhost")}),
+        dict(name="unknown", ignore_errors=True, **{"p3.recovery.postgres_probe": dict(
+            conn, db_host="p3-no-such-host.invalid", fail_on_unhealthy=True)}),
+    ]
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    assert run.result("localhost")["healthy"] is True, run.result("localhost")
+    msg = one_line_failure(run, "unknown")
+    assert "p3-no-such-host.invalid" in msg and "name resolution" in msg, msg
+    assert parsed["password"] not in run.stdout
