@@ -202,6 +202,28 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ diag.verdicts | rejectattr('healthy') | map(attribute='reason') }}"
 
+- name: Every signal of the runbook's scenarios (what the diagnose role runs), P3 as coded
+  p3.recovery.quick_diagnostics:
+    probes: [app, postgres, redis, metrics, handshake, auth, sessions, anchor, wallet]
+    health_path: /api/system/health
+    pulse_path: /api/pulse/status
+    handshake_path: /api/protocol/v2/session/handshake
+    handshake_body: {clientId: p3-recovery-probe, capabilities: {encodings: [json]}}
+    auth_failures_metric: ""
+    auth_window_seconds: 3
+    slow_query_seconds: 300
+    queue: "anchor-batch:us"
+    prefix: bull
+    max_wait_age_seconds: 60
+    rpc_url: "{{ p3_rpc_url }}"
+    wallet: "{{ p3_anchor_wallet }}"
+  register: diag
+
+- name: Name the anchor worker's absence
+  ansible.builtin.debug:
+    msg: "{{ diag.anchor.worker.reason }}"
+  when: not diag.anchor.worker.healthy
+
 - name: Only the database and Redis, failing the task when either is unhealthy
   p3.recovery.quick_diagnostics:
     probes: [postgres, redis]
