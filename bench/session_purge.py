@@ -376,17 +376,17 @@ def bench_session_purge():
         server.stop()
         shutil.rmtree(backup_dir, ignore_errors=True)
     for name, r in rows.items():
-        print("  session_purge %-14s %7.2f s  %9.0f keys/s  server CPU %5.2f us/key  client CPU %5.2f us/key  max stall %7.2f ms (client) "
-              "%7.2f ms (server, %s)%s" % (
-                  name, r["seconds"], r["keys_per_s"], r["server_cpu_us_per_key"], r.get("client_cpu_us_per_key", 0.0),
-                  r["max_stall_ms"],
-                  r["server_max_ms"], r.get("server_max_cmd"),
+        print("  session_purge %-14s %7.2f s  %9.0f keys/s  server CPU %5.2f us/key  client CPU %5.2f us/key  "
+              "max stall %7.2f ms (client) %7.2f ms (server, %s)%s" % (
+                  name, r["seconds"], r["keys_per_s"], r["server_cpu_us_per_key"],
+                  r.get("client_cpu_us_per_key", 0.0), r["max_stall_ms"], r["server_max_ms"], r.get("server_max_cmd"),
                   ("  (page server time p50 %s / p99 %s / max %s ms)" % (
                       r.get("page_p50_ms"), r.get("page_p99_ms"), r.get("max_page_ms"))) if "max_page_ms" in r
                   else "") + ("  rounds %s" % r["rounds_keys_per_s"] if len(r.get("rounds_keys_per_s", [])) > 1 else ""))
     for mode in ("all", "corrupt"):
         now_, was = rows["ours_" + mode]["keys_per_s"], rows["before_" + mode]["keys_per_s"]
-        cpu_now, cpu_was = rows["ours_" + mode]["server_cpu_us_per_key"], rows["before_" + mode]["server_cpu_us_per_key"]
+        cpu_now = rows["ours_" + mode]["server_cpu_us_per_key"]
+        cpu_was = rows["before_" + mode]["server_cpu_us_per_key"]
         print("  session_purge %-12s write-ahead %.0f keys/s vs before %.0f keys/s = %.2f x (target >= 0.8); server "
               "CPU per key %.2f / %.2f us = %.2f x" % (mode, now_, was, now_ / was, cpu_now, cpu_was,
                                                       cpu_now / cpu_was if cpu_was else 0))
