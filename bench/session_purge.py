@@ -20,6 +20,11 @@ round trip it saw:
   floor         - not a contender: two cursor streams (split by the cursor's low bit, valid on this standalone
                   server) and the same pages doing only SCAN + UNLINK (nothing read, no
                   backup), the fastest any SCAN-based purge can be on this server
+  twocall_floor - not a contender either, run in every round of mode all beside before and ours: ours' read call
+                  per page and the removal as a second call on a second connection (one in flight), but a plain
+                  UNLINK of the keys - nothing compared, nothing backed up. The fastest any write-ahead design can be
+                  that removes a page in a call after the one that read it (the backup must be on disk in between),
+                  whatever it compares: its distance to `before` is the price of the second call itself
   runbook       - redis-cli KEYS 'session:*' | xargs redis-cli DEL
   benchmark     - redis-benchmark -P 64 -n N -r N UNLINK session:...__rand_int__ (the server's pipelined ceiling)
 Targets (issue 6): mode all >= 0.5 x redis-benchmark UNLINK -P 64 throughput with <= 5 ms maximum stall;
@@ -27,7 +32,10 @@ mode corrupt >= 250k keys/s. Each target is printed as met / NOT met. The stall 
 (client-side: on a 2-core machine it includes waiting for a CPU next to the server and the contender) and, beside
 it, the longest single command in the server's SLOWLOG and the longest page our scripts timed themselves (TIME at
 their start and end). Each row also prints the server's CPU time per key (INFO cpu): what the work costs Redis's
-one thread, whatever the wall clock. BENCH_SCAN_COUNT sets scan_count (default 100, the module's default),
+one thread, whatever the wall clock - on a machine shared with other work the steadier measure, and with ours and
+before both keeping that thread busy (server CPU close to the wall time per key) their keys/s ratio cannot beat
+the inverse of their server-CPU ratio - and the client's (this process with its fsync thread, plus finished
+children such as redis-cli): which side is the bottleneck. BENCH_SCAN_COUNT sets scan_count (default 100, the module's default),
 the baseline runs with its default scan_streams 2.
 """
 import json
