@@ -732,6 +732,14 @@ def read_backup(path):
 # counted before the next is sent. A taker call that fails or times out is resolved before the run ends: the same
 # (idempotent) call again on a new connection says which of its keys are gone (counted removed: each has its
 # backup line) and which stay. Killed at any moment, the purge leaves every removed key with a durable backup line.
+#
+# Why LUA_TAKE compares whole values (issue 13's speed note, measured with bench/session_purge.py, Redis 7.0): the
+# price of write-ahead is the second call (the bench's two-call floor - the same read call, then a plain UNLINK of
+# the keys, nothing compared - costs ~1.15x the server CPU per key of the single read-and-remove call of before)
+# plus the compare (reading each value again into Lua: 1.4-1.85x in all). A length or TTL fingerprint is not sound
+# (SETRANGE or SET ... KEEPTTL change a value and keep both); a SHA-1 of the value saved no server CPU beyond the
+# noise; WATCH must come before the read (so the read cannot SCAN itself: one call more per page) and costs more
+# than the compare (each WATCHed key is checked against the connection's whole list of watched keys).
 
 
 class _Conn(object):

@@ -427,13 +427,15 @@ def test_restore_reports_a_truncated_last_line_and_restores_the_rest(server, tmp
 @pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
 def test_take_leaves_keys_that_changed_since_read(tmp_path, cluster):
     """LUA_READ reads a page; between it and LUA_TAKE keys change (new value, TTL added to a no-ttl session, type
-    changed, deleted): those stay, the others are removed - the compare-and-delete the purge relies on."""
+    changed, deleted, a value of the same length written with its TTL kept): those stay, the others are removed -
+    the compare-and-delete the purge relies on. The last case is why the compare is the whole value: a cheaper
+    fingerprint of length and TTL would remove a key whose new value has no backup line."""
     srv = throwaway_redis(prefix="p3test-take-", cluster=cluster)
     c = srv.client
     now_ms = int(time.time() * 1000)
     good = json.dumps({"sessionId": "x", "deviceId": "d", "createdAt": now_ms, "expiresAt": now_ms + 3600000})
     names = ("same", "no-ttl-same", "hash-same", "changed", "ttl-added", "hash-now-string", "deleted",
-             "no-ttl-valued")
+             "no-ttl-valued", "same-length-ttl-kept")
     keys = dict((n, ("edgerace:" + n).encode()) for n in names)
     try:
         c.set(keys["same"], b"{oops", ex=100)
@@ -444,6 +446,7 @@ def test_take_leaves_keys_that_changed_since_read(tmp_path, cluster):
         c.hset(keys["hash-now-string"], mapping={"a": "1"})
         c.set(keys["deleted"], b"{oops", ex=100)
         c.set(keys["no-ttl-valued"], b"{oops")
+        c.set(keys["same-length-ttl-kept"], b"{oops", ex=100)
         batch = "0" if cluster else "1"
         cursor, _ms, _us, got, values, types, dumps, pttls = c.eval(sessions.LUA_READ, 0, batch, 0, "edgerace:*", 100)
         assert int(cursor) == 0 and sorted(got) == sorted(keys.values())
@@ -462,13 +465,16 @@ def test_take_leaves_keys_that_changed_since_read(tmp_path, cluster):
         c.delete(keys["hash-now-string"])
         c.set(keys["hash-now-string"], b"x")
         c.delete(keys["deleted"])
+        ttl_before = c.pttl(keys["same-length-ttl-kept"])
+        c.setrange(keys["same-length-ttl-kept"], 4, b"z")  # {oops -> {oopz: same length, TTL untouched
+        assert c.strlen(keys["same-length-ttl-kept"]) == 5 and 0 < c.pttl(keys["same-length-ttl-kept"]) <= ttl_before
         _ms, _us, outcome = c.eval(sessions.LUA_TAKE, 0, batch, *sessions._take_args(items))
-        assert outcome.decode() == "rrrkkk-r"
+        assert outcome.decode() == "rrrkkk-rk"
         assert sum(c.exists(keys[n]) for n in ("same", "no-ttl-same", "hash-same", "no-ttl-valued")) == 0
         assert c.get(keys["changed"]) == good.encode() and c.ttl(keys["ttl-added"]) > 0
-        assert c.get(keys["hash-now-string"]) == b"x"
+        assert c.get(keys["hash-now-string"]) == b"x" and c.get(keys["same-length-ttl-kept"]) == b"{oopz"
         # idempotent: the same call again (as when resolving a call whose reply was lost) removes nothing more
         _ms, _us, again = c.eval(sessions.LUA_TAKE, 0, batch, *sessions._take_args(items))
-        assert again.decode() == "---kkk--"
+        assert again.decode() == "---kkk--k"
     finally:
         srv.stop()
