@@ -66,6 +66,14 @@ integration-valkey: setup
 	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 500 )) P3_TEST_KILL_KEYS=$${P3_TEST_KILL_KEYS:-200000} \
 	$(PY) -m pytest -q -p no:cacheprovider $(VALKEY_TESTS)
 
+# The integration tests against P3 Protocol's own server (tests/integration/upstream, docs/lab.md "App mode
+# upstream"), in a lab of their own (P3LAB_DIR .state/lab-upstream, ports P3LAB_BASE_PORT + 700). The first run
+# installs P3's npm dependencies into .state/upstream-cache (minutes; `make setup-upstream` does it ahead).
+integration-upstream: setup
+	P3_UPSTREAM_TESTS=1 P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
+	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) \
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration/upstream
+
 bench: lab-up
 	$(PY) bench/run.py
 
@@ -75,4 +83,6 @@ build: setup
 
 clean: lab-down
 	@if [ -d .state/lab-valkey ]; then P3LAB_DIR=$(CURDIR)/.state/lab-valkey $(LAB) down; fi
+	@if [ -d .state/lab-upstream ]; then P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
+	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) $(LAB) down; fi
 	rm -rf .state reports bench/out

@@ -10,7 +10,7 @@ from . import anvil, pg, rediscluster, supervisor, upstream
 from .common import (ONE_ETH, REPO, VENV_PY, LabError, kill, live_pid, now_iso, pid_alive, port_listening,
                      read_json, wait_until, write_json)
 
-FAULTS = ["db-exhaustion", "redis-master-down", "redis-outage", "anchor-backlog", "wallet-empty", "app-down"]
+FAULTS = ["db-exhaustion", "db-down", "redis-master-down", "redis-outage", "anchor-backlog", "wallet-empty", "app-down"]
 NOT_APPLICABLE = {
     "redis-slots-uncovered": "P3 uses one standalone Redis here (FLAG_REDIS_CLUSTER=0: in cluster mode its BullMQ "
                              "clients fail with CROSSSLOT), which has no slots to uncover",
@@ -48,6 +48,12 @@ def require_app(lab):
     if code is None:
         raise LabError("P3 does not answer on %s (is the lab up? `p3lab up --app upstream`)" % lab.app_url)
     return code, body
+
+
+def _waiting(lab):
+    from .upstream_status import anchor_queue
+
+    return anchor_queue(lab)["waiting"]
 
 
 def _worker(lab):
@@ -105,6 +111,33 @@ def db_exhaustion(lab):
                        "%s connections)" % (pid, st.get("held")))
     rec["failed_probes"] = len(bad)
     rec["health"] = str(bad[0][1])[:300]
+    update(lab, rec)
+    return rec
+
+
+def db_down(lab):
+    """PostgreSQL stopped (pg_ctl stop -m fast); stays down. /api/system/health answers 500 {"status":"error"} (its
+    SELECT 1 fails, then its task count fails too, so not the 200 "degraded" it gives when only the SELECT 1 fails),
+    sometimes after a hang of up to P3's connect_timeout on the first request; /health stays 200. P3 reconnects by
+    itself once PostgreSQL is back."""
+    require_app(lab)
+    t0 = time.monotonic()
+    rec = {"fault": "db-down", "at": now_iso(), "port": lab.pg_port, "pid": pg.postmaster_pid(lab)}
+    record(lab, rec)
+    pg.stop(lab)
+    if pg.postmaster_pid(lab):
+        raise LabError("db-down: PostgreSQL (pid %s) is still running after pg_ctl stop" % rec["pid"])
+    last = {}
+
+    def failing():
+        last["h"] = upstream.health(lab, timeout=15)
+        return last["h"][0] not in (None, 200) or (last["h"][0] == 200 and not upstream.db_ok(last["h"][1]))
+
+    if not wait_until(failing, 45, 0.5):
+        raise LabError("db-down: /api/system/health still answers %s %s 45 s after PostgreSQL stopped"
+                       % (last["h"][0], str(last["h"][1])[:200]))
+    rec.update({"system_health": last["h"][0], "health": last["h"][1] if isinstance(last["h"][1], dict) else
+                str(last["h"][1])[:300], "waited_s": round(time.monotonic() - t0, 1)})
     update(lab, rec)
     return rec
 
@@ -265,6 +298,7 @@ def inject(lab, name):
         raise LabError("%s does not apply to app=upstream: %s" % (name, NOT_APPLICABLE[name]))
     fn = {
         "db-exhaustion": db_exhaustion,
+        "db-down": db_down,
         "redis-master-down": redis_master_down,
         "redis-outage": redis_outage,
         "anchor-backlog": anchor_backlog,
@@ -333,6 +367,10 @@ def heal(lab):
             restart = "its Redis clients gave up during the outage"
         elif lab.bullmq == "working" and _worker(lab) is False:
             restart = "no anchor worker"
+        elif lab.bullmq == "working" and _waiting(lab):
+            # P3's worker misses jobs once it has idled 5 s (its ioredis commandTimeout 5000 cuts BullMQ's 5 s
+            # BZPOPMIN; docs/lab.md): waiting jobs are only taken by a fresh worker
+            restart = "jobs wait but its anchor worker takes none"
     if restart:
         supervisor.ctl(lab, "restart", upstream.PROGRAM, timeout=60)
         actions.append("restarted %s (%s)" % (upstream.PROGRAM, restart))

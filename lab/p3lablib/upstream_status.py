@@ -1,11 +1,14 @@
 """`p3lab status` for app=upstream: P3 Protocol's own server, read straight from its services (docs/lab.md)."""
 import base64
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import supervisor, upstream
 from .common import ONE_ETH, http, listener_pids, live_pid, read_json, tcp_open
 
 BACKLOG_PROBLEM = 50  # waiting anchor jobs from which status calls the queue backlogged
+# a job that waits this long while a worker is connected is not being taken: P3's worker is stuck (docs/lab.md)
+STUCK_WAIT_S = 15
 QUEUE_STATES = ("wait", "active", "failed", "completed", "delayed")
 
 
@@ -23,7 +26,7 @@ def anchor_queue(lab):
     """BullMQ state of P3's anchor-batch queue on P3's Redis, and whether a worker is connected (CLIENT LIST)."""
     keys = {s: "%s:%s:%s" % (upstream.BULL_PREFIX, upstream.QUEUE, s) for s in QUEUE_STATES}
     out = {"queue": upstream.QUEUE, "bullmq": lab.bullmq, "worker": None, "workers": None, "waiting": None,
-           "active": None, "failed": None, "completed": None, "delayed": None}
+           "active": None, "failed": None, "completed": None, "delayed": None, "oldest_wait_s": None, "stuck": None}
     try:
         c = upstream.redis_client(lab, timeout=1)
         pipe = c.pipeline(transaction=False)
@@ -36,6 +39,12 @@ def anchor_queue(lab):
         want = worker_client_name()
         n = len([cl for cl in c.client_list() if _is_worker(cl.get("name") or "", want)])
         out["workers"], out["worker"] = n, n > 0
+        oldest = c.lindex(keys["wait"], -1)  # BullMQ LPUSHes new jobs: the tail waited longest
+        if oldest:
+            ts = c.hget("%s:%s:%s" % (upstream.BULL_PREFIX, upstream.QUEUE, oldest), "timestamp")
+            if ts:
+                out["oldest_wait_s"] = round(max(0.0, time.time() - int(ts) / 1000.0), 1)
+        out["stuck"] = bool(out["worker"] and (out["oldest_wait_s"] or 0) > STUCK_WAIT_S)
     except Exception:  # noqa: BLE001 - P3's Redis down: nulls
         pass
     return out
@@ -159,6 +168,8 @@ def problems(lab, st):
         p.append("anchor: no BullMQ worker on %s (%s)" % (
             upstream.QUEUE, "the lockfile's bullmq %s rejects ':' in queue names" % upstream.BULLMQ_LOCKFILE
             if lab.bullmq == "lockfile" else "worker=%s" % a["worker"]))
+    if a["stuck"]:
+        p.append("anchor: a job has waited %s s with a worker connected (P3's worker takes no jobs)" % a["oldest_wait_s"])
     if a["waiting"] is None or a["waiting"] >= BACKLOG_PROBLEM:
         p.append("anchor: waiting=%s" % a["waiting"])
     if a["failed"]:
@@ -193,9 +204,9 @@ def human(st):
                                                     _fmt(st["p3redis"]["keys"])),
         "redis cluster cluster_state=%s masters=%s replicas=%s (not used by P3)" % (
             _fmt(r["cluster_state"]), _fmt(r["masters"]), _fmt(r["replicas"])),
-        "anchor        %s worker=%s waiting=%s active=%s failed=%s completed=%s" % (
-            a["queue"], _fmt(a["worker"]), _fmt(a["waiting"]), _fmt(a["active"]), _fmt(a["failed"]),
-            _fmt(a["completed"])),
+        "anchor        %s worker=%s waiting=%s (oldest %s s) active=%s failed=%s completed=%s" % (
+            a["queue"], _fmt(a["worker"]), _fmt(a["waiting"]), _fmt(a["oldest_wait_s"]), _fmt(a["active"]),
+            _fmt(a["failed"]), _fmt(a["completed"])),
         "outbox        %s" % (", ".join("%s=%s" % kv for kv in sorted((st.get("outbox") or {}).items())) or "-"),
         "wallet        %s wei%s" % (_fmt(bal), (" (%.4f ETH)" % (bal / 1e18)) if bal is not None else ""),
         "faults        %s" % (", ".join(st["faults"]) or "none"),
