@@ -401,10 +401,10 @@ def tcp_open(port, timeout=0.5):
         return False
 
 
-def http(method, url, body=None, timeout=3.0):
+def http(method, url, body=None, timeout=3.0, headers=None):
     """Returns (status, parsed JSON or text); status None when the request could not be made."""
     data = None
-    headers = {}
+    headers = dict(headers or {})
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"

@@ -11,12 +11,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
 
-from .common import (ANCHOR_KEY, ANCHOR_WALLET, CHAIN_ID, OWNER_VAR, PG_APP_PASSWORD, PG_APP_USER, REDIS_PASSWORD,
-                     REPO, LabError, http, kill, live_pid, log, pid_alive, port_listening, run, stop_pid, wait_until)
+from .common import (ANCHOR_KEY, ANCHOR_WALLET, OWNER_VAR, PG_APP_PASSWORD, PG_APP_USER, REDIS_PASSWORD, REPO,
+                     LabError, http, kill, live_pid, log, pid_alive, port_listening, run, wait_until)
 
 PROGRAM = "p3upstream"
 DB = "p3upstream"
@@ -323,13 +321,10 @@ def redis_conf(lab):
 
 
 def redis_client(lab, timeout=1.0, decode=True):
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    """redis-py client of P3's Redis (the lab's client settings: no retries, bounded)."""
+    from .rediscluster import client
 
-    return redis.Redis(host="127.0.0.1", port=lab.p3redis_port, password=REDIS_PASSWORD, socket_timeout=timeout,
-                       socket_connect_timeout=min(timeout, 0.5), decode_responses=decode, retry_on_timeout=False,
-                       retry=Retry(NoBackoff(), 0))
+    return client(lab.p3redis_port, decode=decode, timeout=timeout)
 
 
 def redis_up(lab, timeout=0.5):
@@ -390,25 +385,8 @@ def wallet_token(wallet=ANCHOR_WALLET, ttl=3600):
 
 def api(lab, method, path, body=None, token=None, timeout=10.0):
     """(status, parsed JSON or text) of a request to P3 (status None when no answer)."""
-    import urllib.error
-    import urllib.request
-
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(lab.app_url + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    except Exception as e:  # noqa: BLE001 - refused, timeout, reset
-        return None, str(getattr(e, "reason", e))
-    try:
-        return status, json.loads(raw.decode("utf-8"))
-    except ValueError:
-        return status, raw.decode("utf-8", "replace")
+    return http(method, lab.app_url + path, body, timeout=timeout,
+                headers={"Authorization": "Bearer " + token} if token else None)
 
 
 def submit_batch(lab, events, timeout=10.0):
