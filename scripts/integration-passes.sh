@@ -11,7 +11,7 @@
 #
 # A pass must not share a lab with another: each target sets its own P3LAB_DIR and P3LAB_BASE_PORT (integration:
 # the default lab at P3LAB_BASE_PORT; integration-valkey: .state/lab-valkey at +500; the next one, e.g.
-# integration-upstream: .state/lab-upstream at +1000) and lists the lab dir in PASS_LAB_DIRS below for the clean-up.
+# integration-upstream: .state/lab-upstream at +700) and lists the lab dir in PASS_LAB_DIRS below for the clean-up.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
