@@ -38,8 +38,8 @@ demo: lab-up
 	scripts/demo.sh
 
 # The integration passes `make test` runs at the same time (scripts/integration-passes.sh): each is a make target
-# with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration +0, integration-valkey +500; a
-# new pass takes the next, e.g. integration-upstream at +1000 in .state/lab-upstream). To add a pass, write its
+# with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration +0, integration-valkey +500,
+# integration-upstream +700 in .state/lab-upstream). To add a pass, write its
 # target and append its name here. The output of each pass goes to .state/passes/<pass>.log and is printed whole
 # when the pass ends; make test fails when any pass fails (the others still run to their end).
 INTEGRATION_PASSES ?= integration integration-valkey integration-upstream
