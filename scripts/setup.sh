@@ -51,4 +51,10 @@ fi
 # 4. Make the collection resolvable as p3.recovery (ansible.cfg points collections_path here).
 mkdir -p "$STATE/collections/ansible_collections/p3"
 ln -sfn "$ROOT" "$STATE/collections/ansible_collections/p3/recovery"
+# 5. Optional: P3 Protocol's own server's npm dependencies for `lab/p3lab up --app upstream` (docs/lab.md), both BullMQ
+# variants, into the cache (.state/upstream-cache or $P3LAB_UPSTREAM_CACHE). Only when asked: about 4 min, 2.6 GB.
+if [ "${P3_SETUP_UPSTREAM:-0}" = 1 ]; then
+  log "P3 upstream npm cache (lockfile + working BullMQ)"
+  .venv/bin/python lab/p3lab prepare-upstream
+fi
 log "ok"

@@ -21,7 +21,12 @@ def parser():
                                 epilog=USAGE_EPILOG)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
-    sub.add_parser("up", help="start the lab (idempotent)")
+    u = sub.add_parser("up", help="start the lab (idempotent)")
+    u.add_argument("--app", choices=("lab", "upstream"), default=None,
+                   help="lab: the lab app (default); upstream: P3 Protocol's own server (docs/lab.md); remembered in "
+                        "$P3LAB_DIR/mode.json")
+    u.add_argument("--bullmq", choices=("working", "lockfile"), default=None,
+                   help="app=upstream: working (bullmq@5.12.11, the default) or lockfile (5.65.0: no anchor worker)")
     d = sub.add_parser("down", help="stop the lab (idempotent)")
     d.add_argument("--purge", action="store_true", help="also delete $P3LAB_DIR")
     s = sub.add_parser("status", help="read the lab's state straight from the services")
@@ -29,6 +34,8 @@ def parser():
     f = sub.add_parser("fault", help="inject a fault and wait for its symptom")
     f.add_argument("name", choices=FAULTS, metavar="NAME", help=", ".join(FAULTS))
     sub.add_parser("heal", help="undo every fault and wait until the lab is healthy")
+    sub.add_parser("prepare-upstream", help="install P3's npm dependencies (both BullMQ variants) into the cache "
+                                            "that `up --app upstream` uses (make setup-upstream)")
     sub.add_parser("_hold")  # the detached db-exhaustion holder (no help: hidden)
     return p
 
@@ -44,6 +51,15 @@ def main(argv=None):
             st = collect(lab)
             print(json.dumps(st, sort_keys=False) if args.json else human(st))
             return 0
+        if args.cmd == "prepare-upstream":
+            from .upstream import VARIANTS, prepare
+
+            res = {}
+            for v in VARIANTS[::-1]:  # lockfile first: working is a hard-linked copy of it
+                path, secs = prepare(v)
+                res[v] = {"node_modules": path, "seconds": secs}
+            print(json.dumps(res))
+            return 0
         if args.cmd == "_hold":
             from .faults import hold_main
 
@@ -55,9 +71,11 @@ def main(argv=None):
             if args.cmd == "up":
                 from .stack import up
 
-                res = up(lab)
-                print("p3lab: lab up in %.1f s (base port %d): app %s, inventory %s"
-                      % (res["seconds"], lab.base, res["app"], res["inventory"]))
+                res = up(lab, app=args.app, bullmq=args.bullmq)
+                print("p3lab: lab up in %.1f s (base port %d): app %s%s, inventory %s"
+                      % (res["seconds"], lab.base, res["app"],
+                         " (P3's own server, BullMQ %s)" % res["bullmq"] if res.get("app_mode") == "upstream" else "",
+                         res["inventory"]))
                 return 0
             if args.cmd == "down":
                 from .stack import down

@@ -93,13 +93,37 @@ class Lab(object):
         self.inventory = (os.path.join(REPO, "lab", "inventory.yml") if self.is_default_dir
                           else os.path.join(self.dir, "inventory.yml"))
 
+        # app mode: "lab" (lab/app/p3app.py) or "upstream" (P3 Protocol's own server, lab/p3lablib/upstream.py);
+        # chosen by `up --app`, remembered in $P3LAB_DIR/mode.json
+        self.mode_json = os.path.join(self.dir, "mode.json")
+        mode = read_json(self.mode_json, {}) or {}
+        self.app_mode = mode.get("app") or "lab"
+        self.bullmq = mode.get("bullmq") or "working"
+        self.p3redis_port = self.base + 7
+        self.upstream_dir = os.path.join(self.dir, "upstream")
+        if self.upstream:
+            self.app_log = os.path.join(self.log_dir, "p3upstream.log")
+
         self.app_url = "http://127.0.0.1:%d" % self.app_port
         self.rpc_url = "http://127.0.0.1:%d" % self.anvil_port
         self.redis_nodes = ["127.0.0.1:%d" % p for p in self.redis_ports]
-        self.app_db_url = "postgresql://%s:%s@127.0.0.1:%d/%s" % (PG_APP_USER, PG_APP_PASSWORD, self.pg_port, PG_DB)
-        self.admin_db_url = "postgresql://%s:%s@127.0.0.1:%d/%s" % (PG_ADMIN_USER, PG_ADMIN_PASSWORD, self.pg_port, PG_DB)
+        self.db_name = "p3upstream" if self.upstream else PG_DB
+        self.app_db_url = "postgresql://%s:%s@127.0.0.1:%d/%s" % (PG_APP_USER, PG_APP_PASSWORD, self.pg_port,
+                                                                   self.db_name)
+        self.admin_db_url = "postgresql://%s:%s@127.0.0.1:%d/%s" % (PG_ADMIN_USER, PG_ADMIN_PASSWORD, self.pg_port,
+                                                                     self.db_name)
         self.supervisorctl = os.path.join(VENV, "bin", "supervisorctl")
         self.supervisord = os.path.join(VENV, "bin", "supervisord")
+
+    @property
+    def upstream(self):
+        return self.app_mode == "upstream"
+
+    def set_mode(self, app, bullmq):
+        """Record the app mode (`up --app/--bullmq`) and recompute what depends on it."""
+        os.makedirs(self.dir, exist_ok=True)
+        write_json(self.mode_json, {"app": app, "bullmq": bullmq})
+        self.__init__()
 
     def redis_node_dir(self, i):
         return os.path.join(self.redis_dir, "node%d" % i)
@@ -110,7 +134,7 @@ class Lab(object):
     def all_ports(self):
         """Every TCP port a running lab listens on."""
         return (self.redis_ports + [p + 10000 for p in self.redis_ports]
-                + [self.pg_port, self.anvil_port, self.app_port])
+                + [self.pg_port, self.anvil_port, self.app_port] + ([self.p3redis_port] if self.upstream else []))
 
     def child_env(self, extra=None):
         env = dict(os.environ)

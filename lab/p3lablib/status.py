@@ -214,6 +214,10 @@ def _sup(lab):
 
 
 def collect(lab):
+    if lab.upstream:  # P3 Protocol's own server (lab/p3lablib/upstream_status.py)
+        from .upstream_status import collect as collect_upstream
+
+        return collect_upstream(lab)
     out = {"lab": {"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory}, "services": {}}
     with ThreadPoolExecutor(max_workers=6) as ex:
         futs = [ex.submit(f, lab) for f in (_redis, _pg, _anvil, _app, _mesh, _sup)]
@@ -270,6 +274,10 @@ def _fmt(v):
 
 
 def human(st):
+    if st.get("lab", {}).get("app") == "upstream":
+        from .upstream_status import human as human_upstream
+
+        return human_upstream(st)
     lines = ["%-12s %6s %8s  %s" % ("service", "port", "pid", "up")]
     for name, s in st["services"].items():
         lines.append("%-12s %6s %8s  %s" % (name, _fmt(s["port"]), _fmt(s["pid"]), _fmt(s["up"])))

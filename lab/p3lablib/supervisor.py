@@ -33,13 +33,32 @@ def app_env(lab):
     }
 
 
+def app_program(lab):
+    """The supervisor program of the lab's app: `p3app`, or `p3upstream` (P3's own server) for app=upstream."""
+    if lab.upstream:
+        from .upstream import PROGRAM
+
+        return PROGRAM
+    return APP
+
+
+def programs(lab):
+    return [app_program(lab)] if lab.upstream else [APP, MESH]
+
+
 def _env_line(env):
     return ",".join('%s="%s"' % (k, v.replace("%", "%%")) for k, v in sorted(env.items()))
 
 
 def conf_text(lab):
-    env = _env_line(app_env(lab))
-    app_dir = os.path.join(REPO, "lab", "app")
+    if lab.upstream:
+        from . import upstream
+
+        return _conf_head(lab) + upstream.supervisor_section(lab, _env_line(upstream.env(lab)))
+    return _conf_head(lab) + _conf_programs(lab)
+
+
+def _conf_head(lab):
     return """; p3lab: generated, do not edit (rewritten by `p3lab up`)
 [unix_http_server]
 file={sock}
@@ -59,7 +78,13 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl=unix://{sock}
+""".format(sock=lab.sup_sock, log=lab.sup_log, pid=lab.sup_pidfile, logdir=lab.log_dir, repo=REPO)
 
+
+def _conf_programs(lab):
+    env = _env_line(app_env(lab))
+    app_dir = os.path.join(REPO, "lab", "app")
+    return """
 [program:{app}]
 command={py} {app_dir}/p3app.py
 directory={repo}
@@ -93,8 +118,7 @@ redirect_stderr=true
 stdout_logfile={mesh_log}
 stdout_logfile_maxbytes=10MB
 stdout_logfile_backups=1
-""".format(sock=lab.sup_sock, log=lab.sup_log, pid=lab.sup_pidfile, logdir=lab.log_dir, repo=REPO, app=APP,
-           mesh=MESH, py=VENV_PY, app_dir=app_dir, env=env, app_log=lab.app_log, mesh_log=lab.mesh_log)
+""".format(repo=REPO, app=APP, mesh=MESH, py=VENV_PY, app_dir=app_dir, env=env, app_log=lab.app_log, mesh_log=lab.mesh_log)
 
 
 def proxy(lab):
