@@ -1069,13 +1069,16 @@ class P3App:
 
     async def system_health(self, request):
         """P3's GET /api/system/health (server/routes/system.ts) as coded: a database SELECT 1 only, 200 with
-        status "degraded" and database.status "unhealthy" when it fails (never a 503), Redis not checked."""
+        status "degraded" and database.status "unhealthy" when it fails (never a 503), Redis not checked, and the
+        receipt object P3 adds to its answers."""
         db_state = await self.db.check()
         ok = db_state == "ok"
         return web.json_response({
             "status": "ok" if ok else "degraded",
             "database": {"status": "healthy" if ok else "unhealthy"},
             "server": {"uptimeSeconds": round(time.monotonic() - self.started_monotonic)},
+            # P3 adds createReceipt('success') to the answer (server/routes/system.ts)
+            "receipt": {"status": "success", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         })
 
     async def pulse_status(self, request):
