@@ -16,6 +16,9 @@ binary: redis-server or a valkey-server path), P3LAB_REDIS_CLI (its cli; default
 
 def parser():
     from .faults import FAULTS
+    from .upstream_faults import FAULTS as UPSTREAM_FAULTS
+
+    all_faults = FAULTS + [f for f in UPSTREAM_FAULTS if f not in FAULTS]
 
     p = argparse.ArgumentParser(prog="p3lab", description="Run the P3-shaped recovery lab (docs/lab.md).",
                                 epilog=USAGE_EPILOG)
@@ -32,7 +35,8 @@ def parser():
     s = sub.add_parser("status", help="read the lab's state straight from the services")
     s.add_argument("--json", action="store_true", help="one JSON object")
     f = sub.add_parser("fault", help="inject a fault and wait for its symptom")
-    f.add_argument("name", choices=FAULTS, metavar="NAME", help=", ".join(FAULTS))
+    f.add_argument("name", choices=all_faults, metavar="NAME",
+                   help="%s; app=upstream: %s" % (", ".join(FAULTS), ", ".join(UPSTREAM_FAULTS)))
     sub.add_parser("heal", help="undo every fault and wait until the lab is healthy")
     sub.add_parser("prepare-upstream", help="install P3's npm dependencies (both BullMQ variants) into the cache "
                                             "that `up --app upstream` uses (make setup-upstream)")

@@ -476,6 +476,12 @@ def app_down(lab):
 
 
 def inject(lab, name):
+    if lab.upstream:  # P3 Protocol's own server (lab/p3lablib/upstream_faults.py)
+        from .upstream_faults import inject as inject_upstream
+
+        return inject_upstream(lab, name)
+    if name not in FAULTS:
+        raise LabError("%s applies only to app=upstream (P3's own server; docs/lab.md)" % name)
     fn = {
         "db-exhaustion": db_exhaustion,
         "redis-master-down": redis_master_down,

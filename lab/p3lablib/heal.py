@@ -106,6 +106,10 @@ def _publish_reconnect(lab):
 
 
 def heal(lab):
+    if lab.upstream:  # P3 Protocol's own server (lab/p3lablib/upstream_faults.py)
+        from .upstream_faults import heal as heal_upstream
+
+        return heal_upstream(lab)
     t0 = time.monotonic()
     dl = Deadline(240)
     faults = read_json(lab.faults_json, []) or []

@@ -270,6 +270,7 @@ def start_infra(lab, dl, wait_state=True):
             raise LabError("; ".join(errors))
     if lab.upstream:
         res["schema"] = upstream.schema(lab)
+        res["registry"] = upstream.deploy_registry(lab)
     res["supervisord"] = supervisor.start(lab)
     for prog in supervisor.programs(lab):
         res[prog] = supervisor.ensure_program(lab, prog)

@@ -368,6 +368,138 @@ def stop_redis(lab):
             kill(pid, signal.SIGKILL)
 
 
+# ---------------------------------------------------------------- P3's API
+
+
+def wallet_token(wallet=ANCHOR_WALLET, ttl=3600):
+    """An SDK wallet token as P3's requireWalletToken accepts it: a HS256 JWT over {wallet, roles:["user"]} signed
+    with JWT_SECRET (README of ../shared/upstream)."""
+    import base64
+    import hmac
+
+    def b64(raw):
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    now = int(time.time())
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = b64(json.dumps({"wallet": wallet.lower(), "roles": ["user"], "iat": now, "exp": now + ttl},
+                          separators=(",", ":")).encode())
+    sig = hmac.new(JWT_SECRET.encode(), ("%s.%s" % (head, body)).encode(), hashlib.sha256).digest()
+    return "%s.%s.%s" % (head, body, b64(sig))
+
+
+def api(lab, method, path, body=None, token=None, timeout=10.0):
+    """(status, parsed JSON or text) of a request to P3 (status None when no answer)."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(lab.app_url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except Exception as e:  # noqa: BLE001 - refused, timeout, reset
+        return None, str(getattr(e, "reason", e))
+    try:
+        return status, json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def submit_batch(lab, events, timeout=10.0):
+    """POST /api/sdk/anchor/batch (BullMQ queue anchor-batch:us) with a wallet token: (status, body)."""
+    return api(lab, "POST", "/api/sdk/anchor/batch", {"events": events}, token=wallet_token(), timeout=timeout)
+
+
+def anchor_checkpoint(lab, kind="lab", timeout=30.0):
+    """POST /api/sdk/anchor-checkpoint: P3 anchors on chain with PRIVATE_KEY (Base Sepolia = the lab's anvil) and
+    falls back to an anchor_outbox row (pending) when the chain call fails."""
+    return api(lab, "POST", "/api/sdk/anchor-checkpoint",
+               {"walletAddress": ANCHOR_WALLET, "sdkVersion": "p3lab", "type": kind}, timeout=timeout)
+
+
+def bullmq(lab, op, count=0, timeout=60):
+    """Run one BullMQ operation on P3's queue with P3's own bullmq (its node_modules), from P3's directory:
+    `add` (count jobs shaped exactly like POST /api/sdk/anchor/batch's: name anchor-batch, jobId batch-<ms>-<rand>,
+    data {events:[{appId,event,data:{wallet},ts}],batchId,wallet,createdAt}, P3's default job options), `pause`,
+    `resume`, `retry-failed` (Queue.retryJobs), `counts`. Prints and returns one JSON object."""
+    js = r"""
+const { Queue } = require('bullmq');
+const [op, count, url, wallet] = process.argv.slice(1);
+const u = new URL(url);
+const q = new Queue('%(queue)s', { connection: { host: u.hostname, port: Number(u.port),
+  password: decodeURIComponent(u.password), maxRetriesPerRequest: 1, connectTimeout: 3000 },
+  defaultJobOptions: { attempts: 5, backoff: { type: 'exponential', delay: 800 },
+  removeOnComplete: { count: 1000 }, removeOnFail: { count: 5000 } } });
+(async () => {
+  const out = { op };
+  if (op === 'add') {
+    const jobs = [];
+    const now = Date.now();
+    for (let i = 0; i < Number(count); i++) {
+      const batchId = `batch-${now}-${i}-${Math.random().toString(36).slice(2, 10)}`;
+      jobs.push({ name: 'anchor-batch', data: { events: [{ appId: 'p3-lab', event: `backlog-${i}`,
+        data: { wallet }, ts: now }], batchId, wallet, createdAt: now }, opts: { jobId: batchId } });
+    }
+    out.ids = (await q.addBulk(jobs)).map((j) => j.id);
+  } else if (op === 'pause') { await q.pause(); }
+  else if (op === 'resume') { await q.resume(); }
+  else if (op === 'retry-failed') { out.failed = await q.getFailedCount(); await q.retryJobs({ state: 'failed' }); }
+  out.counts = await q.getJobCounts('wait', 'paused', 'active', 'failed', 'completed', 'delayed');
+  out.paused = await q.isPaused();
+  await q.close();
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.log(JSON.stringify({ op, error: String(e && e.message || e) })); process.exit(1); });
+""" % {"queue": QUEUE}
+    rc, out = run([node_binary(), "-e", js, op, str(count), redis_url(lab), ANCHOR_WALLET.lower()], timeout=timeout,
+                  env=lab.child_env(), cwd=src_dir(lab), check=False, what="node (bullmq %s)" % op)
+    lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+    try:
+        res = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise LabError("bullmq %s on P3's queue failed (rc %d): %s" % (op, rc, _last(out)))
+    if rc != 0 or res.get("error"):
+        raise LabError("bullmq %s on P3's queue failed: %s" % (op, res.get("error") or _last(out)))
+    return res
+
+
+# ---------------------------------------------------------------- the anchor registry on anvil
+
+# P3 hard-codes its AnchorRegistry addresses (server/services/blockchain.ts): Base Sepolia (used outside production,
+# e.g. POST /api/sdk/anchor-checkpoint) and Base mainnet. On anvil nothing lives there, so a tx "succeeds" without the
+# DataAnchored event and P3 throws. The lab puts a minimal registry at both addresses (anvil_setCode): any call
+# increments a counter (slot 0), emits DataAnchored(uint256 indexed anchorId, bytes32 indexed contentHash = calldata
+# word 1, address indexed anchorer = caller, uint256 timestamp) and returns the anchorId - what P3's ABI expects.
+REGISTRY_ADDRESSES = ("0xD0b8f9f6c9055574D835355B466C418b7558aCE0", "0x2539823790424051Eb03eBea1EA9bc40A475A34D")
+DATA_ANCHORED_TOPIC = "fa1bf81618876a17a5062aaaa107f8d5265028b4c2bb7f84a64a9fd49ccc3bd7"  # keccak of the signature
+REGISTRY_CODE = "0x" + "".join([
+    "600054", "600101", "80600055",  # id = sload(0) + 1; sstore(0, id)
+    "42600052",                      # mstore(0, timestamp)
+    "33", "600435", "82",            # topics: caller, calldataload(4), id
+    "7f" + DATA_ANCHORED_TOPIC,      # topic0
+    "60206000a4",                    # log4(0, 32, ...)
+    "600052", "60206000f3",          # mstore(0, id); return(0, 32)
+])
+
+
+def deploy_registry(lab):
+    """anvil_setCode of the lab registry at P3's registry addresses (anvil forgets it on restart). Returns True when
+    it had to be set."""
+    from .common import rpc
+
+    changed = False
+    for addr in REGISTRY_ADDRESSES:
+        if rpc(lab.rpc_url, "eth_getCode", [addr, "latest"]).lower() != REGISTRY_CODE.lower():
+            rpc(lab.rpc_url, "anvil_setCode", [addr, REGISTRY_CODE])
+            changed = True
+    return changed
+
+
 # ---------------------------------------------------------------- the program
 
 
