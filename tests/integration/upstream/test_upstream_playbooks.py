@@ -43,7 +43,7 @@ def run(playbook, report_dir, check=False, inventory_path=None, **extra):
 
 
 def report(run_, kind):
-    stats = run_.stats().get(kind) or {}
+    stats = run_.stats.get(kind) or {}
     path = stats.get("report")
     assert path, run_.stdout[-3000:]
     with open(path) as f:
@@ -217,8 +217,8 @@ def test_sessions_and_mesh_say_they_live_in_process_memory(healthy_upstream, rep
     """P3 keeps sessions and mesh peers in process memory: one line says so, nothing in Redis is looked for, the
     v2 handshake works, and a healthy P3 is not restarted (a restart would log every user out)."""
     pid = app_pid()
-    for playbook, kind, line in (("recover_sessions.yml", "p3_recover_sessions", "sessions live in the app's process memory"),
-                                 ("recover_mesh.yml", "p3_recover_mesh", "mesh peers live in the app's process memory")):
+    for playbook, kind, line in (("recover_sessions.yml", "p3_recover_sessions", "process memory (p3_session_store=memory)"),
+                                 ("recover_mesh.yml", "p3_recover_mesh", "process memory (p3_mesh_store=memory)")):
         for check in (True, False):
             r = run(playbook, report_dir, check=check)
             assert r.rc == 0, r.stdout[-3000:]
