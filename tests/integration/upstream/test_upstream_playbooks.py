@@ -229,3 +229,22 @@ def test_sessions_and_mesh_say_they_live_in_process_memory(healthy_upstream, rep
     assert app_pid() == pid
     code, body = upstream.api(lab_now(), "POST", "/api/protocol/v2/session/handshake", {"clientId": "t"}, timeout=10)
     assert code == 200 and body.get("sessionId")
+
+
+def test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts(healthy_upstream, report_dir):
+    """With the bullmq P3's lockfile pins, its anchor worker never starts: the queue is empty and its counts look
+    perfect. The playbook must not pass vacuously - it restarts P3 once (the worker lives inside it) and fails
+    naming the missing worker and the cause."""
+    from p3harness import lab
+    lab("up", "--bullmq", "lockfile", timeout=600)
+    try:
+        assert not worker_connected()
+        r = run("recover_anchor.yml", report_dir, p3_anchor_verify_timeout=20)
+        assert r.rc != 0, r.stdout[-3000:]
+        rep = report(r, "p3_recover_anchor")
+        assert rep["healthy"] is False and rep["changed"] is True
+        assert "no worker on bull:anchor-batch:us" in rep["reason"] and "Queue name cannot contain" in rep["reason"]
+        assert "new anchor job not accepted" in rep["reason"]  # P3's SDK route answers 500
+        assert not worker_connected()
+    finally:
+        lab("up", "--bullmq", "working", timeout=600)
