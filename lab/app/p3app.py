@@ -998,6 +998,7 @@ def parse_time_ms(value) -> float | None:
 class P3App:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.started_monotonic = time.monotonic()
         self.metrics = Metrics()
         self.db = Database(cfg, self.metrics)
         self.hub = RedisHub(cfg)
@@ -1008,6 +1009,7 @@ class P3App:
         app = web.Application(middlewares=[self.count_requests], client_max_size=256 * 1024)
         r = app.router
         r.add_get("/health", self.health)
+        r.add_get("/api/system/health", self.system_health)   # upstream's only database-checking endpoint
         r.add_get("/pulse/status", self.pulse_status)
         r.add_get("/api/pulse/status", self.pulse_status)     # upstream's real path
         r.add_get("/metrics", self.metrics_view)
@@ -1075,6 +1077,20 @@ class P3App:
             return web.json_response({"status": "unhealthy", "failing": failing, "checks": checks},
                                      status=503)
         return web.json_response({"status": "healthy", "checks": checks})
+
+    async def system_health(self, request):
+        """P3's GET /api/system/health (server/routes/system.ts) as coded: a database SELECT 1 only, 200 with
+        status "degraded" and database.status "unhealthy" when it fails (never a 503), Redis not checked, and the
+        receipt object P3 adds to its answers."""
+        db_state = await self.db.check()
+        ok = db_state == "ok"
+        return web.json_response({
+            "status": "ok" if ok else "degraded",
+            "database": {"status": "healthy" if ok else "unhealthy"},
+            "server": {"uptimeSeconds": round(time.monotonic() - self.started_monotonic)},
+            # P3 adds createReceipt('success') to the answer (server/routes/system.ts)
+            "receipt": {"status": "success", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        })
 
     async def pulse_status(self, request):
         return web.json_response({"ok": True, "status": {

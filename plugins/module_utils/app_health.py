@@ -11,7 +11,8 @@ import json
 from ansible_collections.p3.recovery.plugins.module_utils.common import num_text, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response, truncate
 
-GOOD = frozenset(["ok", "healthy", "up", "pass", "passed", "green", "ready", "true", "alive", "connected", "active"])
+GOOD = frozenset(["ok", "healthy", "up", "pass", "passed", "green", "ready", "true", "alive", "connected", "active",
+                  "success"])  # P3 adds receipt: {status: "success"} to its answers (createReceipt)
 BAD = frozenset(["unhealthy", "degraded", "down", "fail", "failed", "failing", "error", "critical", "ko", "red",
                  "false", "dead", "unavailable", "disconnected", "inactive"])
 MAX_JSON_BODY = 64 * 1024

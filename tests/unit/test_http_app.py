@@ -184,3 +184,15 @@ def test_app_verdict():
     assert ah.app_verdict(h, ah.skipped_pulse()) == (True, "health ok; pulse skipped")
     bad = {"healthy": False, "reason": "pulse bad"}
     assert ah.app_verdict({"healthy": False, "reason": "health bad"}, bad) == (False, "health bad; pulse bad")
+
+
+def test_p3_system_health_body_is_healthy():
+    """P3's GET /api/system/health, exactly as its server answers (server/routes/system.ts): every answer carries a
+    `receipt` object from createReceipt('success'); that is not a failing component."""
+    body = {"status": "ok", "database": {"status": "healthy", "latencyMs": 0},
+            "server": {"uptimeSeconds": 41, "memoryUsage": {"heapUsedMB": 114, "heapTotalMB": 145, "rssMB": 274}},
+            "tasks": {"activeCount": 0}, "receipt": {"status": "success", "timestamp": "2026-12-06T12:54:56.161Z"}}
+    assert ah.failing_components(body) == []
+    assert ah.health_verdict(resp(200, body))["healthy"]
+    degraded = dict(body, status="degraded", database={"status": "unhealthy", "latencyMs": 0})
+    assert ah.failing_components(degraded) == [("database", "unhealthy")]
