@@ -68,6 +68,14 @@ def assert_serving(addrs, keys, password=PW, check=True):
 
 # ---------------------------------------------------------------- the lab cluster
 
+def failover_result(run):
+    """The failover step's result; a step skipped because the diagnosis already saw the replica promoted (Redis's own
+    election can land while the run still waits for the cluster's verdict, more often on a loaded machine) did
+    nothing: changed false, no failovers."""
+    res = run.results(FAILOVER_TASK)
+    return res[-1] if res else {"changed": False, "failovers": [], "skipped": True}
+
+
 def test_healthy_cluster_is_left_alone(healthy_lab, report_dir):
     nodes = lab_nodes()
     before = views(nodes)
@@ -112,7 +120,7 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     run, report = recover(report_dir)
     assert run.rc == 0, run.stdout[-3000:]
     assert report["before"]["down_nodes"] == [dead] or report["before"]["failover_candidates"] == []
-    res = run.result(FAILOVER_TASK)
+    res = failover_result(run)
     did_what = [(e["action"], e["target"]) for e in report["timeline"]]
     ours = [f for f in res.get("failovers") or () if f.get("by", "p3.recovery") == "p3.recovery"]
     if ours:
@@ -186,7 +194,7 @@ def test_redis_own_failover_wins_and_the_run_claims_nothing(healthy_lab, report_
     assert_serving(nodes, keys)
     assert failover_calls(live) == calls  # no CLUSTER FAILOVER was sent by anyone: Redis promoted it itself
     # what the run says: nothing of ours - a promotion it saw is by redis, the run's change count does not claim it
-    res = run.result(FAILOVER_TASK)
+    res = failover_result(run)
     assert res["changed"] is False and all(f["by"] == "redis" for f in res.get("failovers") or ()), res
     assert [e["action"] for e in report["timeline"]] in ([], ["observed failover", "converged"]), report["timeline"]
     assert "cluster failover force" not in [e["action"] for e in report["timeline"]]
@@ -261,7 +269,7 @@ def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, rep
         assert run.rc == 0, run.stdout[-3000:]
         replica = [n for n in v0.values() if n["master"] == frozen["id"]][0]
         step = dict(replica_id=replica["id"])
-        for f in run.result(FAILOVER_TASK).get("failovers") or ():
+        for f in failover_result(run).get("failovers") or ():
             assert f["master"] == frozen["addr"] and f["mode"] == "force" and f["replica_id"] == replica["id"]
         for a, v in views(peers).items():
             assert v[step["replica_id"]]["role"] == "master" and v[step["replica_id"]]["slots"] == frozen["slots"], a
