@@ -248,3 +248,45 @@ def test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts(healthy_ups
         assert not worker_connected()
     finally:
         lab("up", "--bullmq", "working", timeout=600)
+
+
+def diagnose_report(report_dir):
+    r = run("diagnose.yml", report_dir)
+    assert r.rc == 0, r.stdout[-3000:]
+    paths = sorted(p for p in os.listdir(report_dir) if p.startswith("diagnose-") and p.endswith(".json"))
+    assert paths, r.stdout[-3000:]
+    with open(os.path.join(report_dir, paths[-1])) as f:
+        return json.load(f)
+
+
+def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy_upstream, tmp_path):
+    """Issue 15: diagnose names the real root cause when the lockfile's BullMQ leaves P3 without an anchor worker.
+    Working BullMQ: the worker is connected (read from P3's Redis) and diagnose is green. Lockfile BullMQ: no
+    worker connection exists, every endpoint still answers, and diagnose names the missing worker as a root cause
+    of the runbook's "payments failing" (SEV-2), with restart_app as the recommendation."""
+    from p3harness import lab
+    working = str(tmp_path / "working")
+    os.makedirs(working)
+    assert wait_for(worker_connected, 30)
+    rep = diagnose_report(working)
+    checks = dict((c["name"], c) for c in rep["checks"])
+    assert checks["anchor_worker"]["healthy"] is True, checks["anchor_worker"]
+    assert rep["healthy"] is True, [c for c in rep["checks"] if not c["healthy"]]
+    lab("up", "--bullmq", "lockfile", timeout=600)
+    try:
+        assert not worker_connected()
+        code, body = system_health()
+        assert code == 200, (code, body)  # P3's own health says nothing about the worker
+        lockfile = str(tmp_path / "lockfile")
+        os.makedirs(lockfile)
+        rep = diagnose_report(lockfile)
+        checks = dict((c["name"], c) for c in rep["checks"])
+        assert checks["anchor_worker"]["healthy"] is False
+        assert "anchor-batch:us has no worker" in checks["anchor_worker"]["reason"]
+        assert checks["health"]["healthy"] is True and checks["database"]["healthy"] is True
+        triage = rep["triage"]
+        assert "anchor_worker" in triage["root_causes"], triage
+        assert triage["severity"] == "SEV-2", triage
+        assert "p3.recovery.restart_app" in triage["scenarios"], triage
+    finally:
+        lab("up", "--bullmq", "working", timeout=600)
