@@ -74,8 +74,8 @@ def _cmd(pid):
         return ""
 
 
-def db_exhaustion(lab):
-    require_app(lab)
+def start_holder(lab):
+    """The connection holder (`p3lab _hold`, its own session) running, started if it is not: its pid."""
     os.makedirs(lab.holder_dir, exist_ok=True)
     pid = _holder_running(lab)
     if not pid:
@@ -88,6 +88,12 @@ def db_exhaustion(lab):
         pid = proc.pid
         with open(lab.holder_pidfile, "w") as fh:
             fh.write("%d\n" % pid)
+    return pid
+
+
+def db_exhaustion(lab):
+    require_app(lab)
+    pid = start_holder(lab)
     t0 = time.monotonic()
     rec = {"fault": "db-exhaustion", "at": now_iso(), "holder_pid": pid, "application_name": "p3-lab-leak"}
     record(lab, rec)
@@ -107,11 +113,11 @@ def db_exhaustion(lab):
         raise LabError("db-exhaustion: after 20 s the app /health still does not report the database failing "
                        "(holder %d holds %s connections)" % (pid, st.get("held")))
     rec["health"] = (body.get("checks") or {}).get("database")
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
-def _update_last(lab, rec):
+def update_last(lab, rec):
     faults = read_json(lab.faults_json, []) or []
     for i in range(len(faults) - 1, -1, -1):
         if faults[i].get("fault") == rec["fault"] and faults[i].get("at") == rec["at"]:
@@ -263,7 +269,7 @@ def redis_master_down(lab):
         raise LabError("redis-master-down: killed %s (pid %d) but after 20 s the app /health does not report redis failing"
                        % (m["address"], pid))
     rec["health"] = (body.get("checks") or {}).get("redis")
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -276,7 +282,7 @@ def redis_slots_uncovered(lab):
            "owner_id": m["id"]}
     record(lab, rec)
     rec["nodes"] = rediscluster.delslots_everywhere(lab, a, b)
-    _update_last(lab, rec)
+    update_last(lab, rec)
 
     def all_fail():
         for port in lab.redis_ports:
@@ -292,7 +298,7 @@ def redis_slots_uncovered(lab):
     rec["waited_s"] = round(time.monotonic() - t0, 1)
     _, body = health(lab)
     rec["health"] = (body.get("checks") or {}).get("redis") if isinstance(body, dict) else None
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -357,7 +363,7 @@ def sessions_corrupt(lab, corrupt=20, min_valid=50):
             raise LabError("sessions-corrupt: the app answers %s, not 401, for a %s session" % (answers.get(kind), kind))
     after = count_sessions(lab)
     rec.update({"valid": after["valid"], "corrupt_total": after["corrupt"], "waited_s": round(time.monotonic() - t0, 1)})
-    _update_last(lab, rec)
+    update_last(lab, rec)
     out = dict(rec)
     out["corrupt"] = len(written)
     out["ids"] = [w["id"] for w in written]
@@ -386,7 +392,7 @@ def mesh_down(lab):
     if not wait_until(lambda: peers(lab) == 0, 15, 0.2):
         raise LabError("mesh-down: /pulse/status still reports %s subscribers after 15 s" % peers(lab))
     rec.update({"peers": 0, "waited_s": round(time.monotonic() - t0, 1)})
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -422,12 +428,12 @@ def anchor_backlog(lab):
     res = post_many(lab, "/api/anchor", [{"appId": "p3-lab", "event": "backlog-%d" % i} for i in range(n)],
                     expect=(202,))
     rec["posted"] = len(res)
-    _update_last(lab, rec)
+    update_last(lab, rec)
     w = wait_until(lambda: (lambda v: v if v >= n else None)(waiting(lab)), 20, 0.2)
     if not w:
         raise LabError("anchor-backlog: posted %d jobs but only %s are waiting after 20 s" % (n, waiting(lab)))
     rec.update({"waiting": w, "waited_s": round(time.monotonic() - t0, 1)})
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -460,7 +466,7 @@ def anchor_worker_down(lab, jobs=5):
     if not w:
         raise LabError("anchor-worker-down: posted %d jobs but %s are waiting after 20 s" % (jobs, waiting(lab)))
     rec.update({"worker_connections": 0, "posted": jobs, "waiting": w, "waited_s": round(time.monotonic() - t0, 1)})
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -475,7 +481,7 @@ def wallet_empty(lab, jobs=10):
                     expect=(202,))
     ids = [str(b.get("jobId") or b.get("id")) for b in res]
     rec["jobs"] = ids
-    _update_last(lab, rec)
+    update_last(lab, rec)
     c = _anchor_client(lab)
 
     def all_failed():
@@ -489,23 +495,28 @@ def wallet_empty(lab, jobs=10):
         raise LabError("wallet-empty: the %d anchor jobs did not all fail within 30 s%s" % (
             jobs, " (the anchor worker is paused by the anchor-backlog fault)" if paused else ""))
     rec.update({"failed": len(ids), "waited_s": round(time.monotonic() - t0, 1)})
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
-def app_down(lab):
+def app_down(lab, program=None):
+    """SIGKILL the app's program (supervisor leaves it EXITED: autorestart=false); program: P3's own server's
+    for app=upstream, else the lab app."""
     t0 = time.monotonic()
     if not supervisor.running(lab):
-        raise LabError("supervisord is not running (is the lab up? `p3lab up`)")
-    pid = supervisor.pid_of(lab, supervisor.APP)
+        raise LabError("supervisord is not running (is the lab up? `p3lab up%s`)"
+                       % (" --app upstream" if lab.upstream else ""))
+    pid = supervisor.pid_of(lab, program or supervisor.APP)
     if pid:
         kill(pid, signal.SIGKILL)
     rec = {"fault": "app-down", "at": now_iso(), "pid": pid, "port": lab.app_port}
+    if program:
+        rec["program"] = program
     record(lab, rec)
     if not wait_until(lambda: not port_listening(lab.app_port), 10, 0.05):
         raise LabError("app-down: port %d is still listening after killing pid %s" % (lab.app_port, pid))
     rec["waited_s"] = round(time.monotonic() - t0, 1)
-    _update_last(lab, rec)
+    update_last(lab, rec)
     return rec
 
 

@@ -119,6 +119,26 @@ def _q(v):
     return json.dumps(v)
 
 
+def _children(lab, program, health_path, app_extra=()):
+    """The inventory's groups: the controller, and the app host restarted through the lab's supervisor."""
+    return [
+        "  children:",
+        "    p3_controller:",
+        "      hosts:",
+        "        localhost:",
+        "          ansible_connection: local",
+        "    p3_app:",
+        "      hosts:",
+        "        p3-lab-app:",
+        "          ansible_connection: local",
+        "          p3_restart_backend: supervisor",
+        "          p3_supervisorctl: %s" % _q(lab.supervisorctl),
+        "          p3_supervisor_conf: %s" % _q(lab.sup_conf),
+        "          p3_supervisor_program: %s" % _q(program),
+        "          p3_app_health_url: %s" % _q(lab.app_url + health_path),
+    ] + list(app_extra) + [""]
+
+
 def inventory_text(lab):
     if lab.upstream:
         return upstream_inventory_text(lab)
@@ -139,22 +159,7 @@ def inventory_text(lab):
         "    p3_bullmq_queue: %s" % _q(BULL_QUEUE),
         "    p3_report_dir: %s" % _q(os.path.join(REPO, "reports")),
         "    p3_db_app_pool_max: 5",
-        "  children:",
-        "    p3_controller:",
-        "      hosts:",
-        "        localhost:",
-        "          ansible_connection: local",
-        "    p3_app:",
-        "      hosts:",
-        "        p3-lab-app:",
-        "          ansible_connection: local",
-        "          p3_restart_backend: supervisor",
-        "          p3_supervisorctl: %s" % _q(lab.supervisorctl),
-        "          p3_supervisor_conf: %s" % _q(lab.sup_conf),
-        "          p3_supervisor_program: %s" % _q(supervisor.APP),
-        "          p3_app_health_url: %s" % _q(lab.app_url + "/health"),
-        "",
-    ])
+    ] + _children(lab, supervisor.APP, "/health"))
 
 
 def upstream_inventory_text(lab):
@@ -183,23 +188,8 @@ def upstream_inventory_text(lab):
         "    p3_upstream_src: %s" % _q(upstream.src_dir(lab)),
         "    p3_upstream_bullmq: %s" % _q(lab.bullmq),
         "    p3_upstream_jwt_secret: %s" % _q(upstream.JWT_SECRET),
-        "  children:",
-        "    p3_controller:",
-        "      hosts:",
-        "        localhost:",
-        "          ansible_connection: local",
-        "    p3_app:",
-        "      hosts:",
-        "        p3-lab-app:",
-        "          ansible_connection: local",
-        "          p3_restart_backend: supervisor",
-        "          p3_supervisorctl: %s" % _q(lab.supervisorctl),
-        "          p3_supervisor_conf: %s" % _q(lab.sup_conf),
-        "          p3_supervisor_program: %s" % _q(upstream.PROGRAM),
-        "          p3_app_health_url: %s" % _q(lab.app_url + "/api/system/health"),
-        "          p3_session_log_paths: %s" % _q([upstream.src_dir(lab) + "/logs/api-debug.log"]),
-        "",
-    ])
+    ] + _children(lab, upstream.PROGRAM, "/api/system/health",
+                  ["          p3_session_log_paths: %s" % _q([upstream.src_dir(lab) + "/logs/api-debug.log"])]))
 
 
 def write_state(lab):

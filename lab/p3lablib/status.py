@@ -75,6 +75,17 @@ def sessions(lab, nodes, down=()):
     return counts
 
 
+def queue_counts(client, base):
+    """waiting/active/failed/completed/delayed of the BullMQ queue whose keys start with base (prefix:queue)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(base + ":wait")
+    pipe.llen(base + ":active")
+    pipe.zcard(base + ":failed")
+    pipe.zcard(base + ":completed")
+    pipe.zcard(base + ":delayed")
+    return dict(zip(("waiting", "active", "failed", "completed", "delayed"), pipe.execute()))
+
+
 def anchor_counts(lab, nodes, down=()):
     keys = {s: "%s:%s:%s" % (BULL_PREFIX, BULL_QUEUE, s) for s in ("wait", "active", "failed", "completed", "delayed")}
     out = {"waiting": None, "active": None, "failed": None, "completed": None, "delayed": None}
@@ -82,14 +93,7 @@ def anchor_counts(lab, nodes, down=()):
     if not port or port in down:
         return out
     try:
-        c = rediscluster.client(port, timeout=1)
-        pipe = c.pipeline(transaction=False)
-        pipe.llen(keys["wait"])
-        pipe.llen(keys["active"])
-        pipe.zcard(keys["failed"])
-        pipe.zcard(keys["completed"])
-        pipe.zcard(keys["delayed"])
-        out["waiting"], out["active"], out["failed"], out["completed"], out["delayed"] = pipe.execute()
+        out.update(queue_counts(rediscluster.client(port, timeout=1), "%s:%s" % (BULL_PREFIX, BULL_QUEUE)))
     except Exception:  # noqa: BLE001
         pass
     return out
@@ -218,9 +222,17 @@ def collect(lab):
         from .upstream_status import collect as collect_upstream
 
         return collect_upstream(lab)
-    out = {"lab": {"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory}, "services": {}}
-    with ThreadPoolExecutor(max_workers=6) as ex:
-        futs = [ex.submit(f, lab) for f in (_redis, _pg, _anvil, _app, _mesh, _sup)]
+    order = ["redis%d" % i for i in range(1, 7)] + ["postgres", "anvil", "app", "meshpeers", "supervisord"]
+    return gather(lab, {}, (_redis, _pg, _anvil, _app, _mesh, _sup), order, problems)
+
+
+def gather(lab, lab_extra, probes, order, judge):
+    """Run the probes concurrently, merge their parts (services in `order`), add the recorded faults and the
+    verdict of judge(lab, status) - shared by both app modes."""
+    out = {"lab": dict({"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory}, **lab_extra),
+           "services": {}}
+    with ThreadPoolExecutor(max_workers=len(probes)) as ex:
+        futs = [ex.submit(f, lab) for f in probes]
         parts = [f.result() for f in futs]
     for part in parts:
         for k, v in part.items():
@@ -228,27 +240,32 @@ def collect(lab):
                 out["services"].update(v)
             else:
                 out[k] = v
-    order = ["redis%d" % i for i in range(1, 7)] + ["postgres", "anvil", "app", "meshpeers", "supervisord"]
     out["services"] = {k: out["services"][k] for k in order}
     faults = read_json(lab.faults_json, []) or []
     out["faults"] = [f.get("fault") for f in faults]
-    out["problems"] = problems(lab, out)
+    out["problems"] = judge(lab, out)
     out["healthy"] = not out["problems"]
     return out
 
 
-def problems(lab, st):
-    """Why the lab is not healthy (empty when it is)."""
+def base_problems(st, health_path, redis_label):
+    """The problems both app modes judge alike: services down, the app's health endpoint, the cluster's shape."""
     p = []
     down = [k for k, v in st["services"].items() if not v["up"]]
     if down:
         p.append("down: " + ", ".join(down))
     if not st["app"]["healthy"]:
-        p.append("app /health: %s" % (st["app"]["health"] or st["app"]["error"] or st["app"]["status_code"]))
+        p.append("app %s: %s" % (health_path, st["app"]["health"] or st["app"]["error"] or st["app"]["status_code"]))
     r = st["redis"]
     if r["cluster_state"] != "ok" or r["masters"] != 3 or r["replicas"] != 3 or r.get("replicas_unlinked"):
-        p.append("redis: cluster_state=%s masters=%s replicas=%s unlinked=%s"
-                 % (r["cluster_state"], r["masters"], r["replicas"], r.get("replicas_unlinked")))
+        p.append("%s: cluster_state=%s masters=%s replicas=%s unlinked=%s"
+                 % (redis_label, r["cluster_state"], r["masters"], r["replicas"], r.get("replicas_unlinked")))
+    return p
+
+
+def problems(lab, st):
+    """Why the lab is not healthy (empty when it is)."""
+    p = base_problems(st, "/health", "redis")
     if st["sessions"]["corrupt"] != 0:
         p.append("sessions: corrupt=%s" % st["sessions"]["corrupt"])
     if st["mesh"]["peers"] != lab.peers:

@@ -81,44 +81,36 @@ serverurl=unix://{sock}
 """.format(sock=lab.sup_sock, log=lab.sup_log, pid=lab.sup_pidfile, logdir=lab.log_dir, repo=REPO)
 
 
+def program_section(name, command, directory, env_line, log, stopwaitsecs=5, autorestart=False, startretries=2,
+                    log_maxbytes="20MB"):
+    """One [program:x] section of the lab's supervisord.conf (the lab app, the mesh peers, P3's own server)."""
+    return """
+[program:{name}]
+command={command}
+directory={directory}
+environment={env}
+autostart=true
+autorestart={autorestart}
+startsecs=1
+startretries={startretries}
+stopsignal=TERM
+stopwaitsecs={stopwaitsecs}
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={log}
+stdout_logfile_maxbytes={log_maxbytes}
+stdout_logfile_backups=1
+""".format(name=name, command=command, directory=directory, env=env_line, autorestart=str(autorestart).lower(),
+           startretries=startretries, stopwaitsecs=stopwaitsecs, log=log, log_maxbytes=log_maxbytes)
+
+
 def _conf_programs(lab):
     env = _env_line(app_env(lab))
     app_dir = os.path.join(REPO, "lab", "app")
-    return """
-[program:{app}]
-command={py} {app_dir}/p3app.py
-directory={repo}
-environment={env}
-autostart=true
-autorestart=false
-startsecs=1
-startretries=2
-stopsignal=TERM
-stopwaitsecs=5
-stopasgroup=true
-killasgroup=true
-redirect_stderr=true
-stdout_logfile={app_log}
-stdout_logfile_maxbytes=20MB
-stdout_logfile_backups=1
-
-[program:{mesh}]
-command={py} {app_dir}/meshpeers.py
-directory={repo}
-environment={env}
-autostart=true
-autorestart=true
-startsecs=1
-startretries=1000
-stopsignal=TERM
-stopwaitsecs=5
-stopasgroup=true
-killasgroup=true
-redirect_stderr=true
-stdout_logfile={mesh_log}
-stdout_logfile_maxbytes=10MB
-stdout_logfile_backups=1
-""".format(repo=REPO, app=APP, mesh=MESH, py=VENV_PY, app_dir=app_dir, env=env, app_log=lab.app_log, mesh_log=lab.mesh_log)
+    return (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log)
+            + program_section(MESH, "%s %s/meshpeers.py" % (VENV_PY, app_dir), REPO, env, lab.mesh_log,
+                              autorestart=True, startretries=1000, log_maxbytes="10MB"))
 
 
 def proxy(lab):

@@ -514,24 +514,9 @@ def command():
 
 
 def supervisor_section(lab, env_line):
-    return """
-[program:{prog}]
-command={cmd}
-directory={src}
-environment={env}
-autostart=true
-autorestart=false
-startsecs=1
-startretries=2
-stopsignal=TERM
-stopwaitsecs=10
-stopasgroup=true
-killasgroup=true
-redirect_stderr=true
-stdout_logfile={log}
-stdout_logfile_maxbytes=20MB
-stdout_logfile_backups=1
-""".format(prog=PROGRAM, cmd=command(), src=src_dir(lab), env=env_line, log=lab.app_log)
+    from .supervisor import program_section
+
+    return program_section(PROGRAM, command(), src_dir(lab), env_line, lab.app_log, stopwaitsecs=10)
 
 
 def health(lab, timeout=3.0):

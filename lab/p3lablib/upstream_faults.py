@@ -1,14 +1,12 @@
 """`p3lab fault NAME` and `p3lab heal` for app=upstream: the lab's faults on P3 Protocol's own server (docs/lab.md,
 "Faults on the real server"). Each fault is injected into what P3 really uses and waits (bounded) until P3 shows it."""
-import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import anvil, pg, rediscluster, supervisor, upstream
-from .common import (ONE_ETH, REPO, VENV_PY, LabError, kill, live_pid, now_iso, pid_alive, port_listening,
-                     read_json, wait_until, write_json)
+from .common import ONE_ETH, LabError, kill, live_pid, now_iso, pid_alive, read_json, wait_until, write_json
+from .faults import record, update_last
 
 FAULTS = ["db-exhaustion", "db-down", "redis-master-down", "redis-outage", "anchor-backlog", "wallet-empty", "app-down"]
 NOT_APPLICABLE = {
@@ -26,21 +24,6 @@ def outage_seconds():
 
     # P3's ioredis clients give up after 10 retries (100 ms .. 1 s apart, about 5.5 s): 10 s is past that
     return _int_env("P3LAB_REDIS_OUTAGE", 10, 1, 600)
-
-
-def record(lab, rec):
-    faults = read_json(lab.faults_json, []) or []
-    faults.append(rec)
-    write_json(lab.faults_json, faults)
-
-
-def update(lab, rec):
-    faults = read_json(lab.faults_json, []) or []
-    for i in range(len(faults) - 1, -1, -1):
-        if faults[i].get("fault") == rec["fault"] and faults[i].get("at") == rec["at"]:
-            faults[i] = rec
-            break
-    write_json(lab.faults_json, faults)
 
 
 def require_app(lab):
@@ -77,21 +60,10 @@ def db_exhaustion(lab):
     """The lab's connection holder (p3lab _hold, application_name p3-lab-leak, as p3app) takes every free slot of
     the server; P3's two postgres.js pools (10 + 10 here) then cannot open the connections they need: concurrent
     API requests fail (one idle pooled connection may still serve a lone probe)."""
-    from .faults import _holder_running
+    from .faults import start_holder
 
     require_app(lab)
-    os.makedirs(lab.holder_dir, exist_ok=True)
-    pid = _holder_running(lab)
-    if not pid:
-        if os.path.exists(lab.holder_state):
-            os.unlink(lab.holder_state)
-        with open(lab.holder_log, "ab") as logf:
-            proc = subprocess.Popen([VENV_PY, os.path.join(REPO, "lab", "p3lab"), "_hold"], stdin=subprocess.DEVNULL,
-                                    stdout=logf, stderr=subprocess.STDOUT, env=lab.child_env(), cwd=REPO,
-                                    start_new_session=True, close_fds=True)
-        pid = proc.pid
-        with open(lab.holder_pidfile, "w") as fh:
-            fh.write("%d\n" % pid)
+    pid = start_holder(lab)
     t0 = time.monotonic()
     rec = {"fault": "db-exhaustion", "at": now_iso(), "holder_pid": pid, "application_name": "p3-lab-leak"}
     record(lab, rec)
@@ -111,7 +83,7 @@ def db_exhaustion(lab):
                        "%s connections)" % (pid, st.get("held")))
     rec["failed_probes"] = len(bad)
     rec["health"] = str(bad[0][1])[:300]
-    update(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -138,7 +110,7 @@ def db_down(lab):
                        % (last["h"][0], str(last["h"][1])[:200]))
     rec.update({"system_health": last["h"][0], "health": last["h"][1] if isinstance(last["h"][1], dict) else
                 str(last["h"][1])[:300], "waited_s": round(time.monotonic() - t0, 1)})
-    update(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -164,13 +136,13 @@ def redis_master_down(lab):
            "name": "p3redis"}
     record(lab, rec)
     rec["pid"] = _kill_redis(lab)
-    update(lab, rec)
+    update_last(lab, rec)
     res = wait_until(lambda: (lambda r: r if r[0] != 200 else None)(upstream.submit_batch(lab, [
         {"appId": "p3-lab", "event": "probe"}], timeout=8)), 20, 0.5)
     code, _ = upstream.health(lab, timeout=5)
     rec.update({"anchor_batch": res[0] if res else 200, "system_health": code,
                 "waited_s": round(time.monotonic() - t0, 1)})
-    update(lab, rec)
+    update_last(lab, rec)
     if not res:
         raise LabError("redis-master-down: P3 still queues anchor batches 20 s after its Redis died")
     return rec
@@ -180,7 +152,7 @@ def _outage(lab, rec):
     seconds = outage_seconds()
     rec["worker_before"] = _worker(lab)
     rec["pid"] = _kill_redis(lab)
-    update(lab, rec)
+    update_last(lab, rec)
     time.sleep(seconds)
     upstream.start_redis(lab)
     rec["outage_s"] = seconds
@@ -201,7 +173,7 @@ def redis_outage(lab):
     code, _ = upstream.health(lab, timeout=5)
     rec.update({"worker_after": _worker(lab), "system_health": code, "recovered_by_itself": not gone,
                 "waited_s": round(time.monotonic() - t0, 1)})
-    update(lab, rec)
+    update_last(lab, rec)
     if rec["worker_before"] and not gone:
         raise LabError("redis-outage: P3's anchor worker came back by itself after a %d s outage" % rec["outage_s"])
     return rec
@@ -224,7 +196,7 @@ def anchor_backlog(lab):
             raise LabError("anchor-backlog: P3's anchor worker came back by itself after the Redis outage")
     res = upstream.bullmq(lab, "add", lab.backlog)
     rec["posted"] = len(res.get("ids") or [])
-    update(lab, rec)
+    update_last(lab, rec)
     from .upstream_status import anchor_queue
 
     got = wait_until(lambda: (lambda q: q if (q["waiting"] or 0) >= lab.backlog else None)(anchor_queue(lab)), 20,
@@ -232,7 +204,7 @@ def anchor_backlog(lab):
     if not got:
         raise LabError("anchor-backlog: %d jobs added but only %s waiting" % (rec["posted"], anchor_queue(lab)["waiting"]))
     rec.update({"waiting": got["waiting"], "worker": got["worker"], "waited_s": round(time.monotonic() - t0, 1)})
-    update(lab, rec)
+    update_last(lab, rec)
     return rec
 
 
@@ -267,7 +239,7 @@ def wallet_empty(lab, n=5):
     ids = [a[1].get("receiptId") for a in answers]
     st = _outbox_status(lab, ids)
     rec.update({"checkpoints": n, "outbox_ids": ids, "outbox": st, "waited_s": round(time.monotonic() - t0, 1)})
-    update(lab, rec)
+    update_last(lab, rec)
     if len(st) != n:
         raise LabError("wallet-empty: only %d of %d fallback outbox rows found" % (len(st), n))
     return rec
@@ -278,19 +250,9 @@ def wallet_empty(lab, n=5):
 
 def app_down(lab):
     """SIGKILL P3's server (supervisor leaves it EXITED: autorestart=false)."""
-    t0 = time.monotonic()
-    if not supervisor.running(lab):
-        raise LabError("supervisord is not running (is the lab up? `p3lab up --app upstream`)")
-    pid = supervisor.pid_of(lab, upstream.PROGRAM)
-    if pid:
-        kill(pid, signal.SIGKILL)
-    rec = {"fault": "app-down", "at": now_iso(), "pid": pid, "port": lab.app_port, "program": upstream.PROGRAM}
-    record(lab, rec)
-    if not wait_until(lambda: not port_listening(lab.app_port), 10, 0.05):
-        raise LabError("app-down: port %d is still listening after killing pid %s" % (lab.app_port, pid))
-    rec["waited_s"] = round(time.monotonic() - t0, 1)
-    update(lab, rec)
-    return rec
+    from .faults import app_down as kill_app
+
+    return kill_app(lab, upstream.PROGRAM)
 
 
 def inject(lab, name):

@@ -1,10 +1,9 @@
 """`p3lab status` for app=upstream: P3 Protocol's own server, read straight from its services (docs/lab.md)."""
 import base64
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from . import supervisor, upstream
-from .common import ONE_ETH, http, listener_pids, live_pid, read_json, tcp_open
+from .common import ONE_ETH, http, listener_pids, live_pid, tcp_open
 
 BACKLOG_PROBLEM = 50  # waiting anchor jobs from which status calls the queue backlogged
 # a job that waits this long while a worker is connected is not being taken: P3's worker is stuck (docs/lab.md)
@@ -28,14 +27,10 @@ def anchor_queue(lab):
     out = {"queue": upstream.QUEUE, "bullmq": lab.bullmq, "worker": None, "workers": None, "waiting": None,
            "active": None, "failed": None, "completed": None, "delayed": None, "oldest_wait_s": None, "stuck": None}
     try:
+        from .status import queue_counts
+
         c = upstream.redis_client(lab, timeout=1)
-        pipe = c.pipeline(transaction=False)
-        pipe.llen(keys["wait"])
-        pipe.llen(keys["active"])
-        pipe.zcard(keys["failed"])
-        pipe.zcard(keys["completed"])
-        pipe.zcard(keys["delayed"])
-        out["waiting"], out["active"], out["failed"], out["completed"], out["delayed"] = pipe.execute()
+        out.update(queue_counts(c, "%s:%s" % (upstream.BULL_PREFIX, upstream.QUEUE)))
         want = worker_client_name()
         n = len([cl for cl in c.client_list() if _is_worker(cl.get("name") or "", want)])
         out["workers"], out["worker"] = n, n > 0
@@ -127,40 +122,18 @@ def _sup(lab):
 
 
 def collect(lab):
-    from .status import _anvil
+    from .status import _anvil, gather
 
-    out = {"lab": {"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory, "app": "upstream",
-                   "bullmq": lab.bullmq, "src": upstream.src_dir(lab)}, "services": {}}
-    with ThreadPoolExecutor(max_workers=5) as ex:
-        futs = [ex.submit(f, lab) for f in (_redis, _pg, _anvil, _app, _sup)]
-        parts = [f.result() for f in futs]
-    for part in parts:
-        for k, v in part.items():
-            if k == "services":
-                out["services"].update(v)
-            else:
-                out[k] = v
     order = ["redis%d" % i for i in range(1, 7)] + ["p3redis", "postgres", "anvil", "app", "supervisord"]
-    out["services"] = {k: out["services"][k] for k in order}
-    faults = read_json(lab.faults_json, []) or []
-    out["faults"] = [f.get("fault") for f in faults]
-    out["problems"] = problems(lab, out)
-    out["healthy"] = not out["problems"]
-    return out
+    return gather(lab, {"app": "upstream", "bullmq": lab.bullmq, "src": upstream.src_dir(lab)},
+                  (_redis, _pg, _anvil, _app, _sup), order, problems)
 
 
 def problems(lab, st):
     """Why P3 is not healthy (empty when it is). The lockfile variant is never healthy: it has no anchor worker."""
-    p = []
-    down = [k for k, v in st["services"].items() if not v["up"]]
-    if down:
-        p.append("down: " + ", ".join(down))
-    if not st["app"]["healthy"]:
-        p.append("app /api/system/health: %s" % (st["app"]["health"] or st["app"]["error"] or st["app"]["status_code"]))
-    r = st["redis"]
-    if r["cluster_state"] != "ok" or r["masters"] != 3 or r["replicas"] != 3 or r.get("replicas_unlinked"):
-        p.append("redis cluster: cluster_state=%s masters=%s replicas=%s unlinked=%s"
-                 % (r["cluster_state"], r["masters"], r["replicas"], r.get("replicas_unlinked")))
+    from .status import base_problems
+
+    p = base_problems(st, "/api/system/health", "redis cluster")
     if st["db"]["leaked"]:
         p.append("db: %d leaked connections" % st["db"]["leaked"])
     a = st["anchor"]

@@ -1243,6 +1243,7 @@ def _push_owners(nodes, topology, expected, timeline):
     redis-cli does after moving a slot, instead of waiting for the owner's heartbeats (which reach each node only
     every few seconds, up to cluster-node-timeout/2). A master that claims a slot itself is left alone; replicas
     cannot take SETSLOT and still learn by heartbeat. Best effort: a refusal is logged and gossip does the rest."""
+    owner_ids = set(i for i, dummy in expected)
     for n in topology["nodes"] if expected else ():
         if not (n["reachable"] and n["role"] == "master" and n.get("id")):
             continue
@@ -1253,6 +1254,10 @@ def _push_owners(nodes, topology, expected, timeline):
         owners = _owner_map(lines)
         todo = [(s, i) for i, slots in expected for s in sorted(slots) if owners[s] not in (i, n["id"])]
         if not todo:
+            if n["id"] not in owner_ids:  # it learned the new owners by heartbeat before we could tell it
+                known = ranges_text(s for dummy, slots in expected for s in slots)
+                timeline.append(timeline_entry("owner known", n["address"],
+                                               "already maps slots %s to their new owner" % known))
             continue
         pipe = nodes(n["address"]).pipeline(transaction=False)
         for s, i in todo:

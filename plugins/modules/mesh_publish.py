@@ -144,11 +144,13 @@ def main():
         while True:
             census = pubsub_census(target.settings, p["channel"], [p["channel"]])
             subscribers = census["channels"].get(p["channel"], 0)
+            if waited or subscribers < p["min_subscribers"]:
+                # how long it has counted: up to the end of this census (a slow census past the wait counts too)
+                waited = round(time.monotonic() - t0, 3)
             left = t0 + p["subscriber_wait"] - time.monotonic()
             if subscribers >= p["min_subscribers"] or left <= 0:
                 break
             time.sleep(min(WAIT_STEP, left))
-            waited = round(time.monotonic() - t0, 3)
         by_node = dict((n["address"], n["channels"].get(p["channel"], 0)) for n in census["nodes"]
                        if n["channels"].get(p["channel"]))
         result = dict(channel=p["channel"], payload=message, subscribers=subscribers, subscribers_by_node=by_node,

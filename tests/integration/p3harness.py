@@ -162,6 +162,20 @@ def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def latest_report(report_dir, kind):
+    """The newest report of that kind (file name prefix) written in report_dir, or None."""
+    reports = sorted(glob.glob(os.path.join(report_dir, "%s-*.json" % kind)))
+    if not reports:
+        return None
+    with open(reports[-1]) as f:
+        return json.load(f)
+
+
+def run_with_report(run, report_dir, kind):
+    """(run, the newest report of that kind in report_dir or None): what a playbook helper returns."""
+    return run, latest_report(report_dir, kind)
+
+
 def ensure_collection_importable():
     """Make ansible_collections.p3.recovery importable in this process (a symlink <state>/unit-path/.../recovery ->
     the repository root, as the unit tests do), for tests that call module_utils directly."""
@@ -369,8 +383,8 @@ def rpc(method, params=None, url=None):
     return answer["result"]
 
 
-def balance(addr, block="latest"):
-    return int(rpc("eth_getBalance", [addr, block]), 16)
+def balance(addr, block="latest", url=None):
+    return int(rpc("eth_getBalance", [addr, block], url=url), 16)
 
 
 def nonce(addr):
@@ -386,13 +400,7 @@ def anchor_redis():
 def recover_anchor(report_dir, check=False, verbosity=0, **extra):
     extravars = {"p3_report_dir": report_dir, "p3_anchor_funding_key": FUNDING_KEY}
     extravars.update(extra)
-    run = run_playbook("recover_anchor.yml", extravars=extravars, check=check, verbosity=verbosity)
-    reports = sorted(glob.glob(os.path.join(report_dir, "recover_anchor-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
+    return run_with_report(run_playbook("recover_anchor.yml", extravars=extravars, check=check, verbosity=verbosity), report_dir, "recover_anchor")
 
 
 # ---------------------------------------------------------------- sessions and mesh
@@ -434,22 +442,10 @@ def recover_sessions(report_dir, backup_dir, check=False, verbosity=0, env=None,
         "p3_session_log_pattern": "session:",
     }
     extravars.update(extra)
-    run = run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity, env=env)
-    reports = sorted(glob.glob(os.path.join(report_dir, "recover_sessions-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
+    return run_with_report(run_playbook("recover_sessions.yml", extravars=extravars, check=check, verbosity=verbosity, env=env), report_dir, "recover_sessions")
 
 
 def recover_mesh(report_dir, check=False, verbosity=0, **extra):
     extravars = {"p3_report_dir": report_dir}
     extravars.update(extra)
-    run = run_playbook("recover_mesh.yml", extravars=extravars, check=check, verbosity=verbosity)
-    reports = sorted(glob.glob(os.path.join(report_dir, "recover_mesh-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
+    return run_with_report(run_playbook("recover_mesh.yml", extravars=extravars, check=check, verbosity=verbosity), report_dir, "recover_mesh")

@@ -9,7 +9,6 @@ plus a generous margin for ansible-playbook itself), not a wall-clock assertion.
 import glob
 import json
 import os
-import re
 import signal
 import socket
 import subprocess

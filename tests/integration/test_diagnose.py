@@ -13,7 +13,8 @@ import redis
 import yaml
 from redis.cluster import ClusterNode, RedisCluster
 
-from p3harness import INVENTORY, LAB_DIR, LAB_SECRETS, PY, ROOT, base_env, lab_fault, lab_status, run_playbook
+from p3harness import (INVENTORY, LAB_DIR, LAB_SECRETS, PY, ROOT, base_env, lab_fault, lab_status, run_playbook,
+                       run_with_report)
 
 CHECKS = ["database", "slow_queries", "redis", "health", "handshake", "sessions", "auth", "pulse", "metrics",
           "anchor_worker", "wallet", "anchor_queue"]
@@ -25,11 +26,8 @@ ENDPOINT_CHECKS = ["health", "database", "slow_queries", "redis", "pulse", "metr
 def diagnose(report_dir, **extra):
     extravars = {"p3_report_dir": report_dir}
     extravars.update(extra)
-    run = run_playbook("diagnose.yml", extravars=extravars)
-    reports = sorted(glob.glob(os.path.join(report_dir, "diagnose-*.json")))
-    assert reports, "no report written; output:\n%s" % run.stdout[-3000:]
-    with open(reports[-1]) as f:
-        report = json.load(f)
+    run, report = run_with_report(run_playbook("diagnose.yml", extravars=extravars), report_dir, "diagnose")
+    assert report, "no report written; output:\n%s" % run.stdout[-3000:]
     return run, report
 
 

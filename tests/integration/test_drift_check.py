@@ -1,11 +1,9 @@
 """drift_check.yml (the runbook's monitoring alerts) and export_alerts.yml against the real lab."""
-import glob
-import json
 import os
 
 import yaml
 
-from p3harness import LAB_SECRETS_HINT, ROOT, lab_fault, lab_status, run_playbook
+from p3harness import LAB_SECRETS_HINT, ROOT, lab_fault, lab_status, run_playbook, run_with_report
 
 ALERTS = ["session_auth_failure_rate", "mesh_peer_count_low", "anchor_queue_backup", "database_connection_high",
           "redis_memory_high"]
@@ -14,13 +12,7 @@ ALERTS = ["session_auth_failure_rate", "mesh_peer_count_low", "anchor_queue_back
 def drift(report_dir, **extra):
     extravars = {"p3_report_dir": report_dir, "p3_drift_auth_window_seconds": 1}
     extravars.update(extra)
-    run = run_playbook("drift_check.yml", extravars=extravars)
-    reports = sorted(glob.glob(os.path.join(report_dir, "drift_check-*.json")))
-    report = None
-    if reports:
-        with open(reports[-1]) as f:
-            report = json.load(f)
-    return run, report
+    return run_with_report(run_playbook("drift_check.yml", extravars=extravars), report_dir, "drift_check")
 
 
 def by_name(report):

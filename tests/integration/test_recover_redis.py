@@ -226,11 +226,13 @@ def test_uncovered_slots_go_back_to_the_master_holding_their_keys(healthy_lab, r
         assert v[owner_id]["slots"] >= set(range(a, b + 1)), addr
     assert_serving(nodes, keys)
     assert "addslots" in [e["action"] for e in report["timeline"]]
-    # the other masters were told the owner at once (SETSLOT NODE), not left to the heartbeats
+    # each other master was told the owner at once (SETSLOT NODE) unless it already knew it when the run asked
+    # (a heartbeat can outrun the run on a busy host): none is left to the heartbeats unasked
     view = views(nodes)[did["owner"]]
     others = set(n["addr"] for n in view.values() if n["role"] == "master" and n["slots"] and n["id"] != owner_id)
     told = set(e["target"] for e in report["timeline"] if e["action"] == "setslot node")
-    assert len(others) == 2 and told == others, (others, report["timeline"])
+    known = set(e["target"] for e in report["timeline"] if e["action"] == "owner known")
+    assert len(others) == 2 and told | known == others and not told & known, (others, report["timeline"])
 
     run, report = recover(report_dir)
     assert run.rc == 0 and changed_count(run) == 0

@@ -4,16 +4,15 @@ A private anvil (its own port, P3LAB_BASE_PORT + 99, no lab needed) with automat
 whose blocks come slower than the receipt timeout. Every assertion reads the chain itself over JSON-RPC (balances,
 nonces, the pool, receipts).
 """
-import json
 import os
 import socket
 import subprocess
 import time
-import urllib.request
 
 import pytest
 import yaml
 
+import p3harness as harness
 from p3harness import ROOT, run_playbook
 
 FUNDING_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0 (dev chain only)
@@ -29,16 +28,12 @@ URL = "http://127.0.0.1:%d" % PORT
 
 
 def rpc(method, params=None):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
-    req = urllib.request.Request(URL, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        answer = json.loads(r.read())
-    assert "error" not in answer, answer
-    return answer["result"]
+    """JSON-RPC on this module's private anvil (p3harness.rpc, URL)."""
+    return harness.rpc(method, params, url=URL)
 
 
 def balance(addr, block="latest"):
-    return int(rpc("eth_getBalance", [addr, block]), 16)
+    return harness.balance(addr, block, url=URL)
 
 
 def nonce(addr, block="latest"):

@@ -12,7 +12,7 @@ import tempfile
 
 import yaml
 
-from p3harness import ROOT, lab_fault, lab_status, run_playbook
+from p3harness import ROOT, lab_fault, lab_status, latest_report, run_playbook
 from p3upstream_harness import lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
 PROFILE = os.path.join(ROOT, "profiles", "p3-upstream.yml")
@@ -253,10 +253,9 @@ def test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts(healthy_ups
 def diagnose_report(report_dir):
     r = run("diagnose.yml", report_dir)
     assert r.rc == 0, r.stdout[-3000:]
-    paths = sorted(p for p in os.listdir(report_dir) if p.startswith("diagnose-") and p.endswith(".json"))
-    assert paths, r.stdout[-3000:]
-    with open(os.path.join(report_dir, paths[-1])) as f:
-        return json.load(f)
+    rep = latest_report(report_dir, "diagnose")
+    assert rep, r.stdout[-3000:]
+    return rep
 
 
 def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy_upstream, tmp_path):
