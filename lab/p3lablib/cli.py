@@ -1,4 +1,4 @@
-"""Command line: p3lab up | down [--purge] | status [--json] | fault NAME | heal."""
+"""Command line: p3lab up | down [--purge] | status [--json] | fault NAME | heal | tls-up | tls-down [--purge]."""
 import argparse
 import json
 import os
@@ -40,6 +40,10 @@ def parser():
     sub.add_parser("heal", help="undo every fault and wait until the lab is healthy")
     sub.add_parser("prepare-upstream", help="install P3's npm dependencies (both BullMQ variants) into the cache "
                                             "that `up --app upstream` uses (make setup-upstream)")
+    sub.add_parser("tls-up", help="start the small TLS lab (private CA, TLS-only Redis Cluster, SSL-only PostgreSQL) "
+                                  "in $P3LAB_TLS_DIR (default <repo>/.state/lab-tls), ports P3LAB_BASE_PORT+600")
+    td = sub.add_parser("tls-down", help="stop the TLS lab")
+    td.add_argument("--purge", action="store_true", help="also delete its dir (certificates included)")
     sub.add_parser("_hold")  # the detached db-exhaustion holder (no help: hidden)
     return p
 
@@ -63,6 +67,11 @@ def main(argv=None):
                 path, secs = prepare(v)
                 res[v] = {"node_modules": path, "seconds": secs}
             print(json.dumps(res))
+            return 0
+        if args.cmd in ("tls-up", "tls-down"):
+            from . import tls
+
+            print(json.dumps(tls.up() if args.cmd == "tls-up" else tls.down(purge=args.purge)))
             return 0
         if args.cmd == "_hold":
             from .faults import hold_main

@@ -15,8 +15,8 @@ options:
       - libpq connection string, as a URI (C(postgresql://user:password@host:port/db?sslmode=require)) or as
         keywords (C(host=... port=... dbname=... user=... password=...)).
       - If not set, the environment variable E(DATABASE_URL) is used.
-      - The O(db_host), O(db_port), O(db_user), O(db_password), O(db_name) and O(db_sslmode) options override the
-        matching parts of the DSN. Without a DSN they alone describe the connection; libpq's own environment
+      - The O(db_host), O(db_port), O(db_user), O(db_password), O(db_name), O(db_sslmode), O(db_sslrootcert),
+        O(db_sslcert) and O(db_sslkey) options override the matching parts of the DSN. Without a DSN they alone describe the connection; libpq's own environment
         variables (E(PGHOST), E(PGPASSWORD), ...) fill what is left unset.
       - During a connection exhaustion incident use a superuser here, so the connection can take one of the
         C(superuser_reserved_connections) slots.
@@ -40,6 +40,17 @@ options:
     description: libpq C(sslmode).
     type: str
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  db_sslrootcert:
+    description:
+      - libpq C(sslrootcert), the CA bundle that verifies the server certificate (O(db_sslmode=verify-ca) or
+        O(db_sslmode=verify-full)).
+    type: path
+  db_sslcert:
+    description: libpq C(sslcert), a client certificate to present to the server.
+    type: path
+  db_sslkey:
+    description: libpq C(sslkey), the private key of O(db_sslcert).
+    type: path
   connect_timeout:
     description:
       - Seconds allowed for connecting (name resolution, TCP, TLS and authentication), and for each query.

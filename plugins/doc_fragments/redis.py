@@ -47,6 +47,15 @@ options:
     description:
       - CA bundle to verify the servers' certificates with (TLS only); the system store when not set.
     type: path
+  redis_client_cert:
+    description:
+      - Client certificate (PEM) to present to the servers (TLS only), for Redis configured with
+        C(tls-auth-clients yes).
+    type: path
+  redis_client_key:
+    description:
+      - Private key (PEM) of O(redis_client_cert); may be in the O(redis_client_cert) file itself.
+    type: path
   redis_validate_certs:
     description:
       - Verify the servers' TLS certificates and host names. Set to V(false) only for self-signed lab setups.

@@ -57,11 +57,14 @@ POSTGRES_ARGUMENT_SPEC = dict(
     db_password=dict(type="str", no_log=True),
     db_name=dict(type="str"),
     db_sslmode=dict(type="str", choices=SSLMODES),
+    db_sslrootcert=dict(type="path"),
+    db_sslcert=dict(type="path"),
+    db_sslkey=dict(type="path", no_log=False),
     connect_timeout=dict(type="float", default=5.0),
 )
 
 _PART_TO_KEY = dict(db_host="host", db_port="port", db_user="user", db_password="password", db_name="dbname",
-                    db_sslmode="sslmode")
+                    db_sslmode="sslmode", db_sslrootcert="sslrootcert", db_sslcert="sslcert", db_sslkey="sslkey")
 
 
 def postgres_argument_spec(**extra):

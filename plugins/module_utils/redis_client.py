@@ -55,6 +55,8 @@ REDIS_ARGUMENT_SPEC = dict(
     redis_password=dict(type="str", no_log=True, fallback=env("REDIS_PASSWORD")),
     redis_tls=dict(type="bool", default=False),
     redis_ca_cert=dict(type="path"),
+    redis_client_cert=dict(type="path"),
+    redis_client_key=dict(type="path", no_log=False),
     redis_validate_certs=dict(type="bool", default=True),
     redis_socket_timeout=dict(type="float", default=2.0),
     redis_connect_timeout=dict(type="float", default=2.0),
@@ -81,12 +83,15 @@ class RedisSettings(object):
     """Where and how to connect: the seed nodes plus credentials, TLS and timeouts."""
 
     def __init__(self, seeds, username=None, password=None, tls=False, ca_cert=None, validate_certs=True,
-                 socket_timeout=2.0, connect_timeout=2.0, db=0, source=None, deadline=None):
+                 socket_timeout=2.0, connect_timeout=2.0, db=0, source=None, deadline=None, client_cert=None,
+                 client_key=None):
         self.seeds = list(seeds)
         self.username = username or None
         self.password = password or None
         self.tls = bool(tls)
         self.ca_cert = ca_cert
+        self.client_cert = client_cert or None
+        self.client_key = client_key or None
         self.validate_certs = validate_certs
         self.socket_timeout = float(socket_timeout)
         self.connect_timeout = float(connect_timeout)
@@ -246,6 +251,8 @@ def resolve_redis_settings(params):
         password=password,
         tls=tls or bool(params.get("redis_tls")),
         ca_cert=params.get("redis_ca_cert"),
+        client_cert=params.get("redis_client_cert"),
+        client_key=params.get("redis_client_key"),
         validate_certs=params.get("redis_validate_certs", True) is not False,
         socket_timeout=timeouts["redis_socket_timeout"],
         connect_timeout=timeouts["redis_connect_timeout"],
@@ -515,6 +522,21 @@ def deadline_connection_class(deadline, tls=False):
     return type("P3Deadline" + base.__name__, (_DeadlineConnectionMixin, base), {"p3_deadline": deadline})
 
 
+def tls_kwargs(settings):
+    """The redis-py TLS keyword arguments of settings (none without TLS): CA, client certificate, validation."""
+    if not settings.tls:
+        return {}
+    kwargs = dict(
+        ssl=True,
+        ssl_ca_certs=settings.ca_cert,
+        ssl_cert_reqs="required" if settings.validate_certs else "none",
+        ssl_check_hostname=bool(settings.validate_certs),
+    )
+    if settings.client_cert:
+        kwargs.update(ssl_certfile=settings.client_cert, ssl_keyfile=settings.client_key)
+    return kwargs
+
+
 def node_client(settings, host, port, decode_responses=True):
     """A redis.Redis to exactly one node, with the short timeouts and no retry."""
     if not HAS_REDIS:
@@ -530,13 +552,7 @@ def node_client(settings, host, port, decode_responses=True):
         decode_responses=decode_responses,
         health_check_interval=0,
     )
-    if settings.tls:
-        kwargs.update(
-            ssl=True,
-            ssl_ca_certs=settings.ca_cert,
-            ssl_cert_reqs="required" if settings.validate_certs else "none",
-            ssl_check_hostname=bool(settings.validate_certs),
-        )
+    kwargs.update(tls_kwargs(settings))
     kwargs.update(_optional_client_kwargs())
     client = redis.Redis(**kwargs)
     if settings.deadline.end is not None:
@@ -558,13 +574,7 @@ def cluster_client(settings, **extra):
         socket_connect_timeout=settings.connect_timeout,
         decode_responses=True,
     )
-    if settings.tls:
-        kwargs.update(
-            ssl=True,
-            ssl_ca_certs=settings.ca_cert,
-            ssl_cert_reqs="required" if settings.validate_certs else "none",
-            ssl_check_hostname=bool(settings.validate_certs),
-        )
+    kwargs.update(tls_kwargs(settings))
     if settings.deadline.end is not None:
         kwargs["connection_class"] = deadline_connection_class(settings.deadline, settings.tls)
     kwargs.update(extra)

@@ -298,14 +298,17 @@ def _held_until_flag_playbook(tmp_path, reached, flag):
     deferred), play 2 says it got there and waits for a flag file (an app restart that takes its time), play 3 is
     the role's verification."""
     interp = {"ansible_python_interpreter": os.path.join(ROOT, ".venv", "bin", "python")}
+    # the connection settings, as the shipped playbooks pass them (role p3.recovery.connection)
+    connection = {"group/p3.recovery.%s" % g: "{{ p3_%s_module_defaults }}" % g
+                  for g in ("redis", "postgres", "http", "ethereum")}
     book = [
         {"name": "run A - diagnose, decide, act", "hosts": "localhost", "gather_facts": False, "vars": interp,
-         "roles": [{"role": "p3.recovery.database", "vars": {"p3_db_defer_verify": True}}]},
+         "module_defaults": connection, "roles": [{"role": "p3.recovery.database", "vars": {"p3_db_defer_verify": True}}]},
         {"name": "run A - the restart play (a slow one)", "hosts": "localhost", "gather_facts": False, "vars": interp,
          "tasks": [{"name": "got here", "ansible.builtin.copy": {"dest": reached, "content": "x"}},
                    {"name": "restarting", "ansible.builtin.wait_for": {"path": flag, "timeout": 240}}]},
         {"name": "run A - verify and report", "hosts": "localhost", "gather_facts": False, "vars": interp,
-         "tasks": [{"name": "verify", "ansible.builtin.import_role": {"name": "p3.recovery.database",
+         "module_defaults": connection, "tasks": [{"name": "verify", "ansible.builtin.import_role": {"name": "p3.recovery.database",
                                                                        "tasks_from": "verify"}}]},
     ]
     path = tmp_path / "run-a.yml"

@@ -232,7 +232,8 @@ def _blackhole():
 BAD_INPUT = {
     "malformed dsn": ({"p3_database_url": "postgresql://p3admin:Pw@[broken/p3"}, "invalid dsn"),
     "closed port": ({"p3_database_url": "postgresql://p3admin:x@127.0.0.1:1/p3"}, "127.0.0.1:1: connection refused"),
-    "silent host": ({"p3_database_url": "postgresql://p3admin:x@127.0.0.1:{hole}/p3", "p3_db_timeout": 2},
+    "silent host": ({"p3_database_url": "postgresql://p3admin:x@127.0.0.1:{hole}/p3",
+                     "p3_db_connect_timeout": 2},
                     "127.0.0.1:{hole}: timed out after 2s"),
     "wrong password": ({"p3_database_url": "postgresql://p3admin:Wr0ngSecret@127.0.0.1:{pg}/p3"},
                        'password authentication failed for user "p3admin"'),

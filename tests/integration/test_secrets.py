@@ -7,6 +7,7 @@ unreachable, wrong credentials. Everything written - the run's output, its job e
 the incident logs and postmortems, reports and backups - is searched for each secret, its URL-encoded forms
 and its halves. The secrets come from a -e @file, as the README says secrets should.
 """
+import glob
 import json
 import os
 import uuid
@@ -242,3 +243,30 @@ def test_playbooks_mask_secrets(creds, tmp_path, playbook, case):
     assert run.status != "timeout", run.stdout[-3000:]
     assert os.path.isdir(str(tmp_path / "reports")), run.stdout[-3000:]
     assert_no_secret(everything_written(run, tmp_path), creds)
+
+
+@pytest.mark.parametrize("playbook,case", [("diagnose.yml", "success"), ("recover_redis.yml", "wrong")])
+def test_connection_variables_mask_secrets(creds, tmp_path, playbook, case):
+    """The Redis password as a variable of its own (p3_redis_username / p3_redis_password of role
+    p3.recovery.connection), passed once per play through module_defaults: used (success: the ACL user's password
+    reaches every node), and masked at -vvv everywhere (wrong: recover_redis fails on it)."""
+    v = lab_vars()
+    cv = case_vars(case, creds)
+    extravars = tmp_path / "vars.json"
+    extravars.write_text(json.dumps(dict(
+        p3_redis_nodes=v["p3_redis_nodes"], p3_redis_username=creds["user"],
+        p3_redis_password=creds["redis_pw"] if case == "success" else creds["wrong"],
+        p3_database_url=cv["sec_dsn"], p3_diag_probes=["postgres", "redis"],
+        p3_report_dir=str(tmp_path / "reports"))))
+    incidents = tmp_path / "incidents"
+    run = run_playbook(playbook, extravars_file=str(extravars), verbosity=3, timeout=GUARD, check=case != "success",
+                       env={"P3_INCIDENT_DIR": str(incidents), "P3_INCIDENT_ID": "conn-%s" % case})
+    assert run.status != "timeout", run.stdout[-3000:]
+    assert_no_secret(everything_written(run, tmp_path), creds)
+    if case == "success":
+        assert run.rc == 0, run.stdout[-3000:]
+        report = json.loads(open(sorted(glob.glob(str(tmp_path / "reports" / "diagnose-*.json")))[-1]).read())
+        verdicts = dict((c["name"], c["healthy"]) for c in report["checks"])
+        assert verdicts["redis"] is True and verdicts["database"] is True, report["checks"]
+    else:
+        assert run.rc != 0 and "Traceback" not in run.stdout
