@@ -7,32 +7,13 @@ and the pool arithmetic (app instances x pool max against max_connections) repor
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import math
+from ansible_collections.p3.recovery.plugins.module_utils.common import one_line as _one_line
+from ansible_collections.p3.recovery.plugins.plugin_utils.inputs import fmt as _fmt, input_errors, number as _number
 
 STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
 RESTART_MODES = ["never", "auto", "always"]
 
-
-def _number(value):
-    if isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(f) or math.isinf(f):
-        return None
-    return f
-
-
-def _fmt(value):
-    f = _number(value)
-    if f is None:
-        return repr(value) if isinstance(value, str) else str(value)
-    return ("%d" % f) if f.is_integer() else ("%g" % f)
-
-
-# name -> (kind, low, low_inclusive, high)
+# name, kind, low, low inclusive, high (plugin_utils.inputs)
 NUMBER_RULES = [
     ("p3_db_max_usage_pct", "number", 0, False, 100),
     ("p3_db_min_age_seconds", "number", 0, True, None),
@@ -51,19 +32,7 @@ NUMBER_RULES = [
 
 def database_input_errors(values):
     """One line per bad variable of the database role (values: name -> value); empty when all are fine."""
-    errors = []
-    for name, kind, low, low_incl, high in NUMBER_RULES:
-        if name not in values:
-            continue
-        raw = values[name]
-        f = _number(raw)
-        bound = "%s %s%s" % (">=" if low_incl else ">", _fmt(low), (" and <= %s" % _fmt(high)) if high is not None else "")
-        what = "an integer" if kind == "integer" else "a number"
-        if f is None or (kind == "integer" and not f.is_integer()) or (f < low if low_incl else f <= low) \
-                or (high is not None and f > high):
-            errors.append("%s must be %s %s, got %s" % (name, what, bound, _fmt(raw)))
-    if "p3_db_restart_app" in values and values["p3_db_restart_app"] not in RESTART_MODES:
-        errors.append("p3_db_restart_app must be one of %s, got %s" % (", ".join(RESTART_MODES), _fmt(values["p3_db_restart_app"])))
+    errors = input_errors(values, NUMBER_RULES, [("p3_db_restart_app", RESTART_MODES)])
     if "p3_db_states" in values:
         states = values["p3_db_states"]
         if isinstance(states, str) or not isinstance(states, (list, tuple)) or not states:
@@ -117,11 +86,6 @@ def pool_budget(instances, pool_max, max_connections=None, superuser_reserved=3,
             "them (the runbook's step 3) would not help. Look at what held the connections (by application and "
             "user in the report) and fix that client." % (formula, slots, _fmt(pct)))
     return out
-
-
-def _one_line(text, limit=400):
-    text = " ".join(str(text or "").split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _apps(backends):

@@ -197,7 +197,7 @@ BAD_INPUT = {
     "unreachable redis": ({"p3_redis_nodes": ["127.0.0.1:1"]}, "127.0.0.1:1"),
     "bad restart": ({"p3_mesh_restart_app": "maybe"}, "p3_mesh_restart_app must be never, auto or always"),
     "bad threshold": ({"p3_mesh_min_peers": "lots"}, "p3_mesh_min_peers must be an integer"),
-    "bad subscriber wait": ({"p3_mesh_subscriber_wait": "a while"}, "p3_mesh_subscriber_wait must be numbers"),
+    "bad subscriber wait": ({"p3_mesh_subscriber_wait": "a while"}, "p3_mesh_subscriber_wait must be a number >= 0"),
 }
 
 

@@ -225,7 +225,7 @@ def test_backup_lands_where_the_operator_runs_and_the_printed_undo_works(healthy
 BAD_INPUT = {
     "unreachable redis": ({"p3_redis_nodes": ["127.0.0.1:1"]}, "127.0.0.1:1"),
     "wrong password": ({"p3_redis_password": "Wr0ngSecret"}, "authentication failed"),
-    "bad mode": ({"p3_session_purge_mode": "some"}, "p3_session_purge_mode must be corrupt or all, got some"),
+    "bad mode": ({"p3_session_purge_mode": "some"}, "p3_session_purge_mode must be corrupt or all, got 'some'"),
     "zero cap": ({"p3_session_max_keys": 0}, "p3_session_max_keys must be an integer >= 1"),
     "bad restart": ({"p3_session_restart_app": "maybe"}, "p3_session_restart_app must be never, auto or always"),
 }

@@ -32,7 +32,7 @@ def test_good_input_has_no_error():
     ("p3_db_max_count", 0, "p3_db_max_count must be an integer >= 1, got 0"),
     ("p3_db_max_count", 2.5, "p3_db_max_count must be an integer >= 1, got 2.5"),
     ("p3_db_timeout", 0, "p3_db_timeout must be a number > 0, got 0"),
-    ("p3_db_restart_app", "sometimes", "p3_db_restart_app must be one of never, auto, always, got 'sometimes'"),
+    ("p3_db_restart_app", "sometimes", "p3_db_restart_app must be never, auto or always, got 'sometimes'"),
     ("p3_db_states", "active", "p3_db_states must be a non-empty list"),
     ("p3_db_states", [], "p3_db_states must be a non-empty list"),
     ("p3_db_states", ["active", "sleeping"], "p3_db_states: unknown state 'sleeping'"),
