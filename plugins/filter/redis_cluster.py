@@ -26,11 +26,11 @@ def redis_decision(seen, settings):
     seen = seen or {}
     settings = settings or {}
     wanted = list(seen.get("next_actions") or [])
-    on = dict((action, boolean(settings.get(switch, False), strict=False)) for action, switch, _ in _SWITCHES)
-    out = dict((action, on[action] and action in wanted) for action, _, _ in _SWITCHES)
+    on = dict((action, boolean(settings.get(switch, False), strict=False)) for action, switch, dummy in _SWITCHES)
+    out = dict((action, on[action] and action in wanted) for action in on)
     # An explicit master to fail over (p3_redis_failover_master) is a failover even when the topology sees none.
     out["failover"] = on["failover"] and ("failover" in wanted or len(settings.get("failover_master") or "") > 0)
-    off = [hint for action, _, hint in _SWITCHES if action in wanted and not on[action]]
+    off = [hint for action, dummy, hint in _SWITCHES if action in wanted and not on[action]]
     decided = ", ".join(wanted) or "nothing to do"
     if off:
         decided += " (off: %s)" % ", ".join(off)

@@ -29,8 +29,8 @@ CHOICES = [
 def session_input_errors(values):
     """One line per bad variable of the session_bridge role (values: name -> value); empty when all are fine."""
     errors = input_errors(values, NUMBER_RULES, CHOICES)
-    if values.get("p3_session_purge_mode") == "all" and not boolean(values.get("p3_session_allow_purge_all"),
-                                                                     strict=False):
+    gate = boolean(values.get("p3_session_allow_purge_all"), strict=False)
+    if values.get("p3_session_purge_mode") == "all" and not gate:
         errors.append("p3_session_purge_mode=all removes every session (every user is logged out): set "
                       "p3_session_allow_purge_all=true to do it")
     return errors

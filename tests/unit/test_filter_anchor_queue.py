@@ -12,8 +12,9 @@ SETTINGS = dict(fund=True, retry=True, reconcile=True, outbox_check=True, retry_
                 target_wei=500000000000000000, prefix="bull", queue="anchor")
 
 
-def decide(queue=QUEUE_OK, outbox=OUTBOX_OK, chain=CHAIN_OK, canary=None, **settings):
-    return anchor_decision(dict(queue=queue, outbox=outbox, chain=chain, canary=canary or {}),
+def decide(queue=None, outbox=None, chain=None, canary=None, **settings):
+    return anchor_decision(dict(queue=queue or QUEUE_OK, outbox=outbox or OUTBOX_OK, chain=chain or CHAIN_OK,
+                                canary=canary or {}),
                            dict(SETTINGS, **settings))
 
 

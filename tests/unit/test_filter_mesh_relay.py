@@ -18,8 +18,9 @@ GOOD = dict(p3_mesh_restart_app="auto", p3_mesh_min_peers=10, p3_mesh_storm_thre
             p3_mesh_subscriber_wait=10, p3_mesh_store="redis")
 
 
-def decide(peers=PEERS_OK, pubsub=PUBSUB_OK, storm=NO_STORM, **settings):
-    return mesh_decision(dict(peers=peers, pubsub=pubsub, storm=storm), dict(SETTINGS, **settings))
+def decide(peers=None, pubsub=None, storm=None, **settings):
+    return mesh_decision(dict(peers=peers or PEERS_OK, pubsub=pubsub or PUBSUB_OK, storm=storm or NO_STORM),
+                         dict(SETTINGS, **settings))
 
 
 def test_healthy_mesh_nothing_to_do():

@@ -13,8 +13,8 @@ GOOD = dict(p3_session_purge_mode="corrupt", p3_session_allow_purge_all=False, p
             p3_session_max_keys=10000, p3_session_max_corrupt=0, p3_session_verify_timeout=20, p3_session_store="redis")
 
 
-def decide(handshake=OK, census=None, **settings):
-    return session_decision(dict(handshake=handshake, census=census if census is not None else {"keys": 40, "corrupt": 0}),
+def decide(handshake=None, census=None, **settings):
+    return session_decision(dict(handshake=handshake or OK, census=census if census is not None else {"keys": 40, "corrupt": 0}),
                             dict(SETTINGS, **settings))
 
 
