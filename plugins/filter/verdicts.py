@@ -14,9 +14,7 @@ RUNBOOK_RESPONSE = {
 }
 
 
-def _one_line(text, limit=300):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from ansible_collections.p3.recovery.plugins.module_utils.common import one_line
 
 
 def to_check(result, name, key=None):
@@ -27,8 +25,8 @@ def to_check(result, name, key=None):
     src = result.get(key) if key else result
     if not isinstance(src, dict) or "healthy" not in src:
         msg = result.get("msg") or result.get("reason") or "probe returned no verdict"
-        return {"name": name, "healthy": False, "reason": _one_line(msg)}
-    return {"name": name, "healthy": bool(src["healthy"]), "reason": _one_line(src.get("reason", ""))}
+        return {"name": name, "healthy": False, "reason": one_line(msg, 300)}
+    return {"name": name, "healthy": bool(src["healthy"]), "reason": one_line(src.get("reason", ""), 300)}
 
 
 def _sev_rank(sev):
@@ -70,8 +68,8 @@ def triage(checks, severities=None, scenarios=None, depends=None):
             sev = severities.get(c["name"], "SEV-3")
             scenario = scenarios.get(c["name"])
             causes.append({"check": c["name"], "reason": c.get("reason", ""), "severity": sev, "scenario": scenario,
-                           "line": _one_line("%s (%s): %s%s" % (c["name"], sev, c.get("reason", ""),
-                                                                (" -> %s" % scenario) if scenario else ""))})
+                           "line": one_line("%s (%s): %s%s" % (c["name"], sev, c.get("reason", ""),
+                                                                (" -> %s" % scenario) if scenario else ""), 300)})
     worst = min((severities.get(c["name"], "SEV-3") for c in failing), key=_sev_rank)
     recs = []
     for name in roots:

@@ -12,13 +12,12 @@ actions (run_*) talk to the nodes, poll until every reachable node agrees, and r
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import datetime
 import time
 
 from collections import Counter
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    DeadlineExceeded, P3Error, hostport, num_text, one_line)
+    DeadlineExceeded, P3Error, hostport, num_text, one_line, timeline_entry)
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     CLUSTER_SLOTS,
     compress_slots,
@@ -56,14 +55,6 @@ def cluster_param_error(params):
 DEFAULT_NODE_TIMEOUT_MS = 15000
 
 CONFIRM_POLL = 0.25
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-def timeline_entry(action, target, detail):
-    return dict(ts=utc_now(), action=action, target=target, detail=one_line(detail, 600))
 
 
 def range_slots(ranges):

@@ -110,10 +110,9 @@ import json
 import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, num_text
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, num_text, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.mesh import publish, pubsub_census
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.sessions import timeline_entry
 
 WAIT_STEP = 0.5
 

@@ -122,9 +122,9 @@ timeline:
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.sessions import restore, timeline_entry
+from ansible_collections.p3.recovery.plugins.module_utils.sessions import restore
 
 
 def main():
