@@ -33,11 +33,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - bullmq (Python package; only its Lua scripts are read)
 options:

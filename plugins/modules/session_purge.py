@@ -42,11 +42,7 @@ extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.sessions
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   mode:
     description:

@@ -27,11 +27,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   path:
     description: The backup file (JSON lines, format C(p3.recovery.redis-dump) version 1).

@@ -35,11 +35,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.ethereum
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - eth-account (installed with web3)
 options:
