@@ -20,10 +20,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import StandaloneRedis
+from benchlib import BIN, COLLECTIONS, ROOT, StandaloneRedis
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-BIN = os.path.dirname(sys.executable)
 N_BIG = int(os.environ.get("BENCH_RETRY_JOBS", "100000"))
 N_SHELL = int(os.environ.get("BENCH_RETRY_SHELL_JOBS", "10000"))
 PREFIX, QUEUE = "bull", "anchor"
@@ -149,7 +147,7 @@ def run_ours_module(server, n, validate=None):
 
 def run_rss(server, n):
     seed(server.client, n)
-    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, os.path.join(ROOT, ".state", "unit-path"),
+    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, COLLECTIONS,
                            str(server.port)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit("bench: rss run failed: %s" % proc.stderr[-2000:])

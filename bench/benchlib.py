@@ -1,14 +1,70 @@
 """Shared pieces of the benchmarks (and of the integration tests that need a Redis of their own, through
-tests/integration/p3harness.throwaway_redis): a throwaway redis-server on a free loopback port.
+tests/integration/p3harness.throwaway_redis): where the lab and the collection are, how a command is timed, the lab
+driver, and a throwaway redis-server on a free loopback port.
 
 The server binary is P3LAB_REDIS_SERVER (the lab's setting, see docs/lab.md; default redis-server from PATH), so
 the same tests run on Redis and on Valkey."""
 import os
 import shutil
 import socket
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.path.dirname(sys.executable)
+INVENTORY = (os.path.join(os.environ["P3LAB_DIR"], "inventory.yml") if os.environ.get("P3LAB_DIR")
+             else os.path.join(ROOT, "lab", "inventory.yml"))
+LAB = os.path.join(ROOT, "lab", "p3lab")
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+# The collection as ansible_collections.p3.recovery: the symlink scripts/setup.sh makes (make bench runs setup).
+COLLECTIONS = os.path.join(ROOT, ".state", "collections")
+
+
+def env():
+    e = dict(os.environ)
+    e["PATH"] = BIN + os.pathsep + e.get("PATH", "")
+    e["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
+    return e
+
+
+def timed(cmd, shell=False):
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, shell=shell, capture_output=True, text=True, env=env(), cwd=ROOT)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit("benchmark command failed (%d): %s\n%s%s" % (proc.returncode, cmd, proc.stdout[-2000:], proc.stderr[-2000:]))
+    return dt
+
+
+def median_of(cmd, shell=False):
+    timed(cmd, shell)  # warm-up (page cache, Python bytecode)
+    return statistics.median(timed(cmd, shell) for _ in range(RUNS))
+
+
+def lab_vars():
+    import yaml
+    with open(INVENTORY) as f:
+        return yaml.safe_load(f)["all"]["vars"]
+
+
+def lab(*args):
+    proc = subprocess.run([sys.executable, LAB] + list(args), capture_output=True, text=True, env=env(), cwd=ROOT,
+                          timeout=240)
+    if proc.returncode != 0:
+        raise SystemExit("p3lab %s failed (%d): %s%s" % (" ".join(args), proc.returncode, proc.stdout[-2000:],
+                                                        proc.stderr[-2000:]))
+    return proc.stdout
+
+
+def health_ok(url):
+    try:
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    except Exception:  # noqa: BLE001 - anything else is "not healthy yet"
+        return False
 
 
 def free_port():

@@ -12,14 +12,8 @@ import time
 
 import redis
 
-
-def _run():
-    """bench/run.py's helpers (it imports this file, so not at import time)."""
-    main = sys.modules.get("__main__")
-    if main is not None and hasattr(main, "lab_vars") and hasattr(main, "ENTRIES"):
-        return main
-    import run  # noqa: E402
-    return run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BIN, INVENTORY, ROOT, RUNS, env, lab, lab_vars  # noqa: E402
 
 
 def _client(addr, pw, timeout=0.5):
@@ -88,9 +82,7 @@ def _watch(nodes, pw, dead_id, dead_addr, t0, out, stop, limit=90):
 
 
 def bench_recover_redis():
-    r = _run()
-    BIN, INVENTORY, ROOT, RUNS, env, lab = r.BIN, r.INVENTORY, r.ROOT, r.RUNS, r.env, r.lab
-    v = r.lab_vars()
+    v = lab_vars()
     nodes, pw = v["p3_redis_nodes"], v["p3_redis_password"]
     report_dir = tempfile.mkdtemp(prefix="bench-reports-")
     cmd = [os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/recover_redis.yml",
@@ -143,5 +135,4 @@ def bench_recover_redis():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     print(bench_recover_redis())

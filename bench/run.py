@@ -13,42 +13,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 import yaml
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-BIN = os.path.dirname(sys.executable)
-INVENTORY = (os.path.join(os.environ["P3LAB_DIR"], "inventory.yml") if os.environ.get("P3LAB_DIR")
-             else os.path.join(ROOT, "lab", "inventory.yml"))
-LAB = os.path.join(ROOT, "lab", "p3lab")
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
-
-
-def env():
-    e = dict(os.environ)
-    e["PATH"] = BIN + os.pathsep + e.get("PATH", "")
-    e["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
-    return e
-
-
-def timed(cmd, shell=False):
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, shell=shell, capture_output=True, text=True, env=env(), cwd=ROOT)
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit("benchmark command failed (%d): %s\n%s%s" % (proc.returncode, cmd, proc.stdout[-2000:], proc.stderr[-2000:]))
-    return dt
-
-
-def median_of(cmd, shell=False):
-    timed(cmd, shell)  # warm-up (page cache, Python bytecode)
-    return statistics.median(timed(cmd, shell) for _ in range(RUNS))
-
-
-def lab_vars():
-    with open(INVENTORY) as f:
-        return yaml.safe_load(f)["all"]["vars"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BIN, INVENTORY, ROOT, RUNS, env, health_ok, lab, lab_vars, median_of  # noqa: E402
 
 
 def bench_diagnose():
@@ -76,22 +45,6 @@ def bench_diagnose():
         "target_met": ours <= 2.5,
         "runs": RUNS,
     }
-
-
-def lab(*args):
-    proc = subprocess.run([sys.executable, LAB] + list(args), capture_output=True, text=True, env=env(), cwd=ROOT,
-                          timeout=240)
-    if proc.returncode != 0:
-        raise SystemExit("p3lab %s failed (%d): %s%s" % (" ".join(args), proc.returncode, proc.stdout[-2000:],
-                                                        proc.stderr[-2000:]))
-    return proc.stdout
-
-
-def health_ok(url):
-    try:
-        return urllib.request.urlopen(url, timeout=1).status == 200
-    except Exception:  # noqa: BLE001 - anything else is "not healthy yet"
-        return False
 
 
 def fault_to_healthy(cmd, health_url, shell=False):
@@ -171,7 +124,6 @@ def bench_recover_database():
 
 
 ENTRIES = {"diagnose": bench_diagnose, "recover_database": bench_recover_database}
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from anchor_retry import bench_anchor_retry  # noqa: E402  (entry in its own file)
 ENTRIES["anchor_retry"] = bench_anchor_retry
 from session_purge import bench_session_purge  # noqa: E402  (entry in its own file)

@@ -48,10 +48,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import StandaloneRedis
+from benchlib import COLLECTIONS, ROOT, StandaloneRedis
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-COLLECTIONS = os.path.join(ROOT, ".state", "collections")
 N = int(os.environ.get("BENCH_SESSION_KEYS", "1000000"))
 OTHER = 100000
 PREFIX = "session:00000000-0000-0000-0000-"

@@ -18,6 +18,7 @@ command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v rsync >/dev/null || need_apt+=(rsync)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)   # ansible-test sanity's shellcheck test
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt install ${need_apt[*]}"

@@ -85,15 +85,11 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line, parse_timestamp, utc_timestamp
 from ansible_collections.p3.recovery.plugins.module_utils.report import make_private_dir, path_under, redact, safe_name
 
 _SKIP_ACTIONS = ("p3.recovery.write_report",)
 _EVIDENCE_KEYS = ("healthy", "reason", "changed", "msg", "severity")
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _attr(obj, new, old):
@@ -102,11 +98,6 @@ def _attr(obj, new, old):
         return getattr(obj, new)
     except AttributeError:
         return getattr(obj, old, None)
-
-
-def _one_line(text, limit=300):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class CallbackModule(CallbackBase):
@@ -119,7 +110,7 @@ class CallbackModule(CallbackBase):
         super(CallbackModule, self).__init__(*args, **kwargs)
         self._entries = []
         self._playbook = "adhoc"
-        self._started = _now()
+        self._started = utc_timestamp()
         self._run = "%s-%d" % (datetime.datetime.now(datetime.timezone.utc).strftime("%H%M%S%f"), os.getpid())
 
     # -- collection -----------------------------------------------------------------------------------
@@ -138,7 +129,7 @@ class CallbackModule(CallbackBase):
         if isinstance(verdict, dict) and verdict.get("triage", {}).get("severity"):
             triage = verdict["triage"]
             reason = "failing: %s; next: %s" % (", ".join(triage.get("failing", [])), ", ".join(triage.get("scenarios", [])))
-            self._entries.append({"ts": _now(), "run": self._run, "playbook": self._playbook,
+            self._entries.append({"ts": utc_timestamp(), "run": self._run, "playbook": self._playbook,
                                   "host": getattr(host, "name", str(host)), "task": "triage", "action": action,
                                   "status": status, "kind": "triage", "severity": triage["severity"], "reason": reason})
             return
@@ -146,7 +137,7 @@ class CallbackModule(CallbackBase):
         if action in _SKIP_ACTIONS or not (ours or res.get("changed") or status == "failed"):
             return
         entry = {
-            "ts": _now(),
+            "ts": utc_timestamp(),
             "run": self._run,
             "playbook": self._playbook,
             "host": getattr(host, "name", str(host)),
@@ -160,7 +151,7 @@ class CallbackModule(CallbackBase):
             res = redact(res, bool(self._option("include_sensitive")))
             for key in _EVIDENCE_KEYS:
                 if key in res:
-                    entry[key] = _one_line(res[key]) if key in ("reason", "msg") else res[key]
+                    entry[key] = one_line(res[key], 300) if key in ("reason", "msg") else res[key]
             tl = res.get("timeline")
             if isinstance(tl, dict):
                 tl = [tl]
@@ -173,7 +164,7 @@ class CallbackModule(CallbackBase):
             # Several probes in one task (quick_diagnostics): one probe entry each, under the probe's own module.
             for v in verdicts:
                 sub = dict(entry, action=v.get("module") or action, via=action, healthy=v["healthy"],
-                           reason=_one_line(v.get("reason", "")), kind="probe")
+                           reason=one_line(v.get("reason", ""), 300), kind="probe")
                 sub["task"] = "%s [%s]" % (entry["task"], v.get("probe", "?"))
                 self._entries.append(sub)
             return
@@ -283,7 +274,7 @@ def render_postmortem(entries):
     """The runbook's postmortem template, filled from the recorded timeline."""
     unhealthy = [e for e in entries if e.get("healthy") is False]
     acted = [e for e in entries if e.get("changed")]
-    first = entries[0]["ts"] if entries else _now()
+    first = entries[0]["ts"] if entries else utc_timestamp()
     detected = unhealthy[0]["ts"] if unhealthy else first
     # Restored: the first later run whose probes were all healthy (a run = one playbook execution).
     restored = None
@@ -306,8 +297,7 @@ def render_postmortem(entries):
         return ts[11:19] if ts else "--:--:--"
 
     def _dur(a, b):
-        fmt = "%Y-%m-%dT%H:%M:%SZ"
-        s = int((datetime.datetime.strptime(b, fmt) - datetime.datetime.strptime(a, fmt)).total_seconds())
+        s = int((parse_timestamp(b) - parse_timestamp(a)).total_seconds())
         return "%d hours %d minutes %d seconds" % (s // 3600, s % 3600 // 60, s % 60)
 
     sevs = [e["severity"] for e in entries if e.get("kind") == "triage" and e.get("severity")]
@@ -332,7 +322,7 @@ def render_postmortem(entries):
             lines.append("- %s - %s on %s: %s%s" % (_t(e["ts"]), e["task"], e["host"], e["status"], (" - " + what) if what else ""))
             for t in e.get("timeline", []):
                 if isinstance(t, dict):
-                    detail = _one_line(t.get("detail", ""), 200)
+                    detail = one_line(t.get("detail", ""), 200)
                     lines.append("  - %s %s %s %s" % (_t(str(t.get("ts", ""))), t.get("action", ""), t.get("target", ""), detail))
     lines.append("- %s - %s" % (_t(restored), "Service restored (all probes healthy)" if restored else "Service not yet verified healthy"))
     lines += [

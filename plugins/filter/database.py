@@ -10,6 +10,8 @@ __metaclass__ = type
 from ansible_collections.p3.recovery.plugins.module_utils.common import one_line as _one_line
 from ansible_collections.p3.recovery.plugins.plugin_utils.inputs import fmt as _fmt, input_errors, number as _number
 
+from ansible_collections.p3.recovery.plugins.module_utils.common import one_line
+
 STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
 RESTART_MODES = ["never", "auto", "always"]
 
@@ -150,20 +152,20 @@ def database_outcome(report):
     summary = []
     before = (report.get("before") or {}).get("database") or {}
     if before.get("reason"):
-        summary.append("before   %s" % _one_line(before["reason"], 200))
+        summary.append("before   %s" % one_line(before["reason"], 200))
     if decision.get("why"):
-        summary.append("decision %s" % _one_line(decision["why"], 200))
-    summary.append("action   %s" % _one_line("; ".join(did), 200))
+        summary.append("decision %s" % one_line(decision["why"], 200))
+    summary.append("action   %s" % one_line("; ".join(did), 200))
     if restart.get("why"):
-        summary.append("restart  %s" % _one_line(restart["why"], 200))
+        summary.append("restart  %s" % one_line(restart["why"], 200))
     for c in checks:
         if c.get("healthy") is not None:
             verdict = "OK" if c.get("healthy") else "UNHEALTHY"
-            summary.append("after    %-8s %-9s %s" % (c.get("name"), verdict, _one_line(c.get("reason"), 160)))
+            summary.append("after    %-8s %-9s %s" % (c.get("name"), verdict, one_line(c.get("reason"), 160)))
     pool = (report.get("recommendation") or {}).get("pool") or {}
     if pool.get("recommendation"):
-        summary.append("pools    %s" % _one_line(pool["recommendation"], 800))
-    return dict(healthy=healthy, changed=changed, reason=_one_line(reason, 1000), summary=summary)
+        summary.append("pools    %s" % one_line(pool["recommendation"], 800))
+    return dict(healthy=healthy, changed=changed, reason=one_line(reason, 1000), summary=summary)
 
 
 def database_report(body):

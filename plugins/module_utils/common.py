@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import base64
+import datetime
 import errno
 import os
 import re
@@ -58,6 +59,30 @@ def one_line(text, limit=400):
     if limit and len(text) > limit:
         text = text[: limit - 3].rstrip() + "..."
     return text
+
+
+# The one timestamp format of the collection: ISO 8601, UTC, milliseconds (2026-12-06T15:46:36.123Z). Every
+# timeline entry (modules, role Jinja through the timeline_entry filter) and every incident-log entry (callback) uses
+# it, so the entries of a run sort as strings in the order they happened.
+TIMELINE_DETAIL_LIMIT = 600
+
+
+def utc_timestamp(now=None):
+    """now (an aware datetime, default the current time) as 2026-12-06T15:46:36.123Z."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_timestamp(text):
+    """A timestamp of utc_timestamp (or of an older log, whole seconds: 2026-12-06T15:46:36Z) -> an aware datetime."""
+    return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+def timeline_entry(action, target, detail, now=None):
+    """One entry of an incident timeline, the shape every action returns in C(timeline): {ts, action, target,
+    detail}; detail on one line (at most TIMELINE_DETAIL_LIMIT characters)."""
+    return dict(ts=utc_timestamp(now), action=action, target=target,
+                detail=one_line(detail, TIMELINE_DETAIL_LIMIT))
 
 
 def secret_variants(secret):

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, P3 Recovery maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the PostgreSQL activity modules (postgres_activity, postgres_terminate) share: the pg_stat_activity
-query, per-state ages, blocking chains, the terminate policy (pure selection) and the signal SQL.
+"""The PostgreSQL activity backend of the modules postgres_activity and postgres_terminate (which only parse their
+options and call it): the pg_stat_activity query, per-state ages, blocking chains, the activity verdict
+(analyse_activity), the terminate policy (pure selection), the signal SQL and the terminate flow (terminate).
 
-Connections and error mapping live in postgres_client; nothing here opens a socket. The selection of backends to
+Connections and error mapping live in postgres_client; nothing here opens a socket (the flows get a client). The selection of backends to
 terminate is pure Python over rows read once, so check mode reports exactly that selection and never signals.
 The signal statement then names each backend by (pid, backend_start) and re-checks the hard guards and the
 policy's state and age in SQL, so a pid that was reused or a backend that moved on is never hit.
@@ -15,8 +16,9 @@ __metaclass__ = type
 
 import fnmatch
 import re
+import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line, probe_result
 
 # pg_stat_activity.state values a policy may select.
 STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
@@ -482,3 +484,290 @@ def connect_hint(msg):
 
 def pct(value):
     return ("%d" % value) if float(value).is_integer() else ("%.1f" % value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# postgres_activity: the verdict
+# ---------------------------------------------------------------------------------------------------------------
+
+def _oldest(rows):
+    """The oldest running query, open transaction and idle-in-transaction session of the other client backends."""
+    out = dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None)
+    for r in client_backends(rows):
+        if r.get("own"):
+            continue
+        if r.get("state") == "active" and r.get("query_age") is not None:
+            out["query_seconds"] = max(out["query_seconds"] or 0.0, float(r["query_age"]))
+        if r.get("xact_age") is not None:
+            out["transaction_seconds"] = max(out["transaction_seconds"] or 0.0, float(r["xact_age"]))
+        if (r.get("state") or "").startswith("idle in transaction"):
+            out["idle_in_transaction_seconds"] = max(out["idle_in_transaction_seconds"] or 0.0, backend_age(r))
+    return dict((k, None if v is None else round(v, 1)) for k, v in out.items())
+
+
+def analyse_activity(rows, settings, params, target, limits=None):
+    """Pure: rows of BACKENDS_SQL + SETTINGS_SQL (+ LIMITS_SQL) -> the postgres_activity probe result; params holds
+    its options max_usage_pct, long_running_seconds, query_length and max_items."""
+    threshold = params["max_usage_pct"]
+    qlen = params["query_length"]
+    limit = params["max_items"]
+    conns = usage(rows, settings)
+    conns.update(group_counts(rows))
+    lr = long_running(rows, params["long_running_seconds"])
+    waits, roots = blocking_chains(rows)
+    by_pid = dict((r.get("pid"), r) for r in rows)
+
+    long_list = []
+    for row, why in lr[:limit]:
+        item = evidence(row, qlen)
+        item["long_running"] = why
+        long_list.append(item)
+    wait_list = []
+    for row, blockers in waits[:limit]:
+        item = evidence(row, qlen)
+        item["blocked_by"] = blockers
+        wait_list.append(item)
+    root_list = []
+    for pid, blocks in roots[:limit]:
+        item = evidence(by_pid.get(pid) or dict(pid=pid), qlen)
+        item["blocks"] = blocks
+        root_list.append(item)
+
+    oldest = _oldest(rows)
+    summary = "connections %d/%d (%s%%)" % (conns["used"], conns["max"], pct(conns["usage_pct"]))
+    extra = "%d long-running%s, %d lock waits" % (
+        len(lr),
+        (" (oldest %s s)" % pct(round(max(backend_age(lr[0][0]), float(lr[0][0].get("xact_age") or 0)), 1))) if lr else "",
+        len(waits))
+    limit_items = connection_limits(limits, threshold)
+    over_limit = limits_reason(limit_items)
+    healthy = conns["usage_pct"] < threshold and not over_limit
+    if conns["usage_pct"] < threshold:
+        reason = "%s < %s%% on %s; %s" % (summary, pct(threshold), target, extra)
+    else:
+        reason = "%s >= %s%% on %s; %s" % (summary, pct(threshold), target, extra)
+    if over_limit:
+        reason = "%s on %s; %s" % (over_limit, target, reason.replace(" on %s;" % target, ";", 1))
+    if conns["via_reserved_slot"]:
+        reason += "; connected through a superuser-reserved slot"
+    return probe_result(
+        healthy, reason,
+        reachable=True,
+        target=target,
+        user=settings["user"],
+        superuser=bool(settings["superuser"]),
+        server_version=settings["server_version"],
+        max_usage_pct=float(threshold),
+        long_running_seconds=float(params["long_running_seconds"]),
+        usage_pct=conns["usage_pct"],
+        connections=conns,
+        limits=limit_items,
+        limited=limited(limit_items),
+        long_running=long_list,
+        long_running_count=len(lr),
+        oldest=oldest,
+        lock_waits=wait_list,
+        lock_waits_count=len(waits),
+        blocking_roots=root_list,
+    )
+
+
+def unreachable_activity(target, params, msg):
+    """The postgres_activity verdict when the server could not be read (msg: why)."""
+    return probe_result(
+        False, connect_hint(msg),
+        reachable=False, target=target, user=None, superuser=None, server_version=None,
+        max_usage_pct=float(params["max_usage_pct"]), long_running_seconds=float(params["long_running_seconds"]),
+        usage_pct=None, connections=None, limits=[], limited=dict(roles=[], databases=[]), long_running=[], long_running_count=0,
+        oldest=dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None),
+        lock_waits=[], lock_waits_count=0, blocking_roots=[])
+
+
+def validate_activity_params(params):
+    """The postgres_activity options, checked before anything connects; P3Error names the bad one."""
+    if not 0 < params["max_usage_pct"] <= 100:
+        raise P3Error("max_usage_pct must be in (0, 100], got %s" % params["max_usage_pct"])
+    if params["long_running_seconds"] < 0:
+        raise P3Error("long_running_seconds must be >= 0, got %s" % params["long_running_seconds"])
+    if params["query_length"] < 0:
+        raise P3Error("query_length must be >= 0, got %s" % params["query_length"])
+    if params["max_items"] < 0:
+        raise P3Error("max_items must be >= 0, got %s" % params["max_items"])
+
+
+def read_activity(client, query_length):
+    """(settings, backend rows, limit rows) of one postgres_activity read on client (connected here; the caller
+    closes it)."""
+    client.connect()
+    settings = client.query(SETTINGS_SQL)[0]
+    rows = client.query(BACKENDS_SQL, dict(query_length=query_length))
+    return settings, rows, client.query(LIMITS_SQL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# postgres_terminate: the flow
+# ---------------------------------------------------------------------------------------------------------------
+
+# How often the terminate flow re-reads its targets while it waits for them to leave.
+POLL = 0.1
+
+
+def _short_usage(u):
+    keep = ("used", "max", "usage_pct", "ordinary_max", "available")
+    return dict((k, u[k]) for k in keep)
+
+
+def _by_app(backends):
+    counts = {}
+    for b in backends:
+        key = b.get("application") or "(none)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join("%s: %d" % (k, counts[k]) for k in sorted(counts, key=lambda k: (-counts[k], k)))
+
+
+def _signal(client, function, targets, policy, version):
+    """Send function to the targets still matching; returns the pids it was sent to (signalled true)."""
+    if not targets:
+        return []
+    sql, params = build_signal_sql(function, targets, policy, version)
+    rows = client.query(sql, params)
+    return sorted(int(r["pid"]) for r in rows if r.get("signalled"))
+
+
+def _present(client, targets):
+    """The targets (pid + backend_start) still in pg_stat_activity, as rows keyed by pid."""
+    if not targets:
+        return {}
+    rows = client.query(TARGETS_SQL, dict(pids=[int(t["pid"]) for t in targets]))
+    starts = dict((t["pid"], t["backend_start"]) for t in targets)
+    return dict((r["pid"], r) for r in rows if starts.get(r["pid"]) == r["backend_start"])
+
+
+def terminate(client, target, policy, check_mode=False, warn=None, query_length=200, cancel_first=False,
+              cancel_grace_seconds=2, wait_seconds=5):
+    """What postgres_terminate does, on client (a postgres_client.PostgresClient, not yet connected; the caller
+    closes it) for target (its name in messages): read the backends once, select them with policy (pure:
+    select_backends), and unless check_mode cancel (cancel_first) and terminate each by (pid, backend_start) with
+    the policy re-checked in SQL, then wait up to wait_seconds for them to leave. warn(msg) is told what was left
+    alone (max_count reached, not permitted). Returns the module's result. A P3Error raised after a signal was sent
+    carries the result so far in its details (changed true, what was cancelled/terminated), so the failure still
+    says what was done."""
+    acted = {}
+    options = dict(check_mode=check_mode, warn=warn or (lambda msg: None), query_length=query_length,
+                   cancel_first=cancel_first, cancel_grace_seconds=cancel_grace_seconds, wait_seconds=wait_seconds)
+    try:
+        return _terminate(client, target, policy, options, acted)
+    except P3Error as e:
+        if not acted.get("changed"):
+            raise
+        done = dict(acted)
+        done.pop("msg", None)
+        raise P3Error("%s (after terminating %d backends and cancelling %d: %s)" % (
+            e.msg, len(done.get("terminated") or []), len(done.get("cancelled") or []),
+            ", ".join(str(p) for p in (done.get("terminated") or []) + (done.get("cancelled") or [])) or "-"),
+            **done)
+
+
+def _terminate(client, target, policy, params, result):
+    client.connect()
+    settings = client.query(SETTINGS_SQL)[0]
+    rows = client.query(BACKENDS_SQL, dict(query_length=params["query_length"]))
+    chosen = select_backends(rows, policy)
+    before = usage(rows, settings)
+    selected = chosen["selected"]
+    result.update(
+        changed=False,
+        target=target,
+        user=settings["user"],
+        superuser=bool(settings["superuser"]),
+        check_mode=params["check_mode"],
+        policy=policy,
+        matched=chosen["matched"],
+        capped=chosen["capped"],
+        protected=chosen["protected"],
+        excluded=chosen["excluded"],
+        selected=[evidence(r, params["query_length"]) for r in selected],
+        cancelled=[],
+        terminated=[],
+        vanished=[],
+        still_alive=[],
+        connections_before=_short_usage(before),
+        connections_after=None,
+    )
+    if chosen["capped"]:
+        params["warn"]("max_count %d reached: %d more matching backends were left alone" % (
+            policy["max_count"], chosen["capped"]))
+    if chosen["protected"]["not_permitted"]:
+        params["warn"]("role %s may not signal %d backends (needs superuser or pg_signal_backend); they were left alone"
+                    % (settings["user"], chosen["protected"]["not_permitted"]))
+    if not selected:
+        result["msg"] = "nothing to terminate on %s: no client backend matches the policy (%s)" % (
+            target, _why_none(chosen))
+        return result
+    apps = _by_app(result["selected"])
+    if params["check_mode"]:
+        result["changed"] = True
+        result["msg"] = "would terminate %d backends on %s (%s); check mode, nothing signalled" % (
+            len(selected), target, apps)
+        return result
+
+    targets = [dict(pid=r["pid"], backend_start=r["backend_start"]) for r in selected]
+    cancel_sent = []
+    if params["cancel_first"]:
+        cancel_sent = _signal(client, "pg_cancel_backend", targets, policy, settings["server_version_num"])
+        if cancel_sent:
+            result["changed"] = True
+            result["cancelled"] = sorted(cancel_sent)
+        deadline = time.monotonic() + params["cancel_grace_seconds"]
+        remaining = targets
+        while True:
+            present = _present(client, remaining)
+            remaining = [t for t in remaining if still_matches(present.get(t["pid"]), t, policy)]
+            if not remaining or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL)
+        left = set(t["pid"] for t in remaining)
+        result["cancelled"] = sorted(p for p in cancel_sent if p not in left)
+        targets = remaining
+
+    terminated = _signal(client, "pg_terminate_backend", targets, policy, settings["server_version_num"])
+    result["terminated"] = terminated
+    if terminated:
+        result["changed"] = True
+    done = set(terminated) | set(result["cancelled"])
+    result["vanished"] = sorted(r["pid"] for r in selected if r["pid"] not in done)
+    waiting = [t for t in targets if t["pid"] in terminated]
+    deadline = time.monotonic() + params["wait_seconds"]
+    while waiting:
+        present = _present(client, waiting)
+        waiting = [t for t in waiting if t["pid"] in present]
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL)
+    result["still_alive"] = sorted(t["pid"] for t in waiting)
+    result["changed"] = bool(terminated or cancel_sent)
+    after = usage_from_count(int(client.scalar(USAGE_SQL)), settings)
+    result["connections_after"] = _short_usage(after)
+    parts = ["terminated %d of %d selected backends on %s (%s)" % (len(terminated), len(selected), target, apps)]
+    if params["cancel_first"]:
+        parts.append("%d ended by cancel" % len(result["cancelled"]))
+    if result["vanished"]:
+        parts.append("%d had already ended" % len(result["vanished"]))
+    if result["still_alive"]:
+        parts.append("%d still alive after %ss" % (len(result["still_alive"]), params["wait_seconds"]))
+    parts.append("connections %d -> %d of %d" % (before["used"], after["used"], after["max"]))
+    result["msg"] = "; ".join(parts)
+    return result
+
+
+def _why_none(chosen):
+    parts = []
+    for key, label in (("age", "too young"), ("state", "other state"), ("application", "application filter"),
+                       ("user", "user filter"), ("database", "database filter")):
+        if chosen["excluded"][key]:
+            parts.append("%d %s" % (chosen["excluded"][key], label))
+    for key, label in (("superuser", "superuser, protected"), ("not_client", "not client backends"),
+                       ("not_permitted", "not permitted")):
+        if chosen["protected"][key]:
+            parts.append("%d %s" % (chosen["protected"][key], label))
+    return ", ".join(parts) or "no other client backend"

@@ -833,13 +833,58 @@ def _drop_aliases(records, seeds):
 
 
 def summarize(records, seeds=None):
-    """Turn per-node probe records into the redis_probe verdict (pure; see the redis_probe RETURN docs)."""
+    """Turn per-node probe records into the redis_probe verdict (pure; see the redis_probe RETURN docs).
+
+    Step by step: _peer_views (who lists whom, under which address), _summary_node (one entry per address),
+    _apply_health (each node's health from the one cluster model, redis_cluster.build_topology, or reachability on a
+    standalone set-up), _node_problems, then _cluster_verdict or _standalone_verdict."""
     seeds = list(seeds or [])
     records = _drop_aliases(records, seeds)
     reachable = [r for r in records.values() if r["reachable"]]
     cluster_enabled = any(r["cluster_enabled"] for r in reachable)
     views = dict((r["address"], r["cluster_nodes"]) for r in reachable if r["cluster_enabled"] and r["cluster_nodes"])
+    own, seen_by_peers, id_to_address, order = _peer_views(records, views, seeds)
+    nodes = [_summary_node(address, records.get(address), own.get(address), seen_by_peers.get(address, []),
+                           id_to_address) for address in order]
 
+    model = _cluster_model(records, seeds) if cluster_enabled else None
+    failed_nodes = _apply_health(nodes, model)
+    failed_set = set(failed_nodes)
+    # Healthy members per role: reachable, not flagged failed (a master must also serve slots in a cluster).
+    masters = [n["address"] for n in nodes if n["role"] == "master" and n["address"] not in failed_set
+               and (n["slots"] or not cluster_enabled)]
+    replicas = [n["address"] for n in nodes if n["role"] == "replica" and n["address"] not in failed_set]
+
+    result = dict(
+        nodes=nodes,
+        cluster_enabled=cluster_enabled,
+        cluster_state=None,
+        slots_assigned=None,
+        slots_ok=None,
+        slots_uncovered=[],
+        views_agree=None,
+        masters=len(masters),
+        replicas=len(replicas),
+        failed_nodes=failed_nodes,
+        busy_nodes=[n["address"] for n in nodes if n["health"] == "busy"],
+        down_nodes=[n["address"] for n in nodes if n["health"] == "down"],
+        serving=None,
+    )
+    problems = _node_problems(nodes, model)
+    if not reachable:
+        result["cluster_enabled"] = None
+    if cluster_enabled:
+        healthy, reason = _cluster_verdict(result, nodes, views, model, problems, masters, replicas)
+    else:
+        healthy, reason = _standalone_verdict(result, nodes, problems)
+    result["healthy"] = healthy
+    result["reason"] = reason
+    return result
+
+
+def _peer_views(records, views, seeds):
+    """(own {address: the node's own line}, seen_by_peers {address: its peers' lines, each with its viewer},
+    id_to_address {node id: address}, order: every address, seeds first, then probed, then known from peers)."""
     # Everything any view knows about each address; a node's own line (myself) wins over what peers say.
     own = {}
     for viewer, lines in views.items():
@@ -866,41 +911,42 @@ def summarize(records, seeds=None):
         for n in lines:
             if n["address"]:
                 id_to_address.setdefault(n["id"], n["address"])
+    return own, seen_by_peers, id_to_address, order
 
-    nodes = []
-    for address in order:
-        rec = records.get(address) or dict(address=address, reachable=False,
-                                           error="not probed", latency_ms=None, role=None, replication=None)
-        me = own.get(address)
-        peers = seen_by_peers.get(address, [])
-        ref = me or (peers[0] if peers else None)
-        peer_flags = sorted(set(f for p in peers for f in p["flags"] if f in _FAIL_FLAGS))
-        if ref is not None:
-            role = ref["role"]
-        else:
-            role = rec.get("role") or ("unknown" if not rec["reachable"] else "master")
-        if role == "unknown" and rec.get("role"):
-            role = rec["role"]
-        master_id = ref["master_id"] if ref else None
-        node = dict(
-            address=address,
-            reachable=bool(rec["reachable"]),
-            role=role,
-            id=ref["id"] if ref else None,
-            flags=list(ref["flags"]) if ref else [],
-            flagged_by_peers=peer_flags,
-            error=rec.get("error"),
-            latency_ms=rec.get("latency_ms"),
-            master_id=master_id,
-            master=id_to_address.get(master_id) if master_id else None,
-            slots=format_ranges(ref["slots"]) if ref and ref["role"] == "master" else [],
-            cluster_state=(rec.get("cluster_info") or {}).get("cluster_state"),
-            link_state=(peers[0]["link_state"] if peers and not me else (ref["link_state"] if ref else None)),
-            master_link_status=(rec.get("replication") or {}).get("master_link_status"),
-        )
-        nodes.append(node)
 
-    model = _cluster_model(records, seeds) if cluster_enabled else None
+def _summary_node(address, rec, me, peers, id_to_address):
+    """One node of the redis_probe verdict: its probe record (rec), its own line (me) and its peers' lines."""
+    rec = rec or dict(address=address, reachable=False, error="not probed", latency_ms=None, role=None,
+                      replication=None)
+    ref = me or (peers[0] if peers else None)
+    peer_flags = sorted(set(f for p in peers for f in p["flags"] if f in _FAIL_FLAGS))
+    if ref is not None:
+        role = ref["role"]
+    else:
+        role = rec.get("role") or ("unknown" if not rec["reachable"] else "master")
+    if role == "unknown" and rec.get("role"):
+        role = rec["role"]
+    master_id = ref["master_id"] if ref else None
+    return dict(
+        address=address,
+        reachable=bool(rec["reachable"]),
+        role=role,
+        id=ref["id"] if ref else None,
+        flags=list(ref["flags"]) if ref else [],
+        flagged_by_peers=peer_flags,
+        error=rec.get("error"),
+        latency_ms=rec.get("latency_ms"),
+        master_id=master_id,
+        master=id_to_address.get(master_id) if master_id else None,
+        slots=format_ranges(ref["slots"]) if ref and ref["role"] == "master" else [],
+        cluster_state=(rec.get("cluster_info") or {}).get("cluster_state"),
+        link_state=(peers[0]["link_state"] if peers and not me else (ref["link_state"] if ref else None)),
+        master_link_status=(rec.get("replication") or {}).get("master_link_status"),
+    )
+
+
+def _apply_health(nodes, model):
+    """Set each node's health and health_why; returns the failed nodes' addresses."""
     if model is not None:
         # One model judges a cluster node (redis_cluster.judge_node, via build_topology): this verdict is a view of
         # it, so the sessions/mesh roles and the repair never disagree about which node is down, busy or serving.
@@ -909,33 +955,14 @@ def summarize(records, seeds=None):
             m = health.get(n["address"]) or {}
             n["health"] = m.get("health") or ("up" if n["reachable"] else "busy")
             n["health_why"] = m.get("health_why")
-        failed_nodes = [n["address"] for n in nodes if not n["reachable"] or (health.get(n["address"]) or {}).get("failed")]
-    else:
-        for n in nodes:
-            n["health"] = "up" if n["reachable"] else "down"
-            n["health_why"] = None if n["reachable"] else n["error"]
-        failed_nodes = [n["address"] for n in nodes if not n["reachable"]]
-    failed_set = set(failed_nodes)
-    # Healthy members per role: reachable, not flagged failed (a master must also serve slots in a cluster).
-    masters = [n["address"] for n in nodes if n["role"] == "master" and n["address"] not in failed_set
-               and (n["slots"] or not cluster_enabled)]
-    replicas = [n["address"] for n in nodes if n["role"] == "replica" and n["address"] not in failed_set]
+        return [n["address"] for n in nodes if not n["reachable"] or (health.get(n["address"]) or {}).get("failed")]
+    for n in nodes:
+        n["health"] = "up" if n["reachable"] else "down"
+        n["health_why"] = None if n["reachable"] else n["error"]
+    return [n["address"] for n in nodes if not n["reachable"]]
 
-    result = dict(
-        nodes=nodes,
-        cluster_enabled=cluster_enabled,
-        cluster_state=None,
-        slots_assigned=None,
-        slots_ok=None,
-        slots_uncovered=[],
-        views_agree=None,
-        masters=len(masters),
-        replicas=len(replicas),
-        failed_nodes=failed_nodes,
-        busy_nodes=[n["address"] for n in nodes if n["health"] == "busy"],
-        down_nodes=[n["address"] for n in nodes if n["health"] == "down"],
-        serving=None,
-    )
+
+def _node_problems(nodes, model):
     problems = []
     for n in nodes:
         if not n["reachable"]:
@@ -945,62 +972,64 @@ def summarize(records, seeds=None):
             problems.append("node %s: %s" % (n["address"], n["error"]))
         elif n["flagged_by_peers"]:
             problems.append("node %s flagged %s by peers" % (n["address"], "/".join(n["flagged_by_peers"])))
-    if not reachable:
-        result["cluster_enabled"] = None
+    return problems
 
-    if cluster_enabled:
-        states = [n["cluster_state"] for n in nodes if n["reachable"] and n["cluster_state"]]
-        if states and all(s == "ok" for s in states):
-            state = "ok"
-        elif states:
-            state = "fail"
-        else:
-            state = None
-        result["cluster_state"] = state
-        # Slot coverage: configured = assigned in any view; ok = claimed by a reachable, non-failed master itself.
-        assigned = set()
-        owner_maps = []
-        for lines in views.values():
-            owners = {}
-            for n in lines:
-                if n["role"] == "master":
-                    for a, b in n["slots"]:
-                        for s in range(a, b + 1):
-                            owners[s] = n["id"]
-            owner_maps.append(owners)
-            assigned.update(owners)
-        # slots served: the model's (claimed by a reachable master that is not flagged, and the consensus owner)
-        ok = CLUSTER_SLOTS - (model["slots_uncovered_count"] or 0)
-        result["slots_assigned"] = len(assigned)
-        result["slots_ok"] = ok
-        result["slots_uncovered"] = list(model["slots_uncovered"])
-        result["views_agree"] = all(m == owner_maps[0] for m in owner_maps[1:]) if owner_maps else None
-        result["serving"] = bool(model["serving"])
-        for n in nodes:
-            if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
-                problems.append("replica %s master link %s" % (n["address"], n["master_link_status"]))
-        if ok < CLUSTER_SLOTS:
-            problems.append("slots uncovered: %s (%d slots)" % (
-                _short_ranges(result["slots_uncovered"]), CLUSTER_SLOTS - ok))
-        if result["views_agree"] is False:
-            problems.append("nodes disagree about the slot configuration")
-        state_text = "cluster_state=%s" % (state or "unknown")
-        healthy = not problems and state == "ok" and ok == CLUSTER_SLOTS
-        if healthy:
-            reason = "%d nodes reachable (%d masters, %d replicas); %s; %d/%d slots ok" % (
-                len(nodes), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
-        else:
-            reason = "; ".join(problems + [state_text])
+
+def _cluster_verdict(result, nodes, views, model, problems, masters, replicas):
+    """Fill result's cluster fields (state, slot coverage, views_agree, serving); returns (healthy, reason)."""
+    states = [n["cluster_state"] for n in nodes if n["reachable"] and n["cluster_state"]]
+    if states and all(s == "ok" for s in states):
+        state = "ok"
+    elif states:
+        state = "fail"
     else:
-        healthy = bool(nodes) and not problems
-        result["serving"] = healthy
-        if healthy:
-            reason = "%d node%s answered PING (standalone)" % (len(nodes), "" if len(nodes) == 1 else "s")
-        else:
-            reason = "; ".join(problems) or "no Redis node to probe"
-    result["healthy"] = healthy
-    result["reason"] = reason
-    return result
+        state = None
+    result["cluster_state"] = state
+    # Slot coverage: configured = assigned in any view; ok = claimed by a reachable, non-failed master itself.
+    assigned = set()
+    owner_maps = []
+    for lines in views.values():
+        owners = {}
+        for n in lines:
+            if n["role"] == "master":
+                for a, b in n["slots"]:
+                    for s in range(a, b + 1):
+                        owners[s] = n["id"]
+        owner_maps.append(owners)
+        assigned.update(owners)
+    # slots served: the model's (claimed by a reachable master that is not flagged, and the consensus owner)
+    ok = CLUSTER_SLOTS - (model["slots_uncovered_count"] or 0)
+    result["slots_assigned"] = len(assigned)
+    result["slots_ok"] = ok
+    result["slots_uncovered"] = list(model["slots_uncovered"])
+    result["views_agree"] = all(m == owner_maps[0] for m in owner_maps[1:]) if owner_maps else None
+    result["serving"] = bool(model["serving"])
+    for n in nodes:
+        if n["reachable"] and n["role"] == "replica" and n["master_link_status"] not in (None, "up"):
+            problems.append("replica %s master link %s" % (n["address"], n["master_link_status"]))
+    if ok < CLUSTER_SLOTS:
+        problems.append("slots uncovered: %s (%d slots)" % (
+            _short_ranges(result["slots_uncovered"]), CLUSTER_SLOTS - ok))
+    if result["views_agree"] is False:
+        problems.append("nodes disagree about the slot configuration")
+    state_text = "cluster_state=%s" % (state or "unknown")
+    healthy = not problems and state == "ok" and ok == CLUSTER_SLOTS
+    if healthy:
+        reason = "%d nodes reachable (%d masters, %d replicas); %s; %d/%d slots ok" % (
+            len(nodes), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
+    else:
+        reason = "; ".join(problems + [state_text])
+    return healthy, reason
+
+
+def _standalone_verdict(result, nodes, problems):
+    healthy = bool(nodes) and not problems
+    result["serving"] = healthy
+    if healthy:
+        reason = "%d node%s answered PING (standalone)" % (len(nodes), "" if len(nodes) == 1 else "s")
+    else:
+        reason = "; ".join(problems) or "no Redis node to probe"
+    return healthy, reason
 
 
 def _cluster_model(records, seeds):

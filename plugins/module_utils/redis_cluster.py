@@ -12,13 +12,12 @@ actions (run_*) talk to the nodes, poll until every reachable node agrees, and r
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import datetime
 import time
 
 from collections import Counter
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    DeadlineExceeded, P3Error, hostport, num_text, one_line)
+    DeadlineExceeded, P3Error, hostport, num_text, one_line, timeline_entry)
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     CLUSTER_SLOTS,
     compress_slots,
@@ -56,14 +55,6 @@ def cluster_param_error(params):
 DEFAULT_NODE_TIMEOUT_MS = 15000
 
 CONFIRM_POLL = 0.25
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-def timeline_entry(action, target, detail):
-    return dict(ts=utc_now(), action=action, target=target, detail=one_line(detail, 600))
 
 
 def range_slots(ranges):
@@ -260,6 +251,10 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
     observation). Returns a dict: cluster_enabled, nodes, slots (covered/uncovered/unassigned), open_slots,
     disagreements, masters_without_replica, failed/pfail/busy/down nodes, failover_candidates, rejoin_candidates,
     forget_candidates, serving, redundant, healthy, reason.
+
+    The merge, step by step: _merge_views (who lists whom), _node_entries (one entry per node id, health from
+    judge_node), _unknown_seeds, _link_masters, _slot_consensus, _served_slots, _epoch_checks, _open_slots,
+    _redundancy (replicas, failover/rejoin/forget candidates), then _topology_verdict (problems, healthy, reason).
     """
     unreachable_since = unreachable_since or {}
     seeds = list(seeds or [])
@@ -272,28 +267,101 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
         return build_standalone(records)
 
     node_timeout = cluster_node_timeout(records, unanswered_ms)
+    views, own, canonical, seen = _merge_views(reachable)
+    nodes = _node_entries(records, own, canonical, seen, node_timeout, unreachable_since)
+    nodes.update(_unknown_seeds(records, nodes))
+    _link_masters(nodes)
+    maps, consensus, disagree_slots, disagreements = _slot_consensus(views, nodes)
+    served, uncovered, unassigned = _served_slots(nodes, own, consensus)
+    owners = [n for n in nodes.values() if n["role"] == "master" and n["slot_count"]]
+    epoch_disagreements, epoch_collisions = _epoch_checks(seen, nodes, owners)
+    open_slots = _open_slots(own, nodes)
+    r = _redundancy(nodes, owners)
+
+    promotable = set(f["master_id"] for f in r["failover"] if f["replicas"])
+    busy_ids = set(n["id"] for n in nodes.values() if n["health"] == "busy")
+    # a busy master's slots are waited for, never repaired around
+    orphaned = [s for s in uncovered if consensus[s] not in promotable and consensus[s] not in busy_ids]
+    node_list = sorted(nodes.values(), key=lambda n: (n["address"] or "", n["id"] or ""))
+    states = dict((n["address"], n["cluster_state"]) for n in node_list if n["reachable"])
+    not_ok = sorted(a for a, s in states.items() if s != "ok")
+    healthy, serving, redundant, reason, masters, replicas = _topology_verdict(
+        node_list, owners, served, uncovered, not_ok, disagreements, disagree_slots, open_slots, epoch_collisions,
+        r["without_replica"])
+    return dict(
+        cluster_enabled=True,
+        healthy=healthy,
+        serving=serving,
+        redundant=redundant,
+        reason=reason,
+        nodes=node_list,
+        cluster_state="ok" if not not_ok else "fail",
+        cluster_states=states,
+        masters=len(masters),
+        replicas=len(replicas),
+        slots_served=len(served),
+        slots_uncovered=format_ranges(compress_slots(uncovered)),
+        slots_uncovered_count=len(uncovered),
+        slots_unassigned=format_ranges(compress_slots(unassigned)),
+        slot_owners=dict((n["address"], n["slots"]) for n in owners),
+        views_agree=not disagreements,
+        disagreements=disagreements,
+        epoch_disagreements=epoch_disagreements,
+        epoch_collisions=epoch_collisions,
+        open_slots=open_slots,
+        failed_nodes=sorted(n["address"] for n in node_list if n["failed"] or not n["reachable"]),
+        pfail_nodes=sorted(n["address"] for n in node_list if n["pfail"]),
+        busy_nodes=sorted(n["address"] for n in node_list if n["health"] == "busy"),
+        down_nodes=sorted(n["address"] for n in node_list if n["health"] == "down"),
+        node_timeout_ms=node_timeout,
+        masters_without_replica=r["without_replica"],
+        failover_candidates=r["failover"],
+        rejoin_candidates=r["rejoin"],
+        forget_candidates=r["forget"],
+        slots_orphaned=format_ranges(compress_slots(orphaned)),
+        next_actions=[a for a, need in (("failover", promotable), ("slots", orphaned or open_slots or disagreements),
+                                        ("rejoin", r["rejoin"]), ("forget", r["forget"])) if need],
+        _consensus=consensus,
+        _maps=maps,
+        _claims=dict((me["id"], slots_from_ranges(me["slots"])) for me in own.values() if me["role"] == "master"),
+    )
+
+
+def _usable(n):
+    """A node that serves: it answers us and no peer flags it fail or fail?."""
+    return n["reachable"] and not n["failed"] and not n["pfail"]
+
+
+def _merge_views(reachable):
+    """(views {viewer: CLUSTER NODES lines}, own {viewer: its myself line}, canonical {node id: the address we
+    reached it by}, seen {node id: {viewer: that viewer's line about it}})."""
     views = dict((a, r["cluster_nodes"]) for a, r in reachable.items() if r.get("cluster_nodes"))
     own = dict((a, _myself(r)) for a, r in reachable.items() if _myself(r) is not None)
     canonical = dict((me["id"], a) for a, me in own.items())
-
     seen = {}   # id -> {viewer: line}
     for viewer, lines in views.items():
         for n in lines:
             seen.setdefault(n["id"], {})[viewer] = n
+    return views, own, canonical, seen
 
-    def consensus_line(node_id):
-        lines = seen[node_id]
-        viewer = canonical.get(node_id)
-        if viewer in lines:
-            return lines[viewer]
-        counts = Counter((n["role"], n["master_id"], tuple(map(tuple, n["slots"]))) for n in lines.values())
-        best = counts.most_common(1)[0][0]
-        cands = [n for n in lines.values() if (n["role"], n["master_id"], tuple(map(tuple, n["slots"]))) == best]
-        return max(cands, key=lambda n: n["config_epoch"] or 0)
 
+def _consensus_line(lines, viewer):
+    """The line that describes a node: its own (viewer = the address it answers at), else the most common
+    (role, master, slots) among its peers' lines, highest config epoch first."""
+    if viewer in lines:
+        return lines[viewer]
+    counts = Counter((n["role"], n["master_id"], tuple(map(tuple, n["slots"]))) for n in lines.values())
+    best = counts.most_common(1)[0][0]
+    cands = [n for n in lines.values() if (n["role"], n["master_id"], tuple(map(tuple, n["slots"]))) == best]
+    return max(cands, key=lambda n: n["config_epoch"] or 0)
+
+
+def _node_entries(records, own, canonical, seen, node_timeout, unreachable_since):
+    """{node id: the node's entry}: its consensus line, its own record when we reached it, what its peers flag and
+    wait for, and its health (judge_node)."""
     nodes = {}
     for node_id in seen:
-        line = consensus_line(node_id)
+        line = _consensus_line(seen[node_id], canonical.get(node_id))
         address = canonical.get(node_id) or line["address"]
         rec = records.get(address) or {}
         me = own.get(address)
@@ -350,17 +418,26 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
         node["unanswered_ms"] = verdict["unanswered_ms"]
         node["down_confirmed"] = verdict["health"] == "down"
         nodes[node_id] = node
-    # unreachable seeds no reachable node knows
+    return nodes
+
+
+def _unknown_seeds(records, nodes):
+    """Entries ('?<address>') for the unreachable seeds no reachable node knows: busy, never confirmed down."""
+    out = {}
     for address, rec in records.items():
         if not rec.get("reachable") and not any(n["address"] == address for n in nodes.values()):
-            nodes["?" + address] = dict(
+            out["?" + address] = dict(
                 id=None, address=address, reachable=False, error=rec.get("error"), role="unknown", master_id=None,
                 master=None, flags=[], flagged_by={}, link_disconnected_from=[], unanswered_pings_from=[],
                 config_epoch=None, slots=[], slot_count=0, cluster_state=None, current_epoch=None, repl_offset=None,
                 replica_offset=None, master_link_status=None, lag_bytes=None, keys=None, used_memory=None,
                 maxmemory=None, total_system_memory=None, memory_pct=None, failed=False, pfail=False, down_confirmed=False,
                 health="busy", health_why="no reachable node knows it: cannot be confirmed down", unanswered_ms=None)
+    return out
 
+
+def _link_masters(nodes):
+    """Each replica's master address and replication lag (when both ends answered)."""
     for n in nodes.values():
         if n["master_id"] and n["master_id"] in nodes:
             m = nodes[n["master_id"]]
@@ -368,10 +445,10 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
             if m["reachable"] and n["replica_offset"] is not None and m["repl_offset"] is not None:
                 n["lag_bytes"] = max(0, m["repl_offset"] - n["replica_offset"])
 
-    def usable(n):
-        return n["reachable"] and not n["failed"] and not n["pfail"]
 
-    # slot owners per view and the consensus
+def _slot_consensus(views, nodes):
+    """(maps {viewer: owner id per slot}, consensus owner per slot (majority of views), the slots the views
+    disagree on, disagreements: at most 20 ranges with each viewer's owner address)."""
     maps = dict((v, _owner_map(lines)) for v, lines in views.items())
     viewers = sorted(maps)
     first = maps[viewers[0]]
@@ -400,27 +477,39 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
             disagreements.append(dict(
                 slots="%d-%d" % (a, b) if a != b else str(a),
                 owners=dict((v, nodes[i]["address"] if i in nodes else i) for v, i in key)))
+    return maps, consensus, disagree_slots, disagreements
 
+
+def _served_slots(nodes, own, consensus):
+    """(served: the slots a usable master claims itself and is the consensus owner of, uncovered: the others,
+    unassigned: the slots no view gives an owner)."""
     served = set()
     for n in nodes.values():
         me = own.get(n["address"]) if n["reachable"] else None
-        if me is not None and me["role"] == "master" and usable(n):
+        if me is not None and me["role"] == "master" and _usable(n):
             mine = slots_from_ranges(me["slots"])
             served.update(s for s in mine if consensus[s] == n["id"])
     uncovered = [s for s in range(CLUSTER_SLOTS) if s not in served]
     unassigned = [s for s in range(CLUSTER_SLOTS) if consensus[s] is None]
+    return served, uncovered, unassigned
 
-    # epochs: a node's config epoch as each viewer sees it; two masters with one config epoch
+
+def _epoch_checks(seen, nodes, owners):
+    """(epoch_disagreements: nodes whose config epoch the viewers see differently, epoch_collisions: slot owners
+    sharing one config epoch)."""
     epoch_disagreements = []
     for node_id, lines in seen.items():
         epochs = set(n["config_epoch"] for n in lines.values())
         if len(epochs) > 1:
             epoch_disagreements.append(dict(node=nodes[node_id]["address"],
                                             epochs=dict((v, n["config_epoch"]) for v, n in lines.items())))
-    owners = [n for n in nodes.values() if n["role"] == "master" and n["slot_count"]]
     epoch_count = Counter(n["config_epoch"] for n in owners)
     epoch_collisions = sorted(n["address"] for n in owners if epoch_count[n["config_epoch"]] > 1)
+    return epoch_disagreements, epoch_collisions
 
+
+def _open_slots(own, nodes):
+    """Slots a node itself lists as migrating or importing, with the peer address."""
     open_slots = []
     for address, me in sorted(own.items()):
         for m in me["migrating"]:
@@ -429,14 +518,20 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
         for m in me["importing"]:
             open_slots.append(dict(slot=m["slot"], node=address, state="importing",
                                    peer=nodes[m["node"]]["address"] if m["node"] in nodes else m["node"]))
+    return open_slots
 
+
+def _redundancy(nodes, owners):
+    """dict(without_replica: slot owners without a usable replica, failover: one entry per down slot owner with
+    its usable replicas ranked, rejoin: empty usable masters when redundancy or a failover needs them, forget:
+    failed unreachable nodes without slots or reachable replicas)."""
     replicas_of = {}
     for n in nodes.values():
         if n["role"] == "replica" and n["master_id"]:
             replicas_of.setdefault(n["master_id"], []).append(n)
     without_replica = []
     for m in sorted(owners, key=lambda n: n["address"]):
-        healthy_replicas = [r for r in replicas_of.get(m["id"], []) if usable(r)]
+        healthy_replicas = [r for r in replicas_of.get(m["id"], []) if _usable(r)]
         if not healthy_replicas:
             without_replica.append(m["address"])
 
@@ -444,21 +539,21 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
     for m in sorted(owners, key=lambda n: n["address"]):
         if m["health"] != "down":
             continue
-        cands = [r for r in replicas_of.get(m["id"], []) if usable(r)]
+        cands = [r for r in replicas_of.get(m["id"], []) if _usable(r)]
         failover.append(dict(master=m["address"], master_id=m["id"], slots=m["slots"],
                              replicas=[r["address"] for r in rank_replicas(cands)]))
     empty_masters = sorted(n["address"] for n in nodes.values()
-                           if n["role"] == "master" and not n["slot_count"] and usable(n))
+                           if n["role"] == "master" and not n["slot_count"] and _usable(n))
     rejoin = empty_masters if without_replica or any(f["master"] for f in failover) else []
     forget = sorted(n["address"] for n in nodes.values()
                     if n["id"] and not n["reachable"] and n["failed"] and not n["slot_count"]
                     and not any(r["reachable"] for r in replicas_of.get(n["id"], [])))
+    return dict(without_replica=without_replica, failover=failover, rejoin=rejoin, forget=forget)
 
-    promotable = set(f["master_id"] for f in failover if f["replicas"])
-    busy_ids = set(n["id"] for n in nodes.values() if n["health"] == "busy")
-    # a busy master's slots are waited for, never repaired around
-    orphaned = [s for s in uncovered if consensus[s] not in promotable and consensus[s] not in busy_ids]
-    node_list = sorted(nodes.values(), key=lambda n: (n["address"] or "", n["id"] or ""))
+
+def _topology_verdict(node_list, owners, served, uncovered, not_ok, disagreements, disagree_slots, open_slots,
+                      epoch_collisions, without_replica):
+    """(healthy, serving, redundant, reason, usable masters, usable replicas): every problem seen, in one line."""
     problems = []
     for n in node_list:
         if not n["reachable"]:
@@ -469,8 +564,6 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
             problems.append("replica %s link to %s %s" % (n["address"], n["master"], n["master_link_status"]))
         if n["memory_pct"] is not None and n["memory_pct"] >= 90:
             problems.append("%s memory %s%% of maxmemory" % (n["address"], n["memory_pct"]))
-    states = dict((n["address"], n["cluster_state"]) for n in node_list if n["reachable"])
-    not_ok = sorted(a for a, s in states.items() if s != "ok")
     if uncovered:
         problems.append("%d slots not served by a live master: %s" % (len(uncovered), ranges_text(uncovered)))
     if not_ok:
@@ -486,50 +579,14 @@ def build_topology(records, seeds=(), unanswered_ms=DEFAULT_NODE_TIMEOUT_MS, unr
     serving = not uncovered and not not_ok and not disagreements
     redundant = not without_replica
     healthy = serving and redundant and not problems
-    masters = [n for n in owners if usable(n)]
-    replicas = [n for n in node_list if n["role"] == "replica" and usable(n)]
+    masters = [n for n in owners if _usable(n)]
+    replicas = [n for n in node_list if n["role"] == "replica" and _usable(n)]
     if healthy:
         reason = "%d nodes (%d masters, %d replicas) reachable; cluster_state=ok everywhere; %d/%d slots served" % (
             len(node_list), len(masters), len(replicas), len(served), CLUSTER_SLOTS)
     else:
         reason = "; ".join(problems)
-    return dict(
-        cluster_enabled=True,
-        healthy=healthy,
-        serving=serving,
-        redundant=redundant,
-        reason=reason,
-        nodes=node_list,
-        cluster_state="ok" if not not_ok else "fail",
-        cluster_states=states,
-        masters=len(masters),
-        replicas=len(replicas),
-        slots_served=len(served),
-        slots_uncovered=format_ranges(compress_slots(uncovered)),
-        slots_uncovered_count=len(uncovered),
-        slots_unassigned=format_ranges(compress_slots(unassigned)),
-        slot_owners=dict((n["address"], n["slots"]) for n in owners),
-        views_agree=not disagreements,
-        disagreements=disagreements,
-        epoch_disagreements=epoch_disagreements,
-        epoch_collisions=epoch_collisions,
-        open_slots=open_slots,
-        failed_nodes=sorted(n["address"] for n in node_list if n["failed"] or not n["reachable"]),
-        pfail_nodes=sorted(n["address"] for n in node_list if n["pfail"]),
-        busy_nodes=sorted(n["address"] for n in node_list if n["health"] == "busy"),
-        down_nodes=sorted(n["address"] for n in node_list if n["health"] == "down"),
-        node_timeout_ms=node_timeout,
-        masters_without_replica=without_replica,
-        failover_candidates=failover,
-        rejoin_candidates=rejoin,
-        forget_candidates=forget,
-        slots_orphaned=format_ranges(compress_slots(orphaned)),
-        next_actions=[a for a, need in (("failover", promotable), ("slots", orphaned or open_slots or disagreements),
-                                        ("rejoin", rejoin), ("forget", forget)) if need],
-        _consensus=consensus,
-        _maps=maps,
-        _claims=dict((me["id"], slots_from_ranges(me["slots"])) for me in own.values() if me["role"] == "master"),
-    )
+    return healthy, serving, redundant, reason, masters, replicas
 
 
 def _empty_topology(records):

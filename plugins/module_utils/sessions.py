@@ -30,7 +30,8 @@ import os
 import threading
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import DeadlineExceeded, P3Error, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    DeadlineExceeded, P3Error, num_text, one_line, timeline_entry, utc_timestamp)
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     HAS_REDIS,
     describe_redis_error,
@@ -353,14 +354,6 @@ def _unb64(text, what):
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, AttributeError):
         raise ValueError("%s is not base64" % what)
-
-
-def _now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def timeline_entry(action, target, detail):
-    return dict(ts=_now_iso(), action=action, target=target, detail=one_line(detail, 500))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1051,7 +1044,7 @@ def purge(settings, params, mode="corrupt", max_keys=1000, backup_file=None, che
     writer = None
     if backup_file and not check_mode:
         writer = BackupWriter(backup_file, dict(
-            format=BACKUP_FORMAT, version=BACKUP_VERSION, created=_now_iso(), pattern=params["pattern"],
+            format=BACKUP_FORMAT, version=BACKUP_VERSION, created=utc_timestamp(), pattern=params["pattern"],
             mode=mode, source=masters, required_fields=params.get("required_fields"),
             require_ttl=params.get("require_ttl", True)))
         writer.check()

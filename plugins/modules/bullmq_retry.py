@@ -33,11 +33,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - bullmq (Python package; only its Lua scripts are read)
 options:
@@ -178,11 +174,9 @@ timeline:
   elements: dict
 """
 
-import datetime
-
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.bullmq import BullQueue
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 
 
@@ -223,10 +217,9 @@ def main():
         partial.setdefault("changed", False)
         if partial["changed"]:
             # Earlier pages moved jobs before the error: changed and what moved survive the failure.
-            partial["timeline"] = [dict(
-                ts=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                action="bullmq_retry", target="%s on %s" % (q.display if q else p["queue"], q.address if q else "?"),
-                detail="moved %d %s job(s) to wait, then failed" % (partial.get("retried", 0), p["state"]))]
+            partial["timeline"] = [timeline_entry(
+                "bullmq_retry", "%s on %s" % (q.display if q else p["queue"], q.address if q else "?"),
+                "moved %d %s job(s) to wait, then failed" % (partial.get("retried", 0), p["state"]))]
         fail_clean(module, e, **partial)
     finally:
         if q is not None:
@@ -237,11 +230,10 @@ def main():
     res["node"] = q.address
     res["timeline"] = []
     if moved:
-        res["timeline"].append(dict(
-            ts=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            action="bullmq_retry" + (" (check mode: nothing moved)" if module.check_mode else ""),
-            target="%s on %s" % (q.display, q.address),
-            detail="%s %d %s job(s) to wait%s%s" % (
+        res["timeline"].append(timeline_entry(
+            "bullmq_retry" + (" (check mode: nothing moved)" if module.check_mode else ""),
+            "%s on %s" % (q.display, q.address),
+            "%s %d %s job(s) to wait%s%s" % (
                 "would move" if module.check_mode else "moved", moved, p["state"],
                 (", reason ~ /%s/" % p["reason_pattern"]) if p["reason_pattern"] else "",
                 (", capped at %d" % p["max_jobs"]) if res["capped"] else "")))

@@ -22,11 +22,7 @@ extends_documentation_fragment:
   - p3.recovery.ethereum
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   expected_chain_id:
     description: Unhealthy when the RPC serves another chain (P3 - 8453 Base, 84532 Base Sepolia).

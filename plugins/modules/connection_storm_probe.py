@@ -22,11 +22,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - psutil (Python library, on the app host)
 options:

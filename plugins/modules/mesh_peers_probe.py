@@ -21,11 +21,7 @@ extends_documentation_fragment:
   - p3.recovery.http_api
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   pulse_path:
     description: Path of the pulse status (C(/api/pulse/status) on P3 as coded).

@@ -24,11 +24,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   channel:
     description: The control channel.
@@ -110,10 +106,9 @@ import json
 import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, num_text
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, num_text, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.mesh import publish, pubsub_census
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.sessions import timeline_entry
 
 WAIT_STEP = 0.5
 

@@ -24,11 +24,7 @@ extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   pattern:
     description: Channel pattern for C(PUBSUB CHANNELS).

@@ -24,11 +24,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.postgres
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   table:
     description: The outbox table.
@@ -74,10 +70,8 @@ timeline:
   elements: dict
 """
 
-import datetime
-
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.outbox import check_table, reconcile
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import PostgresTarget, postgres_argument_spec
 
@@ -105,16 +99,15 @@ def main():
         fail_clean(module, e, changed=False)
     finally:
         client.close()
-    ts = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     verb = "would reset" if module.check_mode else "reset"
     timeline = []
     if res["stale_reset"]:
-        timeline.append(dict(ts=ts, action="outbox_reconcile", target="%s on %s" % (table, target.target),
-                             detail="%s %d stale processing row(s) to pending" % (verb, len(res["stale_reset"]))))
+        timeline.append(timeline_entry("outbox_reconcile", "%s on %s" % (table, target.target),
+                                       "%s %d stale processing row(s) to pending" % (verb, len(res["stale_reset"]))))
     if res["dead_letters_retried"]:
-        timeline.append(dict(ts=ts, action="outbox_retry_dead_letters", target="%s on %s" % (table, target.target),
-                             detail="%s %d dead letter(s) to pending (retry_count 0)" % (
-                                 verb, len(res["dead_letters_retried"]))))
+        timeline.append(timeline_entry("outbox_retry_dead_letters", "%s on %s" % (table, target.target),
+                                       "%s %d dead letter(s) to pending (retry_count 0)" % (
+                                           verb, len(res["dead_letters_retried"]))))
     module.exit_json(changed=bool(timeline), timeline=timeline, **res)
 
 

@@ -38,11 +38,7 @@ extends_documentation_fragment:
   - p3.recovery.postgres
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   max_usage_pct:
     description:
@@ -281,134 +277,17 @@ blocking_roots:
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    PROBE_ARGUMENT_SPEC,
-    P3Error,
-    exit_probe,
-    probe_result,
-)
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe
 from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
-    BACKENDS_SQL,
-    LIMITS_SQL,
-    SETTINGS_SQL,
-    backend_age,
-    blocking_chains,
-    client_backends,
-    connection_limits,
-    connect_hint,
-    evidence,
-    group_counts,
-    limited,
-    limits_reason,
-    long_running,
-    pct,
-    usage,
+    analyse_activity,
+    read_activity,
+    unreachable_activity,
+    validate_activity_params,
 )
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import (
     PostgresTarget,
     postgres_argument_spec,
 )
-
-
-def _oldest(rows):
-    out = dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None)
-    for r in client_backends(rows):
-        if r.get("own"):
-            continue
-        if r.get("state") == "active" and r.get("query_age") is not None:
-            out["query_seconds"] = max(out["query_seconds"] or 0.0, float(r["query_age"]))
-        if r.get("xact_age") is not None:
-            out["transaction_seconds"] = max(out["transaction_seconds"] or 0.0, float(r["xact_age"]))
-        if (r.get("state") or "").startswith("idle in transaction"):
-            out["idle_in_transaction_seconds"] = max(out["idle_in_transaction_seconds"] or 0.0, backend_age(r))
-    return dict((k, None if v is None else round(v, 1)) for k, v in out.items())
-
-
-def analyse(rows, settings, params, target, limits=None):
-    """Pure: rows of BACKENDS_SQL + SETTINGS_SQL (+ LIMITS_SQL) -> the probe result."""
-    threshold = params["max_usage_pct"]
-    qlen = params["query_length"]
-    limit = params["max_items"]
-    conns = usage(rows, settings)
-    conns.update(group_counts(rows))
-    lr = long_running(rows, params["long_running_seconds"])
-    waits, roots = blocking_chains(rows)
-    by_pid = dict((r.get("pid"), r) for r in rows)
-
-    long_list = []
-    for row, why in lr[:limit]:
-        item = evidence(row, qlen)
-        item["long_running"] = why
-        long_list.append(item)
-    wait_list = []
-    for row, blockers in waits[:limit]:
-        item = evidence(row, qlen)
-        item["blocked_by"] = blockers
-        wait_list.append(item)
-    root_list = []
-    for pid, blocks in roots[:limit]:
-        item = evidence(by_pid.get(pid) or dict(pid=pid), qlen)
-        item["blocks"] = blocks
-        root_list.append(item)
-
-    oldest = _oldest(rows)
-    summary = "connections %d/%d (%s%%)" % (conns["used"], conns["max"], pct(conns["usage_pct"]))
-    extra = "%d long-running%s, %d lock waits" % (
-        len(lr),
-        (" (oldest %s s)" % pct(round(max(backend_age(lr[0][0]), float(lr[0][0].get("xact_age") or 0)), 1))) if lr else "",
-        len(waits))
-    limit_items = connection_limits(limits, threshold)
-    over_limit = limits_reason(limit_items)
-    healthy = conns["usage_pct"] < threshold and not over_limit
-    if conns["usage_pct"] < threshold:
-        reason = "%s < %s%% on %s; %s" % (summary, pct(threshold), target, extra)
-    else:
-        reason = "%s >= %s%% on %s; %s" % (summary, pct(threshold), target, extra)
-    if over_limit:
-        reason = "%s on %s; %s" % (over_limit, target, reason.replace(" on %s;" % target, ";", 1))
-    if conns["via_reserved_slot"]:
-        reason += "; connected through a superuser-reserved slot"
-    return probe_result(
-        healthy, reason,
-        reachable=True,
-        target=target,
-        user=settings["user"],
-        superuser=bool(settings["superuser"]),
-        server_version=settings["server_version"],
-        max_usage_pct=float(threshold),
-        long_running_seconds=float(params["long_running_seconds"]),
-        usage_pct=conns["usage_pct"],
-        connections=conns,
-        limits=limit_items,
-        limited=limited(limit_items),
-        long_running=long_list,
-        long_running_count=len(lr),
-        oldest=oldest,
-        lock_waits=wait_list,
-        lock_waits_count=len(waits),
-        blocking_roots=root_list,
-    )
-
-
-def unreachable(target, params, msg):
-    return probe_result(
-        False, connect_hint(msg),
-        reachable=False, target=target, user=None, superuser=None, server_version=None,
-        max_usage_pct=float(params["max_usage_pct"]), long_running_seconds=float(params["long_running_seconds"]),
-        usage_pct=None, connections=None, limits=[], limited=dict(roles=[], databases=[]), long_running=[], long_running_count=0,
-        oldest=dict(query_seconds=None, transaction_seconds=None, idle_in_transaction_seconds=None),
-        lock_waits=[], lock_waits_count=0, blocking_roots=[])
-
-
-def validate(params):
-    if not 0 < params["max_usage_pct"] <= 100:
-        raise P3Error("max_usage_pct must be in (0, 100], got %s" % params["max_usage_pct"])
-    if params["long_running_seconds"] < 0:
-        raise P3Error("long_running_seconds must be >= 0, got %s" % params["long_running_seconds"])
-    if params["query_length"] < 0:
-        raise P3Error("query_length must be >= 0, got %s" % params["query_length"])
-    if params["max_items"] < 0:
-        raise P3Error("max_items must be >= 0, got %s" % params["max_items"])
 
 
 def main():
@@ -421,21 +300,18 @@ def main():
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        validate(module.params)
+        validate_activity_params(module.params)
     except P3Error as e:
         module.fail_json(msg=e.msg)
     target = PostgresTarget(module)
     client = target.client()
     try:
-        client.connect()
-        settings = client.query(SETTINGS_SQL)[0]
-        rows = client.query(BACKENDS_SQL, dict(query_length=module.params["query_length"]))
-        limits = client.query(LIMITS_SQL)
+        settings, rows, limits = read_activity(client, module.params["query_length"])
     except P3Error as e:
-        exit_probe(module, unreachable(target.target, module.params, e.msg))
+        exit_probe(module, unreachable_activity(target.target, module.params, e.msg))
     finally:
         client.close()
-    exit_probe(module, analyse(rows, settings, module.params, target.target, limits))
+    exit_probe(module, analyse_activity(rows, settings, module.params, target.target, limits))
 
 
 if __name__ == "__main__":

@@ -39,11 +39,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.postgres
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   min_age_seconds:
     description:
@@ -292,190 +288,19 @@ connections_after:
   type: dict
 """
 
-import time
-
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
-    BACKENDS_SQL,
     DEFAULT_STATES,
-    SETTINGS_SQL,
     STATES,
-    TARGETS_SQL,
-    USAGE_SQL,
-    build_signal_sql,
     connect_hint,
-    evidence,
-    select_backends,
-    still_matches,
-    usage,
-    usage_from_count,
+    terminate,
     validate_policy,
 )
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import (
     PostgresTarget,
     postgres_argument_spec,
 )
-
-POLL = 0.1
-
-
-def _short_usage(u):
-    keep = ("used", "max", "usage_pct", "ordinary_max", "available")
-    return dict((k, u[k]) for k in keep)
-
-
-def _by_app(backends):
-    counts = {}
-    for b in backends:
-        key = b.get("application") or "(none)"
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join("%s: %d" % (k, counts[k]) for k in sorted(counts, key=lambda k: (-counts[k], k)))
-
-
-def _signal(client, function, targets, policy, version):
-    """Send function to the targets still matching; returns the pids it was sent to (signalled true)."""
-    if not targets:
-        return []
-    sql, params = build_signal_sql(function, targets, policy, version)
-    rows = client.query(sql, params)
-    return sorted(int(r["pid"]) for r in rows if r.get("signalled"))
-
-
-def _present(client, targets):
-    """The targets (pid + backend_start) still in pg_stat_activity, as rows keyed by pid."""
-    if not targets:
-        return {}
-    rows = client.query(TARGETS_SQL, dict(pids=[int(t["pid"]) for t in targets]))
-    starts = dict((t["pid"], t["backend_start"]) for t in targets)
-    return dict((r["pid"], r) for r in rows if starts.get(r["pid"]) == r["backend_start"])
-
-
-def run(module, target, policy):
-    """The terminate flow; a P3Error raised after a signal was sent carries the result so far in its details
-    (changed true, what was cancelled/terminated), so the failure still says what was done."""
-    acted = {}
-    try:
-        return _run(module, target, policy, acted)
-    except P3Error as e:
-        if not acted.get("changed"):
-            raise
-        done = dict(acted)
-        done.pop("msg", None)
-        raise P3Error("%s (after terminating %d backends and cancelling %d: %s)" % (
-            e.msg, len(done.get("terminated") or []), len(done.get("cancelled") or []),
-            ", ".join(str(p) for p in (done.get("terminated") or []) + (done.get("cancelled") or [])) or "-"),
-            **done)
-
-
-def _run(module, target, policy, result):
-    params = module.params
-    client = target.client()
-    try:
-        client.connect()
-        settings = client.query(SETTINGS_SQL)[0]
-        rows = client.query(BACKENDS_SQL, dict(query_length=params["query_length"]))
-        chosen = select_backends(rows, policy)
-        before = usage(rows, settings)
-        selected = chosen["selected"]
-        result.update(
-            changed=False,
-            target=target.target,
-            user=settings["user"],
-            superuser=bool(settings["superuser"]),
-            check_mode=module.check_mode,
-            policy=policy,
-            matched=chosen["matched"],
-            capped=chosen["capped"],
-            protected=chosen["protected"],
-            excluded=chosen["excluded"],
-            selected=[evidence(r, params["query_length"]) for r in selected],
-            cancelled=[],
-            terminated=[],
-            vanished=[],
-            still_alive=[],
-            connections_before=_short_usage(before),
-            connections_after=None,
-        )
-        if chosen["capped"]:
-            module.warn("max_count %d reached: %d more matching backends were left alone" % (
-                policy["max_count"], chosen["capped"]))
-        if chosen["protected"]["not_permitted"]:
-            module.warn("role %s may not signal %d backends (needs superuser or pg_signal_backend); they were left alone"
-                        % (settings["user"], chosen["protected"]["not_permitted"]))
-        if not selected:
-            result["msg"] = "nothing to terminate on %s: no client backend matches the policy (%s)" % (
-                target.target, _why_none(chosen))
-            return result
-        apps = _by_app(result["selected"])
-        if module.check_mode:
-            result["changed"] = True
-            result["msg"] = "would terminate %d backends on %s (%s); check mode, nothing signalled" % (
-                len(selected), target.target, apps)
-            return result
-
-        targets = [dict(pid=r["pid"], backend_start=r["backend_start"]) for r in selected]
-        cancel_sent = []
-        if params["cancel_first"]:
-            cancel_sent = _signal(client, "pg_cancel_backend", targets, policy, settings["server_version_num"])
-            if cancel_sent:
-                result["changed"] = True
-                result["cancelled"] = sorted(cancel_sent)
-            deadline = time.monotonic() + params["cancel_grace_seconds"]
-            remaining = targets
-            while True:
-                present = _present(client, remaining)
-                remaining = [t for t in remaining if still_matches(present.get(t["pid"]), t, policy)]
-                if not remaining or time.monotonic() >= deadline:
-                    break
-                time.sleep(POLL)
-            left = set(t["pid"] for t in remaining)
-            result["cancelled"] = sorted(p for p in cancel_sent if p not in left)
-            targets = remaining
-
-        terminated = _signal(client, "pg_terminate_backend", targets, policy, settings["server_version_num"])
-        result["terminated"] = terminated
-        if terminated:
-            result["changed"] = True
-        done = set(terminated) | set(result["cancelled"])
-        result["vanished"] = sorted(r["pid"] for r in selected if r["pid"] not in done)
-        waiting = [t for t in targets if t["pid"] in terminated]
-        deadline = time.monotonic() + params["wait_seconds"]
-        while waiting:
-            present = _present(client, waiting)
-            waiting = [t for t in waiting if t["pid"] in present]
-            if not waiting or time.monotonic() >= deadline:
-                break
-            time.sleep(POLL)
-        result["still_alive"] = sorted(t["pid"] for t in waiting)
-        result["changed"] = bool(terminated or cancel_sent)
-        after = usage_from_count(int(client.scalar(USAGE_SQL)), settings)
-        result["connections_after"] = _short_usage(after)
-        parts = ["terminated %d of %d selected backends on %s (%s)" % (len(terminated), len(selected), target.target, apps)]
-        if params["cancel_first"]:
-            parts.append("%d ended by cancel" % len(result["cancelled"]))
-        if result["vanished"]:
-            parts.append("%d had already ended" % len(result["vanished"]))
-        if result["still_alive"]:
-            parts.append("%d still alive after %ss" % (len(result["still_alive"]), params["wait_seconds"]))
-        parts.append("connections %d -> %d of %d" % (before["used"], after["used"], after["max"]))
-        result["msg"] = "; ".join(parts)
-        return result
-    finally:
-        client.close()
-
-
-def _why_none(chosen):
-    parts = []
-    for key, label in (("age", "too young"), ("state", "other state"), ("application", "application filter"),
-                       ("user", "user filter"), ("database", "database filter")):
-        if chosen["excluded"][key]:
-            parts.append("%d %s" % (chosen["excluded"][key], label))
-    for key, label in (("superuser", "superuser, protected"), ("not_client", "not client backends"),
-                       ("not_permitted", "not permitted")):
-        if chosen["protected"][key]:
-            parts.append("%d %s" % (chosen["protected"][key], label))
-    return ", ".join(parts) or "no other client backend"
 
 
 def main():
@@ -504,11 +329,17 @@ def main():
     except P3Error as e:
         module.fail_json(msg=e.msg)
     target = PostgresTarget(module)
+    client = target.client()
+    p = module.params
     try:
-        result = run(module, target, policy)
+        result = terminate(client, target.target, policy, check_mode=module.check_mode, warn=module.warn,
+                           query_length=p["query_length"], cancel_first=p["cancel_first"],
+                           cancel_grace_seconds=p["cancel_grace_seconds"], wait_seconds=p["wait_seconds"])
     except P3Error as e:
         details = dict(e.details, target=target.target)
         module.fail_json(msg=connect_hint(e.msg), **details)
+    finally:
+        client.close()
     module.exit_json(**result)
 
 

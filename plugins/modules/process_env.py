@@ -119,12 +119,12 @@ timeline:
   elements: dict
 """
 
-import datetime
 import os
 import tempfile
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, is_secret_name, one_line, register_secrets
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    P3Error, is_secret_name, one_line, register_secrets, timeline_entry)
 from ansible_collections.p3.recovery.plugins.module_utils.process_env import (
     check_name,
     check_supervisor_config,
@@ -211,10 +211,9 @@ def main():
     result["diff"] = dict(before="%s=%s\n" % (p["name"], previous) if previous is not None else "",
                           after="%s=%s\n" % (p["name"], p["value"]), before_header=path, after_header=path)
     detail = "%s=%s (was %s)" % (p["name"], p["value"], previous if previous is not None else "unset")
-    ts = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if module.check_mode:
-        result["timeline"].append(dict(ts=ts, action="process_env (check mode: nothing written)", target=target,
-                                       detail="would set " + detail))
+        result["timeline"].append(timeline_entry("process_env (check mode: nothing written)", target,
+                                                 "would set " + detail))
         module.exit_json(**result)
     if p["backup"] and os.path.exists(path):
         result["backup_file"] = module.backup_local(path)
@@ -225,7 +224,7 @@ def main():
     if existed:
         os.chmod(tmp, os.stat(path).st_mode & 0o7777)
     module.atomic_move(tmp, path)
-    result["timeline"].append(dict(ts=ts, action="process_env", target=target, detail="set " + detail))
+    result["timeline"].append(timeline_entry("process_env", target, "set " + detail))
     if p["apply"]:
         rc, out, err = module.run_command(apply_cmd)
         if rc != 0:
@@ -237,8 +236,8 @@ def main():
             else:
                 os.unlink(path)
             result.update(changed=False, restart_needed=False, restored=True)
-            result["timeline"].append(dict(ts=ts, action="process_env (rolled back)", target=target,
-                                           detail="%s failed, previous file restored" % " ".join(apply_cmd)))
+            result["timeline"].append(timeline_entry("process_env (rolled back)", target,
+                                                     "%s failed, previous file restored" % " ".join(apply_cmd)))
             cause = one_line(mask_values(err or out, pairs + supervisor_env_pairs(new, p.get("program") or "")), 200)
             module.fail_json(msg="%s: %s failed (rc %d), previous file restored: %s" % (
                 target, " ".join(apply_cmd), rc, cause), **result)

@@ -34,11 +34,7 @@ extends_documentation_fragment:
   - p3.recovery.sessions
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - redis (Python library, for the C(redis) probe)
   - psycopg2 (Python library, for the C(postgres) probe)

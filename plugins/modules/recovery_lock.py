@@ -39,11 +39,7 @@ extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.postgres
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - redis (for O(store=redis))
   - psycopg2 (for O(store=postgres))

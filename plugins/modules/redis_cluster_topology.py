@@ -38,11 +38,7 @@ extends_documentation_fragment:
   - p3.recovery.redis_cluster
   - p3.recovery.probe
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   wait_for:
     description:

@@ -42,11 +42,7 @@ extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.sessions
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   mode:
     description:
@@ -205,13 +201,12 @@ timeline:
 import os
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.sessions import (
     SESSION_ARGUMENT_SPEC,
     backup_path,
     purge,
-    timeline_entry,
 )
 
 

@@ -27,11 +27,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.redis
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   path:
     description: The backup file (JSON lines, format C(p3.recovery.redis-dump) version 1).
@@ -122,9 +118,9 @@ timeline:
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, fail_clean, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
-from ansible_collections.p3.recovery.plugins.module_utils.sessions import restore, timeline_entry
+from ansible_collections.p3.recovery.plugins.module_utils.sessions import restore
 
 
 def main():

@@ -35,11 +35,7 @@ author:
 extends_documentation_fragment:
   - p3.recovery.ethereum
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 requirements:
   - eth-account (installed with web3)
 options:
@@ -158,8 +154,6 @@ timeline:
   elements: dict
 """
 
-import datetime
-
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
@@ -175,7 +169,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.chain import (
     send_transfer,
     wait_receipt,
 )
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, env, fail_clean, num_text
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, env, fail_clean, num_text, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import EthereumTarget, ethereum_argument_spec
 
 
@@ -235,7 +229,7 @@ def main():
             ", capped by max_fund_wei" if capped else "")
         if module.check_mode:
             result.update(changed=True, reason="would send " + detail)
-            result["timeline"].append(_entry("wallet_fund (check mode: nothing sent)", wallet, "would send " + detail))
+            result["timeline"].append(timeline_entry("wallet_fund (check mode: nothing sent)", wallet, "would send " + detail))
             module.exit_json(**result)
         # Re-checked right before signing: the funder's pending nonce must still be the one decided on.
         sent = send_transfer(rpc, account, wallet, amount, result["chain_id"], expect_nonce=flight["nonce_pending"])
@@ -243,7 +237,7 @@ def main():
         fail_clean(module, e, **result)
     # From here on a transaction is out: changed=true whatever happens next.
     result.update(changed=True, tx_hash=sent["tx_hash"], nonce=sent["nonce"], receipt="pending")
-    result["timeline"].append(_entry("wallet_fund", wallet, "sent %s in tx %s" % (detail, sent["tx_hash"])))
+    result["timeline"].append(timeline_entry("wallet_fund", wallet, "sent %s in tx %s" % (detail, sent["tx_hash"])))
     try:
         mined = wait_receipt(rpc, sent["tx_hash"], timeout=p["receipt_timeout"])
     except P3Error as e:
@@ -267,11 +261,6 @@ def main():
     result["reason"] = "sent " + detail
     result["timeline"][-1]["detail"] += " (mined in block %s)" % mined["block_number"]
     module.exit_json(**result)
-
-
-def _entry(action, target, detail):
-    return dict(ts=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                action=action, target=target, detail=detail)
 
 
 if __name__ == "__main__":

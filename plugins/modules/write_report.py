@@ -33,11 +33,7 @@ author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
   - p3.recovery.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - p3.recovery.attributes.check_full_diff_none
 options:
   data:
     description: The report content.

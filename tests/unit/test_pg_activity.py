@@ -4,8 +4,6 @@ import pytest
 
 from ansible_collections.p3.recovery.plugins.module_utils import pg_activity as pa
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
-from ansible_collections.p3.recovery.plugins.modules import postgres_activity as activity_mod
-from ansible_collections.p3.recovery.plugins.modules import postgres_terminate as terminate_mod
 
 SETTINGS = dict(server_version="15.18", server_version_num=150018, max_connections=20,
                 superuser_reserved_connections=3, reserved_connections=0, in_recovery=False, user="p3admin",
@@ -196,13 +194,13 @@ def test_connect_hint_says_to_use_a_superuser():
 def test_activity_analysis_is_one_verdict():
     params = dict(max_usage_pct=80, long_running_seconds=1, query_length=200, max_items=2)
     rows = [row(i, age=3) for i in range(17)] + [row(99, own=True, superuser=True, user="p3admin", app="p3-recovery")]
-    res = activity_mod.analyse(rows, SETTINGS, params, "127.0.0.1:5432")
+    res = pa.analyse_activity(rows, SETTINGS, params, "127.0.0.1:5432")
     assert res["healthy"] is False and res["changed"] is False
     assert res["reason"].startswith("connections 18/20 (90%) >= 80% on 127.0.0.1:5432; 17 long-running")
     assert "superuser-reserved slot" in res["reason"]
     assert len(res["long_running"]) == 2 and res["long_running_count"] == 17
     assert res["connections"]["by_application"] == {"p3-lab-leak": 17, "p3-recovery": 1}
-    healthy = activity_mod.analyse(rows[:2] + rows[-1:], SETTINGS, params, "h:1")
+    healthy = pa.analyse_activity(rows[:2] + rows[-1:], SETTINGS, params, "h:1")
     assert healthy["healthy"] is True and "3/20 (15%) < 80%" in healthy["reason"]
 
 
@@ -216,7 +214,7 @@ def test_activity_rejects_nonsense(kw, msg):
     params = dict(max_usage_pct=80, long_running_seconds=300, query_length=200, max_items=20)
     params.update(kw)
     with pytest.raises(P3Error) as e:
-        activity_mod.validate(params)
+        pa.validate_activity_params(params)
     assert msg in e.value.msg
 
 
@@ -276,6 +274,12 @@ class FakeModule(object):
         self.warnings.append(msg)
 
 
+def _terminate(module, target, policy):
+    """What postgres_terminate's main() does with its parsed options."""
+    return pa.terminate(target.client(), target.target, policy, check_mode=module.check_mode, warn=module.warn,
+                        **module.params)
+
+
 def _rows():
     return ([row(i, age=10 + i) for i in range(1, 6)] + [row(50, app="p3-nightly-report", age=900)]
             + [row(99, own=True, superuser=True, user="p3admin")])
@@ -283,7 +287,7 @@ def _rows():
 
 def test_check_mode_reports_exactly_the_selection_and_sends_no_signal():
     client = FakeClient(_rows())
-    res = terminate_mod.run(FakeModule(True), FakeTarget(client), policy(exclude_applications=["p3-nightly-*"]))
+    res = _terminate(FakeModule(True), FakeTarget(client), policy(exclude_applications=["p3-nightly-*"]))
     assert res["changed"] is True and res["check_mode"] is True
     assert [b["pid"] for b in res["selected"]] == [5, 4, 3, 2, 1]
     assert res["terminated"] == [] and res["connections_after"] is None
@@ -294,11 +298,11 @@ def test_check_mode_reports_exactly_the_selection_and_sends_no_signal():
 def test_terminate_then_a_second_run_changes_nothing():
     client = FakeClient(_rows())
     p = policy(exclude_applications=["p3-nightly-*"])
-    res = terminate_mod.run(FakeModule(False), FakeTarget(client), p)
+    res = _terminate(FakeModule(False), FakeTarget(client), p)
     assert res["changed"] is True and res["terminated"] == [1, 2, 3, 4, 5] and res["still_alive"] == []
     assert res["connections_before"]["used"] == 7 and res["connections_after"]["used"] == 2
     assert "connections 7 -> 2 of 20" in res["msg"]
-    again = terminate_mod.run(FakeModule(False), FakeTarget(client), p)
+    again = _terminate(FakeModule(False), FakeTarget(client), p)
     assert again["changed"] is False and again["selected"] == [] and again["terminated"] == []
     assert again["msg"].startswith("nothing to terminate on 127.0.0.1:5432")
     assert "1 application filter" in again["msg"]
@@ -306,7 +310,7 @@ def test_terminate_then_a_second_run_changes_nothing():
 
 def test_cancel_first_counts_what_the_cancel_ended():
     client = FakeClient(_rows())
-    res = terminate_mod.run(FakeModule(False, cancel_first=True), FakeTarget(client), policy(max_count=2))
+    res = _terminate(FakeModule(False, cancel_first=True), FakeTarget(client), policy(max_count=2))
     # the fake's cancel ends the backends, so nothing is left to terminate
     assert res["cancelled"] == [5, 50] and res["terminated"] == [] and res["changed"] is True
     assert any("pg_cancel_backend(" in s for s in client.statements)
@@ -332,7 +336,7 @@ def test_a_role_at_its_own_connection_limit_is_unhealthy_and_named():
 def test_activity_at_20_percent_of_max_connections_is_unhealthy_when_a_role_hits_its_limit():
     params = dict(max_usage_pct=80, long_running_seconds=300, query_length=200, max_items=5)
     rows = [row(1), row(2), row(3, user="p3admin", own=True, superuser=True)]
-    res = activity_mod.analyse(rows, SETTINGS, params, "h:1", limits=[dict(kind="role", name="p3app", limit=2, used=2)])
+    res = pa.analyse_activity(rows, SETTINGS, params, "h:1", limits=[dict(kind="role", name="p3app", limit=2, used=2)])
     assert res["healthy"] is False and res["usage_pct"] == 15.0
     assert res["reason"].startswith("role p3app at its CONNECTION LIMIT 2 (2/2) on h:1; connections 3/20 (15%)")
     assert res["limits"] == [dict(kind="role", name="p3app", limit=2, used=2, usage_pct=100.0, state="at_limit")]
@@ -364,7 +368,7 @@ class BreaksAfterTerminate(FakeClient):
 def test_terminations_followed_by_an_error_still_report_changed_and_what_was_terminated():
     client = BreaksAfterTerminate(_rows())
     with pytest.raises(P3Error) as err:
-        terminate_mod.run(FakeModule(False), FakeTarget(client), policy(exclude_applications=["p3-nightly-*"]))
+        _terminate(FakeModule(False), FakeTarget(client), policy(exclude_applications=["p3-nightly-*"]))
     assert err.value.details["changed"] is True
     assert err.value.details["terminated"] == [1, 2, 3, 4, 5]
     assert "after terminating 5 backends" in err.value.msg
@@ -404,3 +408,13 @@ def test_quick_diagnostics_postgres_probe_judges_role_limits():
     assert res["healthy"] is False and res["usage_pct"] == 15.0
     assert res["reason"].startswith("role p3app at its CONNECTION LIMIT 2 (2/2) on h:1")
     assert res["limited"] == dict(roles=["p3app"], databases=[])
+
+
+def test_the_postgres_modules_are_thin():
+    """Issue 16 §4: the PostgreSQL logic lives in module_utils/pg_activity.py; the modules parse options and call it."""
+    import ast
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "modules")
+    for name in ("postgres_activity", "postgres_terminate"):
+        tree = ast.parse(open(os.path.join(root, name + ".py")).read())
+        assert [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))] == ["main"], name
