@@ -117,7 +117,8 @@ def make_certs(t):
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
     _signed(t, t.client_key, t.client_cert, "p3-recovery", "extendedKeyUsage=clientAuth\n")
     for p in os.listdir(t.cert_dir):
-        os.chmod(os.path.join(t.cert_dir, p), 0o644)
+        # libpq refuses a client key that others can read
+        os.chmod(os.path.join(t.cert_dir, p), 0o600 if p.endswith(".key") else 0o644)
     return True
 
 

@@ -9,14 +9,13 @@ run that works has used TLS.
 import json
 import os
 import signal
-import time
 
 import psycopg2
 import pytest
 import redis
 import yaml
 
-from p3harness import LAB_SECRETS_HINT, PY, ROOT, lab, latest_report, run_playbook
+from p3harness import LAB_SECRETS_HINT, PY, lab, latest_report, run_playbook
 
 GUARD = 240
 
@@ -91,8 +90,11 @@ def test_the_tls_lab_refuses_plain_connections(tls_lab):
 
 
 def test_diagnose_over_tls_with_certificate_validation(tls_lab, tmp_path, inventory):
-    run = run_playbook("diagnose.yml", inventory=inventory, extravars_file=tls_vars(tls_lab, tmp_path),
-                       verbosity=3, timeout=GUARD)
+    # with client certificates too (the lab verifies a presented one against its CA: tls-auth-clients optional)
+    extravars = tls_vars(tls_lab, tmp_path, p3_redis_client_cert=tls_lab["client_cert"],
+                         p3_redis_client_key=tls_lab["client_key"], p3_db_sslcert=tls_lab["client_cert"],
+                         p3_db_sslkey=tls_lab["client_key"])
+    run = run_playbook("diagnose.yml", inventory=inventory, extravars_file=extravars, verbosity=3, timeout=GUARD)
     assert run.rc == 0, run.stdout[-3000:]
     report = latest_report(str(tmp_path / "reports"), "diagnose")
     c = checks(report)
