@@ -66,7 +66,7 @@ elif [ "$FAULT" = db-exhaustion ]; then
   play recover '/Show what was seen/,/^$/p;/PLAY RECAP/,$p' playbooks/recover_database.yml -e p3_db_min_age_seconds=1
 else
   # Any other fault: every scenario in the runbook's recovery order, each acting only where something is wrong.
-  play recover '/Recover all - the end state/,/^$/p;/PLAY RECAP/,$p' playbooks/recover_all.yml -e p3_db_min_age_seconds=1
+  play recover "$TABLE" playbooks/recover_all.yml -e p3_db_min_age_seconds=1
 fi
 play diagnose-again "$TABLE" playbooks/diagnose.yml
 say "Reports, incident timeline and postmortem are in reports/; stop the lab with: make lab-down"
