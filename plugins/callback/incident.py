@@ -320,7 +320,10 @@ class CallbackModule(CallbackBase):
             self._entries.append({"ts": _now(), "run": self._run, "playbook": self._playbook,
                                   "host": getattr(host, "name", str(host)), "task": "triage", "action": action,
                                   "status": status, "kind": "triage", "severity": triage["severity"], "reason": reason,
-                                  "root_causes": list(triage.get("root_causes") or []), "target": self._target()})
+                                  "root_causes": list(triage.get("root_causes") or []),
+                                  "causes": [{"check": c.get("check"), "reason": _one_line(c.get("reason", ""), 240)}
+                                             for c in triage.get("causes") or [] if isinstance(c, dict)],
+                                  "target": self._target()})
             self._record_dirty = True
             return
         ours = action.startswith("p3.recovery.")
@@ -574,7 +577,7 @@ def render_postmortem(entries):
     sevs = [e["severity"] for e in entries if e.get("kind") == "triage" and e.get("severity")]
     failing = []
     for e in unhealthy:
-        label = "%s: %s" % (e["task"], e.get("reason", ""))
+        label = "%s: %s" % (inc.probe_name(e), e.get("reason", ""))
         if label not in failing:
             failing.append(label)
     lines = [

@@ -128,7 +128,7 @@ def incident_state(entries):
     return "degraded" if remaining_steps(entries) else "resolved"
 
 
-def _probe_name(e):
+def probe_name(e):
     m = re.search(r"\[([^\]]+)\]$", e.get("task", ""))
     return e.get("probe") or (m.group(1) if m else (e.get("action") or "").split(".")[-1] or e.get("task", "?"))
 
@@ -165,12 +165,22 @@ def root_cause(entries):
     broken = {}
     for e in entries:
         if e.get("healthy") is False and e.get("kind") in ("probe", "failure", "action"):
-            name = _probe_name(e)
+            name = probe_name(e)
             broken.setdefault(name, one_line(e.get("reason") or e.get("msg") or "unhealthy", 240))
+    causes = []  # the triage's root causes in its words (check - reason), from the first triage that named any
+    for e in entries:
+        if e.get("kind") == "triage" and e.get("causes"):
+            causes = [c for c in e["causes"] if isinstance(c, dict) and c.get("check")]
+            break
     order = [n for n in roots if n in broken] + [n for n in broken if n not in roots]
     fixes = what_was_done(entries)
     parts = []
-    if order:
+    if causes:
+        named = set(c["check"] for c in causes)
+        others = [n for n in broken if n not in named]
+        parts.append("Broken: " + "; ".join("%s - %s" % (c["check"], c.get("reason", "")) for c in causes[:4])
+                     + (" (also failing as a consequence: %s)" % ", ".join(others[:8]) if others else "") + ".")
+    elif order:
         parts.append("Broken: " + "; ".join("%s - %s" % (n, broken[n]) for n in order[:6])
                      + (" (root cause: %s)" % ", ".join(roots) if roots else "") + ".")
     else:
@@ -187,7 +197,7 @@ def root_cause(entries):
     elif order:
         last = [e for e in entries if e.get("kind") == "probe"]
         last_run = last[-1].get("run") if last else None
-        still = sorted(set(_probe_name(e) for e in last if e.get("run") == last_run and e.get("healthy") is False))
+        still = sorted(set(probe_name(e) for e in last if e.get("run") == last_run and e.get("healthy") is False))
         parts.append("Outcome: not yet restored%s." % (" - still failing: " + ", ".join(still) if still else ""))
     elif steps:
         parts.append("Outcome: service up, redundancy degraded - remaining step: %s." % "; ".join(steps))

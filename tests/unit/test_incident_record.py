@@ -116,3 +116,12 @@ def test_degraded_redundancy_names_the_restart_step_and_the_check_shows_degraded
     assert check["healthy"] is True and check["degraded"] == [d["next"]]
     assert "DEGRADED" in verdict_table([check])[1]
     assert "OK" in verdict_table([to_check({"healthy": True, "reason": "fine"}, "redis")])[1]
+
+
+def test_root_cause_uses_the_triage_causes_words_and_names_the_consequences():
+    entries = _round("00", "a", app=False, metrics=False) + [
+        _e("00", "a", kind="triage", severity="SEV-1", root_causes=["health"],
+           causes=[{"check": "health", "reason": "GET /health failed: connection refused"}])]
+    text = inc.root_cause(entries)
+    assert text.startswith("Broken: health - GET /health failed: connection refused (also failing as a "
+                           "consequence: app, metrics).")
