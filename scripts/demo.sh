@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: break the running lab on purpose, diagnose it, recover it, diagnose again.
-#   DEMO_FAULT=<fault> make demo    any lab fault (lab/p3lab fault --help); default app-down
+#   DEMO_FAULT=<fault> make demo    any lab fault (docs/lab.md); default app-down
 # Each playbook's whole output goes to reports/demo-<step>.log; the screen shows the verdict table, the recap and,
 # when a step fails, the reason (the failed task and its message), and the demo stops with that step's exit code.
 # Secrets come the way a vault gives them: the lab writes its lab-only funding key into $P3LAB_DIR/lab-secrets.yml
@@ -13,6 +13,8 @@ LAB_DIR=${P3LAB_DIR:-$PWD/.lab}
 INVENTORY=$LAB_DIR/inventory.yml
 [ -f "$INVENTORY" ] || INVENTORY=lab/inventory.yml
 SECRETS=(-e "@$LAB_DIR/lab-secrets.yml")
+# DEMO_ARGS: more ansible-playbook arguments for every step (e.g. -e p3_fail_on_unhealthy=true); no secrets here.
+read -r -a EXTRA <<<"${DEMO_ARGS:-}"
 LOGS=${DEMO_LOG_DIR:-reports}
 mkdir -p "$LOGS"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -36,7 +38,7 @@ play() {
   log=$LOGS/demo-$name.log
   say "${name^}: ansible-playbook -i $INVENTORY $*"
   set +e
-  ansible-playbook -i "$INVENTORY" "${SECRETS[@]}" "$@" >"$log" 2>&1
+  ansible-playbook -i "$INVENTORY" "${SECRETS[@]}" "$@" ${EXTRA[@]+"${EXTRA[@]}"} >"$log" 2>&1
   local rc=$?
   set -e
   sed -n "$filter" "$log"
@@ -47,8 +49,11 @@ play() {
     exit $rc
   fi
 }
-TABLE='/Show the verdict table/,/^$/p;/PLAY RECAP/,$p'
-RECAP='/PLAY RECAP/,$p'
+# sed programs (single quotes on purpose: $ is sed's end of input, not a shell expansion)
+# shellcheck disable=SC2016
+TABLE='/Show the verdict table/,/^$/p;/Show the incident record/,/^$/p;/PLAY RECAP/,$p'
+# shellcheck disable=SC2016
+RECAP='/Show the incident record/,/^$/p;/PLAY RECAP/,$p'
 
 say "Healing the lab first (undoing any earlier fault)"
 .venv/bin/python lab/p3lab heal >/dev/null
@@ -63,7 +68,9 @@ if [ "$FAULT" = app-down ]; then
   play recover "$RECAP" playbooks/restart_app.yml
 elif [ "$FAULT" = db-exhaustion ]; then
   # The fault's queries are seconds old; the runbook's policy (and the role's default) is 5 minutes.
-  play recover '/Show what was seen/,/^$/p;/PLAY RECAP/,$p' playbooks/recover_database.yml -e p3_db_min_age_seconds=1
+  # shellcheck disable=SC2016
+  play recover '/Show what was seen/,/^$/p;/Show the incident record/,/^$/p;/PLAY RECAP/,$p' \
+    playbooks/recover_database.yml -e p3_db_min_age_seconds=1
 else
   # Any other fault: every scenario in the runbook's recovery order, each acting only where something is wrong.
   play recover "$TABLE" playbooks/recover_all.yml -e p3_db_min_age_seconds=1

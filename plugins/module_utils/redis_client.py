@@ -984,8 +984,8 @@ def summarize(records, seeds=None):
         healthy = not problems and state == "ok" and ok == CLUSTER_SLOTS
         degraded = degraded_redundancy(spare_down) if healthy else []
         if not healthy:
-            problems = ["node %s unreachable (%s), %s: %s" % (n["address"], n["error"] or "no answer", n["health"],
-                                                               n["health_why"]) for n in spare_down] + problems
+            problems = ["node %s unreachable (%s), %s: %s" % (
+                n["address"], n["error"] or "no answer", n["health"], n["health_why"]) for n in spare_down] + problems
         if healthy:
             reason = "%d nodes reachable (%d masters, %d replicas); %s; %d/%d slots ok" % (
                 len(nodes) - len(spare_down), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
