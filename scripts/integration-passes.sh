@@ -13,7 +13,7 @@
 # the default lab at P3LAB_BASE_PORT; integration-valkey: .state/lab-valkey at +500; the next one, e.g.
 # integration-upstream: .state/lab-upstream at +700) and lists the lab dir in PASS_LAB_DIRS below for the clean-up.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 MAKE=${MAKE:-make}
 LOGS=$ROOT/.state/passes

@@ -1,6 +1,6 @@
 """Issue 18 §6: `make demo` (scripts/demo.sh) works for the lab's faults - app-down (restart_app) and wallet-empty
 (recover_all, funded with the lab-only key the lab provides as a vars file, the way a vault would) - and shows the
-reason of a failure, not only the PLAY RECAP. Asserts the lab's real state afterwards. Pass b (default lab)."""
+reason of a failure, not only the PLAY RECAP. Asserts the lab's real state afterwards. Pass a (default lab; no lab of its own)."""
 import os
 import subprocess
 

@@ -1,6 +1,6 @@
 """Issue 18 §4: the incident record survives the job - set_stats in the runner artifacts, a directory sink and a
 PostgreSQL sink (rows read back with psycopg2), several runs of one incident grouped without an incident id, who ran
-it (awx_* job variables, OS user, host), a root cause in words, and no secret in any sink. Pass b (default lab)."""
+it (awx_* job variables, OS user, host), a root cause in words, and no secret in any sink. Pass a (default lab; no lab of its own)."""
 import getpass
 import json
 import os
