@@ -870,11 +870,11 @@ def summarize(records, seeds=None):
         down_nodes=[n["address"] for n in nodes if n["health"] == "down"],
         serving=None,
     )
-    problems = _node_problems(nodes, model)
+    problems, spare_down = _node_problems(nodes, model)
     if not reachable:
         result["cluster_enabled"] = None
     if cluster_enabled:
-        healthy, reason = _cluster_verdict(result, nodes, views, model, problems, masters, replicas)
+        healthy, reason = _cluster_verdict(result, nodes, views, model, problems, masters, replicas, spare_down)
     else:
         healthy, reason = _standalone_verdict(result, nodes, problems)
     result["healthy"] = healthy
@@ -963,8 +963,15 @@ def _apply_health(nodes, model):
 
 
 def _node_problems(nodes, model):
+    """(problems, spare_down): one line per node that is a problem, and the nodes the cluster itself judges down
+    that own no slot (a failed-over master, a dead replica): once every slot is served they cost redundancy, not
+    service; the one remaining step is to start them again (degraded_redundancy)."""
     problems = []
+    spare_down = []
     for n in nodes:
+        if not n["reachable"] and model is not None and n["health"] == "down" and not n["slots"]:
+            spare_down.append(n)
+            continue
         if not n["reachable"]:
             problems.append("node %s unreachable (%s)%s" % (n["address"], n["error"] or "no answer", (
                 ", %s: %s" % (n["health"], n["health_why"])) if model is not None and n["health_why"] else ""))
@@ -972,11 +979,12 @@ def _node_problems(nodes, model):
             problems.append("node %s: %s" % (n["address"], n["error"]))
         elif n["flagged_by_peers"]:
             problems.append("node %s flagged %s by peers" % (n["address"], "/".join(n["flagged_by_peers"])))
-    return problems
+    return problems, spare_down
 
 
-def _cluster_verdict(result, nodes, views, model, problems, masters, replicas):
-    """Fill result's cluster fields (state, slot coverage, views_agree, serving); returns (healthy, reason)."""
+def _cluster_verdict(result, nodes, views, model, problems, masters, replicas, spare_down):
+    """Fill result's cluster fields (state, slot coverage, views_agree, serving, degraded); returns (healthy,
+    reason). A cluster that serves every slot while slot-less nodes are down is healthy with redundancy degraded."""
     states = [n["cluster_state"] for n in nodes if n["reachable"] and n["cluster_state"]]
     if states and all(s == "ok" for s in states):
         state = "ok"
@@ -1016,10 +1024,30 @@ def _cluster_verdict(result, nodes, views, model, problems, masters, replicas):
     healthy = not problems and state == "ok" and ok == CLUSTER_SLOTS
     if healthy:
         reason = "%d nodes reachable (%d masters, %d replicas); %s; %d/%d slots ok" % (
-            len(nodes), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
+            len(nodes) - len(spare_down), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
+        degraded = degraded_redundancy(spare_down)
+        if degraded:
+            reason = "service restored, redundancy degraded: %s; %s" % (
+                "; ".join(d["summary"] for d in degraded), reason)
+            result["degraded"] = degraded
     else:
+        problems = ["node %s unreachable (%s), %s: %s" % (
+            n["address"], n["error"] or "no answer", n["health"], n["health_why"]) for n in spare_down] + problems
         reason = "; ".join(problems + [state_text])
     return healthy, reason
+
+
+def degraded_redundancy(down_nodes):
+    """What a cluster that serves every slot still lacks: one entry per node the cluster judges down that owns no
+    slot, with the one remaining step named ({node, was, why, next, summary})."""
+    out = []
+    for n in down_nodes:
+        was = "master" if n.get("role") == "master" else "replica"
+        step = "restart Redis node %s (it rejoins as a replica)" % n["address"]
+        why = n.get("health_why") or n.get("error") or "down"
+        out.append(dict(node=n["address"], was=was, why=why, next=step,
+                        summary="node %s down (%s; owns no slot) - next: %s" % (n["address"], why, step)))
+    return out
 
 
 def _standalone_verdict(result, nodes, problems):
