@@ -156,10 +156,11 @@ def check_credential_type(ctype):
             problems.append("%s: %s injector %s references undeclared input %s" % (ctype["name"], kind, key, ref))
         if "tower" in _referenced(text) and not injectors.get("file"):
             problems.append("%s: %s uses tower.filename without a file injector" % (ctype["name"], key))
+    # the job's environment is stored with the AWX job and written whole into runner's artifacts/<id>/command
     secret_ids = {f["id"] for f in fields if f.get("secret")}
-    for key, text in (injectors.get("extra_vars") or {}).items():
-        if _referenced(text) & secret_ids and key != "p3_anchor_funding_key":
-            problems.append("%s: secret injected as extra var %s (use the environment fallback)" % (ctype["name"], key))
+    for key, text in (injectors.get("env") or {}).items():
+        if _referenced(text) & secret_ids:
+            problems.append("%s: secret injected as environment variable %s" % (ctype["name"], key))
     return problems
 
 
@@ -171,23 +172,28 @@ def test_credential_types_are_sound():
         assert ctype["kind"] == "cloud"
         assert check_credential_type(ctype) == []
     by_name = {c["name"]: c for c in ctypes}
-    # what the modules read: their documented environment fallbacks and the anchor role's variable
-    assert by_name["P3 PostgreSQL admin DSN"]["injectors"]["env"] == {"DATABASE_URL": "{{ dsn }}"}
-    assert set(by_name["P3 Redis"]["injectors"]["env"]) == {"REDIS_CLUSTER_NODES", "REDIS_URL", "REDIS_USERNAME",
-                                                           "REDIS_PASSWORD"}
-    assert by_name["P3 chain RPC"]["injectors"]["env"] == {"RPC_URL": "{{ rpc_url }}"}
+    # what the roles read: their connection variables (secrets) and the modules' environment fallbacks (the rest)
+    assert by_name["P3 PostgreSQL admin DSN"]["injectors"] == {"extra_vars": {"p3_database_url": "{{ dsn }}"}}
+    assert by_name["P3 Redis"]["injectors"]["env"] == {"REDIS_CLUSTER_NODES": "{{ nodes }}",
+                                                      "REDIS_USERNAME": "{{ username }}"}
+    assert by_name["P3 Redis"]["injectors"]["extra_vars"]["p3_redis_password"] == "{{ password }}"
+    assert set(by_name["P3 chain RPC"]["injectors"]["extra_vars"]) == {"p3_rpc_url", "p3_chain_id",
+                                                                       "p3_anchor_wallet"}
     assert by_name["P3 wallet funding key"]["injectors"]["extra_vars"] == {
         "p3_anchor_funding_key": "{{ funding_key }}"}
+    # every variable a credential injects is one the surveys never ask
+    for ctype in ctypes:
+        assert set(ctype["injectors"].get("extra_vars", {})) - {"p3_redis_ca_cert"} <= surveys.CREDENTIAL_VARS
 
 
 def test_credential_type_check_catches_mistakes():
     ctype = copy.deepcopy(_yaml("controller_credential_types.yml")["controller_credential_types"][1])
-    for f in ctype["inputs"]["fields"]:
-        if f["id"] == "password":
-            del f["secret"]
+    ctype["inputs"]["fields"].append({"id": "api_token", "label": "Token", "type": "string"})
     ctype["injectors"]["env"]["REDIS_PASSWORD"] = "{{ passwd }}"
+    ctype["injectors"]["env"]["REDIS_AUTH"] = "{{ password }}"
     problems = check_credential_type(ctype)
-    assert any("field password holds a secret" in p for p in problems), problems
+    assert any("secret injected as environment variable REDIS_AUTH" in p for p in problems), problems
+    assert any("field api_token holds a secret" in p for p in problems), problems
     assert any("undeclared input passwd" in p for p in problems), problems
 
 
