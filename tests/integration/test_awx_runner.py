@@ -24,6 +24,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import jinja2.sandbox
 import psycopg2
@@ -193,11 +194,13 @@ def awx(lab_up, tmp_path_factory):
         import ansible_runner
         # no passwords / expect answers (AWX gives none for these templates): a prompt would get no answer and
         # the job would end at the hang guard; the hang guard is the job timeout AWX templates carry
+        t0 = time.monotonic()
         r = ansible_runner.run(
             private_data_dir=str(pdd), playbook=os.path.join("playbooks", playbook),
             inventory=str(script), ident=str(job_id), cmdline=" ".join(cmdline), envvars=env,
             suppress_env_files=True, quiet=True, timeout=HANG_GUARD)
         job = Job(r, str(pdd / "artifacts" / str(job_id)), report_dir)
+        job.wall = round(time.monotonic() - t0, 1)
         job.leaks = job.grep(needles)
         return job
 
@@ -212,7 +215,9 @@ def awx(lab_up, tmp_path_factory):
 
 def _assert_job(job, status="successful", rc=0):
     assert (job.status, job.rc) == (status, rc), job.stdout[-4000:]
-    print("\n".join(ev.get("stdout", "") for ev in job.events if ev["event"] == "verbose"))
+    slow = sorted(((ev["event_data"].get("duration") or 0), ev["event_data"].get("task")) for ev in job.events
+                  if ev["event"].startswith("runner_on_"))[-4:]
+    print("JOBTIME", job.wall, slow)
     assert job.leaks == [], "secrets in the artifacts: %s" % job.leaks
     kinds = [ev["event"] for ev in job.events if ev["event"] != "verbose"]
     assert kinds[0] == "playbook_on_start" and kinds[-1] == "playbook_on_stats", kinds[:3]
@@ -224,27 +229,57 @@ def _assert_job(job, status="successful", rc=0):
     assert len(os.listdir(os.path.join(job.artifacts, "job_events"))) == len(job.events)
 
 
-def test_diagnose_and_recover_database_as_awx_jobs(awx, healthy_lab):
+def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
+    """The jobs of the recover_all workflow (awx/controller_workflows.yml) under three faults at once: diagnose,
+    the database stage's dry run, then database -> Redis -> anchor worker, each job with the credentials its
+    template carries and the extra variables its workflow node passes."""
+    wallet = V["p3_anchor_wallet"]
+    empty = lab_fault("wallet-empty")  # first: it needs a working queue to fail its jobs
+    did = lab_fault("redis-slots-uncovered")
     lab_fault("db-exhaustion")
+    assert balance(wallet) == 0 and len(empty["jobs"]) == 10
+
     diag = awx("diagnose.yml")
     _assert_job(diag)
     verdict = diag.stats["artifact_data"]["p3_diagnose"]
     assert verdict["healthy"] is False
-    assert verdict["triage"]["scenarios"] == ["p3.recovery.recover_database"], verdict["triage"]
-    # the workflow's dry run (job_type check): terminates nothing
+    assert verdict["triage"]["scenarios"][:2] == ["p3.recovery.recover_database", "p3.recovery.recover_redis"], \
+        verdict["triage"]
+
+    # the database stage's dry run (job_type check), what the approver reads: terminates nothing
+    node_vars = {"p3_db_min_age_seconds": 1, "p3_db_app_check": False}  # survey answer + the node's extra_data
     before = _leak_pids()
     assert before
-    dry = awx("recover_database.yml", job_type="check", survey={"p3_db_min_age_seconds": 1})
+    dry = awx("recover_database.yml", job_type="check", survey=node_vars)
     _assert_job(dry)
     assert _leak_pids() == before
     assert dry.stats["artifact_data"]["p3_recover_database"]["terminated"] == 0
-    # the approved run
-    run = awx("recover_database.yml", survey={"p3_db_min_age_seconds": 1})
+
+    # approved: the database stage
+    run = awx("recover_database.yml", survey=node_vars)
     _assert_job(run)
-    stats = run.stats
-    assert stats["artifact_data"]["p3_recover_database"]["healthy"] is True
-    assert stats["changed"].get("localhost", 0) >= 1
+    assert run.stats["artifact_data"]["p3_recover_database"]["healthy"] is True
+    assert run.stats["changed"].get("localhost", 0) >= 1
     assert not _leak_pids() & before
+
+    # the Redis stage: every node serves every slot again, the deleted range on its old owner
+    a, b = did["range"]
+    job = awx("recover_redis.yml")
+    _assert_job(job)
+    assert job.stats["artifact_data"]["p3_recover_redis"]["healthy"] is True
+    for addr, view in views(lab_nodes()).items():
+        owners = owner_map(view)
+        assert len(owners) == 16384, addr
+        assert {owners[s] for s in range(a, b + 1)} == {did["owner"]}, addr
+
+    # the anchor stage, with the funding key credential: funded, retried, nothing failed
+    job = awx("recover_anchor.yml", creds=("P3 PostgreSQL admin DSN", "P3 Redis", "P3 chain RPC",
+                                          "P3 wallet funding key"))
+    _assert_job(job)
+    stats = job.stats["artifact_data"]["p3_recover_anchor"]
+    assert stats["healthy"] is True and stats["retried"] >= 10, stats
+    assert balance(wallet) > 0
+    assert anchor_redis().zcard(PREFIX + "failed") == 0
     assert lab_status()["app"]["healthy"] is True
 
 
@@ -256,30 +291,3 @@ def _leak_pids():
             return set(r[0] for r in cur.fetchall())
     finally:
         conn.close()
-
-
-def test_recover_redis_as_an_awx_job(awx, healthy_lab):
-    did = lab_fault("redis-slots-uncovered")
-    a, b = did["range"]
-    job = awx("recover_redis.yml")
-    _assert_job(job)
-    assert job.stats["artifact_data"]["p3_recover_redis"]["healthy"] is True
-    # real state: every node serves every slot again, the range on its old owner
-    for addr, view in views(lab_nodes()).items():
-        owners = owner_map(view)
-        assert len(owners) == 16384, addr
-        assert {owners[s] for s in range(a, b + 1)} == {did["owner"]}, addr
-
-
-def test_recover_anchor_with_the_funding_credential(awx, healthy_lab):
-    wallet = V["p3_anchor_wallet"]
-    lab_fault("wallet-empty")
-    assert balance(wallet) == 0
-    job = awx("recover_anchor.yml", creds=("P3 PostgreSQL admin DSN", "P3 Redis", "P3 chain RPC",
-                                          "P3 wallet funding key"))
-    _assert_job(job)
-    stats = job.stats["artifact_data"]["p3_recover_anchor"]
-    assert stats["healthy"] is True and stats["retried"] >= 10, stats
-    assert balance(wallet) > 0
-    r = anchor_redis()
-    assert r.zcard(PREFIX + "failed") == 0
