@@ -94,10 +94,10 @@ class Job(object):
         return [ev["event_data"]["res"] for ev in self.events
                 if ev.get("event") == "runner_on_ok" and ev["event_data"].get("task") == task]
 
-    def grep(self, secrets):
+    def grep(self, secrets, tops=None):
         """(path, secret) of every file under the artifacts dir and the reports that holds a secret."""
         hits = []
-        for top in (self.artifacts, self.report_dir):
+        for top in tops or (self.artifacts, self.report_dir):
             for d, _dirs, names in os.walk(top):
                 for n in names:
                     path = os.path.join(d, n)
@@ -202,6 +202,9 @@ def awx(lab_up, tmp_path_factory):
         job = Job(r, str(pdd / "artifacts" / str(job_id)), report_dir)
         job.wall = round(time.monotonic() - t0, 1)
         job.leaks = job.grep(needles)
+        # the same grep finds every injected secret where AWX put it (env/, removed after the job): it can fail
+        job.injected = set(s for _p, s in job.grep(needles, tops=[str(pdd / "env")]))
+        job.expected = set(n for n in needles if any(n in v for c in creds for v in credentials[c].values()))
         return job
 
     saved = dict((k, os.environ.pop(k)) for k in list(os.environ) if k in (
@@ -219,6 +222,7 @@ def _assert_job(job, status="successful", rc=0):
                   if ev["event"].startswith("runner_on_"))[-4:]
     print("JOBTIME", job.wall, slow)
     assert job.leaks == [], "secrets in the artifacts: %s" % job.leaks
+    assert job.expected and job.injected == job.expected, (job.injected, job.expected)
     kinds = [ev["event"] for ev in job.events if ev["event"] != "verbose"]
     assert kinds[0] == "playbook_on_start" and kinds[-1] == "playbook_on_stats", kinds[:3]
     # runner's artifacts: what AWX reads back
