@@ -192,8 +192,10 @@ def main(argv=None):
     if args.check and stale:
         print("stale AWX surveys (run scripts/awx_surveys.py): %s" % ", ".join(stale), file=sys.stderr)
         return 1
-    print("%s %d survey(s)%s" % ("checked" if args.check else "wrote", len(stale) if not args.check else len(TEMPLATES),
-                                  "" if stale or args.check else " (all up to date)"))
+    if args.check:
+        print("checked %d survey(s): up to date" % len(TEMPLATES))
+    else:
+        print("wrote %d of %d survey(s)" % (len(stale), len(TEMPLATES)))
     return 0
 
 

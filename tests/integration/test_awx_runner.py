@@ -24,7 +24,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 
 import jinja2.sandbox
 import psycopg2
@@ -194,13 +193,11 @@ def awx(lab_up, tmp_path_factory):
         import ansible_runner
         # no passwords / expect answers (AWX gives none for these templates): a prompt would get no answer and
         # the job would end at the hang guard; the hang guard is the job timeout AWX templates carry
-        t0 = time.monotonic()
         r = ansible_runner.run(
             private_data_dir=str(pdd), playbook=os.path.join("playbooks", playbook),
             inventory=str(script), ident=str(job_id), cmdline=" ".join(cmdline), envvars=env,
             suppress_env_files=True, quiet=True, timeout=HANG_GUARD)
         job = Job(r, str(pdd / "artifacts" / str(job_id)), report_dir)
-        job.wall = round(time.monotonic() - t0, 1)
         job.leaks = job.grep(needles)
         # the same grep finds every injected secret where AWX put it (env/, removed after the job): it can fail
         job.injected = set(s for _p, s in job.grep(needles, tops=[str(pdd / "env")]))
@@ -218,9 +215,6 @@ def awx(lab_up, tmp_path_factory):
 
 def _assert_job(job, status="successful", rc=0):
     assert (job.status, job.rc) == (status, rc), job.stdout[-4000:]
-    slow = sorted(((ev["event_data"].get("duration") or 0), ev["event_data"].get("task")) for ev in job.events
-                  if ev["event"].startswith("runner_on_"))[-4:]
-    print("JOBTIME", job.wall, slow)
     assert job.leaks == [], "secrets in the artifacts: %s" % job.leaks
     assert job.expected and job.injected == job.expected, (job.injected, job.expected)
     kinds = [ev["event"] for ev in job.events if ev["event"] != "verbose"]
@@ -235,7 +229,7 @@ def _assert_job(job, status="successful", rc=0):
 
 def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
     """The jobs of the recover_all workflow (awx/controller_workflows.yml) under three faults at once: diagnose,
-    the database stage's dry run, then database -> Redis -> anchor worker, each job with the credentials its
+    then database -> Redis -> anchor worker, each job with the credentials its
     template carries and the extra variables its workflow node passes."""
     wallet = V["p3_anchor_wallet"]
     empty = lab_fault("wallet-empty")  # first: it needs a working queue to fail its jobs
@@ -250,16 +244,10 @@ def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
     assert verdict["triage"]["scenarios"][:2] == ["p3.recovery.recover_database", "p3.recovery.recover_redis"], \
         verdict["triage"]
 
-    # the database stage's dry run (job_type check), what the approver reads: terminates nothing
+    # the database stage (its dry run is recover_database in check mode, tested in test_recover_database.py)
     node_vars = {"p3_db_min_age_seconds": 1, "p3_db_app_check": False}  # survey answer + the node's extra_data
     before = _leak_pids()
     assert before
-    dry = awx("recover_database.yml", job_type="check", survey=node_vars)
-    _assert_job(dry)
-    assert _leak_pids() == before
-    assert dry.stats["artifact_data"]["p3_recover_database"]["terminated"] == 0
-
-    # approved: the database stage
     run = awx("recover_database.yml", survey=node_vars)
     _assert_job(run)
     assert run.stats["artifact_data"]["p3_recover_database"]["healthy"] is True

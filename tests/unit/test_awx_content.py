@@ -174,8 +174,8 @@ def test_credential_types_are_sound():
     by_name = {c["name"]: c for c in ctypes}
     # what the roles read: their connection variables (secrets) and the modules' environment fallbacks (the rest)
     assert by_name["P3 PostgreSQL admin DSN"]["injectors"] == {"extra_vars": {"p3_database_url": "{{ dsn }}"}}
-    assert by_name["P3 Redis"]["injectors"]["env"] == {"REDIS_CLUSTER_NODES": "{{ nodes }}",
-                                                      "REDIS_USERNAME": "{{ username }}"}
+    redis_env = {"REDIS_CLUSTER_NODES": "{{ nodes }}", "REDIS_USERNAME": "{{ username }}"}
+    assert by_name["P3 Redis"]["injectors"]["env"] == redis_env
     assert by_name["P3 Redis"]["injectors"]["extra_vars"]["p3_redis_password"] == "{{ password }}"
     assert set(by_name["P3 chain RPC"]["injectors"]["extra_vars"]) == {"p3_rpc_url", "p3_chain_id",
                                                                        "p3_anchor_wallet"}
