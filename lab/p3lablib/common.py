@@ -90,6 +90,7 @@ class Lab(object):
         self.holder_log = os.path.join(self.holder_dir, "holder.log")
         self.lab_json = os.path.join(self.dir, "lab.json")
         self.faults_json = os.path.join(self.dir, "faults.json")
+        self.secrets_file = os.path.join(self.dir, "lab-secrets.yml")
         self.inventory = (os.path.join(REPO, "lab", "inventory.yml") if self.is_default_dir
                           else os.path.join(self.dir, "inventory.yml"))
 

@@ -22,6 +22,14 @@ description:
   - The log and the postmortem are created with mode C(0600) and O(directory) with C(0700), whatever the umask.
     Several runs appending to one log at once never interleave (each line is one C(O_APPEND) write, under an
     exclusive C(flock) held while the run appends, re-reads the log and renders the postmortem).
+  - Every entry and the run's record name who ran it and from where - the AWX job id, job template, user, workflow
+    and schedule (C(awx_*) or C(tower_*) extra variables) and the OS user and host - and the incident it belongs to.
+  - The run's record (incident id, state, verdict, severity, root cause in words, remaining steps, who, the run's
+    timeline) is kept in a private file named by the environment variable C(P3_INCIDENT_RECORD) while the run goes
+    on, so the playbooks' final task publishes it with C(set_stats) as C(p3_incident) (role
+    C(p3.recovery.incident_record)); AWX keeps it in the job's artifacts. See C(docs/incidents.md).
+  - O(directory) may also be set with the extra variable C(p3_incident_dir) (for example a persistent volume of
+    the AWX execution node).
   - Enable it with C(callbacks_enabled = p3.recovery.incident) in C(ansible.cfg) or
     E(ANSIBLE_CALLBACKS_ENABLED=p3.recovery.incident) (for example in an AWX job template's environment).
 requirements:
@@ -39,7 +47,14 @@ options:
   incident_id:
     description:
       - Name shared by the runs of one incident, so several playbook runs append to one log
-        (C(incident-<id>.jsonl)); default is one log per UTC day.
+        (C(incident-<id>.jsonl)) and render one postmortem (C(postmortem-<id>.md)). The extra variable
+        C(p3_incident_id) (for example from an AWX survey or workflow) sets it too.
+      - When unset the incident is derived - the latest incident of the same target (C(p3_incident_target), else
+        AWX's inventory name, else the inventory's host names) is reused while it is still open (unhealthy and not
+        verified restored, or restored with a remaining step) and its last run ended less than O(reuse_hours) ago;
+        else a run that sees anything unhealthy or changes anything opens a new one, C(inc-<UTC time>-<8 hex>).
+        A healthy run that changes nothing and finds no open incident belongs to none (its timeline goes to
+        C(runs-<UTC day>.jsonl) and the PostgreSQL sink).
       - A plain name part - an id with C(/) or C(..) is rejected (nothing is written, with a warning), and the
         final paths are checked to stay inside O(directory).
     type: str
@@ -48,6 +63,41 @@ options:
     ini:
       - section: p3_incident
         key: incident_id
+  reuse_hours:
+    description: How long after its last run an open incident of the same target is reused by a run without
+      O(incident_id). The extra variable C(p3_incident_reuse_hours) sets it too.
+    type: float
+    default: 12
+    env:
+      - name: P3_INCIDENT_REUSE_HOURS
+    ini:
+      - section: p3_incident
+        key: reuse_hours
+  database_url:
+    description:
+      - Optional persistent sink - a PostgreSQL DSN (the admin DSN, for example) whose user can create and write
+        O(table). Each run inserts one row (incident id, run id, target, playbook, times, state, verdict, severity,
+        root cause, who ran it and from where, the run's record with its timeline, and the incident's postmortem),
+        and open incidents are looked up there first - what an AWX job, whose directory is thrown away, needs.
+      - The extra variable C(p3_incident_database_url) sets it too (an AWX credential can inject either). The DSN
+        and its password are never recorded; a sink that cannot be written gives one warning line naming the
+        table and host, and the run goes on.
+    type: str
+    env:
+      - name: P3_INCIDENT_DATABASE_URL
+    ini:
+      - section: p3_incident
+        key: database_url
+  table:
+    description: Table of the PostgreSQL sink (created when missing); rows older than O(keep_days) and beyond the
+      newest 10000 are deleted by each run.
+    type: str
+    default: p3_incident_runs
+    env:
+      - name: P3_INCIDENT_TABLE
+    ini:
+      - section: p3_incident
+        key: table
   include_sensitive:
     description:
       - Record other sessions' SQL text and live session ids as they are. By default SQL text (keys named C(query))
@@ -86,6 +136,7 @@ import time
 from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils import incident as inc
 from ansible_collections.p3.recovery.plugins.module_utils.report import make_private_dir, path_under, redact, safe_name
 
 _SKIP_ACTIONS = ("p3.recovery.write_report",)
@@ -120,7 +171,135 @@ class CallbackModule(CallbackBase):
         self._entries = []
         self._playbook = "adhoc"
         self._started = _now()
-        self._run = "%s-%d" % (datetime.datetime.now(datetime.timezone.utc).strftime("%H%M%S%f"), os.getpid())
+        self._run = "%s-%d" % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f"), os.getpid())
+        self._extra = {}
+        self._hosts = []
+        self._resolved = None  # (incident id, explicit/reused?, history entries)
+        self._record_dirty = True
+        self._record_path = None
+        try:
+            # The run's record, rewritten before each task while the run goes on: the playbooks' final task reads
+            # it (lookup env P3_INCIDENT_RECORD) and publishes it with set_stats. Task workers fork from this
+            # process, so they inherit the variable.
+            fd, self._record_path = tempfile.mkstemp(prefix="p3-incident-record-", suffix=".json")
+            os.close(fd)
+            os.environ["P3_INCIDENT_RECORD"] = self._record_path
+        except OSError:
+            self._record_path = None
+
+    def v2_playbook_on_play_start(self, play):
+        if self._resolved is not None:
+            return
+        try:
+            vm = play.get_variable_manager()
+            self._extra = dict((str(k), v) for k, v in (getattr(vm, "extra_vars", None) or {}).items())
+            inventory = getattr(vm, "_inventory", None)
+            self._hosts = sorted(getattr(inventory, "hosts", {}) or {}) if inventory is not None else []
+        except Exception:  # pylint: disable=broad-except
+            pass
+        self._resolve()
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        if self._record_dirty:
+            self._write_record()
+
+    def v2_playbook_on_handler_task_start(self, task):
+        if self._record_dirty:
+            self._write_record()
+
+    # -- incident ------------------------------------------------------------------------------------
+    def _setting(self, var, option):
+        value = self._extra.get(var)
+        if value in (None, ""):
+            value = self._option(option)
+        return value
+
+    def _directory(self):
+        return str(self._setting("p3_incident_dir", "directory") or "reports")
+
+    def _dsn(self):
+        value = self._setting("p3_incident_database_url", "database_url")
+        return str(value) if value else None
+
+    def _table(self):
+        return str(self._option("table") or inc.TABLE)
+
+    def _target(self):
+        return inc.target_of(self._extra, self._hosts) if not os.environ.get("P3_INCIDENT_TARGET") else \
+            inc.one_line(os.environ["P3_INCIDENT_TARGET"], 200)
+
+    def _resolve(self):
+        """Which incident this run belongs to: (id, known, history). known: given or reused (else provisional: it
+        becomes an incident only if the run sees something unhealthy or changes something)."""
+        if self._resolved is not None:
+            return self._resolved
+        explicit = self._extra.get("p3_incident_id") or self._option("incident_id")
+        target = self._target()
+        history = []
+        if explicit:
+            self._resolved = (str(explicit), True, self._history(str(explicit)))
+            return self._resolved
+        found = None
+        try:
+            hours = float(self._setting("p3_incident_reuse_hours", "reuse_hours") or 12)
+        except (TypeError, ValueError):
+            hours = 12.0
+        dsn = self._dsn()
+        if dsn:
+            try:
+                with inc.pg_client(dsn) as client:
+                    found, history = inc.pg_open_incident(client, self._table(), target, hours)
+            except P3Error as e:
+                self._display.warning("p3.recovery.incident: database sink %s: %s" % (self._table(), e.msg))
+        if not found:
+            found, history = open_incident_in(self._directory(), target, hours, time.time())
+        if found:
+            self._resolved = (found, True, history)
+        else:
+            self._resolved = (inc.new_incident_id(inc.utcnow(), target), False, [])
+        return self._resolved
+
+    def _history(self, incident_id):
+        dsn = self._dsn()
+        if dsn:
+            try:
+                with inc.pg_client(dsn) as client:
+                    if inc.pg_table_exists(client, self._table()):
+                        return inc.pg_history(client, self._table(), incident_id)
+                    return []
+            except P3Error as e:
+                self._display.warning("p3.recovery.incident: database sink %s: %s" % (self._table(), e.msg))
+        try:
+            log = path_under(self._directory(), "incident-%s.jsonl" % safe_name(incident_id, "incident_id"))
+        except P3Error:
+            return []
+        return read_log(log)
+
+    def _incident_id(self):
+        """The run's incident id, or None when it belongs to none (healthy, unchanged, nothing open)."""
+        incident_id, known, history = self._resolve()
+        if known:
+            return incident_id
+        return incident_id if inc.incident_state(self._entries) != "none" else None
+
+    def record(self):
+        incident_id = self._incident_id()
+        history = self._resolve()[2] if incident_id else []
+        dsn = self._dsn()
+        sinks = {"directory": os.path.abspath(self._directory()),
+                 "database": ("%s (%s)" % (self._table(), _pg_target(dsn))) if dsn else None}
+        rec = inc.run_record(self._entries, history, incident_id, self._run, self._playbook, self._target(),
+                             self._started, inc.who(self._extra), sinks)
+        return inc.scrub(rec, _dsn_secrets(dsn))
+
+    def _write_record(self):
+        if not self._record_path:
+            return
+        try:
+            write_private(self._record_path, json.dumps(self.record(), sort_keys=True, default=str))
+            self._record_dirty = False
+        except Exception as e:  # pylint: disable=broad-except
+            self._display.warning("p3.recovery.incident: could not write the run record: %s" % e)
 
     # -- collection -----------------------------------------------------------------------------------
     def v2_playbook_on_start(self, playbook):
@@ -140,7 +319,12 @@ class CallbackModule(CallbackBase):
             reason = "failing: %s; next: %s" % (", ".join(triage.get("failing", [])), ", ".join(triage.get("scenarios", [])))
             self._entries.append({"ts": _now(), "run": self._run, "playbook": self._playbook,
                                   "host": getattr(host, "name", str(host)), "task": "triage", "action": action,
-                                  "status": status, "kind": "triage", "severity": triage["severity"], "reason": reason})
+                                  "status": status, "kind": "triage", "severity": triage["severity"], "reason": reason,
+                                  "root_causes": list(triage.get("root_causes") or []),
+                                  "causes": [{"check": c.get("check"), "reason": _one_line(c.get("reason", ""), 240)}
+                                             for c in triage.get("causes") or [] if isinstance(c, dict)],
+                                  "target": self._target()})
+            self._record_dirty = True
             return
         ours = action.startswith("p3.recovery.")
         if action in _SKIP_ACTIONS or not (ours or res.get("changed") or status == "failed"):
@@ -153,7 +337,9 @@ class CallbackModule(CallbackBase):
             "task": getattr(task, "name", "") or action,
             "action": action,
             "status": status,
+            "target": self._target(),
         }
+        self._record_dirty = True
         if res.get("censored"):
             entry["censored"] = True
         else:
@@ -161,6 +347,8 @@ class CallbackModule(CallbackBase):
             for key in _EVIDENCE_KEYS:
                 if key in res:
                     entry[key] = _one_line(res[key]) if key in ("reason", "msg") else res[key]
+            if res.get("degraded") and isinstance(res["degraded"], list):
+                entry["degraded"] = res["degraded"]
             tl = res.get("timeline")
             if isinstance(tl, dict):
                 tl = [tl]
@@ -173,7 +361,9 @@ class CallbackModule(CallbackBase):
             # Several probes in one task (quick_diagnostics): one probe entry each, under the probe's own module.
             for v in verdicts:
                 sub = dict(entry, action=v.get("module") or action, via=action, healthy=v["healthy"],
-                           reason=_one_line(v.get("reason", "")), kind="probe")
+                           reason=_one_line(v.get("reason", "")), kind="probe", probe=v.get("probe"))
+                if v.get("degraded"):
+                    sub["degraded"] = v["degraded"]
                 sub["task"] = "%s [%s]" % (entry["task"], v.get("probe", "?"))
                 self._entries.append(sub)
             return
@@ -197,24 +387,52 @@ class CallbackModule(CallbackBase):
             self._write()
         except Exception as e:  # pylint: disable=broad-except
             self._display.warning("p3.recovery.incident: could not write the incident log: %s" % e)
+        if self._record_path:
+            try:
+                os.unlink(self._record_path)
+            except OSError:
+                pass
 
     def _write(self):
         if not self._entries:
             return
-        directory = self.get_option("directory") or "reports"
-        incident = self.get_option("incident_id") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+        directory = self._directory()
+        incident = self._incident_id()
         try:
-            incident = safe_name(incident, "incident_id")
+            incident = safe_name(incident, "incident_id") if incident else None
         except P3Error as e:
             self._display.warning("p3.recovery.incident: nothing written: %s" % e.msg)
             return
+        for e in self._entries:
+            e["incident"] = incident
+        postmortem = self._write_directory(directory, incident)
+        dsn = self._dsn()
+        if dsn:
+            try:
+                rec = self.record()
+                with inc.pg_client(dsn) as client:
+                    pruned = inc.pg_write(client, self._table(), rec, inc.scrub(postmortem, _dsn_secrets(dsn)) if postmortem else None,
+                                          keep_days=self._option("keep_days") or 0)
+                self._display.display("p3.recovery.incident: run %s recorded in table %s%s%s" % (
+                    self._run, self._table(), (" (incident %s)" % incident) if incident else "",
+                    (", %d old row(s) removed" % pruned) if pruned else ""))
+            except P3Error as e:
+                self._display.warning("p3.recovery.incident: database sink %s: %s" % (self._table(), e.msg))
+
+    def _write_directory(self, directory, incident):
+        """Append the run's entries to the incident log (or runs-<day>.jsonl without an incident) and render the
+        incident's postmortem; returns the postmortem text (None when there is none)."""
         make_private_dir(directory)
-        log = path_under(directory, "incident-%s.jsonl" % incident)
-        path = path_under(directory, "postmortem-%s.md" % incident)
-        removed = prune(directory, self.get_option("keep_days") or 0, time.time(), keep=(log, path))
+        if incident is None:
+            log = path_under(directory, "runs-%s.jsonl" % inc.day_id(inc.utcnow()))
+            path = None
+        else:
+            log = path_under(directory, "incident-%s.jsonl" % incident)
+            path = path_under(directory, "postmortem-%s.md" % incident)
+        removed = prune(directory, self._option("keep_days") or 0, time.time(), keep=(log, path or log))
         if removed:
             self._display.display("p3.recovery.incident: removed %d incident file(s) older than %d days: %s" % (
-                len(removed), self.get_option("keep_days"), ", ".join(os.path.basename(r) for r in removed)))
+                len(removed), self._option("keep_days"), ", ".join(os.path.basename(r) for r in removed)))
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_uid == os.geteuid():
@@ -223,19 +441,76 @@ class CallbackModule(CallbackBase):
             fcntl.flock(fd, fcntl.LOCK_EX)
             for e in self._entries:
                 _write_all(fd, (json.dumps(e, sort_keys=True, default=str) + "\n").encode("utf-8"))
-            history = []
-            with open(log) as f:
-                for line in f:
-                    try:
-                        history.append(json.loads(line))
-                    except ValueError:
-                        continue
-            if not any(e.get("healthy") is False or e.get("changed") for e in history):
-                return
-            write_private(path, render_postmortem(history))
+            if path is None:
+                self._display.display("p3.recovery.incident: healthy, nothing changed, no open incident: timeline %s"
+                                      % log)
+                return None
+            history = read_log(log)
+            if self._dsn():
+                # the database holds runs of this incident this directory never saw (other AWX jobs): render from it
+                known = set(e.get("run") for e in history)
+                history = [e for e in self._resolve()[2] if e.get("run") not in known] + history
+                history.sort(key=lambda e: e.get("ts", ""))
+            if not any(e.get("healthy") is False or e.get("changed") or e.get("degraded") for e in history):
+                return None
+            text = render_postmortem(history)
+            write_private(path, text)
         finally:
             os.close(fd)
-        self._display.display("p3.recovery.incident: timeline %s, postmortem draft %s" % (log, path))
+        self._display.display("p3.recovery.incident: incident %s: timeline %s, postmortem draft %s" % (incident, log, path))
+        return text
+
+
+def _pg_target(dsn):
+    try:
+        from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import describe_target, parse_dsn
+        return describe_target(parse_dsn(dsn))
+    except Exception:  # pylint: disable=broad-except
+        return "?"
+
+
+def _dsn_secrets(dsn):
+    if not dsn:
+        return []
+    from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import dsn_secrets
+    return dsn_secrets(dsn)
+
+
+def read_log(path):
+    """The entries of a JSON-lines incident log (unparsable lines skipped; [] when missing)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    except (IOError, OSError):
+        return []
+    return out
+
+
+def open_incident_in(directory, target, reuse_hours, now):
+    """(incident id, entries) of the newest incident log in directory written less than reuse_hours ago whose
+    entries are about target and whose incident is still open or degraded; else (None, [])."""
+    cutoff = now - float(reuse_hours) * 3600
+    logs = []
+    for path in glob.glob(os.path.join(directory, "incident-*.jsonl")):
+        try:
+            mtime = os.path.getmtime(path)
+        except OSError:
+            continue
+        if mtime >= cutoff:
+            logs.append((mtime, path))
+    for _mtime, path in sorted(logs, reverse=True):
+        entries = read_log(path)
+        if not entries or entries[-1].get("target") != target:
+            continue
+        if inc.incident_state(entries) in ("open", "degraded"):
+            return os.path.basename(path)[len("incident-"):-len(".jsonl")], entries
+        return None, []  # the target's latest incident is closed
+    return None, []
 
 
 def _write_all(fd, data):
@@ -267,7 +542,7 @@ def prune(directory, keep_days, now, keep=()):
     cutoff = now - keep_days * 86400
     keep = set(os.path.abspath(k) for k in keep)
     removed = []
-    for pattern in ("incident-*.jsonl", "postmortem-*.md"):
+    for pattern in ("incident-*.jsonl", "postmortem-*.md", "runs-*.jsonl"):
         for path in sorted(glob.glob(os.path.join(directory, pattern))):
             try:
                 if os.path.abspath(path) in keep or os.path.getmtime(path) >= cutoff:
@@ -285,21 +560,10 @@ def render_postmortem(entries):
     acted = [e for e in entries if e.get("changed")]
     first = entries[0]["ts"] if entries else _now()
     detected = unhealthy[0]["ts"] if unhealthy else first
-    # Restored: the first later run whose probes were all healthy (a run = one playbook execution).
-    restored = None
-    if unhealthy:
-        runs = []
-        for e in entries:
-            if not runs or runs[-1][0] != e.get("run"):
-                runs.append((e.get("run"), []))
-            runs[-1][1].append(e)
-        last_bad = max(i for i, run in enumerate(runs) if any(e.get("healthy") is False for e in run[1]))
-        for run in runs[last_bad + 1:]:
-            es = run[1]
-            probes = [e for e in es if e.get("kind") == "probe"]
-            if probes and all(e.get("healthy") is True for e in probes):
-                restored = probes[-1]["ts"]
-                break
+    # Restored: the first probe round after the last unhealthy verdict whose probes are all healthy (a later run,
+    # or a later diagnose of the same run such as recover_all's final one).
+    restored = inc.restored_at(entries) if unhealthy else None
+    remaining = inc.remaining_steps(entries)
     end = restored or entries[-1]["ts"]
 
     def _t(ts):
@@ -313,7 +577,7 @@ def render_postmortem(entries):
     sevs = [e["severity"] for e in entries if e.get("kind") == "triage" and e.get("severity")]
     failing = []
     for e in unhealthy:
-        label = "%s: %s" % (e["task"], e.get("reason", ""))
+        label = "%s: %s" % (inc.probe_name(e), e.get("reason", ""))
         if label not in failing:
             failing.append(label)
     lines = [
@@ -334,16 +598,30 @@ def render_postmortem(entries):
                 if isinstance(t, dict):
                     detail = _one_line(t.get("detail", ""), 200)
                     lines.append("  - %s %s %s %s" % (_t(str(t.get("ts", ""))), t.get("action", ""), t.get("target", ""), detail))
-    lines.append("- %s - %s" % (_t(restored), "Service restored (all probes healthy)" if restored else "Service not yet verified healthy"))
+    if restored and remaining:
+        lines.append("- %s - Service restored, redundancy degraded (remaining step: %s)" % (_t(restored), "; ".join(remaining)))
+    else:
+        lines.append("- %s - %s" % (_t(restored), "Service restored (all probes healthy)" if restored else "Service not yet verified healthy"))
+    incidents = sorted(set(e.get("incident") for e in entries if e.get("incident")))
+    runs = []
+    for e in entries:
+        if e.get("run") not in runs:
+            runs.append(e.get("run"))
     lines += [
         "",
         "## Root Cause",
-        "[Technical explanation] — the probes saw: " + ("; ".join(failing[:5]) or "nothing unhealthy"),
+        inc.root_cause(entries),
         "",
         "## Resolution",
     ]
-    lines += ["- %s (%s)" % (e["task"], e["host"]) for e in acted] or ["- [What was done to fix it]"]
+    lines += ["- %s" % f for f in inc.what_was_done(acted)] or ["- [What was done to fix it]"]
+    if remaining:
+        lines += ["- Remaining: %s" % step for step in remaining]
     lines += [
+        "",
+        "## Runs",
+        "- Incident %s: %d run(s) of %s" % (", ".join(incidents) or "-", len(runs), ", ".join(
+            sorted(set(e.get("playbook", "?") for e in entries)))),
         "",
         "## Action Items",
         "- [ ] [Preventive measure 1]",

@@ -28,7 +28,10 @@ def to_check(result, name, key=None):
     if not isinstance(src, dict) or "healthy" not in src:
         msg = result.get("msg") or result.get("reason") or "probe returned no verdict"
         return {"name": name, "healthy": False, "reason": _one_line(msg)}
-    return {"name": name, "healthy": bool(src["healthy"]), "reason": _one_line(src.get("reason", ""))}
+    check = {"name": name, "healthy": bool(src["healthy"]), "reason": _one_line(src.get("reason", ""))}
+    if src.get("degraded"):  # healthy, but short of redundancy: the remaining steps (redis_probe)
+        check["degraded"] = [d.get("next") or d.get("summary") for d in src["degraded"] if isinstance(d, dict)]
+    return check
 
 
 def _sev_rank(sev):
@@ -95,7 +98,7 @@ def verdict_table(checks, width=110):
     lines = ["%-*s  %-9s  %s" % (name_w, "check", "verdict", "reason")]
     for c in checks:
         h = c.get("healthy")
-        verdict = "OK" if h is True else ("SKIPPED" if h is None else "UNHEALTHY")
+        verdict = ("DEGRADED" if c.get("degraded") else "OK") if h is True else ("SKIPPED" if h is None else "UNHEALTHY")
         reason = c.get("reason", "")
         room = max(20, width - name_w - 13)
         if len(reason) > room:

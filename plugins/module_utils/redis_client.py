@@ -927,7 +927,13 @@ def summarize(records, seeds=None):
         serving=None,
     )
     problems = []
+    # Nodes the cluster itself judges down that own no slot (a failed-over master, a dead replica): once every slot
+    # is served they cost redundancy, not service; the one remaining step is to start them again.
+    spare_down = []
     for n in nodes:
+        if not n["reachable"] and model is not None and n["health"] == "down" and not n["slots"]:
+            spare_down.append(n)
+            continue
         if not n["reachable"]:
             problems.append("node %s unreachable (%s)%s" % (n["address"], n["error"] or "no answer", (
                 ", %s: %s" % (n["health"], n["health_why"])) if model is not None and n["health_why"] else ""))
@@ -976,9 +982,17 @@ def summarize(records, seeds=None):
             problems.append("nodes disagree about the slot configuration")
         state_text = "cluster_state=%s" % (state or "unknown")
         healthy = not problems and state == "ok" and ok == CLUSTER_SLOTS
+        degraded = degraded_redundancy(spare_down) if healthy else []
+        if not healthy:
+            problems = ["node %s unreachable (%s), %s: %s" % (n["address"], n["error"] or "no answer", n["health"],
+                                                               n["health_why"]) for n in spare_down] + problems
         if healthy:
             reason = "%d nodes reachable (%d masters, %d replicas); %s; %d/%d slots ok" % (
-                len(nodes), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
+                len(nodes) - len(spare_down), len(masters), len(replicas), state_text, ok, CLUSTER_SLOTS)
+            if degraded:
+                reason = "service restored, redundancy degraded: %s; %s" % (
+                    "; ".join(d["summary"] for d in degraded), reason)
+                result["degraded"] = degraded
         else:
             reason = "; ".join(problems + [state_text])
     else:
@@ -991,6 +1005,19 @@ def summarize(records, seeds=None):
     result["healthy"] = healthy
     result["reason"] = reason
     return result
+
+
+def degraded_redundancy(down_nodes):
+    """What a cluster that serves every slot still lacks: one entry per node the cluster judges down that owns no
+    slot, with the one remaining step named ({node, was, why, next, summary})."""
+    out = []
+    for n in down_nodes:
+        was = "master" if n.get("role") == "master" else "replica"
+        step = "restart Redis node %s (it rejoins as a replica)" % n["address"]
+        why = n.get("health_why") or n.get("error") or "down"
+        out.append(dict(node=n["address"], was=was, why=why, next=step,
+                        summary="node %s down (%s; owns no slot) - next: %s" % (n["address"], why, step)))
+    return out
 
 
 def _cluster_model(records, seeds):

@@ -259,6 +259,12 @@ verdicts:
     reason:
       description: The probe's one-line reason.
       type: str
+    degraded:
+      description: Only when the probe is healthy but short of redundancy (C(redis) - every slot served while a
+        node the cluster judges down owns no slot); the C(degraded) list of M(p3.recovery.redis_probe).
+      type: list
+      elements: dict
+      returned: when degraded
 app:
   description: The result of M(p3.recovery.app_probe) (C(healthy), C(reason), C(health), C(pulse)); see that module.
   returned: when C(app) is in O(probes)
@@ -451,6 +457,9 @@ def main():
     window = p["auth_window_seconds"] if "auth" in p["probes"] and 0 < p["auth_window_seconds"] <= 60 else 0
     results = d.run_probes(probe_functions(module), deadline=4 * max(waits) + 5 + window)
     verdicts = [dict(probe=name, module=MODULES[name], healthy=r["healthy"], reason=r["reason"]) for name, r in results.items()]
+    for v in verdicts:
+        if results[v["probe"]].get("degraded"):
+            v["degraded"] = results[v["probe"]]["degraded"]
     result = probe_result(all(v["healthy"] for v in verdicts), d.summary_reason(results), verdicts=verdicts)
     result.update(results)
     exit_probe(module, result)

@@ -198,6 +198,31 @@ failed_nodes:
   type: list
   elements: str
   sample: ["127.0.0.1:17001"]
+degraded:
+  description:
+    - Service restored, redundancy degraded - the verdict is C(healthy=true) (every slot served, C(cluster_state:ok),
+      nothing else wrong) while nodes that the cluster judges down (flagged C(fail), or silent past
+      C(cluster-node-timeout)) own no slot, for example a master whose replica was promoted. One entry per such
+      node with the one remaining step named; C(reason) starts with C(service restored, redundancy degraded).
+  returned: when a cluster serves every slot and a node without slots is down
+  type: list
+  elements: dict
+  contains:
+    node:
+      description: The node's address.
+      type: str
+    was:
+      description: C(master) or C(replica), its role in the cluster's configuration.
+      type: str
+    why:
+      description: Why it is judged down.
+      type: str
+    next:
+      description: The remaining step, e.g. C(restart Redis node 127.0.0.1:17001 (it rejoins as a replica)).
+      type: str
+    summary:
+      description: One line - node, why, next step.
+      type: str
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
