@@ -74,13 +74,14 @@ def render_credential(ctype, inputs, private_data_dir):
 class Job(object):
     """What an AWX job leaves behind: runner's result and its artifacts dir."""
 
-    def __init__(self, runner, artifacts, report_dir):
+    def __init__(self, runner, artifacts, report_dir, incident_dir):
         self.rc = runner.rc
         self.status = runner.status
         self.events = list(runner.events)
         self.stdout = runner.stdout.read()
         self.artifacts = artifacts
         self.report_dir = report_dir
+        self.incident_dir = incident_dir
 
     @property
     def stats(self):
@@ -96,7 +97,7 @@ class Job(object):
     def grep(self, secrets, tops=None):
         """(path, secret) of every file under the artifacts dir and the reports that holds a secret."""
         hits = []
-        for top in tops or (self.artifacts, self.report_dir):
+        for top in tops or (self.artifacts, self.report_dir, self.incident_dir):
             for d, _dirs, names in os.walk(top):
                 for n in names:
                     path = os.path.join(d, n)
@@ -139,6 +140,8 @@ def awx(lab_up, tmp_path_factory):
     needles = sorted({secrets["dsn"], secrets["redis_password"], RPC_KEY, secrets["funding_key"],
                       secrets["funding_key"][2:], "p3admin-lab-secret"})
     counter = [1000]
+    # the incident directory as a persistent volume of the execution node, shared by the jobs (docs/incidents.md)
+    incident_dir = str(base / "incidents")
 
     def launch(playbook, survey=None, job_type="run", creds=("P3 PostgreSQL admin DSN", "P3 Redis", "P3 chain RPC"),
                template=None):
@@ -177,7 +180,7 @@ def awx(lab_up, tmp_path_factory):
 
         env = {"JOB_ID": str(job_id), "PROJECT_REVISION": "0" * 40, "ANSIBLE_COLLECTIONS_PATHS": collections,
                "ANSIBLE_COLLECTIONS_PATH": collections, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
-               "ANSIBLE_NOCOLOR": "1", "P3_INCIDENT_DIR": report_dir}
+               "ANSIBLE_NOCOLOR": "1", "P3_INCIDENT_DIR": incident_dir}
         cmdline = []
         for cname in creds:
             cenv, cextra, _files = render_credential(ctypes[cname], credentials[cname], str(pdd))
@@ -197,7 +200,8 @@ def awx(lab_up, tmp_path_factory):
             private_data_dir=str(pdd), playbook=os.path.join("playbooks", playbook),
             inventory=str(script), ident=str(job_id), cmdline=" ".join(cmdline), envvars=env,
             suppress_env_files=True, quiet=True, timeout=HANG_GUARD)
-        job = Job(r, str(pdd / "artifacts" / str(job_id)), report_dir)
+        job = Job(r, str(pdd / "artifacts" / str(job_id)), report_dir, incident_dir)
+        job.id, job.template = job_id, name
         job.leaks = job.grep(needles)
         # the same grep finds every injected secret where AWX put it (env/, removed after the job): it can fail
         job.injected = set(s for _p, s in job.grep(needles, tops=[str(pdd / "env")]))
@@ -225,6 +229,12 @@ def _assert_job(job, status="successful", rc=0):
     with open(os.path.join(job.artifacts, "status")) as f:
         assert f.read().strip() == status
     assert len(os.listdir(os.path.join(job.artifacts, "job_events"))) == len(job.events)
+    # the incident record survives the job in its artifacts, saying which AWX job, template and user ran it
+    record = job.stats["artifact_data"]["p3_incident"]
+    who = record["who"]
+    assert (who["awx_job_id"], who["awx_job_template_name"], who["awx_user_name"], who["via"]) == (
+        str(job.id), job.template, "oncall-alice", "awx"), who
+    return record
 
 
 def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
@@ -238,7 +248,8 @@ def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
     assert balance(wallet) == 0 and len(empty["jobs"]) == 10
 
     diag = awx("diagnose.yml")
-    _assert_job(diag)
+    incident = _assert_job(diag)["incident_id"]
+    assert incident
     verdict = diag.stats["artifact_data"]["p3_diagnose"]
     assert verdict["healthy"] is False
     assert verdict["triage"]["scenarios"][:2] == ["p3.recovery.recover_database", "p3.recovery.recover_redis"], \
@@ -249,7 +260,7 @@ def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
     before = _leak_pids()
     assert before
     run = awx("recover_database.yml", survey=node_vars)
-    _assert_job(run)
+    assert _assert_job(run)["incident_id"] == incident  # one incident, several jobs
     assert run.stats["artifact_data"]["p3_recover_database"]["healthy"] is True
     assert run.stats["changed"].get("localhost", 0) >= 1
     assert not _leak_pids() & before
@@ -257,7 +268,7 @@ def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
     # the Redis stage: every node serves every slot again, the deleted range on its old owner
     a, b = did["range"]
     job = awx("recover_redis.yml")
-    _assert_job(job)
+    assert _assert_job(job)["incident_id"] == incident
     assert job.stats["artifact_data"]["p3_recover_redis"]["healthy"] is True
     for addr, view in views(lab_nodes()).items():
         owners = owner_map(view)
@@ -267,7 +278,7 @@ def test_workflow_stages_as_awx_jobs_under_three_faults(awx, healthy_lab):
     # the anchor stage, with the funding key credential: funded, retried, nothing failed
     job = awx("recover_anchor.yml", creds=("P3 PostgreSQL admin DSN", "P3 Redis", "P3 chain RPC",
                                           "P3 wallet funding key"))
-    _assert_job(job)
+    assert _assert_job(job)["incident_id"] == incident
     stats = job.stats["artifact_data"]["p3_recover_anchor"]
     assert stats["healthy"] is True and stats["retried"] >= 10, stats
     assert balance(wallet) > 0
