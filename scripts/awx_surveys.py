@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generate the AWX / Automation Controller job template surveys from the roles' meta/argument_specs.yml.
 
 One source of truth: a role's argument spec says which variables an operator may set, their types, choices and
@@ -18,7 +17,7 @@ Rules (docs/awx.md "Surveys"):
 - bool options are a multiple choice of "true" / "false" (AWX answers are strings; the roles hand them to module
   options of type bool, which convert them).
 
-Usage: scripts/awx_surveys.py [--check] [--root DIR]
+Usage: python3 scripts/awx_surveys.py [--check] [--root DIR]
 """
 from __future__ import print_function
 
@@ -170,7 +169,7 @@ def expected_files(root):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when a survey file is stale or missing")
     ap.add_argument("--root", default=ROOT, help="collection root (default: this repository)")
     args = ap.parse_args(argv)
@@ -190,7 +189,7 @@ def main(argv=None):
             with open(path, "w") as f:
                 f.write(text)
     if args.check and stale:
-        print("stale AWX surveys (run scripts/awx_surveys.py): %s" % ", ".join(stale), file=sys.stderr)
+        print("stale AWX surveys (run python3 scripts/awx_surveys.py): %s" % ", ".join(stale), file=sys.stderr)
         return 1
     if args.check:
         print("checked %d survey(s): up to date" % len(TEMPLATES))

@@ -345,7 +345,7 @@ def test_every_referenced_object_is_defined():
         assert t["project"] in project and t["execution_environment"] in ees
         assert set(t["credentials"]) <= creds
     names = {t["name"] for t in templates}
-    wf, _ = _workflow_and_templates()
+    wf = _workflow_and_templates()[0]
     for n in wf["workflow_nodes"]:
         if n["unified_job_template"]["type"] == "job_template":
             assert n["unified_job_template"]["name"] in names
@@ -361,7 +361,7 @@ def test_ansible_builder_create(tmp_path):
     with open(os.path.join(ROOT, "execution-environment.yml")) as f:
         assert yaml.safe_load(f)["version"] == 3
     proc = subprocess.run([os.path.join(BIN, "ansible-builder"), "create", "-f", "execution-environment.yml",
-                           "-c", str(ctx), "-v", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "-c", str(ctx), "-v", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dockerfile = (ctx / "Dockerfile").read_text()
     assert "ansible-core>=2.16,<2.20" in dockerfile and "ansible-runner" in dockerfile
@@ -373,7 +373,7 @@ def test_ansible_builder_create(tmp_path):
                            "--user-pip", str(ctx / "_build" / "requirements.txt"),
                            "--user-bindep", str(ctx / "_build" / "bindep.txt"),
                            "--write-pip", str(out / "pip.txt"), "--write-bindep", str(out / "bindep.txt")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pip = (out / "pip.txt").read_text()
     for dep in ("redis>=", "psycopg2-binary", "web3", "bullmq"):
@@ -401,7 +401,7 @@ def test_project_sync_installs_the_collection(tmp_path):
                HOME=str(tmp_path))
     proc = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "-r",
                            "collections/requirements.yml", "-p", str(tmp_path / "c")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     inst = tmp_path / "c" / "ansible_collections" / "p3" / "recovery"
     assert (inst / "MANIFEST.json").is_file()
