@@ -19,6 +19,7 @@ command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v rsync >/dev/null || need_apt+=(rsync)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
