@@ -10,8 +10,7 @@ __metaclass__ = type
 import socket
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import (Deadline, P3Error, describe_error,
-                                                                          one_line)
+from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline, P3Error, describe_error, one_line
 
 # `show servers state` srv_op_state / srv_admin_state bits (haproxy include/haproxy/server-t.h)
 OP_STATES = {0: "stopped", 1: "starting", 2: "running", 3: "stopping"}

@@ -11,7 +11,7 @@ module: haproxy_server
 short_description: Drain or re-enable one server of an HAProxy backend through the runtime API, and wait for it
 version_added: 0.1.0
 description:
-  - Talks to HAProxy's runtime API on its admin socket (C(stats socket ... level admin)): reads
+  - Talks to HAProxy's runtime API on its admin socket (C(stats socket ... level admin)) - it reads
     C(show servers state) and C(show stat), sends C(set server <backend>/<server> state drain|ready).
   - O(state=drain) first re-reads the backend and refuses (fails with one line, sends nothing) when draining the
     server would leave fewer than O(min_serving) other servers up and ready - the last healthy instance is never
@@ -125,8 +125,8 @@ import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline, P3Error, fail_clean
-from ansible_collections.p3.recovery.plugins.module_utils.haproxy import (HAProxyError, RuntimeAPI, drain_refusal,
-                                                                           serving)
+from ansible_collections.p3.recovery.plugins.module_utils.haproxy import HAProxyError, RuntimeAPI
+from ansible_collections.p3.recovery.plugins.module_utils.haproxy import drain_refusal, serving
 
 
 def _ts():

@@ -9,8 +9,11 @@ import pytest
 from ansible_collections.p3.recovery.plugins.module_utils import haproxy as hp
 from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline
 
-STATE = """1
-# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+HEAD = ("# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+        "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state "
+        "srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port "
+        "srv_check_addr srv_agent_addr srv_agent_port")
+STATE = "1\n" + HEAD + """
 3 p3_app 1 app1 127.0.0.1 2 0 1 1 7 15 3 3 6 0 0 0 - 14030 - 0 0 - - 0
 3 p3_app 2 app2 127.0.0.1 2 8 1 1 1 15 3 3 6 0 0 0 - 14031 - 0 0 - - 0
 3 p3_app 3 app3 127.0.0.1 0 0 1 1 0 15 3 3 6 0 0 0 - 14032 - 0 0 - - 0
@@ -62,7 +65,7 @@ def _server(path, answer, delay=0.0):
     def serve():
         while True:
             try:
-                c, _ = srv.accept()
+                c = srv.accept()[0]
             except OSError:
                 return
             c.recv(1024)
