@@ -69,7 +69,8 @@ options:
     type: float
     default: 0.2
 seealso:
-  - role: p3.recovery.app_restart
+  - module: p3.recovery.app_probe
+    description: The health gate the role p3.recovery.app_restart runs between the drain and the re-enable.
 """
 
 EXAMPLES = r"""
