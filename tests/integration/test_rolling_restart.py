@@ -4,6 +4,7 @@ The module fixture switches the session lab to 3 app instances behind HAProxy (`
 back to one at the end, so the other tests keep their single app. Every assertion reads real state: supervisor
 PIDs, HAProxy's runtime API, the load generator's ledger re-read against Redis/PostgreSQL (lab/p3lablib/load.py).
 """
+import json
 import os
 import signal
 import sys
@@ -97,7 +98,7 @@ def test_load_loses_nothing_on_a_healthy_lab(ready_fleet):
     assert v["jobs"]["anchored"] is not None
 
 
-def test_rolling_restart_under_load_fails_no_request(ready_fleet):
+def test_rolling_restart_under_load_fails_no_request(ready_fleet, tmp_path):
     L = ready_fleet
     before = pids(L)
     assert all(before.values()), before
@@ -105,7 +106,7 @@ def test_rolling_restart_under_load_fails_no_request(ready_fleet):
               ledger=os.path.join(L.dir, "load", "rolling.jsonl"))
     t0 = time.monotonic()
     with ld:
-        run = run_playbook("restart_app.yml")
+        run = run_playbook("restart_app.yml", env={"P3_INCIDENT_DIR": str(tmp_path)})
     took = time.monotonic() - t0
     s = ld.summary()
     after = pids(L)
@@ -122,6 +123,12 @@ def test_rolling_restart_under_load_fails_no_request(ready_fleet):
     assert all(len(r["serving"]) == 2 for r in drains), [r["serving"] for r in drains]
     assert [e["action"] for r in drains for e in r["timeline"]] == ["haproxy drain"] * 3
     assert len(run.results(READY)) == 3
+    # the incident timeline has each instance's drain and ready, in rolling order
+    logs = list(tmp_path.glob("incident-*.jsonl"))
+    assert len(logs) == 1
+    steps = [(t["action"], t["target"]) for line in logs[0].read_text().splitlines()
+             for t in json.loads(line).get("timeline", []) if t["action"].startswith("haproxy")]
+    assert steps == [(a, "p3_app/app%d" % i) for i in (1, 2, 3) for a in ("haproxy drain", "haproxy ready")], steps
     v = ld.verify()
     assert v["sessions"]["lost"] == 0 and v["sessions"]["expected"] > 0, v["sessions"]
 
@@ -133,29 +140,34 @@ def test_check_mode_plans_and_changes_nothing(ready_fleet):
     assert run.rc == 0, run.stdout[-3000:]
     drains = run.results(DRAIN)
     assert len(drains) == 3 and all(r["changed"] and r["reason"].startswith("would set") for r in drains), drains
+    # every server is ready already: the re-enable step has nothing to change
+    assert [r["changed"] for r in run.results(READY)] == [False] * 3
     assert pids(L) == before
     assert admin_states(L) == {"app1": 0, "app2": 0, "app3": 0}
 
 
 def test_never_drains_the_last_serving_instance(ready_fleet):
-    """One instance down: the rolling restart under load fails no request and brings it back. Two down: draining
-    the last one serving is refused with one line and it keeps running untouched."""
+    """One instance down: the rolling restart of the two others under load fails no request (each drain leaves
+    exactly one serving). Then two down: draining the last one serving is refused with one line and it keeps running
+    untouched."""
     L = ready_fleet
     os.kill(supervisor.pid_of(L, "p3app3"), signal.SIGKILL)
     assert poll(lambda: lb.servers(L).get("app3", {}).get("status", "").startswith("DOWN"), 15), lb.servers(L)
+    before = pids(L)
     ld = Load(L, seconds=300, rate=25, streams=("session", "http"), ledger=os.path.join(L.dir, "load", "down1.jsonl"))
     with ld:
-        run = run_playbook("restart_app.yml")
+        run = run_playbook("restart_app.yml", limit="p3-lab-app,p3-lab-app2")
     s = ld.summary()
-    print("rolling restart with app3 down: %d requests, %d failed" % (s["http_total"]["requests"],
-                                                                    s["http_total"]["failed"]))
+    print("rolling restart of app1+app2 with app3 down: %d requests, %d failed" % (s["http_total"]["requests"],
+                                                                                 s["http_total"]["failed"]))
     assert run.rc == 0, run.stdout[-3000:]
     assert s["http_total"]["failed"] == 0 and s["http_total"]["requests"] > 50, s["http_total"]
-    assert min(len(r["serving"]) for r in run.results(DRAIN)) >= 1
-    assert poll(lambda: all_ready(L), 15), (lb.servers(L), admin_states(L))
+    assert [r["serving"] for r in run.results(DRAIN)] == [["app2"], ["app1"]]
+    after = pids(L)
+    assert after["p3app"] != before["p3app"] and after["p3app2"] != before["p3app2"], (before, after)
+    assert poll(lambda: all(lb.servers(L)[s]["status"] == "UP" for s in ("app1", "app2")), 15), lb.servers(L)
 
-    for prog, srv in (("p3app2", "app2"), ("p3app3", "app3")):
-        os.kill(supervisor.pid_of(L, prog), signal.SIGKILL)
+    os.kill(supervisor.pid_of(L, "p3app2"), signal.SIGKILL)
     assert poll(lambda: all(lb.servers(L).get(s, {}).get("status", "").startswith("DOWN") for s in ("app2", "app3")),
                 15), lb.servers(L)
     app1 = supervisor.pid_of(L, "p3app")
