@@ -20,6 +20,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v rsync >/dev/null || need_apt+=(rsync)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)   # ansible-test sanity's shellcheck test
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,4 +1,5 @@
-"""Command line: p3lab up | down [--purge] | status [--json] | fault NAME | heal | tls-up | tls-down [--purge]."""
+"""Command line: p3lab up [--app-instances N] | down [--purge] | status [--json] | fault NAME | heal |
+load start|stop|report | tls-up | tls-down [--purge]."""
 import argparse
 import json
 import os
@@ -30,6 +31,9 @@ def parser():
                         "$P3LAB_DIR/mode.json")
     u.add_argument("--bullmq", choices=("working", "lockfile"), default=None,
                    help="app=upstream: working (bullmq@5.12.11, the default) or lockfile (5.65.0: no anchor worker)")
+    u.add_argument("--app-instances", type=int, default=None, choices=range(1, 6), metavar="N",
+                   help="run N lab app instances (1-5) behind HAProxy on base+40 (N >= 2; docs/lab.md); "
+                        "remembered in $P3LAB_DIR/mode.json (default 1: one app, no load balancer)")
     d = sub.add_parser("down", help="stop the lab (idempotent)")
     d.add_argument("--purge", action="store_true", help="also delete $P3LAB_DIR")
     s = sub.add_parser("status", help="read the lab's state straight from the services")
@@ -44,6 +48,14 @@ def parser():
                                   "in $P3LAB_TLS_DIR (default <repo>/.state/lab-tls), ports P3LAB_BASE_PORT+600")
     td = sub.add_parser("tls-down", help="stop the TLS lab")
     td.add_argument("--purge", action="store_true", help="also delete its dir (certificates included)")
+    ld = sub.add_parser("load", help="client load with loss accounting (docs/lab.md: Client load)")
+    ld.add_argument("action", choices=("start", "stop", "report"))
+    ld.add_argument("--seconds", type=float, default=60.0, help="start: run at most this long (default 60, max 900)")
+    ld.add_argument("--rate", type=float, default=20.0, help="start: operations per second per stream (default 20)")
+    ld.add_argument("--max-ops", type=int, default=5000, help="start: at most this many operations per stream")
+    ld.add_argument("--streams", default="redis,session,anchor,http",
+                    help="start: comma list of redis, session, anchor, http (default all)")
+    sub.add_parser("_load")  # the detached load generator (hidden)
     sub.add_parser("_hold")  # the detached db-exhaustion holder (no help: hidden)
     return p
 
@@ -73,6 +85,23 @@ def main(argv=None):
 
             print(json.dumps(tls.up() if args.cmd == "tls-up" else tls.down(purge=args.purge)))
             return 0
+        if args.cmd in ("load", "_load"):
+            from . import load
+
+            try:
+                if args.cmd == "_load":
+                    return load.load_main(lab)
+                if args.action == "start":
+                    res = load.cli_start(lab, args.seconds, args.rate,
+                                         [s.strip() for s in args.streams.split(",") if s.strip()], args.max_ops)
+                elif args.action == "stop":
+                    res = load.cli_stop(lab)
+                else:
+                    res = load.cli_report(lab)
+            except load.LoadError as e:
+                raise LabError(str(e))
+            print(json.dumps(res))
+            return 0
         if args.cmd == "_hold":
             from .faults import hold_main
 
@@ -84,9 +113,10 @@ def main(argv=None):
             if args.cmd == "up":
                 from .stack import up
 
-                res = up(lab, app=args.app, bullmq=args.bullmq)
+                res = up(lab, app=args.app, bullmq=args.bullmq, app_instances=args.app_instances)
                 print("p3lab: lab up in %.1f s (base port %d): app %s%s, inventory %s"
-                      % (res["seconds"], lab.base, res["app"],
+                      % (res["seconds"], lab.base, res["app"] + (" (%d instances behind haproxy %s)" % (
+                          lab.app_instances, lab.lb_url) if lab.lb_url else ""),
                          " (P3's own server, BullMQ %s)" % res["bullmq"] if res.get("app_mode") == "upstream" else "",
                          res["inventory"]))
                 return 0

@@ -100,6 +100,14 @@ class Lab(object):
         mode = read_json(self.mode_json, {}) or {}
         self.app_mode = mode.get("app") or "lab"
         self.bullmq = mode.get("bullmq") or "working"
+        # `up --app-instances N` (lab app only): N app programs on app_port..app_port+N-1 behind HAProxy (lb_port)
+        self.app_instances = int(mode.get("app_instances") or 1)
+        self.app_ports = [self.app_port + i for i in range(self.app_instances)]
+        self.lb_port = self.base + 40
+        self.haproxy_dir = os.path.join(self.dir, "haproxy")
+        self.haproxy_sock = os.path.join(self.haproxy_dir, "admin.sock")
+        self.haproxy_cfg = os.path.join(self.haproxy_dir, "haproxy.cfg")
+        self.lb_url = "http://127.0.0.1:%d" % self.lb_port if self.app_instances > 1 else None
         self.p3redis_port = self.base + 7
         self.upstream_dir = os.path.join(self.dir, "upstream")
         if self.upstream:
@@ -120,10 +128,11 @@ class Lab(object):
     def upstream(self):
         return self.app_mode == "upstream"
 
-    def set_mode(self, app, bullmq):
-        """Record the app mode (`up --app/--bullmq`) and recompute what depends on it."""
+    def set_mode(self, app, bullmq, app_instances=None):
+        """Record the app mode (`up --app/--bullmq/--app-instances`) and recompute what depends on it."""
         os.makedirs(self.dir, exist_ok=True)
-        write_json(self.mode_json, {"app": app, "bullmq": bullmq})
+        write_json(self.mode_json, {"app": app, "bullmq": bullmq,
+                                    "app_instances": app_instances or self.app_instances})
         self.__init__()
 
     def redis_node_dir(self, i):
@@ -135,7 +144,8 @@ class Lab(object):
     def all_ports(self):
         """Every TCP port a running lab listens on."""
         return (self.redis_ports + [p + 10000 for p in self.redis_ports]
-                + [self.pg_port, self.anvil_port, self.app_port] + ([self.p3redis_port] if self.upstream else []))
+                + [self.pg_port, self.anvil_port] + self.app_ports + ([self.p3redis_port] if self.upstream else [])
+                + ([self.lb_port] if self.lb_url else []))
 
     def child_env(self, extra=None):
         env = dict(os.environ)

@@ -44,6 +44,11 @@ def preflight_ports(lab):
         need.append(("anvil", lab.anvil_port))
     if not supervisor.running(lab):
         need.append(("app", lab.app_port))
+    for i, port in enumerate(lab.app_ports[1:], 2):
+        if not supervisor.pid_of(lab, "p3app%d" % i):
+            need.append(("p3app%d" % i, port))
+    if lab.lb_url and not supervisor.pid_of(lab, "haproxy"):
+        need.append(("haproxy", lab.lb_port))
     if lab.upstream and not live_pid(upstream.redis_pidfile(lab)):
         need.append(("p3redis", lab.p3redis_port))
     taken = [(name, port) for name, port in need if port in busy]
@@ -104,7 +109,21 @@ def lab_info(lab):
         "faults": lab.faults_json,
         "app_mode": lab.app_mode,
         "upstream": upstream_info(lab) if lab.upstream else None,
+        "app_instances": lab.app_instances,
+        "haproxy": haproxy_info(lab),
     }
+
+
+def haproxy_info(lab):
+    """The load balancer of `up --app-instances N` (None with one instance)."""
+    if not lab.lb_url:
+        return None
+    from . import haproxy
+
+    return {"url": lab.lb_url, "port": lab.lb_port, "socket": lab.haproxy_sock, "config": lab.haproxy_cfg,
+            "backend": haproxy.BACKEND, "log": os.path.join(lab.log_dir, "haproxy.log"),
+            "servers": [{"server": haproxy.server_name(i), "program": haproxy.program_name(i), "port": port,
+                         "url": "http://127.0.0.1:%d" % port} for i, port in enumerate(lab.app_ports, 1)]}
 
 
 def upstream_info(lab):
@@ -120,8 +139,36 @@ def _q(v):
     return json.dumps(v)
 
 
+def _app_host(lab, name, program, url, health_path, lb_server=None):
+    lines = [
+        "        %s:" % name,
+        "          ansible_connection: local",
+        "          p3_restart_backend: supervisor",
+        "          p3_supervisorctl: %s" % _q(lab.supervisorctl),
+        "          p3_supervisor_conf: %s" % _q(lab.sup_conf),
+        "          p3_supervisor_program: %s" % _q(program),
+        "          p3_app_health_url: %s" % _q(url + health_path),
+    ]
+    if lb_server:
+        from . import haproxy
+
+        lines += ["          p3_haproxy_socket: %s" % _q(lab.haproxy_sock),
+                  "          p3_haproxy_backend: %s" % _q(haproxy.BACKEND),
+                  "          p3_haproxy_server: %s" % _q(lb_server)]
+    return lines
+
+
 def _children(lab, program, health_path, app_extra=()):
-    """The inventory's groups: the controller, and the app host restarted through the lab's supervisor."""
+    """The inventory's groups: the controller, and the app host(s) restarted through the lab's supervisor (with
+    --app-instances N: one host per instance, each with its HAProxy backend/server)."""
+    hosts = _app_host(lab, "p3-lab-app", program, lab.app_url, health_path,
+                      "app1" if lab.lb_url else None) + list(app_extra)
+    if lab.lb_url:
+        from . import haproxy
+
+        for i, port in enumerate(lab.app_ports[1:], 2):
+            hosts += _app_host(lab, "p3-lab-app%d" % i, haproxy.program_name(i), "http://127.0.0.1:%d" % port,
+                               health_path, haproxy.server_name(i))
     return [
         "  children:",
         "    p3_controller:",
@@ -130,14 +177,7 @@ def _children(lab, program, health_path, app_extra=()):
         "          ansible_connection: local",
         "    p3_app:",
         "      hosts:",
-        "        p3-lab-app:",
-        "          ansible_connection: local",
-        "          p3_restart_backend: supervisor",
-        "          p3_supervisorctl: %s" % _q(lab.supervisorctl),
-        "          p3_supervisor_conf: %s" % _q(lab.sup_conf),
-        "          p3_supervisor_program: %s" % _q(program),
-        "          p3_app_health_url: %s" % _q(lab.app_url + health_path),
-    ] + list(app_extra) + [""]
+    ] + hosts + [""]
 
 
 def inventory_text(lab):
@@ -160,7 +200,8 @@ def inventory_text(lab):
         "    p3_bullmq_queue: %s" % _q(BULL_QUEUE),
         "    p3_report_dir: %s" % _q(os.path.join(REPO, "reports")),
         "    p3_db_app_pool_max: 5",
-    ] + _children(lab, supervisor.APP, "/health"))
+    ] + (["    p3_lb_url: %s" % _q(lab.lb_url)] if lab.lb_url else [])
+        + _children(lab, supervisor.APP, "/health"))
 
 
 def upstream_inventory_text(lab):
@@ -325,13 +366,33 @@ def wait_app(lab, dl, peers=True):
                        % (npeers(), lab.peers, lab.mesh_log))
 
 
-def up(lab, app=None, bullmq=None):
+def wait_instances(lab, dl):
+    """--app-instances N: every instance answers /health 200 and HAProxy's checks report every server UP."""
+    from . import haproxy
+
+    def ready():
+        return (all(http("GET", "http://127.0.0.1:%d/health" % p, timeout=2)[0] == 200 for p in lab.app_ports[1:])
+                and haproxy.all_up(lab))
+
+    if not wait_until(ready, dl.left(30), 0.2):
+        raise LabError("app instances behind haproxy are not all up: %s (see %s)"
+                       % (haproxy.servers(lab) or "haproxy does not answer on %s" % lab.haproxy_sock, lab.log_dir))
+
+
+def up(lab, app=None, bullmq=None, app_instances=None):
     t0 = time.monotonic()
-    if (app and app != lab.app_mode) or (bullmq and bullmq != lab.bullmq):
+    if (app and app != lab.app_mode) or (bullmq and bullmq != lab.bullmq) or (
+            app_instances and app_instances != lab.app_instances):
         if app and app != lab.app_mode and supervisor.running(lab):
             raise LabError("the lab in %s runs app=%s: `p3lab down` it first (or use another P3LAB_DIR)"
                            % (lab.dir, lab.app_mode))
-        lab.set_mode(app or lab.app_mode, bullmq or lab.bullmq)
+        if (app_instances or 1) > 1 and (app or lab.app_mode) == "upstream":
+            raise LabError("--app-instances applies to the lab app only (not --app upstream)")
+        lab.set_mode(app or lab.app_mode, bullmq or lab.bullmq, app_instances)
+    if lab.lb_url:
+        from . import haproxy
+
+        haproxy.binary()
     check_binaries(lab)
     preflight_ports(lab)
     os.makedirs(lab.dir, exist_ok=True)
@@ -361,6 +422,8 @@ def up(lab, app=None, bullmq=None):
             else:
                 f_app = ex.submit(wait_app, lab, dl)
             f_app.result()
+            if lab.lb_url:
+                wait_instances(lab, dl)
             if not f_red.result():
                 raise LabError("redis: replicas did not all link to their masters (see %s)" % lab.redis_dir)
     write_state(lab)

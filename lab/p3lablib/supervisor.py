@@ -43,7 +43,12 @@ def app_program(lab):
 
 
 def programs(lab):
-    return [app_program(lab)] if lab.upstream else [APP, MESH]
+    if lab.upstream:
+        return [app_program(lab)]
+    from . import haproxy
+
+    extra = [haproxy.program_name(i) for i in range(2, lab.app_instances + 1)]
+    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else [])
 
 
 def _env_line(env):
@@ -108,9 +113,20 @@ stdout_logfile_backups=1
 def _conf_programs(lab):
     env = _env_line(app_env(lab))
     app_dir = os.path.join(REPO, "lab", "app")
-    return (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log)
+    text = (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log)
             + program_section(MESH, "%s %s/meshpeers.py" % (VENV_PY, app_dir), REPO, env, lab.mesh_log,
                               autorestart=True, startretries=1000, log_maxbytes="10MB"))
+    if lab.app_instances > 1:
+        # more instances of the same app on their own ports, behind HAProxy (lab/p3lablib/haproxy.py)
+        from . import haproxy
+
+        for i, port in enumerate(lab.app_ports[1:], 2):
+            ienv = dict(app_env(lab), PORT=str(port))
+            text += program_section(haproxy.program_name(i), "%s %s/p3app.py" % (VENV_PY, app_dir), REPO,
+                                    _env_line(ienv), os.path.join(lab.log_dir, "%s.log" % haproxy.program_name(i)))
+        text += program_section(haproxy.PROGRAM, "%s -db -f %s" % (haproxy.binary(), lab.haproxy_cfg), REPO, env,
+                                os.path.join(lab.log_dir, "haproxy.log"), autorestart=True, log_maxbytes="10MB")
+    return text
 
 
 def proxy(lab):
@@ -159,6 +175,11 @@ def start(lab):
             raise LabError("missing %s" % path)
     os.makedirs(lab.sup_dir, exist_ok=True)
     os.makedirs(lab.log_dir, exist_ok=True)
+    lb_changed = False
+    if lab.app_instances > 1 and not lab.upstream:
+        from . import haproxy
+
+        lb_changed = haproxy.write_config(lab)
     text = conf_text(lab)
     old = None
     if os.path.exists(lab.sup_conf):
@@ -169,7 +190,9 @@ def start(lab):
             fh.write(text)
     if running(lab):
         if old != text:
-            ctl(lab, "update")  # restarts programs whose settings changed
+            ctl(lab, "update")  # restarts programs whose settings changed, removes programs no longer listed
+        if lb_changed and pid_of(lab, "haproxy"):
+            ctl(lab, "restart", "haproxy")  # a new server list
         return False
     pid = live_pid(lab.sup_pidfile)
     if pid:
