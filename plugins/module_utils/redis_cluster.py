@@ -718,9 +718,11 @@ def plan_failover(topology, master=None, replica=None, allow_takeover=False):
             why = ("master %s is down and only %d of %d masters can vote (majority %d): takeover without election"
                    % (m["address"], len(alive_voters), len(voters), needed))
         else:
-            raise P3Error("master %s is down and only %d of %d masters are reachable (a failover election needs %d): "
-                          "set allow_takeover to promote %s without a majority" % (
-                              m["address"], len(alive_voters), len(voters), needed, chosen["address"]))
+            silent = [v["address"] for v in voters if v not in alive_voters]
+            raise P3Error("master %s is down and only %d of %d masters are reachable (a failover election needs %d; "
+                          "not voting: %s): set allow_takeover to promote %s without a majority" % (
+                              m["address"], len(alive_voters), len(voters), needed, ", ".join(silent),
+                              chosen["address"]))
         steps.append(dict(master=m["address"], master_id=m["id"], replica=chosen["address"], replica_id=chosen["id"],
                           mode=mode, slots=list(m["slots"]), offset=chosen.get("replica_offset"),
                           link=chosen.get("master_link_status"),
@@ -859,6 +861,30 @@ def _promoted_already(views, replica_id, slots):
     return bool(views) and len(agree) * 2 > len(views)
 
 
+def election_lost(topology, step, views):
+    """Pure. One line when the failover's election cannot win because masters that could vote when it was planned
+    stopped answering (a master that dies during the election): names them, the votes left against the majority,
+    and what is still broken (the slots no live master serves). None while a majority can still vote, or for a
+    TAKEOVER (no election)."""
+    if step.get("mode") == "takeover":
+        return None
+    voters = [n for n in topology["nodes"] if n["role"] == "master" and n["slot_count"]]
+    needed = len(voters) // 2 + 1
+    gone = [v for v in voters if v["id"] != step["master_id"] and v.get("reachable") and v["address"] not in views]
+    if not gone:
+        return None
+    voting = [v for v in voters if v["address"] in views and (v["id"] != step["master_id"] or step["mode"] == "default")]
+    if len(voting) >= needed:
+        return None
+    broken = ["slots %s of %s are not served" % (",".join(step["slots"]), step["master"])] + [
+        "slots %s of %s are not served (it stopped answering)" % (",".join(v["slots"]), v["address"]) for v in gone]
+    return ("failover of %s to %s cannot win its election: master %s stopped answering during the election (%d of %d "
+            "masters can vote, majority %d); still broken: %s; retry when %s answers again, or set allow_takeover to "
+            "promote without a majority" % (
+                step["master"], step["replica"], ", ".join(v["address"] for v in gone), len(voting), len(voters),
+                needed, "; ".join(broken), ", ".join(v["address"] for v in gone)))
+
+
 def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=False):
     """Execute the planned steps one after the other, each polled until every reachable node agrees.
 
@@ -933,6 +959,10 @@ def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=Fa
                             "the FORCE election did not win within %ss (votes refused?): CLUSTER FAILOVER TAKEOVER -> "
                             "%s (allow_takeover)") % (num_text(MANUAL_FAILOVER_TIMEOUT), reply)))
                     deadline = max(deadline, now + 3.0)
+                lost = election_lost(topology, step, last)
+                if step["replica"] not in agreed and lost and fallback_at is None and (
+                        now >= deadline or now >= t0 + MANUAL_FAILOVER_TIMEOUT):
+                    raise P3Error(lost, timeline=timeline, failovers=done)
                 if now >= deadline:
                     behind = sorted(a for a in watch if a not in agreed)
                     raise P3Error("failover of %s to %s did not converge within %ss: %s still disagree (the election "
