@@ -1624,8 +1624,8 @@ def plan_reshape(topology, designed_masters, designed_replicas=1):
         raise P3Error("not reshaping: not a Redis Cluster")
     down = [n["address"] for n in topology["nodes"] if not _usable(n)]
     if down:
-        raise P3Error("not reshaping while %s %s down or flagged by peers" % (", ".join(down),
-                                                                            "is" if len(down) == 1 else "are"))
+        raise P3Error("not reshaping while %s %s down or flagged by peers" % (
+            ", ".join(down), "is" if len(down) == 1 else "are"))
     if not topology.get("serving") or topology.get("open_slots") or topology.get("disagreements"):
         raise P3Error("not reshaping a cluster that does not serve every slot in agreement: %s" % topology["reason"])
     masters, replicas_of, free = shape_of(topology)
