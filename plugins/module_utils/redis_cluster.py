@@ -1840,12 +1840,10 @@ def run_reshape(settings, read, plan, designed_replicas=1, wait_timeout=30.0, mi
             done, tl = run_rejoin(settings, topology, steps, wait_timeout=wait_timeout)
             timeline += tl
             replicated += done
-    except P3Error as e:
+    except P3Error as e:  # DeadlineExceeded too: what was done so far goes with the failure
         e.details["timeline"] = timeline + [x for x in e.details.get("timeline") or () if x not in timeline]
         e.details.setdefault("replicated", replicated)
         raise
-    except DeadlineExceeded as e:
-        raise _progress(e, timeline=timeline, replicated=replicated)
     finally:
         nodes.close()
     return timeline, replicated
