@@ -133,8 +133,11 @@ def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster
     dead_replica = reps[dead_master][0]
     dead_id = next(i for i, n in v.items() if n["addr"] == dead_master)
     dead_slots = v[dead_id]["slots"]
-    _kill(pids, dead_master)
-    _kill(pids, dead_replica)
+    # down together: the replica cannot promote itself in between, however slow the machine is between the kills
+    client(dead_replica).config_set("cluster-replica-no-failover", "yes")
+    os.kill(pids[dead_master], signal.SIGKILL)
+    os.kill(pids[dead_replica], signal.SIGKILL)
+    _wait(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
     live = [a for a in addrs if a not in (dead_master, dead_replica)]
     _wait(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
     inv = _inventory(tmp, addrs)
