@@ -193,6 +193,9 @@ def inventory_text(lab):
         "    p3_app_database_url: %s" % _q(lab.app_db_url),
         "    p3_redis_nodes: %s" % _q(lab.redis_nodes),
         "    p3_redis_password: %s" % _q(REDIS_PASSWORD),
+        # the shape `redis-cli --cluster create --cluster-replicas 1` built (roles/redis_cluster reshapes to it)
+        "    p3_redis_designed_masters: 3",
+        "    p3_redis_designed_replicas: 1",
         "    p3_rpc_url: %s" % _q(lab.rpc_url),
         "    p3_chain_id: %d" % CHAIN_ID,
         "    p3_anchor_wallet: %s" % _q(ANCHOR_WALLET),

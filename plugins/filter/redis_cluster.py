@@ -15,13 +15,15 @@ _SWITCHES = (
     ("slots", "repair_slots", "slots"),
     ("rejoin", "rejoin", "rejoin"),
     ("forget", "forget_failed", "forget: set p3_redis_forget_failed"),
+    ("reshape", "reshape", "reshape: set p3_redis_reshape"),
 )
 
 
 def redis_decision(seen, settings):
-    """{failover, slots, rejoin, forget, off, decided, why} from a redis_cluster_topology result.
+    """{failover, slots, rejoin, forget, reshape, off, decided, why} from a redis_cluster_topology result.
 
-    settings: failover, failover_master, repair_slots, rejoin, forget_failed (the role's p3_redis_* variables).
+    settings: failover, failover_master, repair_slots, rejoin, forget_failed, reshape (the role's p3_redis_*
+    variables).
     """
     seen = seen or {}
     settings = settings or {}

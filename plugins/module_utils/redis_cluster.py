@@ -775,9 +775,11 @@ def plan_failover(topology, master=None, replica=None, allow_takeover=False):
             why = ("master %s is down and only %d of %d masters can vote (majority %d): takeover without election"
                    % (m["address"], len(alive_voters), len(voters), needed))
         else:
-            raise P3Error("master %s is down and only %d of %d masters are reachable (a failover election needs %d): "
-                          "set allow_takeover to promote %s without a majority" % (
-                              m["address"], len(alive_voters), len(voters), needed, chosen["address"]))
+            silent = [v["address"] for v in voters if v not in alive_voters]
+            raise P3Error("master %s is down and only %d of %d masters are reachable (a failover election needs %d; "
+                          "not voting: %s): set allow_takeover to promote %s without a majority" % (
+                              m["address"], len(alive_voters), len(voters), needed, ", ".join(silent),
+                              chosen["address"]))
         steps.append(dict(master=m["address"], master_id=m["id"], replica=chosen["address"], replica_id=chosen["id"],
                           mode=mode, slots=list(m["slots"]), offset=chosen.get("replica_offset"),
                           link=chosen.get("master_link_status"),
@@ -916,6 +918,30 @@ def _promoted_already(views, replica_id, slots):
     return bool(views) and len(agree) * 2 > len(views)
 
 
+def election_lost(topology, step, views):
+    """Pure. One line when the failover's election cannot win because masters that could vote when it was planned
+    stopped answering (a master that dies during the election): names them, the votes left against the majority,
+    and what is still broken (the slots no live master serves). None while a majority can still vote, or for a
+    TAKEOVER (no election)."""
+    if step.get("mode") == "takeover":
+        return None
+    voters = [n for n in topology["nodes"] if n["role"] == "master" and n["slot_count"]]
+    needed = len(voters) // 2 + 1
+    gone = [v for v in voters if v["id"] != step["master_id"] and v.get("reachable") and v["address"] not in views]
+    if not gone:
+        return None
+    voting = [v for v in voters if v["address"] in views and (v["id"] != step["master_id"] or step["mode"] == "default")]
+    if len(voting) >= needed:
+        return None
+    broken = ["slots %s of %s are not served" % (",".join(step["slots"]), step["master"])] + [
+        "slots %s of %s are not served (it stopped answering)" % (",".join(v["slots"]), v["address"]) for v in gone]
+    return ("failover of %s to %s cannot win its election: master %s stopped answering during the election (%d of %d "
+            "masters can vote, majority %d); still broken: %s; retry when %s answers again, or set allow_takeover to "
+            "promote without a majority" % (
+                step["master"], step["replica"], ", ".join(v["address"] for v in gone), len(voting), len(voters),
+                needed, "; ".join(broken), ", ".join(v["address"] for v in gone)))
+
+
 def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=False):
     """Execute the planned steps one after the other, each polled until every reachable node agrees.
 
@@ -990,6 +1016,10 @@ def run_failover(settings, topology, steps, wait_timeout=30.0, allow_takeover=Fa
                             "the FORCE election did not win within %ss (votes refused?): CLUSTER FAILOVER TAKEOVER -> "
                             "%s (allow_takeover)") % (num_text(MANUAL_FAILOVER_TIMEOUT), reply)))
                     deadline = max(deadline, now + 3.0)
+                lost = election_lost(topology, step, last)
+                if step["replica"] not in agreed and lost and fallback_at is None and (
+                        now >= deadline or now >= t0 + MANUAL_FAILOVER_TIMEOUT):
+                    raise P3Error(lost, timeline=timeline, failovers=done)
                 if now >= deadline:
                     behind = sorted(a for a in watch if a not in agreed)
                     raise P3Error("failover of %s to %s did not converge within %ss: %s still disagree (the election "
@@ -1573,3 +1603,304 @@ def repair_changed(timeline):
         if e["action"] == "addslots" and not e["detail"].startswith("already owns"):
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Designed shape: N masters serving slots, R replicas each (after a lossy repair and the nodes' return)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _usable(n):
+    return bool(n.get("reachable")) and not n.get("failed") and not n.get("pfail") and bool(n.get("id"))
+
+
+def shape_of(topology):
+    """Pure. (slot masters sorted by address, {master id: [its usable replicas]}, other usable nodes: empty masters
+    and replicas of a node that serves no slot (chained after a return))."""
+    nodes = [n for n in topology.get("nodes") or () if n.get("id")]
+    masters = sorted((n for n in nodes if n["role"] == "master" and n["slot_count"] and _usable(n)),
+                     key=lambda n: n["address"])
+    ids = set(m["id"] for m in masters)
+    replicas_of = dict((m["id"], []) for m in masters)
+    free = []
+    for n in sorted(nodes, key=lambda n: n["address"]):
+        if not _usable(n) or (n["role"] == "master" and n["slot_count"]):
+            continue
+        if n["role"] == "replica" and n["master_id"] in ids:
+            replicas_of[n["master_id"]].append(n)
+        else:
+            free.append(n)
+    return masters, replicas_of, free
+
+
+def shape_verdict(topology, designed_masters, designed_replicas=1):
+    """Pure. Does the cluster have its designed shape (designed_masters masters serving slots, designed_replicas
+    usable replicas each)? dict(ok, reason, masters, replicas); None when no shape is designed (0) or no cluster."""
+    if not designed_masters or not topology.get("cluster_enabled"):
+        return None
+    masters, replicas_of, free = shape_of(topology)
+    counts = sorted(len(r) for r in replicas_of.values())
+    ok = len(masters) == designed_masters and all(c == designed_replicas for c in counts)
+    seen = "%d masters serving slots, replicas per master %s%s" % (
+        len(masters), counts or "-", ", %d other nodes (%s)" % (len(free), ", ".join(n["address"] for n in free))
+        if free else "")
+    want = "designed %d masters with %d replica(s) each" % (designed_masters, designed_replicas)
+    return dict(ok=ok, masters=len(masters), replicas=counts, free=[n["address"] for n in free],
+                reason=("%s: %s" % (seen, "as designed" if ok else "not the " + want)))
+
+
+def with_shape(topology, designed_masters, designed_replicas=1):
+    """The topology with its shape verdict (shape_verdict) as topology['shape']; 'reshape' ends next_actions when
+    the shape is off while nothing else is to do and every known node is up (only then can it be restored)."""
+    shape = shape_verdict(topology, designed_masters, designed_replicas)
+    out = dict(topology, shape=shape)
+    if shape and not shape["ok"] and not topology.get("next_actions") and topology.get("serving") and all(
+            _usable(n) for n in topology.get("nodes") or ()):
+        out["next_actions"] = list(topology.get("next_actions") or []) + ["reshape"]
+    return out
+
+
+def _target_sizes(n_masters):
+    base, extra = divmod(CLUSTER_SLOTS, n_masters)
+    return [base + (1 if i < extra else 0) for i in range(n_masters)]
+
+
+def plan_reshape(topology, designed_masters, designed_replicas=1):
+    """What brings a serving cluster back to its designed shape. Pure.
+
+    Returns dict(new_masters [{node, node_id, from (replica of / empty)}], moves [{src, src_id, dst, dst_id, slots
+    (sorted list), count}], reason) - or raises P3Error naming why it is not done now (a node down or flagged, open
+    slots, views disagreeing, more masters than designed, no node to make a master). New masters come from empty
+    masters first, then replicas of no slot master, then the replicas beyond designed_replicas of the master with the
+    most. Each new master takes a contiguous block of the lowest slots of the master with the most slots until it has
+    its share (16384 / designed_masters), so the ranges stay contiguous; masters that already serve slots are not
+    rebalanced among themselves. Replicas are balanced afterwards (plan_replica_balance), on a fresh read.
+    """
+    if not designed_masters:
+        return dict(new_masters=[], moves=[], reason="no designed shape")
+    if not topology.get("cluster_enabled"):
+        raise P3Error("not reshaping: not a Redis Cluster")
+    down = [n["address"] for n in topology["nodes"] if not _usable(n)]
+    if down:
+        raise P3Error("not reshaping while %s %s down or flagged by peers" % (
+            ", ".join(down), "is" if len(down) == 1 else "are"))
+    if not topology.get("serving") or topology.get("open_slots") or topology.get("disagreements"):
+        raise P3Error("not reshaping a cluster that does not serve every slot in agreement: %s" % topology["reason"])
+    masters, replicas_of, free = shape_of(topology)
+    need = designed_masters - len(masters)
+    if need < 0:
+        raise P3Error("not reshaping: %d masters serve slots, more than the designed %d (merging masters moves their "
+                      "slots: not automated)" % (len(masters), designed_masters))
+    new = []
+    pool = [(n, "empty master" if n["role"] == "master" else "replica of %s (no slots)" % (n.get("master") or "?"))
+            for n in free]
+    spare = []
+    counts = dict((m["id"], len(r)) for m, r in ((m, replicas_of[m["id"]]) for m in masters))
+    by_id = dict((m["id"], m) for m in masters)
+    while len(pool) + len(spare) < need:
+        donor = max(sorted(counts), key=lambda i: counts[i]) if counts else None
+        if donor is None or counts[donor] <= designed_replicas:
+            break
+        # the replica furthest behind goes first: the best stays with its master
+        reps = [r for r in rank_replicas(replicas_of[donor]) if r not in [s for s, dummy in spare]]
+        spare.append((reps[-1], "spare replica of %s (it keeps %d)" % (by_id[donor]["address"], counts[donor] - 1)))
+        counts[donor] -= 1
+    for n, how in (pool + spare)[:need]:
+        if n["role"] == "master" and n.get("keys"):
+            raise P3Error("not reshaping: %s is a master without slots that holds %d keys (check and flush it first)"
+                          % (n["address"], n["keys"]))
+        new.append(dict(node=n["address"], node_id=n["id"], was=how, reset=n["role"] != "master"))
+    if len(new) < need:
+        raise P3Error("not reshaping: %d masters serve slots, designed %d, and no node can become a master (every "
+                      "replica is the only one of its master)" % (len(masters), designed_masters))
+    own = dict((m["id"], sorted(range_slots(m["slots"]))) for m in masters)
+    moves = []
+    sizes = _target_sizes(designed_masters)
+    share = sizes[-1]
+    for n in new:
+        got = 0
+        while got < share:
+            donor = max(sorted(own), key=lambda i: len(own[i]))
+            if len(own[donor]) <= share:
+                break
+            k = min(len(own[donor]) - share, share - got)
+            block, own[donor] = own[donor][:k], own[donor][k:]
+            moves.append(dict(src=by_id[donor]["address"], src_id=donor, dst=n["node"], dst_id=n["node_id"],
+                              slots=block, count=len(block), range=ranges_text(block)))
+            got += k
+    reason = "; ".join(["make %s a master (%s)" % (n["node"], n["was"]) for n in new]
+                       + ["move slots %s from %s to %s" % (m["range"], m["src"], m["dst"]) for m in moves])
+    return dict(new_masters=new, moves=moves, reason=reason or "nothing to move")
+
+
+def plan_replica_balance(topology, designed_replicas=1, also=()):
+    """[(replica node, master node)] so every slot master - and each master without slots whose id is in also (a
+    new master before its slots move) - has designed_replicas usable replicas: replicas of no such master (chained,
+    or of an empty master) first, then those beyond designed_replicas of the master with the most. Pure; a master
+    that stays short (no node left) is simply not in the plan."""
+    masters, replicas_of, free = shape_of(topology)
+    extra = [n for n in free if n["id"] in set(also) and n["role"] == "master"]
+    for e in extra:
+        replicas_of[e["id"]] = [n for n in free if n["role"] == "replica" and n["master_id"] == e["id"]]
+    taken = set(r["id"] for reps in replicas_of.values() for r in reps)
+    pool = [n for n in free if n["role"] == "replica" and n["id"] not in taken]
+    targets = masters + extra
+    steps = []
+    for m in targets:
+        while len(replicas_of[m["id"]]) < designed_replicas:
+            if pool:
+                r = pool.pop(0)
+            else:
+                donors = [x for x in targets if x is not m and len(replicas_of[x["id"]]) > designed_replicas]
+                if not donors:
+                    break
+                donor = max(donors, key=lambda x: (len(replicas_of[x["id"]]), x["address"]))
+                r = rank_replicas(replicas_of[donor["id"]])[-1]
+                replicas_of[donor["id"]].remove(r)
+            replicas_of[m["id"]].append(r)
+            steps.append((r, m))
+    return steps
+
+
+def _wait_views(nodes, watch, ok, wait_timeout, what, timeline):
+    """Poll every reachable node's CLUSTER NODES until ok(address, lines) holds for all; P3Error after wait_timeout."""
+    deadline = time.monotonic() + wait_timeout
+    while True:
+        views = views_of(nodes, watch)
+        behind = sorted(a for a in watch if a not in views or not ok(a, views[a]))
+        if not behind:
+            return
+        if time.monotonic() >= deadline:
+            raise P3Error("%s: not seen by %s within %ss" % (what, ", ".join(behind), num_text(wait_timeout)),
+                          timeline=timeline)
+        time.sleep(POLL)
+
+
+def _make_master(nodes, topology, n, timeline, wait_timeout):
+    """A replica becomes an empty master: re-check (still a replica, its master keeps another linked replica),
+    CLUSTER RESET SOFT (it drops its copy of the data and forgets its peers), CLUSTER MEET back, wait until every
+    node knows it as a master without slots and it knows every slot's owner."""
+    addr = n["node"]
+    watch = [x["address"] for x in topology["nodes"] if x.get("reachable")]
+    if n["reset"]:
+        lines = parse_cluster_nodes(nodes.run(addr, "CLUSTER", "NODES"))
+        me = next(x for x in lines if x["myself"])
+        if me["role"] != "replica":
+            raise P3Error("not resetting %s: it is no longer a replica" % addr, timeline=timeline)
+        if me["master_id"]:
+            master = next((x for x in lines if x["id"] == me["master_id"]), None)
+            if master is not None and master["slots"]:
+                others = [x for x in lines if x["role"] == "replica" and x["master_id"] == me["master_id"]
+                          and x["id"] != me["id"] and not (set(x["flags"]) & {FAIL, PFAIL})]
+                if not others:
+                    raise P3Error("not resetting %s: it is now the only replica of %s" % (addr, master["address"]),
+                                  timeline=timeline)
+        nodes.run(addr, "CLUSTER", "RESET", "SOFT")
+        timeline.append(timeline_entry("cluster reset soft", addr, "%s -> empty master (its copy of the data "
+                                       "dropped; the data stays on its master)" % n["was"]))
+        peer = next(a for a in watch if a != addr)
+        host, port = parse_address(peer)
+        nodes.run(addr, "CLUSTER", "MEET", host, port)
+        timeline.append(timeline_entry("cluster meet", addr, "met %s again" % peer))
+    _wait_views(nodes, watch, lambda a, lines: any(
+        x["id"] == n["node_id"] and x["role"] == "master" and not (set(x["flags"]) & {FAIL, PFAIL})
+        for x in lines) and (a != addr or len(_owner_map(lines)) - _owner_map(lines).count(None) == CLUSTER_SLOTS),
+        wait_timeout, "%s as an empty master" % addr, timeline)
+    # a node that rejoins says cluster_state:ok only after a rejoin delay (up to 5 s): until then MIGRATE to it fails
+    # with CLUSTERDOWN
+    deadline = time.monotonic() + wait_timeout
+    while True:
+        info, err = nodes.try_run(addr, "CLUSTER", "INFO")
+        if err is None and parse_info(info).get("cluster_state") == "ok":
+            break
+        if time.monotonic() >= deadline:
+            raise P3Error("%s: not cluster_state:ok within %ss as an empty master (%s)" % (
+                addr, num_text(wait_timeout), err or "cluster_state:%s" % parse_info(info).get("cluster_state")),
+                timeline=timeline)
+        time.sleep(POLL)
+
+
+def _move_slots(settings, nodes, topology, m, timeline, timeout_ms, batch=256):
+    """Move m's slots src -> dst the way redis-cli reshards: IMPORTING on dst, MIGRATING on src, MIGRATE every key,
+    then SETSLOT NODE on dst, src and every other master (src refuses while it still holds keys of the slot)."""
+    masters = [x["address"] for x in topology["nodes"] if x.get("reachable") and x["role"] == "master"
+               and x["address"] not in (m["src"], m["dst"])]
+    keys = 0
+    scratch = []
+    for i in range(0, len(m["slots"]), batch):
+        chunk = m["slots"][i:i + batch]
+        for addr, args in ((m["dst"], ("IMPORTING", m["src_id"])), (m["src"], ("MIGRATING", m["dst_id"]))):
+            pipe = nodes(addr).pipeline(transaction=False)
+            for s in chunk:
+                pipe.execute_command("CLUSTER", "SETSLOT", s, *args)
+            errors = [str(r) for r in pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+            if errors:
+                raise P3Error("%s: CLUSTER SETSLOT %s failed: %s" % (addr, args[0], one_line(errors[0], 200)),
+                              timeline=timeline)
+        pipe = nodes(m["src"]).pipeline(transaction=False)
+        for s in chunk:
+            pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", s)
+        for s, k in zip(chunk, pipe.execute()):
+            if int(k):
+                keys += _migrate_keys(settings, nodes, m["src"], m["dst"], s, scratch, timeout_ms)
+        for addr in [m["dst"], m["src"]] + masters:
+            pipe = nodes(addr).pipeline(transaction=False)
+            for s in chunk:
+                pipe.execute_command("CLUSTER", "SETSLOT", s, "NODE", m["dst_id"])
+            errors = [str(r) for r in pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+            if errors and addr in (m["dst"], m["src"]):
+                raise P3Error("%s: CLUSTER SETSLOT NODE failed: %s" % (addr, one_line(errors[0], 200)),
+                              timeline=timeline)
+    timeline.append(timeline_entry("reshard", m["dst"], "slots %s (%d) moved from %s with their %d keys (IMPORTING/"
+                                   "MIGRATING, MIGRATE, SETSLOT NODE)" % (m["range"], m["count"], m["src"], keys)))
+    return keys
+
+
+def run_reshape(settings, read, plan, designed_replicas=1, wait_timeout=30.0, migrate_timeout_ms=5000):
+    """Execute plan_reshape's plan: new masters (reset + meet); then, on a fresh read, replicas for them before they
+    take any slot (the moved keys then have a copy); the slot moves, polled until every node agrees and says
+    cluster_state:ok; then, on a fresh read, the remaining replica balance (CLUSTER REPLICATE via run_rejoin).
+    read(): a fresh topology. Returns (timeline, replicated); a P3Error carries the timeline too."""
+    timeline, replicated = [], []
+    nodes = Nodes(settings)
+    try:
+        topology = read()
+        for n in plan["new_masters"]:
+            _make_master(nodes, topology, n, timeline, wait_timeout)
+        new_ids = [n["node_id"] for n in plan["new_masters"]]
+        if new_ids:
+            topology = read()
+            steps = plan_replica_balance(topology, designed_replicas, also=new_ids)
+            done, tl = run_rejoin(settings, topology, steps, wait_timeout=wait_timeout)
+            timeline += tl
+            replicated += done
+        watch = [x["address"] for x in topology["nodes"] if x.get("reachable")]
+        expected = []
+        for m in plan["moves"]:
+            _move_slots(settings, nodes, topology, m, timeline, migrate_timeout_ms)
+            expected.append((m["dst_id"], set(m["slots"])))
+        if expected:
+            t0 = time.monotonic()
+            deadline = t0 + wait_timeout
+            while True:
+                behind = _behind(nodes, views_of(nodes, watch), expected)
+                if not behind:
+                    break
+                if time.monotonic() >= deadline:
+                    raise P3Error("reshard did not converge within %ss: %s" % (num_text(wait_timeout), "; ".join(
+                        "%s %s" % item for item in sorted(behind.items()))), timeline=timeline)
+                time.sleep(POLL)
+            timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees on the moved slots "
+                                           "and says cluster_state:ok after %ss" % round(time.monotonic() - t0, 3)))
+        topology = read()
+        steps = plan_replica_balance(topology, designed_replicas)
+        if steps:
+            done, tl = run_rejoin(settings, topology, steps, wait_timeout=wait_timeout)
+            timeline += tl
+            replicated += done
+    except P3Error as e:  # DeadlineExceeded too: what was done so far goes with the failure
+        e.details["timeline"] = timeline + [x for x in e.details.get("timeline") or () if x not in timeline]
+        e.details.setdefault("replicated", replicated)
+        raise
+    finally:
+        nodes.close()
+    return timeline, replicated

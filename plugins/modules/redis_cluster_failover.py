@@ -28,6 +28,10 @@ description:
   - C(CLUSTER FAILOVER) answers OK at once and may still fail; the module polls every 50 ms until the promoted
     node and every other reachable node list it as the master of the slots, at most O(wait_timeout) seconds, and
     fails with the nodes that still disagree otherwise. Several failed masters are handled one after the other.
+  - A master that could vote when the failover was planned and stops answering during the election (a second
+    death) is named in the failure, with the votes left against the majority and the slots still unserved - as soon
+    as the manual-failover window (5 s) has passed without a win, unless O(allow_takeover) falls back to
+    C(TAKEOVER). The no-majority refusal names every master that cannot vote.
   - For a standalone deployment (nodes given as a list, no cluster) whose master is unreachable, promotes the
     replica with the highest offset with C(REPLICAOF NO ONE) and points the other replicas at it.
   - Nothing to do (no failed master, or O(master) is already a replica) reports C(changed=false).

@@ -53,7 +53,20 @@ options:
     description: Seconds O(wait_for) waits at most.
     type: float
     default: 10
+  designed_masters:
+    description:
+      - The cluster's designed number of masters serving slots (as it was built, for example 3). When set, RV(shape)
+        says whether the cluster has that shape, and RV(next_actions) ends with C(reshape) when it has not while
+        every node is up and every slot served (see M(p3.recovery.redis_cluster_shape)).
+      - V(0) means no designed shape (RV(shape) is null).
+    type: int
+    default: 0
+  designed_replicas:
+    description: The designed number of replicas of each master (with O(designed_masters)).
+    type: int
+    default: 1
 seealso:
+  - module: p3.recovery.redis_cluster_shape
   - module: p3.recovery.redis_probe
   - module: p3.recovery.redis_cluster_failover
   - module: p3.recovery.redis_cluster_slots
@@ -233,8 +246,14 @@ slots_orphaned:
   returned: always
   type: list
   elements: str
+shape:
+  description:
+    - With O(designed_masters) - C(ok), C(masters) (serving slots), C(replicas) (usable replicas per master, sorted),
+      C(free) (empty masters and replicas of a node without slots) and a one-line C(reason); null without it.
+  returned: always
+  type: dict
 next_actions:
-  description: What a recovery would do next, in order - C(failover), C(slots), C(rejoin), C(forget).
+  description: What a recovery would do next, in order - C(failover), C(slots), C(rejoin), C(forget), C(reshape).
   returned: always
   type: list
   elements: str
@@ -251,7 +270,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import RedisTarget, redis_argument_spec
 from ansible_collections.p3.recovery.plugins.module_utils.redis_cluster import (
-    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, public, read_topology)
+    REDIS_CLUSTER_ARGUMENT_SPEC, cluster_param_error, public, read_topology, with_shape)
 
 
 def main():
@@ -259,11 +278,15 @@ def main():
     argument_spec.update(
         wait_for=dict(type="str", default="none", choices=["none", "serving", "healthy"]),
         wait_timeout=dict(type="float", default=10.0),
+        designed_masters=dict(type="int", default=0),
+        designed_replicas=dict(type="int", default=1),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     if module.params["wait_timeout"] < 0:
         module.fail_json(msg="wait_timeout must be >= 0")
+    if module.params["designed_masters"] < 0 or module.params["designed_replicas"] < 0:
+        module.fail_json(msg="designed_masters and designed_replicas must be >= 0")
     if cluster_param_error(module.params):
         module.fail_json(msg=cluster_param_error(module.params))
     target = RedisTarget(module)
@@ -278,6 +301,7 @@ def main():
         if wait_for == "none" or topo.get(wait_for) or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    topo = with_shape(topo, module.params["designed_masters"], module.params["designed_replicas"])
     healthy = topo.pop("healthy")
     reason = topo.pop("reason")
     topo["waited_s"] = round(time.monotonic() - t0, 3) if wait_for != "none" else 0.0

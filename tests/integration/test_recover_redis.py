@@ -472,7 +472,7 @@ def _base():
     return int(os.environ.get("P3LAB_BASE_PORT", "17000"))
 
 
-def _start(ports, tmp, cluster):
+def _start(ports, tmp, cluster, node_timeout=5000):
     pids = []
     for p in ports:
         d = os.path.join(tmp, str(p))
@@ -481,7 +481,8 @@ def _start(ports, tmp, cluster):
                 "logfile %s/redis.log" % d, 'save ""', "appendonly no", "requirepass %s" % PW, "masterauth %s" % PW,
                 "repl-diskless-sync-delay 0"]
         if cluster:
-            conf += ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"]
+            conf += ["cluster-enabled yes", "cluster-config-file nodes.conf",
+                     "cluster-node-timeout %d" % node_timeout]
         with open(os.path.join(d, "redis.conf"), "w") as f:
             f.write("\n".join(conf) + "\n")
         subprocess.run(["redis-server", os.path.join(d, "redis.conf")], check=True, env=dict(os.environ, P3LAB_OWNER=tmp))

@@ -54,3 +54,11 @@ def test_switches_as_ansible_booleans():
 
 def test_registered():
     assert FilterModule().filters()["redis_decision"] is redis_decision
+
+
+def test_reshape_follows_its_own_switch_and_says_how_to_turn_it_on():
+    seen = dict(reason="2 masters, designed 3", next_actions=["reshape"])
+    assert redis_decision(seen, dict(ALL_ON, reshape=True))["reshape"] is True
+    d = redis_decision(seen, ALL_ON)  # p3_redis_reshape defaults to false: off unless asked
+    assert d["reshape"] is False and d["off"] == ["reshape: set p3_redis_reshape"]
+    assert d["decided"] == "reshape (off: reshape: set p3_redis_reshape)"

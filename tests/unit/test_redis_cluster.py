@@ -168,6 +168,7 @@ def test_no_majority_needs_takeover():
     with pytest.raises(P3Error) as e:
         cl.plan_failover(t, master=ADDR["a"])
     assert "allow_takeover" in e.value.msg and "1 of 3" in e.value.msg
+    assert "not voting: %s, %s" % (ADDR["a"], ADDR["b"]) in e.value.msg  # both dead masters named
     steps = cl.plan_failover(t, master=ADDR["a"], allow_takeover=True)
     assert steps[0]["mode"] == "takeover" and steps[0]["replica"] == ADDR["d"]
     assert spec == BASE
@@ -526,3 +527,32 @@ def test_cluster_param_errors_are_one_line():
     assert cl.cluster_param_error(dict(unanswered_ms=15000, confirm_timeout=0)) is None
     assert "unanswered_ms must be > 0" in cl.cluster_param_error(dict(unanswered_ms=0, confirm_timeout=0))
     assert "confirm_timeout must be >= 0" in cl.cluster_param_error(dict(unanswered_ms=1, confirm_timeout=-1))
+
+
+def test_a_master_that_dies_during_the_election_is_named(monkeypatch):
+    """FORCE is accepted, then master b dies before it votes: the election cannot win. The failure names b as the
+    master that stopped answering and the lost majority - not a vote refusal, and not the live nodes as disagreeing."""
+    t = topo(down="a", flags={"a": ["fail"]})
+    steps = cl.plan_failover(t)
+    fake = _FakeNodes(promoted_first=False)
+    real = fake.try_run
+
+    def try_run(address, *args):
+        if address == ADDR["b"] and fake.sent:
+            return None, "connection refused"  # b died right after the FORCE
+        if args[:2] == ("CLUSTER", "FAILOVER"):
+            fake.sent.append((address,) + args)
+            return "OK", None  # accepted; the election then needs b's vote, which never comes
+        return real(address, *args)
+    fake.try_run = try_run
+    monkeypatch.setattr(cl, "Nodes", fake)
+    monkeypatch.setattr(cl, "views_of", _fake_views)
+    monkeypatch.setattr(cl, "MANUAL_FAILOVER_TIMEOUT", 0.2)
+    with pytest.raises(P3Error) as e:
+        cl.run_failover(None, t, steps, wait_timeout=5)
+    msg = e.value.msg
+    assert "master %s stopped answering during the election" % ADDR["b"] in msg, msg
+    assert "1 of 3 masters can vote" in msg and "majority 2" in msg, msg
+    assert "slots 0-5460 of %s are not served" % ADDR["a"] in msg, msg
+    assert "refuse to vote" not in msg and "still disagree" not in msg, msg
+    assert "\n" not in msg
