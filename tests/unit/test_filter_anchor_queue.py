@@ -1,5 +1,5 @@
 """plugins/filter/anchor_queue.py: the anchor_queue role's decision (fund, retry, reconcile, stuck) and restart
-(golden cases from the Jinja they replaced, checked against it over 400 sampled combinations before the move)."""
+(golden cases from the Jinja they replaced, checked against it over 310 sampled combinations, and 40 in check mode, before the move)."""
 import pytest
 
 from ansible_collections.p3.recovery.plugins.filter.anchor_queue import FilterModule, anchor_decision, anchor_restart

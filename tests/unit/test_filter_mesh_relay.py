@@ -1,5 +1,5 @@
 """plugins/filter/mesh_relay.py: the mesh_relay role's input check, reconnect decision and restart decision
-(golden cases from the Jinja they replaced, checked against it over 864 combinations before the move)."""
+(golden cases from the Jinja they replaced, checked against it over 300 sampled combinations, and 60 in check mode, before the move)."""
 import pytest
 
 from ansible_collections.p3.recovery.plugins.filter.mesh_relay import (

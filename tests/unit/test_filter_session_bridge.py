@@ -1,5 +1,5 @@
 """plugins/filter/session_bridge.py: the session_bridge role's input check, purge decision and restart decision
-(golden cases from the Jinja they replaced, checked against it over 324 combinations before the move)."""
+(golden cases from the Jinja they replaced, checked against it over 324 combinations, and 108 in check mode, before the move)."""
 import pytest
 
 from ansible_collections.p3.recovery.plugins.filter.session_bridge import (
