@@ -69,7 +69,7 @@ def triage(checks, severities=None, scenarios=None, depends=None):
             scenario = scenarios.get(c["name"])
             causes.append({"check": c["name"], "reason": c.get("reason", ""), "severity": sev, "scenario": scenario,
                            "line": one_line("%s (%s): %s%s" % (c["name"], sev, c.get("reason", ""),
-                                                                (" -> %s" % scenario) if scenario else ""), 300)})
+                                                               (" -> %s" % scenario) if scenario else ""), 300)})
     worst = min((severities.get(c["name"], "SEV-3") for c in failing), key=_sev_rank)
     recs = []
     for name in roots:
