@@ -698,8 +698,8 @@ def _terminate(client, target, policy, params, result):
         params["warn"]("max_count %d reached: %d more matching backends were left alone" % (
             policy["max_count"], chosen["capped"]))
     if chosen["protected"]["not_permitted"]:
-        params["warn"]("role %s may not signal %d backends (needs superuser or pg_signal_backend); they were left alone"
-                    % (settings["user"], chosen["protected"]["not_permitted"]))
+        params["warn"]("role %s may not signal %d backends (needs superuser or pg_signal_backend); they were left "
+                       "alone" % (settings["user"], chosen["protected"]["not_permitted"]))
     if not selected:
         result["msg"] = "nothing to terminate on %s: no client backend matches the policy (%s)" % (
             target, _why_none(chosen))

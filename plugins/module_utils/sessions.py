@@ -31,7 +31,7 @@ import threading
 import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    DeadlineExceeded, P3Error, num_text, one_line, timeline_entry, utc_timestamp)
+    DeadlineExceeded, P3Error, num_text, one_line, utc_timestamp)
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
     HAS_REDIS,
     describe_redis_error,

@@ -11,7 +11,7 @@ ENTRIES = ("anchor_retry", "recover_redis", "run", "session_purge")
 
 
 def _fresh(code):
-    return subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=60, check=False,
                           env=dict(os.environ, PYTHONPATH=""))
 
 

@@ -43,7 +43,7 @@ def test_timeline_entry_shape_and_one_line_detail():
 
 def test_the_backends_and_the_filter_use_the_one_function():
     assert redis_cluster.timeline_entry is common.timeline_entry
-    assert sessions.timeline_entry is common.timeline_entry
+    assert not hasattr(sessions, "timeline_entry")  # its modules import the one of common
     e = timeline_filter.FilterModule().filters()["timeline_entry"]("app_restart", "app1,app2", "health-gated")
     assert TS.match(e["ts"]) and (e["action"], e["target"], e["detail"]) == ("app_restart", "app1,app2", "health-gated")
 
