@@ -4,7 +4,7 @@ reason of a failure, not only the PLAY RECAP. Asserts the lab's real state after
 import os
 import subprocess
 
-from p3harness import FUNDING_KEY, LAB_SECRETS_HINT, ROOT, lab_status
+from p3harness import FUNDING_KEY, LAB_SECRETS_HINT, ROOT, lab_fault, lab_status
 
 DEMO = os.path.join(ROOT, "scripts", "demo.sh")
 
@@ -46,3 +46,39 @@ def test_demo_shows_the_reason_of_a_failed_step(healthy_lab, tmp_path):
     why = p.stdout.split("diagnose failed (exit 2). Why:", 1)[1]
     assert "Fail when asked to and something is unhealthy" in why and "P3 is unhealthy: health" in why, why
     assert "whole output: %s" % os.path.join(str(tmp_path), "demo-diagnose.log") in why
+
+
+def test_after_a_master_is_failed_over_the_verdict_is_service_restored_redundancy_degraded(healthy_lab, tmp_path):
+    """redis-master-down once the replica serves the dead master's slots (here Redis's own failover): diagnose is
+    healthy, redis DEGRADED with the one remaining step (restart the killed node), and the incident record says so."""
+    import json
+    import time
+
+    from p3harness import run_playbook
+
+    did = lab_fault("redis-master-down")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        st = lab_status()["redis"]
+        if st["cluster_state"] == "ok" and st["masters"] == 3 and st["slots_assigned"] == 16384 and not any(
+                n["address"] == did["node"] and n["slots"] for n in st["nodes"]):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the cluster did not fail the master over: %s" % st)
+    env = {"P3_INCIDENT_DIR": str(tmp_path)}
+    run = run_playbook("diagnose.yml", extravars={"p3_report_dir": str(tmp_path / "reports"),
+                                                  "p3_incident_target": "lab-degraded-%d" % os.getpid(),
+                                                  "p3_fail_on_unhealthy": True}, env=env)
+    assert run.rc == 0, run.stdout[-3000:]  # not a failed run
+    [path] = list((tmp_path / "reports").glob("diagnose-*.json"))
+    report = json.loads(path.read_text())
+    redis_check = [c for c in report["checks"] if c["name"] == "redis"][0]
+    step = "restart Redis node %s (it rejoins as a replica)" % did["node"]
+    assert report["healthy"] is True and redis_check["healthy"] is True, report["checks"]
+    assert redis_check["degraded"] == [step] and report["degraded"] == [step]
+    assert redis_check["reason"].startswith("service restored, redundancy degraded: node %s down" % did["node"])
+    assert "redis          DEGRADED" in run.stdout and "remaining step (redundancy degraded): " + step in run.stdout
+    rec = run.stats["p3_incident"]
+    assert rec["state"] == "degraded" and rec["remaining"] == [step], rec
+    assert "redundancy degraded - remaining step: " + step in rec["root_cause"], rec["root_cause"]
