@@ -12,7 +12,7 @@ import tempfile
 
 import yaml
 
-from p3harness import ROOT, lab_fault, lab_status, latest_report, run_playbook
+from p3harness import ROOT, lab, lab_fault, lab_status, latest_report, run_playbook
 from p3upstream_harness import lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
 PROFILE = os.path.join(ROOT, "profiles", "p3-upstream.yml")
@@ -235,7 +235,6 @@ def test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts(healthy_ups
     """With the bullmq P3's lockfile pins, its anchor worker never starts: the queue is empty and its counts look
     perfect. The playbook must not pass vacuously - it restarts P3 once (the worker lives inside it) and fails
     naming the missing worker and the cause."""
-    from p3harness import lab
     lab("up", "--bullmq", "lockfile", timeout=600)
     try:
         assert not worker_connected()
@@ -263,7 +262,6 @@ def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy
     Working BullMQ: the worker is connected (read from P3's Redis) and diagnose is green. Lockfile BullMQ: no
     worker connection exists, every endpoint still answers, and diagnose names the missing worker as a root cause
     of the runbook's "payments failing" (SEV-2), with restart_app as the recommendation."""
-    from p3harness import lab
     working = str(tmp_path / "working")
     os.makedirs(working)
     assert wait_for(worker_connected, 30)
@@ -289,3 +287,60 @@ def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy
         assert "p3.recovery.restart_app" in triage["scenarios"], triage
     finally:
         lab("up", "--bullmq", "working", timeout=600)
+
+
+def lab_heal():
+    lab("heal", timeout=300)
+
+
+def drift(report_dir, check=False, **extra):
+    """drift_check with the upstream profile: (run, report). The lab has no mesh peers (NO_PEERS), so the
+    runbook's 10-peer threshold is the lab's 0."""
+    r = run("drift_check.yml", report_dir, check=check, p3_alert_min_mesh_peers=0, **extra)
+    rep = latest_report(report_dir, "drift_check")
+    assert rep, r.stdout[-3000:]
+    return r, rep, dict((a["name"], a) for a in rep["alerts"])
+
+
+def test_drift_check_on_p3_measures_every_alert_and_fires_on_the_fault(healthy_upstream, tmp_path):
+    """drift_check against P3's real services. Healthy P3: every alert measured (none unknown - P3's standalone
+    Redis reports its memory like a cluster node), none firing, values as read from P3's database and Redis here;
+    read-only (nothing changes, so check mode and a second run alike report changed: false). db-exhaustion: the
+    database_connection_high alert fires with the real usage. app-down: the app's alerts cannot be measured and
+    say so (unknown, not OK). drift_check is read-only: check mode evaluates the same alerts."""
+    target = lab_now()
+    healthy_dir = str(tmp_path / "healthy")
+    os.makedirs(healthy_dir)
+    r, rep, alerts = drift(healthy_dir)
+    assert r.rc == 0 and total_changed(r) == 0, r.stdout[-3000:]
+    assert rep["healthy"] is True and rep["unknown"] == [] and rep["firing"] == [], alerts
+    c = upstream.redis_client(target, timeout=2)
+    assert alerts["anchor_queue_backup"]["value"] == c.llen("bull:anchor-batch:us:wait")
+    mem = c.info("memory")
+    assert 0 < alerts["redis_memory_high"]["value"] <= 100.0 * mem["used_memory"] * 2 / (
+        mem["maxmemory"] or mem["total_system_memory"])
+    conns, max_conns = p3_query(target, "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client "
+                                     "backend'), current_setting('max_connections')::int")[0]
+    assert abs(alerts["database_connection_high"]["value"] - 100.0 * conns / max_conns) <= 100.0 * 3 / max_conns
+
+    rec = lab_fault("db-exhaustion")
+    leaked = lambda: p3_query(target, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'p3-lab-leak'")[0][0]  # noqa: E731
+    held = leaked()
+    assert held > 0, rec
+    fault_dir = str(tmp_path / "db")
+    os.makedirs(fault_dir)
+    r, rep, alerts = drift(fault_dir, check=True)
+    assert r.rc != 0, r.stdout[-3000:]  # a scheduled check fails the job when an alert fires
+    assert rep["firing"] == ["database_connection_high"], alerts
+    assert alerts["database_connection_high"]["value"] > 80
+    assert rep["next"] == ["p3.recovery.recover_database"]
+    assert total_changed(r) == 0 and leaked() == held  # read-only: it terminates nothing
+
+    lab_heal()
+    lab_fault("app-down")
+    down_dir = str(tmp_path / "down")
+    os.makedirs(down_dir)
+    r, rep, alerts = drift(down_dir)
+    assert r.rc != 0, r.stdout[-3000:]
+    assert {"session_auth_failure_rate", "mesh_peer_count_low"} <= set(rep["unknown"]), alerts
+    assert alerts["database_connection_high"]["firing"] is False and alerts["anchor_queue_backup"]["firing"] is False
