@@ -344,3 +344,35 @@ def test_drift_check_on_p3_measures_every_alert_and_fires_on_the_fault(healthy_u
     assert r.rc != 0, r.stdout[-3000:]
     assert {"session_auth_failure_rate", "mesh_peer_count_low"} <= set(rep["unknown"]), alerts
     assert alerts["database_connection_high"]["firing"] is False and alerts["anchor_queue_backup"]["firing"] is False
+
+
+def test_recover_redis_on_p3s_standalone_redis_master_down(healthy_upstream, report_dir):
+    """redis-master-down on the Redis P3 really uses (one standalone master, no replica): recover_redis has nothing
+    to promote and fails in one line naming the node and the cause, changing nothing (check mode alike). Once the
+    operator has started Redis again, recover_redis finds it serving (changed: false) - and it is the truth about
+    Redis only: P3's Redis clients gave up during the outage, so the SDK anchor route still answers 500. The anchor
+    playbook restarts P3 and a new job completes; the handshake and a DB-backed call work."""
+    target = lab_now()
+    lab_fault("redis-master-down")
+    pid = app_pid()
+    node = "127.0.0.1:%d" % target.p3redis_port
+    for check in (True, False):
+        r = run("recover_redis.yml", report_dir, check=check)
+        assert r.rc != 0 and total_changed(r) == 0, r.stdout[-3000:]
+        msg = r.result("Fail with the cause")["msg"]
+        assert "\n" not in msg and node in msg and "connection refused" in msg, msg
+        assert not upstream.redis_up(target) and app_pid() == pid
+    upstream.start_redis(target)  # what the operator does for a dead standalone master
+    assert wait_for(lambda: upstream.redis_up(target), 10)
+    r = run("recover_redis.yml", report_dir)
+    assert r.rc == 0 and total_changed(r) == 0, r.stdout[-3000:]
+    assert report(r, "p3_recover_redis")["healthy"] is True
+    code, body = upstream.submit_batch(target, [{"appId": "p3-recovery-test", "event": "after-redis"}], timeout=10)
+    assert code == 500, (code, body)  # P3's clients gave up during the outage: Redis is back, P3 is not
+    r = run("recover_anchor.yml", report_dir)
+    assert r.rc == 0, r.stdout[-3000:]
+    assert app_pid() != pid and worker_connected()
+    canary_completed(report(r, "p3_recover_anchor"))
+    db_backed_call_writes_outbox()
+    code, body = upstream.api(target, "POST", "/api/protocol/v2/session/handshake", {"clientId": "t"}, timeout=10)
+    assert code == 200 and body.get("sessionId")
