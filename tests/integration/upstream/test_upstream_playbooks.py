@@ -6,9 +6,11 @@ a new anchor job reaches `completed`, a DB-backed API call writes its `anchor_ou
 Check mode changes nothing; a run on a healthy P3 changes nothing (except where P3 itself makes that impossible,
 asserted as such). One lab per session (conftest: healthy_upstream heals between tests).
 """
+import contextlib
 import json
 import os
 import tempfile
+import threading
 
 import yaml
 
@@ -90,6 +92,58 @@ def worker_connected():
     want = worker_client_name()
     return any((cl.get("name") or "") == want or (cl.get("name") or "").startswith(want + ":w:")
                for cl in c.client_list())
+
+
+def worker_clients():
+    c = upstream.redis_client(lab_now(), timeout=2)
+    want = worker_client_name()
+    return [cl for cl in c.client_list() if (cl.get("name") or "") == want
+            or (cl.get("name") or "").startswith(want + ":w:")]
+
+
+def worker_gave_up_on_its_block():
+    """What P3's worker looks like once it has idled (read from P3's Redis): blocked in BZPOPMIN with the next
+    BZPOPMIN queued behind it."""
+    cls = worker_clients()
+    return bool(cls) and all("b" in cl["flags"] and int(cl["qbuf"]) > 0 for cl in cls)
+
+
+@contextlib.contextmanager
+def traffic(every=2.0):
+    """P3 with users: one anchor batch through its SDK route every `every` s (what keeps its worker from idling into
+    the stuck state); answers are collected, errors (while P3 restarts) ignored."""
+    target, stop, answers = lab_now(), threading.Event(), []
+
+    def loop():
+        while not stop.is_set():
+            try:
+                answers.append(upstream.submit_batch(target, [{"appId": "p3-recovery-traffic", "event": "t"}],
+                                                     timeout=5)[0])
+            except Exception:  # noqa: BLE001 - P3 restarting
+                answers.append(None)
+            stop.wait(every)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        t.join(10)
+
+
+@contextlib.contextmanager
+def restart_p3_with_traffic():
+    """A fresh P3 (its worker takes jobs) kept busy from its first seconds on (the traffic starts before the
+    restart)."""
+    from p3lablib import supervisor
+
+    target = lab_now()
+    with traffic() as answers:
+        supervisor.ctl(target, "restart", upstream.PROGRAM, timeout=60)
+        upstream.wait_ready(target, 120)
+        assert wait_for(worker_connected, 30)
+        yield answers
 
 
 def canary_completed(rep):
@@ -264,8 +318,8 @@ def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy
     of the runbook's "payments failing" (SEV-2), with restart_app as the recommendation."""
     working = str(tmp_path / "working")
     os.makedirs(working)
-    assert wait_for(worker_connected, 30)
-    rep = diagnose_report(working)
+    with restart_p3_with_traffic():  # P3's worker only works while it never idles (deviation row 29)
+        rep = diagnose_report(working)
     checks = dict((c["name"], c) for c in rep["checks"])
     assert checks["anchor_worker"]["healthy"] is True, checks["anchor_worker"]
     assert rep["healthy"] is True, [c for c in rep["checks"] if not c["healthy"]]
@@ -376,3 +430,34 @@ def test_recover_redis_on_p3s_standalone_redis_master_down(healthy_upstream, rep
     db_backed_call_writes_outbox()
     code, body = upstream.api(target, "POST", "/api/protocol/v2/session/handshake", {"clientId": "t"}, timeout=10)
     assert code == 200 and body.get("sessionId")
+
+
+def test_p3s_idle_worker_is_seen_stuck_and_a_working_one_is_left_alone(healthy_upstream, report_dir, tmp_path):
+    """Deviation row 29 on P3's own server: once its worker has idled, it is connected and takes no job. diagnose
+    names it (anchor_worker stuck, SEV-2, restart_app) and recover_anchor --check selects the restart the real run
+    makes (read-only signs: no canary in check mode), restarting nothing. The real run restarts P3 and a new job
+    completes. A P3 whose worker really works (users keep it busy) is left alone: a second run changes nothing."""
+    assert wait_for(worker_gave_up_on_its_block, 40), worker_clients()
+    jobs = str(tmp_path / "idle")
+    os.makedirs(jobs)
+    rep = diagnose_report(jobs)
+    checks = dict((c["name"], c) for c in rep["checks"])
+    assert checks["anchor_worker"]["healthy"] is False, checks["anchor_worker"]
+    assert "anchor worker stuck" in checks["anchor_worker"]["reason"], checks["anchor_worker"]
+    assert "anchor_worker" in rep["triage"]["root_causes"] and rep["triage"]["severity"] == "SEV-2", rep["triage"]
+    assert "p3.recovery.restart_app" in rep["triage"]["scenarios"], rep["triage"]
+    pid = app_pid()
+    r = run("recover_anchor.yml", report_dir, check=True)
+    assert r.rc == 0, r.stdout[-3000:]
+    assert "takes no job" in r.result("Decide - what to do")["msg"]
+    assert app_pid() == pid and worker_gave_up_on_its_block()  # check mode restarted nothing
+    with traffic() as answers:  # users arrive: their jobs wait until the restart, then flow
+        r = run("recover_anchor.yml", report_dir)
+        assert r.rc == 0, r.stdout[-3000:]
+        assert app_pid() != pid and report(r, "p3_recover_anchor")["actions"]["restart"]["hosts"] == ["p3-lab-app"]
+        canary_completed(report(r, "p3_recover_anchor"))
+        pid = app_pid()
+        r2 = run("recover_anchor.yml", report_dir)
+        assert r2.rc == 0 and total_changed(r2) == 0, r2.changed_tasks()
+        assert app_pid() == pid
+    assert answers.count(200) >= 3, answers
