@@ -5,9 +5,11 @@ upstream"), the time from injection until P3 really works again, three ways in t
               variables from the inventory; "restart application (adapt to your process manager)" is the lab's
               supervisorctl restart, as the runbook says. A command that cannot run is reported with its exit code;
   nothing   - no action, a bounded wait (BENCH_UPSTREAM_NOTHING_S, 90 s): does P3 heal itself, and when.
-"Works" is functional, polled once a second by a watcher (each poll its own new job): GET /api/system/health 200
-with the database healthy, POST /api/anchor/batch (DB-backed: writes anchor_outbox) 200, and a new anchor job
-through P3's SDK route reaches `completed` within 5 s; for wallet-empty also one checkpoint anchored on chain.
+"Works" is functional, polled every 4 s by a watcher (each poll its own new job): GET /api/system/health 200
+with the database healthy and a new anchor job through P3's SDK route (DB-backed: every /api/* request inserts
+telemetry first) reaches `completed` within 5 s; for wallet-empty also one checkpoint anchored on chain. P3 limits
+each client to 500 /api requests per 15 min (in process memory; a restart resets it): the polls and the traffic
+stay below that, a 429 is reported as such.
 Every round: heal, inject, act, watch until it works (bounded: BENCH_UPSTREAM_AFTER_S, 60 s, after the action),
 heal. Faults: BENCH_UPSTREAM_FAULTS (comma list; default all six). Needs the upstream lab up (P3LAB_DIR and
 P3LAB_BASE_PORT of it, e.g. make integration-upstream's .state/lab-upstream at base + 700). Not part of make test.
@@ -101,10 +103,7 @@ def works(lab, chain=False):
     code, body = upstream.health(lab, timeout=3)
     if code != 200 or not upstream.db_ok(body):
         return False, "system health %s" % code
-    code, body = upstream.api(lab, "POST", "/api/anchor/batch", {"events": [{"appId": "bench", "event": "w"}]},
-                              timeout=3)
-    if code != 200:
-        return False, "anchor/batch %s" % code
+    # every /api/* request of P3 first inserts telemetry: the SDK route's 200 is DB-backed too
     code, body = upstream.submit_batch(lab, [{"appId": "bench-works", "event": "w"}], timeout=3)
     ids = (body or {}).get("jobIds") if isinstance(body, dict) else None
     if code != 200 or not ids:
@@ -140,7 +139,7 @@ class Watcher(object):
             if ok:
                 self.t = time.perf_counter() - self.t0
                 return
-            self._stop.wait(1.0)
+            self._stop.wait(4.0)
 
     def wait(self, seconds):
         self._th.join(max(0.0, seconds))
@@ -195,7 +194,7 @@ def _runbook(lab, fault):
 
 
 class Traffic(object):
-    """P3 with users: one batch through its SDK route every 2 s. P3's worker stops taking jobs once it has idled
+    """P3 with users: one batch through its SDK route every 3 s. P3's worker stops taking jobs once it has idled
     ~5 s (docs/runbook-deviations.md row 29), so an idle P3 never "works": every round starts from a busy one."""
 
     def __init__(self, lab):
@@ -209,7 +208,7 @@ class Traffic(object):
                     upstream.submit_batch(lab, [{"appId": "bench-traffic", "event": "t"}], timeout=3)
                 except Exception:  # noqa: BLE001 - P3 down or restarting
                     pass
-                self._stop.wait(2.0)
+                self._stop.wait(3.0)
 
         self._th = threading.Thread(target=loop, daemon=True)
         self._th.start()
@@ -232,16 +231,13 @@ def _working_p3(lab):
 
 
 def _round(lab, fault, how, report_dir, after_s, nothing_s):
+    """Traffic keeps P3's worker alive until the injection; from then on the watcher's polls are the traffic."""
     r = _run()
     traffic = Traffic(lab)
     try:
-        return _measure(lab, fault, how, report_dir, after_s, nothing_s, r)
+        _working_p3(lab)
     finally:
         traffic.stop()
-
-
-def _measure(lab, fault, how, report_dir, after_s, nothing_s, r):
-    _working_p3(lab)
     r.lab("fault", fault)
     t0 = time.perf_counter()
     w = Watcher(lab, t0, chain=fault == "wallet-empty")
