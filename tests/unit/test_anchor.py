@@ -122,8 +122,8 @@ def test_outbox_verdict_and_table_names():
 
 
 def _counts(**kw):
-    c = dict((s, 0) for s in ("wait", "paused", "active", "delayed", "prioritized", "waiting-children", "failed",
-                             "completed"))
+    states = ("wait", "paused", "active", "delayed", "prioritized", "waiting-children", "failed", "completed")
+    c = dict((s, 0) for s in states)
     c.update(kw)
     return c
 
