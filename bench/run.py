@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmarks: our playbooks beside the runbook's shell way (and reference tools), measured in the same run.
 
-Usage: .venv/bin/python bench/run.py [entry ...]   (entries: diagnose, recover_database)   -- needs the lab up
+Usage: .venv/bin/python bench/run.py [entry ...]   (entries: diagnose, recover_database, ...)   -- needs the lab up
+(upstream_recovery runs only when named, against the upstream lab: see bench/upstream_recovery.py)
 (make bench does it; P3LAB_DIR / P3LAB_BASE_PORT select another lab, as for the tests).
 Prints medians and ratios; writes bench/out/results.json. Benchmarks are never asserted by tests.
 """
@@ -130,14 +131,33 @@ from session_purge import bench_session_purge  # noqa: E402  (entry in its own f
 ENTRIES["session_purge"] = bench_session_purge
 from recover_redis import bench_recover_redis  # noqa: E402  (entry in its own file)
 ENTRIES["recover_redis"] = bench_recover_redis
+from upstream_recovery import bench_upstream_recovery  # noqa: E402  (entry in its own file)
+ENTRIES["upstream_recovery"] = bench_upstream_recovery
+# Entries that need a lab of their own (the upstream lab): run only when named.
+ONLY_WHEN_NAMED = {"upstream_recovery"}
+
+
+def print_table(r):
+    """An entry with rows (upstream_recovery): one line per fault, seconds to "works again" per way."""
+    print("%s: %s" % (r["entry"], r["what"]))
+    print("%-18s %12s %12s %12s %10s" % ("fault", "playbook s", "runbook s", "nothing s", "pb/runbook"))
+    for row in r["rows"]:
+        print("%-18s %12s %12s %12s %10s" % (row["fault"], row["playbook"]["seconds"], row["runbook"]["seconds"],
+                                             row["nothing"]["seconds"], row["ratio_playbook_over_runbook"]))
+    for row in r["rows"]:
+        for how in ("playbook", "runbook", "nothing"):
+            print("  %s %s: %s" % (row["fault"], how, row[how]["detail"]))
 
 
 def main(argv):
-    names = argv or list(ENTRIES)
+    names = argv or [n for n in ENTRIES if n not in ONLY_WHEN_NAMED]
     results = []
     for name in names:
         r = ENTRIES[name]()
         results.append(r)
+        if "rows" in r:
+            print_table(r)
+            continue
         print("%-16s ours %.3f s | reference %.3f s | ratio %sx | %s: %s" % (
             r["entry"], r["ours_s"], r["reference_s"], r["ratio_ours_over_reference"], r["target"],
             "met" if r["target_met"] else "NOT met"))

@@ -26,7 +26,7 @@ def anchor_decision(probes, settings):
     probes: queue (bullmq_probe result), outbox (outbox_probe result, skipped when not read), chain (chain_probe
     result), canary (the canary verdict before the act, {} when no canary ran). settings: fund, retry, reconcile,
     outbox_check, retry_dead_letters, min_workers, restart_on_stall, concurrency, concurrency_var, target_wei,
-    prefix, queue (names of the BullMQ queue). Returns fund, retry, reconcile, stuck, no_worker, concurrency and why.
+    prefix, queue (names of the BullMQ queue). Returns fund, retry, reconcile, stuck, no_worker, worker_stuck, concurrency and why.
     """
     queue = probes.get("queue") or {}
     outbox = probes.get("outbox") or {}
@@ -37,10 +37,12 @@ def anchor_decision(probes, settings):
     min_workers = _count(settings.get("min_workers"))
     # Fewer worker connections than min_workers (unknown - CLIENT LIST refused - is not judged).
     no_worker = min_workers > 0 and workers is not None and int(workers) < min_workers
+    # Read-only: a worker connected that takes no job (bullmq_probe worker_stuck) - check mode sees it too.
+    worker_stuck = not no_worker and queue.get("worker_stuck") not in (None, "")
     # A canary job accepted but not taken by the worker within its wait is a stuck queue.
     canary_stuck = canary.get("id") not in (None, "") and canary.get("healthy") is False
     stuck = bool((queue.get("progress") or {}).get("stuck")) or (
-        _count(waiting) > 0 and queue.get("worker_connections", 1) == 0) or no_worker or canary_stuck
+        _count(waiting) > 0 and queue.get("worker_connections", 1) == 0) or no_worker or worker_stuck or canary_stuck
     level = chain.get("wallet_level", "ok")
     failed = _count((queue.get("counts") or {}).get("failed"))
     stale = _count(outbox.get("stale_processing"))
@@ -61,6 +63,8 @@ def anchor_decision(probes, settings):
         if no_worker:
             line = "no worker on %s:%s (%s < %d): restart the app (the worker runs inside it)" % (
                 settings.get("prefix"), settings.get("queue"), workers, min_workers)
+        elif worker_stuck:
+            line = "%s: restart the app" % queue.get("worker_stuck")
         elif canary_stuck:
             line = "%s while %s worker connection(s) are up: the worker takes no job, restart the app" % (
                 canary.get("reason"), workers)
@@ -78,6 +82,7 @@ def anchor_decision(probes, settings):
             stale > 0 or (_on(settings, "retry_dead_letters") and dead > 0)),
         stuck=stuck,
         no_worker=no_worker,
+        worker_stuck=worker_stuck,
         concurrency=concurrency is not None,
         why="; ".join(why) or "queue, outbox and wallet fine: nothing to do",
     )

@@ -287,8 +287,10 @@ class BullQueue(object):
             raise self.fail(e, "reading active jobs")
         return [j for j, has in zip(ids, locks) if not has]
 
-    def worker_names(self):
-        """Names of the connections of this queue's workers on the node (BullMQ sets them with CLIENT SETNAME)."""
+    def worker_clients(self):
+        """This queue's worker connections on the node that serves its keys - where a BullMQ worker's blocking
+        connection waits on the queue's marker - as CLIENT LIST shows them (BullMQ names them with CLIENT SETNAME):
+        [{name, flags, cmd, qbuf, idle}], None when CLIENT LIST is not allowed."""
         qualified = "%s:%s" % (self.prefix, self.queue)
         b64 = "%s:%s" % (self.prefix, base64.b64encode(self.queue.encode()).decode())
         try:
@@ -301,10 +303,15 @@ class BullQueue(object):
         out = []
         for c in clients:
             name = c.get("name") or ""
-            for q in (qualified, b64):
-                if name == q or name.startswith(q + ":w:"):
-                    out.append(name)
+            if any(name == q or name.startswith(q + ":w:") for q in (qualified, b64)):
+                out.append(dict(name=name, flags=str(c.get("flags") or ""), cmd=c.get("cmd"),
+                                qbuf=_int(c.get("qbuf")) or 0, idle=_int(c.get("idle"))))
         return out
+
+    def worker_names(self):
+        """Names of the connections of this queue's workers on the node (None when CLIENT LIST is not allowed)."""
+        clients = self.worker_clients()
+        return None if clients is None else [c["name"] for c in clients]
 
     def jobs(self, ids, fields=("data", "failedReason", "finishedOn", "processedOn")):
         """State and fields of the given jobs: [{id, state, data, ...}] (state from the sets, not guessed)."""
@@ -535,10 +542,11 @@ class BullQueue(object):
 
 
 def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(), sample_seconds=0, job_ids=(),
-               sleep=time.sleep):
+               sleep=time.sleep, stuck_wait_seconds=None):
     """Read one queue's state on the node that serves it: {base, counts, extra, error, fatal}. base holds reachable,
     node, cluster, keys; extra the evidence queue_verdict judges (paused, concurrency, stalled, oldest waiting job,
-    failed reasons, malformed, active without lock, worker_connections, progress, jobs). error is the one-line cause
+    failed reasons, malformed, active without lock, worker_connections, worker_clients, worker_stuck (see
+    worker_takes_no_job), progress, jobs). error is the one-line cause
     when the queue could not be read; fatal marks bad input (a prefix that is not hash-tagged on a cluster, keys
     that are not a BullMQ queue) rather than an unreachable service."""
     q = BullQueue(settings, queue, prefix)
@@ -560,8 +568,9 @@ def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(
         extra["failed_sampled"] = sample["sampled"]
         extra["malformed"] = sample["malformed"]
         extra["active_without_lock"] = q.active_without_lock()
-        names = q.worker_names()
-        extra["worker_connections"] = None if names is None else len(names)
+        clients = q.worker_clients()
+        extra["worker_connections"] = None if clients is None else len(clients)
+        extra["worker_clients"] = clients
         if sample_seconds > 0:
             sleep(sample_seconds)
             after, _meta = q.counts()
@@ -582,8 +591,32 @@ def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(
         q.close()
     extra["counts"] = counts
     extra["waiting"] = counts["wait"] + counts["paused"] + counts["prioritized"]
+    extra["worker_stuck"] = worker_takes_no_job(counts, extra, stuck_wait_seconds)
     out.update(counts=counts, extra=extra)
     return out
+
+
+def worker_takes_no_job(counts, extra, stuck_wait_seconds=None):
+    """Why the queue's workers, though connected, take no job - or None (pure). Two signs:
+    - every worker connection blocked in a command (CLIENT LIST flag b) has another command queued behind it (qbuf >
+      0): its client gave up on the blocking call and sent the next one, so the marker of the next job is popped by a
+      command nobody reads and the job stays waiting. P3's worker does this once it has idled: ioredis
+      commandTimeout 5000 on its connection, BullMQ's drainDelay 5 s (docs/runbook-deviations.md);
+    - with stuck_wait_seconds: a job has waited longer than that while a worker is connected and none is active."""
+    clients = extra.get("worker_clients") or []
+    blocked = [c for c in clients if "b" in (c.get("flags") or "")]
+    behind = [c for c in blocked if (c.get("qbuf") or 0) > 0]
+    if blocked and len(behind) == len(blocked):
+        return ("worker connected but takes no job: %s blocked in %s with %d bytes of commands queued behind it (its "
+                "client gave up on the blocking call, so a new job's marker goes to a command nobody reads)" % (
+                    ", ".join(sorted(set(c["name"] for c in behind))), behind[0].get("cmd") or "a blocking command",
+                    sum(c["qbuf"] for c in behind)))
+    age = extra.get("oldest_wait_age_seconds")
+    if (stuck_wait_seconds is not None and clients and counts.get("active", 0) == 0 and age is not None
+            and age > stuck_wait_seconds):
+        return "worker connected but takes no job: the oldest waiting job is %ds old > %ss and none is active" % (
+            age, stuck_wait_seconds)
+    return None
 
 
 def _lifo(opts):

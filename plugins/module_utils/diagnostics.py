@@ -355,10 +355,14 @@ def census_verdict(result, max_corrupt=0):
 # Anchor queue (BullMQ): backlog, failed jobs, and whether any worker serves the queue
 # ---------------------------------------------------------------------------------------------------------------
 
-def worker_verdict(queue, workers, node=None):
-    """Whether the queue has a worker (pure). workers: the number of connections named by the queue's workers
-    (BullMQ's getWorkers: CLIENT LIST names <prefix>:<base64 queue>[:w:<name>]), None when CLIENT LIST is refused."""
+def worker_verdict(queue, workers, node=None, stuck=None):
+    """Whether the queue has a worker that takes jobs (pure). workers: the number of connections named by the queue's
+    workers (BullMQ's getWorkers: CLIENT LIST names <prefix>:<base64 queue>[:w:<name>]), None when CLIENT LIST is
+    refused; stuck: why the connected workers take no job (bullmq.worker_takes_no_job), else None."""
     where = (" on %s" % node) if node else ""
+    if workers and stuck:
+        return probe_result(False, "anchor worker stuck: queue %s - %s%s" % (queue, stuck, where),
+                            worker_connections=workers, stuck=stuck)
     if workers is None:
         return probe_result(True, "worker presence of queue %s not known (CLIENT LIST refused%s)" % (queue, where),
                             worker_connections=None)
@@ -370,10 +374,11 @@ def worker_verdict(queue, workers, node=None):
 
 
 def anchor_probe(settings, queue, prefix="bull", max_waiting=1000, max_failed=0, max_wait_age_seconds=None,
-                 failed_sample=100):
+                 failed_sample=100, stuck_wait_seconds=None):
     """The anchor queue read once (bullmq.read_queue): the backlog verdict (waiting, failed, age, paused, stalled;
-    worker presence is judged apart) and, under C(worker), whether any worker serves the queue."""
-    state = bullmq.read_queue(settings, queue, prefix, failed_sample=failed_sample)
+    worker presence is judged apart) and, under C(worker), whether any worker serves the queue and takes jobs."""
+    state = bullmq.read_queue(settings, queue, prefix, failed_sample=failed_sample,
+                              stuck_wait_seconds=stuck_wait_seconds)
     base = state["base"]
     if state["error"]:
         return probe_result(False, state["error"], worker=probe_result(
@@ -383,7 +388,7 @@ def anchor_probe(settings, queue, prefix="bull", max_waiting=1000, max_failed=0,
         max_waiting=max_waiting, max_failed=max_failed, max_wait_age_seconds=max_wait_age_seconds,
         require_worker=False, max_stalled=0))
     base.update(extra)
-    base["worker"] = worker_verdict(queue, extra["worker_connections"], base["node"])
+    base["worker"] = worker_verdict(queue, extra["worker_connections"], base["node"], extra.get("worker_stuck"))
     return probe_result(healthy, "%s on %s: %s" % (base["keys"], base["node"], reason), **base)
 
 

@@ -405,11 +405,7 @@ def _node_entries(records, own, canonical, seen, node_timeout, unreachable_since
             master_link_status=repl.get("master_link_status") if line["role"] == "replica" else None,
             lag_bytes=None,
             keys=rec.get("keys") if reach else None,
-            used_memory=mem.get("used_memory"),
-            maxmemory=mem.get("maxmemory"),
-            total_system_memory=mem.get("total_system_memory"),
-            memory_pct=(round(100.0 * mem["used_memory"] / mem["maxmemory"], 1)
-                        if mem.get("maxmemory") and mem.get("used_memory") is not None else None),
+            **_memory_fields(mem)
         )
         node["health"] = verdict["health"]
         node["health_why"] = verdict["why"]
@@ -609,6 +605,13 @@ def rank_replicas(replicas):
 # Standalone (replication without cluster)
 # ---------------------------------------------------------------------------------------------------------------
 
+def _memory_fields(mem):
+    """A node's memory as every topology node reports it (cluster and standalone alike)."""
+    used, limit = mem.get("used_memory"), mem.get("maxmemory")
+    return dict(used_memory=used, maxmemory=limit, total_system_memory=mem.get("total_system_memory"),
+                memory_pct=round(100.0 * used / limit, 1) if limit and used is not None else None)
+
+
 def build_standalone(records):
     nodes = []
     for address, rec in sorted(records.items()):
@@ -624,8 +627,7 @@ def build_standalone(records):
             replica_offset=_int(repl.get("slave_repl_offset")) if role == "replica" else None,
             connected_replicas=_int(repl.get("connected_slaves")) if role == "master" else None,
             replid=repl.get("master_replid"), replid2=repl.get("master_replid2"),
-            keys=rec.get("keys"), used_memory=(rec.get("memory") or {}).get("used_memory"),
-            maxmemory=(rec.get("memory") or {}).get("maxmemory")))
+            keys=rec.get("keys"), **_memory_fields(rec.get("memory") or {})))
     by_addr = dict((n["address"], n) for n in nodes)
     masters = [n for n in nodes if n["reachable"] and n["role"] == "master"]
     replicas = [n for n in nodes if n["reachable"] and n["role"] == "replica"]

@@ -74,6 +74,11 @@ options:
         shrinks nor finishes any job in that time is unhealthy.
     type: float
     default: 0
+  stuck_wait_seconds:
+    description:
+      - RV(worker_stuck) also names a job that has waited longer than this while a worker is connected and no job is
+        active. Not checked when unset. RV(worker_stuck) does not change RV(healthy); the caller decides.
+    type: float
   job_ids:
     description:
       - Report the state and data of these jobs in RV(jobs) (for example the ids a retry moved).
@@ -177,6 +182,19 @@ worker_connections:
   description: Connections named by this queue's workers on the node; null when C(CLIENT LIST) is not allowed.
   returned: when reachable
   type: int
+worker_clients:
+  description: This queue's worker connections on the node as C(CLIENT LIST) shows them - C(name), C(flags) (C(b)
+    blocked in a command), C(cmd), C(qbuf) (bytes of commands queued behind the current one), C(idle); null when
+    C(CLIENT LIST) is not allowed.
+  returned: when reachable
+  type: list
+  elements: dict
+worker_stuck:
+  description: Why the connected workers take no job, else null - every blocked worker connection has commands queued
+    behind its blocking call (its client gave up on it, so the next job's marker is popped by a command nobody
+    reads; P3's worker after idling 5 s), or a job waited longer than O(stuck_wait_seconds) with none active.
+  returned: when reachable
+  type: str
 progress:
   description: With O(sample_seconds) - waiting and finished (failed + completed) before and after, and C(stuck).
   returned: when O(sample_seconds) > 0 and reachable
@@ -211,6 +229,7 @@ def main():
         failed_sample=dict(type="int", default=1000),
         required_data_keys=dict(type="list", elements="str", default=[], no_log=False),
         sample_seconds=dict(type="float", default=0),
+        stuck_wait_seconds=dict(type="float"),
         job_ids=dict(type="list", elements="str", default=[]),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
@@ -225,7 +244,7 @@ def main():
     try:
         state = read_queue(target.settings, p["queue"], p["prefix"], failed_sample=p["failed_sample"],
                            required_data_keys=p["required_data_keys"], sample_seconds=p["sample_seconds"],
-                           job_ids=p["job_ids"])
+                           job_ids=p["job_ids"], stuck_wait_seconds=p["stuck_wait_seconds"])
     except P3Error as e:  # a bad queue name or prefix
         module.fail_json(msg=e.msg)
     base = state["base"]

@@ -146,6 +146,12 @@ options:
     description: Unhealthy when the oldest waiting anchor job is older than this - the queue does not drain
       (C(anchor) probe). Not checked when unset.
     type: float
+  stuck_wait_seconds:
+    description: The anchor worker counts as stuck (RV(anchor.worker) unhealthy) when a job has waited longer than
+      this while a worker is connected and no job is active (C(anchor) probe). Not checked when unset. A worker whose
+      blocking connection has commands queued behind its blocking call (C(CLIENT LIST) flag C(b) and C(qbuf) > 0 -
+      its client gave up on it, so new jobs are missed; P3's worker after idling) counts as stuck regardless.
+    type: float
   wallet:
     description:
       - Address of the anchor wallet (C(wallet) probe). If not set, the environment variable E(ANCHOR_WALLET) is
@@ -307,8 +313,10 @@ anchor:
   type: dict
   contains:
     worker:
-      description: C(healthy) (a worker serves the queue; also when C(CLIENT LIST) is refused and presence is not
-        known), C(reason) (C(anchor worker absent - queue <name> has no worker ...)), C(worker_connections).
+      description: C(healthy) (a worker serves the queue and takes jobs; also when C(CLIENT LIST) is refused and
+        presence is not known), C(reason) (C(anchor worker absent - queue <name> has no worker ...) or C(anchor worker
+        stuck - ...), see O(stuck_wait_seconds)), C(worker_connections), C(stuck) (why the connected worker takes no
+        job).
       type: dict
       returned: always
 wallet:
@@ -390,7 +398,7 @@ def probe_functions(module):
             if p[name] < 0:
                 raise P3Error("%s must be >= 0, got %s" % (name, p[name]))
         return d.anchor_probe(RedisTarget(scoped).settings, p["queue"], p["prefix"], p["max_waiting"], p["max_failed"],
-                              p["max_wait_age_seconds"])
+                              p["max_wait_age_seconds"], stuck_wait_seconds=p["stuck_wait_seconds"])
 
     def wallet():
         if p["wallet"]:
@@ -432,6 +440,7 @@ def main():
         max_waiting=dict(type="int", default=1000),
         max_failed=dict(type="int", default=0),
         max_wait_age_seconds=dict(type="float"),
+        stuck_wait_seconds=dict(type="float"),
         wallet=dict(type="str", fallback=env("ANCHOR_WALLET")),
         expected_chain_id=dict(type="int"),
         low_threshold_wei=dict(type="int", default=10 ** 17),

@@ -119,3 +119,52 @@ def test_outbox_verdict_and_table_names():
     assert outbox.check_table("public.anchor_outbox", "table") == "public.anchor_outbox"
     with pytest.raises(P3Error):
         outbox.check_table("anchor_outbox; drop table x", "table")
+
+
+def _counts(**kw):
+    states = ("wait", "paused", "active", "delayed", "prioritized", "waiting-children", "failed", "completed")
+    c = dict((s, 0) for s in states)
+    c.update(kw)
+    return c
+
+
+P3_WORKER = "bull:YW5jaG9yLWJhdGNoOnVz"  # BullMQ's name of P3's anchor-batch:us worker connection
+
+
+def test_worker_takes_no_job_from_client_list():
+    """P3's worker after idling (measured on its server): the blocking connection is in BZPOPMIN (flag b) with one
+    more BZPOPMIN queued behind it (qbuf 60) - the client gave up on the first one. A working worker: qbuf 0."""
+    working = dict(worker_clients=[dict(name=P3_WORKER, flags="b", cmd="bzpopmin", qbuf=0, idle=1)])
+    assert bullmq.worker_takes_no_job(_counts(), working) is None
+    stuck = dict(worker_clients=[dict(name=P3_WORKER, flags="b", cmd="bzpopmin", qbuf=60, idle=2)])
+    why = bullmq.worker_takes_no_job(_counts(), stuck)
+    assert why.startswith("worker connected but takes no job") and P3_WORKER in why and "bzpopmin" in why
+    # a second worker (another app instance) still blocks properly: the queue is served
+    two = dict(worker_clients=stuck["worker_clients"] + [dict(name=P3_WORKER, flags="b", cmd="bzpopmin", qbuf=0)])
+    assert bullmq.worker_takes_no_job(_counts(), two) is None
+    # a connection busy with something else (not blocked) with a pipeline in flight is not the sign
+    busy = dict(worker_clients=[dict(name=P3_WORKER, flags="N", cmd="evalsha", qbuf=300)])
+    assert bullmq.worker_takes_no_job(_counts(), busy) is None
+    assert bullmq.worker_takes_no_job(_counts(), dict(worker_clients=None)) is None
+
+
+def test_worker_takes_no_job_from_the_age_of_waiting_jobs():
+    clients = [dict(name=P3_WORKER, flags="N", cmd="evalsha", qbuf=0)]
+    old = dict(worker_clients=clients, oldest_wait_age_seconds=45.0)
+    assert bullmq.worker_takes_no_job(_counts(wait=3), old) is None  # not asked
+    why = bullmq.worker_takes_no_job(_counts(wait=3), old, stuck_wait_seconds=30)
+    assert "oldest waiting job is 45s old > 30s and none is active" in why
+    assert bullmq.worker_takes_no_job(_counts(wait=3, active=1), old, stuck_wait_seconds=30) is None  # it works
+    assert bullmq.worker_takes_no_job(_counts(wait=3), dict(old, oldest_wait_age_seconds=10), 30) is None
+    # no worker at all is another verdict (worker absent), not this one
+    assert bullmq.worker_takes_no_job(_counts(wait=3), dict(old, worker_clients=[]), 30) is None
+
+
+def test_worker_verdict_names_a_stuck_worker():
+    from ansible_collections.p3.recovery.plugins.module_utils import diagnostics as d
+
+    v = d.worker_verdict("anchor-batch:us", 1, "127.0.0.1:6379", stuck="worker connected but takes no job: x")
+    assert v["healthy"] is False and v["reason"].startswith("anchor worker stuck: queue anchor-batch:us")
+    assert v["stuck"] == "worker connected but takes no job: x"
+    assert d.worker_verdict("anchor-batch:us", 1, None, stuck=None)["healthy"] is True
+    assert "absent" in d.worker_verdict("anchor-batch:us", 0, None, stuck="x")["reason"]

@@ -19,8 +19,8 @@ def decide(queue=None, outbox=None, chain=None, canary=None, **settings):
 
 
 def test_nothing_to_do():
-    assert decide() == dict(fund=False, retry=False, reconcile=False, stuck=False, no_worker=False, concurrency=False,
-                            why="queue, outbox and wallet fine: nothing to do")
+    assert decide() == dict(fund=False, retry=False, reconcile=False, stuck=False, no_worker=False, worker_stuck=False,
+                            concurrency=False, why="queue, outbox and wallet fine: nothing to do")
 
 
 @pytest.mark.parametrize("level", ["low", "critical"])
@@ -71,6 +71,19 @@ def test_fewer_workers_than_the_minimum():
     assert d["stuck"] is True and d["no_worker"] is True
     assert d["why"] == "no worker on bull:anchor (0 < 1): restart the app (the worker runs inside it)"
     assert decide(dict(QUEUE_OK, worker_connections=None), min_workers=1)["no_worker"] is False
+
+
+def test_a_connected_worker_that_takes_no_job_is_stuck():
+    """bullmq_probe worker_stuck (read-only, so check mode decides the same restart the real run does)."""
+    line = "anchor worker stuck: 127.0.0.1:51234 blocked in BZPOPMIN with 60 bytes queued behind it"
+    d = decide(dict(QUEUE_OK, worker_stuck=line))
+    assert d["stuck"] is True and d["worker_stuck"] is True and d["why"] == line + ": restart the app"
+    assert decide(dict(QUEUE_OK, worker_stuck=line), restart_on_stall=False)["why"].endswith(
+        "(p3_anchor_restart_on_stall=false: not restarting)")
+    # no worker at all is the stronger finding; an empty worker_stuck is none
+    d = decide(dict(QUEUE_OK, worker_connections=0, worker_stuck=line), min_workers=1)
+    assert d["no_worker"] is True and d["worker_stuck"] is False and d["why"].startswith("no worker on bull:anchor")
+    assert decide(dict(QUEUE_OK, worker_stuck=""))["stuck"] is False
 
 
 def test_a_canary_not_taken_is_stuck():

@@ -556,3 +556,20 @@ def test_a_master_that_dies_during_the_election_is_named(monkeypatch):
     assert "slots 0-5460 of %s are not served" % ADDR["a"] in msg, msg
     assert "refuse to vote" not in msg and "still disagree" not in msg, msg
     assert "\n" not in msg
+
+
+def test_standalone_nodes_report_memory_like_cluster_nodes():
+    """A standalone Redis (P3's, FLAG_REDIS_CLUSTER=0) without maxmemory: the node carries the host's memory, as a
+    cluster node does, so drift_check's redis_memory_high can be measured instead of staying unknown for good."""
+    from ansible_collections.p3.recovery.plugins.filter.alerts import redis_memory_usage
+
+    rec = _standalone("h:1", "master", connected_slaves="0")
+    rec["memory"] = dict(used_memory=1048576, maxmemory=0, total_system_memory=1073741824)
+    t = cl.build_topology({"h:1": rec})
+    node = t["nodes"][0]
+    assert node["total_system_memory"] == 1073741824 and node["memory_pct"] is None
+    usage = redis_memory_usage(t)
+    assert usage["value"] == 0.1 and usage["source"].startswith("h:1: ") and "system memory (maxmemory 0)" in usage["source"]
+    rec["memory"]["maxmemory"] = 2097152
+    node = cl.build_topology({"h:1": rec})["nodes"][0]
+    assert node["memory_pct"] == 50.0 and redis_memory_usage(cl.build_topology({"h:1": rec}))["value"] == 50.0

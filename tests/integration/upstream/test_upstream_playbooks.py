@@ -6,13 +6,15 @@ a new anchor job reaches `completed`, a DB-backed API call writes its `anchor_ou
 Check mode changes nothing; a run on a healthy P3 changes nothing (except where P3 itself makes that impossible,
 asserted as such). One lab per session (conftest: healthy_upstream heals between tests).
 """
+import contextlib
 import json
 import os
 import tempfile
+import threading
 
 import yaml
 
-from p3harness import ROOT, lab_fault, lab_status, latest_report, run_playbook
+from p3harness import ROOT, lab, lab_fault, lab_status, latest_report, run_playbook
 from p3upstream_harness import lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
 PROFILE = os.path.join(ROOT, "profiles", "p3-upstream.yml")
@@ -90,6 +92,58 @@ def worker_connected():
     want = worker_client_name()
     return any((cl.get("name") or "") == want or (cl.get("name") or "").startswith(want + ":w:")
                for cl in c.client_list())
+
+
+def worker_clients():
+    c = upstream.redis_client(lab_now(), timeout=2)
+    want = worker_client_name()
+    return [cl for cl in c.client_list() if (cl.get("name") or "") == want
+            or (cl.get("name") or "").startswith(want + ":w:")]
+
+
+def worker_gave_up_on_its_block():
+    """What P3's worker looks like once it has idled (read from P3's Redis): blocked in BZPOPMIN with the next
+    BZPOPMIN queued behind it."""
+    cls = worker_clients()
+    return bool(cls) and all("b" in cl["flags"] and int(cl["qbuf"]) > 0 for cl in cls)
+
+
+@contextlib.contextmanager
+def traffic(every=2.0):
+    """P3 with users: one anchor batch through its SDK route every `every` s (what keeps its worker from idling into
+    the stuck state); answers are collected, errors (while P3 restarts) ignored."""
+    target, stop, answers = lab_now(), threading.Event(), []
+
+    def loop():
+        while not stop.is_set():
+            try:
+                answers.append(upstream.submit_batch(target, [{"appId": "p3-recovery-traffic", "event": "t"}],
+                                                     timeout=5)[0])
+            except Exception:  # noqa: BLE001 - P3 restarting
+                answers.append(None)
+            stop.wait(every)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        t.join(10)
+
+
+@contextlib.contextmanager
+def restart_p3_with_traffic():
+    """A fresh P3 (its worker takes jobs) kept busy from its first seconds on (the traffic starts before the
+    restart)."""
+    from p3lablib import supervisor
+
+    target = lab_now()
+    with traffic() as answers:
+        supervisor.ctl(target, "restart", upstream.PROGRAM, timeout=60)
+        upstream.wait_ready(target, 120)
+        assert wait_for(worker_connected, 30)
+        yield answers
 
 
 def canary_completed(rep):
@@ -235,7 +289,6 @@ def test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts(healthy_ups
     """With the bullmq P3's lockfile pins, its anchor worker never starts: the queue is empty and its counts look
     perfect. The playbook must not pass vacuously - it restarts P3 once (the worker lives inside it) and fails
     naming the missing worker and the cause."""
-    from p3harness import lab
     lab("up", "--bullmq", "lockfile", timeout=600)
     try:
         assert not worker_connected()
@@ -263,11 +316,10 @@ def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy
     Working BullMQ: the worker is connected (read from P3's Redis) and diagnose is green. Lockfile BullMQ: no
     worker connection exists, every endpoint still answers, and diagnose names the missing worker as a root cause
     of the runbook's "payments failing" (SEV-2), with restart_app as the recommendation."""
-    from p3harness import lab
     working = str(tmp_path / "working")
     os.makedirs(working)
-    assert wait_for(worker_connected, 30)
-    rep = diagnose_report(working)
+    with restart_p3_with_traffic():  # P3's worker only works while it never idles (deviation row 29)
+        rep = diagnose_report(working)
     checks = dict((c["name"], c) for c in rep["checks"])
     assert checks["anchor_worker"]["healthy"] is True, checks["anchor_worker"]
     assert rep["healthy"] is True, [c for c in rep["checks"] if not c["healthy"]]
@@ -289,3 +341,123 @@ def test_diagnose_names_the_missing_anchor_worker_of_the_lockfile_bullmq(healthy
         assert "p3.recovery.restart_app" in triage["scenarios"], triage
     finally:
         lab("up", "--bullmq", "working", timeout=600)
+
+
+def lab_heal():
+    lab("heal", timeout=300)
+
+
+def drift(report_dir, check=False, **extra):
+    """drift_check with the upstream profile: (run, report). The lab has no mesh peers (NO_PEERS), so the
+    runbook's 10-peer threshold is the lab's 0."""
+    r = run("drift_check.yml", report_dir, check=check, p3_alert_min_mesh_peers=0, **extra)
+    rep = latest_report(report_dir, "drift_check")
+    assert rep, r.stdout[-3000:]
+    return r, rep, dict((a["name"], a) for a in rep["alerts"])
+
+
+def test_drift_check_on_p3_measures_every_alert_and_fires_on_the_fault(healthy_upstream, tmp_path):
+    """drift_check against P3's real services. Healthy P3: every alert measured (none unknown - P3's standalone
+    Redis reports its memory like a cluster node), none firing, values as read from P3's database and Redis here;
+    read-only (nothing changes, so check mode and a second run alike report changed: false). db-exhaustion: the
+    database_connection_high alert fires with the real usage. app-down: the app's alerts cannot be measured and
+    say so (unknown, not OK). drift_check is read-only: check mode evaluates the same alerts."""
+    target = lab_now()
+    healthy_dir = str(tmp_path / "healthy")
+    os.makedirs(healthy_dir)
+    r, rep, alerts = drift(healthy_dir)
+    assert r.rc == 0 and total_changed(r) == 0, r.stdout[-3000:]
+    assert rep["healthy"] is True and rep["unknown"] == [] and rep["firing"] == [], alerts
+    c = upstream.redis_client(target, timeout=2)
+    assert alerts["anchor_queue_backup"]["value"] == c.llen("bull:anchor-batch:us:wait")
+    mem = c.info("memory")
+    assert 0 < alerts["redis_memory_high"]["value"] <= 100.0 * mem["used_memory"] * 2 / (
+        mem["maxmemory"] or mem["total_system_memory"])
+    conns, max_conns = p3_query(target, "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client "
+                                     "backend'), current_setting('max_connections')::int")[0]
+    assert abs(alerts["database_connection_high"]["value"] - 100.0 * conns / max_conns) <= 100.0 * 3 / max_conns
+
+    rec = lab_fault("db-exhaustion")
+    leaked = lambda: p3_query(target, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'p3-lab-leak'")[0][0]  # noqa: E731
+    held = leaked()
+    assert held > 0, rec
+    fault_dir = str(tmp_path / "db")
+    os.makedirs(fault_dir)
+    r, rep, alerts = drift(fault_dir, check=True)
+    assert r.rc != 0, r.stdout[-3000:]  # a scheduled check fails the job when an alert fires
+    assert rep["firing"] == ["database_connection_high"], alerts
+    assert alerts["database_connection_high"]["value"] > 80
+    assert rep["next"] == ["p3.recovery.recover_database"]
+    assert total_changed(r) == 0 and leaked() == held  # read-only: it terminates nothing
+
+    lab_heal()
+    lab_fault("app-down")
+    down_dir = str(tmp_path / "down")
+    os.makedirs(down_dir)
+    r, rep, alerts = drift(down_dir)
+    assert r.rc != 0, r.stdout[-3000:]
+    assert {"session_auth_failure_rate", "mesh_peer_count_low"} <= set(rep["unknown"]), alerts
+    assert alerts["database_connection_high"]["firing"] is False and alerts["anchor_queue_backup"]["firing"] is False
+
+
+def test_recover_redis_on_p3s_standalone_redis_master_down(healthy_upstream, report_dir):
+    """redis-master-down on the Redis P3 really uses (one standalone master, no replica): recover_redis has nothing
+    to promote and fails in one line naming the node and the cause, changing nothing (check mode alike). Once the
+    operator has started Redis again, recover_redis finds it serving (changed: false) - and it is the truth about
+    Redis only: P3's Redis clients gave up during the outage, so the SDK anchor route still answers 500. The anchor
+    playbook restarts P3 and a new job completes; the handshake and a DB-backed call work."""
+    target = lab_now()
+    lab_fault("redis-master-down")
+    pid = app_pid()
+    node = "127.0.0.1:%d" % target.p3redis_port
+    for check in (True, False):
+        r = run("recover_redis.yml", report_dir, check=check)
+        assert r.rc != 0 and total_changed(r) == 0, r.stdout[-3000:]
+        msg = r.result("Fail with the cause")["msg"]
+        assert "\n" not in msg and node in msg and "connection refused" in msg, msg
+        assert not upstream.redis_up(target) and app_pid() == pid
+    upstream.start_redis(target)  # what the operator does for a dead standalone master
+    assert wait_for(lambda: upstream.redis_up(target), 10)
+    r = run("recover_redis.yml", report_dir)
+    assert r.rc == 0 and total_changed(r) == 0, r.stdout[-3000:]
+    assert report(r, "p3_recover_redis")["healthy"] is True
+    code, body = upstream.submit_batch(target, [{"appId": "p3-recovery-test", "event": "after-redis"}], timeout=10)
+    assert code == 500, (code, body)  # P3's clients gave up during the outage: Redis is back, P3 is not
+    r = run("recover_anchor.yml", report_dir)
+    assert r.rc == 0, r.stdout[-3000:]
+    assert app_pid() != pid and worker_connected()
+    canary_completed(report(r, "p3_recover_anchor"))
+    db_backed_call_writes_outbox()
+    code, body = upstream.api(target, "POST", "/api/protocol/v2/session/handshake", {"clientId": "t"}, timeout=10)
+    assert code == 200 and body.get("sessionId")
+
+
+def test_p3s_idle_worker_is_seen_stuck_and_a_working_one_is_left_alone(healthy_upstream, report_dir, tmp_path):
+    """Deviation row 29 on P3's own server: once its worker has idled, it is connected and takes no job. diagnose
+    names it (anchor_worker stuck, SEV-2, restart_app) and recover_anchor --check selects the restart the real run
+    makes (read-only signs: no canary in check mode), restarting nothing. The real run restarts P3 and a new job
+    completes. A P3 whose worker really works (users keep it busy) is left alone: a second run changes nothing."""
+    assert wait_for(worker_gave_up_on_its_block, 40), worker_clients()
+    jobs = str(tmp_path / "idle")
+    os.makedirs(jobs)
+    rep = diagnose_report(jobs)
+    checks = dict((c["name"], c) for c in rep["checks"])
+    assert checks["anchor_worker"]["healthy"] is False, checks["anchor_worker"]
+    assert "anchor worker stuck" in checks["anchor_worker"]["reason"], checks["anchor_worker"]
+    assert "anchor_worker" in rep["triage"]["root_causes"] and rep["triage"]["severity"] == "SEV-2", rep["triage"]
+    assert "p3.recovery.restart_app" in rep["triage"]["scenarios"], rep["triage"]
+    pid = app_pid()
+    r = run("recover_anchor.yml", report_dir, check=True)
+    assert r.rc == 0, r.stdout[-3000:]
+    assert "takes no job" in r.result("Decide - what to do")["msg"]
+    assert app_pid() == pid and worker_gave_up_on_its_block()  # check mode restarted nothing
+    with traffic() as answers:  # users arrive: their jobs wait until the restart, then flow
+        r = run("recover_anchor.yml", report_dir)
+        assert r.rc == 0, r.stdout[-3000:]
+        assert app_pid() != pid and report(r, "p3_recover_anchor")["actions"]["restart"]["hosts"] == ["p3-lab-app"]
+        canary_completed(report(r, "p3_recover_anchor"))
+        pid = app_pid()
+        r2 = run("recover_anchor.yml", report_dir)
+        assert r2.rc == 0 and total_changed(r2) == 0, r2.changed_tasks()
+        assert app_pid() == pid
+    assert answers.count(200) >= 3, answers
