@@ -15,6 +15,9 @@ INVENTORY=$LAB_DIR/inventory.yml
 SECRETS=(-e "@$LAB_DIR/lab-secrets.yml")
 # DEMO_ARGS: more ansible-playbook arguments for every step (e.g. -e p3_fail_on_unhealthy=true); no secrets here.
 read -r -a EXTRA <<<"${DEMO_ARGS:-}"
+# One incident per demo (its runs share one timeline and one postmortem), as an operator or AWX names it; without
+# an id the incident callback would continue an incident an earlier demo left open on the same lab.
+EXTRA=(-e "p3_incident_id=demo-$FAULT-$(date -u +%Y%m%dT%H%M%SZ)" ${EXTRA[@]+"${EXTRA[@]}"})
 LOGS=${DEMO_LOG_DIR:-reports}
 mkdir -p "$LOGS"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
