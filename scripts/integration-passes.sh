@@ -24,6 +24,7 @@ declare -A PASS_LAB_DIRS=(
   [integration]="${P3LAB_DIR:-$ROOT/.lab}"
   [integration-a]="${P3LAB_DIR:-$ROOT/.lab}"
   [integration-b]="$ROOT/.state/lab-b"
+  [integration-c]="$ROOT/.state/lab-c"
   [integration-valkey]="$ROOT/.state/lab-valkey"
   [integration-upstream]="$ROOT/.state/lab-upstream"
 )
