@@ -1,16 +1,20 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, P3 Recovery maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Pure transforms of the database scenario (role p3.recovery.database): input checks with one-line messages,
-and the pool arithmetic (app instances x pool max against max_connections) reported as a recommendation."""
+"""Pure transforms of the database scenario (role p3.recovery.database): input checks with one-line messages, the
+decision (database_decision: terminate or not, scoped how) and the restart choice after the terminate
+(database_restart), the pool arithmetic (app instances x pool max against max_connections) reported as a
+recommendation, and the report's verdict. Each filter is documented in its <name>.yml."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import one_line as _one_line
-from ansible_collections.p3.recovery.plugins.plugin_utils.inputs import fmt as _fmt, input_errors, number as _number
+import re
+
+from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import one_line
+from ansible_collections.p3.recovery.plugins.plugin_utils.inputs import fmt as _fmt, input_errors, number as _number
 
 STATES = ["active", "idle", "idle in transaction", "idle in transaction (aborted)", "fastpath function call"]
 RESTART_MODES = ["never", "auto", "always"]
@@ -168,6 +172,80 @@ def database_outcome(report):
     return dict(healthy=healthy, changed=changed, reason=one_line(reason, 1000), summary=summary)
 
 
+def _on(settings, name):
+    return boolean(settings.get(name, False), strict=False)
+
+
+def database_decision(seen, settings):
+    """What the database role does, from the postgres_activity result before the act (seen).
+
+    settings: max_usage_pct, force, include_users (the role's p3_db_* variables). Returns exhausted, act, cause
+    (connection_limit, max_connections or None), include_users, include_databases and why (one line).
+    A role or database at (or near) its own CONNECTION LIMIT while max_connections is not exhausted: the terminate
+    is scoped to that role (include_users) or, when no role is limited, to that database (include_databases)."""
+    seen = seen or {}
+    settings = settings or {}
+    limited = seen.get("limited") or {"roles": [], "databases": []}
+    roles = list(limited.get("roles") or [])
+    databases = list(limited.get("databases") or [])
+    usage = seen.get("usage_pct")
+    threshold = settings.get("max_usage_pct")
+    over_max = float(usage or 0) >= float(threshold)
+    limit_scope = (not over_max) and bool(roles or databases)
+    healthy = bool(seen.get("healthy"))
+    force = _on(settings, "force")
+    include_users = list(settings.get("include_users") or [])
+    if limit_scope:
+        why = "%s: terminate per policy, only backends of %s" % (
+            re.sub(" on [^;]*;.*$", "", str(seen.get("reason") or "")),
+            ("role " + ", ".join(roles)) if roles else ("database " + ", ".join(databases)))
+    elif not healthy:
+        why = "usage %s%% >= %s%%: terminate per policy" % (usage, threshold)
+    elif force:
+        why = "usage %s%% < %s%%, p3_db_force: terminate per policy anyway" % (usage, threshold)
+    else:
+        why = "usage %s%% < %s%%: nothing to do" % (usage, threshold)
+    return dict(
+        exhausted=not healthy,
+        act=(not healthy) or force,
+        cause="connection_limit" if limit_scope else ("max_connections" if over_max else None),
+        include_users=include_users if (include_users or not limit_scope) else roles,
+        include_databases=databases if limit_scope and not roles else [],
+        why=why,
+    )
+
+
+def database_restart(decision, settled, settings):
+    """Restart the app hosts or not, after the terminate and the settle probe: wanted, app_after_terminate, why.
+
+    decision: the database_decision; settled: the app_probe result right after the terminate ({skipped: true} when
+    it did not run); settings: restart_app (never, auto, always), check_mode, settle_timeout."""
+    decision = decision or {}
+    settled = settled or {"skipped": True}
+    settings = settings or {}
+    mode = settings.get("restart_app")
+    act = bool(decision.get("act"))
+    check_mode = _on(settings, "check_mode")
+    after = None if settled.get("skipped") else settled.get("healthy")
+    wanted = (not check_mode) and act and (mode == "always" or (mode == "auto" and after is False))
+    if mode == "never":
+        why = "p3_db_restart_app=never"
+    elif not act:
+        why = "nothing was done"
+    elif check_mode:
+        why = "check mode"
+    elif mode == "always":
+        why = "p3_db_restart_app=always"
+    elif after is False:
+        why = "app still unhealthy %s s after the terminate: %s" % (settings.get("settle_timeout"),
+                                                                     settled.get("reason") or "")
+    elif after:
+        why = "app healthy again without a restart"
+    else:
+        why = "app health not checked (p3_db_app_check=false)"
+    return dict(wanted=wanted, app_after_terminate=after, why=why)
+
+
 def database_report(body):
     """The report body with its verdict: healthy, changed and reason (see database_outcome)."""
     out = dict(body)
@@ -179,8 +257,10 @@ def database_report(body):
 class FilterModule(object):
     def filters(self):
         return {
+            "database_decision": database_decision,
             "database_input_errors": database_input_errors,
             "database_outcome": database_outcome,
             "database_report": database_report,
+            "database_restart": database_restart,
             "pool_budget": pool_budget,
         }

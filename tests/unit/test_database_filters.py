@@ -119,3 +119,79 @@ def test_outcome_when_nothing_matched_says_how_to_widen_the_policy():
                      restart=dict(hosts=[]))))
     assert out["healthy"] is False and out["changed"] is False
     assert "17 too young" in out["reason"] and "widen it (p3_db_min_age_seconds" in out["reason"]
+
+
+# database_decision / database_restart: golden cases of the Jinja they replaced (roles/database/vars/main.yml),
+# checked against it over 8640 combinations (seen x force x include_users x restart mode x check mode x settle probe)
+# rendered by ansible-core's Templar before the move.
+database_decision = db.database_decision
+database_restart = db.database_restart
+
+DEC = dict(max_usage_pct=80, force=False, include_users=[])
+
+
+def test_decision_over_max_connections_terminates_per_policy():
+    d = database_decision(dict(healthy=False, usage_pct=93.3, limited=None, reason="x"), DEC)
+    assert d == dict(exhausted=True, act=True, cause="max_connections", include_users=[], include_databases=[],
+                     why="usage 93.3% >= 80%: terminate per policy")
+
+
+def test_decision_healthy_is_nothing_to_do_and_force_acts_anyway():
+    seen = dict(healthy=True, usage_pct=12.5, limited={"roles": [], "databases": []}, reason="ok")
+    d = database_decision(seen, DEC)
+    assert (d["act"], d["cause"], d["why"]) == (False, None, "usage 12.5% < 80%: nothing to do")
+    d = database_decision(seen, dict(DEC, force="yes"))
+    assert d["act"] is True and d["exhausted"] is False
+    assert d["why"] == "usage 12.5% < 80%, p3_db_force: terminate per policy anyway"
+
+
+def test_decision_a_limited_role_scopes_the_terminate_to_it():
+    seen = dict(healthy=False, usage_pct=12.5, limited={"roles": ["app"], "databases": ["p3"]},
+                reason="role app at 9/10 on 127.0.0.1:5432; more")
+    d = database_decision(seen, DEC)
+    assert d["cause"] == "connection_limit" and d["include_users"] == ["app"] and d["include_databases"] == []
+    assert d["why"] == "role app at 9/10: terminate per policy, only backends of role app"
+    # the operator's own list wins over the limited roles
+    assert database_decision(seen, dict(DEC, include_users=["ops"]))["include_users"] == ["ops"]
+
+
+def test_decision_a_limited_database_scopes_when_no_role_is_limited():
+    seen = dict(healthy=False, usage_pct=12.5, limited={"roles": [], "databases": ["p3"]}, reason="database p3 full")
+    d = database_decision(seen, DEC)
+    assert d["include_databases"] == ["p3"] and d["include_users"] == []
+    assert d["why"] == "database p3 full: terminate per policy, only backends of database p3"
+
+
+def test_decision_over_max_wins_over_a_limited_role():
+    seen = dict(healthy=False, usage_pct=80, limited={"roles": ["app"], "databases": []}, reason="r")
+    d = database_decision(seen, DEC)
+    assert d["cause"] == "max_connections" and d["include_users"] == [] and d["include_databases"] == []
+
+
+RST = dict(restart_app="auto", check_mode=False, settle_timeout=20)
+ACT = dict(act=True)
+
+
+def test_restart_auto_only_when_the_app_is_still_unhealthy():
+    r = database_restart(ACT, {"healthy": False, "reason": "still 500"}, RST)
+    assert r == dict(wanted=True, app_after_terminate=False,
+                     why="app still unhealthy 20 s after the terminate: still 500")
+    r = database_restart(ACT, {"healthy": True, "reason": "ok"}, RST)
+    assert r == dict(wanted=False, app_after_terminate=True, why="app healthy again without a restart")
+    r = database_restart(ACT, {"skipped": True}, RST)
+    assert r == dict(wanted=False, app_after_terminate=None, why="app health not checked (p3_db_app_check=false)")
+
+
+def test_restart_never_always_nothing_done_and_check_mode():
+    unhealthy = {"healthy": False, "reason": "x"}
+    assert database_restart(ACT, unhealthy, dict(RST, restart_app="never")) == dict(
+        wanted=False, app_after_terminate=False, why="p3_db_restart_app=never")
+    assert database_restart(ACT, {"healthy": True}, dict(RST, restart_app="always"))["wanted"] is True
+    assert database_restart(dict(act=False), unhealthy, dict(RST, restart_app="always"))["why"] == "nothing was done"
+    r = database_restart(ACT, unhealthy, dict(RST, check_mode=True))
+    assert r["wanted"] is False and r["why"] == "check mode"
+
+
+def test_decision_filters_registered():
+    filters = db.FilterModule().filters()
+    assert filters["database_decision"] is database_decision and filters["database_restart"] is database_restart

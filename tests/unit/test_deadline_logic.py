@@ -1,6 +1,7 @@
 """Total deadlines of pure client code: an HTTP body dribbled one byte at a time, a backtracking pattern.
 (The integration tests in tests/integration/test_deadlines.py run the modules against the same peers and a
 frozen postmaster.) Bounds here are hang guards far above the deadline, never exact timings."""
+import re
 import socket
 import threading
 import time
@@ -175,8 +176,10 @@ def test_pg_name_resolution_is_bounded_by_the_connect_timeout():
         pc.resolve_hosts(client.conninfo, time.monotonic() + 0.5, resolver=blocking, target=client.target)
     release.set()
     assert time.monotonic() - t0 < 5  # hang guard
-    assert e.value.msg == ("cannot connect to db.example.internal:5432: name resolution of db.example.internal "
-                           "timed out after 0.5s")
+    # the time left of the 0.5 s deadline when resolving started (a loaded machine spends a few ms before it)
+    m = re.match(r"cannot connect to db\.example\.internal:5432: name resolution of db\.example\.internal "
+                 r"timed out after ([0-9.]+)s$", e.value.msg)
+    assert m and 0.3 <= float(m.group(1)) <= 0.5, e.value.msg
 
 
 def test_pg_hosts_resolved_to_hostaddr_keeping_host():
