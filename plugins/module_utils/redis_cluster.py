@@ -1285,26 +1285,35 @@ def run_slot_repair(settings, topology, plan, wait_timeout=30.0, migrate_timeout
         for f in plan.get("view_fixes") or ():
             expected.append((f["owner_id"], set(f["slots"])))
         _push_owners(nodes, topology, expected, timeline)
-        t0 = time.monotonic()
-        deadline = t0 + wait_timeout
-        while True:
-            behind = _behind(nodes, views_of(nodes, watch), expected)
-            if not behind:
-                break
-            if time.monotonic() >= deadline:
-                lagging = "; ".join("%s %s" % item for item in sorted(behind.items()))
-                raise P3Error("slot repair did not converge within %ss: %s (slot ownership reaches the other nodes "
-                              "by heartbeat, at least every cluster-node-timeout/2; raise wait_timeout if that is "
-                              "longer)" % (num_text(wait_timeout), lagging), timeline=timeline)
-            time.sleep(POLL)
+        took = _wait_until_agreed(nodes, watch, expected, wait_timeout, timeline, "slot repair",
+                                  " (slot ownership reaches the other nodes by heartbeat, at least every "
+                                  "cluster-node-timeout/2; raise wait_timeout if that is longer)")
         if plan["assign"] or topology["open_slots"]:
             timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees and says "
-                                           "cluster_state:ok after %ss" % round(time.monotonic() - t0, 3)))
+                                           "cluster_state:ok after %ss" % took))
     except DeadlineExceeded as e:
         raise _progress(e, timeline=timeline)
     finally:
         nodes.close()
     return timeline
+
+
+
+def _wait_until_agreed(nodes, watch, expected, wait_timeout, timeline, what, hint=""):
+    """Poll every watched node until each says cluster_state:ok and sees the expected owner of every slot of
+    expected ([(owner id, slots)]); returns the seconds it took. P3Error (with the timeline) naming the nodes still
+    behind once wait_timeout has passed."""
+    t0 = time.monotonic()
+    deadline = t0 + wait_timeout
+    while True:
+        behind = _behind(nodes, views_of(nodes, watch), expected)
+        if not behind:
+            return round(time.monotonic() - t0, 3)
+        if time.monotonic() >= deadline:
+            lagging = "; ".join("%s %s" % item for item in sorted(behind.items()))
+            raise P3Error("%s did not converge within %ss: %s%s" % (what, num_text(wait_timeout), lagging, hint),
+                          timeline=timeline)
+        time.sleep(POLL)
 
 
 def _behind(nodes, views, expected):
@@ -1881,18 +1890,9 @@ def run_reshape(settings, read, plan, designed_replicas=1, wait_timeout=30.0, mi
             _move_slots(settings, nodes, topology, m, timeline, migrate_timeout_ms)
             expected.append((m["dst_id"], set(m["slots"])))
         if expected:
-            t0 = time.monotonic()
-            deadline = t0 + wait_timeout
-            while True:
-                behind = _behind(nodes, views_of(nodes, watch), expected)
-                if not behind:
-                    break
-                if time.monotonic() >= deadline:
-                    raise P3Error("reshard did not converge within %ss: %s" % (num_text(wait_timeout), "; ".join(
-                        "%s %s" % item for item in sorted(behind.items()))), timeline=timeline)
-                time.sleep(POLL)
+            took = _wait_until_agreed(nodes, watch, expected, wait_timeout, timeline, "reshard")
             timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees on the moved slots "
-                                           "and says cluster_state:ok after %ss" % round(time.monotonic() - t0, 3)))
+                                           "and says cluster_state:ok after %ss" % took))
         topology = read()
         steps = plan_replica_balance(topology, designed_replicas)
         if steps:

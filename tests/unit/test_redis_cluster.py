@@ -573,3 +573,20 @@ def test_standalone_nodes_report_memory_like_cluster_nodes():
     rec["memory"]["maxmemory"] = 2097152
     node = cl.build_topology({"h:1": rec})["nodes"][0]
     assert node["memory_pct"] == 50.0 and redis_memory_usage(cl.build_topology({"h:1": rec}))["value"] == 50.0
+
+
+def test_wait_until_agreed_names_the_nodes_behind_at_the_deadline(monkeypatch):
+    """The one convergence wait of slot repair and reshard: returns the seconds it took once no node is behind;
+    at the deadline, one line naming each node still behind (and the caller's hint), with the timeline."""
+    behind = [{"h:2": "slot 5 -> a (sees b)"}, {}]
+    monkeypatch.setattr(cl, "views_of", lambda nodes, watch: {})
+    monkeypatch.setattr(cl, "_behind", lambda nodes, views, expected: behind.pop(0))
+    monkeypatch.setattr(cl, "POLL", 0.01)
+    took = cl._wait_until_agreed(None, [], [("a", {5})], 5, [], "reshard")
+    assert isinstance(took, float) and 0 <= took < 5
+    monkeypatch.setattr(cl, "_behind", lambda nodes, views, expected: {"h:2": "slot 5 -> a (sees b)"})
+    timeline = [{"action": "setslot"}]
+    with pytest.raises(P3Error) as e:
+        cl._wait_until_agreed(None, [], [("a", {5})], 0, timeline, "slot repair", " (raise wait_timeout)")
+    assert e.value.msg == "slot repair did not converge within 0s: h:2 slot 5 -> a (sees b) (raise wait_timeout)"
+    assert e.value.details["timeline"] is timeline
