@@ -237,8 +237,8 @@ def database_restart(decision, settled, settings):
     elif mode == "always":
         why = "p3_db_restart_app=always"
     elif after is False:
-        why = "app still unhealthy %s s after the terminate: %s" % (settings.get("settle_timeout"),
-                                                                     settled.get("reason") or "")
+        why = "app still unhealthy %s s after the terminate: %s" % (
+            settings.get("settle_timeout"), settled.get("reason") or "")
     elif after:
         why = "app healthy again without a restart"
     else:

@@ -1298,7 +1298,6 @@ def run_slot_repair(settings, topology, plan, wait_timeout=30.0, migrate_timeout
     return timeline
 
 
-
 def _wait_until_agreed(nodes, watch, expected, wait_timeout, timeline, what, hint=""):
     """Poll every watched node until each says cluster_state:ok and sees the expected owner of every slot of
     expected ([(owner id, slots)]); returns the seconds it took. P3Error (with the timeline) naming the nodes still
