@@ -10,18 +10,10 @@ __metaclass__ = type
 
 import re
 import time
-import traceback
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import RpcError, WEI_PER_ETH, hex_to_int
 
-ETH_ACCOUNT_IMP_ERR = None
-try:
-    from eth_account import Account
-    HAS_ETH_ACCOUNT = True
-except ImportError:  # pragma: no cover - depends on the environment
-    ETH_ACCOUNT_IMP_ERR = traceback.format_exc()
-    HAS_ETH_ACCOUNT = False
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -146,7 +138,11 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
 
 def load_account(key):
     """eth_account LocalAccount from a hex private key; the message never carries the key."""
-    if not HAS_ETH_ACCOUNT:
+    # Imported here, not at the top: eth_account pulls in py_ecc, whose BLS tables cost seconds of CPU at import,
+    # and every probe imports this file (tests/unit/test_import_cost.py). Only wallet_fund signs.
+    try:
+        from eth_account import Account
+    except ImportError:
         raise P3Error("the eth-account Python library is required (pip install web3)")
     text = str(key or "").strip()
     if not re.match(r"^(0x)?[0-9a-fA-F]{64}$", text):

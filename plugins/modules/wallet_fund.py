@@ -154,12 +154,12 @@ timeline:
   elements: dict
 """
 
+import traceback
+
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.chain import (
-    ETH_ACCOUNT_IMP_ERR,
-    HAS_ETH_ACCOUNT,
     check_address,
     check_thresholds,
     eth,
@@ -171,6 +171,14 @@ from ansible_collections.p3.recovery.plugins.module_utils.chain import (
 )
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, env, fail_clean, num_text, timeline_entry
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import EthereumTarget, ethereum_argument_spec
+
+ETH_ACCOUNT_IMP_ERR = None
+try:
+    import eth_account  # noqa: F401 - the signer (module_utils.chain.load_account); imported only by this module
+    HAS_ETH_ACCOUNT = True
+except ImportError:  # pragma: no cover - depends on the environment
+    ETH_ACCOUNT_IMP_ERR = traceback.format_exc()
+    HAS_ETH_ACCOUNT = False
 
 
 def main():
