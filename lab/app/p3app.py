@@ -1242,8 +1242,30 @@ def setup_logging():
     log.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
+CRASH_MARKER = "app-crash-after"  # in $P3LAB_OWNER (the lab dir): fault app-crashloop
+
+
+def crash_after(env=os.environ):
+    """Seconds after which this process exits (fault app-crashloop: an app that dies again right after its
+    restart), from $P3LAB_OWNER/app-crash-after; None when there is no such fault."""
+    owner = env.get("P3LAB_OWNER")
+    if not owner:
+        return None
+    try:
+        with open(os.path.join(owner, CRASH_MARKER)) as fh:
+            return float(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 def main():
     setup_logging()
+    crash = crash_after()
+    if crash:
+        import threading
+
+        log.warning("fault app-crashloop: this process exits in %.1f s", crash)
+        threading.Timer(crash, os._exit, args=(3,)).start()
     cfg = Config()
     p3 = P3App(cfg)
     web.run_app(p3.build(), host=cfg.host, port=cfg.port, access_log=None, print=None,
