@@ -185,12 +185,12 @@ def test_the_app_over_https_with_a_private_ca(lab_up, tls_lab, tmp_path, invento
 
     run = diagnose(tls_lab["ca_cert"])
     assert run.rc == 0, run.stdout[-3000:]
-    app = checks(latest_report(str(tmp_path / "reports"), "diagnose"))["app"]
+    app = checks(latest_report(str(tmp_path / "reports"), "diagnose"))["health"]
     assert app["healthy"] is True, app
 
     run = diagnose(tls_lab["other_ca_cert"])
     assert run.rc != 0 and "Traceback" not in run.stdout, run.stdout[-3000:]
-    app = checks(latest_report(str(tmp_path / "reports"), "diagnose"))["app"]
+    app = checks(latest_report(str(tmp_path / "reports"), "diagnose"))["health"]
     reason = app["reason"]
     assert app["healthy"] is False and "\n" not in reason, app
     assert "certificate verification failed" in reason and url.split("//")[1] in reason, reason
