@@ -1261,14 +1261,17 @@ def crash_after(env=os.environ):
 def main():
     setup_logging()
     crash = crash_after()
-    if crash:
-        import threading
-
-        log.warning("fault app-crashloop: this process exits in %.1f s", crash)
-        threading.Timer(crash, os._exit, args=(3,)).start()
     cfg = Config()
     p3 = P3App(cfg)
-    web.run_app(p3.build(), host=cfg.host, port=cfg.port, access_log=None, print=None,
+    app = p3.build()
+    if crash:
+        async def crash_later(_app):
+            # counted from the last startup hook (the app listens right after), so it serves for about `crash` s
+            log.warning("fault app-crashloop: this process exits in %.1f s", crash)
+            asyncio.get_running_loop().call_later(crash, os._exit, 3)
+
+        app.on_startup.append(crash_later)
+    web.run_app(app, host=cfg.host, port=cfg.port, access_log=None, print=None,
                 shutdown_timeout=3)
 
 

@@ -16,7 +16,7 @@ from .status import scan_sessions, session_ok
 
 FAULTS = ["db-exhaustion", "redis-master-down", "redis-slots-uncovered", "sessions-corrupt", "mesh-down",
           "anchor-backlog", "anchor-worker-down", "wallet-empty", "app-down", "app-crashloop"]
-CRASH_AFTER = 3.0  # seconds an app started under fault app-crashloop lives
+CRASH_AFTER = 12.0  # seconds an app started under fault app-crashloop serves before it exits
 SLOT_BLOCK = 100
 
 
@@ -527,8 +527,8 @@ def crash_marker(lab):
 
 def app_crashloop(lab):
     """An app that crashes again right after its restart: every start of the lab app (instance 1) exits CRASH_AFTER
-    seconds later (lab/app/p3app.py reads the marker $P3LAB_DIR/app-crash-after), and the running one is killed now
-    (supervisor leaves it EXITED). `heal` removes the marker."""
+    seconds after it starts serving (lab/app/p3app.py reads the marker $P3LAB_DIR/app-crash-after), and the running
+    one is killed now (supervisor leaves it EXITED). `heal` removes the marker."""
     with open(crash_marker(lab), "w") as fh:
         fh.write("%s\n" % CRASH_AFTER)
     down = app_down(lab)
