@@ -52,7 +52,9 @@ TEMPLATES = [
      # how each host restarts its app is inventory (host vars); an extra var would override every host's
      "exclude": ["p3_restart_backend", "p3_supervisorctl", "p3_supervisor_conf", "p3_supervisor_program",
                  "p3_supervisor_update", "p3_systemd_unit", "p3_restart_command", "p3_app_health_url",
-                 "p3_app_health_status", "p3_restart_validate_certs", "p3_restart_headers"]},
+                 "p3_app_health_status", "p3_restart_validate_certs", "p3_restart_headers",
+                 # the playbook passes its own lock of the app fleet
+                 "p3_restart_lock_resource"]},
     {"name": "P3 drift_check", "slug": "drift_check", "role": "drift_check", "entry": "main"},
     # recover_all: the destructive gates and caps of its stages, not every option of five roles (those stay extra
     # variables, as on the command line).

@@ -1242,11 +1242,36 @@ def setup_logging():
     log.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
+CRASH_MARKER = "app-crash-after"  # in $P3LAB_OWNER (the lab dir): fault app-crashloop
+
+
+def crash_after(env=os.environ):
+    """Seconds after which this process exits (fault app-crashloop: an app that dies again right after its
+    restart), from $P3LAB_OWNER/app-crash-after; None when there is no such fault."""
+    owner = env.get("P3LAB_OWNER")
+    if not owner:
+        return None
+    try:
+        with open(os.path.join(owner, CRASH_MARKER)) as fh:
+            return float(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 def main():
     setup_logging()
+    crash = crash_after()
     cfg = Config()
     p3 = P3App(cfg)
-    web.run_app(p3.build(), host=cfg.host, port=cfg.port, access_log=None, print=None,
+    app = p3.build()
+    if crash:
+        async def crash_later(_app):
+            # counted from the last startup hook (the app listens right after), so it serves for about `crash` s
+            log.warning("fault app-crashloop: this process exits in %.1f s", crash)
+            asyncio.get_running_loop().call_later(crash, os._exit, 3)
+
+        app.on_startup.append(crash_later)
+    web.run_app(app, host=cfg.host, port=cfg.port, access_log=None, print=None,
                 shutdown_timeout=3)
 
 

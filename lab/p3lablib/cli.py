@@ -44,7 +44,8 @@ def parser():
     sub.add_parser("heal", help="undo every fault and wait until the lab is healthy")
     sub.add_parser("prepare-upstream", help="install P3's npm dependencies (both BullMQ variants) into the cache "
                                             "that `up --app upstream` uses (make setup-upstream)")
-    sub.add_parser("tls-up", help="start the small TLS lab (private CA, TLS-only Redis Cluster, SSL-only PostgreSQL) "
+    sub.add_parser("tls-up", help="start the small TLS lab (private CA, TLS-only Redis Cluster, SSL-only PostgreSQL, "
+                                  "the app over HTTPS on +620) "
                                   "in $P3LAB_TLS_DIR (default <repo>/.state/lab-tls), ports P3LAB_BASE_PORT+600")
     td = sub.add_parser("tls-down", help="stop the TLS lab")
     td.add_argument("--purge", action="store_true", help="also delete its dir (certificates included)")

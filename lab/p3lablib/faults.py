@@ -15,7 +15,8 @@ from .common import (BULL_PREFIX, BULL_QUEUE, REPO, VENV_PY, LabError, http, kil
 from .status import scan_sessions, session_ok
 
 FAULTS = ["db-exhaustion", "redis-master-down", "redis-slots-uncovered", "sessions-corrupt", "mesh-down",
-          "anchor-backlog", "anchor-worker-down", "wallet-empty", "app-down"]
+          "anchor-backlog", "anchor-worker-down", "wallet-empty", "app-down", "app-crashloop"]
+CRASH_AFTER = 12.0  # seconds an app started under fault app-crashloop serves before it exits
 SLOT_BLOCK = 100
 
 
@@ -520,6 +521,23 @@ def app_down(lab, program=None):
     return rec
 
 
+def crash_marker(lab):
+    return os.path.join(lab.dir, "app-crash-after")
+
+
+def app_crashloop(lab):
+    """An app that crashes again right after its restart: every start of the lab app (instance 1) exits CRASH_AFTER
+    seconds after it starts serving (lab/app/p3app.py reads the marker $P3LAB_DIR/app-crash-after), and the running
+    one is killed now (supervisor leaves it EXITED). `heal` removes the marker."""
+    with open(crash_marker(lab), "w") as fh:
+        fh.write("%s\n" % CRASH_AFTER)
+    down = app_down(lab)
+    rec = dict(down, fault="app-crashloop", crash_after_s=CRASH_AFTER)
+    faults = read_json(lab.faults_json, []) or []
+    write_json(lab.faults_json, [rec if f == down else f for f in faults])
+    return rec
+
+
 def inject(lab, name):
     if lab.upstream:  # P3 Protocol's own server (lab/p3lablib/upstream_faults.py)
         from .upstream_faults import inject as inject_upstream
@@ -537,6 +555,7 @@ def inject(lab, name):
         "anchor-worker-down": anchor_worker_down,
         "wallet-empty": wallet_empty,
         "app-down": app_down,
+        "app-crashloop": app_crashloop,
     }[name]
     return fn(lab)
 

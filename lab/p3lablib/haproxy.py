@@ -115,6 +115,32 @@ def servers(lab):
     return out
 
 
+ADMIN_STATES = {0: "ready", 8: "drain"}  # srv_admin_state bits: 0x01/0x02/0x04 maintenance, 0x08 drain
+
+
+def admin_states(lab):
+    """{server: "ready" | "drain" | "maint"} from `show servers state`; {} when HAProxy does not answer."""
+    try:
+        text = command(lab, "show servers state %s" % BACKEND)
+    except OSError:
+        return {}
+    out = {}
+    for ln in text.splitlines():
+        f = ln.split()
+        if len(f) > 6 and f[0].isdigit() and f[1] == BACKEND:
+            bits = int(f[6])
+            out[f[3]] = ADMIN_STATES.get(bits, "maint" if bits & 0x07 else "drain")
+    return out
+
+
+def fleet(lab):
+    """Every server of the backend: {server: {"status" (checks: UP/DOWN/...), "admin" (ready/drain/maint), "scur"}}."""
+    stat, admin = servers(lab), admin_states(lab)
+    return dict((name, {"status": stat.get(name, {}).get("status"), "admin": admin.get(name),
+                        "scur": stat.get(name, {}).get("scur")})
+                for name in sorted(set(stat) | set(admin)))
+
+
 def all_up(lab):
     srv = servers(lab)
     return len(srv) == len(lab.app_ports) and all(v["status"] == "UP" for v in srv.values())

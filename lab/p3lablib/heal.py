@@ -7,7 +7,7 @@ import time
 
 from . import anvil, pg, rediscluster, status
 from .common import ONE_ETH, LabError, http, kill, live_pid, pid_alive, read_json, wait_until, write_json
-from .faults import failed_jobs, holder_pids, peers, waiting
+from .faults import crash_marker, failed_jobs, holder_pids, peers, waiting
 from .stack import Deadline, check_binaries, preflight_ports, start_infra, write_state
 
 
@@ -115,6 +115,11 @@ def heal(lab):
     faults = read_json(lab.faults_json, []) or []
     actions = []
 
+    # 0. fault app-crashloop: the app may start and stay up again
+    if os.path.exists(crash_marker(lab)):
+        os.unlink(crash_marker(lab))
+        actions.append("removed the app-crashloop marker")
+
     # 1. the db connection holder goes first (it would re-grab freed slots)
     for pid in holder_pids(lab):
         kill(pid, signal.SIGKILL)
@@ -194,6 +199,19 @@ def heal(lab):
     if not wait_until(healthy, dl.left(60), 0.25):
         code, body = http("GET", lab.app_url + "/health", timeout=2)
         raise LabError("the app is still unhealthy: %s %s (see %s)" % (code, body, lab.app_log))
+
+    # 7b. with --app-instances N: every HAProxy server back in rotation (a drain or maintenance left by an operator or
+    # by a restart whose health gate failed), and seen up by HAProxy's own checks
+    if lab.lb_url:
+        from . import haproxy
+
+        left = [n for n, a in haproxy.admin_states(lab).items() if a != "ready"]
+        for name in left:
+            haproxy.command(lab, "set server %s/%s state ready" % (haproxy.BACKEND, name))
+        if left:
+            actions.append("haproxy: %s set ready" % ", ".join(sorted(left)))
+        if not wait_until(lambda: haproxy.all_up(lab), dl.left(30), 0.25):
+            raise LabError("haproxy does not see every app instance up: %s" % haproxy.servers(lab))
 
     # 8. the anchor worker
     code, body = http("POST", lab.app_url + "/_lab/anchor/resume", {}, timeout=15)

@@ -189,6 +189,15 @@ def _app(lab):
     return {"app": app}
 
 
+def _lb(lab):
+    """HAProxy's view of the fleet (with --app-instances N): each server's check status and admin state."""
+    if not lab.lb_url:
+        return {}
+    from . import haproxy
+
+    return {"lb": {"url": lab.lb_url, "servers": haproxy.fleet(lab)}}
+
+
 def _mesh(lab):
     mesh = {"peers": None, "relay": None, "active": None}
     pcode, pbody = http("GET", lab.app_url + "/pulse/status", timeout=2.5)
@@ -213,6 +222,14 @@ def _sup(lab):
     if app_up and not app_pid:
         app_pid = listener_pids([lab.app_port]).get(lab.app_port)
     services["app"] = {"port": lab.app_port, "pid": app_pid, "up": app_up}
+    if lab.lb_url:  # --app-instances N: every instance, and HAProxy in front of them
+        from . import haproxy
+
+        for i, port in enumerate(lab.app_ports[1:], 2):
+            pid = supervisor.pid_of(lab, haproxy.program_name(i)) if sup_up else None
+            services["app%d" % i] = {"port": port, "pid": pid, "up": tcp_open(port, 0.5)}
+        services["haproxy"] = {"port": lab.lb_port, "pid": supervisor.pid_of(lab, haproxy.PROGRAM) if sup_up else None,
+                               "up": tcp_open(lab.lb_port, 0.5)}
     services["meshpeers"] = {"port": None, "pid": mesh_pid, "up": mesh_up}
     return {"services": services}
 
@@ -222,8 +239,9 @@ def collect(lab):
         from .upstream_status import collect as collect_upstream
 
         return collect_upstream(lab)
-    order = ["redis%d" % i for i in range(1, 7)] + ["postgres", "anvil", "app", "meshpeers", "supervisord"]
-    return gather(lab, {}, (_redis, _pg, _anvil, _app, _mesh, _sup), order, problems)
+    fleet = ["app%d" % i for i in range(2, lab.app_instances + 1)] + (["haproxy"] if lab.lb_url else [])
+    order = ["redis%d" % i for i in range(1, 7)] + ["postgres", "anvil", "app"] + fleet + ["meshpeers", "supervisord"]
+    return gather(lab, {}, (_redis, _pg, _anvil, _app, _mesh, _sup, _lb), order, problems)
 
 
 def gather(lab, lab_extra, probes, order, judge):
@@ -279,6 +297,12 @@ def problems(lab, st):
     bal = st["wallet"]["balance_wei"]
     if bal is None or bal < ONE_ETH // 10:
         p.append("wallet: balance_wei=%s" % bal)
+    if "lb" in st:
+        servers = st["lb"]["servers"]
+        bad = ["%s %s/%s" % (n, s["status"], s["admin"]) for n, s in sorted(servers.items())
+               if s["status"] != "UP" or s["admin"] != "ready"]
+        if len(servers) != lab.app_instances or bad:
+            p.append("haproxy: %s" % (", ".join(bad) or "%d servers, want %d" % (len(servers), lab.app_instances)))
     return p
 
 
@@ -313,6 +337,10 @@ def human(st):
         "mesh          peers=%s" % _fmt(st["mesh"]["peers"]),
         "anchor        waiting=%s failed=%s completed=%s" % (_fmt(a["waiting"]), _fmt(a["failed"]), _fmt(a["completed"])),
         "wallet        %s wei%s" % (_fmt(bal), (" (%.4f ETH)" % (bal / 1e18)) if bal is not None else ""),
+    ] + ([
+        "haproxy       %s  %s" % (st["lb"]["url"], " ".join("%s=%s/%s" % (n, _fmt(s["status"]), _fmt(s["admin"]))
+                                                           for n, s in sorted(st["lb"]["servers"].items())) or "-"),
+    ] if "lb" in st else []) + [
         "faults        %s" % (", ".join(st["faults"]) or "none"),
         "healthy       %s" % ("yes" if st["healthy"] else "no: " + "; ".join(st["problems"])),
     ]

@@ -1,6 +1,7 @@
 """The small TLS lab (`p3lab tls-up | tls-down`): a private CA, a server certificate for 127.0.0.1, a Redis Cluster
 that speaks TLS only (3 masters + 3 replicas: `port 0`, `tls-port`, `tls-cluster yes`, `tls-replication yes`) and a
-PostgreSQL that accepts SSL connections only (`ssl = on`, `hostssl` in pg_hba.conf).
+PostgreSQL that accepts SSL connections only (`ssl = on`, `hostssl` in pg_hba.conf), and the default lab's app
+behind HTTPS (HAProxy TLS termination on P3LAB_BASE_PORT + 620, certificate signed by the private CA).
 
 Its own state dir ($P3LAB_TLS_DIR; default <repo>/.state/lab-tls, or $P3LAB_DIR-tls when P3LAB_DIR is set) and ports (P3LAB_BASE_PORT + 600: Redis +601..+606,
 PostgreSQL +610), so it runs beside the default lab. A second CA that signed nothing (other-ca.crt) serves the
@@ -19,6 +20,7 @@ from .common import (REDIS_PASSWORD, REPO, Lab, LabError, kill, live_pid, log, p
                      wait_until, write_json)
 
 PORT_OFFSET = 600
+HTTPS_OFFSET = 20  # the app over HTTPS, from the TLS lab's base
 NODE_TIMEOUT_MS = 5000
 DEFAULT_DIR = os.path.join(REPO, ".state", "lab-tls")
 
@@ -70,6 +72,11 @@ class TlsLab(object):
         self.redis_nodes = ["127.0.0.1:%d" % p for p in self.redis_ports]
         self.admin_db_url = self.lab.admin_db_url
         self.info_json = os.path.join(self.dir, "tls-lab.json")
+        self.https_port = base + HTTPS_OFFSET
+        self.app_https_url = "https://127.0.0.1:%d" % self.https_port
+        self.app_backend_port = main.app_port
+        self.haproxy_cfg = os.path.join(self.dir, "haproxy-https.cfg")
+        self.haproxy_pid = os.path.join(self.dir, "haproxy-https.pid")
 
     def info(self):
         """What a test or an inventory needs (the Redis password and the DSN are the lab's well-known secrets)."""
@@ -78,6 +85,7 @@ class TlsLab(object):
             "database_url": self.admin_db_url, "ca_cert": self.ca_cert, "other_ca_cert": self.other_ca_cert,
             "client_cert": self.client_cert, "client_key": self.client_key, "dir": self.dir,
             "redis_pidfiles": dict((n, self.lab.redis_pidfile(i + 1)) for i, n in enumerate(self.redis_nodes)),
+            "app_https_url": self.app_https_url,
         }
 
 
@@ -239,6 +247,48 @@ def start_pg(t):
     pg.setup(t.lab)
 
 
+# ---------------------------------------------------------------- the app over HTTPS
+
+
+def start_https(t):
+    """HAProxy (daemon) terminating TLS with the CA-signed server certificate in front of the default lab's app."""
+    from . import haproxy
+
+    pem = os.path.join(t.cert_dir, "server.pem")
+    with open(t.server_cert) as c, open(t.server_key) as k, open(pem + ".tmp", "w") as out:
+        out.write(c.read() + k.read())
+    os.chmod(pem + ".tmp", 0o600)
+    os.replace(pem + ".tmp", pem)
+    with open(t.haproxy_cfg, "w") as fh:
+        fh.write("""# p3lab tls: the app over HTTPS (generated)
+global
+    maxconn 200
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 15s
+frontend p3_https
+    bind 127.0.0.1:%d ssl crt %s
+    default_backend p3_app_plain
+backend p3_app_plain
+    server app1 127.0.0.1:%d
+""" % (t.https_port, pem, t.app_backend_port))
+    if live_pid(t.haproxy_pid):
+        return
+    if port_listening(t.https_port):
+        raise LabError("port %d is in use by another process (needed by the TLS lab's HTTPS front)" % t.https_port)
+    run([haproxy.binary(), "-D", "-f", t.haproxy_cfg, "-p", t.haproxy_pid], timeout=10, what="haproxy (HTTPS front)")
+    wait_until(lambda: port_listening(t.https_port), 10, 0.05, what="the HTTPS front on port %d" % t.https_port)
+
+
+def stop_https(t):
+    pid = live_pid(t.haproxy_pid)
+    if pid:
+        kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 3, 0.05)
+
+
 # ---------------------------------------------------------------- up / down
 
 
@@ -252,10 +302,11 @@ def up(t=None):
     make_certs(t)
     start_redis(t)
     start_pg(t)
+    start_https(t)
     info = t.info()
     write_json(t.info_json, info)
-    log("TLS lab up (base port %d): redis %s, postgres 127.0.0.1:%d, CA %s"
-        % (t.base, ",".join(t.redis_nodes), t.pg_port, t.ca_cert))
+    log("TLS lab up (base port %d): redis %s, postgres 127.0.0.1:%d, app %s, CA %s"
+        % (t.base, ",".join(t.redis_nodes), t.pg_port, t.app_https_url, t.ca_cert))
     return info
 
 
@@ -264,6 +315,7 @@ def down(t=None, purge=False):
     if not os.path.isdir(t.dir):
         return {"down": True, "note": "no TLS lab state"}
     stop_redis(t)
+    stop_https(t)
     pg.stop(t.lab)
     if purge:
         import shutil

@@ -33,6 +33,12 @@ options:
       - Verify the server's TLS certificate (HTTPS only).
     type: bool
     default: true
+  ca_path:
+    description:
+      - PEM file of the certificate authority (or bundle) that signs the app's HTTPS certificate - a private CA.
+        With it only these CAs are trusted (not the system store); without it the system store is used.
+      - A file that cannot be read or is not PEM fails the module in one line naming it.
+    type: path
 notes:
   - Secrets - passwords in URLs and DSNs, credential headers - are masked in every output, failures included (even an
     argument that fails validation). Do not pass them as C(-e key=value) on the command line, which ansible-core

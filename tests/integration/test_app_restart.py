@@ -49,6 +49,7 @@ def test_restart_role_command_backend(healthy_lab):
         host = yaml.safe_load(f)["all"]["children"]["p3_app"]["hosts"]["p3-lab-app"]
     before = healthy_lab["services"]["app"]["pid"]
     run = run_playbook("restart_app.yml", extravars={
+        "p3_restart_force": True,  # the app is healthy: restart_app.yml leaves it alone unless forced
         "p3_restart_backend": "command",
         "p3_restart_command": [host["p3_supervisorctl"], "-c", host["p3_supervisor_conf"], "restart", host["p3_supervisor_program"]]})
     assert run.rc == 0, run.stdout[-3000:]

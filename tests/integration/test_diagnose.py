@@ -134,7 +134,7 @@ def test_unreachable_and_wrong_credentials_every_probe_reports(lab_up, report_di
             p3_database_url="postgresql://p3admin:not-the-password@127.0.0.1:%d/p3" % pg_port,
             p3_redis_nodes=["127.0.0.1:%d" % p for p in redis_ports],
             p3_redis_password="not-the-redis-password",
-            p3_probe_timeout=2, p3_redis_timeout=2, p3_db_connect_timeout=2,
+            p3_http_timeout=2, p3_redis_timeout=2, p3_db_connect_timeout=2,
         )
     finally:
         hole.close()
@@ -155,7 +155,7 @@ def test_unreachable_and_wrong_credentials_every_probe_reports(lab_up, report_di
         p3_app_url="http://127.0.0.1:1",
         p3_database_url="postgresql://p3admin:x@127.0.0.1:1/p3",
         p3_redis_nodes=["127.0.0.1:1"],
-        p3_probe_timeout=2, p3_redis_timeout=2, p3_db_connect_timeout=2,
+        p3_http_timeout=2, p3_redis_timeout=2, p3_db_connect_timeout=2,
     )
     assert run.rc == 0 and "Traceback" not in run.stdout
     checks = by_name(report)

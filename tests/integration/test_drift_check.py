@@ -71,7 +71,7 @@ def test_thresholds_are_variables(healthy_lab, report_dir):
 
 def test_unreachable_endpoints_are_unknown_not_ok(lab_up, report_dir):
     run, report = drift(report_dir, p3_app_url="http://127.0.0.1:1", p3_redis_nodes=["127.0.0.1:1"],
-                        p3_database_url="postgresql://p3admin:x@127.0.0.1:1/p3", p3_drift_timeout=2,
+                        p3_database_url="postgresql://p3admin:x@127.0.0.1:1/p3", p3_http_timeout=2,
                         p3_redis_timeout=2, p3_db_connect_timeout=2)
     assert run.rc != 0 and "Traceback" not in run.stdout
     assert sorted(report["unknown"]) == sorted(ALERTS) and report["firing"] == []

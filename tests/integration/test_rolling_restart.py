@@ -8,11 +8,13 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from p3harness import ROOT, lab, run_playbook
+from p3harness import ROOT, lab, lab_fault, lab_status, run_playbook
 
 sys.path.insert(0, os.path.join(ROOT, "lab"))
 
@@ -25,6 +27,9 @@ PROGRAMS = ["p3app", "p3app2", "p3app3"]
 DRAIN = ("Take this instance out of the load balancer (HAProxy drain; refuses when it is the last one serving) "
          "and wait for its requests in flight")
 READY = "Put this instance back into the load balancer once HAProxy's own checks see it up"
+GATE_FAILED = "Fail clearly when the app did not come back"
+LOCKED_OUT = "Lock - nothing done, stop here"
+FORCE = {"p3_restart_force": True}
 
 
 def poll(pred, timeout, interval=0.2):
@@ -106,7 +111,7 @@ def test_rolling_restart_under_load_fails_no_request(ready_fleet, tmp_path):
               ledger=os.path.join(L.dir, "load", "rolling.jsonl"))
     t0 = time.monotonic()
     with ld:
-        run = run_playbook("restart_app.yml", env={"P3_INCIDENT_DIR": str(tmp_path)})
+        run = run_playbook("restart_app.yml", extravars=FORCE, env={"P3_INCIDENT_DIR": str(tmp_path)})
     took = time.monotonic() - t0
     s = ld.summary()
     after = pids(L)
@@ -136,7 +141,7 @@ def test_rolling_restart_under_load_fails_no_request(ready_fleet, tmp_path):
 def test_check_mode_plans_and_changes_nothing(ready_fleet):
     L = ready_fleet
     before = pids(L)
-    run = run_playbook("restart_app.yml", check=True)
+    run = run_playbook("restart_app.yml", extravars=FORCE, check=True)
     assert run.rc == 0, run.stdout[-3000:]
     drains = run.results(DRAIN)
     assert len(drains) == 3 and all(r["changed"] and r["reason"].startswith("would set") for r in drains), drains
@@ -156,7 +161,7 @@ def test_never_drains_the_last_serving_instance(ready_fleet):
     before = pids(L)
     ld = Load(L, seconds=300, rate=25, streams=("session", "http"), ledger=os.path.join(L.dir, "load", "down1.jsonl"))
     with ld:
-        run = run_playbook("restart_app.yml", limit="p3-lab-app,p3-lab-app2")
+        run = run_playbook("restart_app.yml", extravars=FORCE, limit="p3-lab-app,p3-lab-app2")
     s = ld.summary()
     print("rolling restart of app1+app2 with app3 down: %d requests, %d failed" % (s["http_total"]["requests"],
                                                                                  s["http_total"]["failed"]))
@@ -171,10 +176,130 @@ def test_never_drains_the_last_serving_instance(ready_fleet):
     assert poll(lambda: all(lb.servers(L).get(s, {}).get("status", "").startswith("DOWN") for s in ("app2", "app3")),
                 15), lb.servers(L)
     app1 = supervisor.pid_of(L, "p3app")
-    run = run_playbook("restart_app.yml", limit="p3-lab-app")
+    run = run_playbook("restart_app.yml", extravars=FORCE, limit="p3-lab-app")
     assert run.rc != 0
     assert run.failed(DRAIN)
     msg = run.result(DRAIN)["msg"]
     assert "refusing to drain app1" in msg and "\n" not in msg, msg
     assert supervisor.pid_of(L, "p3app") == app1
     assert admin_states(L)["app1"] == 0 and lb.servers(L)["app1"]["status"] == "UP"
+
+
+def drained_count(L):
+    """How many servers of the backend are not ready (drain or maintenance) right now."""
+    return sum(1 for v in admin_states(L).values() if v != 0)
+
+
+def test_two_concurrent_rolling_restarts_never_drain_two_instances(ready_fleet):
+    """Two operators restart at the same time, each a different instance: the run lock of the app fleet lets one
+    roll; the other ends at once with one line naming the lock, restarts nothing and drains nothing."""
+    L = ready_fleet
+    before = pids(L)
+    seen, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                seen.append(drained_count(L))
+            except Exception:  # noqa: BLE001 - a sample lost to a busy socket is not a verdict
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(2) as ex:
+            futures = [ex.submit(run_playbook, "restart_app.yml", extravars=FORCE, limit=host)
+                       for host in ("p3-lab-app", "p3-lab-app2")]
+            runs = [f.result() for f in futures]
+    finally:
+        stop.set()
+        sampler.join(5)
+    after = pids(L)
+    assert all(r.rc == 0 for r in runs), [r.stdout[-2000:] for r in runs]
+    assert seen and max(seen) == 1, "two instances drained at once (samples: %s)" % sorted(set(seen))
+    locked = [r for r in runs if r.results(LOCKED_OUT)]
+    rolled = [r for r in runs if r.results(DRAIN)]
+    assert len(locked) == 1 and len(rolled) == 1, [r.stdout[-2000:] for r in runs]
+    msg = locked[0].result(LOCKED_OUT)["msg"]
+    assert "app-fleet" in msg and "\n" not in msg, msg
+    restarted = [p for p in ("p3app", "p3app2") if after[p] != before[p]]
+    assert len(restarted) == 1, (before, after)
+    assert after["p3app3"] == before["p3app3"]
+    # the lock was released: a third run is not locked out
+    third = run_playbook("restart_app.yml", limit="p3-lab-app3")
+    assert third.rc == 0 and not third.results(LOCKED_OUT), third.stdout[-2000:]
+
+
+def test_a_failed_health_gate_says_the_instance_is_left_drained(ready_fleet):
+    """The restarted instance never passes its gate: the failure line names it and says it stays drained in
+    HAProxy (as it really does), and the lock of the app fleet is released for the next run."""
+    L = ready_fleet
+    run = run_playbook("restart_app.yml", limit="p3-lab-app", extravars=dict(
+        FORCE, p3_app_health_url="http://127.0.0.1:1/health", p3_restart_timeout=2))
+    assert run.rc != 0
+    msg = run.result(GATE_FAILED)["msg"]
+    assert "p3-lab-app" in msg and "left drained in HAProxy (p3_app/app1)" in msg and "\n" not in msg, msg
+    assert admin_states(L)["app1"] != 0  # really drained
+    assert not run.results(READY)
+    again = run_playbook("restart_app.yml", limit="p3-lab-app2")
+    assert again.rc == 0 and not again.results(LOCKED_OUT), again.stdout[-2000:]
+
+
+def test_a_second_run_on_a_healthy_fleet_restarts_nothing(ready_fleet):
+    """Without p3_restart_force only instances whose health gate is red are restarted: on a healthy fleet nothing
+    is drained or restarted and the run reports changed=false; with one instance killed, only that one."""
+    L = ready_fleet
+    before = pids(L)
+    run = run_playbook("restart_app.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    assert pids(L) == before
+    assert not run.changed_tasks(), run.changed_tasks()
+    assert not run.results(DRAIN)
+    os.kill(supervisor.pid_of(L, "p3app2"), signal.SIGKILL)
+    assert poll(lambda: not supervisor.pid_of(L, "p3app2"), 10)
+    run = run_playbook("restart_app.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    after = pids(L)
+    assert after["p3app"] == before["p3app"] and after["p3app3"] == before["p3app3"], (before, after)
+    assert after["p3app2"] and after["p3app2"] != before["p3app2"]
+    assert poll(lambda: all_ready(L), 15), (lb.servers(L), admin_states(L))
+
+
+def test_lab_status_shows_every_instance_and_haproxy(ready_fleet):
+    """`p3lab status` with --app-instances 3: every app program (port, pid, up), HAProxy itself, and each server's
+    check status and admin state; a drained server makes the lab unhealthy and is named."""
+    L = ready_fleet
+    st = lab_status()
+    for i, prog in ((1, "p3app"), (2, "p3app2"), (3, "p3app3")):
+        svc = st["services"]["app" if i == 1 else "app%d" % i]
+        assert svc["up"] and svc["pid"] == supervisor.pid_of(L, prog) and svc["port"] == L.app_ports[i - 1], svc
+    assert st["services"]["haproxy"]["up"] and st["services"]["haproxy"]["pid"] == supervisor.pid_of(L, "haproxy")
+    assert st["lb"]["url"] == L.lb_url
+    assert {n: (s["status"], s["admin"]) for n, s in st["lb"]["servers"].items()} == {
+        "app1": ("UP", "ready"), "app2": ("UP", "ready"), "app3": ("UP", "ready")}, st["lb"]
+    assert st["healthy"], st["problems"]
+    lb.command(L, "set server %s/app2 state drain" % lb.BACKEND)
+    st = lab_status()
+    assert st["lb"]["servers"]["app2"]["admin"] == "drain"
+    assert not st["healthy"] and any("app2 DRAIN/drain" in p for p in st["problems"]), st["problems"]
+    text = lab("status", check=False)
+    assert "app2" in text and "app3" in text and "app2=DRAIN/drain" in text, text
+
+
+def test_an_app_that_crashes_again_after_its_restart_fails_in_one_line(ready_fleet):
+    """Fault app-crashloop: instance 1 is down and every start of it exits about 12 s after it serves. Its restart passes
+    supervisor's startsecs and the first health probe, then it dies: the run fails in one line naming the host,
+    says it crashed again and stays drained; it is restarted once only and the other instances are untouched."""
+    L = ready_fleet
+    others = {p: supervisor.pid_of(L, p) for p in ("p3app2", "p3app3")}
+    lab_fault("app-crashloop")
+    run = run_playbook("restart_app.yml", limit="p3-lab-app", extravars={"p3_restart_stable_seconds": 16})
+    assert run.rc != 0
+    msg = run.result("Fail clearly when the app crashed again after its restart")["msg"]
+    assert "p3-lab-app" in msg and "crashed again" in msg and "\n" not in msg, msg
+    assert "left drained in HAProxy (p3_app/app1)" in msg, msg
+    assert len(run.results("Restart the app with supervisor")) == 1
+    assert poll(lambda: not supervisor.pid_of(L, "p3app"), 10)  # really dead again
+    assert admin_states(L)["app1"] != 0
+    assert {p: supervisor.pid_of(L, p) for p in ("p3app2", "p3app3")} == others

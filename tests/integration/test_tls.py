@@ -164,3 +164,33 @@ def test_recover_redis_fails_over_a_killed_master_over_tls(tls_lab, tmp_path, in
     finally:
         # the victim comes back and rejoins as a replica (tls-up restarts it and waits for 3 linked replicas)
         lab("tls-up", timeout=240)
+
+
+def test_the_app_over_https_with_a_private_ca(lab_up, tls_lab, tmp_path, inventory):
+    """The lab's app behind HTTPS signed by the private CA (HAProxy TLS termination of the TLS lab): with
+    p3_http_ca_path (role p3.recovery.connection) the app probe validates the certificate and succeeds; with a wrong
+    CA it fails in one line naming the URL and the cause."""
+    import ssl
+    import urllib.request
+
+    url = tls_lab["app_https_url"]
+    # the front really is TLS signed by the private CA (checked without the collection)
+    ctx = ssl.create_default_context(cafile=tls_lab["ca_cert"])
+    assert urllib.request.urlopen(url + "/health", timeout=5, context=ctx).status == 200
+
+    def diagnose(ca):
+        extra = tls_vars(tls_lab, tmp_path, p3_app_url=url, p3_http_ca_path=ca, p3_validate_certs=True,
+                         p3_diag_probes=["app"], p3_fail_on_unhealthy=True)
+        return run_playbook("diagnose.yml", inventory=inventory, extravars_file=extra, timeout=GUARD)
+
+    run = diagnose(tls_lab["ca_cert"])
+    assert run.rc == 0, run.stdout[-3000:]
+    app = checks(latest_report(str(tmp_path / "reports"), "diagnose"))["health"]
+    assert app["healthy"] is True, app
+
+    run = diagnose(tls_lab["other_ca_cert"])
+    assert run.rc != 0 and "Traceback" not in run.stdout, run.stdout[-3000:]
+    app = checks(latest_report(str(tmp_path / "reports"), "diagnose"))["health"]
+    reason = app["reason"]
+    assert app["healthy"] is False and "\n" not in reason, app
+    assert "certificate verification failed" in reason and url.split("//")[1] in reason, reason

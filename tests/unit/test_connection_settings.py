@@ -160,3 +160,40 @@ def test_postgres_ssl_options_reach_libpq():
     # unset options leave the DSN's own
     info = pc.build_conninfo(dict(db_sslrootcert=None, connect_timeout=5), {"host": "db", "sslrootcert": "/dsn.pem"})
     assert info["sslrootcert"] == "/dsn.pem" and "sslcert" not in info
+
+
+REMOVED_HTTP_TIMEOUTS = ("p3_probe_timeout", "p3_session_timeout", "p3_anchor_timeout", "p3_mesh_timeout",
+                         "p3_drift_timeout")
+
+
+def test_one_http_timeout_name_and_the_ca_reach_the_http_group():
+    http = DEFAULTS["p3_http_module_defaults"]
+    assert http["timeout"] == "{{ p3_http_timeout }}" and DEFAULTS["p3_http_timeout"] == 5
+    assert http["ca_path"] == "{{ p3_http_ca_path | default(omit, true) }}"
+    assert SPEC["p3_http_ca_path"]["type"] == "path"
+    text = ""
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "*", "*.yml")) + glob.glob(os.path.join(ROOT, "playbooks", "*.yml")):
+        if os.sep + "connection" + os.sep not in path:
+            with open(path) as f:
+                text += f.read()
+    for name in REMOVED_HTTP_TIMEOUTS:
+        assert name not in text, name
+
+
+def test_a_removed_timeout_name_fails_the_run_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    play = tmp_path / "play.yml"
+    play.write_text("- hosts: localhost\n  gather_facts: false\n  roles:\n    - p3.recovery.connection\n")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), P3_INCIDENT_DIR=str(tmp_path),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".state", "unit-path"))
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+           "-e", "ansible_python_interpreter=" + sys.executable, str(play)]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert ok.returncode == 0, ok.stdout[-2000:]
+    bad = subprocess.run(cmd + ["-e", "p3_mesh_timeout=3", "-e", "p3_probe_timeout=2"], env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert bad.returncode != 0
+    line = [ln for ln in bad.stdout.splitlines() if "no longer read" in ln]
+    assert line and "p3_mesh_timeout, p3_probe_timeout are no longer read: set p3_http_timeout" in line[0], bad.stdout

@@ -196,3 +196,79 @@ def test_p3_system_health_body_is_healthy():
     assert ah.health_verdict(resp(200, body))["healthy"]
     degraded = dict(body, status="degraded", database={"status": "unhealthy", "latencyMs": 0})
     assert ah.failing_components(degraded) == [("database", "unhealthy")]
+
+
+# ---------------------------------------------------------------- HTTPS with a private CA (ca_path)
+
+def _openssl(*args):
+    import subprocess
+
+    subprocess.run(["openssl"] + list(args), check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A loopback HTTPS server whose certificate (IP 127.0.0.1) is signed by a private CA; a second CA signs nothing."""
+    import ssl
+
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for name in ("ca", "other"):
+        _openssl("req", "-x509", "-new", *ec, "-keyout", str(d / (name + ".key")), "-out", str(d / (name + ".crt")),
+                 "-days", "2", "-subj", "/CN=p3-unit-%s" % name)
+    _openssl("req", "-new", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=127.0.0.1")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
+             "-CAcreateserial", "-out", str(d / "server.crt"), "-days", "2", "-extfile", str(d / "ext"))
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(d / "server.crt"), str(d / "server.key"))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever)
+    t.daemon = True
+    t.start()
+    yield dict(url="https://127.0.0.1:%d" % srv.server_address[1], ca=str(d / "ca.crt"), other=str(d / "other.crt"))
+    srv.shutdown()
+
+
+def test_https_with_the_private_ca_validates(tls_server):
+    r = hc.request(tls_server["url"] + "/health", timeout=3, ca_path=tls_server["ca"])
+    assert r["ok"] and r["status"] == 200 and r["json"] == {"status": "healthy"}, r
+
+
+def test_https_with_a_wrong_ca_or_the_system_store_fails_in_one_line(tls_server):
+    for ca in (tls_server["other"], None):
+        r = hc.request(tls_server["url"] + "/health", timeout=3, ca_path=ca)
+        assert not r["ok"] and r["status"] is None, r
+        assert "certificate verification failed" in r["error"] and "\n" not in r["error"], r["error"]
+    # validation off accepts any certificate (what validate_certs=false is for)
+    r = hc.request(tls_server["url"] + "/health", timeout=3, validate_certs=False, ca_path=tls_server["other"])
+    assert r["ok"], r
+
+
+def test_an_unreadable_ca_path_is_one_line_naming_the_file(tls_server, tmp_path):
+    missing = str(tmp_path / "nope.crt")
+    r = hc.request(tls_server["url"] + "/health", timeout=3, ca_path=missing)
+    assert not r["ok"] and r["error"].startswith("cannot load ca_path %s" % missing) and "\n" not in r["error"], r
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(P3Error) as e:
+        hc.tls_context(tls_server["url"], True, str(junk))
+    assert str(junk) in e.value.msg and "\n" not in e.value.msg
+
+
+class _Module(object):
+    def __init__(self, **params):
+        self.params = dict(dict((k, v.get("default")) for k, v in hc.HTTP_ARGUMENT_SPEC.items()), **params)
+        self.no_log_values = set()
+
+    def fail_json(self, msg, **kw):
+        raise AssertionError("fail_json: " + msg)
+
+
+def test_http_target_uses_ca_path_for_every_request(tls_server):
+    t = hc.HttpTarget(_Module(url=tls_server["url"], ca_path=tls_server["ca"], timeout=3))
+    assert [r["status"] for r in t.get_many(["/health", "/other"])] == [200, 200]
+    with pytest.raises(AssertionError, match=r"fail_json: https://127\.0\.0\.1:\d+: cannot load ca_path /nonexistent"):
+        hc.HttpTarget(_Module(url=tls_server["url"], ca_path="/nonexistent/ca.crt"))
