@@ -36,3 +36,18 @@ def test_gates_and_percentiles():
     v = [float(x) for x in range(1, 21)]
     assert chaos.percentile(v, 50) == 10.0 and chaos.percentile(v, 95) == 19.0 and chaos.percentile(v, 100) == 20.0
     assert chaos.percentile([3.0], 95) == 3.0
+
+
+def test_invariant_breaches_name_what_was_lost():
+    from p3lablib import invariants
+    from p3lablib.load import compare
+
+    ok = {"redis": compare({"k1": "a", "k2": "b"}, {"k1": "a", "k2": "b"}),
+          "sessions": compare({"session:1": True}, {"session:1": "x"})}
+    assert invariants.redis_breaches(ok) == [] and invariants.session_breaches(ok) == []
+    bad = {"redis": compare({"k1": "a", "k2": "b", "k3": "c"}, {"k1": "a", "k2": "other"}),
+           "sessions": compare({"session:1": True, "session:2": True}, {"session:1": None})}
+    assert invariants.redis_breaches(bad) == ["redis: 1 of 3 acknowledged writes lost (e.g. k2)",
+                                              "redis: 1 of 3 acknowledged writes unreadable (slot unserved)"]
+    assert invariants.session_breaches(bad) == ["sessions: 1 of 2 valid sessions removed (e.g. session:1)",
+                                                "sessions: 1 of 2 unreadable"]
