@@ -73,7 +73,7 @@ def test_run_reshape_is_not_done_before_the_new_owner_replica_has_the_moved_keys
     monkeypatch.setattr(cl, "_wait_until_agreed", lambda *a, **k: 0.1)
     monkeypatch.setattr(cl, "plan_replica_balance", lambda *a, **k: [])
     plan = {"new_masters": [], "moves": [{"dst": DST, "dst_id": "d" * 40, "slots": [1, 2], "src": "127.0.0.1:7000"}]}
-    timeline, _ = cl.run_reshape(None, lambda: topo, plan, wait_timeout=5)
+    timeline, _replicated = cl.run_reshape(None, lambda: topo, plan, wait_timeout=5)
     assert [c for c in nodes.calls if c[1:] == ("INFO", "replication")], "the replica's offset was never read"
     assert nodes.answers == [info(9000, (7004, "online", 9000))]  # polled until it caught up
     assert [e["action"] for e in timeline][-1] == "replicated"
