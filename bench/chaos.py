@@ -113,7 +113,9 @@ def run_round(lb, seed, rnd, max_faults, rate, tail_s=3.0, log=print):
     if os.path.exists(ledger):
         os.unlink(ledger)
     run_id = "c%dr%d%s" % (seed, rnd, os.urandom(2).hex())
-    ld = Load(lb, seconds=min(ROUND_DEADLINE, 890), rate=rate, ledger=ledger, run_id=run_id)
+    # bounded by the round's deadline, not by an operation count the round would outlast
+    ld = Load(lb, seconds=min(ROUND_DEADLINE, 890), rate=rate, ledger=ledger, run_id=run_id,
+              max_ops=min(100000, int(rate * ROUND_DEADLINE) + 1))
     ld.start()
     try:
         time.sleep(2.0)  # acknowledged work before the faults
