@@ -80,15 +80,13 @@ def fault_to_healthy(cmd, health_url, shell=False):
     return dt, first.get("t", dt)
 
 
-def bench_recover_database():
+def runbook_recover_database():
+    """(shell command, health URL): the runbook's database recovery followed literally, as far as it runs here."""
     v = lab_vars()
     with open(INVENTORY) as f:
         app = yaml.safe_load(f)["all"]["children"]["p3_app"]["hosts"]
     host = app[sorted(app)[0]]
     health_url = host["p3_app_health_url"]
-    report_dir = tempfile.mkdtemp(prefix="bench-reports-")
-    ours_cmd = [os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/recover_database.yml",
-                "-e", "p3_report_dir=%s" % report_dir, "-e", "p3_db_min_age_seconds=1"]
     # The runbook's recovery with its SQL corrected (no `duration` column) and its restart adapted to the lab's
     # process manager, then a wait for the health endpoint, from a shell.
     terminate_sql = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
@@ -98,6 +96,14 @@ def bench_recover_database():
         "%s -c %s restart %s >/dev/null" % (host["p3_supervisorctl"], host["p3_supervisor_conf"], host["p3_supervisor_program"]),
         "until curl -sf -m 1 -o /dev/null %s; do sleep 0.1; done" % health_url,
     ])
+    return ref_cmd, health_url
+
+
+def bench_recover_database():
+    ref_cmd, health_url = runbook_recover_database()
+    report_dir = tempfile.mkdtemp(prefix="bench-reports-")
+    ours_cmd = [os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/recover_database.yml",
+                "-e", "p3_report_dir=%s" % report_dir, "-e", "p3_db_min_age_seconds=1"]
     ours, ours_healthy, ref = [], [], []
     try:
         fault_to_healthy(ours_cmd, health_url)  # warm-up

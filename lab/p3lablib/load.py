@@ -250,6 +250,7 @@ class Load(object):
         self.ledger_path = ledger or os.path.join(lab.dir, "load", "ledger.jsonl")
         self.ledger = None
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._threads = []
         self._session_ids = []
         self._sid_lock = threading.Lock()
@@ -278,6 +279,14 @@ class Load(object):
             self.ledger.write({"s": "stop", "run": self.run_id, "clean": done})
             self.ledger.close()
         return done
+
+    def pause(self):
+        """Every stream idles after its current operation until resume() (a traffic dip: e.g. so that the app's pool
+        lets go of its idle database connections while the db-exhaustion fault takes them)."""
+        self._paused.set()
+
+    def resume(self):
+        self._paused.clear()
 
     def wait(self, timeout=None):
         """Block until every stream ended by itself (time or count bound)."""
@@ -309,6 +318,10 @@ class Load(object):
         nxt = time.monotonic()
         try:
             while not self._stop.is_set() and n < self.max_ops and time.monotonic() < self._t_end:
+                if self._paused.is_set():
+                    self._stop.wait(0.05)
+                    nxt = time.monotonic()
+                    continue
                 rec = {"s": stream, "run": self.run_id, "n": n}
                 try:
                     op(n, rec, state)

@@ -1865,6 +1865,57 @@ def _move_slots(settings, nodes, topology, m, timeline, timeout_ms, batch=256):
     return keys
 
 
+def replica_offsets(info):
+    """INFO replication of a master -> (master_repl_offset, [(replica address, state, acknowledged offset)])."""
+    rep = parse_info(info)
+    out = []
+    for k in sorted(rep):
+        if not (k.startswith("slave") and k[5:].isdigit()):
+            continue
+        f = dict(kv.split("=", 1) for kv in rep[k].split(",") if "=" in kv)
+        out.append(("%s:%s" % (f.get("ip"), f.get("port")), f.get("state"), _int(f.get("offset"))))
+    return _int(rep.get("master_repl_offset")), out
+
+
+def wait_replicas_synced(nodes, masters, wait_timeout, timeline, what="reshard"):
+    """Wait until every replica of each master in masters has acknowledged the master's replication offset as read
+    now (the keys MIGRATE just wrote there have a second copy); a replica acknowledges about once a second.
+    Returns the seconds it took; P3Error naming the replicas still behind (or the master without any) at the
+    deadline. WAIT cannot do this: it only counts the writes of its own connection, and these came through MIGRATE
+    from the source master."""
+    t0 = time.monotonic()
+    deadline = t0 + wait_timeout
+    targets = {}
+    for m in masters:
+        offset, reps = replica_offsets(nodes.run(m, "INFO", "replication"))
+        if reps:
+            targets[m] = offset or 0
+        else:  # nothing to wait for: said in the timeline, the shape verdict names the missing replica
+            timeline.append(timeline_entry("replicated", m, "no replica: the moved keys exist in one copy"))
+    while targets:
+        behind = []
+        for m, target in sorted(targets.items()):
+            info, err = nodes.try_run(m, "INFO", "replication")
+            if err is not None:
+                behind.append("%s does not answer INFO: %s" % (m, err))
+                continue
+            reps = replica_offsets(info)[1]
+            if not reps:
+                behind.append("%s lost its replica" % m)
+            behind += ["replica %s of %s at offset %s < %d (%s)" % (r, m, off, target, state)
+                       for r, state, off in reps if state != "online" or (off or 0) < target]
+        if not behind:
+            took = round(time.monotonic() - t0, 3)
+            timeline.append(timeline_entry("replicated", ",".join(sorted(targets)), "every replica acknowledged the "
+                                           "moved keys (replication offset) after %ss" % took))
+            return took
+        if time.monotonic() >= deadline:
+            raise P3Error("%s: the moved keys exist in one copy only: %s after %ss" % (
+                what, "; ".join(behind), num_text(wait_timeout)), timeline=timeline)
+        time.sleep(POLL)
+    return 0.0
+
+
 def run_reshape(settings, read, plan, designed_replicas=1, wait_timeout=30.0, migrate_timeout_ms=5000):
     """Execute plan_reshape's plan: new masters (reset + meet); then, on a fresh read, replicas for them before they
     take any slot (the moved keys then have a copy); the slot moves, polled until every node agrees and says
@@ -1884,14 +1935,17 @@ def run_reshape(settings, read, plan, designed_replicas=1, wait_timeout=30.0, mi
             timeline += tl
             replicated += done
         watch = [x["address"] for x in topology["nodes"] if x.get("reachable")]
-        expected = []
+        expected, filled = [], []
         for m in plan["moves"]:
-            _move_slots(settings, nodes, topology, m, timeline, migrate_timeout_ms)
+            if _move_slots(settings, nodes, topology, m, timeline, migrate_timeout_ms) and designed_replicas:
+                filled.append(m["dst"])
             expected.append((m["dst_id"], set(m["slots"])))
         if expected:
             took = _wait_until_agreed(nodes, watch, expected, wait_timeout, timeline, "reshard")
             timeline.append(timeline_entry("converged", "cluster", "every reachable node agrees on the moved slots "
                                            "and says cluster_state:ok after %ss" % took))
+        if filled:  # not done while the moved keys exist on the new owner only
+            wait_replicas_synced(nodes, sorted(set(filled)), wait_timeout, timeline)
         topology = read()
         steps = plan_replica_balance(topology, designed_replicas)
         if steps:

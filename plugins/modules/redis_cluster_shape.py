@@ -28,6 +28,10 @@ description:
     (16384 / O(designed_masters)), moved like C(redis-cli --cluster reshard) - C(SETSLOT IMPORTING) and
     C(MIGRATING), C(MIGRATE) of every key, C(SETSLOT NODE) on both and every other master (the source refuses while
     it still holds a key of the slot, so no key is left behind). No C(CLUSTER FAILOVER) is sent.
+  - The moves are done only once every replica of each new owner has acknowledged that master's replication offset
+    as read after the moves (C(INFO replication), polled up to O(wait_timeout); C(WAIT) cannot see the writes
+    C(MIGRATE) makes), so the moved keys exist in two copies; a replica still behind at the deadline fails the run,
+    named.
   - Replicas are then balanced (C(CLUSTER REPLICATE) of a spare onto a master that lacks one), each polled until
     its link is up and every node agrees.
   - A cluster already at its shape reports C(changed=false); a run that sent a command reports C(changed=true) even
