@@ -82,3 +82,66 @@ def test_after_a_master_is_failed_over_the_verdict_is_service_restored_redundanc
     rec = run.stats["p3_incident"]
     assert rec["state"] == "degraded" and rec["remaining"] == [step], rec
     assert "redundancy degraded - remaining step: " + step in rec["root_cause"], rec["root_cause"]
+
+
+def _worker_conns(addr):
+    """The anchor queue's BullMQ worker connections on one node (CLIENT LIST names), [] when it does not answer."""
+    from p3harness import client
+    try:
+        return [c["name"] for c in client(addr).client_list() if (c.get("name") or "").startswith("{bull}:")]
+    except Exception:  # noqa: BLE001 - a dead node has no connection
+        return []
+
+
+def test_the_lab_worker_follows_a_failover_of_the_queues_master(healthy_lab):
+    """The redis-master-down demo's flake at its root: when the master serving the queue's slot fails over (here a
+    CLUSTER FAILOVER of its replica: the old master stays up as a replica, as after a heal or a planned failover),
+    the lab app's BullMQ worker must end up on the new master (as an ioredis Cluster client does: a new topology,
+    the blocking connection re-issued on the new owner) and take new jobs. Measured on the old worker: no worker
+    connection anywhere for 30 s+, jobs wait until the 20 s stall guard."""
+    import json
+    import time
+
+    import redis as redislib
+    from p3harness import V, anchor_redis, client, lab_nodes, views
+
+    slot = redislib.cluster.key_slot(b"{bull}")
+    addrs = lab_nodes()
+    owner = owner_of(views(addrs), slot)
+    deadline = time.monotonic() + 30
+    while not _worker_conns(owner) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _worker_conns(owner), owner
+    view = views([owner])[owner]
+    me = [n for n in view.values() if n["myself"]][0]
+    replica = [n["addr"] for n in view.values() if n["master"] == me["id"] and "fail" not in n["flags"]][0]
+    assert client(replica).execute_command("CLUSTER", "FAILOVER") in ("OK", b"OK", True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and owner_of(views(addrs), slot) != replica:
+        time.sleep(0.2)
+    assert owner_of(views(addrs), slot) == replica, "the failover did not happen"
+    deadline = time.monotonic() + 15  # the worker's supervisor looks every 2 s
+    while time.monotonic() < deadline and not _worker_conns(replica):
+        time.sleep(0.5)
+    assert _worker_conns(replica), "no worker connection on the new master %s of the queue's slot (old %s)" % (
+        replica, owner)
+    # and it takes a new job: POST /api/anchor -> completed
+    import urllib.request
+    req = urllib.request.Request(V["p3_app_url"] + "/api/anchor", data=json.dumps(
+        {"appId": "failover-test", "event": "after-failover"}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        job_id = json.loads(resp.read())["jobId"]
+    r = anchor_redis()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and r.zscore("{bull}:anchor:completed", job_id) is None:
+        time.sleep(0.5)
+    assert r.zscore("{bull}:anchor:completed", job_id) is not None, r.hgetall("{bull}:anchor:" + job_id)
+
+
+def owner_of(view_by_addr, slot):
+    """The address serving `slot` in the first answering node's view (None when no node answers / no owner)."""
+    from p3harness import owner_map
+    for view in view_by_addr.values():
+        if view:
+            return owner_map(view).get(slot)
+    return None
