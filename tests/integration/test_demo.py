@@ -145,3 +145,20 @@ def owner_of(view_by_addr, slot):
         if view:
             return owner_map(view).get(slot)
     return None
+
+
+def test_recover_anchor_verify_does_not_call_a_queue_without_a_worker_healthy(healthy_lab, tmp_path):
+    """The other half of the redis-master-down flake: recover_anchor's verification accepted zero worker
+    connections (p3_anchor_min_workers defaults to 0 for diagnose: only jobs waiting with no worker count there).
+    After a recovery, a queue nobody consumes is not healthy: the verdict says so, truthfully, and the run fails."""
+    from p3harness import V, recover_anchor
+    import urllib.request
+
+    req = urllib.request.Request(V["p3_app_url"] + "/_lab/anchor/stop", data=b"{}",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as resp:
+        assert resp.status in (200, 202, 204)
+    run, report = recover_anchor(str(tmp_path), p3_anchor_restart_on_stall=False, p3_anchor_verify_timeout=5)
+    assert report["healthy"] is False, report
+    assert "no worker on" in report["reason"] and "(0 connection(s) < 1)" in report["reason"], report["reason"]
+    assert run.rc == 2, run.stdout[-3000:]
