@@ -1,6 +1,9 @@
-"""Issue 18 §6: `make demo` (scripts/demo.sh) works for the lab's faults - app-down (restart_app) and wallet-empty
-(recover_all, funded with the lab-only key the lab provides as a vars file, the way a vault would) - and shows the
-reason of a failure, not only the PLAY RECAP. Asserts the lab's real state afterwards. Pass a (default lab; no lab of its own)."""
+"""Issue 18 §6: `make demo` (scripts/demo.sh) works for EVERY lab fault (lab/p3lablib/faults.py FAULTS): app-down
+(restart_app), db-exhaustion (recover_database), wallet-empty (recover_all, funded with the lab-only key the lab
+provides as a vars file, the way a vault would) and every other fault through recover_all's stage for it - and shows
+the reason of a failure, not only the PLAY RECAP. Also the two roots of the redis-master-down flake: the lab app's
+worker follows a failover of the queue's master, and recover_anchor's verify does not accept zero worker connections.
+Asserts the lab's real state afterwards. Pass c (integration-c, its session lab; no lab of its own)."""
 import os
 import subprocess
 
