@@ -36,6 +36,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CREDENTIAL_VARS = frozenset([
     "p3_database_url", "p3_redis_nodes", "p3_redis_url", "p3_redis_username", "p3_redis_password",
     "p3_rpc_url", "p3_chain_id", "p3_anchor_wallet", "p3_anchor_funding_key", "p3_anchor_canary_token",
+    "p3_incident_database_url",
 ])
 # Set once in the inventory / by the playbooks, never per run.
 EXCLUDE_PATTERNS = (r".*_defer_verify$", r"^p3_report_dir$", r".*_redis_role$", r".*_app_hosts$")

@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.crc import key_slot
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -208,6 +209,20 @@ class Database:
 
 
 # --------------------------------------------------------------------------- redis
+
+def slot_owner(nodes: list[dict], slot: int) -> str | None:
+    """Address of the live master serving `slot` in a parsed CLUSTER NODES (None when none serves it)."""
+    for n in nodes:
+        if "master" not in n["flags"] or n["flags"] & {"fail", "fail?", "noaddr"}:
+            continue
+        for tok in n["slots"]:
+            if tok.startswith("["):
+                continue
+            a, _, b = tok.partition("-")
+            if int(a) <= slot <= int(b or a):
+                return n["addr"]
+    return None
+
 
 def parse_cluster_nodes(text: str) -> list[dict]:
     nodes = []
@@ -729,6 +744,8 @@ class Anchor:
         self.last_job_start = time.monotonic()
         self._supervisor: asyncio.Task | None = None
         self._last_error_log: dict[str, float] = {}
+        self.queue_owner: str | None = None   # the master serving the queue's slot when the worker started
+        self._no_conn_since: float | None = None
 
     def key(self, state: str) -> str:
         return f"{self.cfg.anchor_prefix}:{self.cfg.anchor_queue}:{state}"
@@ -829,8 +846,45 @@ class Anchor:
             self._last_error_log[text] = t
             log.warning("anchor: worker error: %s", text)
 
+    async def _queue_owner(self) -> str | None:
+        """The master serving the queue's slot now (CLUSTER NODES of the first node that answers)."""
+        _src, nodes = await self.hub.topology()
+        return slot_owner(nodes, key_slot(self.key("wait").encode()))
+
+    async def _worker_connected(self, owner: str) -> bool:
+        """The worker has a connection on the queue's master (BullMQ names its connections after the queue)."""
+        clients = await asyncio.wait_for(self.hub.node(owner).client_list(), HEALTH_STEP_TIMEOUT)
+        prefix = f"{self.cfg.anchor_prefix}:{self.cfg.anchor_queue}"
+        return any((c.get("name") or "").startswith(prefix) for c in clients)
+
+    async def _follow_failover(self, t: float, started_at: float) -> None:
+        """What an ioredis Cluster client does on a failover, for the worker: its connections must be on the master
+        that serves the queue's slot NOW. After a failover (planned or not) redis-py sometimes re-issues the blocking
+        command on the new master by itself, and sometimes loses the worker's connections for good (measured: none
+        anywhere 30 s after a CLUSTER FAILOVER; the worker stayed off the queue until jobs had waited 20 s, and with
+        nothing waiting, forever). So: when the worker has had no connection on the queue's master for 4 s (6 s
+        after a start) and runs no job, replace it - the new one reads the topology and connects there."""
+        owner = await self._queue_owner()
+        if owner is None:
+            return
+        if owner != self.queue_owner:
+            log.warning("anchor: the queue's slot is served by %s now (was %s): a failover", owner, self.queue_owner)
+            self.queue_owner, self._no_conn_since = owner, None
+        if t - started_at < 6 or self.in_flight > 0 or await self._worker_connected(owner):
+            self._no_conn_since = None
+            return
+        if self._no_conn_since is None:
+            self._no_conn_since = t
+        elif t - self._no_conn_since >= 4:
+            log.warning("anchor: the worker has had no connection on the queue's master %s for %.0f s; "
+                        "reconnecting it", owner, t - self._no_conn_since)
+            await self._stop_worker(force=False)
+
     async def _start_worker(self, quiet: bool = False):
         from bullmq import Worker
+        self.queue_owner, self._no_conn_since = None, None
+        with contextlib.suppress(Exception):
+            self.queue_owner = await asyncio.wait_for(self._queue_owner(), 2 * HEALTH_STEP_TIMEOUT)
         self.worker_client = self.hub.make_cluster(socket_timeout=15.0)   # BZPOPMIN blocks up to 5 s
         self.worker = Worker(self.cfg.anchor_queue, self.process, {
             "prefix": self.cfg.anchor_prefix,
@@ -902,7 +956,9 @@ class Anchor:
                     if failures and t - started_at > 10:
                         log.info("anchor: worker running again after %d failed start(s)", failures)
                         failures = 0
-                    if (not self.paused and self.in_flight == 0
+                    if not self.paused:
+                        await self._follow_failover(t, started_at)
+                    if (self.worker is not None and not self.paused and self.in_flight == 0
                             and t - self.last_job_start > 20):
                         waiting = await self.hub.call(lambda c: c.llen(self.key("wait")), timeout=1.0)
                         if waiting:

@@ -135,10 +135,14 @@ def awx(lab_up, tmp_path_factory):
         "P3 chain RPC": {"rpc_url": secrets["rpc_url"], "chain_id": str(V["p3_chain_id"]),
                          "anchor_wallet": V["p3_anchor_wallet"]},
         "P3 wallet funding key": {"funding_key": secrets["funding_key"]},
+        # the incident record's PostgreSQL sink: the lab's database (a DSN of its own spelling, same password)
+        "P3 incident sink": {"dsn": V["p3_database_url"] + ("&" if "?" in V["p3_database_url"] else "?")
+                             + "application_name=p3-incident-sink"},
     }
     # what must never show: each secret whole, and its password part alone
     needles = sorted({secrets["dsn"], secrets["redis_password"], RPC_KEY, secrets["funding_key"],
-                      secrets["funding_key"][2:], "p3admin-lab-secret"})
+                      secrets["funding_key"][2:], "p3admin-lab-secret",
+                      credentials["P3 incident sink"]["dsn"]})
     counter = [1000]
     # the incident directory as a persistent volume of the execution node, shared by the jobs (docs/incidents.md)
     incident_dir = str(base / "incidents")
@@ -294,3 +298,31 @@ def _leak_pids():
             return set(r[0] for r in cur.fetchall())
     finally:
         conn.close()
+
+
+def test_a_failed_job_still_publishes_its_incident_record_and_the_sink_credential_stores_it(awx, healthy_lab):
+    """A recover_* job that fails (db-exhaustion under a policy that terminates nothing: the verification fails the
+    run) still leaves its incident record in the job's artifacts (set_stats p3_incident in the stats event), saying
+    what failed; the P3 incident sink credential (its DSN injected as an extra variable) gets the run's row in
+    PostgreSQL; no secret of any credential, the sink's DSN included, is in the artifacts."""
+    lab_fault("db-exhaustion")
+    job = awx("recover_database.yml", survey={"p3_db_min_age_seconds": 86400, "p3_db_app_check": False,
+                                              "p3_db_verify_timeout": 2},
+              creds=("P3 PostgreSQL admin DSN", "P3 Redis", "P3 chain RPC", "P3 incident sink"))
+    record = _assert_job(job, status="failed", rc=2)
+    assert record["failed"] is True and record["state"] == "open" and record["healthy"] is False, record
+    # the root cause is the incident's (an open incident of the same target is reused: after the test above it
+    # holds that job's faults too), and it says the database is still failing
+    assert record["incident_id"] and record["root_cause"].startswith("Broken: "), record["root_cause"]
+    assert "not yet restored - still failing: postgres_activity" in record["root_cause"], record["root_cause"]
+    assert any(e["status"] == "failed" for e in record["timeline"]), record["timeline"]
+    assert record["sinks"]["database"] and "p3admin-lab-secret" not in json.dumps(record)
+    # the sink's row of this very run, written with the DSN the credential injected
+    conn = psycopg2.connect(V["p3_database_url"], connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT state, who->>'awx_job_id' FROM p3_incident_runs WHERE run_id = %s", (record["run"],))
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    assert rows == [("open", str(job.id))], rows

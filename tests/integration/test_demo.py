@@ -1,8 +1,13 @@
-"""Issue 18 §6: `make demo` (scripts/demo.sh) works for the lab's faults - app-down (restart_app) and wallet-empty
-(recover_all, funded with the lab-only key the lab provides as a vars file, the way a vault would) - and shows the
-reason of a failure, not only the PLAY RECAP. Asserts the lab's real state afterwards. Pass a (default lab; no lab of its own)."""
+"""Issue 18 §6: `make demo` (scripts/demo.sh) works for EVERY lab fault (lab/p3lablib/faults.py FAULTS): app-down
+(restart_app), db-exhaustion (recover_database), wallet-empty (recover_all, funded with the lab-only key the lab
+provides as a vars file, the way a vault would) and every other fault through recover_all's stage for it - and shows
+the reason of a failure, not only the PLAY RECAP. Also the two roots of the redis-master-down flake: the lab app's
+worker follows a failover of the queue's master, and recover_anchor's verify does not accept zero worker connections.
+Asserts the lab's real state afterwards. Pass c (integration-c, its session lab; no lab of its own)."""
 import os
 import subprocess
+
+import pytest
 
 from p3harness import FUNDING_KEY, LAB_SECRETS_HINT, ROOT, lab_fault, lab_status
 
@@ -38,6 +43,36 @@ def test_demo_wallet_empty_funds_the_wallet_with_the_lab_key_and_retries(healthy
     assert st["anchor"]["failed"] == 0, st["anchor"]
     table = p.stdout.rsplit("Diagnose-again", 1)[1]
     assert "wallet         OK" in table and "anchor_queue   OK" in table, table
+
+
+# Every other lab fault (lab/p3lablib/faults.py FAULTS) through `make demo`, one after another on one lab (the demo
+# heals first). recover_all runs only the stage of the fault (its other stages find nothing to do and cost
+# minutes on two busy cores); db-exhaustion goes to recover_database, as the demo does.
+STAGE = {"db-exhaustion": None, "redis-master-down": "redis", "redis-slots-uncovered": "redis",
+         "sessions-corrupt": "sessions", "mesh-down": "mesh", "anchor-backlog": "anchor",
+         "anchor-worker-down": "anchor"}
+
+
+def test_every_lab_fault_has_a_demo():
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "lab"))
+    from p3lablib.faults import FAULTS
+    assert sorted(set(STAGE) | {"app-down", "wallet-empty"}) == sorted(FAULTS)
+
+
+@pytest.mark.parametrize("fault", sorted(STAGE))
+def test_demo_recovers_every_lab_fault(fault, lab_up, tmp_path):
+    args = '-e {"p3_recover_stages":["%s"]}' % STAGE[fault] if STAGE[fault] else ""
+    p = demo(fault, tmp_path, args=args)
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert "Injecting fault: %s" % fault in p.stdout and "Why:" not in p.stdout
+    table = p.stdout.rsplit("Diagnose-again", 1)[1]
+    assert "health         OK" in table, table
+    st = lab_status()
+    assert st["app"]["healthy"] is True and st["redis"]["cluster_state"] == "ok", st
+    assert st["redis"]["slots_assigned"] == 16384 and st["anchor"]["failed"] == 0, st
+    if fault == "redis-master-down":  # service restored, redundancy degraded: the one remaining step is named
+        assert "redis          DEGRADED" in table and "restart Redis node" in table, table
 
 
 def test_demo_shows_the_reason_of_a_failed_step(healthy_lab, tmp_path):
@@ -82,3 +117,83 @@ def test_after_a_master_is_failed_over_the_verdict_is_service_restored_redundanc
     rec = run.stats["p3_incident"]
     assert rec["state"] == "degraded" and rec["remaining"] == [step], rec
     assert "redundancy degraded - remaining step: " + step in rec["root_cause"], rec["root_cause"]
+
+
+def _worker_conns(addr):
+    """The anchor queue's BullMQ worker connections on one node (CLIENT LIST names), [] when it does not answer."""
+    from p3harness import client
+    try:
+        return [c["name"] for c in client(addr).client_list() if (c.get("name") or "").startswith("{bull}:")]
+    except Exception:  # noqa: BLE001 - a dead node has no connection
+        return []
+
+
+def test_the_lab_worker_follows_a_failover_of_the_queues_master(healthy_lab):
+    """The redis-master-down demo's flake at its root: when the master serving the queue's slot fails over (here a
+    CLUSTER FAILOVER of its replica: the old master stays up as a replica, as after a heal or a planned failover),
+    the lab app's BullMQ worker must end up on the new master (as an ioredis Cluster client does: a new topology,
+    the blocking connection re-issued on the new owner) and take new jobs. Measured on the old worker: no worker
+    connection anywhere for 30 s+, jobs wait until the 20 s stall guard."""
+    import json
+    import time
+
+    import redis as redislib
+    from p3harness import V, anchor_redis, client, lab_nodes, views
+
+    slot = redislib.cluster.key_slot(b"{bull}")
+    addrs = lab_nodes()
+    owner = owner_of(views(addrs), slot)
+    deadline = time.monotonic() + 30
+    while not _worker_conns(owner) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _worker_conns(owner), owner
+    view = views([owner])[owner]
+    me = [n for n in view.values() if n["myself"]][0]
+    replica = [n["addr"] for n in view.values() if n["master"] == me["id"] and "fail" not in n["flags"]][0]
+    assert client(replica).execute_command("CLUSTER", "FAILOVER") in ("OK", b"OK", True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and owner_of(views(addrs), slot) != replica:
+        time.sleep(0.2)
+    assert owner_of(views(addrs), slot) == replica, "the failover did not happen"
+    deadline = time.monotonic() + 15  # the worker's supervisor looks every 2 s
+    while time.monotonic() < deadline and not _worker_conns(replica):
+        time.sleep(0.5)
+    assert _worker_conns(replica), "no worker connection on the new master %s of the queue's slot (old %s)" % (
+        replica, owner)
+    # and it takes a new job: POST /api/anchor -> completed
+    import urllib.request
+    req = urllib.request.Request(V["p3_app_url"] + "/api/anchor", data=json.dumps(
+        {"appId": "failover-test", "event": "after-failover"}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        job_id = json.loads(resp.read())["jobId"]
+    r = anchor_redis()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and r.zscore("{bull}:anchor:completed", job_id) is None:
+        time.sleep(0.5)
+    assert r.zscore("{bull}:anchor:completed", job_id) is not None, r.hgetall("{bull}:anchor:" + job_id)
+
+
+def owner_of(view_by_addr, slot):
+    """The address serving `slot` in the first answering node's view (None when no node answers / no owner)."""
+    from p3harness import owner_map
+    for view in view_by_addr.values():
+        if view:
+            return owner_map(view).get(slot)
+    return None
+
+
+def test_recover_anchor_verify_does_not_call_a_queue_without_a_worker_healthy(healthy_lab, tmp_path):
+    """The other half of the redis-master-down flake: recover_anchor's verification accepted zero worker
+    connections (p3_anchor_min_workers defaults to 0 for diagnose: only jobs waiting with no worker count there).
+    After a recovery, a queue nobody consumes is not healthy: the verdict says so, truthfully, and the run fails."""
+    from p3harness import V, recover_anchor
+    import urllib.request
+
+    req = urllib.request.Request(V["p3_app_url"] + "/_lab/anchor/stop", data=b"{}",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as resp:
+        assert resp.status in (200, 202, 204)
+    run, report = recover_anchor(str(tmp_path), p3_anchor_restart_on_stall=False, p3_anchor_verify_timeout=5)
+    assert report["healthy"] is False, report
+    assert "no worker on" in report["reason"] and "(0 connection(s) < 1)" in report["reason"], report["reason"]
+    assert run.rc == 2, run.stdout[-3000:]

@@ -167,7 +167,7 @@ def check_credential_type(ctype):
 def test_credential_types_are_sound():
     ctypes = _yaml("controller_credential_types.yml")["controller_credential_types"]
     assert {c["name"] for c in ctypes} == {"P3 PostgreSQL admin DSN", "P3 Redis", "P3 chain RPC",
-                                           "P3 wallet funding key"}
+                                           "P3 wallet funding key", "P3 incident sink"}
     for ctype in ctypes:
         assert ctype["kind"] == "cloud"
         assert check_credential_type(ctype) == []
@@ -181,6 +181,10 @@ def test_credential_types_are_sound():
                                                                        "p3_anchor_wallet"}
     assert by_name["P3 wallet funding key"]["injectors"]["extra_vars"] == {
         "p3_anchor_funding_key": "{{ funding_key }}"}
+    # the incident callback's PostgreSQL sink: a secret DSN, as an extra variable only (never the environment)
+    sink = by_name["P3 incident sink"]
+    assert sink["injectors"] == {"extra_vars": {"p3_incident_database_url": "{{ dsn }}"}}
+    assert [f for f in sink["inputs"]["fields"] if f["id"] == "dsn"][0]["secret"] is True
     # every variable a credential injects is one the surveys never ask
     for ctype in ctypes:
         assert set(ctype["injectors"].get("extra_vars", {})) - {"p3_redis_ca_cert"} <= surveys.CREDENTIAL_VARS
@@ -199,7 +203,12 @@ def test_credential_type_check_catches_mistakes():
 
 def test_credentials_use_the_types_and_no_literal_secret():
     ctypes = {c["name"]: c for c in _yaml("controller_credential_types.yml")["controller_credential_types"]}
-    for cred in _yaml("controller_credentials.yml")["controller_credentials"]:
+    creds = _yaml("controller_credentials.yml")["controller_credentials"]
+    # one credential of every type, and every template carries the incident sink (the record outlives the job)
+    assert sorted(c["credential_type"] for c in creds) == sorted(ctypes)
+    for jt in _yaml("controller_templates.yml")["controller_templates"]:
+        assert "P3 incident sink" in jt["credentials"], jt["name"]
+    for cred in creds:
         ctype = ctypes[cred["credential_type"]]
         ids = {f["id"] for f in ctype["inputs"]["fields"]}
         assert set(cred["inputs"]) <= ids

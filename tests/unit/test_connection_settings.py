@@ -122,9 +122,11 @@ def test_every_play_that_runs_a_role_sets_the_connection_once():
             text = yaml.safe_dump(play)
             if "import_playbook" in play or not ("roles" in play or "p3.recovery." in text):
                 continue
-            if "roles" not in play and "_role" not in text:
-                continue  # tasks of its own only (recover_all's app stage passes its options itself)
+            # roles: and the roles its tasks import / include (every play's rescue includes incident_record)
             names = [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+            names += re.findall(r"\bname: (p3\.recovery\.\w+)", text)
+            if not names:
+                continue  # tasks of its own only (recover_all's app stage passes its options itself)
             if names and not any(_role_calls_modules(n.split(".")[-1]) for n in names):
                 continue  # roles that call no module of the collection (incident_record)
             plays += 1
