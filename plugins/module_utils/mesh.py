@@ -258,7 +258,7 @@ def relay_roundtrip(target, relay_path, node_prefix="p3-recovery-probe"):
             avail = resp["json"].get("peersAvailable")
             out["peers"] = max(0, int(avail) - 1) if isinstance(avail, int) else None
             resp = call("POST", "/relay", dict(target=node_id, lane=RELAY_LANE,
-                                                payload=dict(probe="p3-recovery", nonce=nonce)))
+                                               payload=dict(probe="p3-recovery", nonce=nonce)))
             if not (resp["ok"] and isinstance(resp["json"], dict) and resp["json"].get("relayed") is True):
                 problem = bad(resp, "relay")
             else:
