@@ -245,10 +245,10 @@ def test_recover_all_after_a_redis_outage_p3_does_not_survive(healthy_upstream, 
     # final diagnose finds the fresh worker stuck again once it idled ~10 s - what a loaded CI machine reached)
     with traffic():
         r = run("recover_all.yml", report_dir)
-    assert r.rc == 0, r.stdout[-3000:]
-    assert app_pid() != pid and worker_connected()
-    canary_completed(report(r, "p3_recover_anchor"))
-    db_backed_call_writes_outbox()
+        assert r.rc == 0, r.stdout[-3000:]
+        assert app_pid() != pid and worker_connected()
+        canary_completed(report(r, "p3_recover_anchor"))
+        db_backed_call_writes_outbox()
 
 
 def test_recover_anchor_wallet_empty_anchors_on_chain_again(healthy_upstream, report_dir):
@@ -256,16 +256,29 @@ def test_recover_anchor_wallet_empty_anchors_on_chain_again(healthy_upstream, re
     proves it with one new checkpoint that P3 anchors on chain (a mined transaction with status 1)."""
     lab_fault("wallet-empty")
     lab = lab_now()
-    r = run("recover_anchor.yml", report_dir, p3_anchor_funding_key=FAUCET_KEY)
+    wallet = upstream.ANCHOR_WALLET  # P3's signer (PRIVATE_KEY)
+    r = run("recover_anchor.yml", report_dir, check=True, p3_anchor_funding_key=FAUCET_KEY)
     assert r.rc == 0, r.stdout[-3000:]
-    rep = report(r, "p3_recover_anchor")
-    assert rep["actions"]["fund"]["funded"] is True
-    tx = rep["after"]["chain_canary"]["tx_hash"]
-    assert tx
-    assert int(rpc(lab.rpc_url, "eth_getTransactionReceipt", [tx])["status"], 16) == 1
-    wallet = rep["before"]["chain"]["wallet"]
-    assert int(rpc(lab.rpc_url, "eth_getBalance", [wallet, "latest"]), 16) >= 10 ** 17
-    assert FAUCET_KEY[2:] not in r.stdout
+    assert int(rpc(lab.rpc_url, "eth_getBalance", [wallet, "latest"]), 16) == 0  # check mode funds nothing
+    with restart_p3_with_traffic():  # users keep P3's worker busy (row 29): the second run judges the wallet alone
+        r = run("recover_anchor.yml", report_dir, p3_anchor_funding_key=FAUCET_KEY)
+        assert r.rc == 0, r.stdout[-3000:]
+        rep = report(r, "p3_recover_anchor")
+        assert rep["actions"]["fund"]["funded"] is True
+        tx = rep["after"]["chain_canary"]["tx_hash"]
+        assert tx
+        assert int(rpc(lab.rpc_url, "eth_getTransactionReceipt", [tx])["status"], 16) == 1
+        assert rep["before"]["chain"]["wallet"].lower() == wallet.lower()
+        balance = int(rpc(lab.rpc_url, "eth_getBalance", [wallet, "latest"]), 16)
+        assert balance >= 10 ** 17
+        assert FAUCET_KEY[2:] not in r.stdout
+        r2 = run("recover_anchor.yml", report_dir, p3_anchor_funding_key=FAUCET_KEY)
+        assert r2.rc == 0, r2.stdout[-3000:]
+        assert report(r2, "p3_recover_anchor")["actions"]["fund"].get("funded") is not True
+        assert int(rpc(lab.rpc_url, "eth_getBalance", [wallet, "latest"]), 16) == balance  # funded once
+        # the wallet is done; on a loaded machine P3's worker may still idle into its stuck state between the
+        # traffic's jobs (row 29), and then the one change is the restart that unsticks it
+        assert all("restart" in (task or "").lower() for _, task, _ in r2.changed_tasks()), r2.changed_tasks()
 
 
 def test_sessions_say_they_live_in_process_memory(healthy_upstream, report_dir):
