@@ -5,16 +5,22 @@ upstream"), the time from injection until P3 really works again, three ways in t
               variables from the inventory; "restart application (adapt to your process manager)" is the lab's
               supervisorctl restart, as the runbook says. A command that cannot run is reported with its exit code;
   nothing   - no action, a bounded wait (BENCH_UPSTREAM_NOTHING_S, 90 s): does P3 heal itself, and when.
-"Works" is functional, polled every 4 s by a watcher (each poll its own new job): GET /api/system/health 200
-with the database healthy and a new anchor job through P3's SDK route (DB-backed: every /api/* request inserts
-telemetry first) reaches `completed` within 5 s; for wallet-empty also one checkpoint anchored on chain. P3 limits
-each client to 500 /api requests per 15 min (in process memory; a restart resets it): the polls and the traffic
-stay below that, a 429 is reported as such.
+"Works" is functional, polled every 4 s by a watcher (each poll a new check): WORKS_PARALLEL (8) concurrent
+GET /api/system/health all 200 with the database healthy (each runs SELECT 1 on P3's pool: one request alone may
+still get an idle pooled connection while the server refuses new ones, P3 under users needs its pool to grow), and
+a new anchor job through P3's SDK route (DB-backed: every /api/* request inserts telemetry first) reaches
+`completed` within 5 s; for wallet-empty also one checkpoint anchored on chain. The runbook's `cast` is the lab's
+(node_modules/.bin, put first on PATH); its `cast send` names no signer, so the environment carries one the way
+an operator's would: ETH_KEYSTORE/ETH_PASSWORD, a keystore of the lab's funding account written for the round and
+removed after it (without a signer `cast send` fails: "Error accessing local wallet").
 Every round: heal, inject, act, watch until it works (bounded: BENCH_UPSTREAM_AFTER_S, 60 s, after the action),
 heal. Faults: BENCH_UPSTREAM_FAULTS (comma list; default all six). Needs the upstream lab up (P3LAB_DIR and
 P3LAB_BASE_PORT of it, e.g. make integration-upstream's .state/lab-upstream at base + 700). Not part of make test.
 """
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +32,7 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "lab"))
 
+WORKS_PARALLEL = int(os.environ.get("BENCH_UPSTREAM_PARALLEL", "8"))
 FAULTS = ["db-exhaustion", "redis-outage", "redis-master-down", "app-down", "anchor-backlog", "wallet-empty"]
 FAUCET_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0 (lab only)
 PLAYBOOK = {
@@ -96,13 +103,13 @@ def _lab():
 
 
 def works(lab, chain=False):
-    """P3 really works: DB-backed health and API, a new anchor job completed (and, with chain, an on-chain
-    checkpoint). (ok, why)."""
+    """P3 really works: WORKS_PARALLEL concurrent DB-backed health checks, a new anchor job completed (and, with
+    chain, an on-chain checkpoint). (ok, why)."""
     from p3lablib import upstream
 
-    code, body = upstream.health(lab, timeout=3)
-    if code != 200 or not upstream.db_ok(body):
-        return False, "system health %s" % code
+    bad = upstream.concurrent_health(lab, WORKS_PARALLEL, timeout=5)
+    if bad:
+        return False, "%d/%d concurrent system health failed (%s)" % (len(bad), WORKS_PARALLEL, bad[0][0])
     # every /api/* request of P3 first inserts telemetry: the SDK route's 200 is DB-backed too
     code, body = upstream.submit_batch(lab, [{"appId": "bench-works", "event": "w"}], timeout=3)
     ids = (body or {}).get("jobIds") if isinstance(body, dict) else None
@@ -169,28 +176,51 @@ def _playbook(lab, fault, report_dir):
                               env=r.env(), cwd=ROOT, timeout=900)
     finally:
         os.unlink(path)
-    return "%s rc=%d" % (name, proc.returncode)
+    if proc.returncode == 0:
+        return "%s rc=0" % name
+    msgs = re.findall(r'"msg": "([^"]{1,160})', proc.stdout)
+    return "%s rc=%d (%s)" % (name, proc.returncode, msgs[-1] if msgs else proc.stdout.strip()[-120:])
 
 
 def _runbook(lab, fault):
     v = _run().lab_vars()
     with open(_run().INVENTORY) as f:
         host = yaml.safe_load(f)["all"]["children"]["p3_app"]["hosts"]["p3-lab-app"]
-    from p3lablib.common import REDIS_PASSWORD
+    from p3lablib.common import FAUCET_KEY, REDIS_PASSWORD
 
     e = _run().env()
-    e.update({"DATABASE_URL": v["p3_app_database_url"], "REDIS_URL": "redis://:%s@%s" % (REDIS_PASSWORD,
-                                                                                         v["p3_redis_nodes"][0]),
+    # the runbook's cast: the lab's foundry build (npm @foundry-rs/cast in node_modules/.bin)
+    e["PATH"] = os.path.join(ROOT, "node_modules", ".bin") + os.pathsep + e["PATH"]
+    e.update({"DATABASE_URL": v["p3_app_database_url"],
+              "REDIS_URL": "redis://:%s@%s" % (REDIS_PASSWORD, v["p3_redis_nodes"][0]),
               "RPC_URL": v["p3_rpc_url"], "ANCHOR_WALLET": v["p3_anchor_wallet"],
               "SUPERVISORCTL": host["p3_supervisorctl"], "SUPERVISOR_CONF": host["p3_supervisor_conf"]})
-    rcs = []
+    from eth_account import Account
+
+    signer = tempfile.mkdtemp(prefix="bench-signer-")
+    password = os.urandom(16).hex()
+    with open(os.path.join(signer, "key.json"), "w") as f:
+        json.dump(Account.encrypt(FAUCET_KEY, password, iterations=2), f)
+    with open(os.path.join(signer, "password"), "w") as f:
+        f.write(password)
+    e.update({"ETH_KEYSTORE": os.path.join(signer, "key.json"), "ETH_PASSWORD": os.path.join(signer, "password")})
+    try:
+        return _runbook_commands(fault, e)
+    finally:
+        shutil.rmtree(signer, ignore_errors=True)
+
+
+def _runbook_commands(fault, e):
+    out = []
     for cmd in RUNBOOK[fault]:
         try:
             proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=e, cwd=ROOT, timeout=120)
-            rcs.append(proc.returncode)
+            err = [line for line in proc.stderr.splitlines() if line.strip()]
+            out.append(str(proc.returncode) if proc.returncode == 0 or not err
+                       else "%d (%s)" % (proc.returncode, err[-1].strip()[:70]))
         except subprocess.TimeoutExpired:
-            rcs.append("timeout")
-    return "runbook commands rc %s" % rcs
+            out.append("timeout")
+    return "runbook commands rc %s" % ", ".join(out)
 
 
 class Traffic(object):

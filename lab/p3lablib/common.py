@@ -128,6 +128,13 @@ class Lab(object):
     def upstream(self):
         return self.app_mode == "upstream"
 
+    @property
+    def pg_max_connections(self):
+        """P3's own pools open up to 20 connections (server/pg-storage.ts 10 + server/db.ts 10 in development), which
+        alone would fill the lab app's 20 (17 usable): the upstream lab's PostgreSQL has room for them, and is still
+        small enough for db-exhaustion to fill quickly. A running server keeps its setting until `down`."""
+        return 40 if self.upstream else 20
+
     def set_mode(self, app, bullmq, app_instances=None):
         """Record the app mode (`up --app/--bullmq/--app-instances`) and recompute what depends on it."""
         os.makedirs(self.dir, exist_ok=True)

@@ -154,8 +154,8 @@ def start(lab):
     if not pid and port_listening(lab.pg_port):
         raise LabError("port %d is in use by another process (needed by postgres)" % lab.pg_port)
     init(lab)
-    opts = ("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=20 -c superuser_reserved_connections=3"
-            % (lab.pg_port, lab.pg_sock))
+    opts = ("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=%d -c superuser_reserved_connections=3"
+            % (lab.pg_port, lab.pg_sock, lab.pg_max_connections))
     if not pid:
         run(as_postgres([pg_bin("pg_ctl"), "-D", lab.pg_data, "-l", lab.pg_log, "-w", "-t", "30", "-o", opts, "start"]),
             timeout=40, env=lab.child_env(), what="pg_ctl start")

@@ -94,7 +94,7 @@ def lab_info(lab):
                      "log": lab.pg_log, "pidfile": os.path.join(lab.pg_data, "postmaster.pid"),
                      "app_user": PG_APP_USER, "app_password": PG_APP_PASSWORD,
                      "admin_user": PG_ADMIN_USER, "admin_password": PG_ADMIN_PASSWORD,
-                     "max_connections": 20, "superuser_reserved_connections": 3},
+                     "max_connections": lab.pg_max_connections, "superuser_reserved_connections": 3},
         "anvil": {"port": lab.anvil_port, "rpc_url": lab.rpc_url, "chain_id": CHAIN_ID, "pidfile": lab.anvil_pidfile,
                   "log": lab.anvil_log, "faucet": FAUCET, "faucet_key": FAUCET_KEY,
                   "anchor_wallet": ANCHOR_WALLET, "anchor_key": ANCHOR_KEY, "anchor_sink": ANCHOR_SINK},

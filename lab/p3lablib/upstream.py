@@ -528,6 +528,17 @@ def db_ok(body):
     return isinstance(body, dict) and ((body.get("database") or {}).get("status") in ("healthy", "connected", "ok"))
 
 
+def concurrent_health(lab, n=8, timeout=8.0):
+    """n concurrent GET /api/system/health (each runs SELECT 1 on P3's pool): the answers that were not 200 with a
+    healthy database. One request may still get an idle pooled connection while the server refuses new ones
+    (db-exhaustion); n at once need the pool to grow, as P3 under users does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        res = list(ex.map(lambda _: health(lab, timeout=timeout), range(n)))
+    return [(c, b) for c, b in res if not (c == 200 and db_ok(b))]
+
+
 def wait_ready(lab, timeout):
     """Until /api/system/health answers 200 with a healthy database (the server exits when it cannot start)."""
     from . import supervisor

@@ -2,10 +2,9 @@
 "Faults on the real server"). Each fault is injected into what P3 really uses and waits (bounded) until P3 shows it."""
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from . import anvil, pg, rediscluster, supervisor, upstream
-from .common import ONE_ETH, LabError, kill, live_pid, now_iso, pid_alive, read_json, wait_until, write_json
+from .common import ONE_ETH, PG_APP_USER, LabError, kill, live_pid, now_iso, pid_alive, read_json, wait_until, write_json
 from .faults import record, update_last
 
 FAULTS = ["db-exhaustion", "db-down", "redis-master-down", "redis-outage", "anchor-backlog", "wallet-empty", "app-down"]
@@ -48,18 +47,40 @@ def _worker(lab):
 # ---------------------------------------------------------------- db-exhaustion
 
 
-def _probe_many(lab, n=8):
-    """n concurrent GET /api/system/health: a busy P3 needs more pooled connections than its idle one."""
-    with ThreadPoolExecutor(max_workers=n) as ex:
-        res = list(ex.map(lambda _: upstream.health(lab, timeout=8), range(n)))
-    bad = [(c, b) for c, b in res if not (c == 200 and upstream.db_ok(b))]
-    return bad
+def _drop_p3_idle_connections(lab):
+    """pg_terminate_backend of the idle connections of P3's pools (its role on its database: application_name
+    p3-protocol of server/pg-storage.ts and postgres.js of server/db.ts): what their
+    recycling does (postgres.js max_lifetime, a server-side idle timeout, a PgBouncer restart). The pools must then
+    open new connections. Returns how many were terminated."""
+    conn = upstream.connect(lab, timeout=3)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND "
+                        "usename = %s AND application_name <> 'p3-lab-leak' AND state = 'idle'",
+                        (upstream.DB, PG_APP_USER))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _p3_connections(lab):
+    conn = upstream.connect(lab, timeout=3)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s AND "
+                        "application_name <> 'p3-lab-leak'", (upstream.DB, PG_APP_USER))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def db_exhaustion(lab):
     """The lab's connection holder (p3lab _hold, application_name p3-lab-leak, as p3app) takes every free slot of
-    the server; P3's two postgres.js pools (10 + 10 here) then cannot open the connections they need: concurrent
-    API requests fail (one idle pooled connection may still serve a lone probe)."""
+    the server; then the idle connections of P3's two postgres.js pools (10 + 10 here) are dropped, as their
+    recycling would drop them, and the holder takes those slots too. P3's pools cannot open the connections they
+    need: concurrent API requests fail (without the drop, a P3 whose pools had grown under users would keep
+    serving on the connections it holds)."""
     from .faults import start_holder
 
     require_app(lab)
@@ -69,12 +90,30 @@ def db_exhaustion(lab):
     record(lab, rec)
     # the server is full once the holder is refused
     full = wait_until(lambda: (read_json(lab.holder_state, {}) or {}).get("last_error"), 15, 0.2)
-    bad = wait_until(lambda: _probe_many(lab) if pid_alive(pid) else None, 20, 1.0) if full else None
+    dropped = []
+
+    def held():
+        return (read_json(lab.holder_state, {}) or {}).get("held") or 0
+
+    def broken():
+        if not pid_alive(pid):
+            return None
+        before = held()
+        n = _drop_p3_idle_connections(lab)
+        dropped.append(n)
+        # the holder takes the freed slots (P3's pools, busy, may win a few back: then drop again)
+        wait_until(lambda: held() >= before + n, 3, 0.05)
+        if _p3_connections(lab) > 2:
+            return None
+        return upstream.concurrent_health(lab)
+
+    bad = wait_until(broken, 20, 0.5) if full else None
     if bad:
         kill(pid, signal.SIGUSR1)
         wait_until(lambda: (read_json(lab.holder_state, {}) or {}).get("grabbing") is False, 5, 0.05)
     st = read_json(lab.holder_state, {}) or {}
-    rec.update({"connections": st.get("held"), "refused": st.get("last_error"),
+    rec.update({"connections": st.get("held"), "refused": st.get("last_error"), "p3_idle_dropped": sum(dropped),
+                "p3_connections": _p3_connections(lab),
                 "waited_s": round(time.monotonic() - t0, 1)})
     if not bad:
         if not pid_alive(pid):

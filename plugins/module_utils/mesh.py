@@ -161,3 +161,132 @@ def count_connections(port, states=("ESTABLISHED",), top=5):
     busiest = sorted(remotes.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     return dict(port=port, listening=listening, connections=counted, by_state=by_state,
                 top_remotes=[dict(address=a, connections=n) for a, n in busiest])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# P3 as coded: the global mesh relay (server/mesh/globalRelay.ts) keeps its peers and their message queues in the
+# app's process memory; "the mesh works" is a message relayed through it reaching its target.
+# ---------------------------------------------------------------------------------------------------------------
+
+ETH_ACCOUNT_IMP_ERR = None
+try:
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+    HAS_ETH_ACCOUNT = True
+except ImportError:  # pragma: no cover - depends on the environment
+    ETH_ACCOUNT_IMP_ERR = traceback.format_exc()
+    HAS_ETH_ACCOUNT = False
+
+RELAY_LANE = 2  # FOUNDATION_LANES.KEEPALIVE of P3's global relay
+
+
+def relay_manifest(account, node_id, now_ms):
+    """The node manifest P3's POST <relay>/register accepts: an EIP-191 signature by the node's wallet over
+    p3-global-relay:<nodeId>:<wallet lowercase>:<timestamp ms> (timestamp within 5 minutes of P3's clock)."""
+    wallet = account.address
+    message = "p3-global-relay:%s:%s:%d" % (node_id, wallet.lower(), now_ms)
+    signature = account.sign_message(encode_defunct(text=message)).signature.hex()
+    if not signature.startswith("0x"):
+        signature = "0x" + signature
+    return dict(nodeId=node_id, wallet=wallet, signature=signature, foundationLaneVersion="1.0.0", customLanes=[],
+                capabilities=["p3-recovery-probe"], endpoint="", timestamp=now_ms)
+
+
+def relay_roundtrip(target, relay_path, node_prefix="p3-recovery-probe"):
+    """Use P3's global mesh relay as a peer does: register a throwaway node (a fresh key made for this call signs
+    its manifest, so nothing secret is involved and unregistering removes only this node), relay one message to
+    itself on the KEEPALIVE lane, read it back from its queue, and unregister (always, once registered).
+    target.timeout is the total deadline of the whole round trip. Returns a probe result: healthy when the message
+    came back; peers = other nodes registered (P3's globalNodes.size minus this one), relays, latency_ms."""
+    import json
+    import time
+    import uuid
+
+    from ansible_collections.p3.recovery.plugins.module_utils.common import probe_result
+    from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response, request
+
+    if not HAS_ETH_ACCOUNT:
+        raise P3Error("the eth-account Python library (part of web3) is required to sign the mesh probe's "
+                      "node manifest")
+    base = "/" + str(relay_path or "").strip("/")
+    if base == "/":
+        raise P3Error("relay_path must not be empty")
+    account = Account.create()
+    node_id = "%s-%s" % (node_prefix, uuid.uuid4().hex[:12])
+    nonce = uuid.uuid4().hex
+    t0 = time.monotonic()
+    end = t0 + float(target.timeout)
+    # the unregister keeps a share of the deadline: a register that timed out may still be served later (P3 queues
+    # every /api/* request behind its telemetry insert), and the unregister queued after it removes the node then
+    reserve = min(1.0, float(target.timeout) / 4)
+    out = dict(node_id=node_id, url=None, peers=None, relayed=False, received=False, unregistered=None,
+               latency_ms=None, status=None)
+
+    def call(method, path, body=None, until=None):
+        left = (until or end - reserve) - time.monotonic()
+        if left <= 0:
+            raise P3Error("mesh relay round trip: no answer within the total timeout of %ss before %s %s"
+                          % (target.timeout, method, path))
+        headers = dict(target.headers)
+        headers["X-Wallet-Address"] = account.address
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode("utf-8")
+        resp = request(target.url_for(base + path), method=method, timeout=left, headers=headers,
+                       validate_certs=target.validate_certs, data=data, secrets=target.secrets,
+                       context=target.context)
+        out["status"] = resp["status"]
+        return resp
+
+    def bad(resp, what):
+        body = resp["json"] if isinstance(resp["json"], dict) else {}
+        detail = body.get("error") if body.get("error") else None
+        return "mesh relay %s: %s%s" % (what, describe_response(resp), (" (%s)" % one_line(detail, 120)) if detail
+                                        else "")
+
+    problem = None
+    registered = None  # unknown until P3 answers
+    try:
+        resp = call("POST", "/register", relay_manifest(account, node_id, int(time.time() * 1000)))
+        out["url"] = resp["url"]
+        if not (resp["ok"] and isinstance(resp["json"], dict) and resp["json"].get("ok") is True):
+            registered = None if resp["status"] is None else False
+            problem = bad(resp, "register")
+        else:
+            registered = True
+            avail = resp["json"].get("peersAvailable")
+            out["peers"] = max(0, int(avail) - 1) if isinstance(avail, int) else None
+            resp = call("POST", "/relay", dict(target=node_id, lane=RELAY_LANE,
+                                               payload=dict(probe="p3-recovery", nonce=nonce)))
+            if not (resp["ok"] and isinstance(resp["json"], dict) and resp["json"].get("relayed") is True):
+                problem = bad(resp, "relay")
+            else:
+                out["relayed"] = True
+                resp = call("GET", "/messages")
+                msgs = (resp["json"] or {}).get("messages") if isinstance(resp["json"], dict) else None
+                if not resp["ok"] or not isinstance(msgs, list):
+                    problem = bad(resp, "messages")
+                elif not any(isinstance(m, dict) and isinstance(m.get("payload"), dict)
+                             and m["payload"].get("nonce") == nonce for m in msgs):
+                    problem = "mesh relay: the message relayed to %s was not in its queue (%d messages)" % (
+                        node_id, len(msgs))
+                else:
+                    out["received"] = True
+    except P3Error as e:
+        problem = e.msg
+    finally:
+        if registered is not False:
+            try:
+                resp = call("POST", "/unregister", {}, until=end)
+                out["unregistered"] = bool(resp["ok"])
+                if not resp["ok"] and registered and problem is None:
+                    problem = bad(resp, "unregister")
+            except P3Error as e:
+                out["unregistered"] = False
+                problem = problem or e.msg
+    out["latency_ms"] = round((time.monotonic() - t0) * 1000.0, 1)
+    if problem:
+        return probe_result(False, problem, **out)
+    return probe_result(True, "mesh relay %s: a message relayed on lane %d came back in %s ms (%s other peers "
+                        "registered)" % (base, RELAY_LANE, int(out["latency_ms"]), out["peers"]), **out)

@@ -251,6 +251,9 @@ def resolve_hosts(conninfo, deadline, resolver=None, target=None):
     return resolved
 
 
+_ALL_SLOTS_TAKEN = re.compile(r"too many clients already", re.I)
+
+
 def _wait(conn, deadline):
     """Drive an asynchronous psycopg2 connection until it is ready, or raise PgTimeout at the deadline."""
     while True:
@@ -295,9 +298,22 @@ class PostgresClient(object):
         deadline = time.monotonic() + self.timeout
         conn = None
         conninfo = resolve_hosts(self.conninfo, deadline, target=self.target)
+        pause = 0.1
         try:
-            conn = psycopg2.connect(async_=True, **conninfo)
-            _wait(conn, deadline)
+            while True:
+                try:
+                    conn = psycopg2.connect(async_=True, **conninfo)
+                    _wait(conn, deadline)
+                    break
+                except psycopg2.OperationalError as e:
+                    # every slot taken, the superuser-reserved ones too: an app whose pools keep retrying holds
+                    # them for moments (each attempt is a backend until refused); a moment later one is free
+                    if not _ALL_SLOTS_TAKEN.search(str(e)) or time.monotonic() + pause >= deadline:
+                        raise
+                    self._close(conn)
+                    conn = None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.8)
         except PgTimeout:
             self._close(conn)
             raise P3Error("cannot connect to %s: timed out after %ss" % (self.target, num_text(self.timeout)),

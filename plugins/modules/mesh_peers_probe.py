@@ -15,6 +15,12 @@ description:
   - Healthy when the pulse answers 2xx JSON with the relay not down and at least O(min_peers) subscribers, and
     (unless O(peers_metric) is empty) the metric's value is at least O(min_peers) too.
   - The default O(min_peers) is the runbook's alert C(mesh_peer_count_low) (C(peer_count < 10)).
+  - With O(relay_path) (P3 as coded, C(/api/mesh/global)) it also uses the relay as a peer does, which is what
+    C(the mesh works) means there (peers live in the app's process memory, no Redis is involved) - it registers a
+    throwaway node whose manifest a key made for this call signs (EIP-191), relays one message to it on the
+    KEEPALIVE lane, reads it back from its queue and unregisters it. Healthy needs the message back.
+  - The round trip leaves nothing behind (the node is unregistered, so it also runs in check mode); P3 counts one
+    more relay and, like every C(/api/*) request, writes telemetry rows.
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
@@ -40,6 +46,15 @@ options:
     description: Fewest connected peers that count as healthy.
     type: int
     default: 10
+  relay_path:
+    description:
+      - Base path of the app's global mesh relay (C(register), C(relay), C(messages), C(unregister) below it;
+        C(/api/mesh/global) on P3 as coded). Empty skips the round trip.
+      - O(timeout) is the total deadline of the whole round trip.
+    type: str
+    default: ""
+requirements:
+  - eth-account (Python library, part of web3; only with O(relay_path))
 seealso:
   - module: p3.recovery.app_probe
   - module: p3.recovery.mesh_pubsub_probe
@@ -86,13 +101,21 @@ metrics_error:
   description: Why the metric could not be read, or null.
   returned: always
   type: str
+relay_roundtrip:
+  description:
+    - The relay round trip (O(relay_path) set) - C(healthy), C(reason), C(node_id), C(relayed), C(received),
+      C(unregistered), C(peers) (other nodes registered), C(latency_ms); null when O(relay_path) is empty.
+  returned: always
+  type: dict
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
 from ansible_collections.p3.recovery.plugins.module_utils.app_health import pulse_verdict
-from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
+from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, one_line, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HttpTarget, describe_response, http_argument_spec
+from ansible_collections.p3.recovery.plugins.module_utils.mesh import relay_roundtrip
 from ansible_collections.p3.recovery.plugins.module_utils.metrics import parse_metrics, sample_value
+from ansible_collections.p3.recovery.plugins.module_utils.common import run_parallel
 
 
 def main():
@@ -101,6 +124,7 @@ def main():
         metrics_path=dict(type="str", default="/metrics"),
         peers_metric=dict(type="str", default="active_websocket_connections"),
         min_peers=dict(type="int", default=10),
+        relay_path=dict(type="str", default=""),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
@@ -111,7 +135,15 @@ def main():
     paths = [p["pulse_path"] or "/pulse/status"]
     if p["peers_metric"]:
         paths.append(p["metrics_path"] or "/metrics")
-    responses = target.get_many(paths)
+    calls = {"get": lambda: target.get_many(paths)}
+    if p["relay_path"]:
+        calls["relay"] = lambda: relay_roundtrip(target, p["relay_path"])
+    done, errors, dummy = run_parallel(calls, name="mesh")
+    if errors:
+        err = errors.get("relay") or errors.get("get")
+        module.fail_json(msg=err.msg if isinstance(err, P3Error) else one_line(err))
+    responses = done["get"]
+    roundtrip = done.get("relay")
     pulse = pulse_verdict(responses[0], min_peers=p["min_peers"])
     metric_peers, metrics_error = None, None
     problems = [] if pulse["healthy"] else [pulse["reason"]]
@@ -130,14 +162,19 @@ def main():
             problems.append(metrics_error)
         elif metric_peers < p["min_peers"]:
             problems.append("%s %s < %d" % (p["peers_metric"], metric_peers, p["min_peers"]))
+    if roundtrip is not None and not roundtrip["healthy"]:
+        problems.append(roundtrip["reason"])
     if problems:
         reason = "; ".join(problems)
     else:
         reason = "%s peers (pulse)%s >= %d, relay %s" % (
             pulse["peers"], (", %s %s" % (p["peers_metric"], metric_peers)) if p["peers_metric"] else "",
             p["min_peers"], pulse["relay"] or "?")
+        if roundtrip is not None:
+            reason += "; " + roundtrip["reason"]
     exit_probe(module, probe_result(not problems, reason, peers=pulse["peers"], metric_peers=metric_peers,
-                                    relay=pulse["relay"], pulse=pulse, metrics_error=metrics_error))
+                                    relay=pulse["relay"], pulse=pulse, metrics_error=metrics_error,
+                                    relay_roundtrip=roundtrip))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ requirements:
   - redis (Python library, for the C(redis) probe)
   - psycopg2 (Python library, for the C(postgres) probe)
   - prometheus-client (Python library, for the C(metrics) and C(auth) probes)
+  - eth-account (Python library, part of web3, for the C(mesh) probe)
 options:
   probes:
     description:
@@ -47,10 +48,12 @@ options:
         the app's TTL); C(auth) reads the 401 rate from the metrics; C(sessions) walks the session keyspace of every
         master (as M(p3.recovery.session_census)); C(anchor) reads the anchor queue and its workers' connections
         (as M(p3.recovery.bullmq_probe)); C(wallet) reads the chain and the anchor wallet (as
-        M(p3.recovery.chain_probe)).
+        M(p3.recovery.chain_probe)); C(mesh) uses the app's global mesh relay as a peer does (as
+        M(p3.recovery.mesh_peers_probe) with O(mesh_relay_path) - a throwaway node registered, one message relayed
+        to it and read back, the node unregistered).
     type: list
     elements: str
-    choices: [app, postgres, redis, metrics, handshake, auth, sessions, anchor, wallet]
+    choices: [app, postgres, redis, metrics, handshake, auth, sessions, anchor, wallet, mesh]
     default: [app, postgres, redis, metrics]
   health_path:
     description: Path of the health endpoint (C(app) probe; as M(p3.recovery.app_probe)).
@@ -101,6 +104,10 @@ options:
     description: Slowest handshake that counts as healthy (C(handshake) probe).
     type: float
     default: 2000
+  mesh_relay_path:
+    description: Base path of the app's global mesh relay (C(mesh) probe; C(/api/mesh/global) on P3 as coded).
+    type: str
+    default: /api/mesh/global
   auth_failures_metric:
     description: Counter of 401 answers; empty counts O(auth_requests_metric) samples with C(status="401")
       (C(auth) probe).
@@ -323,6 +330,11 @@ wallet:
   description: The result of M(p3.recovery.chain_probe) (C(healthy), C(reason), C(balance_wei), C(wallet_level), ...).
   returned: when C(wallet) is in O(probes)
   type: dict
+mesh:
+  description: The relay round trip of M(p3.recovery.mesh_peers_probe) (C(healthy), C(reason), C(relayed),
+    C(received), C(unregistered), C(peers), C(latency_ms), ...).
+  returned: when C(mesh) is in O(probes)
+  type: dict
 """
 
 from ansible.module_utils.basic import missing_required_lib
@@ -333,17 +345,19 @@ from ansible_collections.p3.recovery.plugins.module_utils.chain import check_add
 from ansible_collections.p3.recovery.plugins.module_utils import diagnostics as d
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import ETHEREUM_ARGUMENT_SPEC, EthereumTarget
 from ansible_collections.p3.recovery.plugins.module_utils.http_client import HTTP_ARGUMENT_SPEC, HttpTarget
+from ansible_collections.p3.recovery.plugins.module_utils.mesh import relay_roundtrip
 from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
 from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import POSTGRES_ARGUMENT_SPEC, PostgresTarget
 from ansible_collections.p3.recovery.plugins.module_utils.redis_client import REDIS_ARGUMENT_SPEC, RedisTarget
 from ansible_collections.p3.recovery.plugins.module_utils.sessions import SESSION_ARGUMENT_SPEC, census
 
-PROBES = ("app", "postgres", "redis", "metrics", "handshake", "auth", "sessions", "anchor", "wallet")
+PROBES = ("app", "postgres", "redis", "metrics", "handshake", "auth", "sessions", "anchor", "wallet", "mesh")
 DEFAULT_PROBES = ["app", "postgres", "redis", "metrics"]
 MODULES = dict(app="p3.recovery.app_probe", postgres="p3.recovery.postgres_probe", redis="p3.recovery.redis_probe",
                metrics="p3.recovery.metrics_probe", handshake="p3.recovery.session_handshake_probe",
                auth="p3.recovery.session_auth_probe", sessions="p3.recovery.session_census",
-               anchor="p3.recovery.bullmq_probe", wallet="p3.recovery.chain_probe")
+               anchor="p3.recovery.bullmq_probe", wallet="p3.recovery.chain_probe",
+               mesh="p3.recovery.mesh_peers_probe")
 
 
 def _need_prometheus():
@@ -407,8 +421,11 @@ def probe_functions(module):
         return d.wallet_probe(EthereumTarget(scoped).rpc, p["wallet"], p["expected_chain_id"], p["low_threshold_wei"],
                               p["critical_threshold_wei"])
 
+    def mesh():
+        return relay_roundtrip(HttpTarget(scoped), p["mesh_relay_path"])
+
     functions = dict(app=app, postgres=postgres, redis=redis, metrics=metrics, handshake=handshake, auth=auth,
-                     sessions=sessions, anchor=anchor, wallet=wallet)
+                     sessions=sessions, anchor=anchor, wallet=wallet, mesh=mesh)
     selected = []
     for name in p["probes"]:
         if name not in selected:
@@ -430,6 +447,7 @@ def main():
         handshake_body=dict(type="dict", default=d.HANDSHAKE_BODY),
         handshake_session_path=dict(type="str", default=""),
         handshake_max_latency_ms=dict(type="float", default=2000),
+        mesh_relay_path=dict(type="str", default="/api/mesh/global"),
         auth_failures_metric=dict(type="str", default="p3_auth_failures_total"),
         auth_requests_metric=dict(type="str", default="api_requests_total"),
         max_auth_failure_pct=dict(type="float", default=5),

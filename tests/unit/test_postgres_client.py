@@ -129,3 +129,60 @@ def test_client_connection_refused():
     with pytest.raises(P3Error) as e:
         client.connect()
     assert e.value.msg == "cannot connect to 127.0.0.1:%d: connection refused" % port
+
+
+class _ReadyConn(object):
+    closed = 0
+
+    def poll(self):
+        return psycopg2.extensions.POLL_OK
+
+    def fileno(self):
+        return -1
+
+    def close(self):
+        pass
+
+
+def test_connect_retries_while_every_slot_is_taken_by_connection_attempts(monkeypatch):
+    """"sorry, too many clients already" is PostgreSQL out of every slot, the superuser-reserved ones included: an app
+    whose pools keep retrying during db-exhaustion holds them for moments (each attempt is a backend until refused),
+    so a superuser's connect gets in a moment later (measured on P3's own server). It is retried within the
+    deadline; the non-superuser's "reserved for superuser" refusal is not (it does not pass by itself)."""
+    calls = []
+
+    def fake_connect(**kw):
+        calls.append(kw)
+        if len(calls) < 3:
+            raise psycopg2.OperationalError('connection to server at "127.0.0.1", port 1 failed: FATAL:  sorry, too '
+                                            'many clients already\n')
+        return _ReadyConn()
+
+    monkeypatch.setattr(pc, "resolve_hosts", lambda conninfo, deadline, target=None: conninfo)
+    monkeypatch.setattr(pc.psycopg2, "connect", fake_connect)
+    client = pc.PostgresClient({"host": "127.0.0.1", "port": 1}, timeout=5).connect()
+    assert isinstance(client.conn, _ReadyConn) and len(calls) == 3
+
+    calls[:] = []
+
+    def reserved(**kw):
+        calls.append(kw)
+        raise psycopg2.OperationalError('connection to server at "127.0.0.1", port 1 failed: FATAL:  remaining '
+                                        'connection slots are reserved for non-replication superuser connections\n')
+
+    monkeypatch.setattr(pc.psycopg2, "connect", reserved)
+    with pytest.raises(P3Error) as e:
+        pc.PostgresClient({"host": "127.0.0.1", "port": 1}, timeout=5).connect()
+    assert len(calls) == 1 and "reserved" in e.value.msg
+
+    calls[:] = []
+
+    def always_full(**kw):
+        calls.append(kw)
+        raise psycopg2.OperationalError("FATAL:  sorry, too many clients already")
+
+    monkeypatch.setattr(pc.psycopg2, "connect", always_full)
+    t0 = time.monotonic()
+    with pytest.raises(P3Error) as e:
+        pc.PostgresClient({"host": "127.0.0.1", "port": 1}, timeout=1).connect()
+    assert time.monotonic() - t0 < 1.5 and len(calls) >= 2 and "too many clients" in e.value.msg

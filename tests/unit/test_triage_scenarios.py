@@ -32,7 +32,7 @@ def triage(*red, **reasons):
 
 
 def test_the_role_lists_every_check_in_the_runbooks_recovery_order():
-    assert ORDER == ["database", "slow_queries", "redis", "health", "handshake", "sessions", "auth", "pulse",
+    assert ORDER == ["database", "slow_queries", "redis", "health", "handshake", "sessions", "auth", "pulse", "mesh",
                      "metrics", "anchor_worker", "wallet", "anchor_queue"]
     for name in ORDER:
         assert name in DEFAULTS["p3_check_severity"], name
@@ -68,6 +68,10 @@ SCENARIOS = {
     "auth failure rate": (["auth"], ["auth"], ["recover_sessions"], "SEV-2"),
     # SEV-2 "mesh relay down".
     "mesh relay down": (["pulse"], ["pulse"], ["recover_mesh"], "SEV-2"),
+    # P3 as coded (probe mesh): a message relayed through its global relay does not come back.
+    "mesh relay not delivering": (["mesh"], ["mesh"], ["recover_mesh"], "SEV-2"),
+    # P3's API frozen (every /api/* request waits on the database): the relay fails with the health endpoint.
+    "api frozen": (["health", "handshake", "mesh"], ["health"], ["restart_app"], "SEV-1"),
     # SEV-2 "payments failing": the anchor backlog with a worker present, the wallet empty, no worker at all.
     "anchor backlog": (["anchor_queue"], ["anchor_queue"], ["recover_anchor"], "SEV-2"),
     "wallet empty": (["wallet", "anchor_queue"], ["wallet"], ["recover_anchor"], "SEV-2"),
