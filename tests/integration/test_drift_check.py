@@ -86,7 +86,8 @@ def test_export_follows_the_thresholds(lab_up, tmp_path):
     run = run_playbook("export_alerts.yml", extravars={"p3_alert_export_dir": str(out), "p3_alert_min_mesh_peers": 7})
     assert run.rc == 0, run.stdout[-2000:]
     rules = yaml.safe_load((out / "p3-recovery.rules.yml").read_text())["groups"][0]["rules"]
-    assert [r["alert"] for r in rules] == ALERTS
+    # the five drift alerts, then the scrape-only ones (a target that stopped answering)
+    assert [r["alert"] for r in rules] == ALERTS + ["app_down", "redis_node_down"]
     exprs = dict((r["alert"], r["expr"]) for r in rules)
     assert exprs["mesh_peer_count_low"].endswith(" < 7") and exprs["anchor_queue_backup"].endswith(" > 1000")
     assert dict((r["alert"], r["labels"]["severity"]) for r in rules)["redis_memory_high"] == "SEV-2"
