@@ -43,12 +43,15 @@ def app_program(lab):
 
 
 def programs(lab):
+    from . import monitoring
+
+    mon = list(monitoring.PROGRAMS) if lab.monitoring else []
     if lab.upstream:
-        return [app_program(lab)]
+        return [app_program(lab)] + mon
     from . import haproxy
 
     extra = [haproxy.program_name(i) for i in range(2, lab.app_instances + 1)]
-    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else [])
+    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else []) + mon
 
 
 def _env_line(env):
@@ -56,11 +59,14 @@ def _env_line(env):
 
 
 def conf_text(lab):
+    from . import monitoring
+
     if lab.upstream:
         from . import upstream
 
-        return _conf_head(lab) + upstream.supervisor_section(lab, _env_line(upstream.env(lab)))
-    return _conf_head(lab) + _conf_programs(lab)
+        return (_conf_head(lab) + upstream.supervisor_section(lab, _env_line(upstream.env(lab)))
+                + monitoring.program_sections(lab))
+    return _conf_head(lab) + _conf_programs(lab) + monitoring.program_sections(lab)
 
 
 def _conf_head(lab):
