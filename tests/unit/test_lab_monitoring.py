@@ -94,3 +94,12 @@ def test_a_bad_rules_file_is_refused_in_one_line_naming_file_and_cause(tmp_path)
     good = tmp_path / "good.rules.yml"
     good.write_text("groups:\n  - name: x\n    rules:\n      - alert: fine\n        expr: up == 0\n")
     assert "1 rules found" in mon.check_rules(str(good))
+
+
+def test_an_unreachable_prometheus_is_one_line_naming_it(lab):
+    """Nothing listens on the lab's Prometheus port here: the reload fails in one line with the URL and the cause."""
+    with pytest.raises(LabError) as e:
+        mon.reload_prometheus(lab, timeout=1.0)
+    msg = str(e.value)
+    assert "\n" not in msg and "http://127.0.0.1:15050" in msg and "refused" in msg.lower(), msg
+    assert mon.rules_loaded(lab) == {} and mon.targets(lab) == []
