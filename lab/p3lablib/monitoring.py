@@ -313,6 +313,25 @@ def targets(lab):
              "error": t.get("lastError") or None} for t in body["data"]["activeTargets"]]
 
 
+def alerts(lab):
+    """{alertname: [alert]} as Prometheus has them now (/api/v1/alerts: pending and firing); None when it does not
+    answer."""
+    code, body = http("GET", urls(lab)["prometheus"] + "/api/v1/alerts", timeout=2)
+    if code != 200 or not isinstance(body, dict):
+        return None
+    out = {}
+    for a in body["data"]["alerts"]:
+        out.setdefault(a["labels"]["alertname"], []).append(a)
+    return out
+
+
+def am_alerts(lab):
+    """[alert] Alertmanager holds now (/api/v2/alerts: fingerprint, status.state, labels, startsAt); None when it
+    does not answer."""
+    code, body = http("GET", urls(lab)["alertmanager"] + "/api/v2/alerts", timeout=2)
+    return body if code == 200 and isinstance(body, list) else None
+
+
 def ready(lab):
     u = urls(lab)
     return (http("GET", u["prometheus"] + "/-/ready", timeout=2)[0] == 200

@@ -35,12 +35,9 @@ def poll(pred, timeout, interval=0.25):
 
 
 def prom_alerts(L):
-    """{alertname: [alert]} as Prometheus has them now (/api/v1/alerts: pending and firing)."""
-    code, body = http("GET", mon.urls(L)["prometheus"] + "/api/v1/alerts", timeout=2)
-    assert code == 200, body
-    out = {}
-    for a in body["data"]["alerts"]:
-        out.setdefault(a["labels"]["alertname"], []).append(a)
+    """{alertname: [alert]} in Prometheus now (pending and firing)."""
+    out = mon.alerts(L)
+    assert out is not None, "prometheus %s does not answer" % mon.urls(L)["prometheus"]
     return out
 
 
