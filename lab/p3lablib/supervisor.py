@@ -50,8 +50,10 @@ def programs(lab):
         return [app_program(lab)] + mon
     from . import haproxy
 
+    from . import notify
+
     extra = [haproxy.program_name(i) for i in range(2, lab.app_instances + 1)]
-    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else []) + mon
+    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else []) + [notify.PROGRAM] + mon
 
 
 def _env_line(env):
@@ -122,6 +124,9 @@ def _conf_programs(lab):
     text = (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log)
             + program_section(MESH, "%s %s/meshpeers.py" % (VENV_PY, app_dir), REPO, env, lab.mesh_log,
                               autorestart=True, startretries=1000, log_maxbytes="10MB"))
+    from . import notify  # the lab's notification receiver (EDA loop), lab/p3lablib/notify.py
+
+    text += notify.supervisor_section(lab, program_section, _env_line({"PYTHONUNBUFFERED": "1"}), VENV_PY)
     if lab.app_instances > 1:
         # more instances of the same app on their own ports, behind HAProxy (lab/p3lablib/haproxy.py)
         from . import haproxy
