@@ -13,6 +13,7 @@ loopback only, state in $P3LAB_DIR/monitoring/:
   (REDIS_PASSWORD, DATA_SOURCE_NAME), never a command line.
 Remembered in $P3LAB_DIR/mode.json ("monitoring": {webhook_url, token_file}) so `up`/`heal` keep the programs.
 """
+import json
 import os
 import secrets
 import shutil
@@ -415,3 +416,71 @@ def status(lab):
         out[name] = {"port": p[name], "pid": supervisor.pid_of(lab, name),
                      "up": http("GET", u[name] + path, timeout=1)[0] == 200}
     return out
+
+
+JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
+RULEBOOK = "p3.recovery.p3_recovery"
+
+
+class Rulebook(object):
+    """A real ansible-rulebook running the collection's shipped rulebook (docs/eda.md), its Alertmanager source on
+    127.0.0.1:<base+57> (where the lab's Alertmanager posts) with the lab's webhook token. The inventory is the
+    lab's plus `loop_vars` (a second file in one inventory directory; e.g. p3_alert_eda_allow, the guard's state
+    file). State and the rulebook's log in `workdir`. Use as a context manager (the process is stopped on exit)."""
+
+    def __init__(self, lab, workdir, loop_vars=None, timeout=90.0):
+        self.lab, self.dir, self.timeout = lab, os.path.abspath(workdir), timeout
+        self.loop_vars = dict(loop_vars or {})
+        self.port = ports(lab)["eda"]
+        self.log_path = os.path.join(self.dir, "rulebook.log")
+        self.proc = None
+
+    def start(self):
+        inv = os.path.join(self.dir, "inventory")
+        os.makedirs(inv, exist_ok=True)
+        shutil.copyfile(self.lab.inventory, os.path.join(inv, "lab.yml"))
+        with open(os.path.join(inv, "zz-loop.yml"), "w") as fh:
+            json.dump({"all": {"vars": self.loop_vars}}, fh)  # JSON is YAML
+        token = settings(self.lab).get("token_file")
+        if not token:
+            raise LabError("the lab's monitoring is off: `p3lab monitoring-up` first (the rulebook needs its token)")
+        with open(os.path.join(self.dir, "vars.yml"), "w") as fh:
+            json.dump({"p3_eda_host": "127.0.0.1", "p3_eda_port": self.port, "p3_eda_token_file": token}, fh)
+        bin_dir = os.path.join(VENV, "bin")
+        env = self.lab.child_env({"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                                  "JAVA_HOME": os.environ.get("JAVA_HOME") or JAVA_HOME,
+                                  "ANSIBLE_CONFIG": os.path.join(REPO, "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+                                  "P3_INCIDENT_DIR": os.path.join(self.dir, "incidents")})
+        env.pop("P3_EDA_TOKEN", None)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([os.path.join(bin_dir, "ansible-rulebook"), "-i", inv, "-r", RULEBOOK, "--vars",
+                                      os.path.join(self.dir, "vars.yml")], cwd=REPO, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        url = "http://127.0.0.1:%d/healthz" % self.port
+        wait_until(lambda: self.proc.poll() is not None or http("GET", url, timeout=1)[0] == 200, self.timeout, 0.5)
+        if self.proc.poll() is not None or http("GET", url, timeout=1)[0] != 200:
+            self.stop()
+            raise LabError("ansible-rulebook did not listen on %s within %d s (see %s)" % (url, self.timeout,
+                                                                                          self.log_path))
+        return self
+
+    def log_tail(self, n=4000):
+        with open(self.log_path) as fh:
+            return fh.read()[-n:]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

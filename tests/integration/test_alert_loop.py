@@ -97,52 +97,26 @@ def test_a_bad_rules_file_is_refused_and_prometheus_keeps_its_rules(monitored, t
 
 # ---------------------------------------------------------------------------------------------- the closed loop
 ALLOW = ["app_down", "database_connection_high", "redis_node_down", "mesh_peer_count_low"]
-JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 
 
 @pytest.fixture(scope="module")
 def loop(monitored, tmp_path_factory):
     """Real ansible-rulebook running the shipped rulebook (extensions/eda/rulebooks/p3_recovery.yml), its source
-    listening where the lab's Alertmanager posts (base+57) with the lab's webhook token; the four responses are
-    allowed to act. The inventory is the lab's plus the loop's variables (a second file in one inventory dir)."""
+    listening where the lab's Alertmanager posts (base+57) with the lab's webhook token (monitoring.Rulebook); the
+    four responses are allowed to act."""
     from p3lablib import notify
 
     L = monitored
     d = tmp_path_factory.mktemp("loop")
-    inv = d / "inventory"
-    inv.mkdir()
-    (inv / "lab.yml").write_text(open(L.inventory).read())
-    (inv / "zz-loop.yml").write_text(yaml.safe_dump({"all": {"vars": {
+    loop_vars = {
         "p3_alert_eda_allow": ALLOW,
         "p3_alert_eda_state_file": str(d / "eda-guard.json"),
         "p3_report_dir": str(d / "reports"),
         # the fault's leaked backends are seconds old; the role's default (the runbook's 5 minutes) spares them
         "p3_alert_eda_playbook_args": ["-e", "p3_db_min_age_seconds=1"],
-    }}}))
-    port = mon.ports(L)["eda"]
-    (d / "vars.yml").write_text(yaml.safe_dump({"p3_eda_host": "127.0.0.1", "p3_eda_port": port,
-                                                "p3_eda_token_file": mon.settings(L)["token_file"]}))
-    bin_dir = os.path.dirname(sys.executable)
-    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), JAVA_HOME=JAVA_HOME,
-               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), P3_INCIDENT_DIR=str(d / "incidents"),
-               ANSIBLE_NOCOLOR="1")
-    env.pop("P3_EDA_TOKEN", None)
-    log = open(str(d / "rulebook.log"), "w")
-    proc = subprocess.Popen([os.path.join(bin_dir, "ansible-rulebook"), "-i", str(inv), "-r",
-                             "p3.recovery.p3_recovery", "--vars", str(d / "vars.yml")],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        assert poll(lambda: proc.poll() is not None or http(
-            "GET", "http://127.0.0.1:%d/healthz" % port, timeout=1)[0] == 200, 90, 0.5) and proc.poll() is None, \
-            open(str(d / "rulebook.log")).read()[-3000:]
-        yield {"lab": L, "dir": d, "proc": proc, "records": notify.records_file(L)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    }
+    with mon.Rulebook(L, str(d), loop_vars) as rb:
+        yield {"lab": L, "dir": d, "rulebook": rb, "records": notify.records_file(L)}
 
 
 def notifications(loop, name):
@@ -206,7 +180,7 @@ def test_fault_alert_rulebook_response_healed_resolved(loop, fault):
     # the rulebook acted: the response ran for real, succeeded, recorded for that alert episode
     acted = poll(lambda: [n for n in notifications(loop, alert)[seen:] if n["decision"] == "act"
                           and n["ran"] == "real"], 180, 1)
-    assert acted, (notifications(loop, alert), open(str(loop["dir"] / "rulebook.log")).read()[-4000:])
+    assert acted, (notifications(loop, alert), loop["rulebook"].log_tail())
     t_acted = time.monotonic() - t0
     assert acted[0]["alert"]["fingerprint"] in fingerprints and acted[0]["playbook"] == playbook, acted[0]
     assert acted[0]["ok"] and not acted[0]["failed"], acted[0]
