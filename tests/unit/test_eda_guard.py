@@ -43,6 +43,9 @@ def test_resolved_ends_the_episode_and_the_next_firing_is_a_new_one():
     assert (d, ch) == ("ignored", False)  # a second resolved: nothing open
     d, _r, s, _ch = run(s, alert(starts="2026-12-06T19:05:00Z"), 1020.0)
     assert d == "act"
+    # fired again (another startsAt) without a resolved notification in between: a new episode too
+    d, _r, s, _ch = run(s, alert(starts="2026-12-06T19:09:00Z"), 1030.0)
+    assert d == "act"
 
 
 def test_flapping_trips_the_circuit_breaker_of_the_resource():
