@@ -49,12 +49,14 @@ demo: lab-up
 PYTEST_PASS_OPTS ?= --durations=25
 INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-valkey integration-upstream
 # integration-c: the tests of TLS, the rolling restart behind HAProxy, compound faults, AWX runner jobs, the incident
-# record and the demo (each brings its own lab variant or a long scenario), the session purge streams, and the alert
-# loop (real Prometheus/Alertmanager/ansible-rulebook added to the pass's lab).
+# record and the demo (each brings its own lab variant or a long scenario), the session purge streams, the EDA
+# loop (a real ansible-rulebook process on the pass's base port + 58) and the alert loop (real Prometheus/Alertmanager/
+# exporters added to the pass's lab, ansible-rulebook on base + 57).
 INTEGRATION_C := tests/integration/test_tls.py tests/integration/test_rolling_restart.py \
 	tests/integration/test_compound_faults.py tests/integration/test_awx_runner.py \
 	tests/integration/test_incident_record.py tests/integration/test_demo.py \
-	tests/integration/test_session_purge_streams.py tests/integration/test_alert_loop.py
+	tests/integration/test_session_purge_streams.py tests/integration/test_eda_loop.py \
+	tests/integration/test_alert_loop.py
 INTEGRATION_B := tests/integration/test_recover_all.py tests/integration/test_diagnose.py \
 	tests/integration/test_recover_sessions.py tests/integration/test_drift_check.py \
 	tests/integration/test_incident_timeline.py tests/integration/test_wallet_fund.py \

@@ -6,8 +6,9 @@
 State (one JSON file, locked with flock, replaced atomically, so it survives between runs and rulebook restarts):
 
 - episodes: per alert fingerprint, the open episode (the alert's startsAt, when it was first handled, the decision)
-  - a firing alert whose episode is open and younger than the window is a duplicate (Alertmanager re-sends while an
-  alert keeps firing): nothing runs. A resolved notification ends the episode.
+  - a firing alert of the open episode (same fingerprint and startsAt) younger than the window is a duplicate
+  (Alertmanager re-sends while an alert keeps firing): nothing runs. A resolved notification ends the episode; a
+  firing alert with another startsAt is a new episode (it resolved and fired again, the resolved notification lost).
 - attempts: per resource (what a response acts on, e.g. the scenario playbook), the times a response was started;
   after breaker_max of them within breaker_window seconds the breaker is open: the alert is refused (a human is
   notified) until the oldest of them leaves the window.
@@ -92,7 +93,7 @@ def decide(state, alert, resource, allowed, now, window, breaker_max, breaker_wi
             return "resolved", "%s resolved: episode of %s ended (%s since it was handled)" % (
                 a["name"], ep.get("startsAt") or "?", _dur(now - float(ep.get("t", now)))), state, True
         return "ignored", "%s resolved: no open episode (nothing was started for it)" % a["name"], state, False
-    if ep and not ep.get("closed_t") and now - float(ep.get("t", 0)) < window:
+    if ep and not ep.get("closed_t") and ep.get("startsAt") == a["startsAt"] and now - float(ep.get("t", 0)) < window:
         return "duplicate", "%s still firing (since %s): handled %s ago (%s), once per %s" % (
             a["name"], a["startsAt"] or "?", _dur(now - float(ep["t"])), ep.get("decision"), _dur(window)), state, False
     recent = [x for x in state["attempts"].get(resource, []) if now - float(x.get("t", 0)) < breaker_window]

@@ -15,7 +15,7 @@ description:
     alert of an Alertmanager webhook notification, returns what the loop does with it - RV(decision).
   - V(act) - the alert is allowed to act unattended (O(allowed)) - run its response.
   - V(plan) - not allowed unattended - run the response in check mode and post the plan for a human.
-  - V(duplicate) - the alert's episode (its fingerprint, since it started firing) was handled less than O(window)
+  - V(duplicate) - the alert's episode (its fingerprint and startsAt) was handled less than O(window)
     seconds ago - Alertmanager re-sends while an alert keeps firing; nothing runs.
   - V(refused) - the circuit breaker of O(resource) is open - O(breaker_max) responses (act or plan) were started
     for it within O(breaker_window) seconds; nothing runs and a human must be told.
