@@ -2,7 +2,7 @@
 # Copyright: (c) 2026, P3 Recovery maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Where a Redis keyspace's memory goes (module p3.recovery.redis_memory_report), read-only: INFO memory of every
-master, then SCAN + MEMORY USAGE (pipelined per page) up to max_keys keys per master, the biggest keys and the
+master, then SCAN + MEMORY USAGE (pipelined per page) up to per_master_limit keys per master, the biggest keys and the
 biggest key prefixes. aggregate() is pure."""
 
 from __future__ import absolute_import, division, print_function
@@ -60,8 +60,8 @@ def _int(value):
         return None
 
 
-def scan_memory(settings, max_keys=10000, scan_count=500, pattern="*"):
-    """Per master: INFO memory and the MEMORY USAGE of up to max_keys keys. Returns (nodes, samples, errors,
+def scan_memory(settings, per_master_limit=10000, scan_count=500, pattern="*"):
+    """Per master: INFO memory and the MEMORY USAGE of up to per_master_limit keys. Returns (nodes, samples, errors,
     unreadable)."""
     masters, unreadable, dummy, dummy2 = keyspace_nodes(settings)
     nodes, samples, errors = [], [], []
@@ -79,10 +79,10 @@ def scan_memory(settings, max_keys=10000, scan_count=500, pattern="*"):
                 node["used_pct"] = round(100.0 * node["used_memory"] / node["maxmemory"], 2)
             node["keys"] = _int(client.dbsize())
             cursor = 0
-            while node["sampled"] < max_keys:
+            while node["sampled"] < per_master_limit:
                 settings.deadline.check("redis_memory_report on %s" % address)
                 cursor, keys = client.scan(cursor=cursor, match=pattern, count=scan_count)
-                keys = keys[:max_keys - node["sampled"]]
+                keys = keys[:per_master_limit - node["sampled"]]
                 if keys:
                     pipe = client.pipeline(transaction=False)
                     for k in keys:
@@ -107,7 +107,7 @@ def scan_memory(settings, max_keys=10000, scan_count=500, pattern="*"):
 def memory_report(settings, params):
     """The redis_memory_report result (see its RETURN)."""
     t0 = time.monotonic()
-    nodes, samples, errors, unreadable = scan_memory(settings, params["max_keys"], params["scan_count"],
+    nodes, samples, errors, unreadable = scan_memory(settings, params["per_master_limit"], params["scan_count"],
                                                      params["pattern"])
     top_keys, prefixes = aggregate(samples, params["top"], params["separator"], params["prefix_depth"],
                                    params["show_keys"])

@@ -147,8 +147,8 @@ def main():
     except P3Error as e:
         fail_clean(module, e)
     a = alert_summary(p["alert"])
-    detail = "%s %s fingerprint %s startsAt %s: %s" % (a["name"], a["status"], a["fingerprint"], a["startsAt"] or "?",
-                                                        reason)
+    detail = "%s %s fingerprint %s startsAt %s: %s" % (
+        a["name"], a["status"], a["fingerprint"], a["startsAt"] or "?", reason)
     module.exit_json(changed=changed, decision=decision, act=decision == "act", check=decision == "plan",
                      reason=reason, alert=a,
                      breaker=breaker_state(state, p["resource"], now, p["breaker_max"], p["breaker_window"]),

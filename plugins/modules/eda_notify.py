@@ -11,7 +11,7 @@ module: eda_notify
 short_description: Post a Slack-compatible notification of what the EDA loop did or refused to do
 version_added: 0.1.0
 description:
-  - POSTs O(message) as JSON to a generic webhook that takes Slack's incoming-webhook format - C(text), optional
+  - POSTs O(body) as JSON to a generic webhook that takes Slack's incoming-webhook format - C(text), optional
     C(attachments) (filter C(p3.recovery.eda_notification) builds it, with Alertmanager-style C(annotations)).
   - The URL is treated as a secret (Slack's carries its token in the path) - it never appears in the result or
     a message. A webhook that cannot be reached or answers other than 2xx gives RV(delivered=false) and one line in
@@ -33,7 +33,7 @@ options:
     description: The webhook (http or https). Its path and query are not shown anywhere.
     type: str
     required: true
-  message:
+  body:
     description: The JSON body - at least C(text).
     type: dict
     required: true
@@ -55,7 +55,7 @@ EXAMPLES = r"""
 - name: Tell the on-call channel
   p3.recovery.eda_notify:
     url: "{{ p3_alert_eda_notify_url }}"
-    message: "{{ p3_eda_outcome | p3.recovery.eda_notification }}"
+    body: "{{ p3_eda_outcome | p3.recovery.eda_notification }}"
 """
 
 RETURN = r"""
@@ -85,7 +85,7 @@ def main():
     module = P3Module(
         argument_spec=dict(
             url=dict(type="str", required=True, no_log=True),
-            message=dict(type="dict", required=True),
+            body=dict(type="dict", required=True),
             timeout=dict(type="float", default=5.0),
             validate_certs=dict(type="bool", default=True),
             fail_on_error=dict(type="bool", default=False),
@@ -101,19 +101,19 @@ def main():
     secrets = [s for s in (parts.path, parts.query, parts.password) if s and len(s) > 1]
     register_secrets(module, secrets)
     where = "%s://%s" % (parts.scheme, parts.netloc.rpartition("@")[2])
-    if not str(p["message"].get("text") or "").strip():
-        module.fail_json(msg="message must have a non-empty text (Slack-compatible webhook)")
+    if not str(p["body"].get("text") or "").strip():
+        module.fail_json(msg="body must have a non-empty text (Slack-compatible webhook)")
     if module.check_mode:
         module.exit_json(changed=False, delivered=False, status=None, reason="check mode: nothing posted to %s" % where)
     if p["timeout"] <= 0:
         module.fail_json(msg="timeout must be above 0, got %s" % p["timeout"])
     res = request(url, method="POST", timeout=p["timeout"], validate_certs=p["validate_certs"],
                   headers={"Content-Type": "application/json"},
-                  data=json.dumps(p["message"], sort_keys=True).encode("utf-8"), secrets=secrets, max_body=65536)
+                  data=json.dumps(p["body"], sort_keys=True).encode("utf-8"), secrets=secrets, max_body=65536)
     if res["ok"]:
-        reason = "notification delivered to %s (HTTP %d)" % (where, res["status"])
+        reason = "notification delivered to %s (HTTP %s)" % (where, res["status"])
     elif res["status"] is not None:
-        reason = "notification webhook %s answered HTTP %d" % (where, res["status"])
+        reason = "notification webhook %s answered HTTP %s" % (where, res["status"])
     else:
         reason = "notification webhook %s: %s" % (where, res["error"])
     result = dict(changed=bool(res["ok"]), delivered=bool(res["ok"]), status=res["status"], reason=reason)

@@ -15,7 +15,7 @@ description:
     role does not free a byte.
   - Reads C(INFO memory) and C(DBSIZE) of every master (every master serving slots in a cluster), then walks the
     keyspace with C(SCAN MATCH O(pattern) COUNT O(scan_count)) and reads C(MEMORY USAGE) of each page's keys in one
-    pipeline, up to O(max_keys) keys per master, and returns the O(top) biggest keys and key prefixes.
+    pipeline, up to O(per_master_limit) keys per master, and returns the O(top) biggest keys and key prefixes.
   - Key names are shown as their prefix plus a hash of the rest (they can carry session ids) unless O(show_keys).
   - Healthy when every master was read and none uses more than O(max_used_pct) of its C(maxmemory).
   - O(redis_deadline) bounds the whole walk.
@@ -31,7 +31,7 @@ options:
     description: SCAN MATCH pattern of the keys to measure.
     type: str
     default: "*"
-  max_keys:
+  per_master_limit:
     description: Most keys measured per master (a sample of a bigger keyspace; RV(complete) says whether all were).
     type: int
     default: 10000
@@ -141,7 +141,7 @@ from ansible_collections.p3.recovery.plugins.module_utils.redis_memory import me
 def main():
     argument_spec = redis_argument_spec(
         pattern=dict(type="str", default="*"),
-        max_keys=dict(type="int", default=10000),
+        per_master_limit=dict(type="int", default=10000),
         scan_count=dict(type="int", default=500),
         top=dict(type="int", default=10),
         separator=dict(type="str", default=":"),
@@ -152,7 +152,7 @@ def main():
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
-    for name, low in (("max_keys", 1), ("scan_count", 1), ("top", 1), ("prefix_depth", 1)):
+    for name, low in (("per_master_limit", 1), ("scan_count", 1), ("top", 1), ("prefix_depth", 1)):
         if p[name] < low:
             module.fail_json(msg="%s must be at least %d, got %d" % (name, low, p[name]))
     if not p["separator"] or not p["pattern"]:

@@ -51,9 +51,9 @@ localhost                  : ok=3    changed=0    unreachable=0    failed=1    s
 
 
 def guard(decision, **kw):
+    a = dict(name="recover_me", fingerprint="f00d", status="firing", startsAt="2026-12-06T19:00:00Z")
     g = dict(decision=decision, act=decision == "act", check=decision == "plan", changed=True,
-             reason="the guard's reason", alert=dict(name="recover_me", fingerprint="f00d", status="firing",
-                                                    startsAt="2026-12-06T19:00:00Z"),
+             reason="the guard's reason", alert=a,
              breaker=dict(resource="p3.recovery.recover_sessions", recent=1, max=3, window=1800, open=False))
     g.update(kw)
     return g
