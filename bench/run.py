@@ -139,8 +139,10 @@ from recover_redis import bench_recover_redis  # noqa: E402  (entry in its own f
 ENTRIES["recover_redis"] = bench_recover_redis
 from upstream_recovery import bench_upstream_recovery  # noqa: E402  (entry in its own file)
 ENTRIES["upstream_recovery"] = bench_upstream_recovery
-# Entries that need a lab of their own (the upstream lab): run only when named.
-ONLY_WHEN_NAMED = {"upstream_recovery"}
+from alert_loop import bench_alert_loop  # noqa: E402  (entry in its own file)
+ENTRIES["alert_loop"] = bench_alert_loop
+# Entries that need a lab of their own (the upstream lab) or the lab's monitoring (alert_loop): run only when named.
+ONLY_WHEN_NAMED = {"upstream_recovery", "alert_loop"}
 
 
 def print_table(r):
@@ -161,6 +163,8 @@ def main(argv):
     for name in names:
         r = ENTRIES[name]()
         results.append(r)
+        if r.get("printed"):
+            continue
         if "rows" in r:
             print_table(r)
             continue

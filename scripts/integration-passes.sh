@@ -25,6 +25,7 @@ declare -A PASS_LAB_DIRS=(
   [integration-a]="${P3LAB_DIR:-$ROOT/.lab}"
   [integration-b]="$ROOT/.state/lab-b"
   [integration-c]="$ROOT/.state/lab-c"
+  [integration-d]="$ROOT/.state/lab-d"
   [integration-valkey]="$ROOT/.state/lab-valkey"
   [integration-upstream]="$ROOT/.state/lab-upstream"
 )

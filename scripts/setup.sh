@@ -21,6 +21,13 @@ command -v rsync >/dev/null || need_apt+=(rsync)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)   # ansible-test sanity's shellcheck test
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
+# the lab's monitoring (p3lab up --monitoring) and promtool for the rule tests
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
+command -v prometheus-redis-exporter >/dev/null || need_apt+=(prometheus-redis-exporter)
+command -v prometheus-postgres-exporter >/dev/null || need_apt+=(prometheus-postgres-exporter)
+# ansible-rulebook's rule engine (Drools, through jpy) needs a Java 17 runtime (docs/eda.md)
+[ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ] || need_apt+=(openjdk-17-jre-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,5 +1,5 @@
-"""Command line: p3lab up [--app-instances N] | down [--purge] | status [--json] | fault NAME | heal |
-load start|stop|report | tls-up | tls-down [--purge]."""
+"""Command line: p3lab up [--app-instances N] [--monitoring] | down [--purge] | status [--json] | fault NAME | heal |
+load start|stop|report | tls-up | tls-down [--purge] | monitoring-up [...] | monitoring-down [--purge]."""
 import argparse
 import json
 import os
@@ -34,6 +34,21 @@ def parser():
     u.add_argument("--app-instances", type=int, default=None, choices=range(1, 6), metavar="N",
                    help="run N lab app instances (1-5) behind HAProxy on base+40 (N >= 2; docs/lab.md); "
                         "remembered in $P3LAB_DIR/mode.json (default 1: one app, no load balancer)")
+    u.add_argument("--monitoring", action="store_true",
+                   help="also run Prometheus, Alertmanager, redis_exporter and postgres_exporter (base+50..58; "
+                        "docs/monitoring.md), as `monitoring-up` does; remembered in $P3LAB_DIR/mode.json")
+    m = sub.add_parser("monitoring-up", help="start (or update) the lab's Prometheus, Alertmanager and exporters and "
+                                             "load the rules export_alerts.yml writes (docs/monitoring.md)")
+    m.add_argument("--webhook-url", default=None,
+                   help="where Alertmanager posts (default: remembered, else the lab's EDA source "
+                        "http://127.0.0.1:<base+57>/alerts)")
+    m.add_argument("--webhook-token-file", default=None,
+                   help="file holding the webhook's bearer token (default: $P3LAB_DIR/monitoring/webhook.token, made "
+                        "once, mode 0600)")
+    m.add_argument("--rules", default=None, help="load this rules file (checked with promtool) instead of exporting")
+    m.add_argument("--no-export", action="store_true", help="keep the rules already exported (if any)")
+    md = sub.add_parser("monitoring-down", help="stop the monitoring programs")
+    md.add_argument("--purge", action="store_true", help="also delete $P3LAB_DIR/monitoring")
     d = sub.add_parser("down", help="stop the lab (idempotent)")
     d.add_argument("--purge", action="store_true", help="also delete $P3LAB_DIR")
     s = sub.add_parser("status", help="read the lab's state straight from the services")
@@ -115,11 +130,29 @@ def main(argv=None):
                 from .stack import up
 
                 res = up(lab, app=args.app, bullmq=args.bullmq, app_instances=args.app_instances)
+                mon = None
+                if args.monitoring or lab.monitoring:
+                    from . import monitoring
+
+                    mon = monitoring.up(Lab(), export=args.monitoring)
+                    res["seconds"] = round(res["seconds"] + mon["seconds"], 1)
                 print("p3lab: lab up in %.1f s (base port %d): app %s%s, inventory %s"
                       % (res["seconds"], lab.base, res["app"] + (" (%d instances behind haproxy %s)" % (
                           lab.app_instances, lab.lb_url) if lab.lb_url else ""),
                          " (P3's own server, BullMQ %s)" % res["bullmq"] if res.get("app_mode") == "upstream" else "",
-                         res["inventory"]))
+                         res["inventory"]) + ("; monitoring: prometheus %s, alertmanager %s" % (
+                             mon["urls"]["prometheus"], mon["urls"]["alertmanager"]) if mon else ""))
+                return 0
+            if args.cmd in ("monitoring-up", "monitoring-down"):
+                from . import monitoring
+
+                if args.cmd == "monitoring-down":
+                    print(json.dumps(monitoring.down(lab, purge=args.purge)))
+                else:
+                    res = monitoring.up(lab, webhook_url=args.webhook_url, token=args.webhook_token_file,
+                                        rules=args.rules, export=not args.no_export)
+                    res.pop("targets", None)
+                    print(json.dumps(res))
                 return 0
             if args.cmd == "down":
                 from .stack import down

@@ -102,6 +102,8 @@ class Lab(object):
         self.bullmq = mode.get("bullmq") or "working"
         # `up --app-instances N` (lab app only): N app programs on app_port..app_port+N-1 behind HAProxy (lb_port)
         self.app_instances = int(mode.get("app_instances") or 1)
+        # `up --monitoring` / `monitoring-up`: Prometheus, Alertmanager and exporters on base+50.. (monitoring.py)
+        self.monitoring = bool(mode.get("monitoring"))
         self.app_ports = [self.app_port + i for i in range(self.app_instances)]
         self.lb_port = self.base + 40
         self.haproxy_dir = os.path.join(self.dir, "haproxy")
@@ -138,8 +140,9 @@ class Lab(object):
     def set_mode(self, app, bullmq, app_instances=None):
         """Record the app mode (`up --app/--bullmq/--app-instances`) and recompute what depends on it."""
         os.makedirs(self.dir, exist_ok=True)
-        write_json(self.mode_json, {"app": app, "bullmq": bullmq,
-                                    "app_instances": app_instances or self.app_instances})
+        mode = read_json(self.mode_json, {}) or {}  # other keys (monitoring) stay
+        mode.update(app=app, bullmq=bullmq, app_instances=app_instances or self.app_instances)
+        write_json(self.mode_json, mode)
         self.__init__()
 
     def redis_node_dir(self, i):
@@ -150,9 +153,12 @@ class Lab(object):
 
     def all_ports(self):
         """Every TCP port a running lab listens on."""
+        from .monitoring import program_ports
+
         return (self.redis_ports + [p + 10000 for p in self.redis_ports]
                 + [self.pg_port, self.anvil_port] + self.app_ports + ([self.p3redis_port] if self.upstream else [])
-                + ([self.lb_port] if self.lb_url else []))
+                + ([self.lb_port] if self.lb_url else [])
+                + (program_ports(self) if self.monitoring else []))
 
     def child_env(self, extra=None):
         env = dict(os.environ)

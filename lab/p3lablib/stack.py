@@ -6,7 +6,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import anvil, pg, rediscluster, supervisor, upstream
+from . import anvil, notify, pg, rediscluster, supervisor, upstream
 from .common import (ANCHOR_KEY, ANCHOR_SINK, ANCHOR_WALLET, BULL_PREFIX, BULL_QUEUE, CHAIN_ID, FAUCET, FAUCET_KEY,
                      ONE_ETH, PG_ADMIN_PASSWORD, PG_ADMIN_USER, PG_APP_PASSWORD, PG_APP_USER, PG_DB, REDIS_PASSWORD,
                      REPO, VENV_PY, LabError, cmdline, http, kill, listener_pids, listening_ports, log, owned_pids,
@@ -105,6 +105,7 @@ def lab_info(lab):
         "app": {"url": lab.app_url, "port": lab.app_port, "log": lab.app_log,
                 "env": upstream.env(lab) if lab.upstream else supervisor.app_env(lab)},
         "meshpeers": {"log": lab.mesh_log, "peers": lab.peers},
+        "notify": {"url": notify.url(lab), "port": notify.port(lab), "records": notify.records_file(lab)},
         "holder": {"pidfile": lab.holder_pidfile, "state": lab.holder_state, "log": lab.holder_log},
         "faults": lab.faults_json,
         "app_mode": lab.app_mode,
@@ -203,6 +204,8 @@ def inventory_text(lab):
         "    p3_bullmq_queue: %s" % _q(BULL_QUEUE),
         "    p3_report_dir: %s" % _q(os.path.join(REPO, "reports")),
         "    p3_db_app_pool_max: 5",
+        # the EDA loop tells humans here: the lab's notification receiver (lab/p3lablib/notify.py)
+        "    p3_alert_eda_notify_url: %s" % _q(notify.url(lab)),
     ] + (["    p3_lb_url: %s" % _q(lab.lb_url)] if lab.lb_url else [])
         + _children(lab, supervisor.APP, "/health"))
 

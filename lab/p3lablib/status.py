@@ -249,6 +249,11 @@ def gather(lab, lab_extra, probes, order, judge):
     verdict of judge(lab, status) - shared by both app modes."""
     out = {"lab": dict({"dir": lab.dir, "base_port": lab.base, "inventory": lab.inventory}, **lab_extra),
            "services": {}}
+    if lab.monitoring:  # `up --monitoring`: prometheus, alertmanager, the exporters (monitoring.py)
+        from . import monitoring
+
+        probes = tuple(probes) + (lambda lab_: {"services": monitoring.status(lab_)},)
+        order = list(order) + list(monitoring.PROGRAMS)
     with ThreadPoolExecutor(max_workers=len(probes)) as ex:
         futs = [ex.submit(f, lab) for f in probes]
         parts = [f.result() for f in futs]

@@ -43,12 +43,17 @@ def app_program(lab):
 
 
 def programs(lab):
+    from . import monitoring
+
+    mon = list(monitoring.PROGRAMS) if lab.monitoring else []
     if lab.upstream:
-        return [app_program(lab)]
+        return [app_program(lab)] + mon
     from . import haproxy
 
+    from . import notify
+
     extra = [haproxy.program_name(i) for i in range(2, lab.app_instances + 1)]
-    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else [])
+    return [APP, MESH] + extra + ([haproxy.PROGRAM] if extra else []) + [notify.PROGRAM] + mon
 
 
 def _env_line(env):
@@ -56,11 +61,14 @@ def _env_line(env):
 
 
 def conf_text(lab):
+    from . import monitoring
+
     if lab.upstream:
         from . import upstream
 
-        return _conf_head(lab) + upstream.supervisor_section(lab, _env_line(upstream.env(lab)))
-    return _conf_head(lab) + _conf_programs(lab)
+        return (_conf_head(lab) + upstream.supervisor_section(lab, _env_line(upstream.env(lab)))
+                + monitoring.program_sections(lab))
+    return _conf_head(lab) + _conf_programs(lab) + monitoring.program_sections(lab)
 
 
 def _conf_head(lab):
@@ -116,6 +124,9 @@ def _conf_programs(lab):
     text = (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log)
             + program_section(MESH, "%s %s/meshpeers.py" % (VENV_PY, app_dir), REPO, env, lab.mesh_log,
                               autorestart=True, startretries=1000, log_maxbytes="10MB"))
+    from . import notify  # the lab's notification receiver (EDA loop), lab/p3lablib/notify.py
+
+    text += notify.supervisor_section(lab, program_section, _env_line({"PYTHONUNBUFFERED": "1"}), VENV_PY)
     if lab.app_instances > 1:
         # more instances of the same app on their own ports, behind HAProxy (lab/p3lablib/haproxy.py)
         from . import haproxy

@@ -7,7 +7,7 @@ import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BENCH = os.path.join(ROOT, "bench")
-ENTRIES = ("anchor_retry", "recover_redis", "run", "session_purge")
+ENTRIES = ("alert_loop", "anchor_retry", "recover_redis", "run", "session_purge")
 
 
 def _fresh(code):

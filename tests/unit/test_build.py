@@ -20,9 +20,12 @@ def test_the_tarball_ships_the_collection_only(tmp_path):
         files = set(m.name for m in tar.getmembers() if m.isfile())
     tops = set(f.split("/", 1)[0] for f in files)
     assert tops <= {"FILES.json", "MANIFEST.json", "README.md", "bindep.txt", "requirements.txt", "changelogs", "docs",
-                    "meta", "playbooks", "plugins", "profiles", "roles"}, sorted(tops)
+                    "meta", "playbooks", "plugins", "profiles", "roles", "extensions"}, sorted(tops)
     for must in ("plugins/modules/redis_probe.py", "plugins/module_utils/common.py", "meta/runtime.yml",
                  "meta/execution-environment.yml", "playbooks/recover_redis.yml", "roles/database/README.md",
-                 "roles/database/meta/main.yml", "roles/database/meta/argument_specs.yml", "changelogs/changelog.yaml"):
+                 "roles/database/meta/main.yml", "roles/database/meta/argument_specs.yml", "changelogs/changelog.yaml",
+                 # Event-Driven Ansible content (docs/eda.md): the event source and both rulebooks
+                 "extensions/eda/plugins/event_source/alertmanager.py", "extensions/eda/rulebooks/p3_recovery.yml",
+                 "extensions/eda/rulebooks/p3_recovery_controller.yml"):
         assert must in files, must
     assert not [f for f in files if "__pycache__" in f or f.endswith((".pyc", ".tar.gz"))]

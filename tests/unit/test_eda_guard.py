@@ -1,0 +1,143 @@
+"""Issue 19 §3: the EDA loop's guard (module_utils/eda_guard.py) - one response per alert episode, resolved ends
+it, a circuit breaker per resource, only allowed alerts act - and its state file (locked, atomic, persistent)."""
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import GuardStore, decide, empty_state
+
+W, BMAX, BW = 600, 3, 1800
+
+
+def alert(status="firing", fp="fp1", starts="2026-12-06T19:00:00Z", name="redis_memory_high"):
+    return {"fingerprint": fp, "status": status, "startsAt": starts, "labels": {"alertname": name}}
+
+
+def run(state, a, now, resource="redis-memory", allowed=True, **kw):
+    args = dict(window=W, breaker_max=BMAX, breaker_window=BW)
+    args.update(kw)
+    return decide(state, a, resource, allowed, now, args["window"], args["breaker_max"], args["breaker_window"])
+
+
+def test_a_still_firing_alert_is_handled_once_per_window():
+    d, _r, s, ch = run(empty_state(), alert(), 1000.0)
+    assert (d, ch) == ("act", True)
+    for t in (1001.0, 1200.0, 1599.0):
+        d, r, s2, ch = run(s, alert(), t)
+        assert (d, ch) == ("duplicate", False) and "still firing" in r
+        assert s2 == s  # nothing to write
+    d, _r, s, _ch = run(s, alert(), 1000.0 + W)  # still firing after the window: handled again
+    assert d == "act"
+    assert len(s["attempts"]["redis-memory"]) == 2
+
+
+def test_resolved_ends_the_episode_and_the_next_firing_is_a_new_one():
+    _d, _r, s, _ch = run(empty_state(), alert(), 1000.0)
+    d, r, s, ch = run(s, alert("resolved"), 1010.0)
+    assert (d, ch) == ("resolved", True) and "episode" in r
+    d, _r, s, ch = run(s, alert("resolved"), 1011.0)
+    assert (d, ch) == ("ignored", False)  # a second resolved: nothing open
+    d, _r, s, _ch = run(s, alert(starts="2026-12-06T19:05:00Z"), 1020.0)
+    assert d == "act"
+    # fired again (another startsAt) without a resolved notification in between: a new episode too
+    d, _r, s, _ch = run(s, alert(starts="2026-12-06T19:09:00Z"), 1030.0)
+    assert d == "act"
+
+
+def test_flapping_trips_the_circuit_breaker_of_the_resource():
+    s, decisions = empty_state(), []
+    for i in range(5):
+        d, r, s, _ch = run(s, alert(starts="t%d" % i), 1000.0 + 20 * i)
+        decisions.append(d)
+        run_resolved = run(s, alert("resolved", starts="t%d" % i), 1005.0 + 20 * i)
+        s = run_resolved[2]
+    assert decisions == ["act", "act", "act", "refused", "refused"]
+    assert "circuit breaker open for redis-memory: 3 responses" in r
+    # a refusal starts nothing, so it does not count; another resource is not affected
+    assert len(s["attempts"]["redis-memory"]) == 3
+    assert run(s, alert(fp="other", name="mesh_peer_count_low"), 1200.0, resource="recover_mesh")[0] == "act"
+    # the oldest response leaves the window: the breaker closes
+    assert run(s, alert(starts="t9"), 1000.0 + BW + 1)[0] == "act"
+
+
+def test_a_duplicate_of_a_refused_episode_is_not_notified_again():
+    s = empty_state()
+    for i in range(3):
+        s = run(s, alert(fp="f%d" % i), 1000.0 + i)[2]
+    d, _r, s, _ch = run(s, alert(fp="f9"), 1010.0)
+    assert d == "refused"
+    assert run(s, alert(fp="f9"), 1011.0)[0] == "duplicate"
+
+
+def test_not_allowed_means_plan_and_a_plan_counts_for_the_breaker():
+    s, out = empty_state(), []
+    for i in range(4):
+        d, _r, s, _ch = run(s, alert(fp="p%d" % i), 1000.0 + i, resource="p3.recovery.recover_database", allowed=False)
+        out.append(d)
+    assert out == ["plan", "plan", "plan", "refused"]
+    assert run(empty_state(), alert(), 1.0, breaker_max=0)[0] == "act"  # 0 = breaker off
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"status": "firing", "labels": {"alertname": "x"}}, "no fingerprint"),
+    ({"fingerprint": "f", "status": "pending"}, "firing or resolved"),
+])
+def test_an_alert_that_is_not_an_alertmanager_alert_is_refused(bad, why):
+    with pytest.raises(P3Error) as e:
+        run(empty_state(), bad, 1.0)
+    assert why in e.value.msg
+
+
+def test_the_state_survives_between_runs_in_a_private_file(tmp_path):
+    path = tmp_path / "eda" / "guard.json"
+    with GuardStore(str(path)) as store:
+        d, _r, s, _ch = run(store.read(), alert(), time.time())
+        store.write(s)
+    assert d == "act"
+    assert oct(os.stat(str(path)).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(str(path.parent)).st_mode & 0o777) == "0o700"
+    with GuardStore(str(path)) as store:  # the next run (another process in real life) sees the episode
+        assert run(store.read(), alert(), time.time())[0] == "duplicate"
+    assert not [n for n in os.listdir(str(path.parent)) if ".tmp-" in n]
+
+
+def test_concurrent_runs_wait_for_the_lock_and_a_stuck_lock_gives_one_line(tmp_path):
+    path = str(tmp_path / "guard.json")
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with GuardStore(path):
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(5)
+    t0 = time.monotonic()
+    with pytest.raises(P3Error) as e:
+        with GuardStore(path, timeout=0.3):
+            pass
+    assert 0.3 <= time.monotonic() - t0 < 3
+    assert "still locked by another run after 0.3s" in e.value.msg
+    release.set()
+    t.join(5)
+    with GuardStore(path, timeout=1):
+        pass
+
+
+def test_a_damaged_state_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "guard.json"
+    path.write_text("{not json")
+    with pytest.raises(P3Error) as e:
+        with GuardStore(str(path)) as store:
+            store.read()
+    assert "unreadable" in e.value.msg and str(path) in e.value.msg
+    path.write_text(json.dumps({"some": "other file"}))
+    with pytest.raises(P3Error):
+        with GuardStore(str(path)) as store:
+            store.read()
