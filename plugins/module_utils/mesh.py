@@ -168,21 +168,14 @@ def count_connections(port, states=("ESTABLISHED",), top=5):
 # app's process memory; "the mesh works" is a message relayed through it reaching its target.
 # ---------------------------------------------------------------------------------------------------------------
 
-ETH_ACCOUNT_IMP_ERR = None
-try:
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-    HAS_ETH_ACCOUNT = True
-except ImportError:  # pragma: no cover - depends on the environment
-    ETH_ACCOUNT_IMP_ERR = traceback.format_exc()
-    HAS_ETH_ACCOUNT = False
-
 RELAY_LANE = 2  # FOUNDATION_LANES.KEEPALIVE of P3's global relay
 
 
 def relay_manifest(account, node_id, now_ms):
     """The node manifest P3's POST <relay>/register accepts: an EIP-191 signature by the node's wallet over
     p3-global-relay:<nodeId>:<wallet lowercase>:<timestamp ms> (timestamp within 5 minutes of P3's clock)."""
+    from eth_account.messages import encode_defunct
+
     wallet = account.address
     message = "p3-global-relay:%s:%s:%d" % (node_id, wallet.lower(), now_ms)
     signature = account.sign_message(encode_defunct(text=message)).signature.hex()
@@ -205,7 +198,11 @@ def relay_roundtrip(target, relay_path, node_prefix="p3-recovery-probe"):
     from ansible_collections.p3.recovery.plugins.module_utils.common import probe_result
     from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response, request
 
-    if not HAS_ETH_ACCOUNT:
+    # eth_account is imported here, not at the top: it pulls in py_ecc, whose BLS tables cost seconds of CPU at
+    # import, and every module that imports this file would pay it (tests/unit/test_import_cost.py).
+    try:
+        from eth_account import Account
+    except ImportError:
         raise P3Error("the eth-account Python library (part of web3) is required to sign the mesh probe's "
                       "node manifest")
     base = "/" + str(relay_path or "").strip("/")
