@@ -174,7 +174,8 @@ from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import
 
 ETH_ACCOUNT_IMP_ERR = None
 try:
-    import eth_account  # noqa: F401 - the signer (module_utils.chain.load_account); imported only by this module
+    # the signer (module_utils.chain.load_account imports it when it signs); only this module needs it
+    import eth_account  # noqa: F401  # pylint: disable=unused-import
     HAS_ETH_ACCOUNT = True
 except ImportError:  # pragma: no cover - depends on the environment
     ETH_ACCOUNT_IMP_ERR = traceback.format_exc()
