@@ -1,7 +1,7 @@
 """Issue 19: the exported rules on a real Prometheus + Alertmanager fed by real exporters (`p3lab monitoring-up`),
 and the closed loop through the collection's EDA source and rulebook (real ansible-rulebook).
 
-Pass integration-c. The module fixture adds the monitoring programs to the pass's session lab and removes them at
+Pass integration-d. The module fixture adds the monitoring programs to the pass's session lab and removes them at
 the end (`monitoring-down`), so the other tests of the pass see the lab as before. Every assertion reads real state:
 Prometheus' and Alertmanager's HTTP APIs, the lab's services (p3lab status, supervisor), the rulebook's records.
 """
