@@ -1872,7 +1872,9 @@ def replica_offsets(info):
     for k in sorted(rep):
         if not (k.startswith("slave") and k[5:].isdigit()):
             continue
-        f = dict(kv.split("=", 1) for kv in rep[k].split(",") if "=" in kv)
+        f = rep[k]  # redis-py parses INFO itself: slave<N> is already a dict of typed values
+        if not isinstance(f, dict):
+            f = dict(kv.split("=", 1) for kv in str(f).split(",") if "=" in kv)
         out.append(("%s:%s" % (f.get("ip"), f.get("port")), f.get("state"), _int(f.get("offset"))))
     return _int(rep.get("master_repl_offset")), out
 

@@ -39,6 +39,19 @@ def test_replica_offsets_parses_info_replication():
     assert off == 1500 and reps == [("127.0.0.1:7004", "online", 1400), ("127.0.0.1:7005", "wait_bgsave", 0)]
 
 
+def test_replica_offsets_reads_the_info_redis_py_returns():
+    """redis-py parses INFO itself: slave<N> becomes a dict of typed values, not the text above (the lab's real run
+    failed with "'dict' object has no attribute 'split'")."""
+    try:
+        from redis._parsers.helpers import parse_info
+    except ImportError:  # older redis-py
+        from redis.client import parse_info
+    parsed = parse_info(info(1500, (7004, "online", 1400), (7005, "wait_bgsave", 0)))
+    assert isinstance(parsed["slave0"], dict)
+    off, reps = cl.replica_offsets(parsed)
+    assert off == 1500 and reps == [("127.0.0.1:7004", "online", 1400), ("127.0.0.1:7005", "wait_bgsave", 0)]
+
+
 def test_waits_until_every_replica_acknowledged_the_offset_read_after_the_moves():
     nodes = FakeNodes([info(5000, (7004, "online", 1000)),  # read once: the target is 5000
                        info(5100, (7004, "online", 1000)),  # behind
