@@ -21,21 +21,13 @@ from benchlib import BIN, INVENTORY, ROOT, env, lab
 sys.path.insert(0, os.path.join(ROOT, "lab"))
 from p3lablib import monitoring as mon  # noqa: E402
 from p3lablib import notify  # noqa: E402
-from p3lablib.common import Lab  # noqa: E402
+from p3lablib.common import Lab, wait_until as _poll  # noqa: E402
 
 FAULTS = {"mesh-down": "mesh_peer_count_low", "db-exhaustion": "database_connection_high", "app-down": "app_down",
           "redis-master-down": "redis_node_down"}
 SCHEDULE_S = 300  # the scheduled drift_check's period
 
 
-def _poll(pred, timeout, interval=0.25):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    return None
 
 
 def _firing(L, alert):

@@ -19,19 +19,12 @@ from p3harness import ROOT, lab, lab_fault, lab_status
 
 sys.path.insert(0, os.path.join(ROOT, "lab"))
 from p3lablib import monitoring as mon  # noqa: E402
-from p3lablib.common import Lab, http  # noqa: E402
+from p3lablib.common import Lab, http, wait_until as poll  # noqa: E402
 
 PROMQL_WORDS = {"sum", "rate", "min", "max", "by", "on", "clamp_min", "and", "or", "unless", "count", "avg",
                 "ignoring", "without", "group_left", "group_right", "e"}
 
 
-def poll(pred, timeout, interval=0.25):
-    end = time.monotonic() + timeout
-    while True:
-        val = pred()
-        if val or time.monotonic() > end:
-            return val
-        time.sleep(interval)
 
 
 def prom_alerts(L):

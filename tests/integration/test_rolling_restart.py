@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, "lab"))
 
 from p3lablib import haproxy as lb  # noqa: E402
 from p3lablib import supervisor  # noqa: E402
-from p3lablib.common import Lab  # noqa: E402
+from p3lablib.common import Lab, wait_until as poll  # noqa: E402
 from p3lablib.load import Load  # noqa: E402
 
 PROGRAMS = ["p3app", "p3app2", "p3app3"]
@@ -32,14 +32,6 @@ LOCKED_OUT = "Lock - nothing done, stop here"
 FORCE = {"p3_restart_force": True}
 
 
-def poll(pred, timeout, interval=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    return pred()
 
 
 def admin_states(L):
