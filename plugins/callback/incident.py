@@ -320,6 +320,12 @@ class CallbackModule(CallbackBase):
         ours = action.startswith("p3.recovery.")
         if action in _SKIP_ACTIONS or not (ours or res.get("changed") or status == "failed"):
             return
+        # a task that only decides (restart_app's "already healthy?" probe) says `vars: {p3_incident_skip: true}`:
+        # not evidence of the incident - diagnose recorded the broken state - and, red, it would be the run's last
+        # red verdict, so that a single green health gate after the repair could not verify the restore
+        task_vars = getattr(task, "vars", None)
+        if isinstance(task_vars, dict) and task_vars.get("p3_incident_skip") is True and status != "failed":
+            return
         entry = {
             "ts": utc_timestamp(),
             "run": self._run,

@@ -82,31 +82,22 @@ def _groups(entries):
     return groups
 
 
-def _probe_of(e):
-    return (e.get("action"), e.get("probe"))
-
-
 def restored_at(entries):
     """The time the service was verified restored: the first probe round after the last unhealthy verdict whose
     probes are all healthy - in a later run, or a later diagnose (two probes at least) of the same run, as
-    recover_all's final one, or, in the same run, a probe of the same kind as the last unhealthy one after a change
-    (the health gate after a repair: restart_app's own pre-probe is red, the restart changes it, the gate is green);
-    None when never, or when nothing was unhealthy."""
+    recover_all's final one; None when never, or when nothing was unhealthy."""
     bad = [i for i, e in enumerate(entries) if e.get("healthy") is False]
     if not bad:
         return None
     last_bad = bad[-1]
     bad_run = entries[last_bad].get("run")
-    changed_since = False
     for _key, members in _groups(entries):
         if members[0][0] <= last_bad:
             continue
         probes = [e for _i, e in members if e.get("kind") == "probe"]
         if probes and all(e.get("healthy") is True for e in probes) and (
-                len(probes) >= 2 or members[0][1].get("run") != bad_run
-                or (changed_since and _probe_of(probes[0]) == _probe_of(entries[last_bad]))):
+                len(probes) >= 2 or members[0][1].get("run") != bad_run):
             return probes[-1]["ts"]
-        changed_since = changed_since or any(e.get("changed") for _i, e in members)
     return None
 
 

@@ -153,3 +153,20 @@ def test_timeline_sql_text_and_session_ids_are_not_recorded(tmp_path):
     with open(str(tmp_path / "incident-inc2.jsonl")) as f:
         text = f.read()
     assert "tok-secret-1" not in text and "pw@h" not in text and "fingerprint:" in text
+
+
+def test_a_decision_probe_marked_p3_incident_skip_is_not_a_verdict_of_the_incident():
+    """restart_app's read-only "is this instance already healthy?" probe decides whether to restart; it is not
+    evidence of the incident (diagnose recorded the broken state): a red one would become the run's last red verdict
+    and a single green gate after the restart could no longer verify the restore (the incident stayed open)."""
+    import types
+    cb = incident.CallbackModule()
+    res = {"changed": False, "healthy": False, "reason": "GET /health failed: connection refused"}
+    host = types.SimpleNamespace(name="p3-lab-app")
+    decide = types.SimpleNamespace(resolved_action="p3.recovery.app_probe", name="Decide",
+                                   vars={"p3_incident_skip": True})
+    cb.v2_runner_on_ok(types.SimpleNamespace(result=res, task=decide, host=host))
+    assert cb._entries == []
+    gate = types.SimpleNamespace(resolved_action="p3.recovery.app_probe", name="Gate", vars={})
+    cb.v2_runner_on_ok(types.SimpleNamespace(result=res, task=gate, host=host))
+    assert [e["task"] for e in cb._entries] == ["Gate"]

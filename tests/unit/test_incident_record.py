@@ -126,21 +126,3 @@ def test_root_cause_uses_the_triage_causes_words_and_names_the_consequences():
     assert text.startswith("Broken: health - GET /health failed: connection refused (also failing as a "
                            "consequence: app, metrics).")
 
-
-def test_a_health_gate_after_the_repair_of_the_same_run_restores():
-    """restart_app: its read-only pre-probe finds the app down (the last unhealthy verdict is now in the restart's
-    own run), the restart changes it, and the health gate - one probe of the same module - is green: verified
-    restored (the gate is what proves the repair). Without a change in between, or when the green probe is of
-    another module than the last red one, it is still no proof."""
-    app = "p3.recovery.app_probe"
-    diagnose = _round("00", "a", app=False)
-    pre = _e("01", "b", kind="probe", action=app, healthy=False, task="Decide - is this instance already healthy?")
-    restart = _e("02", "b", kind="action", action="ansible.builtin.command", changed=True, task="Restart the app")
-    gate = _e("03", "b", kind="probe", action=app, healthy=True, task="Wait until the health endpoint is green")
-    assert inc.restored_at(diagnose + [pre, restart, gate]) == "2026-12-06T10:03:00Z"
-    assert inc.incident_state(diagnose + [pre, restart, gate]) == "resolved"
-    # no repair between the red and the green probe: no proof
-    assert inc.restored_at(diagnose + [pre, gate]) is None
-    # the last red verdict is Redis's; a green app probe after an app restart says nothing about Redis
-    redis_red = _e("01", "b", kind="probe", action="p3.recovery.redis_probe", healthy=False, task="Redis")
-    assert inc.restored_at(diagnose + [redis_red, restart, gate]) is None
