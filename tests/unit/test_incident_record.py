@@ -125,4 +125,3 @@ def test_root_cause_uses_the_triage_causes_words_and_names_the_consequences():
     text = inc.root_cause(entries)
     assert text.startswith("Broken: health - GET /health failed: connection refused (also failing as a "
                            "consequence: app, metrics).")
-
