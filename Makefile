@@ -50,12 +50,12 @@ demo: lab-up
 PYTEST_PASS_OPTS ?= --durations=25
 INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-d integration-valkey integration-upstream
 # integration-c: the tests of TLS, the rolling restart behind HAProxy, compound faults, AWX runner jobs, the incident
-# record (each brings its own lab variant or a long scenario), the session purge streams and the EDA loop (a real
-# ansible-rulebook process on the pass's base port + 58).
+# record (each brings its own lab variant or a long scenario), the session purge streams, the EDA loop (a real
+# ansible-rulebook process on the pass's base port + 58) and recover_redis (moved from a, the long pole).
 INTEGRATION_C := tests/integration/test_tls.py tests/integration/test_rolling_restart.py \
 	tests/integration/test_compound_faults.py tests/integration/test_awx_runner.py \
 	tests/integration/test_incident_record.py tests/integration/test_session_purge_streams.py \
-	tests/integration/test_eda_loop.py
+	tests/integration/test_eda_loop.py tests/integration/test_recover_redis.py
 # integration-d: the long end-to-end scenarios - the demo (every lab fault through `make demo`), the chaos round
 # under client load and the alert loop (real Prometheus/Alertmanager/exporters added to the pass's lab,
 # ansible-rulebook on base + 57).
