@@ -6,6 +6,12 @@ import pytest
 from p3harness import lab, lab_status
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "server_agnostic: the outcome does not depend on the Redis server (output masking, backup files on "
+        "the controller); the Valkey pass (make integration-valkey) deselects these, the default-lab pass runs them")
+
+
 @pytest.fixture(scope="session")
 def lab_up():
     """Start the lab once for the whole session (idempotent) and take it down at the end."""

@@ -215,6 +215,7 @@ def test_bad_input_fails_cleanly(lab_up, report_dir, case):
     assert report is not None and report["healthy"] is False and report["changed"] is False
 
 
+@pytest.mark.server_agnostic
 def test_no_secret_in_output_at_vvvv(healthy_lab, report_dir):
     lab_fault("mesh-down")
     run, report = recover(report_dir, verbosity=4)

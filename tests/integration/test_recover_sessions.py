@@ -188,6 +188,7 @@ def test_mode_all_is_gated_then_removes_everything_restorably(healthy_lab, dirs,
         assert now[key][0] == raw and now[key][2] == dump
 
 
+@pytest.mark.server_agnostic
 def test_backup_lands_where_the_operator_runs_and_the_printed_undo_works(healthy_lab, tmp_path):
     """Without p3_session_backup_dir the backup goes to backups/ under the directory ansible-playbook was started
     from (an absolute path in the report), and the undo command the run prints works as printed - from another
@@ -248,6 +249,7 @@ def test_bad_input_fails_cleanly(lab_up, dirs, case):
     assert "Wr0ngSecret" not in json.dumps(report)
 
 
+@pytest.mark.server_agnostic
 def test_no_secret_in_output_at_vvvv(healthy_lab, dirs):
     report_dir, backup_dir = dirs
     lab_fault("sessions-corrupt")

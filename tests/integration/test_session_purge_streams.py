@@ -292,6 +292,7 @@ print(json.dumps(res, default=str))
 """
 
 
+@pytest.mark.server_agnostic
 @pytest.mark.parametrize("mode", ["all", "corrupt"])
 def test_backup_file_that_cannot_grow(server, tmp_path, mode):
     """The backup file hits its size limit (RLIMIT_FSIZE, as a full disk): the purge stops with one line naming the
@@ -408,6 +409,7 @@ def test_sigkill_mid_purge_loses_nothing(server, tmp_path):
     assert all(0 < t <= 3600000 for t in pipe.execute())
 
 
+@pytest.mark.server_agnostic
 def test_restore_reports_a_truncated_last_line_and_restores_the_rest(server, tmp_path):
     expected = _load(server.client, 500)
     res, path = _purge(server, tmp_path, "all")
