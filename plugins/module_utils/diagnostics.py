@@ -4,7 +4,11 @@
 """The runbook's diagnostics probes as functions over a target, shared by the one-probe modules (app_probe,
 postgres_probe, metrics_probe, redis_probe, session_handshake_probe, session_auth_probe, session_census,
 bullmq_probe, chain_probe) and by quick_diagnostics, which runs them concurrently in one module process under one
-deadline. Each returns the probe result dict (common.probe_result) and never exits the module."""
+deadline. Each returns the probe result dict (common.probe_result) and never exits the module.
+
+Each probe imports its backend's client where it runs (HTTP: app_health/http_client, Redis: bullmq, chain, metrics),
+so that a one-probe module pays only for its own backend at every start (redis_probe loads no HTTP stack, the HTTP
+probes no redis-py; tests/unit/test_import_cost.py holds this)."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -12,14 +16,6 @@ __metaclass__ = type
 import json
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.app_health import (
-    app_verdict,
-    health_verdict,
-    pulse_verdict,
-    skipped_pulse,
-)
-from ansible_collections.p3.recovery.plugins.module_utils import bullmq
-from ansible_collections.p3.recovery.plugins.module_utils.chain import chain_facts
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error,
     describe_error,
@@ -27,8 +23,6 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     probe_result,
     run_parallel,
 )
-from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response, request, truncate
-from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
 from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
     BACKENDS_SQL,
     LIMITS_SQL,
@@ -47,6 +41,8 @@ from ansible_collections.p3.recovery.plugins.module_utils.pg_activity import (
 # ---------------------------------------------------------------------------------------------------------------
 
 def app_probe(target, health_path="/health", pulse_path="/pulse/status", min_peers=1):
+    from ansible_collections.p3.recovery.plugins.module_utils.app_health import (
+        app_verdict, health_verdict, pulse_verdict, skipped_pulse)
     paths = [health_path or "/"]
     if pulse_path:
         paths.append(pulse_path)
@@ -193,6 +189,8 @@ class SelectError(P3Error):
 
 
 def metrics_probe(target, metrics_path="/metrics", required=None, expression=None):
+    from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
+    from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response
     resp = target.get(metrics_path or "/metrics")
     required = list(required or [])
     evidence = dict(url=resp["url"], status=resp["status"], latency_ms=resp["latency_ms"], metrics={},
@@ -232,6 +230,7 @@ def handshake_probe(target, handshake_path="/api/protocol/session/handshake", bo
                     required_fields=("sessionId",), session_field="sessionId", session_path="", max_latency_ms=2000):
     """The runbook's handshake curl, judged (see session_handshake_probe): status, JSON answer with the required
     fields, latency, and the new session read back when session_path is set."""
+    from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response, request, truncate
     headers = dict(target.headers)
     headers.setdefault("Content-Type", "application/json")
     resp = request(target.url_for(handshake_path), method="POST", timeout=target.timeout, headers=headers,
@@ -293,6 +292,7 @@ def _counter_sum(metrics, family, label=None, value=None):
 def auth_counts(text, failures_metric="p3_auth_failures_total", requests_metric="api_requests_total",
                 status_label="status"):
     """(401 answers, all requests) from a metrics page: failures_metric, or (empty) the requests with status 401."""
+    from ansible_collections.p3.recovery.plugins.module_utils import metrics as m
     metrics = m.parse_metrics(text)
     if failures_metric:
         failures = _counter_sum(metrics, failures_metric)
@@ -317,6 +317,7 @@ def auth_rate_probe(target, metrics_path="/metrics", failures_metric="p3_auth_fa
                     requests_metric="api_requests_total", status_label="status", window_seconds=0, max_failure_pct=5,
                     sleep=time.sleep):
     """Scrape the metrics (twice, window_seconds apart, when a window is set) and judge the 401 rate."""
+    from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response
     def scrape():
         resp = target.get(metrics_path or "/metrics")
         if not resp["ok"]:
@@ -377,6 +378,7 @@ def anchor_probe(settings, queue, prefix="bull", max_waiting=1000, max_failed=0,
                  failed_sample=100, stuck_wait_seconds=None):
     """The anchor queue read once (bullmq.read_queue): the backlog verdict (waiting, failed, age, paused, stalled;
     worker presence is judged apart) and, under C(worker), whether any worker serves the queue and takes jobs."""
+    from ansible_collections.p3.recovery.plugins.module_utils import bullmq
     state = bullmq.read_queue(settings, queue, prefix, failed_sample=failed_sample,
                               stuck_wait_seconds=stuck_wait_seconds)
     base = state["base"]
@@ -398,6 +400,7 @@ def anchor_probe(settings, queue, prefix="bull", max_waiting=1000, max_failed=0,
 
 def wallet_probe(rpc, wallet=None, expected_chain_id=None, low=10 ** 17, critical=5 * 10 ** 16, max_pending=0):
     """The runbook's eth_blockNumber + cast balance judged (chain.chain_facts)."""
+    from ansible_collections.p3.recovery.plugins.module_utils.chain import chain_facts
     facts = chain_facts(rpc, expected_chain_id=expected_chain_id, wallet=wallet, low=low, critical=critical,
                         max_pending=max_pending)
     healthy = facts.pop("healthy")

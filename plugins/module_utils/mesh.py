@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Mesh relay plumbing of p3.recovery (runbook scenario 2, Mesh Relay Outage): pub/sub state of every Redis node
 (in a cluster PUBSUB CHANNELS / NUMSUB / NUMPAT only answer for the node asked), the control-channel publish,
-and the connection count on the app port (psutil)."""
+and the connection count on the app port (psutil). The Redis functions import redis_client where they run: the
+modules that only count connections or relay over HTTP (connection_storm_probe, mesh_peers_probe) load no redis-py."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -12,13 +13,6 @@ import traceback
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
     DeadlineExceeded, P3Error, close_quietly, one_line, run_parallel)
-from ansible_collections.p3.recovery.plugins.module_utils.redis_client import (
-    describe_redis_error,
-    node_client,
-    parse_address,
-    probe_nodes,
-    summarize,
-)
 
 PSUTIL_IMP_ERR = None
 try:
@@ -35,11 +29,12 @@ def _as_text(value):
 
 def node_pubsub(settings, address, pattern, channels):
     """PUBSUB CHANNELS pattern, NUMSUB of channels (+ the ones found), NUMPAT on one node. Never raises."""
+    from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc
     rec = dict(address=address, reachable=False, error=None, channels={}, numpat=None)
     client = None
     try:
-        host, port = parse_address(address)
-        client = node_client(settings, host, port)
+        host, port = rc.parse_address(address)
+        client = rc.node_client(settings, host, port)
         found = [_as_text(c) for c in client.execute_command("PUBSUB", "CHANNELS", pattern)]
         names = sorted(set(found) | set(channels))
         if names:
@@ -52,7 +47,7 @@ def node_pubsub(settings, address, pattern, channels):
         rec["numpat"] = int(client.execute_command("PUBSUB", "NUMPAT"))
         rec["reachable"] = True
     except Exception as e:
-        rec["error"] = describe_redis_error(e, settings)
+        rec["error"] = rc.describe_redis_error(e, settings)
     finally:
         close_quietly(client)
     return rec
@@ -60,7 +55,8 @@ def node_pubsub(settings, address, pattern, channels):
 
 def cluster_nodes(settings):
     """(addresses of every reachable node, unreachable addresses, redis verdict)."""
-    verdict = summarize(probe_nodes(settings), seeds=settings.seed_addresses)
+    from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc
+    verdict = rc.summarize(rc.probe_nodes(settings), seeds=settings.seed_addresses)
     reachable = [n["address"] for n in verdict["nodes"] if n["reachable"]]
     unreachable = [n["address"] for n in verdict["nodes"] if not n["reachable"]]
     if not reachable:
@@ -71,6 +67,7 @@ def cluster_nodes(settings):
 
 def pubsub_census(settings, pattern="mesh:*", channels=()):
     """Pub/sub state of every node, asked in parallel (each bounded by the client timeouts)."""
+    from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc
     reachable, unreachable, verdict = cluster_nodes(settings)
     deadline = settings.deadline.bound(settings.connect_timeout + 3 * settings.socket_timeout + 1.0)
 
@@ -84,7 +81,7 @@ def pubsub_census(settings, pattern="mesh:*", channels=()):
         raise DeadlineExceeded(settings.deadline.message(", ".join(unanswered)))
     nodes = []
     for address in reachable:
-        error = describe_redis_error(errors[address], settings) if address in errors else (
+        error = rc.describe_redis_error(errors[address], settings) if address in errors else (
             "no answer within the probe deadline")
         nodes.append(results.get(address) or dict(address=address, reachable=False, channels={}, numpat=None,
                                                   error=error))
@@ -114,9 +111,10 @@ def pubsub_census(settings, pattern="mesh:*", channels=()):
 def publish(settings, channel, message, address=None):
     """PUBLISH on one node (the first reachable master unless address is given); returns (node, receivers on
     that node). In a cluster the message is forwarded to every node over the cluster bus."""
+    from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc
     candidates = [address] if address else None
     if candidates is None:
-        verdict = summarize(probe_nodes(settings), seeds=settings.seed_addresses)
+        verdict = rc.summarize(rc.probe_nodes(settings), seeds=settings.seed_addresses)
         failed = set(verdict["failed_nodes"])
         candidates = [n["address"] for n in verdict["nodes"]
                       if n["reachable"] and n["address"] not in failed and n["role"] == "master"]
@@ -125,11 +123,11 @@ def publish(settings, channel, message, address=None):
     for addr in candidates:
         client = None
         try:
-            host, port = parse_address(addr)
-            client = node_client(settings, host, port)
+            host, port = rc.parse_address(addr)
+            client = rc.node_client(settings, host, port)
             return addr, int(client.publish(channel, message))
         except Exception as e:
-            errors.append("%s: %s" % (addr, describe_redis_error(e, settings)))
+            errors.append("%s: %s" % (addr, rc.describe_redis_error(e, settings)))
         finally:
             close_quietly(client)
     raise P3Error("cannot publish on %s: %s" % (channel, "; ".join(errors) or "no Redis node reachable"))
