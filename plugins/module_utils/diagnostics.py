@@ -318,6 +318,7 @@ def auth_rate_probe(target, metrics_path="/metrics", failures_metric="p3_auth_fa
                     sleep=time.sleep):
     """Scrape the metrics (twice, window_seconds apart, when a window is set) and judge the 401 rate."""
     from ansible_collections.p3.recovery.plugins.module_utils.http_client import describe_response
+
     def scrape():
         resp = target.get(metrics_path or "/metrics")
         if not resp["ok"]:
