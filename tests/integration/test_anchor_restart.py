@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 
-from p3harness import ROOT, V, anchor_redis, rpc
+from p3harness import ROOT, V, anchor_redis, run_playbook, rpc
 
 sys.path.insert(0, os.path.join(ROOT, "lab"))
 
@@ -70,3 +70,49 @@ def test_restart_mid_anchor_job_sends_one_transaction(healthy_lab):
     counts = _onchain_counts(L, [digest], start_block)
     assert counts[digest.replace("0x", "")] == 1, counts
 
+
+WAIT = "Wait for the anchor jobs active now to finish before the stop (BullMQ active list, bounded)"
+GAVE_UP = "Say when it gave up waiting for the active anchor jobs (the restart goes on)"
+
+
+def _probe_waiting(r):
+    """app_restart's wait polls the queue's active list (LRANGE) on the queue's master: a connection there whose
+    last command is lrange (nothing else in an idle lab sends one)."""
+    node = r.get_node_from_key("{bull}:anchor:active")
+    return any(c.get("cmd") == "lrange" for c in r.get_redis_connection(node).client_list())
+
+
+def test_app_restart_waits_for_the_active_anchor_job(healthy_lab):
+    """The collection's side: restart_app.yml waits (bounded) for the anchor job active at the stop before it stops
+    the app - here the chain mines only once the role is seen waiting - and says so in its result."""
+    L = Lab()
+    program = supervisor.app_program(L)
+    old_pid = supervisor.pid_of(L, program)
+    start_block = chain_block(L)
+    r = anchor_redis()
+    seen = {}
+    rpc("evm_setAutomine", [False])
+    try:
+        oid = _post_anchor("role-wait-%d" % time.time_ns())
+        digest = _db(L, "SELECT digest FROM anchor_outbox WHERE id::text = %s", (oid,))[0][0].lower()
+        assert poll(lambda: digest in _pending_inputs(), 20), "the worker never sent the job's transaction"
+
+        def mine_once_the_role_waits():
+            seen["waiting"] = poll(lambda: _probe_waiting(r), 60, 0.2)
+            seen["pid_at_mine"] = supervisor.pid_of(L, program)
+            rpc("evm_mine")
+
+        run = run_playbook("restart_app.yml", {"p3_restart_force": True, "p3_restart_anchor_wait_seconds": 30},
+                           on_start=mine_once_the_role_waits)
+    finally:
+        rpc("evm_setAutomine", [True])
+    assert run.rc == 0, run.stdout[-3000:]
+    assert seen["waiting"], "the role never waited on the anchor queue"
+    assert seen["pid_at_mine"] == old_pid, "the app was stopped before its active job could finish"
+    waited = run.result(WAIT)["active_wait"]
+    assert waited["jobs"] >= 1 and not waited["gave_up"] and waited["still_active"] == [], waited
+    assert all(res.get("skipped") for res in run.results(GAVE_UP)), run.results(GAVE_UP)
+    assert supervisor.pid_of(L, program) not in (None, old_pid), "the app was not restarted"
+    assert r.zscore("{bull}:anchor:completed", oid) is not None
+    assert (_receipt(L, oid) or ("",))[0] == "confirmed"
+    assert _onchain_counts(L, [digest], start_block)[digest] == 1
