@@ -82,37 +82,61 @@ def _probe_waiting(r):
     return any(c.get("cmd") == "lrange" for c in r.get_redis_connection(node).client_list())
 
 
+def _fake_active_job(r):
+    """A job in BullMQ's active list with its lock held (as a worker in the middle of it leaves it): the app's
+    workers leave it alone (locked, so not stalled). The lab app's own jobs cannot stay active longer than its 10 s
+    receipt wait, less than a playbook needs to reach the stop."""
+    job_id = "restart-wait-%d" % time.time_ns()
+    r.set("{bull}:anchor:%s:lock" % job_id, "test-token", px=120000)
+    r.lpush("{bull}:anchor:active", job_id)
+    return job_id
+
+
+def _finish_fake_job(r, job_id):
+    r.lrem("{bull}:anchor:active", 0, job_id)
+    r.delete("{bull}:anchor:%s:lock" % job_id)
+
+
 def test_app_restart_waits_for_the_active_anchor_job(healthy_lab):
     """The collection's side: restart_app.yml waits (bounded) for the anchor job active at the stop before it stops
-    the app - here the chain mines only once the role is seen waiting - and says so in its result."""
+    the app - the job finishes only once the role is seen waiting, and the app was still the old one then - and
+    says so in its result; with a short bound it gives up, says so in one line naming the job, and restarts."""
     L = Lab()
     program = supervisor.app_program(L)
-    old_pid = supervisor.pid_of(L, program)
-    start_block = chain_block(L)
     r = anchor_redis()
     seen = {}
-    rpc("evm_setAutomine", [False])
+    job_id = _fake_active_job(r)
     try:
-        oid = _post_anchor("role-wait-%d" % time.time_ns())
-        digest = _db(L, "SELECT digest FROM anchor_outbox WHERE id::text = %s", (oid,))[0][0].lower()
-        assert poll(lambda: digest in _pending_inputs(), 20), "the worker never sent the job's transaction"
+        old_pid = supervisor.pid_of(L, program)
 
-        def mine_once_the_role_waits():
+        def finish_once_the_role_waits():
             seen["waiting"] = poll(lambda: _probe_waiting(r), 60, 0.2)
-            seen["pid_at_mine"] = supervisor.pid_of(L, program)
-            rpc("evm_mine")
+            seen["pid_at_finish"] = supervisor.pid_of(L, program)
+            _finish_fake_job(r, job_id)
 
-        run = run_playbook("restart_app.yml", {"p3_restart_force": True, "p3_restart_anchor_wait_seconds": 30},
-                           on_start=mine_once_the_role_waits)
+        run = run_playbook("restart_app.yml", {"p3_restart_force": True, "p3_restart_anchor_wait_seconds": 60},
+                           on_start=finish_once_the_role_waits)
     finally:
-        rpc("evm_setAutomine", [True])
+        _finish_fake_job(r, job_id)
     assert run.rc == 0, run.stdout[-3000:]
-    assert seen["waiting"], "the role never waited on the anchor queue"
-    assert seen["pid_at_mine"] == old_pid, "the app was stopped before its active job could finish"
+    assert seen["waiting"], ("the role never waited on the anchor queue", [x.get("active_wait") for x in
+                                                                           run.results(WAIT)])
+    assert seen["pid_at_finish"] == old_pid, "the app was stopped before its active job finished"
     waited = run.result(WAIT)["active_wait"]
     assert waited["jobs"] >= 1 and not waited["gave_up"] and waited["still_active"] == [], waited
     assert all(res.get("skipped") for res in run.results(GAVE_UP)), run.results(GAVE_UP)
-    assert supervisor.pid_of(L, program) not in (None, old_pid), "the app was not restarted"
-    assert r.zscore("{bull}:anchor:completed", oid) is not None
-    assert (_receipt(L, oid) or ("",))[0] == "confirmed"
-    assert _onchain_counts(L, [digest], start_block)[digest] == 1
+    new_pid = supervisor.pid_of(L, program)
+    assert new_pid not in (None, old_pid), "the app was not restarted"
+
+    # bounded: a job that does not finish is waited for 2 s, named, and the restart goes on
+    job_id = _fake_active_job(r)
+    try:
+        run = run_playbook("restart_app.yml", {"p3_restart_force": True, "p3_restart_anchor_wait_seconds": 2})
+    finally:
+        _finish_fake_job(r, job_id)
+    assert run.rc == 0, run.stdout[-3000:]
+    waited = run.result(WAIT)["active_wait"]
+    assert waited["gave_up"] and job_id in waited["still_active"] and waited["seconds"] >= 2, waited
+    msg = run.result(GAVE_UP)["msg"]
+    assert msg.startswith("gave up waiting after 2 s: 1 anchor job(s) still active (%s)" % job_id), msg
+    assert supervisor.pid_of(L, program) not in (None, new_pid), "the app was not restarted after the wait"

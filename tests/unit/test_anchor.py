@@ -207,5 +207,5 @@ def test_wait_active_done_is_bounded_and_names_what_is_still_active():
 
 def test_wait_active_done_nothing_active_returns_at_once():
     q, sleep, clock = _waiting_queue([[]])
-    assert q.wait_active_done(5, sleep=sleep, clock=clock) == {"jobs": 0, "still_active": [], "seconds": 0.0,
-                                                                "gave_up": False}
+    out = q.wait_active_done(5, sleep=sleep, clock=clock)
+    assert out == {"jobs": 0, "still_active": [], "seconds": 0.0, "gave_up": False}
