@@ -56,7 +56,8 @@ INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-d in
 INTEGRATION_C := tests/integration/test_tls.py tests/integration/test_rolling_restart.py \
 	tests/integration/test_compound_faults.py tests/integration/test_awx_runner.py \
 	tests/integration/test_incident_record.py tests/integration/test_session_purge_streams.py \
-	tests/integration/test_eda_loop.py tests/integration/test_recover_redis.py
+	tests/integration/test_eda_loop.py tests/integration/test_recover_redis.py \
+	tests/integration/test_anchor_restart.py
 # integration-d: the long end-to-end scenarios - the demo (every lab fault through `make demo`), the chaos round
 # under client load and the alert loop (real Prometheus/Alertmanager/exporters added to the pass's lab,
 # ansible-rulebook on base + 57) - and recover_mesh and the secrets tests (moved from a, the long pole: in the last

@@ -98,6 +98,8 @@ class Config:
         self.anchor_queue = env.get("ANCHOR_QUEUE", "anchor")
         self.anchor_prefix = env.get("ANCHOR_PREFIX", "{bull}")
         self.anchor_concurrency = int(env.get("ANCHOR_CONCURRENCY", "4"))
+        # on SIGTERM, how long the worker's active jobs may still run (below supervisor's stopwaitsecs)
+        self.anchor_close_timeout = float(env.get("ANCHOR_CLOSE_TIMEOUT", "8"))
         self.db_pool_max = int(env.get("DB_POOL_MAX", "5"))
 
 
@@ -687,7 +689,10 @@ class Chain:
         self.lock = asyncio.Lock()
         self.chain_id: int | None = None
 
-    async def anchor(self, digest: str) -> tuple[str, int]:
+    async def anchor(self, digest: str, before_send=None) -> tuple[str, int]:
+        """Send one transaction carrying `digest` and wait for its receipt. `before_send(tx_hash)` is awaited after
+        signing and before sending (the caller records the hash durably first: a retry then finds it on chain
+        instead of sending again)."""
         if self.account is None:
             raise RuntimeError("PRIVATE_KEY is not set")
         try:
@@ -709,12 +714,32 @@ class Chain:
                 tx["gas"] = await self.w3.eth.estimate_gas(
                     {"from": sender, "to": self.sink, "value": 0, "data": data})
                 signed = self.account.sign_transaction(tx)
+                if before_send is not None:
+                    await before_send(self.w3.to_hex(signed.hash))
                 tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.2)
-        hex_hash = self.w3.to_hex(tx_hash)
+        return await self.wait(self.w3.to_hex(tx_hash))
+
+    async def wait(self, hex_hash: str) -> tuple[str, int]:
+        receipt = await self.w3.eth.wait_for_transaction_receipt(hex_hash, timeout=10, poll_latency=0.2)
         if receipt.get("status") != 1:
             raise RuntimeError(f"transaction {hex_hash} reverted")
         return hex_hash, int(receipt["blockNumber"])
+
+    async def state(self, hex_hash: str) -> str:
+        """'mined' (successfully), 'reverted', 'pending' (in the pool) or 'unknown' (never sent, or dropped)."""
+        from web3.exceptions import TransactionNotFound
+        async with asyncio.timeout(5):
+            try:
+                receipt = await self.w3.eth.get_transaction_receipt(hex_hash)
+            except TransactionNotFound:
+                receipt = None
+            if receipt is not None:
+                return "mined" if receipt.get("status") == 1 else "reverted"
+            try:
+                await self.w3.eth.get_transaction(hex_hash)
+            except TransactionNotFound:
+                return "unknown"
+            return "pending"
 
     async def close(self):
         with contextlib.suppress(Exception):
@@ -803,8 +828,8 @@ class Anchor:
             if row is None:
                 raise RuntimeError(f"outbox row {outbox_id} not found")
             receipt = await conn.fetchrow(
-                "SELECT tx_hash, block_number FROM anchor_receipts WHERE idempotency_key=$1", outbox_id)
-            if receipt is not None:
+                "SELECT tx_hash, block_number, status FROM anchor_receipts WHERE idempotency_key=$1", outbox_id)
+            if receipt is not None and receipt["status"] == "confirmed":
                 await conn.execute("UPDATE anchor_outbox SET status='completed', updated_at=now() "
                                    "WHERE id=$1", oid)
                 return {"outboxId": outbox_id, "txHash": receipt["tx_hash"],
@@ -812,17 +837,37 @@ class Anchor:
             await conn.execute("UPDATE anchor_outbox SET status='processing', heartbeat_at=now(), "
                                "updated_at=now() WHERE id=$1", oid)
         # no pool slot is held while the chain works
-        tx_hash, block_number = await self.chain.anchor(row["digest"])
+        if receipt is not None and receipt["tx_hash"]:
+            # An earlier attempt recorded its transaction before sending it and did not live to confirm it (a
+            # worker closed mid-job, whose job BullMQ gave back as stalled): find it on chain, never send twice.
+            sent = await self.chain.state(receipt["tx_hash"])
+            if sent in ("mined", "pending"):
+                tx_hash, block_number = await self.chain.wait(receipt["tx_hash"])
+                await self._confirm(outbox_id, oid, tx_hash, block_number)
+                return {"outboxId": outbox_id, "txHash": tx_hash, "blockNumber": block_number, "duplicate": True}
+            log.warning("anchor: outbox %s: its earlier transaction %s is %s; sending it again",
+                        outbox_id, receipt["tx_hash"], sent)
+
+        async def record(tx_hash: str):
+            async with self.db.connection(timeout=2.0) as conn:
+                await conn.execute(
+                    "INSERT INTO anchor_receipts(idempotency_key, outbox_id, tx_hash, status) "
+                    "VALUES ($1, $2, $3, 'submitted') ON CONFLICT (idempotency_key) DO UPDATE "
+                    "SET tx_hash = EXCLUDED.tx_hash WHERE anchor_receipts.status <> 'confirmed'",
+                    outbox_id, oid, tx_hash)
+
+        tx_hash, block_number = await self.chain.anchor(row["digest"], before_send=record)
+        await self._confirm(outbox_id, oid, tx_hash, block_number)
+        return {"outboxId": outbox_id, "txHash": tx_hash, "blockNumber": block_number}
+
+    async def _confirm(self, outbox_id: str, oid: uuid.UUID, tx_hash: str, block_number: int):
         async with self.db.connection(timeout=2.0) as conn:
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO anchor_receipts(idempotency_key, outbox_id, tx_hash, block_number, "
-                    "status, confirmed_at) VALUES ($1, $2, $3, $4, 'confirmed', now()) "
-                    "ON CONFLICT (idempotency_key) DO NOTHING",
-                    outbox_id, oid, tx_hash, block_number)
+                    "UPDATE anchor_receipts SET tx_hash=$2, block_number=$3, status='confirmed', "
+                    "confirmed_at=now() WHERE idempotency_key=$1", outbox_id, tx_hash, block_number)
                 await conn.execute("UPDATE anchor_outbox SET status='completed', updated_at=now() "
                                    "WHERE id=$1", oid)
-        return {"outboxId": outbox_id, "txHash": tx_hash, "blockNumber": block_number}
 
     async def _mark_failed(self, outbox_id: str, exc: BaseException):
         try:
@@ -917,9 +962,22 @@ class Anchor:
                  self.cfg.anchor_queue, self.cfg.anchor_prefix, self.cfg.anchor_concurrency,
                  " paused" if self.paused else "")
 
-    async def _stop_worker(self, force: bool = True):
+    async def _stop_worker(self, force: bool = True, grace: float = 0.0):
+        """Close the worker. With `grace`, first let its active jobs finish (it takes no new one), at most `grace`
+        seconds; a job still running then is cut off (BullMQ gives it back as stalled; its receipt row, written
+        before the transaction is sent, keeps the retry from sending a second one)."""
         w, client, task = self.worker, self.worker_client, self.run_task
         self.worker = self.worker_client = self.run_task = None
+        if w is not None and not force and grace > 0 and self.in_flight > 0:
+            active = set(w.processing)
+            log.info("anchor: closing the worker: waiting up to %.0f s for %d active job(s)", grace, self.in_flight)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(w.pause(True), 1)   # no new job; the active ones go on
+            _done, pending = await asyncio.wait(active, timeout=grace)
+            if pending:
+                log.warning("anchor: %d job(s) still active %.0f s after the stop: closing the worker anyway "
+                            "(BullMQ gives them back as stalled)", len(pending), grace)
+            force = bool(pending)
         if w is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(w.close(force=force), 3)
@@ -1017,11 +1075,12 @@ class Anchor:
         g.labels("completed").set(completed)
 
     async def close(self):
+        """On SIGTERM: the worker finishes its active jobs (bounded by ANCHOR_CLOSE_TIMEOUT) before it closes."""
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(BaseException):
                 await self._supervisor
-        await self._stop_worker(force=True)
+        await self._stop_worker(force=False, grace=self.cfg.anchor_close_timeout)
         await self.chain.close()
 
 

@@ -5,7 +5,8 @@ After a fault round and its recovery (`check(lab, ledger, run_id)`):
 
 - ``redis``: every write acknowledged with WAIT 1 (a replica had it) is still there with its value, and readable;
 - ``jobs``: every anchor job the app accepted (202) still exists in BullMQ, and once the queue drained (bounded wait)
-  every one has exactly one receipt row (anchor_receipts.idempotency_key = outbox id) and its digest went on chain
+  every one has exactly one confirmed receipt row (anchor_receipts.idempotency_key = outbox id; the app
+  writes it 'submitted' with the transaction hash before sending) and its digest went on chain
   exactly once (transactions of the anchor wallet scanned from `from_block`): none lost, none anchored twice;
 - ``sessions``: every session whose handshake was answered 201 still reads back (none removed by a purge);
 - ``serving``: the app answers through the front (load balancer or app): /health 200, a handshake 201 and its read.
@@ -89,7 +90,8 @@ def job_breaches(lab, res, job_ids, from_block, drain_timeout=60.0):
     rows = []
     while True:
         try:
-            rows = _db(lab, "SELECT o.id::text, o.digest, o.status, count(r.id) FROM anchor_outbox o LEFT JOIN "
+            rows = _db(lab, "SELECT o.id::text, o.digest, o.status, count(r.id) FILTER (WHERE r.status = 'confirmed') "
+                       "FROM anchor_outbox o LEFT JOIN "
                        "anchor_receipts r ON r.idempotency_key = o.id::text WHERE o.id::text = ANY(%s) "
                        "GROUP BY 1, 2, 3", (list(job_ids),))
         except Exception as e:  # noqa: BLE001

@@ -118,10 +118,16 @@ stdout_logfile_backups=1
            startretries=startretries, stopwaitsecs=stopwaitsecs, log=log, log_maxbytes=log_maxbytes)
 
 
+# The lab app's stop bound: HTTP requests in flight (3 s) + its anchor worker's active jobs (ANCHOR_CLOSE_TIMEOUT,
+# 8 s) + closing, before supervisor's SIGKILL (which would cut a job between its transaction and its receipt).
+APP_STOPWAITSECS = 15
+
+
 def _conf_programs(lab):
     env = _env_line(app_env(lab))
     app_dir = os.path.join(REPO, "lab", "app")
-    text = (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log)
+    text = (program_section(APP, "%s %s/p3app.py" % (VENV_PY, app_dir), REPO, env, lab.app_log,
+                                    stopwaitsecs=APP_STOPWAITSECS)
             + program_section(MESH, "%s %s/meshpeers.py" % (VENV_PY, app_dir), REPO, env, lab.mesh_log,
                               autorestart=True, startretries=1000, log_maxbytes="10MB"))
     from . import notify  # the lab's notification receiver (EDA loop), lab/p3lablib/notify.py
@@ -134,7 +140,8 @@ def _conf_programs(lab):
         for i, port in enumerate(lab.app_ports[1:], 2):
             ienv = dict(app_env(lab), PORT=str(port))
             text += program_section(haproxy.program_name(i), "%s %s/p3app.py" % (VENV_PY, app_dir), REPO,
-                                    _env_line(ienv), os.path.join(lab.log_dir, "%s.log" % haproxy.program_name(i)))
+                                    _env_line(ienv), os.path.join(lab.log_dir, "%s.log" % haproxy.program_name(i)),
+                                    stopwaitsecs=APP_STOPWAITSECS)
         text += program_section(haproxy.PROGRAM, "%s -db -f %s" % (haproxy.binary(), lab.haproxy_cfg), REPO, env,
                                 os.path.join(lab.log_dir, "haproxy.log"), autorestart=True, log_maxbytes="10MB")
     return text

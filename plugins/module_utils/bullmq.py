@@ -287,6 +287,29 @@ class BullQueue(object):
             raise self.fail(e, "reading active jobs")
         return [j for j, has in zip(ids, locks) if not has]
 
+    def active_ids(self, limit=1000):
+        try:
+            return [j.decode() if isinstance(j, bytes) else str(j)
+                    for j in self.client.lrange(self.key("active"), 0, limit - 1)]
+        except Exception as e:
+            raise self.fail(e, "reading active jobs")
+
+    def wait_active_done(self, seconds, poll=0.5, sleep=time.sleep, clock=time.monotonic):
+        """Wait, at most `seconds` in total, until none of the jobs active NOW is active any more (jobs taken later
+        are not waited for: this is the "requests in flight" of the queue before a worker's stop).
+        Returns {jobs (how many were active), still_active (ids, first 20), seconds (waited), gave_up}."""
+        start = clock()
+        first = self.active_ids()
+        left = set(first)
+        while left:
+            if clock() - start >= seconds:
+                break
+            sleep(min(poll, max(seconds - (clock() - start), 0)))
+            left &= set(self.active_ids())
+        still = [j for j in first if j in left]
+        return dict(jobs=len(first), still_active=still[:20], seconds=round(clock() - start, 3),
+                    gave_up=bool(still))
+
     def worker_clients(self):
         """This queue's worker connections on the node that serves its keys - where a BullMQ worker's blocking
         connection waits on the queue's marker - as CLIENT LIST shows them (BullMQ names them with CLIENT SETNAME):
@@ -542,11 +565,12 @@ class BullQueue(object):
 
 
 def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(), sample_seconds=0, job_ids=(),
-               sleep=time.sleep, stuck_wait_seconds=None):
+               sleep=time.sleep, stuck_wait_seconds=None, wait_active_seconds=0):
     """Read one queue's state on the node that serves it: {base, counts, extra, error, fatal}. base holds reachable,
     node, cluster, keys; extra the evidence queue_verdict judges (paused, concurrency, stalled, oldest waiting job,
     failed reasons, malformed, active without lock, worker_connections, worker_clients, worker_stuck (see
-    worker_takes_no_job), progress, jobs). error is the one-line cause
+    worker_takes_no_job), progress, jobs, and with wait_active_seconds active_wait (see BullQueue.wait_active_done,
+    done before the rest is read)). error is the one-line cause
     when the queue could not be read; fatal marks bad input (a prefix that is not hash-tagged on a cluster, keys
     that are not a BullMQ queue) rather than an unreachable service."""
     q = BullQueue(settings, queue, prefix)
@@ -558,7 +582,10 @@ def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(
         out.update(error=e.msg, fatal="hash-tagged" in e.msg)
         return out
     base.update(reachable=True, node=q.address, cluster=q.cluster)
+    active_wait = None
     try:
+        if wait_active_seconds > 0:
+            active_wait = q.wait_active_done(wait_active_seconds, sleep=sleep)
         counts, meta = q.counts()
         extra = dict(meta)
         extra["oldest_wait_job"], age = q.oldest_waiting()
@@ -592,6 +619,8 @@ def read_queue(settings, queue, prefix, failed_sample=1000, required_data_keys=(
     extra["counts"] = counts
     extra["waiting"] = counts["wait"] + counts["paused"] + counts["prioritized"]
     extra["worker_stuck"] = worker_takes_no_job(counts, extra, stuck_wait_seconds)
+    if active_wait is not None:
+        extra["active_wait"] = active_wait
     out.update(counts=counts, extra=extra)
     return out
 

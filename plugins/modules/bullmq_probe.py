@@ -85,6 +85,14 @@ options:
     type: list
     elements: str
     default: []
+  wait_active_seconds:
+    description:
+      - When above 0, first wait until none of the jobs active now is active any more, at most this many seconds in
+        total (jobs taken later are not waited for), and report it in RV(active_wait); the rest is read after.
+        P(p3.recovery.app_restart#role) uses it before it stops an app instance, so a job between its transaction and
+        its receipt is not cut off. Giving up does not change RV(healthy).
+    type: float
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -199,6 +207,12 @@ progress:
   description: With O(sample_seconds) - waiting and finished (failed + completed) before and after, and C(stuck).
   returned: when O(sample_seconds) > 0 and reachable
   type: dict
+active_wait:
+  description: With O(wait_active_seconds) - C(jobs) (how many were active when the wait began), C(still_active) (the
+    ids of those still active when it ended, at most 20), C(seconds) (waited), C(gave_up) (some were still active).
+  returned: when O(wait_active_seconds) > 0 and reachable
+  type: dict
+  sample: {"jobs": 2, "still_active": [], "seconds": 1.2, "gave_up": false}
 jobs:
   description: For O(job_ids) - C(id), C(state) (completed, failed, active, wait, delayed, missing, unknown), C(data),
     C(failedReason), C(finishedOn), C(processedOn), C(problem) (why the data is unusable, else null).
@@ -231,6 +245,7 @@ def main():
         sample_seconds=dict(type="float", default=0),
         stuck_wait_seconds=dict(type="float"),
         job_ids=dict(type="list", elements="str", default=[]),
+        wait_active_seconds=dict(type="float", default=0),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
     module = P3Module(argument_spec=argument_spec, supports_check_mode=True)
@@ -240,11 +255,14 @@ def main():
             module.fail_json(msg="%s must be >= 0, got %s" % (name, p[name]))
     if p["sample_seconds"] < 0 or p["sample_seconds"] > 60:
         module.fail_json(msg="sample_seconds must be between 0 and 60, got %s" % p["sample_seconds"])
+    if p["wait_active_seconds"] < 0 or p["wait_active_seconds"] > 600:
+        module.fail_json(msg="wait_active_seconds must be between 0 and 600, got %s" % p["wait_active_seconds"])
     target = RedisTarget(module)
     try:
         state = read_queue(target.settings, p["queue"], p["prefix"], failed_sample=p["failed_sample"],
                            required_data_keys=p["required_data_keys"], sample_seconds=p["sample_seconds"],
-                           job_ids=p["job_ids"], stuck_wait_seconds=p["stuck_wait_seconds"])
+                           job_ids=p["job_ids"], stuck_wait_seconds=p["stuck_wait_seconds"],
+                           wait_active_seconds=p["wait_active_seconds"])
     except P3Error as e:  # a bad queue name or prefix
         module.fail_json(msg=e.msg)
     base = state["base"]

@@ -51,9 +51,6 @@ def test_nothing_acknowledged_is_lost(chaos_round):
     assert not [b for b in chaos_round["breaches"] if b.startswith(("redis", "sessions", "serving"))]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 17: an app restart under load (SIGTERM, the worker force-closed) can "
-                   "cut an anchor job between its mined transaction and its receipt row; the stalled job is retried "
-                   "and anchored a second time (seen with seed 17 round 4; app_restart does not drain the worker)")
 def test_every_job_anchored_exactly_once_on_chain(chaos_round):
     ev = chaos_round["evidence"]
     assert ev["onchain"] == ev["jobs"], (ev, chaos_round["breaches"])

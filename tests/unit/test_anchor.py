@@ -168,3 +168,44 @@ def test_worker_verdict_names_a_stuck_worker():
     assert v["stuck"] == "worker connected but takes no job: x"
     assert d.worker_verdict("anchor-batch:us", 1, None, stuck=None)["healthy"] is True
     assert "absent" in d.worker_verdict("anchor-batch:us", 0, None, stuck="x")["reason"]
+
+
+class _ActiveList(object):
+    """A fake Redis client whose active list follows a script (one LRANGE answer per call, the last one repeats)."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def lrange(self, key, start, end):
+        assert key == "{bull}:anchor:active"
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def _waiting_queue(answers):
+    q = bullmq.BullQueue({}, "anchor", "{bull}")
+    q.client = _ActiveList(answers)
+    t = [0.0]
+
+    def sleep(s):
+        t[0] += s
+    return q, sleep, (lambda: t[0])
+
+
+def test_wait_active_done_waits_only_for_the_jobs_active_at_the_start():
+    # job 1 and 2 active; 3 is taken later and stays active: not waited for
+    q, sleep, clock = _waiting_queue([[b"1", b"2"], [b"2", b"3"], [b"3"]])
+    out = q.wait_active_done(10, poll=0.5, sleep=sleep, clock=clock)
+    assert out == {"jobs": 2, "still_active": [], "seconds": 1.0, "gave_up": False}
+
+
+def test_wait_active_done_is_bounded_and_names_what_is_still_active():
+    q, sleep, clock = _waiting_queue([[b"7", b"8"], [b"8"]])
+    out = q.wait_active_done(3, poll=0.5, sleep=sleep, clock=clock)
+    assert out["gave_up"] and out["still_active"] == ["8"] and out["jobs"] == 2
+    assert 3.0 <= out["seconds"] <= 3.5
+
+
+def test_wait_active_done_nothing_active_returns_at_once():
+    q, sleep, clock = _waiting_queue([[]])
+    out = q.wait_active_done(5, sleep=sleep, clock=clock)
+    assert out == {"jobs": 0, "still_active": [], "seconds": 0.0, "gave_up": False}
