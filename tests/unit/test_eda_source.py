@@ -168,7 +168,8 @@ def _rulebook(tmp_path, port, extra_env=None):
                PATH=bindir + os.pathsep + os.environ.get("PATH", ""), **(extra_env or {}))
     proc = subprocess.run([os.path.join(bindir, "ansible-rulebook"), "-i", str(tmp_path / "inv.yml"),
                            "-r", "p3.recovery.p3_recovery", "--vars", str(tmp_path / "vars.yml")],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=90)
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=90,
+                          check=False)
     return proc.returncode, proc.stdout
 
 
