@@ -21,13 +21,12 @@ row of a PostgreSQL table, several controllers) does the locked read-modify-writ
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import errno
 import fcntl
 import json
 import os
-import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.report import flock_exclusive
 
 PG_TABLE = "p3_eda_guard"
 DECISIONS = ("act", "plan", "duplicate", "refused", "resolved", "ignored")
@@ -145,19 +144,13 @@ class GuardStore(object):
             self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise P3Error("guard state %s: %s" % (self.path, e.strerror or e))
-        end = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise P3Error("guard state %s: lock: %s" % (self.path, e.strerror or e))
-            if time.monotonic() >= end:
-                os.close(self._fd)
-                self._fd = None
-                raise P3Error("guard state %s: still locked by another run after %ss" % (self.path, self.timeout))
-            time.sleep(0.05)
+        try:
+            flock_exclusive(self._fd, self.timeout, "guard state %s" % self.path)
+        except P3Error:
+            os.close(self._fd)
+            self._fd = None
+            raise
+        return self
 
     def __exit__(self, *exc):
         if self._fd is not None:
