@@ -325,3 +325,23 @@ def test_a_guard_state_row_held_too_long_fails_in_one_line(lab_up, tmp_path):
     assert "still locked by another controller after 1s" in r["msg"] and table in r["msg"] and key in r["msg"], r
     assert "p3admin-lab-secret" not in json.dumps(r)
     assert state["attempts"] == {} and state["episodes"] == {}
+
+
+def test_a_guard_decision_in_check_mode_creates_and_writes_nothing_in_postgresql(lab_up, tmp_path):
+    """Check mode with the PostgreSQL state: the decision the real run would make (act), and no table created."""
+    import psycopg2
+
+    dsn, table = V["p3_database_url"], "p3_eda_guard_check_" + secrets.token_hex(3)
+    alert = {"fingerprint": "check" + secrets.token_hex(6), "status": "firing", "startsAt": "2026-12-06T20:00:00Z",
+             "labels": {"alertname": "database_connection_high"}}
+    r = _module_result(_guard_module(tmp_path, "check", dict(
+        state_database_url=dsn, state_table=table, resource="check-test", allowed=True, alert=alert,
+        _ansible_check_mode=True)))
+    assert r["decision"] == "act" and r["changed"] and not r.get("failed"), r
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NULL", (table,))
+            assert cur.fetchone()[0], "check mode created %s" % table
+    finally:
+        conn.close()
