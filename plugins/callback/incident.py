@@ -126,7 +126,6 @@ options:
 """
 
 import datetime
-import fcntl
 import glob
 import json
 import os
@@ -137,7 +136,8 @@ from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line, parse_timestamp, utc_timestamp
 from ansible_collections.p3.recovery.plugins.module_utils import incident as inc
-from ansible_collections.p3.recovery.plugins.module_utils.report import make_private_dir, path_under, redact, safe_name
+from ansible_collections.p3.recovery.plugins.module_utils.report import (
+    flock_exclusive, make_private_dir, path_under, redact, safe_name)
 
 _SKIP_ACTIONS = ("p3.recovery.write_report",)
 _EVIDENCE_KEYS = ("healthy", "reason", "changed", "msg", "severity")
@@ -435,7 +435,7 @@ class CallbackModule(CallbackBase):
             if os.fstat(fd).st_uid == os.geteuid():
                 os.fchmod(fd, 0o600)  # a log created by an older version (0644) becomes private too
             # One run at a time appends, re-reads and renders: other runs wait here (released on close).
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            flock_exclusive(fd)
             for e in self._entries:
                 _write_all(fd, (json.dumps(e, sort_keys=True, default=str) + "\n").encode("utf-8"))
             if path is None:

@@ -13,20 +13,22 @@ State (one JSON file, locked with flock, replaced atomically, so it survives bet
   after breaker_max of them within breaker_window seconds the breaker is open: the alert is refused (a human is
   notified) until the oldest of them leaves the window.
 
-decide() is pure (state in, decision and new state out); GuardStore does the locked read-modify-write.
+decide() is pure (state in, decision and new state out); GuardStore (a file, one controller) or PgGuardStore (a
+row of a PostgreSQL table, several controllers) does the locked read-modify-write - the same interface:
+``with store: state = store.read(); ...; store.write(new_state)``.
 """
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import errno
 import fcntl
 import json
 import os
-import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.report import flock_exclusive
 
+PG_TABLE = "p3_eda_guard"
 DECISIONS = ("act", "plan", "duplicate", "refused", "resolved", "ignored")
 MAX_EPISODES = 1000
 MAX_ATTEMPTS = 200  # per resource
@@ -142,19 +144,13 @@ class GuardStore(object):
             self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise P3Error("guard state %s: %s" % (self.path, e.strerror or e))
-        end = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise P3Error("guard state %s: lock: %s" % (self.path, e.strerror or e))
-            if time.monotonic() >= end:
-                os.close(self._fd)
-                self._fd = None
-                raise P3Error("guard state %s: still locked by another run after %ss" % (self.path, self.timeout))
-            time.sleep(0.05)
+        try:
+            flock_exclusive(self._fd, self.timeout, "guard state %s" % self.path)
+        except P3Error:
+            os.close(self._fd)
+            self._fd = None
+            raise
+        return self
 
     def __exit__(self, *exc):
         if self._fd is not None:
@@ -189,3 +185,93 @@ class GuardStore(object):
             os.replace(tmp, self.path)
         except OSError as e:
             raise P3Error("guard state %s: write: %s" % (self.path, e.strerror or e))
+
+
+def _check_state(state, where):
+    if not isinstance(state, dict) or not isinstance(state.get("episodes"), dict) or \
+            not isinstance(state.get("attempts"), dict):
+        raise P3Error("guard state %s is not a p3.recovery.eda_guard state" % where)
+    return state
+
+
+class PgGuardStore(object):
+    """The state as one row (key) of a PostgreSQL table (created when missing: guard text PRIMARY KEY, state
+    jsonb, updated_at), for several EDA controllers sharing one guard. Entering opens a transaction and locks the
+    row (SELECT ... FOR UPDATE, waiting at most lock_timeout seconds: SET LOCAL lock_timeout), so the read, the
+    decision and the write of one controller happen while every other controller waits for the row; leaving
+    commits (or rolls back after an error). In check mode nothing is created, locked or written: the row is read
+    as it is. The connection is the incident sink's (incident.pg_client of an admin DSN)."""
+
+    def __init__(self, dsn, table=PG_TABLE, key="default", lock_timeout=10.0, connect_timeout=5.0, check_mode=False,
+                 client=None):
+        from ansible_collections.p3.recovery.plugins.module_utils import incident
+        self.table = incident._table(table)
+        self.key = str(key)
+        self.lock_timeout = float(lock_timeout)
+        self.check_mode = check_mode
+        self.client = client or incident.pg_client(dsn, connect_timeout, query_timeout=self.lock_timeout + connect_timeout)
+        self.where = "%s (table %s, key %s)" % (self.client.target, self.table, self.key)
+        self._state = None
+        self._open = False
+
+    def _q(self, sql, args=None):
+        return self.client.query(sql.replace("@T", self.table), args)
+
+    def __enter__(self):
+        locking = False
+        try:
+            if not self.check_mode:
+                sql = ("CREATE TABLE IF NOT EXISTS @T (guard text PRIMARY KEY, state jsonb NOT NULL, "
+                       "updated_at timestamptz NOT NULL DEFAULT now())")
+                try:
+                    self._q(sql)
+                except P3Error:
+                    self._q(sql)  # two controllers creating it at once: one loses on the catalog; it exists now
+            self._q("BEGIN")
+            self._open = True
+            self._q("SET LOCAL lock_timeout = %s", ("%dms" % max(1, int(self.lock_timeout * 1000)),))
+            if self.check_mode:
+                present = self._q("SELECT to_regclass(%s) IS NOT NULL AS present", (self.table,))[0]["present"]
+                rows = self._q("SELECT state FROM @T WHERE guard = %s FOR UPDATE", (self.key,)) if present else []
+            else:
+                self._q("INSERT INTO @T (guard, state) VALUES (%s, %s::jsonb) ON CONFLICT (guard) DO NOTHING",
+                        (self.key, json.dumps(empty_state())))
+                locking = True  # lock_timeout cancels this statement (the client says "timed out") when held
+                rows = self._q("SELECT state FROM @T WHERE guard = %s FOR UPDATE", (self.key,))
+        except P3Error as e:
+            self._finish(False)
+            if locking and "timed out" in e.msg:
+                raise P3Error("guard state %s: still locked by another controller after %ss" % (
+                    self.where, num_text(self.lock_timeout)))
+            raise P3Error("guard state %s: %s" % (self.where, e.msg))
+        self._state = rows[0]["state"] if rows else empty_state()
+        return self
+
+    def read(self):
+        return _check_state(self._state, self.where)
+
+    def write(self, state):
+        if self.check_mode:
+            raise P3Error("guard state %s: not written in check mode" % self.where)
+        try:
+            self._q("UPDATE @T SET state = %s::jsonb, updated_at = now() WHERE guard = %s",
+                    (json.dumps(state, sort_keys=True), self.key))
+        except P3Error as e:
+            raise P3Error("guard state %s: write: %s" % (self.where, e.msg))
+        self._state = state
+
+    def _finish(self, commit):
+        try:
+            if self._open:
+                self._open = False
+                self._q("COMMIT" if commit else "ROLLBACK")
+        finally:
+            self.client.close()
+
+    def __exit__(self, exc_type, *exc):
+        try:
+            self._finish(exc_type is None)
+        except P3Error as e:
+            if exc_type is None:
+                raise P3Error("guard state %s: commit: %s" % (self.where, e.msg))
+        return False

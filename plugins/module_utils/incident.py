@@ -264,10 +264,12 @@ def create_sql(table):
             "CREATE INDEX IF NOT EXISTS %s_incident_idx ON %s (incident_id, started_at)" % (t, t))
 
 
-def pg_client(dsn, timeout=5.0):
+def pg_client(dsn, timeout=5.0, query_timeout=None):
+    """A PostgresClient of an admin DSN (the incident sink's, the EDA guard's state): connect within timeout
+    seconds, each statement within query_timeout (default twice timeout)."""
     from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import PostgresClient, resolve_conninfo
     conninfo, secrets = resolve_conninfo(dict(dsn=dsn, connect_timeout=timeout))
-    return PostgresClient(conninfo, timeout=timeout, query_timeout=timeout * 2, secrets=secrets)
+    return PostgresClient(conninfo, timeout=timeout, query_timeout=query_timeout or timeout * 2, secrets=secrets)
 
 
 def pg_table_exists(client, table):

@@ -10,11 +10,14 @@ __metaclass__ = type
 
 import binascii
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
+import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
 
@@ -146,6 +149,26 @@ def make_private_dir(directory, mode=0o700):
             raise
     finally:
         os.umask(old)
+
+
+def flock_exclusive(fd, timeout=None, what="file"):
+    """Take an exclusive flock on the open descriptor fd (released when it is closed or unlocked): wait for it
+    without end when timeout is None (the incident log: one run appends at a time), else at most timeout seconds and
+    then P3Error naming what (the EDA guard's state). The one home of the project's file locking."""
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    end = time.monotonic() + float(timeout)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise P3Error("%s: lock: %s" % (what, e.strerror or e))
+        if time.monotonic() >= end:
+            raise P3Error("%s: still locked by another run after %ss" % (what, timeout))
+        time.sleep(0.05)
 
 
 def unique_name(prefix, now):

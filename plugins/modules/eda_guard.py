@@ -23,9 +23,13 @@ description:
   - The state (open episodes, responses per resource) is one JSON file, O(state_file), read and written under an
     exclusive lock taken within O(lock_timeout) seconds and replaced atomically, so it holds between runs, rulebook
     restarts and concurrent runs on one controller.
+  - With O(state_database_url) instead, the state is one row (O(state_key)) of the PostgreSQL table
+    O(state_table) (created when missing), locked with C(SELECT ... FOR UPDATE) for the read, the decision and the
+    write, so several EDA controllers (or rulebooks) deciding the same alert at once start exactly one response.
   - The result carries the alert (name, fingerprint, startsAt) and a RV(timeline) entry, so the incident callback
     records which alert caused the run.
-  - In check mode the decision is computed exactly as the real run would and the state file is not written.
+  - In check mode the decision is computed exactly as the real run would and the state is not written (in
+    PostgreSQL nothing is created or locked either).
 author:
   - P3 Recovery maintainers (@p3-protocol)
 extends_documentation_fragment:
@@ -47,9 +51,28 @@ options:
     type: bool
     default: false
   state_file:
-    description: The guard's state file (created with mode 0600, its directory with 0700, when missing).
+    description:
+      - The guard's state file (created with mode 0600, its directory with 0700, when missing) - one controller.
+      - Exactly one of O(state_file) and O(state_database_url) is required.
     type: path
-    required: true
+  state_database_url:
+    description:
+      - A PostgreSQL DSN (URL or key=value) whose role may create and write O(state_table) - e.g. the incident
+        sink's C(p3_incident_database_url). The state is kept there, shared by several controllers. A secret -
+        never shown.
+    type: str
+  state_table:
+    description: The PostgreSQL table of the state (a plain lower-case identifier).
+    type: str
+    default: p3_eda_guard
+  state_key:
+    description: The row of O(state_table) - one per independent guard (e.g. per environment).
+    type: str
+    default: default
+  connect_timeout:
+    description: Total seconds to connect to O(state_database_url).
+    type: float
+    default: 5
   window:
     description: Seconds during which a still-firing alert's episode is not handled again.
     type: int
@@ -63,7 +86,7 @@ options:
     type: int
     default: 1800
   lock_timeout:
-    description: Total seconds to wait for the state file's lock.
+    description: Total seconds to wait for the state's lock (the file's, or the row's in PostgreSQL).
     type: float
     default: 10
 """
@@ -75,6 +98,13 @@ EXAMPLES = r"""
     resource: p3.recovery.recover_redis
     allowed: false
     state_file: /var/lib/p3-recovery/eda-guard.json
+  register: guard
+
+- name: The same, its state shared by several EDA controllers (a row of a PostgreSQL table)
+  p3.recovery.eda_guard:
+    alert: "{{ ansible_eda.event.alert }}"
+    resource: p3.recovery.recover_redis
+    state_database_url: "{{ p3_incident_database_url }}"
   register: guard
 """
 
@@ -113,8 +143,11 @@ timeline:
 
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, P3Module, fail_clean, timeline_entry
-from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import GuardStore, alert_summary, breaker_state, decide
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    P3Error, P3Module, fail_clean, register_secrets, timeline_entry)
+from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import (
+    GuardStore, PgGuardStore, alert_summary, breaker_state, decide)
+from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import dsn_secrets
 
 
 def main():
@@ -123,15 +156,26 @@ def main():
             alert=dict(type="dict", required=True),
             resource=dict(type="str", required=True),
             allowed=dict(type="bool", default=False),
-            state_file=dict(type="path", required=True),
+            state_file=dict(type="path"),
+            state_database_url=dict(type="str", no_log=True),
+            state_table=dict(type="str", default="p3_eda_guard"),
+            state_key=dict(type="str", default="default", no_log=False),
+            connect_timeout=dict(type="float", default=5),
             window=dict(type="int", default=3600),
             breaker_max=dict(type="int", default=3),
             breaker_window=dict(type="int", default=1800),
             lock_timeout=dict(type="float", default=10),
         ),
+        mutually_exclusive=[("state_file", "state_database_url")],
+        required_one_of=[("state_file", "state_database_url")],
         supports_check_mode=True,
     )
     p = module.params
+    if p["state_database_url"]:
+        register_secrets(module, dsn_secrets(p["state_database_url"]))
+    for name in ("lock_timeout", "connect_timeout"):
+        if p[name] <= 0:
+            module.fail_json(msg="%s must be more than 0 seconds, got %s" % (name, p[name]))
     for name in ("window", "breaker_window"):
         if p[name] < 1:
             module.fail_json(msg="%s must be at least 1 second, got %d" % (name, p[name]))
@@ -139,7 +183,12 @@ def main():
         module.fail_json(msg="breaker_max must be 0 (off) or more, got %d" % p["breaker_max"])
     try:
         now = time.time()
-        with GuardStore(p["state_file"], p["lock_timeout"]) as store:
+        if p["state_database_url"]:
+            store = PgGuardStore(p["state_database_url"], p["state_table"], p["state_key"], p["lock_timeout"],
+                                 p["connect_timeout"], check_mode=module.check_mode)
+        else:
+            store = GuardStore(p["state_file"], p["lock_timeout"])
+        with store:
             decision, reason, state, changed = decide(store.read(), p["alert"], p["resource"], p["allowed"], now,
                                                       p["window"], p["breaker_max"], p["breaker_window"])
             if changed and not module.check_mode:

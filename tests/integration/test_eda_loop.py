@@ -19,7 +19,7 @@ import yaml
 
 from redis.cluster import RedisCluster
 
-from p3harness import PW, BIN, INVENTORY, ROOT, base_env, client, lab, lab_fault, lab_info, lab_nodes, lab_status
+from p3harness import PW, BIN, INVENTORY, PY, ROOT, V, base_env, client, lab, lab_fault, lab_info, lab_nodes, lab_status
 
 JAVA_HOME = os.environ.get("JAVA_HOME") or "/usr/lib/jvm/java-17-openjdk-amd64"
 FIRING = os.path.join(ROOT, "tests", "unit", "data", "alertmanager-firing.json")
@@ -226,3 +226,122 @@ def test_a_destructive_response_that_is_not_allowed_only_posts_its_plan(loop):
             cluster.close()
     finally:
         lab("heal", timeout=240)
+
+
+def _guard_module(tmp_path, name, args):
+    """The real eda_guard module in its own process (as Ansible runs it), started now; returns the Popen."""
+    f = tmp_path / ("%s.json" % name)
+    f.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = base_env({"PYTHONPATH": os.path.join(ROOT, ".state", "collections")})
+    return subprocess.Popen([PY, os.path.join(ROOT, "plugins", "modules", "eda_guard.py"), str(f)], cwd=str(tmp_path),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _module_result(proc):
+    out, err = proc.communicate(timeout=60)
+    assert out.strip(), err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_two_controllers_deciding_one_alert_at_once_start_exactly_one_response(lab_up, tmp_path):
+    """Guard state in the lab's PostgreSQL (state_database_url): two eda_guard decisions for one fingerprint that
+    run at the same moment (both held at the state row until a third holder lets go, then racing) -> exactly one
+    act, the other a duplicate; one attempt recorded. Without the row lock both would read the empty state and
+    both act."""
+    import psycopg2
+
+    dsn, table, key = V["p3_database_url"], "p3_eda_guard_test", "race-" + secrets.token_hex(4)
+    alert = {"fingerprint": "race" + secrets.token_hex(6), "status": "firing", "startsAt": "2026-12-06T20:00:00Z",
+             "labels": {"alertname": "database_connection_high"}}
+    base = dict(state_database_url=dsn, state_table=table, state_key=key, resource="race-test", allowed=True,
+                lock_timeout=60)
+    # a resolved alert without an episode: nothing decided, but the table and the row exist afterwards
+    first = _module_result(_guard_module(tmp_path, "init", dict(base, alert=dict(alert, status="resolved"))))
+    assert first["decision"] == "ignored" and not first["changed"], first
+    holder = psycopg2.connect(dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT state FROM %s WHERE guard = %%s FOR UPDATE" % table, (key,))
+            assert cur.fetchone() is not None
+            procs = [_guard_module(tmp_path, "c%d" % i, dict(base, alert=alert)) for i in (1, 2)]
+            end = time.monotonic() + 60
+            while True:  # both controllers are inside their decision, waiting for the row
+                cur2 = psycopg2.connect(dsn)
+                try:
+                    with cur2.cursor() as c:
+                        c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                                  "query LIKE %s AND pid <> pg_backend_pid()", ("%" + table + "%",))
+                        waiting = c.fetchone()[0]
+                finally:
+                    cur2.close()
+                if waiting >= 2:
+                    break
+                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+                assert time.monotonic() < end, "the two decisions never waited for the state row"
+                time.sleep(0.1)
+        holder.commit()
+        results = [_module_result(p) for p in procs]
+    finally:
+        holder.close()
+    assert sorted(r["decision"] for r in results) == ["act", "duplicate"], results
+    assert not any(dsn in json.dumps(r) or "p3admin-lab-secret" in json.dumps(r) for r in results)
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT state FROM %s WHERE guard = %%s" % table, (key,))
+            state = cur.fetchone()[0]
+            cur.execute("DELETE FROM %s WHERE guard = %%s" % table, (key,))
+        conn.commit()
+    finally:
+        conn.close()
+    assert len(state["attempts"]["race-test"]) == 1 and state["episodes"][alert["fingerprint"]]["decision"] == "act"
+
+
+def test_a_guard_state_row_held_too_long_fails_in_one_line(lab_up, tmp_path):
+    """Another controller holds the state row longer than lock_timeout: failed, one line naming the table, key and
+    wait; nothing decided."""
+    import psycopg2
+
+    dsn, table, key = V["p3_database_url"], "p3_eda_guard_test", "held-" + secrets.token_hex(4)
+    alert = {"fingerprint": "held" + secrets.token_hex(6), "status": "firing", "startsAt": "2026-12-06T20:00:00Z",
+             "labels": {"alertname": "database_connection_high"}}
+    base = dict(state_database_url=dsn, state_table=table, state_key=key, resource="held-test", allowed=True)
+    assert _module_result(_guard_module(tmp_path, "init", dict(base, alert=dict(alert, status="resolved"))))[
+        "decision"] == "ignored"
+    holder = psycopg2.connect(dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT state FROM %s WHERE guard = %%s FOR UPDATE" % table, (key,))
+            r = _module_result(_guard_module(tmp_path, "late", dict(base, alert=alert, lock_timeout=1)))
+        holder.rollback()
+        with holder.cursor() as cur:
+            cur.execute("SELECT state FROM %s WHERE guard = %%s" % table, (key,))
+            state = cur.fetchone()[0]
+            cur.execute("DELETE FROM %s WHERE guard = %%s" % table, (key,))
+        holder.commit()
+    finally:
+        holder.close()
+    assert r.get("failed") and "\n" not in r["msg"], r
+    assert "still locked by another controller after 1s" in r["msg"] and table in r["msg"] and key in r["msg"], r
+    assert "p3admin-lab-secret" not in json.dumps(r)
+    assert state["attempts"] == {} and state["episodes"] == {}
+
+
+def test_a_guard_decision_in_check_mode_creates_and_writes_nothing_in_postgresql(lab_up, tmp_path):
+    """Check mode with the PostgreSQL state: the decision the real run would make (act), and no table created."""
+    import psycopg2
+
+    dsn, table = V["p3_database_url"], "p3_eda_guard_check_" + secrets.token_hex(3)
+    alert = {"fingerprint": "check" + secrets.token_hex(6), "status": "firing", "startsAt": "2026-12-06T20:00:00Z",
+             "labels": {"alertname": "database_connection_high"}}
+    r = _module_result(_guard_module(tmp_path, "check", dict(
+        state_database_url=dsn, state_table=table, resource="check-test", allowed=True, alert=alert,
+        _ansible_check_mode=True)))
+    assert r["decision"] == "act" and r["changed"] and not r.get("failed"), r
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NULL", (table,))
+            assert cur.fetchone()[0], "check mode created %s" % table
+    finally:
+        conn.close()

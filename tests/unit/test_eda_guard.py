@@ -141,3 +141,25 @@ def test_a_damaged_state_file_is_a_clear_error(tmp_path):
     with pytest.raises(P3Error):
         with GuardStore(str(path)) as store:
             store.read()
+
+
+def test_an_unreachable_state_database_is_one_line_without_the_password():
+    from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+    from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import PgGuardStore
+
+    store = PgGuardStore("postgresql://p3admin:s3cret-pw@127.0.0.1:1/p3", key="k", lock_timeout=1, connect_timeout=2)
+    with pytest.raises(P3Error) as e:
+        with store:
+            pass
+    msg = e.value.msg
+    assert msg.startswith("guard state 127.0.0.1:1 (table p3_eda_guard, key k): cannot connect") and "\n" not in msg
+    assert "s3cret-pw" not in msg
+
+
+def test_a_state_table_name_that_is_not_an_identifier_is_refused():
+    from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+    from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import PgGuardStore
+
+    with pytest.raises(P3Error) as e:
+        PgGuardStore("postgresql://u@127.0.0.1:1/p3", table="x; DROP TABLE y")
+    assert "plain lower-case SQL identifier" in e.value.msg

@@ -116,6 +116,80 @@ def test_the_source_refuses_to_start_without_a_token(monkeypatch):
     import asyncio
 
     monkeypatch.delenv("P3_EDA_TOKEN", raising=False)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(SystemExit) as e:  # ansible-rulebook stops with this one line, exit status 1
         asyncio.run(alertmanager.main(None, {"port": _free_port()}))
-    assert "no token" in str(e.value)
+    assert "no token" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, names", [
+    ({"port": "50x1"}, ["port", "'50x1'"]),
+    ({"port": 70000}, ["port", "70000"]),
+    ({"port": 0}, ["port", "1-65535"]),
+    ({"port": 5001.5}, ["port", "5001.5"]),
+    ({"port": True}, ["port"]),
+    ({"port": [5001]}, ["port"]),
+    ({"host": "127.0.0.1 5001"}, ["host"]),
+    ({"host": 12}, ["host"]),
+    ({"path": "alerts"}, ["path", "start with /"]),
+    ({"max_body_bytes": "big"}, ["max_body_bytes"]),
+    ({"token": 12345}, ["token", "string"]),
+    ({"token_file": "/nonexistent/p3-token"}, ["token_file", "/nonexistent/p3-token", "No such file"]),
+    ({"allow_unauthenticated": "maybe"}, ["allow_unauthenticated"]),
+    ({"prot": 5001}, ["unknown argument", "prot"]),
+])
+def test_a_malformed_argument_is_one_line_naming_it(args, names):
+    given = dict({"token": "s3cret"}, **args) if "token" not in args and "token_file" not in args else dict(args)
+    with pytest.raises(alertmanager.ArgumentError) as e:
+        alertmanager.check_args(given, {})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("p3.recovery.alertmanager: ")
+    for name in names:
+        assert name in msg, msg
+    assert "s3cret" not in msg
+
+
+def test_well_formed_arguments_are_read_with_their_defaults(tmp_path):
+    f = tmp_path / "token"
+    f.write_text("tok\n")
+    cfg = alertmanager.check_args({"host": "", "port": "5011", "token_file": str(f), "eda_feedback_queue": None}, {})
+    assert cfg == dict(host="127.0.0.1", port=5011, path="/alerts", token="tok", max_body_bytes=1048576)
+    cfg = alertmanager.check_args({"port": 6000, "allow_unauthenticated": "true"}, {})
+    assert cfg["port"] == 6000 and cfg["token"] is None
+
+
+def _rulebook(tmp_path, port, extra_env=None):
+    """The real ansible-rulebook with the shipped rulebook and p3_eda_port=port; (exit status, output)."""
+    java = os.environ.get("JAVA_HOME") or "/usr/lib/jvm/java-17-openjdk-amd64"
+    assert os.path.exists(os.path.join(java, "bin", "java")), "Java 17 missing (scripts/setup.sh installs it)"
+    (tmp_path / "inv.yml").write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    (tmp_path / "vars.yml").write_text("p3_eda_host: 127.0.0.1\np3_eda_port: %s\n" % json.dumps(port))
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, JAVA_HOME=java, P3_EDA_TOKEN="t0ken-for-the-test", ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+               PATH=bindir + os.pathsep + os.environ.get("PATH", ""), **(extra_env or {}))
+    proc = subprocess.run([os.path.join(bindir, "ansible-rulebook"), "-i", str(tmp_path / "inv.yml"),
+                           "-r", "p3.recovery.p3_recovery", "--vars", str(tmp_path / "vars.yml")],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=90,
+                          check=False)
+    return proc.returncode, proc.stdout
+
+
+def test_the_real_rulebook_with_a_bad_port_stops_with_one_line_and_no_traceback(tmp_path):
+    rc, out = _rulebook(tmp_path, "50x1")
+    assert rc == 1, out
+    assert out.rstrip().splitlines()[-1] == "p3.recovery.alertmanager: port must be an integer 1-65535, got '50x1'", out
+    assert ".py:" not in out and "Traceback" not in out, out  # no frame list (file:line), no Python traceback
+    assert "t0ken-for-the-test" not in out
+
+
+def test_the_real_rulebook_on_a_port_in_use_names_host_and_port(tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    try:
+        rc, out = _rulebook(tmp_path, port)
+    finally:
+        s.close()
+    assert rc == 1, out
+    assert out.rstrip().splitlines()[-1].startswith("p3.recovery.alertmanager: cannot listen on 127.0.0.1:%d" % port), out
+    assert ".py:" not in out and "Traceback" not in out, out

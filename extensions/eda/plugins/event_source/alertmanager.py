@@ -19,9 +19,12 @@ description:
   - A body that is not a v4 Alertmanager notification (not JSON, no C(alerts) list, an alert without a
     fingerprint or status) gets 400 and nothing is queued. Bodies over C(max_body_bytes) get 413.
   - GET C(/healthz) answers 200 without a token (for a readiness check).
+  - A malformed argument (a C(port) that is not an integer 1-65535, a C(host) with spaces, an unreadable
+    C(token_file), an unknown argument...) or a port that cannot be bound stops ansible-rulebook with exit status 1
+    and one line naming the argument and the cause (no frame list).
 options:
   host: {type: str, default: 127.0.0.1, description: Address to listen on.}
-  port: {type: int, default: 5001, description: Port to listen on.}
+  port: {type: int, default: 5001, description: Port to listen on (1-65535).}
   path: {type: str, default: /alerts, description: Path Alertmanager posts to.}
   token: {type: str, description: The shared secret. Never logged.}
   token_file: {type: path, description: A file holding the shared secret (surrounding whitespace ignored).}
@@ -144,21 +147,109 @@ def build_app(queue, token, path="/alerts", max_body_bytes=1048576):
     return app
 
 
+class ArgumentError(ValueError):
+    """A malformed argument of the source (or one it cannot use): the message is one line naming it."""
+
+
+def _text(value, limit=80):
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _int_arg(args, name, default, low, high):
+    value = args.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool):
+        raise ArgumentError("p3.recovery.alertmanager: %s must be an integer %d-%d, got %s" % (name, low, high, value))
+    try:
+        number = int(str(value).strip(), 10) if isinstance(value, str) else int(value)
+        if not isinstance(value, (int, str)) and number != value:
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ArgumentError("p3.recovery.alertmanager: %s must be an integer %d-%d, got %r" % (
+            name, low, high, _text(value)))
+    if not low <= number <= high:
+        raise ArgumentError("p3.recovery.alertmanager: %s must be an integer %d-%d, got %d" % (name, low, high, number))
+    return number
+
+
+def _bool_arg(args, name):
+    value = args.get(name, False)
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", ""):
+        return False
+    raise ArgumentError("p3.recovery.alertmanager: %s must be true or false, got %r" % (name, _text(value)))
+
+
+def check_args(args, environ=None):
+    """The source's settings from its rulebook arguments - dict(host, port, path, token, max_body_bytes) - or
+    ArgumentError with one line naming the argument and the cause (never the token's value)."""
+    if not isinstance(args, dict):
+        raise ArgumentError("p3.recovery.alertmanager: arguments must be a mapping, got %s" % type(args).__name__)
+    known = ("host", "port", "path", "token", "token_file", "allow_unauthenticated", "max_body_bytes")
+    unknown = sorted(k for k in args if k not in known and not str(k).startswith("eda_"))
+    if unknown:
+        raise ArgumentError("p3.recovery.alertmanager: unknown argument(s) %s (known: %s)" % (
+            ", ".join(_text(k, 40) for k in unknown), ", ".join(known)))
+    host = args.get("host")
+    host = "127.0.0.1" if host is None or host == "" else host
+    if not isinstance(host, str) or any(c.isspace() for c in host) or "/" in host:
+        raise ArgumentError("p3.recovery.alertmanager: host must be an address or name to listen on, got %r"
+                            % _text(host))
+    port = _int_arg(args, "port", 5001, 1, 65535)
+    path = args.get("path") or "/alerts"
+    if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() for c in path):
+        raise ArgumentError("p3.recovery.alertmanager: path must start with / and hold no spaces, got %r" % _text(path))
+    max_body = _int_arg(args, "max_body_bytes", 1048576, 1024, 64 * 1048576)
+    for name in ("token", "token_file"):
+        if args.get(name) not in (None, "") and not isinstance(args[name], str):
+            raise ArgumentError("p3.recovery.alertmanager: %s must be a string, got a %s" % (
+                name, type(args[name]).__name__))
+    allow_unauthenticated = _bool_arg(args, "allow_unauthenticated")
+    try:
+        token = resolve_token(args, environ)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArgumentError("p3.recovery.alertmanager: token_file %s: %s" % (
+            _text(args.get("token_file")), getattr(e, "strerror", None) or _text(e)))
+    if token is None and not allow_unauthenticated:
+        raise ArgumentError("p3.recovery.alertmanager: no token (set token, token_file or P3_EDA_TOKEN; "
+                            "allow_unauthenticated: true only in a lab)")
+    return dict(host=host, port=port, path=path, token=token, max_body_bytes=max_body)
+
+
+def _refuse(error):
+    """Stop ansible-rulebook with the one line of error: SystemExit leaves the event loop as it is (asyncio
+    re-raises it), so the rulebook neither prints its frame list nor goes on without this source; exit status 1."""
+    raise SystemExit(str(error))
+
+
 async def main(queue, args):
-    """ansible-rulebook entry point: serve until cancelled."""
+    """ansible-rulebook entry point: serve until cancelled. A malformed argument, or a port that cannot be
+    bound, stops the rulebook with one line naming it (exit status 1)."""
     from aiohttp import web
 
-    token = resolve_token(args)
-    if token is None and not args.get("allow_unauthenticated"):
-        raise ValueError("p3.recovery.alertmanager: no token (set token, token_file or P3_EDA_TOKEN; "
-                         "allow_unauthenticated: true only in a lab)")
-    app = build_app(queue, token, str(args.get("path") or "/alerts"), int(args.get("max_body_bytes") or 1048576))
+    try:
+        cfg = check_args(args)
+    except ArgumentError as e:
+        _refuse(e)
+    token = cfg["token"]
+    app = build_app(queue, token, cfg["path"], cfg["max_body_bytes"])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = str(args.get("host") or "127.0.0.1"), int(args.get("port") or 5001)
+    host, port = cfg["host"], cfg["port"]
     site = web.TCPSite(runner, host, port)
-    await site.start()
-    LOG.info("p3.recovery.alertmanager: listening on %s:%d%s (token %s)", host, port, args.get("path") or "/alerts",
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        _refuse(ArgumentError("p3.recovery.alertmanager: cannot listen on %s:%d (host, port): %s" % (
+            host, port, e.strerror or _text(e))))
+    LOG.info("p3.recovery.alertmanager: listening on %s:%d%s (token %s)", host, port, cfg["path"],
              "required" if token else "NOT required")
     try:
         await asyncio.Future()
