@@ -130,18 +130,25 @@ def _dur(seconds):
 
 class GuardStore(object):
     """The state file, read-modify-written under an exclusive flock (of path + '.lock') taken within timeout
-    seconds; written to a temporary file, fsynced and renamed over the old one (mode 0600)."""
+    seconds; written to a temporary file, fsynced and renamed over the old one (mode 0600). In check mode nothing is
+    created: the lock is taken only when its file exists already, and write() must not be called."""
 
-    def __init__(self, path, timeout=10.0):
+    def __init__(self, path, timeout=10.0, check_mode=False):
         self.path = os.path.abspath(os.path.expanduser(str(path)))
         self.timeout = float(timeout)
+        self.check_mode = check_mode
         self._fd = None
 
     def __enter__(self):
         directory = os.path.dirname(self.path)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            if self.check_mode:
+                if not os.path.exists(self.path + ".lock"):
+                    return self  # nothing to read under a lock: no run has written state here yet
+                self._fd = os.open(self.path + ".lock", os.O_RDWR)
+            else:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise P3Error("guard state %s: %s" % (self.path, e.strerror or e))
         try:
@@ -175,6 +182,8 @@ class GuardStore(object):
         return data
 
     def write(self, state):
+        if self.check_mode:
+            raise P3Error("guard state %s: no write in check mode" % self.path)
         tmp = "%s.tmp-%d" % (self.path, os.getpid())
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

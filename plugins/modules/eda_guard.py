@@ -187,7 +187,7 @@ def main():
             store = PgGuardStore(p["state_database_url"], p["state_table"], p["state_key"], p["lock_timeout"],
                                  p["connect_timeout"], check_mode=module.check_mode)
         else:
-            store = GuardStore(p["state_file"], p["lock_timeout"])
+            store = GuardStore(p["state_file"], p["lock_timeout"], check_mode=module.check_mode)
         with store:
             decision, reason, state, changed = decide(store.read(), p["alert"], p["resource"], p["allowed"], now,
                                                       p["window"], p["breaker_max"], p["breaker_window"])

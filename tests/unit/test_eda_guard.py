@@ -163,3 +163,20 @@ def test_a_state_table_name_that_is_not_an_identifier_is_refused():
     with pytest.raises(P3Error) as e:
         PgGuardStore("postgresql://u@127.0.0.1:1/p3", table="x; DROP TABLE y")
     assert "plain lower-case SQL identifier" in e.value.msg
+
+
+def test_check_mode_creates_no_directory_lock_or_state_file_and_reads_what_is_there(tmp_path):
+    """Check mode changes nothing at all: no state directory, lock file or state file appears, and the decision is
+    made on the state a real run would read."""
+    path = tmp_path / "new-dir" / "guard.json"
+    with GuardStore(str(path), check_mode=True) as store:
+        assert store.read() == empty_state()
+    assert not (tmp_path / "new-dir").exists()
+    with GuardStore(str(path)) as store:  # a real run creates them
+        state = store.read()
+        run(state, alert(), now=1000.0)
+        store.write(state)
+    before = sorted(os.listdir(str(path.parent)))
+    with GuardStore(str(path), check_mode=True) as store:
+        assert store.read() == state
+    assert sorted(os.listdir(str(path.parent))) == before
