@@ -569,3 +569,20 @@ def test_mesh_on_p3_works_when_a_message_relayed_through_it_comes_back(healthy_u
     code, body = relay_call("GET", "/peers", wallet="0x" + "0" * 40)
     others = [p["nodeId"] for p in body["peers"] if not p["nodeId"].startswith("p3-recovery-probe-")]
     assert code == 200 and others == [node], body
+
+
+def test_restart_app_and_recover_all_on_a_healthy_p3_change_nothing(healthy_upstream, report_dir):
+    """A healthy P3 (users keep its worker busy, row 29): restart_app and recover_all with the upstream profile, in
+    check mode and for real, report changed:false and leave P3 alone (same pid); P3 still works after them."""
+    with restart_p3_with_traffic() as answers:
+        pid = app_pid()
+        for playbook in ("restart_app.yml", "recover_all.yml"):
+            r = run(playbook, report_dir, check=True)
+            assert r.rc == 0 and total_changed(r) == 0, (playbook, r.changed_tasks(), r.stdout[-2000:])
+            assert app_pid() == pid, playbook
+            r = run(playbook, report_dir)
+            assert r.rc == 0 and total_changed(r) == 0, (playbook, r.changed_tasks(), r.stdout[-2000:])
+            assert app_pid() == pid, playbook
+        canary_completed(report(r, "p3_recover_anchor"))
+        db_backed_call_writes_outbox()
+    assert answers.count(200) >= 3, answers
