@@ -344,6 +344,23 @@ def missing_keys(addrs, data, password=PW):
     return bad
 
 
+# the commands that change a cluster's topology (INFO commandstats names); Redis's own failover sends none of them
+TOPOLOGY_COMMANDS = ("cluster|reset", "cluster|replicate", "cluster|setslot", "cluster|meet", "cluster|failover",
+                     "migrate", "cluster|addslots", "cluster|addslotsrange", "cluster|delslots",
+                     "cluster|delslotsrange")
+
+
+def topology_calls(addrs, password=PW):
+    """{node: {command: calls}} of every topology-changing command, read from INFO commandstats of every live node:
+    equal before and after a run means the run sent none (whatever Redis did by itself meanwhile)."""
+    out = {}
+    for a in addrs:
+        if alive(a, password):
+            stats = client(a, password).info("commandstats")
+            out[a] = dict((c, stats.get("cmdstat_" + c, {}).get("calls", 0)) for c in TOPOLOGY_COMMANDS)
+    return out
+
+
 def failover_calls(addrs):
     """CLUSTER FAILOVER commands every live node has executed (INFO commandstats); Redis's own failover after a
     master's fail flag sends none."""

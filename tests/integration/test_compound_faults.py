@@ -13,7 +13,8 @@ import pytest
 
 from redis.crc import key_slot
 
-from p3harness import PW, alive, client, latest_report, missing_keys, owner_map, run_playbook, views, write_acked
+from p3harness import (PW, alive, client, latest_report, missing_keys, owner_map, run_playbook, topology_calls, views,
+                       write_acked)
 from p3harness import recover_redis as recover
 from test_recover_redis import SLOTS_TASK, _base, _inventory, _start, changed_count, cluster_check, states
 
@@ -85,20 +86,6 @@ def _restart(tmp, pids, addr):
     _wait(lambda: alive(addr), 10, "%s did not restart" % addr)
     with open(os.path.join(d, "redis.pid")) as f:
         pids[addr] = int(f.read().strip())
-
-
-ACTING = ("cluster|reset", "cluster|replicate", "cluster|setslot", "cluster|meet", "cluster|failover", "migrate",
-          "cluster|addslots", "cluster|addslotsrange", "cluster|delslots", "cluster|delslotsrange")
-
-
-def _calls(addrs):
-    """{node: calls of every command that changes the topology} (INFO commandstats of every live node)."""
-    out = {}
-    for a in addrs:
-        if alive(a):
-            stats = client(a).info("commandstats")
-            out[a] = dict((c, stats.get("cmdstat_" + c, {}).get("calls", 0)) for c in ACTING)
-    return out
 
 
 def _topology(view):
@@ -206,7 +193,7 @@ def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster
     _restart(tmp, pids, dead_master)
     _restart(tmp, pids, dead_replica)
     before = _stable(addrs, 30, "the restarted nodes did not rejoin")
-    calls = _calls(addrs)
+    calls = topology_calls(addrs)
     masters, reps = _shape(before[addrs[0]])
     assert len(masters) == 2, masters
 
@@ -217,8 +204,8 @@ def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster
     assert plan["changed"] is True and plan["plan"]["new_masters"], plan
     after_check = views(addrs)
     # no slot and no role changed in any node's view (Redis itself may re-point a chained replica meanwhile)
-    assert _changed(before, after_check) == [], (_calls(addrs), calls)
-    assert _calls(addrs) == calls  # and nothing was sent that would change them
+    assert _changed(before, after_check) == [], (topology_calls(addrs), calls)
+    assert topology_calls(addrs) == calls  # and nothing was sent that would change them
 
     # without the gate the run only says what is off
     run, report = recover(report_dir, inventory=inv, p3_redis_designed_masters=3)

@@ -19,7 +19,7 @@ import yaml
 from redis.crc import key_slot
 
 from p3harness import (FAILOVER_TASK, INVENTORY, PW, alive, client, failover_calls, lab, lab_fault, lab_nodes,
-                       lab_status, missing_keys, owner_map, views, write_acked)
+                       lab_status, missing_keys, owner_map, topology_calls, views, write_acked)
 from p3harness import recover_redis as recover
 
 SLOTS_TASK = "Act - repair slot coverage and open slots"
@@ -104,15 +104,20 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     promoted, promoted_id = replica["addr"], replica["id"]
 
     # check mode without waiting for the cluster's verdict: right after the kill the peers have not flagged it fail
-    # yet, so it is busy (not confirmed down): nothing is planned and no role or slot changes
+    # yet, so it is busy (not confirmed down): nothing is planned, nothing is sent, and no role or slot changes -
+    # unless Redis's own failover came first (cluster-node-timeout 15 s can pass during the run on a loaded machine:
+    # CI saw a view that had flagged the master fail and promoted its replica by itself)
+    calls = topology_calls(live)
     run, report = recover(report_dir, check=True, p3_redis_confirm_timeout=0)
     assert run.rc == 0, run.stdout[-3000:]
     assert dead in report["before"]["busy_nodes"] and report["before"]["failover_candidates"] == []
     assert run.results(FAILOVER_TASK) == [] or not run.result(FAILOVER_TASK).get("plan")
+    assert topology_calls(live) == calls  # check mode sent no topology command to any node
     after_check = views(live)
-    for a in live:
-        assert roles(after_check[a]) == roles(before[a]), a
-        assert after_check[a][dead_id]["slots"] == before[a][dead_id]["slots"]
+    if not any("fail" in v[dead_id]["flags"] for v in after_check.values()):
+        for a in live:
+            assert roles(after_check[a]) == roles(before[a]), a
+            assert after_check[a][dead_id]["slots"] == before[a][dead_id]["slots"]
 
     # the real run, role defaults: waits (read-only) for the cluster's own verdict, then promotes the replica - or
     # finds that Redis's own election (which starts about a second after the fail flag) already did; it claims only
