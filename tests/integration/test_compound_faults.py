@@ -287,4 +287,3 @@ def test_second_master_killed_one_second_into_the_recovery(cluster6, report_dir)
     assert set(states(live).values()) == {"ok"}
     cluster_check(live[0])
     assert missing_keys(live, keys) == []
-
