@@ -243,6 +243,16 @@ def _module_result(proc):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _take_state_row(conn, table, key):
+    """The guard state row of key, read and deleted (the test's own key, so nothing is left behind)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT state FROM %s WHERE guard = %%s" % table, (key,))
+        state = cur.fetchone()[0]
+        cur.execute("DELETE FROM %s WHERE guard = %%s" % table, (key,))
+    conn.commit()
+    return state
+
+
 def test_two_controllers_deciding_one_alert_at_once_start_exactly_one_response(lab_up, tmp_path):
     """Guard state in the lab's PostgreSQL (state_database_url): two eda_guard decisions for one fingerprint that
     run at the same moment (both held at the state row until a third holder lets go, then racing) -> exactly one
@@ -287,11 +297,7 @@ def test_two_controllers_deciding_one_alert_at_once_start_exactly_one_response(l
     assert not any(dsn in json.dumps(r) or "p3admin-lab-secret" in json.dumps(r) for r in results)
     conn = psycopg2.connect(dsn)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT state FROM %s WHERE guard = %%s" % table, (key,))
-            state = cur.fetchone()[0]
-            cur.execute("DELETE FROM %s WHERE guard = %%s" % table, (key,))
-        conn.commit()
+        state = _take_state_row(conn, table, key)
     finally:
         conn.close()
     assert len(state["attempts"]["race-test"]) == 1 and state["episodes"][alert["fingerprint"]]["decision"] == "act"
@@ -314,11 +320,7 @@ def test_a_guard_state_row_held_too_long_fails_in_one_line(lab_up, tmp_path):
             cur.execute("SELECT state FROM %s WHERE guard = %%s FOR UPDATE" % table, (key,))
             r = _module_result(_guard_module(tmp_path, "late", dict(base, alert=alert, lock_timeout=1)))
         holder.rollback()
-        with holder.cursor() as cur:
-            cur.execute("SELECT state FROM %s WHERE guard = %%s" % table, (key,))
-            state = cur.fetchone()[0]
-            cur.execute("DELETE FROM %s WHERE guard = %%s" % table, (key,))
-        holder.commit()
+        state = _take_state_row(holder, table, key)
     finally:
         holder.close()
     assert r.get("failed") and "\n" not in r["msg"], r
