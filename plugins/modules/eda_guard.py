@@ -147,7 +147,6 @@ from ansible_collections.p3.recovery.plugins.module_utils.common import (
     P3Error, P3Module, fail_clean, register_secrets, timeline_entry)
 from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import (
     GuardStore, PgGuardStore, alert_summary, breaker_state, decide)
-from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import dsn_secrets
 
 
 def main():
@@ -171,7 +170,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["state_database_url"]:
+    if p["state_database_url"]:  # the PostgreSQL client is loaded only for a state in PostgreSQL
+        from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import dsn_secrets
         register_secrets(module, dsn_secrets(p["state_database_url"]))
     for name in ("lock_timeout", "connect_timeout"):
         if p[name] <= 0:

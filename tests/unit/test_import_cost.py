@@ -34,6 +34,7 @@ BACKENDS = {
     "psycopg2": ("PostgreSQL", {"postgres"}),
 }
 # modules that talk to a backend through options of their own rather than its fragment: eda_notify posts a webhook
+# (eda_guard's optional PostgreSQL state loads psycopg2 only when it is used)
 OWN_OPTIONS = {"eda_notify": {"ansible.module_utils.urls"}}
 
 
