@@ -52,7 +52,8 @@ PYTEST_PASS_OPTS ?= --durations=25
 INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-d integration-valkey integration-upstream
 # integration-c: the tests of TLS, the rolling restart behind HAProxy, compound faults, AWX runner jobs, the incident
 # record (each brings its own lab variant or a long scenario), the session purge streams, the EDA loop (a real
-# ansible-rulebook process on the pass's base port + 58) and recover_redis (moved from a, the long pole).
+# ansible-rulebook process on the pass's base port + 58), recover_redis (moved from a, the long pole) and the anchor
+# jobs across an app restart.
 INTEGRATION_C := tests/integration/test_tls.py tests/integration/test_rolling_restart.py \
 	tests/integration/test_compound_faults.py tests/integration/test_awx_runner.py \
 	tests/integration/test_incident_record.py tests/integration/test_session_purge_streams.py \
