@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run several integration passes of `make test` at the same time, each a make target with a lab of its own.
+# Run several passes of `make test` at the same time: the integration passes, each a make target with a lab of its
+# own, and sanity and lint beside them (no lab).
 #
 # Usage: scripts/integration-passes.sh PASS [PASS...]     (make test: INTEGRATION_PASSES in the Makefile)
 #
