@@ -70,15 +70,13 @@ INTEGRATION_B := tests/integration/test_recover_all.py tests/integration/test_di
 	tests/integration/test_incident_timeline.py tests/integration/test_wallet_fund.py \
 	tests/integration/test_bullmq_partial_failure.py tests/integration/test_redis_cause.py
 
-# The whole suite: unit tests first (a fast failure), then ansible-test sanity and ansible-lint at the same time as
-# the integration passes against real labs (each starts its lab once per session and takes it down afterwards
-# unless P3_KEEP_LAB=1). Sanity and lint run beside the passes because the passes leave CPU idle while they wait on
-# real services: run before them they cost about 3 minutes of wall time (CI of 7 Dec: 2:40 + 0:27), beside them less.
-# Neither reads what the passes write (sanity copies git's view of the tree, build_ignore'd dirs left out; lint
-# follows .gitignore). make test fails when any of them fails.
+# The whole suite: unit tests, ansible-test sanity, ansible-lint, then the integration passes against real labs
+# (each starts its lab once per session and takes it down afterwards unless P3_KEEP_LAB=1).
 test: setup
 	$(PY) -m pytest -q tests/unit
-	MAKE="$(MAKE)" scripts/integration-passes.sh sanity lint $(INTEGRATION_PASSES)
+	scripts/sanity.sh
+	$(VENV)/bin/ansible-lint -q
+	MAKE="$(MAKE)" scripts/integration-passes.sh $(INTEGRATION_PASSES)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

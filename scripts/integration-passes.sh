@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Run several passes of `make test` at the same time: the integration passes, each a make target with a lab of its
-# own, and sanity and lint beside them (no lab).
+# Run several integration passes of `make test` at the same time, each a make target with a lab of its own.
 #
 # Usage: scripts/integration-passes.sh PASS [PASS...]     (make test: INTEGRATION_PASSES in the Makefile)
 #
