@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run several integration passes of `make test` at the same time, each a make target with a lab of its own.
 #
-# Usage: scripts/integration-passes.sh PASS [PASS...]     (make test: INTEGRATION_PASSES in the Makefile)
+# Usage: scripts/integration-passes.sh PASS [PASS...]     (make test: CHECK_PASSES - unit, sanity, lint, the
+#        upstream npm cache - then INTEGRATION_PASSES in the Makefile)
 #
 # Each PASS is a make target (integration, integration-valkey, ...). It runs in the background with its output in
 # .state/passes/<PASS>.log, which is printed whole, under a header, as soon as that pass ends (so two passes never

@@ -299,6 +299,16 @@ class _NodeLocalScript:
             return await target.eval(self._script.script, len(keys), *flat)
 
 
+def name_every_connection(rc: RedisCluster, name: str) -> None:
+    """Name every connection the cluster client opens from now on, as ioredis's `connectionName` does for P3's worker:
+    to the nodes it knows and to a node it meets later (the old master after a failback, a promoted replica). BullMQ's
+    set_client_name names the nodes known at that moment only; redis-py builds a node it meets later (a MOVED to it,
+    a topology refresh) from its nodes manager's connection settings, so without this that node's connections had no
+    name, and diagnose, which counts a queue's workers by their name, said the worker was absent while it took jobs
+    (issue 17; tests/integration/test_anchor_failover.py)."""
+    rc.nodes_manager.connection_kwargs["client_name"] = name
+
+
 def node_local_scripts(*connections) -> None:
     """Wrap the scripts of bullmq RedisConnection objects (in place: bullmq's
     Scripts share the dict)."""
@@ -940,6 +950,7 @@ class Anchor:
             "drainDelay": 5,
         })
         self.worker.on("error", self._on_error)
+        name_every_connection(self.worker_client, self.worker.clientName)
         node_local_scripts(getattr(self.worker, "redisConnection", None),
                            getattr(self.worker, "blockingRedisConnection", None))
         # bullmq names its connection on every cluster node before taking jobs and

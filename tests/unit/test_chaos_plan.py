@@ -32,7 +32,7 @@ def test_every_plan_is_injectable():
 def test_gates_and_percentiles():
     assert chaos.gates_for(["mesh-down", "db-exhaustion"]) == {"p3_db_min_age_seconds": 1}
     assert chaos.gates_for(["mesh-down"]) == {}
-    assert chaos.gates_for(["redis-master-down"]) == {"p3_anchor_min_workers": 1}
+    assert chaos.gates_for(["redis-master-down"]) == {}  # the lab worker names every connection (test_anchor_failover)
     v = [float(x) for x in range(1, 21)]
     assert chaos.percentile(v, 50) == 10.0 and chaos.percentile(v, 95) == 19.0 and chaos.percentile(v, 100) == 20.0
     assert chaos.percentile([3.0], 95) == 3.0
