@@ -3,13 +3,13 @@ gated on the one before."""
 import glob
 import os
 
-from p3harness import lab_fault, lab_status, run_playbook
+from p3harness import RECOVER_ALL_GUARD, lab_fault, lab_status, run_playbook
 
 
 def recover_all(report_dir, check=False, **extra):
     extravars = {"p3_report_dir": report_dir}
     extravars.update(extra)
-    return run_playbook("recover_all.yml", extravars=extravars, check=check)
+    return run_playbook("recover_all.yml", extravars=extravars, check=check, timeout=RECOVER_ALL_GUARD)
 
 
 def changed_actions(run):

@@ -15,7 +15,8 @@ import time
 
 import yaml
 
-from p3harness import ROOT, ensure_collection_importable, lab, lab_fault, lab_status, latest_report, run_playbook
+from p3harness import (HANG_GUARD, RECOVER_ALL_GUARD, ROOT, ensure_collection_importable, lab, lab_fault, lab_status,
+                       latest_report, run_playbook)
 from p3upstream_harness import job_state, lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
 PROFILE = os.path.join(ROOT, "profiles", "p3-upstream.yml")
@@ -37,7 +38,8 @@ def run(playbook, report_dir, check=False, inventory_path=None, **extra):
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(values, f)
     try:
-        return run_playbook(playbook, check=check, inventory=inventory_path or inventory(), extravars_file=path)
+        return run_playbook(playbook, check=check, inventory=inventory_path or inventory(), extravars_file=path,
+                            timeout=RECOVER_ALL_GUARD if playbook == "recover_all.yml" else HANG_GUARD)
     finally:
         os.unlink(path)
 
