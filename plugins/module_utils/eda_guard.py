@@ -233,7 +233,8 @@ class PgGuardStore(object):
         self._open = False
 
     def _q(self, sql, args=None):
-        self.deadline.check("guard state %s:" % self.where)
+        if self.deadline.expired:  # named by the caller: "guard state <where>: write: the deadline of ..."
+            raise DeadlineExceeded(self.deadline.message("the"), target=self.where)
         timeout = self.deadline.bound(self.client.query_timeout)
         return self.client.query(sql.replace("@T", self.table), args, timeout=max(timeout, 0.001))
 

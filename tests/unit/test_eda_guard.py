@@ -265,3 +265,15 @@ def test_nothing_starts_once_the_total_deadline_is_past():
             store.write(store.read())
     assert "deadline of 4s exceeded (timeout)" in e.value.msg and "table p3_eda_guard, key k" in e.value.msg
     assert clock.t - 100.0 <= 4 + 1e-9
+
+
+def test_a_write_past_the_total_deadline_is_not_sent_and_names_it_once():
+    clock = _Clock()
+    client = _TimedClient(clock, cost=0.5)
+    with pytest.raises(P3Error) as e:
+        with _pg_store(clock, client, 4) as store:
+            clock.t += 10  # the decision took the rest of the time
+            store.write(store.read())
+    assert e.value.msg == "guard state 127.0.0.1:5432 (table p3_eda_guard, key k): write: the deadline of 4s exceeded " \
+                          "(timeout)", e.value.msg
+    assert not any(sql.startswith(("UPDATE", "COMMIT")) for sql, _a, _t in client.calls) and client.closed
