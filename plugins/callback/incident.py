@@ -22,6 +22,11 @@ description:
   - The log and the postmortem are created with mode C(0600) and O(directory) with C(0700), whatever the umask.
     Several runs appending to one log at once never interleave (each line is one C(O_APPEND) write, under an
     exclusive C(flock) held while the run appends, re-reads the log and renders the postmortem).
+  - A run waits at most O(lock_timeout) seconds for that lock. When another process still holds it then, the run
+    loses nothing - its entries go to a fallback file next to the log,
+    C(locked-out-<log name without .jsonl>-<run id>.jsonl) (mode C(0600); not read as an incident log, not pruned),
+    the postmortem is not rendered by this run, and one warning line names the log, the wait and the fallback file
+    (append it to the log, C(cat locked-out-... >> incident-....jsonl), once the other run is done).
   - Every entry and the run's record name who ran it and from where - the AWX job id, job template, user, workflow
     and schedule (C(awx_*) or C(tower_*) extra variables) and the OS user and host - and the incident it belongs to.
   - The run's record (incident id, state, verdict, severity, root cause in words, remaining steps, who, the run's
@@ -110,6 +115,16 @@ options:
     ini:
       - section: p3_incident
         key: include_sensitive
+  lock_timeout:
+    description: Seconds to wait for the exclusive lock of the incident log (another run appending and rendering)
+      before this run's entries go to a fallback file instead (see the description).
+    type: float
+    default: 30
+    env:
+      - name: P3_INCIDENT_LOCK_TIMEOUT
+    ini:
+      - section: p3_incident
+        key: lock_timeout
   keep_days:
     description:
       - Delete incident logs and postmortem drafts (C(incident-*.jsonl), C(postmortem-*.md)) in O(directory) that
@@ -207,6 +222,12 @@ class CallbackModule(CallbackBase):
 
     def _directory(self):
         return str(self._setting("p3_incident_dir", "directory") or "reports")
+
+    def _lock_timeout(self):
+        try:
+            return max(0.0, float(self._option("lock_timeout")))
+        except (TypeError, ValueError):
+            return 30.0
 
     def _dsn(self):
         value = self._setting("p3_incident_database_url", "database_url")
@@ -434,8 +455,19 @@ class CallbackModule(CallbackBase):
         try:
             if os.fstat(fd).st_uid == os.geteuid():
                 os.fchmod(fd, 0o600)  # a log created by an older version (0644) becomes private too
-            # One run at a time appends, re-reads and renders: other runs wait here (released on close).
-            flock_exclusive(fd)
+            # One run at a time appends, re-reads and renders: other runs wait here (released on close), at most
+            # lock_timeout seconds; then the entries go to a fallback file next to the log, never lost.
+            try:
+                flock_exclusive(fd, timeout=self._lock_timeout(), what="incident log %s" % log)
+            except P3Error as e:
+                fallback = path_under(directory, "locked-out-%s-%s.jsonl" % (os.path.basename(log)[:-len(".jsonl")],
+                                                                             self._run))
+                write_private(fallback, "".join(json.dumps(x, sort_keys=True, default=str) + "\n"
+                                                for x in self._entries))
+                self._display.warning("p3.recovery.incident: %s: this run's %d entries written to %s instead (append "
+                                      "it to the log once the other run is done), no postmortem rendered" % (
+                                          e.msg, len(self._entries), fallback))
+                return None
             for e in self._entries:
                 _write_all(fd, (json.dumps(e, sort_keys=True, default=str) + "\n").encode("utf-8"))
             if path is None:

@@ -1,13 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, P3 Recovery maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The decisions of the anchor_queue role (p3.recovery.recover_anchor): fund, retry, reconcile, restart.
-Each filter is documented in its <name>.yml."""
+"""The decisions of the anchor_queue role (p3.recovery.recover_anchor): fund, retry, reconcile, restart, and the
+canary's verdict. Each filter is documented in its <name>.yml."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+from collections.abc import Mapping
+
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.filter.core import to_json
 
 WEI_PER_ETH = 1000000000000000000
 
@@ -100,9 +103,52 @@ def anchor_restart(decision, concurrency_set, settings):
     return dict(wanted=wanted, concurrency_changed=changed)
 
 
+def _truncate(text, length=200, end="...", leeway=5):
+    """Jinja's truncate(length) (whole words, leeway 5): what the role's reason lines were cut with."""
+    text = str(text)
+    if len(text) <= length + leeway:
+        return text
+    return text[:length - len(end)].rsplit(" ", 1)[0] + end
+
+
+def anchor_canary(post, job, settings):
+    """The verdict of the canary job (tasks/canary.yml): one new job POSTed through the app, then its state read
+    from the queue.
+
+    post: the registered ansible.builtin.uri result of the POST ({} before it ran); job: the registered
+    bullmq_probe result of the wait ({} or skipped when no job id came back); settings: path (p3_anchor_canary_path),
+    job_field (p3_anchor_canary_job_field: where the app's JSON answer names the job id, a list gives its first
+    item), wait (the seconds the job was waited for). Returns name, healthy, id, status, state, reason, and stuck
+    (the worker's stuck signature seen while the job waited, else None) when a job id came back.
+    """
+    post = post if isinstance(post, Mapping) else {}
+    job = job if isinstance(job, Mapping) else {}
+    answer = post.get("json")
+    job_id = answer.get(settings.get("job_field")) if isinstance(answer, Mapping) else None
+    if isinstance(job_id, (list, tuple, Mapping)):
+        job_id = next(iter(job_id), None)
+    if job_id in (None, ""):
+        detail = to_json(answer) if answer is not None else post.get("msg", "")
+        return dict(name="canary", healthy=False, id=None, status=post.get("status"), state=None,
+                    reason="new anchor job not accepted: POST %s -> %s %s" % (
+                        settings.get("path"), post.get("status", "no answer"), _truncate(detail)))
+    jobs = job.get("jobs") or []
+    state = jobs[0].get("state") if jobs and isinstance(jobs[0], Mapping) else None
+    stuck = job.get("worker_stuck") if state == "wait" else None
+    if state == "completed":
+        outcome = "completed"
+    elif stuck is not None:
+        outcome = "not taken, the worker is stuck: %s" % (stuck,)
+    else:
+        outcome = "not completed within %s s (state %s)" % (settings.get("wait"), state or "unknown")
+    return dict(name="canary", healthy=state == "completed", id=job_id, status=post.get("status"), state=state,
+                stuck=stuck, reason="new anchor job %s %s" % (job_id, outcome))
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "anchor_decision": anchor_decision,
             "anchor_restart": anchor_restart,
+            "anchor_canary": anchor_canary,
         }

@@ -294,21 +294,34 @@ class BullQueue(object):
         except Exception as e:
             raise self.fail(e, "reading active jobs")
 
+    def still_active(self, ids):
+        """The ids of ids still in the active list: one pipeline of LPOS, one per id (not the whole list)."""
+        if not ids:
+            return []
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.lpos(self.key("active"), job_id)
+            found = pipe.execute()
+        except Exception as e:
+            raise self.fail(e, "reading active jobs")
+        return [j for j, pos in zip(ids, found) if pos is not None]
+
     def wait_active_done(self, seconds, poll=0.5, sleep=time.sleep, clock=time.monotonic):
         """Wait, at most `seconds` in total, until none of the jobs active NOW is active any more (jobs taken later
-        are not waited for: this is the "requests in flight" of the queue before a worker's stop).
+        are not waited for: this is the "requests in flight" of the queue before a worker's stop). The active list
+        is read once; each poll asks only whether those jobs still are in it (still_active).
         Returns {jobs (how many were active), still_active (ids, first 20), seconds (waited), gave_up}."""
         start = clock()
         first = self.active_ids()
-        left = set(first)
+        left = list(first)
         while left:
             if clock() - start >= seconds:
                 break
             sleep(min(poll, max(seconds - (clock() - start), 0)))
-            left &= set(self.active_ids())
-        still = [j for j in first if j in left]
-        return dict(jobs=len(first), still_active=still[:20], seconds=round(clock() - start, 3),
-                    gave_up=bool(still))
+            left = self.still_active(left)
+        return dict(jobs=len(first), still_active=left[:20], seconds=round(clock() - start, 3),
+                    gave_up=bool(left))
 
     def worker_clients(self):
         """This queue's worker connections on the node that serves its keys - where a BullMQ worker's blocking

@@ -25,7 +25,8 @@ import fcntl
 import json
 import os
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, num_text, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import (
+    Deadline, DeadlineExceeded, P3Error, num_text, one_line)
 from ansible_collections.p3.recovery.plugins.module_utils.report import flock_exclusive
 
 PG_TABLE = "p3_eda_guard"
@@ -208,39 +209,64 @@ class PgGuardStore(object):
     jsonb, updated_at), for several EDA controllers sharing one guard. Entering opens a transaction and locks the
     row (SELECT ... FOR UPDATE, waiting at most lock_timeout seconds: SET LOCAL lock_timeout), so the read, the
     decision and the write of one controller happen while every other controller waits for the row; leaving
-    commits (or rolls back after an error). In check mode nothing is created, locked or written: the row is read
-    as it is. The connection is the incident sink's (incident.pg_client of an admin DSN)."""
+    commits (or, after an error, closes the connection: the transaction is rolled back). In check mode nothing is
+    created, locked or written: the row is read as it is. The connection is the incident sink's (incident.pg_client
+    of an admin DSN).
+
+    deadline (common.Deadline, the module's timeout) bounds the whole of it: the connection gets what is left of
+    it (at most connect_timeout), each statement what is left (the client's own timeout, and inside the
+    transaction the server's statement_timeout and lock_timeout too), and none starts once it is past - the failure
+    names the table, the key and the deadline."""
 
     def __init__(self, dsn, table=PG_TABLE, key="default", lock_timeout=10.0, connect_timeout=5.0, check_mode=False,
-                 client=None):
+                 client=None, deadline=None):
         from ansible_collections.p3.recovery.plugins.module_utils import incident
         self.table = incident._table(table)
         self.key = str(key)
         self.lock_timeout = float(lock_timeout)
         self.check_mode = check_mode
-        self.client = client or incident.pg_client(dsn, connect_timeout, query_timeout=self.lock_timeout + connect_timeout)
+        self.deadline = deadline if deadline is not None else Deadline(None, "timeout")
+        self.client = client or incident.pg_client(dsn, self.deadline.bound(connect_timeout),
+                                                   query_timeout=self.lock_timeout + connect_timeout)
         self.where = "%s (table %s, key %s)" % (self.client.target, self.table, self.key)
         self._state = None
         self._open = False
 
     def _q(self, sql, args=None):
-        return self.client.query(sql.replace("@T", self.table), args)
+        if self.deadline.expired:  # named by the caller: "guard state <where>: write: the deadline of ..."
+            raise DeadlineExceeded(self.deadline.message("the"), target=self.where)
+        timeout = self.deadline.bound(self.client.query_timeout)
+        return self.client.query(sql.replace("@T", self.table), args, timeout=max(timeout, 0.001))
+
+    def _ms(self, seconds):
+        return "%dms" % max(1, int(seconds * 1000))
 
     def __enter__(self):
         locking = False
+        lock_wait = self.lock_timeout
         try:
             if not self.check_mode:
                 sql = ("CREATE TABLE IF NOT EXISTS @T (guard text PRIMARY KEY, state jsonb NOT NULL, "
                        "updated_at timestamptz NOT NULL DEFAULT now())")
                 try:
                     self._q(sql)
+                except DeadlineExceeded:
+                    raise
                 except P3Error:
                     self._q(sql)  # two controllers creating it at once: one loses on the catalog; it exists now
             self._q("BEGIN")
             self._open = True
-            self._q("SET LOCAL lock_timeout = %s", ("%dms" % max(1, int(self.lock_timeout * 1000)),))
+            # the server's own waits, cut to what is left of the deadline (the client's timeout backs them up)
+            left = self.deadline.remaining()
+            lock_wait = self.lock_timeout if left is None else min(self.lock_timeout, left)
+            if left is None:
+                self._q("SELECT set_config('lock_timeout', %s, true)", (self._ms(lock_wait),))
+            else:
+                self._q("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                        (self._ms(lock_wait), self._ms(left)))
             if self.check_mode:
                 present = self._q("SELECT to_regclass(%s) IS NOT NULL AS present", (self.table,))[0]["present"]
+                locking = present
                 rows = self._q("SELECT state FROM @T WHERE guard = %s FOR UPDATE", (self.key,)) if present else []
             else:
                 self._q("INSERT INTO @T (guard, state) VALUES (%s, %s::jsonb) ON CONFLICT (guard) DO NOTHING",
@@ -249,9 +275,13 @@ class PgGuardStore(object):
                 rows = self._q("SELECT state FROM @T WHERE guard = %s FOR UPDATE", (self.key,))
         except P3Error as e:
             self._finish(False)
+            if self.deadline.expired or isinstance(e, DeadlineExceeded):
+                raise P3Error("%s%s" % (self.deadline.message("guard state %s:" % self.where),
+                                        ", the row still locked by another controller" if locking else
+                                        "" if isinstance(e, DeadlineExceeded) else " (%s)" % e.msg))
             if locking and "timed out" in e.msg:
                 raise P3Error("guard state %s: still locked by another controller after %ss" % (
-                    self.where, num_text(self.lock_timeout)))
+                    self.where, num_text(lock_wait)))
             raise P3Error("guard state %s: %s" % (self.where, e.msg))
         self._state = rows[0]["state"] if rows else empty_state()
         return self
@@ -270,11 +300,14 @@ class PgGuardStore(object):
         self._state = state
 
     def _finish(self, commit):
+        """Commit, or end the transaction by closing the connection (the server rolls it back; no statement
+        waits for a connection that may be the one that timed out)."""
         try:
-            if self._open:
+            if self._open and commit:
                 self._open = False
-                self._q("COMMIT" if commit else "ROLLBACK")
+                self._q("COMMIT")
         finally:
+            self._open = False
             self.client.close()
 
     def __exit__(self, exc_type, *exc):

@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, num_text
 
 REPORT_ARGUMENT_SPEC = dict(
     data=dict(type="dict", required=True),
@@ -153,8 +153,8 @@ def make_private_dir(directory, mode=0o700):
 
 def flock_exclusive(fd, timeout=None, what="file"):
     """Take an exclusive flock on the open descriptor fd (released when it is closed or unlocked): wait for it
-    without end when timeout is None (the incident log: one run appends at a time), else at most timeout seconds and
-    then P3Error naming what (the EDA guard's state). The one home of the project's file locking."""
+    without end when timeout is None, else at most timeout seconds and then P3Error naming what (the incident log:
+    one run appends at a time; the EDA guard's state). The one home of the project's file locking."""
     if timeout is None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return
@@ -167,7 +167,7 @@ def flock_exclusive(fd, timeout=None, what="file"):
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise P3Error("%s: lock: %s" % (what, e.strerror or e))
         if time.monotonic() >= end:
-            raise P3Error("%s: still locked by another run after %ss" % (what, timeout))
+            raise P3Error("%s: still locked by another run after %ss" % (what, num_text(timeout)))
         time.sleep(0.05)
 
 

@@ -28,6 +28,10 @@ description:
     write, so several EDA controllers (or rulebooks) deciding the same alert at once start exactly one response.
   - The result carries the alert (name, fingerprint, startsAt) and a RV(timeline) entry, so the incident callback
     records which alert caused the run.
+  - With O(state_database_url) the whole read, decision and write has one total deadline, O(timeout) - connecting,
+    creating the table, waiting for the row's lock, writing and committing each get what is left of it (at most
+    O(connect_timeout) to connect and O(lock_timeout) for the row's lock), and a deadline exceeded fails in one line
+    naming the table, the key and the deadline, nothing written.
   - In check mode the decision is computed exactly as the real run would and the state is not written (in
     PostgreSQL nothing is created or locked either).
 author:
@@ -70,9 +74,17 @@ options:
     type: str
     default: default
   connect_timeout:
-    description: Total seconds to connect to O(state_database_url).
+    description: Total seconds to connect to O(state_database_url) (within O(timeout)).
     type: float
     default: 5
+  timeout:
+    description:
+      - Total seconds for the whole read, decision and write of the state in PostgreSQL (O(state_database_url)) -
+        connect, create the table, lock the row, write, commit. O(connect_timeout) and O(lock_timeout) still cap
+        their own step within it.
+      - With O(state_file) the file's lock (O(lock_timeout)) is the only wait.
+    type: float
+    default: 15
   window:
     description: Seconds during which a still-firing alert's episode is not handled again.
     type: int
@@ -86,7 +98,8 @@ options:
     type: int
     default: 1800
   lock_timeout:
-    description: Total seconds to wait for the state's lock (the file's, or the row's in PostgreSQL).
+    description: Total seconds to wait for the state's lock (the file's, or the row's in PostgreSQL, within
+      O(timeout)).
     type: float
     default: 10
 """
@@ -144,7 +157,7 @@ timeline:
 import time
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import (
-    P3Error, P3Module, fail_clean, register_secrets, timeline_entry)
+    Deadline, P3Error, P3Module, fail_clean, register_secrets, timeline_entry)
 from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import (
     GuardStore, PgGuardStore, alert_summary, breaker_state, decide)
 
@@ -164,6 +177,7 @@ def main():
             breaker_max=dict(type="int", default=3),
             breaker_window=dict(type="int", default=1800),
             lock_timeout=dict(type="float", default=10),
+            timeout=dict(type="float", default=15),
         ),
         mutually_exclusive=[("state_file", "state_database_url")],
         required_one_of=[("state_file", "state_database_url")],
@@ -173,7 +187,7 @@ def main():
     if p["state_database_url"]:  # the PostgreSQL client is loaded only for a state in PostgreSQL
         from ansible_collections.p3.recovery.plugins.module_utils.postgres_client import dsn_secrets
         register_secrets(module, dsn_secrets(p["state_database_url"]))
-    for name in ("lock_timeout", "connect_timeout"):
+    for name in ("lock_timeout", "connect_timeout", "timeout"):
         if p[name] <= 0:
             module.fail_json(msg="%s must be more than 0 seconds, got %s" % (name, p[name]))
     for name in ("window", "breaker_window"):
@@ -185,7 +199,8 @@ def main():
         now = time.time()
         if p["state_database_url"]:
             store = PgGuardStore(p["state_database_url"], p["state_table"], p["state_key"], p["lock_timeout"],
-                                 p["connect_timeout"], check_mode=module.check_mode)
+                                 p["connect_timeout"], check_mode=module.check_mode,
+                                 deadline=Deadline(p["timeout"], "timeout"))
         else:
             store = GuardStore(p["state_file"], p["lock_timeout"], check_mode=module.check_mode)
         with store:

@@ -304,8 +304,8 @@ def test_two_controllers_deciding_one_alert_at_once_start_exactly_one_response(l
 
 
 def test_a_guard_state_row_held_too_long_fails_in_one_line(lab_up, tmp_path):
-    """Another controller holds the state row longer than lock_timeout: failed, one line naming the table, key and
-    wait; nothing decided."""
+    """Another controller holds the state row longer than lock_timeout, or than the total deadline (timeout, with a
+    longer lock_timeout): failed, one line naming the table, key and wait (or the deadline); nothing decided."""
     import psycopg2
 
     dsn, table, key = V["p3_database_url"], "p3_eda_guard_test", "held-" + secrets.token_hex(4)
@@ -318,14 +318,20 @@ def test_a_guard_state_row_held_too_long_fails_in_one_line(lab_up, tmp_path):
     try:
         with holder.cursor() as cur:
             cur.execute("SELECT state FROM %s WHERE guard = %%s FOR UPDATE" % table, (key,))
-            r = _module_result(_guard_module(tmp_path, "late", dict(base, alert=alert, lock_timeout=1)))
+            procs = [_guard_module(tmp_path, "late", dict(base, alert=alert, lock_timeout=1)),
+                     _guard_module(tmp_path, "deadline", dict(base, alert=alert, lock_timeout=60, timeout=2))]
+            r, d = [_module_result(p) for p in procs]
         holder.rollback()
         state = _take_state_row(holder, table, key)
     finally:
         holder.close()
     assert r.get("failed") and "\n" not in r["msg"], r
     assert "still locked by another controller after 1s" in r["msg"] and table in r["msg"] and key in r["msg"], r
-    assert "p3admin-lab-secret" not in json.dumps(r)
+    # the total deadline (2 s) ends the wait for the row long before its lock_timeout (60 s)
+    assert d.get("failed") and "\n" not in d["msg"], d
+    assert d["msg"].endswith("(table %s, key %s): deadline of 2s exceeded (timeout), the row still locked by "
+                             "another controller" % (table, key)), d
+    assert "p3admin-lab-secret" not in json.dumps(r) + json.dumps(d) and dsn not in json.dumps(d)
     assert state["attempts"] == {} and state["episodes"] == {}
 
 

@@ -171,14 +171,33 @@ def test_worker_verdict_names_a_stuck_worker():
 
 
 class _ActiveList(object):
-    """A fake Redis client whose active list follows a script (one LRANGE answer per call, the last one repeats)."""
+    """A fake Redis client whose active list follows a script: each poll (one LRANGE, or one pipeline of LPOS) sees
+    the next answer, the last one repeats. Counts the LRANGE calls."""
 
     def __init__(self, answers):
         self.answers = list(answers)
+        self.lranges = 0
+
+    def _next(self):
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
     def lrange(self, key, start, end):
         assert key == "{bull}:anchor:active"
-        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        self.lranges += 1
+        return self._next()
+
+    def pipeline(self, transaction=True):
+        client, calls = self, []
+
+        class Pipe(object):
+            def lpos(self, key, value):
+                assert key == "{bull}:anchor:active"
+                calls.append(value)
+
+            def execute(self):
+                now = [j.decode() for j in client._next()]
+                return [now.index(v) if v in now else None for v in calls]
+        return Pipe()
 
 
 def _waiting_queue(answers):
@@ -203,6 +222,15 @@ def test_wait_active_done_is_bounded_and_names_what_is_still_active():
     out = q.wait_active_done(3, poll=0.5, sleep=sleep, clock=clock)
     assert out["gave_up"] and out["still_active"] == ["8"] and out["jobs"] == 2
     assert 3.0 <= out["seconds"] <= 3.5
+
+
+def test_wait_active_done_reads_the_active_list_once_then_polls_only_those_ids():
+    """The whole active list is read once; each poll asks only whether the jobs active at the start still are."""
+    q, sleep, clock = _waiting_queue([[b"1", b"2"]] + [[b"2"] + [str(i).encode() for i in range(100, 400)]] * 5
+                                     + [[b"3"]])
+    out = q.wait_active_done(10, poll=0.5, sleep=sleep, clock=clock)
+    assert out == {"jobs": 2, "still_active": [], "seconds": 3.0, "gave_up": False}
+    assert q.client.lranges == 1
 
 
 def test_wait_active_done_nothing_active_returns_at_once():

@@ -180,3 +180,100 @@ def test_check_mode_creates_no_directory_lock_or_state_file_and_reads_what_is_th
     with GuardStore(str(path), check_mode=True) as store:
         assert store.read() == state
     assert sorted(os.listdir(str(path.parent))) == before
+
+
+class _TimedClient(object):
+    """A fake PostgresClient on a fake clock: records (sql, args, timeout) of each statement; each takes `cost`
+    seconds (cut at its timeout), a statement on the locked row waits until its timeout (then "timed out", as the
+    real client says)."""
+    target = "127.0.0.1:5432"
+    query_timeout = 15.0
+
+    def __init__(self, clock, cost=0.5, locked=False):
+        self.clock, self.cost, self.locked, self.calls, self.closed = clock, cost, locked, [], False
+        self.conn = object()
+
+    def query(self, sql, args=None, timeout=None):
+        self.calls.append((sql, args, timeout))
+        if self.locked and "FOR UPDATE" in sql:
+            self.clock.t += timeout
+            raise P3Error("query on %s timed out after %ss" % (self.target, timeout))
+        if self.cost > timeout:
+            self.clock.t += timeout
+            raise P3Error("query on %s timed out after %ss" % (self.target, timeout))
+        self.clock.t += self.cost
+        return [{"state": empty_state(), "present": True}] if sql.startswith("SELECT") else []
+
+    def close(self):
+        self.closed = True
+        self.conn = None
+
+
+class _Clock(object):
+    t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def _pg_store(clock, client, seconds, lock_timeout=10.0):
+    from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline
+    from ansible_collections.p3.recovery.plugins.module_utils.eda_guard import PgGuardStore
+    return PgGuardStore("postgresql://u:pw@127.0.0.1/p3", key="k", lock_timeout=lock_timeout, client=client,
+                        deadline=Deadline(seconds, "timeout", clock=clock))
+
+
+def test_the_postgresql_state_has_one_total_deadline_every_statement_gets_what_is_left():
+    clock = _Clock()
+    client = _TimedClient(clock, cost=0.5)
+    with _pg_store(clock, client, 4) as store:
+        store.write(store.read())
+    assert clock.t - 100.0 <= 4
+    left = 4.0
+    for sql, args, timeout in client.calls:
+        assert timeout is not None and 0 < timeout <= left, (sql, timeout, left)
+        left -= 0.5
+    # the server's own waits inside the transaction are cut to what is left, too
+    limits = [args for sql, args, _t in client.calls if "set_config" in sql][0]
+    assert limits == ("3000ms", "3000ms"), limits  # lock_timeout 10 s cut to the 3 s left after CREATE and BEGIN
+
+
+def test_a_row_held_past_the_total_deadline_fails_in_one_line_naming_table_key_and_deadline():
+    clock = _Clock()
+    client = _TimedClient(clock, cost=0.5, locked=True)
+    with pytest.raises(P3Error) as e:
+        with _pg_store(clock, client, 4):
+            pass
+    assert clock.t - 100.0 <= 4 + 1e-9 and client.closed
+    msg = e.value.msg
+    assert msg == ("guard state 127.0.0.1:5432 (table p3_eda_guard, key k): deadline of 4s exceeded (timeout), "
+                   "the row still locked by another controller"), msg
+    assert not any(sql in ("COMMIT", "ROLLBACK") for sql, _a, _t in client.calls)
+    # a lock_timeout shorter than what is left keeps its own message
+    clock2 = _Clock()
+    with pytest.raises(P3Error) as e:
+        with _pg_store(clock2, _TimedClient(clock2, cost=0.5, locked=True), 30, lock_timeout=1):
+            pass
+    assert "still locked by another controller after 1s" in e.value.msg
+
+
+def test_nothing_starts_once_the_total_deadline_is_past():
+    clock = _Clock()
+    client = _TimedClient(clock, cost=3.0)
+    with pytest.raises(P3Error) as e:
+        with _pg_store(clock, client, 4) as store:
+            store.write(store.read())
+    assert "deadline of 4s exceeded (timeout)" in e.value.msg and "table p3_eda_guard, key k" in e.value.msg
+    assert clock.t - 100.0 <= 4 + 1e-9
+
+
+def test_a_write_past_the_total_deadline_is_not_sent_and_names_it_once():
+    clock = _Clock()
+    client = _TimedClient(clock, cost=0.5)
+    with pytest.raises(P3Error) as e:
+        with _pg_store(clock, client, 4) as store:
+            clock.t += 10  # the decision took the rest of the time
+            store.write(store.read())
+    assert e.value.msg == "guard state 127.0.0.1:5432 (table p3_eda_guard, key k): write: the deadline of 4s exceeded " \
+                          "(timeout)", e.value.msg
+    assert not any(sql.startswith(("UPDATE", "COMMIT")) for sql, _a, _t in client.calls) and client.closed

@@ -1,8 +1,11 @@
 """plugins/filter/anchor_queue.py: the anchor_queue role's decision (fund, retry, reconcile, stuck) and restart
 (golden cases from the Jinja they replaced, checked against it over 310 sampled combinations, and 40 in check mode, before the move)."""
+import json
+
 import pytest
 
-from ansible_collections.p3.recovery.plugins.filter.anchor_queue import FilterModule, anchor_decision, anchor_restart
+from ansible_collections.p3.recovery.plugins.filter.anchor_queue import (
+    FilterModule, anchor_canary, anchor_decision, anchor_restart)
 
 QUEUE_OK = {"waiting": 0, "worker_connections": 1, "counts": {"failed": 0}, "progress": {"stuck": False}}
 OUTBOX_OK = {"stale_processing": 0, "counts": {"dead_letter": 0}}
@@ -120,3 +123,84 @@ def test_restart(stuck, on_stall, results, check, wanted, changed):
 def test_registered():
     f = FilterModule().filters()
     assert (f["anchor_decision"], f["anchor_restart"]) == (anchor_decision, anchor_restart)
+
+
+# -- anchor_canary: the canary's verdict (golden cases checked against the Jinja it replaced in
+#    roles/anchor_queue/vars/main.yml over 260 combinations of POST answers, queue reads and waits) ------------------
+CANARY = {"path": "/api/anchor", "job_field": "jobId", "wait": 90}
+
+
+def canary(post, job=None, **settings):
+    return anchor_canary(post, job or {}, dict(CANARY, **settings))
+
+
+def test_canary_without_an_answer_names_the_request_error():
+    v = canary({"status": -1, "msg": "Request failed: <urlopen error [Errno 111] Connection refused>"})
+    assert v == {"name": "canary", "healthy": False, "id": None, "status": -1, "state": None,
+                 "reason": "new anchor job not accepted: POST /api/anchor -> -1 Request failed: <urlopen error "
+                           "[Errno 111] Connection refused>"}
+    # the POST did not run at all
+    assert canary({})["reason"] == "new anchor job not accepted: POST /api/anchor -> no answer "
+
+
+def test_canary_refused_names_the_status_and_the_answer_cut_to_200_characters():
+    v = canary({"status": 500, "json": {"error": "boom " + "word " * 60}})
+    assert v["healthy"] is False and v["id"] is None and v["status"] == 500 and "stuck" not in v
+    head = "new anchor job not accepted: POST /api/anchor -> 500 "
+    assert v["reason"].startswith(head + '{"error": "boom word') and v["reason"].endswith(" word...")
+    assert len(v["reason"]) - len(head) <= 200
+    # short enough (within Jinja truncate's leeway of 5): whole
+    assert canary({"status": 401, "json": {"e": "x" * 195}})["reason"].endswith('"x' + "x" * 194 + '"}')
+
+
+@pytest.mark.parametrize("answer", [{"jobId": ""}, {"jobId": None}, {"jobId": []}, {"other": 1}, ["x"], None])
+def test_canary_without_a_job_id_in_the_answer_is_not_accepted(answer):
+    post = {"status": 201, "json": answer}
+    if answer is None:
+        post["msg"] = "OK (unknown bytes)"
+    v = canary(post, {"jobs": [{"id": "1", "state": "completed"}]})
+    assert v["healthy"] is False and v["id"] is None and v["state"] is None
+    assert v["reason"].startswith("new anchor job not accepted: POST /api/anchor -> 201 ")
+    assert v["reason"].endswith("OK (unknown bytes)" if answer is None else json.dumps(answer))
+
+
+def test_canary_job_id_from_the_answer_a_list_gives_its_first():
+    done = {"jobs": [{"id": "x", "state": "completed"}]}
+    assert canary({"status": 201, "json": {"jobId": "17"}}, done)["id"] == "17"
+    assert canary({"status": 201, "json": {"jobId": 42}}, done)["id"] == 42
+    assert canary({"status": 201, "json": {"jobId": ["a1", "a2"]}}, done)["id"] == "a1"
+    assert canary({"status": 201, "json": {"id": "9"}}, done, job_field="id")["id"] == "9"
+
+
+def test_canary_completed_is_healthy():
+    v = canary({"status": 201, "json": {"jobId": "17"}}, {"jobs": [{"id": "17", "state": "completed"}],
+                                                          "worker_stuck": "ignored once completed"})
+    assert v == {"name": "canary", "healthy": True, "id": "17", "status": 201, "state": "completed", "stuck": None,
+                 "reason": "new anchor job 17 completed"}
+
+
+def test_canary_waiting_behind_a_stuck_worker_says_so():
+    v = canary({"status": 201, "json": {"jobId": "17"}}, {"jobs": [{"id": "17", "state": "wait"}],
+                                                          "worker_stuck": "anchor worker stuck: x"})
+    assert v["healthy"] is False and v["state"] == "wait" and v["stuck"] == "anchor worker stuck: x"
+    assert v["reason"] == "new anchor job 17 not taken, the worker is stuck: anchor worker stuck: x"
+
+
+@pytest.mark.parametrize("job,state,shown", [
+    ({"jobs": [{"id": "17", "state": "wait"}], "worker_stuck": None}, "wait", "wait"),
+    # the stuck signature counts only while the job still waits
+    ({"jobs": [{"id": "17", "state": "active"}], "worker_stuck": "w"}, "active", "active"),
+    ({"jobs": [{"id": "17", "state": "failed"}]}, "failed", "failed"),
+    ({"jobs": [{"id": "17", "state": ""}]}, "", "unknown"),
+    ({"jobs": [{"id": "17"}]}, None, "unknown"),
+    ({"jobs": []}, None, "unknown"),
+    ({"skipped": True}, None, "unknown"),
+])
+def test_canary_not_completed_names_the_wait_and_the_state(job, state, shown):
+    v = canary({"status": 201, "json": {"jobId": "17"}}, job, wait="10")
+    assert v["healthy"] is False and v["state"] == state and v["stuck"] is None and v["status"] == 201
+    assert v["reason"] == "new anchor job 17 not completed within 10 s (state %s)" % shown
+
+
+def test_canary_filter_is_registered():
+    assert FilterModule().filters()["anchor_canary"] is anchor_canary

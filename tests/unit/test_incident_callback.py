@@ -170,3 +170,41 @@ def test_a_decision_probe_marked_p3_incident_skip_is_not_a_verdict_of_the_incide
     gate = types.SimpleNamespace(resolved_action="p3.recovery.app_probe", name="Gate", vars={})
     cb.v2_runner_on_ok(types.SimpleNamespace(result=res, task=gate, host=host))
     assert [e["task"] for e in cb._entries] == ["Gate"]
+
+
+def test_a_held_incident_log_lock_is_waited_for_a_bound_then_the_run_is_kept_in_a_fallback_file(tmp_path):
+    """Another process holds the incident log's flock past lock_timeout: a real playbook run with the callback ends,
+    warns in one line naming the log and the wait, and its entries are on disk in the fallback file it names."""
+    import fcntl
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    play = tmp_path / "play.yml"
+    play.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                    "    - name: Change something\n      ansible.builtin.debug:\n        msg: done\n"
+                    "      changed_when: true\n")
+    reports = tmp_path / "reports"
+    reports.mkdir(mode=0o700)
+    log = reports / "incident-held.jsonl"
+    log.write_text(json.dumps({"ts": "2026-12-07T00:00:00Z", "run": "other", "task": "x"}) + "\n")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"), P3_INCIDENT_DIR=str(reports),
+               P3_INCIDENT_ID="held", P3_INCIDENT_LOCK_TIMEOUT="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(root, ".state", "unit-path"))
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+           "-e", "ansible_python_interpreter=" + sys.executable, str(play)]
+    with open(str(log), "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = " ".join((run.stdout + run.stderr).split())
+    assert "still locked by another run after 1s" in out and str(log) in out, out[-2000:]
+    # the log itself is untouched; the run's entries are whole in the one fallback file the warning names
+    assert log.read_text().count("\n") == 1
+    fallback = [p for p in os.listdir(str(reports)) if p.startswith("locked-out-")]
+    assert len(fallback) == 1 and str(reports / fallback[0]) in out, (fallback, out[-2000:])
+    path = reports / fallback[0]
+    assert os.stat(str(path)).st_mode & 0o777 == 0o600
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["task"] for e in entries] == ["Change something"] and entries[0]["incident"] == "held"
