@@ -1,24 +1,25 @@
 """`p3lab heal` brings the lab's own Redis Cluster back to its designed shape (issue 17 §3, the lab's side).
 
-A master and its replica die together, the collection's lossy repair (recover_redis with p3_redis_allow_data_loss)
-gives their slots to the two other masters, and both nodes come back empty: the cluster then serves every slot with
+A master and its replica die together, the collection's lossy repair (what recover_redis.yml runs with
+p3_redis_allow_data_loss) gives their slots to the two other masters, and both nodes come back empty: the cluster then serves every slot with
 2 masters + 4 replicas. `p3lab heal` must restore 3 masters with one replica each, keep every key that survived the
 repair, and a second heal must have nothing to do. Everything is asserted on state read from the nodes.
 """
 import json
 import os
-import subprocess
 import sys
 import time
 
 from redis.crc import key_slot
 
-from p3harness import (LAB_DIR, PW, ROOT, alive, client, lab, lab_nodes, lab_status, missing_keys, owner_map,
-                       recover_redis, views, write_acked)
+from p3harness import (PW, ROOT, alive, client, ensure_collection_importable, lab, lab_nodes, lab_status,
+                       missing_keys, owner_map, views, write_acked)
 from test_recover_redis import cluster_check, states
 
 sys.path.insert(0, os.path.join(ROOT, "lab"))
-from p3lablib.common import REDIS_NODE_TIMEOUT_MS  # noqa: E402
+from p3lablib import rediscluster  # noqa: E402
+from p3lablib.common import REDIS_NODE_TIMEOUT_MS, Lab  # noqa: E402
+from p3lablib.heal import _empty_disk  # noqa: E402
 
 # the lab's nodes notice the dead pair within about 2 s instead of the lab's 15 s (set back in the end)
 FAST_NODE_TIMEOUT_MS = 2000
@@ -65,7 +66,22 @@ def _set_node_timeout(addrs, ms):
             client(a).config_set("cluster-node-timeout", ms)
 
 
-def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up, report_dir):
+def _lossy_repair(addrs):
+    ensure_collection_importable()
+    from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc, redis_cluster as cl
+
+    settings = rc.RedisSettings([rc.parse_address(a) for a in addrs], password=PW)
+    topo = cl.read_topology(settings, unanswered_ms=FAST_NODE_TIMEOUT_MS)
+    live = [n["address"] for n in topo["nodes"] if n["role"] == "master" and n["reachable"]]
+    todo = cl.range_slots(topo["slots_uncovered"])
+    assert todo, topo["reason"]
+    plan = cl.plan_slot_repair(topo, cl.count_keys(settings, live, todo), allow_data_loss=True,
+                               promote_replicas=False)
+    assert plan["assign"] and plan["allowed"] and not plan["refused"], plan
+    cl.run_slot_repair(settings, topo, plan)
+
+
+def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
     addrs = lab_nodes()
     _heal()  # a healthy lab first (an earlier test may have left a fault)
     keys = write_acked(addrs, 600, "labheal")
@@ -87,9 +103,9 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up, report_di
         _wait(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
         _wait(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
 
-        # the lossy repair: the other masters take the dead pair's slots (their keys are gone)
-        run, report = recover_redis(report_dir, p3_redis_allow_data_loss=True)
-        assert run.rc == 0, run.stdout[-3000:]
+        # the lossy repair: the other masters take the dead pair's slots (their keys are gone); the collection's own
+        # code (what redis_cluster_slots with allow_data_loss runs), in-process: recover_redis.yml takes about 30 s
+        _lossy_repair(addrs)
         for a, vv in views(live).items():
             assert len(owner_map(vv)) == 16384 and not vv[dead_id]["slots"], a
         kept = dict((k, val) for k, val in keys.items() if key_slot(k.encode()) not in dead_slots)
@@ -100,15 +116,11 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up, report_di
         _set_node_timeout(addrs, REDIS_NODE_TIMEOUT_MS)
 
     # both come back empty, from their nodes.conf, as the lab starts them: 2 masters, 4 replicas
-    for a in (dead_master, dead_replica):
-        port = a.rsplit(":", 1)[1]
-        i = [x.rsplit(":", 1)[1] for x in addrs].index(port) + 1
-        d = os.path.join(LAB_DIR, "redis", "node%d" % i)
-        for f in ("dump.rdb", "appendonly.aof"):
-            if os.path.exists(os.path.join(d, f)):
-                os.unlink(os.path.join(d, f))
-        subprocess.run(["redis-server", os.path.join(d, "redis.conf")], check=True, timeout=10)
-    _wait(lambda: alive(dead_master) and alive(dead_replica), 10, "the pair did not restart")
+    L = Lab()
+    back = [addrs.index(a) + 1 for a in (dead_master, dead_replica)]
+    for i in back:
+        _empty_disk(L, i)
+    assert rediscluster.start_nodes(L, back) == back
 
     def misshapen():
         vs = views(addrs)
