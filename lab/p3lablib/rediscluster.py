@@ -344,11 +344,12 @@ def reshape(lab, dl, settle=20.0):
     try:
         timeline, _ = cl.run_reshape(s, lambda: read(s), plan, designed_replicas=DESIGNED_REPLICAS,
                                      wait_timeout=max(1.0, min(30.0, dl.left())))
-    except common.P3Error as e:
-        done = ["reshape: %s %s: %s" % (x["action"], x["target"], x["detail"]) for x in e.details.get("timeline") or ()]
-        fix = cluster_fix(lab, max(10, dl.left(30)))
+    except (common.P3Error, redis.RedisError, OSError) as e:  # the collection wraps its errors; a stray one too
+        details = getattr(e, "details", None) or {}
+        done = ["reshape: %s %s: %s" % (x["action"], x["target"], x["detail"]) for x in details.get("timeline") or ()]
+        fix = cluster_fix(lab, max(10, dl.left(30)))  # never a slot left open, even past heal's deadline
         raise LabError("redis reshape failed: %s (done: %s); redis-cli --cluster fix %s"
-                       % (e.msg, "; ".join(done) or "nothing", fix))
+                       % (common.one_line(getattr(e, "msg", None) or str(e), 300), "; ".join(done) or "nothing", fix))
     return ["reshape: %s %s: %s" % (x["action"], x["target"], x["detail"]) for x in timeline]
 
 
