@@ -162,7 +162,10 @@ def heal(lab):
     if n:
         actions.append("terminated %d p3-lab-leak backends" % n)
 
-    # 4. redis: give unowned slots back to their recorded owner, then wait for a settled cluster
+    # 4. redis: give unowned slots back to their recorded owner, then wait for a settled cluster; a cluster that
+    #    serves every slot in another shape (2 masters + 4 replicas after a master and its replica were lost
+    #    together and their slots reassigned) goes back to 3 masters with one replica each, keys moved with their
+    #    slots (rediscluster.reshape)
     wanted = {}
     for f in faults:
         if f.get("fault") == "redis-slots-uncovered" and f.get("range"):
@@ -174,11 +177,18 @@ def heal(lab):
         wait_until(lambda: all(rediscluster.ping(p) for p in lab.redis_ports), dl.left(10), 0.1)
         time.sleep(0.5)
         actions += rediscluster.repair_slots(lab, wanted)
-        if not rediscluster.wait_healthy(lab, dl.left(90)):
+        if not rediscluster.wait_serving(lab, dl.left(90)):
             actions += rediscluster.repair_slots(lab, wanted)
-            if not rediscluster.wait_healthy(lab, dl.left(60)):
+            if not rediscluster.wait_serving(lab, dl.left(60)):
                 st = status.collect(lab)
                 raise LabError("redis did not settle: %s" % "; ".join(p for p in st["problems"] if p.startswith("redis")))
+        if not rediscluster.topology_ok(lab):
+            actions += rediscluster.reshape(lab, dl)
+            if not rediscluster.wait_healthy(lab, dl.left(30)):
+                st = status.collect(lab)
+                raise LabError("redis is not back to %d masters with %d replica each: %s" % (
+                    rediscluster.DESIGNED_MASTERS, rediscluster.DESIGNED_REPLICAS,
+                    "; ".join(p for p in st["problems"] if p.startswith("redis"))))
 
     # 5. sessions
     n = _delete_corrupt_sessions(lab)

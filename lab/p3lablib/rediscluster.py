@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import sys
 import time
 
 import redis
@@ -9,10 +10,14 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from .common import (REDIS_NODE_TIMEOUT_MS, REDIS_PASSWORD, LabError, kill, live_pid, pid_alive,
+from .common import (REDIS_NODE_TIMEOUT_MS, REDIS_PASSWORD, REPO, LabError, kill, live_pid, pid_alive,
                      port_listening, run, wait_until)
 
 NSLOTS = 16384
+# the shape `redis-cli --cluster create --cluster-replicas 1` gives the 6 nodes (the inventory's
+# p3_redis_designed_masters / p3_redis_designed_replicas say the same to the collection)
+DESIGNED_MASTERS = 3
+DESIGNED_REPLICAS = 1
 
 
 def client(port, decode=True, timeout=1.0):
@@ -240,7 +245,8 @@ def owner_port_for_key(lab, key, nodes=None):
 
 def topology_ok(lab, expect_masters=3, expect_replicas=3):
     """True when every node says cluster_state ok, agrees on 3 masters + 3 replicas (none failing),
-    every slot is covered and every replica's link to its master is up."""
+    every slot is covered and every replica's link to its master is up. expect_masters/expect_replicas None: any
+    shape (a cluster that serves every slot, e.g. 2 masters + 4 replicas after a lossy repair)."""
     for port in lab.redis_ports:
         inf = cluster_info(port, timeout=0.7)
         if inf.get("cluster_state") != "ok" or int(inf.get("cluster_slots_assigned", 0)) != NSLOTS:
@@ -250,7 +256,11 @@ def topology_ok(lab, expect_masters=3, expect_replicas=3):
         good = [n for n in nodes if not n["failing"] and n["link"] == "connected"]
         masters = [n for n in good if n["role"] == "master" and n["slots"]]
         replicas = [n for n in good if n["role"] == "replica"]
-        if len(masters) != expect_masters or len(replicas) != expect_replicas or len(nodes) != 6:
+        if len(nodes) != 6 or len(good) != 6 or any(n["role"] == "?" for n in good):
+            return False
+        if expect_masters is not None and len(masters) != expect_masters:
+            return False
+        if expect_replicas is not None and len(replicas) != expect_replicas:
             return False
     for port in lab.redis_ports:
         rep = replication(port, timeout=0.7)
@@ -261,6 +271,86 @@ def topology_ok(lab, expect_masters=3, expect_replicas=3):
 
 def wait_healthy(lab, timeout):
     return wait_until(lambda: topology_ok(lab), timeout, 0.25)
+
+
+def wait_serving(lab, timeout):
+    """Every node up, linked and serving all 16384 slots, whatever the shape."""
+    return wait_until(lambda: topology_ok(lab, None, None), timeout, 0.25)
+
+
+def _collection():
+    """The collection's module_utils (the one home of the reshape logic), through the symlink scripts/setup.sh
+    makes: (redis_client, redis_cluster, common)."""
+    path = os.path.join(REPO, ".state", "collections")
+    if not os.path.isdir(os.path.join(path, "ansible_collections", "p3", "recovery")):
+        raise LabError("%s/ansible_collections/p3/recovery is missing (run make setup)" % path)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from ansible_collections.p3.recovery.plugins.module_utils import common, redis_client, redis_cluster
+
+    return redis_client, redis_cluster, common
+
+
+def cluster_fix(lab, timeout):
+    """redis-cli --cluster fix (closes open slots, covers uncovered ones); returns its last output line."""
+    rc, out = run([cli_binary(), "--cluster", "fix", lab.redis_nodes[0], "--cluster-yes", "-a", REDIS_PASSWORD,
+                   "--no-auth-warning"], timeout=max(5, int(timeout)), check=False, what="redis-cli --cluster fix")
+    last = [line for line in out.strip().splitlines() if line.strip()]
+    return "rc %d: %s" % (rc, last[-1] if last else "no output")
+
+
+def reshape(lab, dl, settle=20.0):
+    """Bring a cluster that serves every slot back to the designed shape (3 masters, one replica each): after a
+    master and its replica were lost together and their slots went to the other masters, both come back empty as
+    replicas (2 masters + 4 replicas). The collection's plan_reshape/run_reshape do it: a spare replica becomes an
+    empty master (CLUSTER RESET SOFT + MEET; its data stays on its master), gets a replica, takes its share of slots
+    with their keys (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE), then the remaining spare replicates the
+    master without one (CLUSTER REPLICATE). Bounded by dl (a total deadline on every command). A plan refused for a
+    passing reason (a view still disagreeing after the rejoin) is read again for up to `settle` s. If the run fails,
+    `redis-cli --cluster fix` closes any slot it left open, and LabError says both. Returns the actions (the
+    timeline, one line each); [] at the designed shape."""
+    rc_mod, cl, common = _collection()
+    seeds = [rc_mod.parse_address(a) for a in lab.redis_nodes]
+
+    def settings():
+        return rc_mod.RedisSettings(seeds, password=REDIS_PASSWORD, socket_timeout=2.0, connect_timeout=0.5,
+                                    deadline=common.Deadline(dl.left(), "p3lab heal"))
+
+    def read(s=None):
+        return cl.read_topology(s or settings(), unanswered_ms=REDIS_NODE_TIMEOUT_MS)
+
+    end = time.monotonic() + min(settle, dl.left())
+    while True:
+        why = None
+        try:
+            topo = read()
+            shape = cl.shape_verdict(topo, DESIGNED_MASTERS, DESIGNED_REPLICAS)
+            if shape is None:
+                raise LabError("redis: not a cluster (%s)" % topo.get("reason"))
+            if shape["ok"]:
+                return []
+            plan = cl.plan_reshape(topo, DESIGNED_MASTERS, DESIGNED_REPLICAS)
+            balance = [] if plan["new_masters"] else cl.plan_replica_balance(topo, DESIGNED_REPLICAS)
+            if plan["new_masters"] or plan["moves"] or balance:
+                break
+            why = "nothing can be moved (%s)" % shape["reason"]
+        except common.P3Error as e:
+            why = e.msg
+        if time.monotonic() >= end:
+            raise LabError("redis cannot be reshaped to %d masters with %d replica each: %s"
+                           % (DESIGNED_MASTERS, DESIGNED_REPLICAS, why))
+        time.sleep(0.5)
+    s = settings()
+    try:
+        timeline, _ = cl.run_reshape(s, lambda: read(s), plan, designed_replicas=DESIGNED_REPLICAS,
+                                     wait_timeout=max(1.0, min(30.0, dl.left())))
+    except (common.P3Error, redis.RedisError, OSError) as e:  # the collection wraps its errors; a stray one too
+        details = getattr(e, "details", None) or {}
+        done = ["reshape: %s %s: %s" % (x["action"], x["target"], x["detail"]) for x in details.get("timeline") or ()]
+        fix = cluster_fix(lab, max(10, dl.left(30)))  # never a slot left open, even past heal's deadline
+        raise LabError("redis reshape failed: %s (done: %s); redis-cli --cluster fix %s"
+                       % (common.one_line(getattr(e, "msg", None) or str(e), 300), "; ".join(done) or "nothing", fix))
+    return ["reshape: %s %s: %s" % (x["action"], x["target"], x["detail"]) for x in timeline]
 
 
 def ranges(slots):

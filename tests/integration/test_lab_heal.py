@@ -1,0 +1,159 @@
+"""`p3lab heal` brings the lab's own Redis Cluster back to its designed shape (issue 17 §3, the lab's side).
+
+A master and its replica die together, the collection's lossy repair (what recover_redis.yml runs with
+p3_redis_allow_data_loss) gives their slots to the two other masters, and both nodes come back empty: the cluster then serves every slot with
+2 masters + 4 replicas. `p3lab heal` must restore 3 masters with one replica each, keep every key that survived the
+repair, and a second heal must have nothing to do. Everything is asserted on state read from the nodes.
+"""
+import json
+import os
+import sys
+import time
+
+from redis.crc import key_slot
+
+from p3harness import (PW, ROOT, alive, client, ensure_collection_importable, lab, lab_nodes, lab_status,
+                       missing_keys, owner_map, views, write_acked)
+from test_recover_redis import cluster_check, states
+
+sys.path.insert(0, os.path.join(ROOT, "lab"))
+from p3lablib import rediscluster  # noqa: E402
+from p3lablib.common import REDIS_NODE_TIMEOUT_MS, Lab  # noqa: E402
+from p3lablib.heal import _empty_disk  # noqa: E402
+
+# the lab's nodes notice the dead pair within about 2 s instead of the lab's 15 s (set back in the end)
+FAST_NODE_TIMEOUT_MS = 2000
+
+
+def _wait(cond, timeout, what):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, what() if callable(what) else what
+        time.sleep(0.1)
+
+
+def _shape(view):
+    """(masters with slots, {master addr: [replica addrs]}, other nodes) of one node's view."""
+    masters = sorted(n["addr"] for n in view.values() if n["role"] == "master" and n["slots"])
+    reps = dict((m, []) for m in masters)
+    other = []
+    for n in view.values():
+        owner = view.get(n["master"])
+        if n["role"] == "replica" and owner and owner["addr"] in reps:
+            reps[owner["addr"]].append(n["addr"])
+        elif n["addr"] not in reps:
+            other.append(n["addr"])
+    return masters, reps, sorted(other)
+
+
+def _no_double_owner(addr, view):
+    seen = {}
+    for n in view.values():
+        if n["role"] == "master":
+            for s in n["slots"]:
+                assert s not in seen, "%s sees slot %d owned by %s and %s" % (addr, s, seen[s], n["addr"])
+                seen[s] = n["addr"]
+
+
+def _heal():
+    out = lab("heal", timeout=300)
+    return json.loads([line for line in out.splitlines() if line.strip().startswith("{")][-1])
+
+
+def _set_node_timeout(addrs, ms):
+    for a in addrs:
+        if alive(a):
+            client(a).config_set("cluster-node-timeout", ms)
+
+
+def _lossy_repair(addrs):
+    ensure_collection_importable()
+    from ansible_collections.p3.recovery.plugins.module_utils import redis_client as rc, redis_cluster as cl
+
+    settings = rc.RedisSettings([rc.parse_address(a) for a in addrs], password=PW)
+    topo = cl.read_topology(settings, unanswered_ms=FAST_NODE_TIMEOUT_MS)
+    live = [n["address"] for n in topo["nodes"] if n["role"] == "master" and n["reachable"]]
+    todo = cl.range_slots(topo["slots_uncovered"])
+    assert todo, topo["reason"]
+    plan = cl.plan_slot_repair(topo, cl.count_keys(settings, live, todo), allow_data_loss=True,
+                               promote_replicas=False)
+    assert plan["assign"] and plan["allowed"] and not plan["refused"], plan
+    cl.run_slot_repair(settings, topo, plan)
+
+
+def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
+    addrs = lab_nodes()
+    _heal()  # a healthy lab first (an earlier test may have left a fault)
+    keys = write_acked(addrs, 600, "labheal")
+    v = views(addrs[:1])[addrs[0]]
+    masters, reps, _ = _shape(v)
+    assert len(masters) == 3 and all(len(r) == 1 for r in reps.values()), (masters, reps)
+    dead_master = masters[0]
+    dead_replica = reps[dead_master][0]
+    dead_id = next(i for i, n in v.items() if n["addr"] == dead_master)
+    dead_slots = v[dead_id]["slots"]
+    live = [a for a in addrs if a not in (dead_master, dead_replica)]
+    pids = dict((a, int(client(a).info("server")["process_id"])) for a in (dead_master, dead_replica))
+    try:
+        _set_node_timeout(addrs, FAST_NODE_TIMEOUT_MS)
+        # down together: the replica cannot promote itself in between
+        client(dead_replica).config_set("cluster-replica-no-failover", "yes")
+        for pid in pids.values():
+            os.kill(pid, 9)
+        _wait(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
+        _wait(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
+
+        # the lossy repair: the other masters take the dead pair's slots (their keys are gone); the collection's own
+        # code (what redis_cluster_slots with allow_data_loss runs), in-process: recover_redis.yml takes about 30 s
+        _lossy_repair(addrs)
+        for a, vv in views(live).items():
+            assert len(owner_map(vv)) == 16384 and not vv[dead_id]["slots"], a
+        kept = dict((k, val) for k, val in keys.items() if key_slot(k.encode()) not in dead_slots)
+        assert kept and missing_keys(live, kept) == []
+        # keys written after the repair land in the reassigned slots too: the reshape must move them
+        kept.update(write_acked(live, 300, "labheal-after"))
+    finally:
+        _set_node_timeout(addrs, REDIS_NODE_TIMEOUT_MS)
+
+    # both come back empty, from their nodes.conf, as the lab starts them: 2 masters, 4 replicas
+    L = Lab()
+    back = [addrs.index(a) + 1 for a in (dead_master, dead_replica)]
+    for i in back:
+        _empty_disk(L, i)
+    assert rediscluster.start_nodes(L, back) == back
+
+    def misshapen():
+        vs = views(addrs)
+        return len(vs) == 6 and set(states(addrs).values()) == {"ok"} and all(
+            len(_shape(vv)[0]) == 2 and len(owner_map(vv)) == 16384 for vv in vs.values())
+
+    _wait(misshapen, 30, lambda: "not the 2-master state: %s" % [_shape(vv) for vv in views(addrs).values()])
+
+    t0 = time.monotonic()
+    res = _heal()
+    took = time.monotonic() - t0
+    # 3 masters, each with exactly one replica that replicates it, in every node's view
+    vs = views(addrs)
+    assert len(vs) == 6
+    for a, vv in vs.items():
+        m, r, other = _shape(vv)
+        assert len(m) == 3 and sorted(len(x) for x in r.values()) == [1, 1, 1] and not other, (a, m, r, other, res)
+        assert len(owner_map(vv)) == 16384, a
+        _no_double_owner(a, vv)
+    _, r, _ = _shape(vs[addrs[0]])
+    for m, replicas in r.items():
+        info = client(replicas[0]).info("replication")
+        assert info["role"] == "slave" and "%s:%s" % (info["master_host"], info["master_port"]) == m, (m, info)
+        assert info["master_link_status"] == "up", info
+    for a in addrs:
+        cluster_check(a)
+    # heal never loses data: every key that survived the lossy repair is still there with its value
+    assert missing_keys(addrs, kept) == []
+    assert any("reshape" in x for x in res["actions"]), res
+    st = lab_status()
+    assert st["healthy"] and st["app"]["healthy"], st
+
+    # a second heal changes nothing
+    again = _heal()
+    assert again["actions"] == [], again
+    print("heal of the 2+4 cluster took %.1f s: %s" % (took, res["actions"]))
