@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.filter.core import to_json
+from jinja2.filters import do_truncate
 
 WEI_PER_ETH = 1000000000000000000
 
@@ -103,14 +104,6 @@ def anchor_restart(decision, concurrency_set, settings):
     return dict(wanted=wanted, concurrency_changed=changed)
 
 
-def _truncate(text, length=200, end="...", leeway=5):
-    """Jinja's truncate(length) (whole words, leeway 5): what the role's reason lines were cut with."""
-    text = str(text)
-    if len(text) <= length + leeway:
-        return text
-    return text[:length - len(end)].rsplit(" ", 1)[0] + end
-
-
 def anchor_canary(post, job, settings):
     """The verdict of the canary job (tasks/canary.yml): one new job POSTed through the app, then its state read
     from the queue.
@@ -131,7 +124,8 @@ def anchor_canary(post, job, settings):
         detail = to_json(answer) if answer is not None else post.get("msg", "")
         return dict(name="canary", healthy=False, id=None, status=post.get("status"), state=None,
                     reason="new anchor job not accepted: POST %s -> %s %s" % (
-                        settings.get("path"), post.get("status", "no answer"), _truncate(detail)))
+                        settings.get("path"), post.get("status", "no answer"),
+                        do_truncate(None, str(detail), 200, leeway=5)))  # the role's Jinja `truncate(200)`
     jobs = job.get("jobs") or []
     state = jobs[0].get("state") if jobs and isinstance(jobs[0], Mapping) else None
     stuck = job.get("worker_stuck") if state == "wait" else None

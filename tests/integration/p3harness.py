@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 import redis
@@ -303,6 +304,26 @@ def owner_map(view):
         for s in n["slots"]:
             owners[s] = n["addr"]
     return owners
+
+
+def no_double_owner(view, seen_by=""):
+    """Assert that no slot has two master owners in one node's view (seen_by names that node in the failure)."""
+    seen = {}
+    for n in view.values():
+        if n["role"] == "master":
+            for s in n["slots"]:
+                assert s not in seen, "%sslot %d owned by %s and %s" % (
+                    "%s sees " % seen_by if seen_by else "", s, seen[s], n["addr"])
+                seen[s] = n["addr"]
+
+
+def wait_or_fail(cond, timeout, what):
+    """Poll cond() every 0.1 s until truthy; after timeout seconds fail the test with `what` (a text, or a callable
+    giving it - evaluated only then, e.g. the views at that moment)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, what() if callable(what) else what
+        time.sleep(0.1)
 
 
 def write_acked(addrs, n, prefix, password=PW, acks=1):

@@ -13,8 +13,8 @@ import pytest
 
 from redis.crc import key_slot
 
-from p3harness import (PW, alive, client, latest_report, missing_keys, owner_map, run_playbook, topology_calls, views,
-                       write_acked)
+from p3harness import (PW, alive, client, latest_report, missing_keys, no_double_owner, owner_map, run_playbook,
+                       topology_calls, views, wait_or_fail, write_acked)
 from p3harness import recover_redis as recover
 from test_recover_redis import SLOTS_TASK, _base, _inventory, _start, changed_count, cluster_check, states
 
@@ -34,7 +34,7 @@ def cluster6(lab_up, tmp_path):
         proc = subprocess.run(["redis-cli", "--no-auth-warning", "-a", PW, "--cluster", "create"] + addrs +
                               ["--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True, timeout=60)
         assert "[OK] All 16384 slots covered" in proc.stdout, proc.stdout + proc.stderr
-        _wait(lambda: set(states(addrs).values()) == {"ok"} and _linked(addrs) and all(
+        wait_or_fail(lambda: set(states(addrs).values()) == {"ok"} and _linked(addrs) and all(
             sorted(len(r) for r in _shape(v)[1].values()) == [1, 1, 1] for v in views(addrs).values()), 30,
             "the cluster did not form")
         yield tmp, addrs, pids
@@ -44,13 +44,6 @@ def cluster6(lab_up, tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-
-
-def _wait(cond, timeout, what):
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, what
-        time.sleep(0.1)
 
 
 def _linked(addrs):
@@ -76,14 +69,14 @@ def _shape(view):
 
 def _kill(pids, addr):
     os.kill(pids[addr], signal.SIGKILL)
-    _wait(lambda: not alive(addr), 5, "%s did not die" % addr)
+    wait_or_fail(lambda: not alive(addr), 5, "%s did not die" % addr)
 
 
 def _restart(tmp, pids, addr):
     """The node starts again from its nodes.conf, empty (save "" and no AOF: it comes back without data)."""
     d = os.path.join(tmp, addr.rsplit(":", 1)[1])
     subprocess.run(["redis-server", os.path.join(d, "redis.conf")], check=True)
-    _wait(lambda: alive(addr), 10, "%s did not restart" % addr)
+    wait_or_fail(lambda: alive(addr), 10, "%s did not restart" % addr)
     with open(os.path.join(d, "redis.pid")) as f:
         pids[addr] = int(f.read().strip())
 
@@ -139,15 +132,6 @@ def _changed(before, after):
     return out
 
 
-def _no_double_owner(view):
-    seen = {}
-    for n in view.values():
-        if n["role"] == "master":
-            for s in n["slots"]:
-                assert s not in seen, "slot %d owned by %s and %s" % (s, seen[s], n["addr"])
-                seen[s] = n["addr"]
-
-
 def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster6, report_dir):
     tmp, addrs, pids = cluster6
     keys = write_acked(addrs, 600, "pair")
@@ -161,9 +145,9 @@ def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster
     client(dead_replica).config_set("cluster-replica-no-failover", "yes")
     os.kill(pids[dead_master], signal.SIGKILL)
     os.kill(pids[dead_replica], signal.SIGKILL)
-    _wait(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
+    wait_or_fail(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
     live = [a for a in addrs if a not in (dead_master, dead_replica)]
-    _wait(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
+    wait_or_fail(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
     inv = _inventory(tmp, addrs)
 
     # the lossy path refuses without its gate, and assigns nothing
@@ -183,7 +167,7 @@ def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster
         assert "," not in a["slots"], a
     for a, vv in views(live).items():
         assert len(owner_map(vv)) == 16384 and not vv[dead_id]["slots"], a
-        _no_double_owner(vv)
+        no_double_owner(vv)
     cluster_check(live[0])
     kept = dict((k, val) for k, val in keys.items() if key_slot(k.encode()) not in dead_slots)
     assert missing_keys(live, kept) == []
@@ -229,9 +213,9 @@ def test_master_and_replica_down_then_back_returns_to_the_designed_shape(cluster
                 return False
         return _linked(addrs) and set(states(addrs).values()) == {"ok"}
 
-    _wait(designed, 20, "the cluster is not at its designed shape: %s" % [_shape(vv) for vv in views(addrs).values()])
+    wait_or_fail(designed, 20, "the cluster is not at its designed shape: %s" % [_shape(vv) for vv in views(addrs).values()])
     for a, vv in views(addrs).items():
-        _no_double_owner(vv)
+        no_double_owner(vv)
         for m in _shape(vv)[0]:  # contiguous: one range per master
             mid = next(i for i, n in vv.items() if n["addr"] == m)
             s = sorted(vv[mid]["slots"])
@@ -283,7 +267,7 @@ def test_second_master_killed_one_second_into_the_recovery(cluster6, report_dir)
     live = [a for a in addrs if a not in (first, second)]
     for a, vv in views(live).items():
         assert len(owner_map(vv)) == 16384, a
-        _no_double_owner(vv)
+        no_double_owner(vv)
     assert set(states(live).values()) == {"ok"}
     cluster_check(live[0])
     assert missing_keys(live, keys) == []

@@ -13,7 +13,7 @@ import time
 from redis.crc import key_slot
 
 from p3harness import (PW, ROOT, alive, client, ensure_collection_importable, lab, lab_nodes, lab_status,
-                       missing_keys, owner_map, views, write_acked)
+                       missing_keys, no_double_owner, owner_map, views, wait_or_fail, write_acked)
 from test_recover_redis import cluster_check, states
 
 sys.path.insert(0, os.path.join(ROOT, "lab"))
@@ -23,13 +23,6 @@ from p3lablib.heal import _empty_disk  # noqa: E402
 
 # the lab's nodes notice the dead pair within about 2 s instead of the lab's 15 s (set back in the end)
 FAST_NODE_TIMEOUT_MS = 2000
-
-
-def _wait(cond, timeout, what):
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, what() if callable(what) else what
-        time.sleep(0.1)
 
 
 def _shape(view):
@@ -44,15 +37,6 @@ def _shape(view):
         elif n["addr"] not in reps:
             other.append(n["addr"])
     return masters, reps, sorted(other)
-
-
-def _no_double_owner(addr, view):
-    seen = {}
-    for n in view.values():
-        if n["role"] == "master":
-            for s in n["slots"]:
-                assert s not in seen, "%s sees slot %d owned by %s and %s" % (addr, s, seen[s], n["addr"])
-                seen[s] = n["addr"]
 
 
 def _heal():
@@ -100,8 +84,8 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
         client(dead_replica).config_set("cluster-replica-no-failover", "yes")
         for pid in pids.values():
             os.kill(pid, 9)
-        _wait(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
-        _wait(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
+        wait_or_fail(lambda: not alive(dead_master) and not alive(dead_replica), 5, "the pair did not die")
+        wait_or_fail(lambda: all("fail" in vv[dead_id]["flags"] for vv in views(live).values()), 30, "the master never failed")
 
         # the lossy repair: the other masters take the dead pair's slots (their keys are gone); the collection's own
         # code (what redis_cluster_slots with allow_data_loss runs), in-process: recover_redis.yml takes about 30 s
@@ -127,7 +111,7 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
         return len(vs) == 6 and set(states(addrs).values()) == {"ok"} and all(
             len(_shape(vv)[0]) == 2 and len(owner_map(vv)) == 16384 for vv in vs.values())
 
-    _wait(misshapen, 30, lambda: "not the 2-master state: %s" % [_shape(vv) for vv in views(addrs).values()])
+    wait_or_fail(misshapen, 30, lambda: "not the 2-master state: %s" % [_shape(vv) for vv in views(addrs).values()])
 
     t0 = time.monotonic()
     res = _heal()
@@ -139,7 +123,7 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
         m, r, other = _shape(vv)
         assert len(m) == 3 and sorted(len(x) for x in r.values()) == [1, 1, 1] and not other, (a, m, r, other, res)
         assert len(owner_map(vv)) == 16384, a
-        _no_double_owner(a, vv)
+        no_double_owner(vv, a)
     _, r, _ = _shape(vs[addrs[0]])
     for m, replicas in r.items():
         info = client(replicas[0]).info("replication")
