@@ -440,7 +440,8 @@ def test_recover_redis_on_p3s_standalone_redis_master_down(healthy_upstream, rep
     to promote and fails in one line naming the node and the cause, changing nothing (check mode alike). Once the
     operator has started Redis again, recover_redis finds it serving (changed: false) - and it is the truth about
     Redis only: P3's Redis clients gave up during the outage, so the SDK anchor route still answers 500. The anchor
-    playbook restarts P3 and a new job completes; the handshake and a DB-backed call work."""
+    playbook restarts P3 (with users on it, as P3 only works while its worker never idles: deviation row 29) and a
+    new job completes; the handshake and a DB-backed call work."""
     target = lab_now()
     lab_fault("redis-master-down")
     pid = app_pid()
@@ -458,8 +459,10 @@ def test_recover_redis_on_p3s_standalone_redis_master_down(healthy_upstream, rep
     assert report(r, "p3_recover_redis")["healthy"] is True
     code, body = upstream.submit_batch(target, [{"appId": "p3-recovery-test", "event": "after-redis"}], timeout=10)
     assert code == 500, (code, body)  # P3's clients gave up during the outage: Redis is back, P3 is not
-    r = run("recover_anchor.yml", report_dir)
+    with traffic() as answers:  # users keep P3's fresh worker from idling into the stuck state (deviation row 29)
+        r = run("recover_anchor.yml", report_dir)
     assert r.rc == 0, r.stdout[-3000:]
+    assert answers.count(200) >= 1, answers  # P3 served its users again after the restart
     assert app_pid() != pid and worker_connected()
     canary_completed(report(r, "p3_recover_anchor"))
     db_backed_call_writes_outbox()
