@@ -6,7 +6,7 @@ LAB := $(PY) lab/p3lab
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-upstream lab-up lab-down lab-status demo test unit sanity lint integration integration-a \
+.PHONY: setup setup-upstream lab-up lab-down lab-status demo test unit sanity sanity-1 sanity-2 lint integration integration-a \
 	integration-b integration-c integration-d integration-valkey integration-upstream integration-passes bench build clean \
 	upstream-cache integration-upstream-1 integration-upstream-2
 
@@ -72,12 +72,12 @@ INTEGRATION_B := tests/integration/test_recover_all.py tests/integration/test_di
 	tests/integration/test_incident_timeline.py tests/integration/test_wallet_fund.py \
 	tests/integration/test_bullmq_partial_failure.py tests/integration/test_redis_cause.py
 
-# The whole suite: unit tests, ansible-test sanity, ansible-lint and P3's npm dependencies for the upstream pass at
+# The whole suite: unit tests, ansible-test sanity (two halves), ansible-lint and P3's npm dependencies for the upstream pass at
 # the same time (CHECK_PASSES: nothing there measures time or runs a lab; the npm install is mostly network and
 # disk, so the upstream pass - the long pole - no longer spends its first 4 minutes on it), then the integration
 # passes against real labs (each starts its lab once per session and takes it down afterwards unless P3_KEEP_LAB=1).
 # Static checks must not run beside the integration passes: they slowed recover_all past the harness's hang guard.
-CHECK_PASSES ?= unit sanity lint upstream-cache
+CHECK_PASSES ?= unit sanity-1 sanity-2 lint upstream-cache
 test: setup
 	LINT_OPTS=-q MAKE="$(MAKE)" scripts/integration-passes.sh $(CHECK_PASSES)
 	MAKE="$(MAKE)" scripts/integration-passes.sh $(INTEGRATION_PASSES)
@@ -87,6 +87,14 @@ unit: setup
 
 sanity: setup
 	scripts/sanity.sh
+
+# make test runs ansible-test sanity as two halves side by side (scripts/sanity.sh, P3_SANITY_PART); `make sanity`
+# runs every test in one go.
+sanity-1: setup
+	P3_SANITY_PART=1 scripts/sanity.sh
+
+sanity-2: setup
+	P3_SANITY_PART=2 scripts/sanity.sh
 
 lint: setup
 	$(VENV)/bin/ansible-lint $(LINT_OPTS)

@@ -12,9 +12,14 @@ import time
 
 import psycopg2
 
-from p3harness import FUNDER, FUNDING_KEY, LAB_DIR, PREFIX, V, balance, lab, lab_fault, lab_status, nonce, rpc
+from p3harness import FUNDER, FUNDING_KEY, LAB_DIR, PREFIX, ROOT, V, balance, lab, lab_fault, lab_status, nonce, rpc
 from p3harness import anchor_redis as redis
 from p3harness import recover_anchor as recover
+
+sys.path.insert(0, os.path.join(ROOT, "lab"))
+
+from p3lablib import faults, supervisor  # noqa: E402
+from p3lablib.common import Lab, http, wait_until  # noqa: E402
 
 ANCHOR_KEY = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # the app's PRIVATE_KEY (lab only)
 TARGET_WEI = 5 * 10 ** 17
@@ -348,3 +353,43 @@ def test_lab_status_is_unhealthy_while_anchor_jobs_are_failed(healthy_lab):
     st = lab_status()
     assert redis().zcard(PREFIX + "failed") == 0 and st["anchor"]["failed"] == 0
     assert st["healthy"] is True, st["problems"]
+
+
+def test_a_queue_without_a_worker_is_recovered_even_with_nothing_waiting(healthy_lab, report_dir):
+    """Runbook "restart anchor worker", before the backlog shows: the app serves but its worker is gone and nothing
+    waits yet (the next job would wait for good). recover_anchor's verification wants a worker, so its decision does
+    too: check mode selects the app restart and restarts nothing; the real run restarts the app, the worker is back
+    and a new job completes; a second run changes nothing. (Before: on the default p3_anchor_min_workers 0 nothing
+    was selected and the real run failed its own verification, "no worker".)"""
+    L = Lab()
+    program = supervisor.app_program(L)
+    pid = supervisor.pid_of(L, program)
+    code, body = http("POST", L.app_url + "/_lab/anchor/stop", {}, timeout=15)
+    assert code in (200, 202, 204), (code, body)
+    assert wait_until(lambda: faults.worker_connections(L) == 0, 15, 0.2), faults.worker_connections(L)
+    r = redis()
+    assert r.llen(PREFIX + "wait") == 0 and r.llen(PREFIX + "active") == 0
+
+    run, report = recover(report_dir, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["decision"]["no_worker"] is True and report["decision"]["stuck"] is True, report["decision"]
+    why = run.result("Decide - what to do")["msg"]
+    assert "no worker on" in why and "restart the app" in why, why
+    assert supervisor.pid_of(L, program) == pid and faults.worker_connections(L) == 0  # check mode changed nothing
+
+    run, report = recover(report_dir)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert report["decision"]["no_worker"] is True and report["healthy"] is True, report.get("reason")
+    assert report["actions"]["restart"]["hosts"], report["actions"]
+    assert supervisor.pid_of(L, program) != pid and faults.worker_connections(L) >= 1
+    assert report["after"]["queue"]["worker_connections"] >= 1
+    code, body = http("POST", L.app_url + "/api/anchor", {"appId": "p3-recovery-test", "event": "after-no-worker"},
+                      timeout=10)
+    assert code == 202, (code, body)
+    job = body["jobId"]
+    assert wait_until(lambda: r.zscore(PREFIX + "completed", job) is not None, 60, 0.5), r.hgetall(PREFIX + job)
+
+    pid = supervisor.pid_of(L, program)
+    run, report = recover(report_dir)
+    assert run.rc == 0 and total_changed(run) == 0, run.changed
+    assert report["decision"]["no_worker"] is False and supervisor.pid_of(L, program) == pid
