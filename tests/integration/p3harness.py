@@ -98,6 +98,13 @@ class Run(object):
                and ev.get("event_data", {}).get("task") == task and "res" in ev.get("event_data", {})]
         return bool(evs) and evs[-1]["event"] == "runner_on_failed"
 
+    def durations(self):
+        """[(task, seconds)] of every task result so far, in order (ansible-runner's own event timing): what a
+        hang-guard failure prints, to tell one stuck task from a machine that was slow throughout."""
+        return [(ev["event_data"].get("task"), ev["event_data"].get("duration"))
+                for ev in self.events if ev.get("event", "").startswith("runner_on_")
+                and "res" in ev.get("event_data", {})]
+
     def _stats_event(self):
         for ev in self.events:
             if ev.get("event") == "playbook_on_stats":

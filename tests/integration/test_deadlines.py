@@ -21,18 +21,32 @@ import pytest
 from p3harness import INVENTORY, LAB_DIR, ROOT, lab_status, run_playbook
 
 TIMEOUT = 2  # the documented timeout every module gets here
-GUARD = 30  # seconds for one ansible-playbook run of a few tasks: far below the old behaviour (minutes / hours)
+# Hang guards, not wall-clock assertions. Each task gets Ansible's own task timeout, TASK_GUARD: a module stuck past
+# its deadline fails that task (the message then names no target and no "timed out", so the test fails naming the
+# task), far below the old behaviour (minutes / hours per module) and far above a module bounded by a few seconds
+# plus its start on a loaded machine (5-9 s measured with five integration passes on 2 cores; one official CI run
+# got 4 of 13 tasks through in 108 s). The run's guard adds GUARD for ansible-playbook itself.
+TASK_GUARD = 60
+GUARD = 30
 DRIBBLE_PORT = int(os.environ.get("P3LAB_BASE_PORT", "17000")) + 91
 SILENT_PORT = int(os.environ.get("P3LAB_BASE_PORT", "17000")) + 92
 
 
 def finished(run):
-    assert run.status != "timeout", "hung past the guard:\n" + run.stdout[-3000:]
+    assert run.status != "timeout", "hung past the guard (task, seconds: %s):\n%s" % (
+        run.durations(), run.stdout[-3000:])
     return run
+
+
+def guard(tasks):
+    """The hang guard of one run of these tasks (each one is cut at TASK_GUARD by Ansible itself)."""
+    return GUARD + len(tasks) * TASK_GUARD
 
 
 def one_line_failure(run, task):
     res = run.result(task)
+    assert "timedout" not in res, "%s was cut by the hang guard (%ss), its own deadline never ended it: %s" % (
+        task, TASK_GUARD, run.durations())
     assert run.failed(task), res
     msg = res.get("msg", "")
     assert msg and "\n" not in msg and "Traceback" not in msg, msg
@@ -57,7 +71,7 @@ def postmaster_pid():
 
 
 def write_play(tmp_path, tasks, name="play.yml"):
-    play = [dict(hosts="localhost", gather_facts=False, tasks=tasks)]
+    play = [dict(hosts="localhost", gather_facts=False, tasks=[dict(t, timeout=TASK_GUARD) for t in tasks])]
     path = tmp_path / name
     path.write_text(json.dumps(play))  # JSON is YAML
     return str(path)
@@ -140,10 +154,9 @@ def test_dribbling_and_silent_peers_cost_one_timeout(lab_up, peers, tmp_path):
             redis_url="redis://127.0.0.1:%d" % SILENT_PORT, redis_socket_timeout=TIMEOUT,
             redis_connect_timeout=TIMEOUT, fail_on_unhealthy=True)}),
     ]
-    # six tasks, each bounded by its timeout (app_probe's two paths: two), each with a module start that costs
-    # seconds on a loaded machine (five integration passes on 2 cores: 5-9 s per task measured): a hang guard, far
-    # below the old behaviour of minutes per task; "timed out" in each message below proves each deadline fired.
-    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 6 * (2 * TIMEOUT + 8)))
+    # six tasks, each bounded by its timeout (app_probe's two paths: two); "timed out" in each message below proves
+    # each deadline fired (a task cut by the hang guard fails one_line_failure).
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
     for task in ("app dribble", "rpc dribble", "app silent", "rpc silent", "pg silent", "redis silent"):
         msg = one_line_failure(run, task)
         assert "timed out" in msg, (task, msg)
@@ -182,14 +195,14 @@ def test_frozen_postmaster_query_and_connect(lab_up, tmp_path):
             os.kill(pid, signal.SIGSTOP)
             stopped = True
 
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD, on_start=freeze_when_waiting))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks), on_start=freeze_when_waiting))
         msg = one_line_failure(run, "outbox")
         assert "timed out" in msg, msg
 
         # a new connection to the frozen postmaster
         tasks = [dict(name="probe", ignore_errors=True, **{"p3.recovery.postgres_probe": dict(
             dsn=dsn, connect_timeout=TIMEOUT, fail_on_unhealthy=True)})]
-        run = finished(run_playbook(write_play(tmp_path, tasks, "probe.yml"), timeout=GUARD))
+        run = finished(run_playbook(write_play(tmp_path, tasks, "probe.yml"), timeout=guard(tasks)))
         msg = one_line_failure(run, "probe")
         assert "timed out" in msg and "p3admin-lab-secret" not in run.stdout, msg
     finally:
@@ -207,7 +220,7 @@ def test_pathological_regex_on_long_line(lab_up, tmp_path):
     log.write_text("ok line\n" + "a" * 64 + "b\n")
     tasks = [dict(name="scan", ignore_errors=True, **{"p3.recovery.app_log_scan": dict(
         paths=[str(log)], pattern="(a|aa)+$", timeout=TIMEOUT)})]
-    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
     msg = one_line_failure(run, "scan")
     assert "timed out" in msg and "line 2" in msg, msg
 
@@ -248,7 +261,8 @@ def test_process_env_percent_and_newline(lab_up, tmp_path):
     ]
     incidents = tmp_path / "incidents"
     try:
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD, env={"P3_INCIDENT_DIR": str(incidents)}))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks),
+                                    env={"P3_INCIDENT_DIR": str(incidents)}))
         pct = run.result("percent")
         assert not run.failed("percent") and pct["changed"] is True and pct["checked"] is True, pct
         # supervisor itself reads the value back as written, and reread accepts the file
@@ -285,7 +299,7 @@ def test_process_env_rolls_back_when_reread_fails(lab_up, tmp_path):
     ctl = os.path.join(ROOT, ".venv", "bin", "supervisorctl")
     tasks = [dict(name="set", ignore_errors=True, **{"p3.recovery.process_env": dict(
         supervisor_conf=str(conf), program="app", supervisorctl=ctl, name="LIMIT", value="7", backup=False)})]
-    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
     msg = one_line_failure(run, "set")
     res = run.result("set")
     assert res["restored"] is True and res["changed"] is False, res
@@ -343,7 +357,7 @@ def test_frozen_redis_node_costs_at_most_the_deadline(tmp_path):
         # a real backup file for session_restore, made while the node answers
         make = [dict(name="backup", **{"p3.recovery.session_purge": dict(
             redis_nodes=seeds, backup_dir=backup_dir, redis_deadline=30)})]
-        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=GUARD))
+        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=guard(make)))
         res = run.result("backup")
         assert not run.failed("backup") and res["removed"] == 50, res
         backup_file = res["backup"]["path"]
@@ -352,7 +366,7 @@ def test_frozen_redis_node_costs_at_most_the_deadline(tmp_path):
         tasks = redis_tasks(seeds, backup_dir, backup_file)
         os.kill(srv.proc.pid, signal.SIGSTOP)
         stopped = True
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * (REDIS_DEADLINE + 3)))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
         assert_redis_failures(run, tasks, "127.0.0.1:%d" % srv.port)
     finally:
         if stopped:
@@ -367,7 +381,7 @@ def test_silent_redis_peer_costs_at_most_the_deadline(tmp_path):
         backup = tmp_path / "backup.jsonl"
         backup.write_text("")
         tasks = redis_tasks(["127.0.0.1:%d" % SILENT_PORT], str(tmp_path / "backups"), str(backup))
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + len(tasks) * (REDIS_DEADLINE + 3)))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
         assert_redis_failures(run, [t for t in tasks if t["name"] != "session_restore"], "127.0.0.1:%d" % SILENT_PORT)
     finally:
         server.close()
@@ -438,7 +452,7 @@ def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
         srv.client.set("session:restore-me", "not json", ex=3600)
         make = [dict(name="backup", **{"p3.recovery.session_purge": dict(
             redis_url="redis://127.0.0.1:%d" % srv.port, pattern="session:restore-*", backup_path=str(restore_file))})]
-        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=GUARD))
+        run = finished(run_playbook(write_play(tmp_path, make, "backup.yml"), timeout=guard(make)))
         assert run.result("backup")["removed"] == 1, run.result("backup")
         tasks = [t for t in redis_tasks([proxy.address], str(tmp_path / "backups"), str(restore_file))
                  if not t["name"].startswith("redis_cluster")]
@@ -456,7 +470,7 @@ def test_slow_redis_peer_is_cut_at_the_deadline(tmp_path):
                 # one SET NX PX on a standalone node (key_node_client) answers within 1 s even 0.4 s late: a
                 # deadline shorter than one reply is what cuts it
                 args.update(redis_deadline=0.3)
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD + 6 * len(tasks)))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
         for t in tasks:
             msg = one_line_failure(run, t["name"])
             assert proxy.address in msg, (t["name"], msg)
@@ -504,7 +518,7 @@ def test_frozen_lab_replica_ends_the_topology_wait_at_the_deadline(lab_up, tmp_p
         redis_connect_timeout=1, redis_deadline=4, wait_for="healthy", wait_timeout=60)})]
     os.kill(pid, signal.SIGSTOP)
     try:
-        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+        run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
     finally:
         os.kill(pid, signal.SIGCONT)
     res = run.result("topology")
@@ -525,7 +539,7 @@ def test_postgres_host_names(lab_up, tmp_path):
         dict(name="unknown", ignore_errors=True, **{"p3.recovery.postgres_probe": dict(
             conn, db_host="p3-no-such-host.invalid", fail_on_unhealthy=True)}),
     ]
-    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=GUARD))
+    run = finished(run_playbook(write_play(tmp_path, tasks), timeout=guard(tasks)))
     assert run.result("localhost")["healthy"] is True, run.result("localhost")
     msg = one_line_failure(run, "unknown")
     assert "p3-no-such-host.invalid" in msg and "name resolution" in msg, msg
