@@ -282,7 +282,7 @@ def redis_slots_uncovered(lab):
     rec = {"fault": "redis-slots-uncovered", "at": now_iso(), "range": [a, b], "owner": m["address"],
            "owner_id": m["id"]}
     record(lab, rec)
-    rec["nodes"] = rediscluster.delslots_everywhere(lab, a, b)
+    rec["nodes"] = rediscluster.delslots_everywhere(lab, a, b, m["port"])
     update_last(lab, rec)
 
     def all_fail():

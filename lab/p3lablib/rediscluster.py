@@ -461,10 +461,14 @@ def repair_slots(lab, wanted_owner=None):
     return actions
 
 
-def delslots_everywhere(lab, a, b):
-    """CLUSTER DELSLOTSRANGE a b on every reachable node; returns {address: 'OK' | error}."""
+def delslots_everywhere(lab, a, b, owner_port):
+    """CLUSTER DELSLOTSRANGE a b on every reachable node, the range's owner first; returns {address: 'OK' | error}.
+
+    Owner first: a node that has already deleted the range takes it back as soon as a heartbeat of a master still
+    claiming it arrives (an unassigned slot goes to the claiming sender), so deleting on another node before the
+    owner leaves a window in which the range comes back there (seen under load on Valkey 8)."""
     res = {}
-    for port in lab.redis_ports:
+    for port in [owner_port] + [p for p in lab.redis_ports if p != owner_port]:
         addr = "127.0.0.1:%d" % port
         try:
             res[addr] = str(client(port, timeout=2).execute_command("CLUSTER", "DELSLOTSRANGE", a, b))
