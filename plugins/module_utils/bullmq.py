@@ -697,7 +697,10 @@ def queue_verdict(counts, extra, thresholds):
     workers = extra.get("worker_connections")
     if thresholds.get("require_worker") and waiting > 0 and workers is not None and workers == 0:
         problems.append("no worker connected")
-    stalled = (extra.get("stalled") or 0) + len(extra.get("active_without_lock") or [])
+    # BullMQ's own test of a stalled job: active and its lock gone. The stalled set only marks every job that was
+    # active at BullMQ's last stalled check (a job's next lock renewal or its end removes the mark), so it is not
+    # empty under ordinary traffic: evidence, never counted here.
+    stalled = len(extra.get("active_without_lock") or [])
     if stalled > thresholds.get("max_stalled", 0):
         problems.append("%d stalled jobs" % stalled)
     progress = extra.get("progress")

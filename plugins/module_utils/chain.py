@@ -11,7 +11,7 @@ __metaclass__ = type
 import re
 import time
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, one_line
+from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error, num_text, one_line
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import RpcError, WEI_PER_ETH, hex_to_int
 
 
@@ -75,8 +75,14 @@ def check_thresholds(low, critical=None, target=None, cap=None):
 
 
 def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=None, tx_hashes=(),
-                max_block_age_seconds=None, max_pending=0, clock=time.time):
-    """Read the chain (and wallet) and judge it. Returns a dict with healthy, reason and the evidence."""
+                max_block_age_seconds=None, max_pending=0, clock=time.time, pending_confirm_seconds=0.0,
+                sleep=time.sleep):
+    """Read the chain (and wallet) and judge it. Returns a dict with healthy, reason and the evidence.
+
+    pending_confirm_seconds: when more than max_pending transactions are pending, read the latest nonce again this
+    many seconds later; they are stuck only when the transactions pending at the first read are still not all
+    mined then (a wallet sending under traffic always has one in flight: that is not a stuck one). 0 judges the
+    one read."""
     out = dict(reachable=False, rpc=rpc.display, chain_id=None, chain_id_ok=None, block_number=None,
                block_age_seconds=None, wallet=wallet, balance_wei=None, balance_eth=None, wallet_level=None,
                nonce_latest=None, nonce_pending=None, pending_transactions=None, receipts=[])
@@ -119,8 +125,23 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
                 wallet, out["balance_eth"], out["wallet_level"],
                 eth(critical if out["wallet_level"] == "critical" else low)))
         if out["pending_transactions"] > max_pending:
-            problems.append("%s pending transaction(s) stuck (nonce pending %s > latest %s)" % (
-                out["pending_transactions"], out["nonce_pending"], out["nonce_latest"]))
+            still = None
+            if pending_confirm_seconds and pending_confirm_seconds > 0:
+                sleep(pending_confirm_seconds)
+                try:
+                    out["nonce_latest_confirmed"] = rpc.nonce(wallet, "latest")
+                except P3Error as e:
+                    out["healthy"] = False
+                    out["reason"] = e.msg
+                    return out
+                still = max(0, out["nonce_pending"] - out["nonce_latest_confirmed"])
+            if still is None:
+                problems.append("%s pending transaction(s) stuck (nonce pending %s > latest %s)" % (
+                    out["pending_transactions"], out["nonce_pending"], out["nonce_latest"]))
+            elif still:
+                problems.append("%s pending transaction(s) stuck (nonce pending %s > latest %s, still %s after %ss)" % (
+                    out["pending_transactions"], out["nonce_pending"], out["nonce_latest"],
+                    out["nonce_latest_confirmed"], num_text(pending_confirm_seconds)))
     bad = [r["tx_hash"] for r in out["receipts"] if r["status"] != 1]
     if bad:
         problems.append("%d of %d transaction(s) without a successful receipt (%s)" % (

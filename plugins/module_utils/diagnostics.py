@@ -399,11 +399,18 @@ def anchor_probe(settings, queue, prefix="bull", max_waiting=1000, max_failed=0,
 # Chain and the anchor wallet
 # ---------------------------------------------------------------------------------------------------------------
 
-def wallet_probe(rpc, wallet=None, expected_chain_id=None, low=10 ** 17, critical=5 * 10 ** 16, max_pending=0):
-    """The runbook's eth_blockNumber + cast balance judged (chain.chain_facts)."""
+# a pending transaction of the anchor wallet is stuck when it is still pending this much later (a block or so;
+# one read while the worker sends always finds one in flight)
+WALLET_PENDING_CONFIRM_SECONDS = 2.0
+
+
+def wallet_probe(rpc, wallet=None, expected_chain_id=None, low=10 ** 17, critical=5 * 10 ** 16, max_pending=0,
+                 pending_confirm_seconds=WALLET_PENDING_CONFIRM_SECONDS):
+    """The runbook's eth_blockNumber + cast balance judged (chain.chain_facts; pending transactions are stuck only
+    when still pending pending_confirm_seconds later)."""
     from ansible_collections.p3.recovery.plugins.module_utils.chain import chain_facts
     facts = chain_facts(rpc, expected_chain_id=expected_chain_id, wallet=wallet, low=low, critical=critical,
-                        max_pending=max_pending)
+                        max_pending=max_pending, pending_confirm_seconds=pending_confirm_seconds)
     healthy = facts.pop("healthy")
     reason = facts.pop("reason")
     return probe_result(healthy, reason, **facts)

@@ -6,6 +6,7 @@ run in one pytest session.
 Tests drive playbooks against the lab's real services and assert on real state read straight from them
 (`lab/p3lab status --json`, redis-py, psycopg2), not only on what the playbook printed.
 """
+import contextlib
 import glob
 import json
 import os
@@ -268,6 +269,23 @@ def client(addr, password=PW, timeout=2):
     host, port = addr.rsplit(":", 1)
     return redis.Redis(host=host, port=int(port), password=password, socket_timeout=timeout,
                        socket_connect_timeout=timeout, decode_responses=True)
+
+
+@contextlib.contextmanager
+def no_replica_failover(addrs):
+    """While inside: no replica promotes itself (cluster-replica-no-failover yes on every node), so a killed master
+    stays the cluster's problem until a run acts, however long the machine takes to get there (Redis's own failover
+    comes about 1 s after the cluster flags the master failed). Set back on every node that answers."""
+    try:
+        for addr in addrs:
+            client(addr).config_set("cluster-replica-no-failover", "yes")
+        yield
+    finally:
+        for addr in addrs:
+            try:
+                client(addr).config_set("cluster-replica-no-failover", "no")
+            except redis.RedisError:
+                pass  # the killed master
 
 
 def alive(addr, password=PW):

@@ -52,6 +52,57 @@ def test_queue_verdict():
     assert "2000 jobs waiting > 1000" in reason and "paused" in reason
 
 
+def test_stalled_means_active_without_a_lock_not_a_mark_of_the_stalled_check():
+    """BullMQ's stalled check marks every active job (the stalled set) and a job's next lock renewal or its end
+    removes the mark: marks under traffic are not stalled jobs (the chaos round's final diagnose called one mark
+    "1 stalled jobs" while the worker was taking jobs). A job is stalled when it is active and its lock is gone."""
+    ok, reason = bullmq.queue_verdict(_counts(active=2, completed=9), {"worker_connections": 4, "stalled": 2,
+                                                                        "active_without_lock": []}, TH)
+    assert ok and "2 active" in reason, reason
+    ok, reason = bullmq.queue_verdict(_counts(active=2), {"worker_connections": 4, "stalled": 2,
+                                                          "active_without_lock": ["17"]}, TH)
+    assert not ok and reason == "1 stalled jobs", reason
+
+
+class _NonceRpc(object):
+    """Answers chain_facts' reads; the latest nonce moves on by `mined` at each read after the first."""
+    display = "rpc"
+
+    def __init__(self, latest, pending, mined):
+        self.latest, self.pending, self.mined, self.reads = latest, pending, mined, 0
+
+    def chain_id(self):
+        return 31337
+
+    def block(self, tag):
+        return {"number": "0x10", "timestamp": "0x0"}
+
+    def balance(self, wallet):
+        return 10 ** 18
+
+    def nonce(self, wallet, tag):
+        if tag == "pending":
+            return self.pending
+        self.reads += 1
+        return self.latest + (self.mined if self.reads > 1 else 0)
+
+
+def test_a_transaction_in_flight_is_not_stuck_one_still_pending_later_is():
+    """The chaos round's final diagnose read nonce pending 674 > latest 673 once, while the worker was sending, and
+    called it stuck. Stuck means the transactions pending at the first read are not all mined a moment later."""
+    wallet = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    naps = []
+    out = chain.chain_facts(_NonceRpc(673, 674, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0,
+                            pending_confirm_seconds=2, sleep=naps.append)
+    assert out["healthy"] is True and naps == [2] and out["nonce_latest_confirmed"] == 674, out
+    out = chain.chain_facts(_NonceRpc(673, 675, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0,
+                            pending_confirm_seconds=2, sleep=naps.append)
+    assert out["healthy"] is False and "still 674 after 2s" in out["reason"], out
+    # without a confirmation window (chain_probe's own judgement): the one read decides, as before
+    out = chain.chain_facts(_NonceRpc(673, 674, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0)
+    assert out["healthy"] is False and "1 pending transaction(s) stuck" in out["reason"], out
+
+
 def test_wallet_arithmetic():
     low, target, cap = 10 ** 17, 5 * 10 ** 17, 10 ** 18
     assert chain.fund_amount(0, low, target, cap) == (target, False)
