@@ -17,7 +17,8 @@ description:
     C(failed), C(completed) sorted sets), the age of the oldest waiting job, the failure reasons of the most recent
     failed jobs grouped with counts, stalled jobs (active jobs whose lock is gone, BullMQ's own test; the C(stalled)
     set is returned as evidence, not judged - it marks every job active at BullMQ's last stalled check until its
-    next lock renewal, so it is not empty under ordinary traffic), whether the queue is paused and how many worker connections (named by BullMQ with C(CLIENT SETNAME)) are on the node.
+    next lock renewal, so it is not empty under ordinary traffic), whether the queue is paused and how many worker
+    connections (named by BullMQ with C(CLIENT SETNAME)) are on the node.
   - Works on a standalone Redis and on a Redis Cluster; on a cluster the prefix must be hash-tagged (for example
     C({bull})), and every read goes to the master of that slot.
   - With O(sample_seconds) it reads the counts twice and reports whether a backlog is draining.

@@ -49,7 +49,8 @@ options:
         master (as M(p3.recovery.session_census)); C(anchor) reads the anchor queue and its workers' connections
         (as M(p3.recovery.bullmq_probe)); C(wallet) reads the chain and the anchor wallet (as
         M(p3.recovery.chain_probe); a pending transaction is called stuck only when it is still pending 2 s later,
-        not when one read finds the worker's transaction in flight); C(mesh) uses the app's global mesh relay as a peer does (as
+        not when one read finds the worker's transaction in flight); C(mesh) uses the app's global mesh relay as a
+        peer does (as
         M(p3.recovery.mesh_peers_probe) with O(mesh_relay_path) - a throwaway node registered, one message relayed
         to it and read back, the node unregistered).
     type: list
