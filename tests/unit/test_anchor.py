@@ -56,8 +56,8 @@ def test_stalled_means_active_without_a_lock_not_a_mark_of_the_stalled_check():
     """BullMQ's stalled check marks every active job (the stalled set) and a job's next lock renewal or its end
     removes the mark: marks under traffic are not stalled jobs (the chaos round's final diagnose called one mark
     "1 stalled jobs" while the worker was taking jobs). A job is stalled when it is active and its lock is gone."""
-    ok, reason = bullmq.queue_verdict(_counts(active=2, completed=9), {"worker_connections": 4, "stalled": 2,
-                                                                        "active_without_lock": []}, TH)
+    marked = {"worker_connections": 4, "stalled": 2, "active_without_lock": []}
+    ok, reason = bullmq.queue_verdict(_counts(active=2, completed=9), marked, TH)
     assert ok and "2 active" in reason, reason
     ok, reason = bullmq.queue_verdict(_counts(active=2), {"worker_connections": 4, "stalled": 2,
                                                           "active_without_lock": ["17"]}, TH)
