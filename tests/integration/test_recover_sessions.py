@@ -236,9 +236,10 @@ BAD_INPUT = {
 def test_bad_input_fails_cleanly(lab_up, dirs, case):
     report_dir, backup_dir = dirs
     extra, expected = BAD_INPUT[case]
-    t0 = time.monotonic()
     run, report = recover(report_dir, backup_dir, **extra)
-    assert time.monotonic() - t0 < 60
+    # never a hang: the run ends by itself within the harness's hang guard (HANG_GUARD), not a wall-clock bound
+    # (the "< 60 s" that stood here failed at 64-72 s on a 2-core machine at load 12)
+    assert run.status != "timeout", run.stdout[-3000:]
     assert run.rc != 0, run.stdout[-3000:]
     assert "Traceback" not in run.stdout
     failed = [ev["event_data"]["res"] for ev in run.events if ev.get("event") == "runner_on_failed"]
