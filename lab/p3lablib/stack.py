@@ -237,7 +237,9 @@ def upstream_inventory_text(lab):
         "    p3_upstream_bullmq: %s" % _q(lab.bullmq),
         "    p3_upstream_jwt_secret: %s" % _q(upstream.JWT_SECRET),
     ] + _children(lab, upstream.PROGRAM, "/api/system/health",
-                  ["          p3_session_log_paths: %s" % _q([upstream.src_dir(lab) + "/logs/api-debug.log"])]))
+                  ["          p3_session_log_paths: %s" % _q([upstream.src_dir(lab) + "/logs/api-debug.log"]),
+                   "          # P3 in development sets up Vite's dev server before it listens (lab/p3lablib/upstream.py)",
+                   "          p3_restart_timeout: %d" % upstream.START_TIMEOUT]))
 
 
 SECRETS_TEXT = (
@@ -409,7 +411,7 @@ def up(lab, app=None, bullmq=None, app_instances=None):
         nm, npm_s = upstream.prepare(lab.bullmq)
         prep = {"npm_seconds": npm_s, "unpacked": upstream.unpack(lab),
                 "relinked": upstream.link_node_modules(lab, lab.bullmq)}
-    dl = Deadline(150 if lab.upstream else 57)
+    dl = Deadline(upstream.START_TIMEOUT + 30 if lab.upstream else 57)
     faults = [f.get("fault") for f in (read_json(lab.faults_json, []) or [])]
     res = start_infra(lab, dl, wait_state=not faults)
     if prep and prep["relinked"] and not res.get(upstream.PROGRAM):
@@ -424,7 +426,7 @@ def up(lab, app=None, bullmq=None, app_instances=None):
         with ThreadPoolExecutor(max_workers=2) as ex:
             f_red = ex.submit(rediscluster.wait_healthy, lab, dl.left(40))
             if lab.upstream:
-                f_app = ex.submit(upstream.wait_ready, lab, dl.left(120))
+                f_app = ex.submit(upstream.wait_ready, lab, dl.left(upstream.START_TIMEOUT))
             else:
                 f_app = ex.submit(wait_app, lab, dl)
             f_app.result()

@@ -375,7 +375,7 @@ def heal(lab):
     if restart:
         supervisor.ctl(lab, "restart", upstream.PROGRAM, timeout=60)
         actions.append("restarted %s (%s)" % (upstream.PROGRAM, restart))
-    upstream.wait_ready(lab, dl.left(120))
+    upstream.wait_ready(lab, dl.left(upstream.START_TIMEOUT))
     if lab.bullmq == "working":
         if not wait_until(lambda: _worker(lab), dl.left(30), 0.3):
             raise LabError("P3's anchor worker did not start (see %s)" % lab.app_log)

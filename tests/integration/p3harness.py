@@ -60,8 +60,10 @@ def base_env(extra=None):
     env["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
     env["ANSIBLE_NOCOLOR"] = "1"
     env["ANSIBLE_FORCE_COLOR"] = "0"
-    # the incident callback (enabled in ansible.cfg) writes here unless a test says otherwise
-    env["P3_INCIDENT_DIR"] = os.path.join(ROOT, ".state", "incidents")
+    # the incident callback (enabled in ansible.cfg) writes here unless a test says otherwise: one directory per lab,
+    # so that the passes `make test` runs at once (one lab each, the same host names) never join one another's
+    # incidents (a run's incident record would list another lab's findings as its own)
+    env["P3_INCIDENT_DIR"] = os.path.join(LAB_DIR, "incidents")
     env.pop("P3_INCIDENT_ID", None)
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
