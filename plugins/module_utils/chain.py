@@ -74,15 +74,22 @@ def check_thresholds(low, critical=None, target=None, cap=None):
         raise P3Error("max_fund_wei must be > 0")
 
 
+# A pending transaction of a wallet is stuck when it is still pending this much later (a block or so): one read while
+# a worker sends always finds one in flight. chain_probe's default and quick_diagnostics' wallet probe use it.
+PENDING_CONFIRM_SECONDS = 2.0
+
+
 def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=None, tx_hashes=(),
                 max_block_age_seconds=None, max_pending=0, clock=time.time, pending_confirm_seconds=0.0,
-                sleep=time.sleep):
+                sleep=time.sleep, deadline=None):
     """Read the chain (and wallet) and judge it. Returns a dict with healthy, reason and the evidence.
 
     pending_confirm_seconds: when more than max_pending transactions are pending, read the latest nonce again this
     many seconds later; they are stuck only when the transactions pending at the first read are still not all
     mined then (a wallet sending under traffic always has one in flight: that is not a stuck one). 0 judges the
-    one read."""
+    one read. deadline (common.Deadline): the caller's total deadline bounds that wait; with no time left the one
+    read decides and the reason says it was not re-read. A failed second read is one more problem (the others
+    stay in the verdict)."""
     out = dict(reachable=False, rpc=rpc.display, chain_id=None, chain_id_ok=None, block_number=None,
                block_age_seconds=None, wallet=wallet, balance_wei=None, balance_eth=None, wallet_level=None,
                nonce_latest=None, nonce_pending=None, pending_transactions=None, receipts=[])
@@ -125,23 +132,7 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
                 wallet, out["balance_eth"], out["wallet_level"],
                 eth(critical if out["wallet_level"] == "critical" else low)))
         if out["pending_transactions"] > max_pending:
-            still = None
-            if pending_confirm_seconds and pending_confirm_seconds > 0:
-                sleep(pending_confirm_seconds)
-                try:
-                    out["nonce_latest_confirmed"] = rpc.nonce(wallet, "latest")
-                except P3Error as e:
-                    out["healthy"] = False
-                    out["reason"] = e.msg
-                    return out
-                still = max(0, out["nonce_pending"] - out["nonce_latest_confirmed"])
-            if still is None:
-                problems.append("%s pending transaction(s) stuck (nonce pending %s > latest %s)" % (
-                    out["pending_transactions"], out["nonce_pending"], out["nonce_latest"]))
-            elif still:
-                problems.append("%s pending transaction(s) stuck (nonce pending %s > latest %s, still %s after %ss)" % (
-                    out["pending_transactions"], out["nonce_pending"], out["nonce_latest"],
-                    out["nonce_latest_confirmed"], num_text(pending_confirm_seconds)))
+            _judge_pending(rpc, wallet, out, problems, pending_confirm_seconds, sleep, deadline)
     bad = [r["tx_hash"] for r in out["receipts"] if r["status"] != 1]
     if bad:
         problems.append("%d of %d transaction(s) without a successful receipt (%s)" % (
@@ -155,6 +146,28 @@ def chain_facts(rpc, expected_chain_id=None, wallet=None, low=None, critical=Non
             (", wallet %s ETH" % out["balance_eth"]) if wallet else "",
             (", %d receipts ok" % len(out["receipts"])) if out["receipts"] else "")
     return out
+
+
+def _judge_pending(rpc, wallet, out, problems, confirm_seconds, sleep, deadline):
+    """chain_facts' judgement of more pending transactions than allowed (see its docstring)."""
+    seen = "nonce pending %s > latest %s" % (out["nonce_pending"], out["nonce_latest"])
+    n = out["pending_transactions"]
+    if not confirm_seconds or confirm_seconds <= 0:
+        problems.append("%s pending transaction(s) stuck (%s)" % (n, seen))
+        return
+    wait = confirm_seconds if deadline is None else deadline.bound(confirm_seconds)
+    if wait <= 0:
+        problems.append("%s pending transaction(s) stuck (%s; not re-read: %s)" % (n, seen, deadline.message("wallet")))
+        return
+    sleep(wait)
+    try:
+        out["nonce_latest_confirmed"] = rpc.nonce(wallet, "latest")
+    except P3Error as e:
+        problems.append("%s pending transaction(s) not confirmed (%s; the second read failed: %s)" % (n, seen, e.msg))
+        return
+    if out["nonce_pending"] > out["nonce_latest_confirmed"]:
+        problems.append("%s pending transaction(s) stuck (%s, latest %s after %ss)" % (
+            n, seen, out["nonce_latest_confirmed"], num_text(wait)))
 
 
 def load_account(key):

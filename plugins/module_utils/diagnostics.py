@@ -399,18 +399,15 @@ def anchor_probe(settings, queue, prefix="bull", max_waiting=1000, max_failed=0,
 # Chain and the anchor wallet
 # ---------------------------------------------------------------------------------------------------------------
 
-# a pending transaction of the anchor wallet is stuck when it is still pending this much later (a block or so;
-# one read while the worker sends always finds one in flight)
-WALLET_PENDING_CONFIRM_SECONDS = 2.0
-
-
 def wallet_probe(rpc, wallet=None, expected_chain_id=None, low=10 ** 17, critical=5 * 10 ** 16, max_pending=0,
-                 pending_confirm_seconds=WALLET_PENDING_CONFIRM_SECONDS):
+                 pending_confirm_seconds=None, deadline=None):
     """The runbook's eth_blockNumber + cast balance judged (chain.chain_facts; pending transactions are stuck only
-    when still pending pending_confirm_seconds later)."""
-    from ansible_collections.p3.recovery.plugins.module_utils.chain import chain_facts
+    when still pending pending_confirm_seconds later - a wait bounded by deadline, a common.Deadline)."""
+    from ansible_collections.p3.recovery.plugins.module_utils.chain import PENDING_CONFIRM_SECONDS, chain_facts
+    if pending_confirm_seconds is None:
+        pending_confirm_seconds = PENDING_CONFIRM_SECONDS
     facts = chain_facts(rpc, expected_chain_id=expected_chain_id, wallet=wallet, low=low, critical=critical,
-                        max_pending=max_pending, pending_confirm_seconds=pending_confirm_seconds)
+                        max_pending=max_pending, pending_confirm_seconds=pending_confirm_seconds, deadline=deadline)
     healthy = facts.pop("healthy")
     reason = facts.pop("reason")
     return probe_result(healthy, reason, **facts)

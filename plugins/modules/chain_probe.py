@@ -44,9 +44,19 @@ options:
     description: Unhealthy when the latest block is older (not checked when unset; dev chains mine on demand).
     type: float
   max_pending:
-    description: Unhealthy when the wallet has more pending (unmined) transactions.
+    description:
+      - Unhealthy when the wallet has more pending (unmined) transactions than this, still after
+        O(pending_confirm_seconds).
     type: int
     default: 0
+  pending_confirm_seconds:
+    description:
+      - When more than O(max_pending) transactions are pending, read the latest nonce again this many seconds later;
+        they are stuck only when those pending at the first read are still not all mined then. A wallet that is
+        sending (the anchor worker under traffic) always has one in flight, which one read would call stuck.
+      - C(0) judges the first read alone. At most 60. Only waited when the first read finds too many pending.
+    type: float
+    default: 2.0
   tx_hashes:
     description: Transactions that must have a receipt with status 1.
     type: list
@@ -140,7 +150,8 @@ receipts:
 """
 
 from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module
-from ansible_collections.p3.recovery.plugins.module_utils.chain import chain_facts, check_address, check_thresholds, check_tx_hash
+from ansible_collections.p3.recovery.plugins.module_utils.chain import PENDING_CONFIRM_SECONDS, chain_facts, check_address
+from ansible_collections.p3.recovery.plugins.module_utils.chain import check_thresholds, check_tx_hash
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, env, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.ethereum_client import EthereumTarget, ethereum_argument_spec
 
@@ -153,6 +164,7 @@ def main():
         critical_threshold_wei=dict(type="int", default=5 * 10 ** 16),
         max_block_age_seconds=dict(type="float"),
         max_pending=dict(type="int", default=0),
+        pending_confirm_seconds=dict(type="float", default=PENDING_CONFIRM_SECONDS),
         tx_hashes=dict(type="list", elements="str", default=[], no_log=False),
     )
     argument_spec.update(PROBE_ARGUMENT_SPEC)
@@ -163,12 +175,15 @@ def main():
             check_address(p["wallet"], "wallet")
         check_thresholds(p["low_threshold_wei"], p["critical_threshold_wei"])
         hashes = [check_tx_hash(h) for h in p["tx_hashes"]]
+        if not 0 <= p["pending_confirm_seconds"] <= 60:
+            raise P3Error("pending_confirm_seconds must be between 0 and 60, got %s" % p["pending_confirm_seconds"])
     except P3Error as e:
         module.fail_json(msg=e.msg)
     target = EthereumTarget(module)
     facts = chain_facts(target.rpc, expected_chain_id=p["expected_chain_id"], wallet=p["wallet"],
                         low=p["low_threshold_wei"], critical=p["critical_threshold_wei"], tx_hashes=hashes,
-                        max_block_age_seconds=p["max_block_age_seconds"], max_pending=p["max_pending"])
+                        max_block_age_seconds=p["max_block_age_seconds"], max_pending=p["max_pending"],
+                        pending_confirm_seconds=p["pending_confirm_seconds"])
     healthy = facts.pop("healthy")
     reason = facts.pop("reason")
     exit_probe(module, probe_result(healthy, reason, **facts))

@@ -341,7 +341,7 @@ mesh:
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Module, env
+from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline, P3Module, env
 from ansible_collections.p3.recovery.plugins.module_utils.common import PROBE_ARGUMENT_SPEC, P3Error, exit_probe, probe_result
 from ansible_collections.p3.recovery.plugins.module_utils.chain import check_address, check_thresholds
 from ansible_collections.p3.recovery.plugins.module_utils import diagnostics as d
@@ -367,8 +367,9 @@ def _need_prometheus():
         raise P3Error(missing_required_lib("prometheus-client"))
 
 
-def probe_functions(module):
-    """{probe name: callable} for the selected probes, each building its own target on a ScopedModule."""
+def probe_functions(module, deadline=None):
+    """{probe name: callable} for the selected probes, each building its own target on a ScopedModule. deadline
+    (common.Deadline, the run's) bounds the waits a probe chooses to take (the wallet's confirming re-read)."""
     p = module.params
     scoped = d.ScopedModule(module)
 
@@ -421,7 +422,7 @@ def probe_functions(module):
             check_address(p["wallet"], "wallet")
         check_thresholds(p["low_threshold_wei"], p["critical_threshold_wei"])
         return d.wallet_probe(EthereumTarget(scoped).rpc, p["wallet"], p["expected_chain_id"], p["low_threshold_wei"],
-                              p["critical_threshold_wei"])
+                              p["critical_threshold_wei"], deadline=deadline)
 
     def mesh():
         return relay_roundtrip(HttpTarget(scoped), p["mesh_relay_path"])
@@ -480,7 +481,8 @@ def main():
     waits = [p["timeout"] or 5.0, p["connect_timeout"] or 5.0, (p["redis_connect_timeout"] or 2.0) + (p["redis_socket_timeout"] or 2.0),
              p["rpc_timeout"] or 5.0]
     window = p["auth_window_seconds"] if "auth" in p["probes"] and 0 < p["auth_window_seconds"] <= 60 else 0
-    results = d.run_probes(probe_functions(module), deadline=4 * max(waits) + 5 + window)
+    total = 4 * max(waits) + 5 + window
+    results = d.run_probes(probe_functions(module, Deadline(total, name="quick_diagnostics")), deadline=total)
     verdicts = [dict(probe=name, module=MODULES[name], healthy=r["healthy"], reason=r["reason"]) for name, r in results.items()]
     for v in verdicts:
         if results[v["probe"]].get("degraded"):

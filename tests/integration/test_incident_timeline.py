@@ -3,9 +3,7 @@ import json
 import os
 import time
 
-import redis
-
-from p3harness import LAB_SECRETS_HINT, lab_fault, lab_redis_clients, lab_status, run_playbook
+from p3harness import LAB_SECRETS_HINT, lab_fault, lab_nodes, lab_status, no_replica_failover, run_playbook
 
 
 def test_timeline_and_postmortem_follow_a_real_incident(healthy_lab, tmp_path):
@@ -60,21 +58,12 @@ def test_a_failed_run_reports_each_timeline_entry_once_and_the_recap_counts_the_
     # Redis must not promote the replica by itself (it would, about 1 s after the cluster flags the master
     # failed): with cluster-replica-no-failover the run's own FORCE promotion is what acts. The run waits for the
     # cluster's verdict (confirm timeout), then its convergence wait is far too short.
-    nodes = lab_redis_clients()
-    try:
-        for c in nodes:
-            c.config_set("cluster-replica-no-failover", "yes")
+    with no_replica_failover(lab_nodes()):
         lab_fault("redis-master-down")
         env = {"P3_INCIDENT_DIR": str(tmp_path), "P3_INCIDENT_ID": "redis-failed"}
         run = run_playbook("recover_redis.yml", extravars={"p3_report_dir": str(tmp_path / "reports"),
                                                            "p3_redis_confirm_timeout": 60,
                                                            "p3_redis_wait_timeout": 0.001}, env=env)
-    finally:
-        for c in nodes:
-            try:
-                c.config_set("cluster-replica-no-failover", "no")
-            except redis.RedisError:
-                pass  # the killed master
     assert run.rc != 0, run.stdout[-3000:]
     [path] = glob.glob(str(tmp_path / "reports" / "recover_redis-*.json"))
     with open(path) as f:

@@ -195,16 +195,14 @@ def test_two_concurrent_recover_redis_one_acts(healthy_lab, tmp_path):
     import subprocess
     import json as _json
     import glob
-    from p3harness import client, lab_nodes, missing_keys, views, write_acked
+    from p3harness import lab_nodes, missing_keys, no_replica_failover, views, write_acked
     from p3harness import base_env, lab_fault
     nodes = lab_nodes()
     keys = write_acked(nodes, 300, "concurrent")
     # Both runs wait for the cluster's verdict on the dead master; Redis would then promote the replica by itself
     # about a second later and neither run would need to act. With cluster-replica-no-failover only a run's own
     # FORCE promotes it, which is the race the lock must settle.
-    for addr in nodes:
-        client(addr).config_set("cluster-replica-no-failover", "yes")
-    try:
+    with no_replica_failover(nodes):
         did = lab_fault("redis-master-down")
         dead_id = did["node_id"]
         live = [a for a in nodes if a != did["node"]]
@@ -216,12 +214,6 @@ def test_two_concurrent_recover_redis_one_acts(healthy_lab, tmp_path):
                                   text=True)
                  for d in dirs]
         outs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for addr in nodes:
-            try:
-                client(addr).config_set("cluster-replica-no-failover", "no")
-            except Exception:  # the killed master
-                pass
     assert [p.returncode for p in procs] == [0, 0], outs
     reports = []
     for d in dirs:

@@ -7,6 +7,7 @@ nonces, the pool, receipts).
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -76,9 +77,14 @@ def fund(tmp_path, check=False, **opts):
     args = dict(rpc_url=URL, wallet=WALLET, funding_key=FUNDING_KEY, expected_chain_id=31337,
                 low_threshold_wei=LOW, target_wei=TARGET, receipt_timeout=2)
     args.update(opts)
+    return one_task(tmp_path, "p3.recovery.wallet_fund", args, check)
+
+
+def one_task(tmp_path, module, args, check=False):
+    """One task of module in a throwaway playbook; returns (run, result)."""
     play = [{"hosts": "localhost", "gather_facts": False,
              "vars": {"ansible_python_interpreter": os.path.join(ROOT, ".venv", "bin", "python")},
-             "tasks": [{"name": TASK, "p3.recovery.wallet_fund": args, "ignore_errors": True}]}]
+             "tasks": [{"name": TASK, module: args, "ignore_errors": True}]}]
     path = tmp_path / ("play-%d.yml" % time.monotonic_ns())
     path.write_text(yaml.safe_dump(play))
     inv = tmp_path / "inventory.yml"
@@ -146,3 +152,79 @@ def test_amount_counts_transfers_in_flight_from_anyone(chain, tmp_path):
     assert res["changed"] is True and res["funded"] is True and not failed(run), res
     assert res["receipt"] == "mined" and res["block_number"] >= 1
     assert balance(WALLET) == TARGET == res["balance_after_wei"]
+
+
+def send_from(key, value=1):
+    """A plain transfer to WALLET signed by key, sent (not mined: this anvil mines only when asked)."""
+    from eth_account import Account
+    acct = Account.from_key(key)
+    tx = dict(chainId=31337, nonce=nonce(acct.address, "pending"), to=WALLET, value=value, gas=21000,
+              type=2, maxFeePerGas=10 ** 10, maxPriorityFeePerGas=10 ** 9, data=b"")
+    return rpc("eth_sendRawTransaction", ["0x" + bytes(acct.sign_transaction(tx).raw_transaction).hex()])
+
+
+class MineAfterReads(object):
+    """Mines one block as soon as anvil's own log shows `reads` more eth_getTransactionCount calls than when it
+    started (chain_probe's first read: latest, then pending), so the block lands between its two reads."""
+
+    def __init__(self, log_path, reads=2, timeout=120):
+        self.log_path, self.reads, self.timeout = log_path, reads, timeout
+        self.base = self._count()
+        self.mined_at = None
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _count(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().count(b"eth_getTransactionCount")
+
+    def _run(self):
+        end = time.monotonic() + self.timeout
+        while time.monotonic() < end:
+            if self._count() >= self.base + self.reads:
+                rpc("evm_mine")
+                self.mined_at = self._count()
+                return
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._t.join(self.timeout)
+
+
+def test_chain_probe_tells_a_transaction_in_flight_from_a_stuck_one(chain, tmp_path):
+    """A wallet that is sending always has a transaction in flight, so one read of its nonces calls it stuck (the
+    chaos round's diagnose did, issue 17). chain_probe reads the latest nonce again pending_confirm_seconds later:
+    stuck only when what was pending is still not mined."""
+    from eth_account import Account
+    sender = Account.from_key(OTHER_KEY).address
+    args = dict(rpc_url=URL, wallet=sender, expected_chain_id=31337, low_threshold_wei=1, critical_threshold_wei=0)
+    send_from(OTHER_KEY)
+    latest = nonce(sender)
+    assert nonce(sender, "pending") == latest + 1
+
+    # nothing is mined: stuck, after the second read (evidence: the latest nonce it read then)
+    run, res = one_task(tmp_path, "p3.recovery.chain_probe", args)
+    assert res["healthy"] is False and res["pending_transactions"] == 1, res
+    assert res["nonce_latest_confirmed"] == latest, res
+    assert "1 pending transaction(s) stuck (nonce pending %d > latest %d, latest %d after 2s)" % (
+        latest + 1, latest, latest) in res["reason"], res["reason"]
+
+    # 0 judges the one read (what the module did before): stuck as well, without a second read
+    run, res = one_task(tmp_path, "p3.recovery.chain_probe", dict(args, pending_confirm_seconds=0))
+    assert res["healthy"] is False and "nonce_latest_confirmed" not in res, res
+
+    # in flight: the block comes between the two reads - healthy, and the chain says it was mined in between
+    log_path = str(tmp_path / "anvil.log")
+    with MineAfterReads(log_path) as miner:
+        run, res = one_task(tmp_path, "p3.recovery.chain_probe", args)
+    assert miner.mined_at is not None
+    assert res["pending_transactions"] == 1 and res["nonce_latest_confirmed"] == latest + 1, res
+    assert res["healthy"] is True, res["reason"]
+    assert nonce(sender) == nonce(sender, "pending") == latest + 1
+
+    # bad input: one line naming the option
+    run, res = one_task(tmp_path, "p3.recovery.chain_probe", dict(args, pending_confirm_seconds=61))
+    assert failed(run) and "pending_confirm_seconds must be between 0 and 60" in res["msg"], res

@@ -3,7 +3,7 @@ supervisor / systemd environment editing, outbox verdicts."""
 import pytest
 
 from ansible_collections.p3.recovery.plugins.module_utils import bullmq, chain, outbox, process_env
-from ansible_collections.p3.recovery.plugins.module_utils.common import P3Error
+from ansible_collections.p3.recovery.plugins.module_utils.common import Deadline, P3Error
 
 
 def test_decode_job_data():
@@ -84,6 +84,8 @@ class _NonceRpc(object):
         if tag == "pending":
             return self.pending
         self.reads += 1
+        if self.reads > 1 and self.mined is None:
+            raise P3Error("eth_getTransactionCount rpc failed: timed out after 5s")
         return self.latest + (self.mined if self.reads > 1 else 0)
 
 
@@ -97,8 +99,8 @@ def test_a_transaction_in_flight_is_not_stuck_one_still_pending_later_is():
     assert out["healthy"] is True and naps == [2] and out["nonce_latest_confirmed"] == 674, out
     out = chain.chain_facts(_NonceRpc(673, 675, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0,
                             pending_confirm_seconds=2, sleep=naps.append)
-    assert out["healthy"] is False and "still 674 after 2s" in out["reason"], out
-    # without a confirmation window (chain_probe's own judgement): the one read decides, as before
+    assert out["healthy"] is False and "latest 674 after 2s" in out["reason"], out
+    # pending_confirm_seconds 0 (no confirmation window): the one read decides
     out = chain.chain_facts(_NonceRpc(673, 674, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0)
     assert out["healthy"] is False and "1 pending transaction(s) stuck" in out["reason"], out
 
@@ -288,3 +290,30 @@ def test_wait_active_done_nothing_active_returns_at_once():
     q, sleep, clock = _waiting_queue([[]])
     out = q.wait_active_done(5, sleep=sleep, clock=clock)
     assert out == {"jobs": 0, "still_active": [], "seconds": 0.0, "gave_up": False}
+
+
+def test_a_failed_confirming_read_keeps_the_other_problems():
+    """The confirming nonce read failing is one more problem: the low balance found before stays in the verdict."""
+    wallet = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    out = chain.chain_facts(_NonceRpc(673, 674, mined=None), wallet=wallet, low=10 ** 19, critical=0,
+                            clock=lambda: 0.0, pending_confirm_seconds=2, sleep=lambda s: None)
+    assert out["healthy"] is False, out
+    assert "balance" in out["reason"] and "low" in out["reason"], out["reason"]
+    assert "1 pending transaction(s) not confirmed" in out["reason"] and "timed out after 5s" in out["reason"], out
+
+
+def test_the_confirmation_wait_is_bounded_by_the_callers_deadline():
+    """The wait is min(pending_confirm_seconds, what is left of the caller's deadline); with nothing left it is not
+    taken and the one read decides, saying it was not re-read."""
+    wallet = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    now = [100.0]
+    naps = []
+    dl = Deadline(10, name="test", clock=lambda: now[0])
+    now[0] = 109.5  # 0.5 s left
+    out = chain.chain_facts(_NonceRpc(673, 674, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0,
+                            pending_confirm_seconds=2, sleep=naps.append, deadline=dl)
+    assert naps == [0.5] and out["healthy"] is True, (naps, out)
+    now[0] = 110.0  # nothing left
+    out = chain.chain_facts(_NonceRpc(673, 674, mined=1), wallet=wallet, low=1, critical=0, clock=lambda: 0.0,
+                            pending_confirm_seconds=2, sleep=naps.append, deadline=dl)
+    assert naps == [0.5] and out["healthy"] is False and "not re-read" in out["reason"], (naps, out)
