@@ -138,12 +138,21 @@ def path_under(directory, name):
 
 
 def make_private_dir(directory, mode=0o700):
-    """Create directory (and parents) with mode whatever the umask; an existing directory is left as it is."""
+    """Create directory with mode whatever the umask, and the parents it needs the way `mkdir -p -m MODE` does (with
+    the process umask: a private leaf must not make the path above it unreadable to others); an existing directory
+    is left as it is."""
     if os.path.isdir(directory):
         return
+    parent = os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(parent):
+        try:
+            os.makedirs(parent)
+        except OSError:
+            if not os.path.isdir(parent):
+                raise
     old = os.umask(0o077)
     try:
-        os.makedirs(directory, mode)
+        os.mkdir(directory, mode)
     except OSError:
         if not os.path.isdir(directory):
             raise

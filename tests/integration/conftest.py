@@ -12,6 +12,18 @@ def pytest_configure(config):
         "the controller); the Valkey pass (make integration-valkey) deselects these, the default-lab pass runs them")
 
 
+def pytest_runtest_logreport(report):
+    """A failure or error is written to the pass's log as it happens (with -q pytest shows them only at the end of a
+    pass that may take an hour): when, the test, the phase and the end of its report."""
+    if report.failed:
+        import sys
+        import time
+
+        sys.__stderr__.write("\n[%s] %s %s FAILED:\n%s\n" % (
+            time.strftime("%H:%M:%S"), report.nodeid, report.when, str(report.longrepr)[-4000:]))
+        sys.__stderr__.flush()
+
+
 @pytest.fixture(scope="session")
 def lab_up():
     """Start the lab once for the whole session (idempotent) and take it down at the end."""

@@ -60,10 +60,11 @@ def base_env(extra=None):
     env["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
     env["ANSIBLE_NOCOLOR"] = "1"
     env["ANSIBLE_FORCE_COLOR"] = "0"
-    # the incident callback (enabled in ansible.cfg) writes here unless a test says otherwise: one directory per lab,
-    # so that the passes `make test` runs at once (one lab each, the same host names) never join one another's
-    # incidents (a run's incident record would list another lab's findings as its own)
-    env["P3_INCIDENT_DIR"] = os.path.join(LAB_DIR, "incidents")
+    # the incident callback (enabled in ansible.cfg) writes here unless a test says otherwise: one directory per lab
+    # (its base port), so that the passes `make test` runs at once (one lab each, the same host names) never join
+    # one another's incidents (a run's incident record would list another lab's findings as its own). Outside the
+    # lab's own directory, which a run may come before.
+    env["P3_INCIDENT_DIR"] = os.path.join(ROOT, ".state", "incidents", os.environ.get("P3LAB_BASE_PORT", "17000"))
     env.pop("P3_INCIDENT_ID", None)
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
@@ -288,6 +289,28 @@ def no_replica_failover(addrs):
                 client(addr).config_set("cluster-replica-no-failover", "no")
             except redis.RedisError:
                 pass  # the killed master
+
+
+@contextlib.contextmanager
+def slow_failure_detection(addrs, ms=300000):
+    """While inside: cluster-node-timeout ms on every node, so the peers of a node killed inside do not flag it
+    failed (and no replica promotes itself) before the block ends, however slow the machine is - a test that must
+    see the state "unanswered but not yet failed" gets it. Set back to the lab's value on every node that answers;
+    the peers then flag the dead node failed within that timeout."""
+    if os.path.join(ROOT, "lab") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "lab"))
+    from p3lablib.common import REDIS_NODE_TIMEOUT_MS
+
+    try:
+        for addr in addrs:
+            client(addr).config_set("cluster-node-timeout", ms)
+        yield
+    finally:
+        for addr in addrs:
+            try:
+                client(addr).config_set("cluster-node-timeout", REDIS_NODE_TIMEOUT_MS)
+            except redis.RedisError:
+                pass  # the killed node
 
 
 def alive(addr, password=PW):

@@ -19,7 +19,8 @@ import yaml
 from redis.crc import key_slot
 
 from p3harness import (FAILOVER_TASK, INVENTORY, PW, alive, client, failover_calls, lab, lab_fault, lab_nodes,
-                       lab_status, missing_keys, owner_map, topology_calls, views, write_acked)
+                       lab_status, missing_keys, owner_map, slow_failure_detection, topology_calls, views,
+                       write_acked)
 from p3harness import recover_redis as recover
 
 SLOTS_TASK = "Act - repair slot coverage and open slots"
@@ -95,26 +96,27 @@ def test_healthy_cluster_is_left_alone(healthy_lab, report_dir):
 def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     nodes = lab_nodes()
     keys = write_acked(nodes, 300, "dead")
-    did = lab_fault("redis-master-down")
-    dead, dead_id = did["node"], did["node_id"]
-    live = [a for a in nodes if a != dead]
-    before = views(live)
+    # check mode without waiting for the cluster's verdict, while the peers have not flagged the killed master fail
+    # yet: it is busy (not confirmed down): nothing is planned, nothing is sent, and no role or slot changes. The
+    # peers' failure detection is slowed while it runs: on a loaded machine the lab's 15 s could pass before the run
+    # looked (the master flagged fail, or promoted away by Redis itself - a valkey pass of a local CI at load 13).
+    with slow_failure_detection(nodes):
+        did = lab_fault("redis-master-down")
+        dead, dead_id = did["node"], did["node_id"]
+        live = [a for a in nodes if a != dead]
+        before = views(live)
 
-    replica = [n for n in before[live[0]].values() if n["master"] == dead_id][0]
-    promoted, promoted_id = replica["addr"], replica["id"]
+        replica = [n for n in before[live[0]].values() if n["master"] == dead_id][0]
+        promoted, promoted_id = replica["addr"], replica["id"]
 
-    # check mode without waiting for the cluster's verdict: right after the kill the peers have not flagged it fail
-    # yet, so it is busy (not confirmed down): nothing is planned, nothing is sent, and no role or slot changes -
-    # unless Redis's own failover came first (cluster-node-timeout 15 s can pass during the run on a loaded machine:
-    # CI saw a view that had flagged the master fail and promoted its replica by itself)
-    calls = topology_calls(live)
-    run, report = recover(report_dir, check=True, p3_redis_confirm_timeout=0)
-    assert run.rc == 0, run.stdout[-3000:]
-    assert dead in report["before"]["busy_nodes"] and report["before"]["failover_candidates"] == []
-    assert run.results(FAILOVER_TASK) == [] or not run.result(FAILOVER_TASK).get("plan")
-    assert topology_calls(live) == calls  # check mode sent no topology command to any node
-    after_check = views(live)
-    if not any("fail" in v[dead_id]["flags"] for v in after_check.values()):
+        calls = topology_calls(live)
+        run, report = recover(report_dir, check=True, p3_redis_confirm_timeout=0)
+        assert run.rc == 0, run.stdout[-3000:]
+        assert dead in report["before"]["busy_nodes"] and report["before"]["failover_candidates"] == []
+        assert run.results(FAILOVER_TASK) == [] or not run.result(FAILOVER_TASK).get("plan")
+        assert topology_calls(live) == calls  # check mode sent no topology command to any node
+        after_check = views(live)
+        assert not any("fail" in v[dead_id]["flags"] for v in after_check.values()), after_check
         for a in live:
             assert roles(after_check[a]) == roles(before[a]), a
             assert after_check[a][dead_id]["slots"] == before[a][dead_id]["slots"]

@@ -113,3 +113,23 @@ def test_the_directory_itself_may_be_relative_with_dotdot(tmp_path):
     base.mkdir()
     r = report.write_report(params(tmp_path, dir=str(base / ".." / "reports")), now=NOW)
     assert os.path.dirname(os.path.realpath(r["path"])) == str(tmp_path / "reports")
+
+
+def test_a_private_directory_is_private_its_new_parents_are_not(tmp_path):
+    """make_private_dir creates the directory 0700 whatever the umask, and parents it has to create the way
+    `mkdir -p -m 0700` does (the process umask): a report or incident directory under a path that does not exist yet
+    must not make that path unreadable to others (a test lab's directory created by a playbook's first incident
+    record became 0700, and PostgreSQL, started as its own user in it, could not start)."""
+    old = os.umask(0o022)
+    try:
+        leaf = tmp_path / "srv" / "p3" / "reports"
+        report.make_private_dir(str(leaf))
+    finally:
+        os.umask(old)
+    assert (leaf.stat().st_mode & 0o777) == 0o700
+    assert (tmp_path / "srv").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "srv" / "p3").stat().st_mode & 0o777 == 0o755
+    report.make_private_dir(str(leaf))  # an existing directory is left as it is
+    os.chmod(str(leaf), 0o750)
+    report.make_private_dir(str(leaf))
+    assert (leaf.stat().st_mode & 0o777) == 0o750
