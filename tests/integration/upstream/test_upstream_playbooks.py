@@ -141,7 +141,7 @@ def restart_p3_with_traffic():
     target = lab_now()
     with traffic() as answers:
         supervisor.ctl(target, "restart", upstream.PROGRAM, timeout=60)
-        upstream.wait_ready(target, 120)
+        upstream.wait_ready(target, upstream.START_TIMEOUT)
         assert wait_for(worker_connected, 30)
         yield answers
 
