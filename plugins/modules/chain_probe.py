@@ -142,6 +142,12 @@ pending_transactions:
   description: RV(nonce_pending) - RV(nonce_latest).
   returned: always
   type: int
+nonce_latest_confirmed:
+  description:
+    - The latest transaction count read again O(pending_confirm_seconds) after the first read; the transactions pending
+      then are stuck when RV(nonce_pending) is still above it.
+  returned: when more than O(max_pending) transactions were pending and O(pending_confirm_seconds) is above 0
+  type: int
 receipts:
   description: For O(tx_hashes) - C(tx_hash), C(found), C(status), C(block_number), C(sender).
   returned: always
