@@ -13,6 +13,11 @@ from .common import (ANCHOR_KEY, ANCHOR_SINK, ANCHOR_WALLET, BULL_PREFIX, BULL_Q
                      pid_alive, read_json, wait_until, write_json, live_pid)
 
 
+# Every wait of `p3lab up` (lab app) shares this budget: about 10 s on an idle machine, but at load 11-13 (a local CI:
+# seven labs on 2 cores) the third app instance was still "DOWN 1/2" in HAProxy when a 57 s budget ran out.
+UP_BUDGET = 150
+
+
 class Deadline(object):
     def __init__(self, seconds):
         self.end = time.monotonic() + seconds
@@ -382,7 +387,7 @@ def wait_instances(lab, dl):
         return (all(http("GET", "http://127.0.0.1:%d/health" % p, timeout=2)[0] == 200 for p in lab.app_ports[1:])
                 and haproxy.all_up(lab))
 
-    if not wait_until(ready, dl.left(30), 0.2):
+    if not wait_until(ready, dl.left(90), 0.2):
         raise LabError("app instances behind haproxy are not all up: %s (see %s)"
                        % (haproxy.servers(lab) or "haproxy does not answer on %s" % lab.haproxy_sock, lab.log_dir))
 
@@ -411,7 +416,7 @@ def up(lab, app=None, bullmq=None, app_instances=None):
         nm, npm_s = upstream.prepare(lab.bullmq)
         prep = {"npm_seconds": npm_s, "unpacked": upstream.unpack(lab),
                 "relinked": upstream.link_node_modules(lab, lab.bullmq)}
-    dl = Deadline(upstream.START_TIMEOUT + 30 if lab.upstream else 57)
+    dl = Deadline(upstream.START_TIMEOUT + 30 if lab.upstream else UP_BUDGET)
     faults = [f.get("fault") for f in (read_json(lab.faults_json, []) or [])]
     res = start_infra(lab, dl, wait_state=not faults)
     if prep and prep["relinked"] and not res.get(upstream.PROGRAM):
