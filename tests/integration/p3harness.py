@@ -172,9 +172,49 @@ def run_playbook(playbook, extravars=None, check=False, verbosity=0, inventory=N
         events = list(r.events)
         run = Run(r.rc, stdout, events)
         run.status = r.status
+        if r.status == "timeout":
+            # the test fails on this run; the ones after it must not be locked out by what it could not release
+            sys.stderr.write("hang guard (%ss) killed %s; %s\n" % (timeout, playbook, release_lab_locks()))
         return run
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def release_lab_locks():
+    """Release every recovery lock of the lab (rows of its PostgreSQL lock table, Redis keys {p3recovery}:lock:*) -
+    after the hang guard killed a run: killed, it cannot release what it held, and the lock would stay until its TTL
+    (900 s), locking out the next tests' runs. Returns one line saying what it released; never raises."""
+    out = []
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(lab_vars()["p3_database_url"], connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('p3_recovery_locks') IS NOT NULL")
+                if cur.fetchone()[0]:
+                    cur.execute("DELETE FROM p3_recovery_locks RETURNING resource")
+                    out += ["postgres:%s" % row[0] for row in cur.fetchall()]
+        finally:
+            conn.close()
+    except Exception as e:  # noqa: BLE001 - cleanup after a failed test: say it, go on
+        out.append("postgres not cleaned (%s)" % one_line_text(e))
+    try:
+        for c in lab_redis_clients():
+            for key in c.scan_iter(match="{p3recovery}:lock:*"):
+                try:
+                    c.delete(key)
+                    out.append("redis:%s" % key.decode())
+                except redis.RedisError:
+                    pass  # a replica (READONLY): its master deletes it
+    except Exception as e:  # noqa: BLE001
+        out.append("redis not cleaned (%s)" % one_line_text(e))
+    return "released recovery locks: %s" % (", ".join(out) or "none held")
+
+
+def one_line_text(e):
+    return " ".join(str(e).split())[:200]
 
 
 def latest_report(report_dir, kind):
