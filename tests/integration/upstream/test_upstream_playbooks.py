@@ -20,6 +20,11 @@ from p3harness import (HANG_GUARD, RECOVER_ALL_GUARD, ROOT, ensure_collection_im
 from p3upstream_harness import job_state, lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
 PROFILE = os.path.join(ROOT, "profiles", "p3-upstream.yml")
+# Hang guards of runs on P3: the lab's ones plus what P3's restarts may take (its health gate waits up to
+# upstream.START_TIMEOUT; recover_all can restart it in two stages). At load 12, one recover_all on P3 passed the
+# 600 s guard in a local CI, and a killed run proves nothing. Hang guards, never timing assertions.
+UPSTREAM_GUARD = HANG_GUARD + upstream.START_TIMEOUT
+UPSTREAM_RECOVER_ALL_GUARD = RECOVER_ALL_GUARD + 2 * upstream.START_TIMEOUT
 FAUCET_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
 
@@ -39,7 +44,7 @@ def run(playbook, report_dir, check=False, inventory_path=None, **extra):
         yaml.safe_dump(values, f)
     try:
         return run_playbook(playbook, check=check, inventory=inventory_path or inventory(), extravars_file=path,
-                            timeout=RECOVER_ALL_GUARD if playbook == "recover_all.yml" else HANG_GUARD)
+                            timeout=UPSTREAM_RECOVER_ALL_GUARD if playbook == "recover_all.yml" else UPSTREAM_GUARD)
     finally:
         os.unlink(path)
 
