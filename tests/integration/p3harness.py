@@ -31,8 +31,9 @@ BIN = os.path.dirname(PY)
 LAB_SECRETS_HINT = ("p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw")
 HANG_GUARD = 300  # seconds: a run that takes longer than this is a hang, not a slow probe
 # recover_all runs every stage with its own bounds, about 270 tasks: 160-420 s under load 7-20 on 2 cores
-# (docs/bench.md), so its hang guard is higher; a hang guard, never a timing assertion
-RECOVER_ALL_GUARD = 600
+# (docs/bench.md), but its check mode on three faults passed 600 s at load 12-14 in a local CI of seven passes; so
+# its hang guard is higher (test_chaos and bench/chaos.py use 900 for one recover_all); never a timing assertion
+RECOVER_ALL_GUARD = 1200
 
 
 def lab(*args, check=True, timeout=180):
