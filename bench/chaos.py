@@ -45,8 +45,10 @@ CONFLICTS = (frozenset(("redis-master-down", "redis-slots-uncovered")),
 # absent" while the worker took jobs; tests/integration/test_anchor_failover.py): it runs on the defaults now.
 GATES = {"db-exhaustion": {"p3_db_min_age_seconds": 1}}
 PAUSE_FOR = ("db-exhaustion",)
-ROUND_DEADLINE = 1200.0  # seconds: one round (inject + recover + invariants), however it goes
-RECOVER_TIMEOUT = 900.0  # recover_all took 160-420 s under load at load average 7-20 on 2 cores
+ROUND_DEADLINE = 1800.0  # seconds: one round (inject + recover + invariants), however it goes
+# recover_all took 160-420 s under load at load average 7-20 on 2 cores, but more than 900 s (two faults, client
+# load) in a local CI at load 12-14 with six other passes: a hang guard, not a measure (MTTR is measured per round)
+RECOVER_TIMEOUT = 1200.0
 
 
 def plan_round(seed, rnd, max_faults=2, pool=POOL):
