@@ -34,7 +34,7 @@ LAB_SECRETS_HINT = ("p3admin-lab-secret", "p3redis-lab-secret", "p3app-lab-pw")
 HANG_GUARD = 600
 # recover_all runs every stage with its own bounds, about 270 tasks: 160-420 s under load 7-20 on 2 cores
 # (docs/bench.md), but its check mode on three faults passed 600 s at load 12-14 in a local CI of seven passes; so
-# its hang guard is higher (test_chaos and bench/chaos.py use 900 for one recover_all); never a timing assertion
+# its hang guard is higher (bench/chaos.py RECOVER_TIMEOUT, the same 1200, for one round's); never a timing assertion
 RECOVER_ALL_GUARD = 1200
 
 
