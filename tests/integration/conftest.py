@@ -8,8 +8,16 @@ from p3harness import lab, lab_status
 
 def pytest_configure(config):
     config.addinivalue_line(
+        "markers", "valkey: the outcome is decided by the Redis server itself (its failure detection and failover, "
+        "CLUSTER and CLIENT LIST replies, SCAN cursors, scripts, pub/sub): make test runs these a second time on Valkey "
+        "8 (make integration-valkey); make integration-valkey-full runs every Redis, session and mesh test there")
+    config.addinivalue_line(
+        "markers", "extended: left out of make test's gate (make test-full runs them): a lab self-test whose fact the "
+        "playbook tests assert again on the same lab before they recover (e.g. P3 without an anchor worker after a "
+        "Redis outage)")
+    config.addinivalue_line(
         "markers", "server_agnostic: the outcome does not depend on the Redis server (output masking, backup files on "
-        "the controller); the Valkey pass (make integration-valkey) deselects these, the default-lab pass runs them")
+        "the controller); make integration-valkey-full deselects these")
 
 
 def pytest_runtest_logreport(report):

@@ -58,6 +58,7 @@ def control_subscribers():
     return out
 
 
+@pytest.mark.valkey
 def test_lab_relay_keeps_an_idle_subscription(healthy_lab):
     """The lab app's keepalive must count the PONG of its subscribed PING: with the relay down no message flows, and
     a relay that dropped and re-made its subscription every 25 s left windows where nobody listened on mesh:control
@@ -109,6 +110,7 @@ def late_subscriber(channel, got):
     return t
 
 
+@pytest.mark.valkey
 def test_publish_waits_for_a_subscriber_that_is_connecting(lab_up):
     channel = "mesh:test-%s" % uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +131,7 @@ def test_publish_waits_for_a_subscriber_that_is_connecting(lab_up):
         assert got == [b'{"action":"test"}']  # the subscriber really received it
 
 
+@pytest.mark.valkey
 def test_mesh_down_reconnected_peers_back(healthy_lab, report_dir):
     fault = lab_fault("mesh-down")
     assert fault["peers"] == 0
@@ -181,6 +184,7 @@ def test_restart_when_reconnect_is_not_allowed(healthy_lab, report_dir):
     assert st["mesh"]["peers"] >= MIN_PEERS
 
 
+@pytest.mark.valkey
 def test_connection_storm_detected(healthy_lab, report_dir):
     # a threshold below the peers' own connections: psutil on the app host must see them
     run, report = recover(report_dir, p3_mesh_storm_threshold=5, p3_mesh_restart_on_storm=False)

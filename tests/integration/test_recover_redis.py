@@ -77,6 +77,7 @@ def failover_result(run):
     return res[-1] if res else {"changed": False, "failovers": [], "skipped": True}
 
 
+@pytest.mark.valkey
 def test_healthy_cluster_is_left_alone(healthy_lab, report_dir):
     nodes = lab_nodes()
     before = views(nodes)
@@ -93,6 +94,7 @@ def test_healthy_cluster_is_left_alone(healthy_lab, report_dir):
     assert stats["healthy"] is True and stats["changed"] is False
 
 
+@pytest.mark.valkey
 def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     nodes = lab_nodes()
     keys = write_acked(nodes, 300, "dead")
@@ -169,6 +171,7 @@ def test_dead_master_promotes_its_replica(healthy_lab, report_dir):
     assert missing_keys(nodes, keys) == []
 
 
+@pytest.mark.valkey
 def test_redis_own_failover_wins_and_the_run_claims_nothing(healthy_lab, report_dir):
     """A master dies while recover_redis.yml waits for the cluster's verdict, and its replica CAN fail over by itself
     (no cluster-replica-no-failover): Redis promotes it (about a second after the fail flag, while the run goes from
@@ -208,6 +211,7 @@ def test_redis_own_failover_wins_and_the_run_claims_nothing(healthy_lab, report_
     assert report["changed"] is False and changed_count(run) == 0, run.changed_tasks()
 
 
+@pytest.mark.valkey
 def test_uncovered_slots_go_back_to_the_master_holding_their_keys(healthy_lab, report_dir):
     nodes = lab_nodes()
     keys = write_acked(nodes, 3000, "slots")
@@ -254,6 +258,7 @@ def _pid_of(addr):
     raise AssertionError("no pid for %s" % addr)
 
 
+@pytest.mark.valkey
 def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, report_dir):
     nodes = lab_nodes()
     keys = write_acked(nodes, 300, "frozen")
@@ -299,6 +304,7 @@ def test_frozen_master_is_failed_over_and_rejoins_when_it_thaws(healthy_lab, rep
     cluster_check(nodes[0])
 
 
+@pytest.mark.valkey
 def test_empty_master_rejoins_as_replica(healthy_lab, report_dir):
     nodes = lab_nodes()
     v0 = views(nodes)[nodes[0]]
@@ -347,6 +353,7 @@ def _masters(addrs):
     return sorted((n for n in v0.values() if n["role"] == "master" and n["slots"]), key=lambda n: n["addr"])
 
 
+@pytest.mark.valkey
 @pytest.mark.parametrize("stall,extra", [
     (4, {}),  # the role's defaults
     # the operator allows data loss and does not wait: a busy master's slots are still never repaired around

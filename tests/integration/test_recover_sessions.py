@@ -55,6 +55,7 @@ def http(method, path, body=None):
         return e.code, None
 
 
+@pytest.mark.valkey
 def test_corrupt_sessions_purged_valid_kept_and_backup_restores(healthy_lab, dirs, tmp_path):
     report_dir, backup_dir = dirs
     fault = lab_fault("sessions-corrupt")
@@ -301,6 +302,7 @@ def _edge_cases(now_ms):
     }
 
 
+@pytest.mark.valkey
 def test_server_side_rule_matches_the_python_rule(lab_up, tmp_path):
     """The census, the purge's check mode and the purge (values read by the page script on the server, judged by
     sessions.Judge in Python) must agree on every edge case, and the purge must remove exactly the corrupt ones."""

@@ -82,6 +82,7 @@ def _backup(path):
     return header, dict((e["key"], e) for e in entries)
 
 
+@pytest.mark.valkey
 def test_mode_all_removes_every_key_once(server, tmp_path):
     expected = _load(server.client, 20000, other=2000)
     res, path = _purge(server, tmp_path, "all")
@@ -100,6 +101,7 @@ def test_mode_all_removes_every_key_once(server, tmp_path):
     assert 0 < server.client.pttl(b"session:00000042") <= 700000
 
 
+@pytest.mark.valkey
 def test_mode_all_while_the_table_grows(server, tmp_path):
     """Keys written during the purge make the table grow and rehash under both cursors: every key present from the
     start is still removed, nothing is backed up twice, and the backup matches what was removed."""
@@ -135,6 +137,7 @@ def test_mode_all_while_the_table_grows(server, tmp_path):
     assert set(entries) - set(expected) <= set(written)
 
 
+@pytest.mark.valkey
 def test_mode_corrupt_exact(server, tmp_path):
     expected = _load(server.client, 20000, corrupt_every=10, other=1000)
     corrupt = dict((k, v) for k, v in expected.items() if v.startswith(b"{not"))
@@ -147,6 +150,7 @@ def test_mode_corrupt_exact(server, tmp_path):
     assert server.client.exists(*valid) == len(valid) and server.client.exists(*corrupt) == 0
 
 
+@pytest.mark.valkey
 @pytest.mark.parametrize("mode,cap", [("all", 1234), ("corrupt", 321)])
 def test_cap_exact(server, tmp_path, mode, cap):
     _load(server.client, 10000, corrupt_every=5 if mode == "corrupt" else 0)
@@ -157,6 +161,7 @@ def test_cap_exact(server, tmp_path, mode, cap):
     assert server.client.dbsize() == 10000 - cap
 
 
+@pytest.mark.valkey
 @pytest.mark.parametrize("n", [0, 1, 3])
 @pytest.mark.parametrize("mode", ["all", "corrupt"])
 def test_tiny_tables(server, tmp_path, mode, n):
@@ -322,6 +327,7 @@ def test_backup_file_that_cannot_grow(server, tmp_path, mode):
         assert restored["truncated"] == truncated and truncated["offset"] + truncated["bytes"] == limit
 
 
+@pytest.mark.valkey
 def test_take_that_times_out_is_resolved_and_counted(server, tmp_path):
     """A 1 s socket timeout while another client runs a 2.5 s script: the calls in flight time out; the purge
     resolves its compare-and-delete call (which keys are gone) before it ends, so `removed` counts exactly the keys
@@ -426,6 +432,7 @@ def test_restore_reports_a_truncated_last_line_and_restores_the_rest(server, tmp
     assert all(server.client.get(k) == v for k, v in list(expected.items())[:50] if server.client.exists(k))
 
 
+@pytest.mark.valkey
 @pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
 def test_take_leaves_keys_that_changed_since_read(tmp_path, cluster):
     """LUA_READ reads a page; between it and LUA_TAKE keys change (new value, TTL added to a no-ttl session, type

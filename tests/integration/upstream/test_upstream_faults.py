@@ -6,6 +6,8 @@ import sys
 import time
 import uuid
 
+import pytest
+
 from p3harness import LAB, ROOT, lab, lab_fault, lab_status
 from p3upstream_harness import lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
@@ -39,6 +41,7 @@ def _heal():
     return json.loads(lab("heal", timeout=300))
 
 
+@pytest.mark.extended
 def test_app_down(healthy_upstream):
     lab_ = lab_now()
     old = healthy_upstream["services"]["app"]["pid"]
@@ -71,6 +74,7 @@ def test_db_exhaustion_through_p3s_pools(healthy_upstream):
     _works(lab_)
 
 
+@pytest.mark.extended
 def test_redis_master_down(healthy_upstream):
     lab_ = lab_now()
     rec = lab_fault("redis-master-down")
@@ -84,6 +88,7 @@ def test_redis_master_down(healthy_upstream):
     _works(lab_)
 
 
+@pytest.mark.extended
 def test_redis_outage_p3_does_not_come_back_by_itself(healthy_upstream):
     lab_ = lab_now()
     assert _worker(lab_)
@@ -100,6 +105,7 @@ def test_redis_outage_p3_does_not_come_back_by_itself(healthy_upstream):
     _works(lab_)
 
 
+@pytest.mark.extended
 def test_anchor_backlog(healthy_upstream):
     lab_ = lab_now()
     rec = lab_fault("anchor-backlog")
@@ -116,6 +122,7 @@ def test_anchor_backlog(healthy_upstream):
     _works(lab_)
 
 
+@pytest.mark.extended
 def test_wallet_empty(healthy_upstream):
     lab_ = lab_now()
     rec = lab_fault("wallet-empty")

@@ -8,6 +8,8 @@ import tarfile
 import time
 import uuid
 
+import pytest
+
 from p3harness import lab, lab_fault, lab_status
 from p3upstream_harness import job_state, lab_now, p3_query, rpc, upstream, wait_for, worker_client_name
 
@@ -74,6 +76,7 @@ def test_system_health_is_the_only_database_check(healthy_upstream):
     assert lab_status()["services"]["app"]["pid"] == pid
 
 
+@pytest.mark.extended
 def test_anchor_job_completes_and_outbox_row_is_written(healthy_upstream):
     """Queue B: POST /api/sdk/anchor/batch (wallet JWT) -> BullMQ job on anchor-batch:us -> P3's worker. P3's worker
     misses jobs once it has idled 5 s (test_worker_takes_no_job_after_idling), so the job submitted through P3's
@@ -109,6 +112,7 @@ def test_anchor_job_completes_and_outbox_row_is_written(healthy_upstream):
     assert log["topics"][0] == "0x" + upstream.DATA_ANCHORED_TOPIC and log["topics"][2] == body["contentHash"]
 
 
+@pytest.mark.extended
 def test_worker_takes_no_job_after_idling(healthy_upstream):
     """P3's real anchor worker (bullmq 5.12.11) stops taking jobs once it has idled 5 s: its ioredis connection has
     commandTimeout 5000, BullMQ blocks 5 s in BZPOPMIN, the client gives up first and later pops land on abandoned
@@ -130,6 +134,7 @@ def test_worker_takes_no_job_after_idling(healthy_upstream):
     assert wait_for(lambda: job_state(lab_, job) == "completed", 30), job_state(lab_, job)
 
 
+@pytest.mark.extended
 def test_lockfile_bullmq_leaves_p3_without_an_anchor_worker(healthy_upstream):
     lab_ = lab_now()
     r = upstream.redis_client(lab_)
