@@ -187,6 +187,10 @@ def release_lab_locks():
     """Release every recovery lock of the lab (rows of its PostgreSQL lock table, Redis keys {p3recovery}:lock:*) -
     after the hang guard killed a run: killed, it cannot release what it held, and the lock would stay until its TTL
     (900 s), locking out the next tests' runs. Returns one line saying what it released; never raises."""
+    ensure_collection_importable()
+    from ansible_collections.p3.recovery.plugins.module_utils.common import one_line
+    from ansible_collections.p3.recovery.plugins.module_utils.locks import DEFAULT_TABLE, KEY_PREFIX
+
     out = []
     try:
         import psycopg2
@@ -195,29 +199,25 @@ def release_lab_locks():
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass('p3_recovery_locks') IS NOT NULL")
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (DEFAULT_TABLE,))
                 if cur.fetchone()[0]:
-                    cur.execute("DELETE FROM p3_recovery_locks RETURNING resource")
+                    cur.execute("DELETE FROM %s RETURNING resource" % DEFAULT_TABLE)
                     out += ["postgres:%s" % row[0] for row in cur.fetchall()]
         finally:
             conn.close()
     except Exception as e:  # noqa: BLE001 - cleanup after a failed test: say it, go on
-        out.append("postgres not cleaned (%s)" % one_line_text(e))
+        out.append("postgres not cleaned (%s)" % one_line(e, 200))
     try:
         for c in lab_redis_clients():
-            for key in c.scan_iter(match="{p3recovery}:lock:*"):
+            for key in c.scan_iter(match=KEY_PREFIX + "*"):
                 try:
                     c.delete(key)
                     out.append("redis:%s" % key.decode())
                 except redis.RedisError:
                     pass  # a replica (READONLY): its master deletes it
     except Exception as e:  # noqa: BLE001
-        out.append("redis not cleaned (%s)" % one_line_text(e))
+        out.append("redis not cleaned (%s)" % one_line(e, 200))
     return "released recovery locks: %s" % (", ".join(out) or "none held")
-
-
-def one_line_text(e):
-    return " ".join(str(e).split())[:200]
 
 
 def latest_report(report_dir, kind):
@@ -335,25 +335,31 @@ def no_replica_failover(addrs):
 
 
 @contextlib.contextmanager
-def slow_failure_detection(addrs, ms=300000):
-    """While inside: cluster-node-timeout ms on every node, so the peers of a node killed inside do not flag it
-    failed (and no replica promotes itself) before the block ends, however slow the machine is - a test that must
-    see the state "unanswered but not yet failed" gets it. Set back to the lab's value on every node that answers;
-    the peers then flag the dead node failed within that timeout."""
+def cluster_node_timeout(addrs, ms):
+    """While inside: cluster-node-timeout ms on every node of addrs that answers; after, the lab's own value
+    (p3lablib.common.REDIS_NODE_TIMEOUT_MS) on every node that answers then (one killed inside is left alone)."""
     if os.path.join(ROOT, "lab") not in sys.path:
         sys.path.insert(0, os.path.join(ROOT, "lab"))
     from p3lablib.common import REDIS_NODE_TIMEOUT_MS
 
     try:
         for addr in addrs:
-            client(addr).config_set("cluster-node-timeout", ms)
+            if alive(addr):
+                client(addr).config_set("cluster-node-timeout", ms)
         yield
     finally:
         for addr in addrs:
             try:
                 client(addr).config_set("cluster-node-timeout", REDIS_NODE_TIMEOUT_MS)
             except redis.RedisError:
-                pass  # the killed node
+                pass  # a node killed inside
+
+
+def slow_failure_detection(addrs, ms=300000):
+    """While inside: the peers of a node killed inside do not flag it failed (and no replica promotes itself) before
+    the block ends, however slow the machine is - a test that must see the state "unanswered but not yet failed"
+    gets it. After it, the lab's timeout: the peers then flag the dead node failed within that."""
+    return cluster_node_timeout(addrs, ms)
 
 
 def alive(addr, password=PW):

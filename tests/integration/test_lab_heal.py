@@ -12,13 +12,13 @@ import time
 
 from redis.crc import key_slot
 
-from p3harness import (PW, ROOT, alive, client, ensure_collection_importable, lab, lab_nodes, lab_status,
-                       missing_keys, no_double_owner, owner_map, views, wait_or_fail, write_acked)
+from p3harness import (PW, ROOT, alive, client, cluster_node_timeout, ensure_collection_importable, lab, lab_nodes,
+                       lab_status, missing_keys, no_double_owner, owner_map, views, wait_or_fail, write_acked)
 from test_recover_redis import cluster_check, states
 
 sys.path.insert(0, os.path.join(ROOT, "lab"))
 from p3lablib import faults, rediscluster  # noqa: E402
-from p3lablib.common import REDIS_NODE_TIMEOUT_MS, Lab  # noqa: E402
+from p3lablib.common import Lab  # noqa: E402
 from p3lablib.heal import _empty_disk  # noqa: E402
 
 # the lab's nodes notice the dead pair within about 2 s instead of the lab's 15 s (set back in the end)
@@ -44,12 +44,6 @@ def _shape(view):
 def _heal():
     out = lab("heal", timeout=300)
     return json.loads([line for line in out.splitlines() if line.strip().startswith("{")][-1])
-
-
-def _set_node_timeout(addrs, ms):
-    for a in addrs:
-        if alive(a):
-            client(a).config_set("cluster-node-timeout", ms)
 
 
 def _lossy_repair(addrs):
@@ -80,8 +74,7 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
     dead_slots = v[dead_id]["slots"]
     live = [a for a in addrs if a not in (dead_master, dead_replica)]
     pids = dict((a, int(client(a).info("server")["process_id"])) for a in (dead_master, dead_replica))
-    try:
-        _set_node_timeout(addrs, FAST_NODE_TIMEOUT_MS)
+    with cluster_node_timeout(addrs, FAST_NODE_TIMEOUT_MS):
         # down together: the replica cannot promote itself in between
         client(dead_replica).config_set("cluster-replica-no-failover", "yes")
         for pid in pids.values():
@@ -98,8 +91,6 @@ def test_heal_restores_the_designed_shape_after_a_lossy_repair(lab_up):
         assert kept and missing_keys(live, kept) == []
         # keys written after the repair land in the reassigned slots too: the reshape must move them
         kept.update(write_acked(live, 300, "labheal-after"))
-    finally:
-        _set_node_timeout(addrs, REDIS_NODE_TIMEOUT_MS)
 
     # both come back empty, from their nodes.conf, as the lab starts them: 2 masters, 4 replicas
     L = Lab()

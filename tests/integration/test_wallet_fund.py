@@ -134,11 +134,7 @@ def test_timed_out_receipt_then_second_run_sends_nothing(chain, tmp_path):
 def test_amount_counts_transfers_in_flight_from_anyone(chain, tmp_path):
     """Another account's transfer to the wallet is pending: the pending balance is what counts."""
     rpc("anvil_setBalance", [WALLET, hex(0)])
-    from eth_account import Account
-    acct = Account.from_key(OTHER_KEY)
-    tx = dict(chainId=31337, nonce=nonce(acct.address, "pending"), to=WALLET, value=3 * ETH // 10, gas=21000,
-              type=2, maxFeePerGas=10 ** 10, maxPriorityFeePerGas=10 ** 9, data=b"")
-    rpc("eth_sendRawTransaction", ["0x" + bytes(acct.sign_transaction(tx).raw_transaction).hex()])
+    send_from(OTHER_KEY, 3 * ETH // 10)
     run, res = fund(tmp_path)
     assert res["changed"] is False and not failed(run), res
     assert res["balance_before_wei"] == 3 * ETH // 10  # pending, not latest (0)
