@@ -8,7 +8,7 @@ import time
 from . import anvil, pg, rediscluster, status
 from .common import ONE_ETH, LabError, http, kill, live_pid, pid_alive, read_json, wait_until, write_json
 from .faults import crash_marker, failed_jobs, holder_pids, peers, waiting
-from .stack import Deadline, check_binaries, preflight_ports, start_infra, write_state
+from .stack import INSTANCES_WAIT, Deadline, check_binaries, preflight_ports, start_infra, write_state
 
 
 def _delete_corrupt_sessions(lab):
@@ -220,7 +220,7 @@ def heal(lab):
             haproxy.command(lab, "set server %s/%s state ready" % (haproxy.BACKEND, name))
         if left:
             actions.append("haproxy: %s set ready" % ", ".join(sorted(left)))
-        if not wait_until(lambda: haproxy.all_up(lab), dl.left(30), 0.25):
+        if not wait_until(lambda: haproxy.all_up(lab), dl.left(INSTANCES_WAIT), 0.25):
             raise LabError("haproxy does not see every app instance up: %s" % haproxy.servers(lab))
 
     # 8. the anchor worker

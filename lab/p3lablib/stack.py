@@ -16,6 +16,9 @@ from .common import (ANCHOR_KEY, ANCHOR_SINK, ANCHOR_WALLET, BULL_PREFIX, BULL_Q
 # Every wait of `p3lab up` (lab app) shares this budget: about 10 s on an idle machine, but at load 11-13 (a local CI:
 # seven labs on 2 cores) the third app instance was still "DOWN 1/2" in HAProxy when a 57 s budget ran out.
 UP_BUDGET = 150
+# How long app instances restarted by `up` or `heal` may take until HAProxy's own checks (inter 1s, rise 2) see each
+# one UP: seconds idle; at load 11-12 heal's former 30 s ran out with two of three instances still DOWN.
+INSTANCES_WAIT = 90
 
 
 class Deadline(object):
@@ -387,7 +390,7 @@ def wait_instances(lab, dl):
         return (all(http("GET", "http://127.0.0.1:%d/health" % p, timeout=2)[0] == 200 for p in lab.app_ports[1:])
                 and haproxy.all_up(lab))
 
-    if not wait_until(ready, dl.left(90), 0.2):
+    if not wait_until(ready, dl.left(INSTANCES_WAIT), 0.2):
         raise LabError("app instances behind haproxy are not all up: %s (see %s)"
                        % (haproxy.servers(lab) or "haproxy does not answer on %s" % lab.haproxy_sock, lab.log_dir))
 
