@@ -22,8 +22,8 @@ VALKEY_TESTS := tests/integration/test_recover_redis.py tests/integration/test_r
 	tests/integration/test_recover_mesh.py
 VALKEY_SELECT ?= -m valkey
 # make test is the gate: it leaves out the tests marked `extended` (lab self-tests whose facts the playbook tests
-# assert again on the same lab), runs on Valkey only the tests marked `valkey` and one fault of the demo's every-fault
-# sweep (test_demo.DEMO_SWEEP). make test-full runs every test: the extended ones, every Redis, session and mesh test
+# assert again on the same lab, variants of a property a test of the gate proves too), runs on Valkey only the tests
+# marked `valkey` and one fault of the demo's every-fault sweep (test_demo.DEMO_SWEEP). make test-full runs every test: the extended ones, every Redis, session and mesh test
 # on Valkey too (integration-valkey-full's selection) and the demo of every lab fault.
 PYTEST_SELECT ?= -m 'not extended'
 
@@ -91,7 +91,7 @@ test: setup
 	LINT_OPTS=-q MAKE="$(MAKE)" scripts/integration-passes.sh $(CHECK_PASSES)
 	MAKE="$(MAKE)" scripts/integration-passes.sh $(INTEGRATION_PASSES)
 
-# Every test, as make test runs them (same passes, same labs), with nothing left out: about 1.4 times as long.
+# Every test, as make test runs them (same passes, same labs), with nothing left out: about 1.5 times as long.
 test-full: setup
 	P3_DEMO_FAULTS=all $(MAKE) --no-print-directory -o setup test PYTEST_SELECT= "VALKEY_SELECT=-m 'not server_agnostic'"
 

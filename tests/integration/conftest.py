@@ -13,8 +13,9 @@ def pytest_configure(config):
         "8 (make integration-valkey); make integration-valkey-full runs every Redis, session and mesh test there")
     config.addinivalue_line(
         "markers", "extended: left out of make test's gate (make test-full runs them): a lab self-test whose fact the "
-        "playbook tests assert again on the same lab before they recover (e.g. P3 without an anchor worker after a "
-        "Redis outage)")
+        "playbook tests assert again on the same lab before they recover, or a variant of a property that a test "
+        "of the gate proves too (the Redis lock store beside PostgreSQL, recover_all's check mode beside each "
+        "stage's, two more faults of the alert loop)")
     config.addinivalue_line(
         "markers", "server_agnostic: the outcome does not depend on the Redis server (output masking, backup files on "
         "the controller); make integration-valkey-full deselects these")

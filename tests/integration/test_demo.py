@@ -39,6 +39,7 @@ def test_demo_app_down_restarts_the_app(healthy_lab, tmp_path):
     assert lab_status()["app"]["healthy"] is True
 
 
+@pytest.mark.extended
 def test_demo_wallet_empty_funds_the_wallet_with_the_lab_key_and_retries(healthy_lab, tmp_path):
     # recover_all's anchor stage alone (its other stages find nothing to do and cost minutes on two busy cores)
     p = demo("wallet-empty", tmp_path, args='-e {"p3_recover_stages":["anchor"]}')
@@ -91,6 +92,7 @@ def test_demo_recovers_every_lab_fault(fault, lab_up, tmp_path):
         assert "redis          DEGRADED" in table and "restart Redis node" in table, table
 
 
+@pytest.mark.extended
 def test_demo_on_an_app_that_crashes_again_says_why(healthy_lab, tmp_path):
     """app-crashloop through the demo: the restart's health gate passes, the app dies inside the stability window,
     the run fails and the demo prints the one-line reason naming the app host."""

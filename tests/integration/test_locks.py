@@ -69,7 +69,7 @@ def holder_in_store(store, resource):
 HOLD_TTL = 900
 
 
-@pytest.mark.parametrize("store", ["redis", "postgres"])
+@pytest.mark.parametrize("store", [pytest.param("redis", marks=pytest.mark.extended), "postgres"])
 def test_one_run_holds_the_other_is_told_who_and_since(lab_up, tmp_path, store):
     res_name = "p3test-%s-%d" % (store, time.monotonic_ns())
     # check mode takes nothing
@@ -137,7 +137,7 @@ def ttl_in_store(store, resource):
         return float(row[0]) if row else None
 
 
-@pytest.mark.parametrize("store", ["redis", "postgres"])
+@pytest.mark.parametrize("store", [pytest.param("redis", marks=pytest.mark.extended), "postgres"])
 def test_renew_extends_only_while_the_token_matches(lab_up, tmp_path, store):
     res_name = "p3test-renew-%s-%d" % (store, time.monotonic_ns())
     assert lock(tmp_path, store, res_name, run_id="run-a", ttl=HOLD_TTL)["acquired"] is True

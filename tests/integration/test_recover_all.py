@@ -3,6 +3,8 @@ gated on the one before."""
 import glob
 import os
 
+import pytest
+
 from p3harness import RECOVER_ALL_GUARD, lab_fault, lab_status, run_playbook
 
 
@@ -71,6 +73,7 @@ def test_a_stage_that_does_not_verify_stops_the_later_ones(healthy_lab, report_d
     assert lab_status()["mesh"]["peers"] == 0
 
 
+@pytest.mark.extended
 def test_check_mode_changes_nothing(healthy_lab, report_dir):
     lab_fault("mesh-down")
     lab_fault("db-exhaustion")

@@ -30,6 +30,7 @@ def test_sessions_repair_uncovered_slots_first_then_purge(healthy_lab, dirs):
         assert key in after and after[key][0] == raw and after[key][2] == dump, key
 
 
+@pytest.mark.extended
 def test_mesh_repairs_uncovered_slots_first_then_reconnects(healthy_lab, report_dir):
     lab_fault("mesh-down")
     lab_fault("redis-slots-uncovered")

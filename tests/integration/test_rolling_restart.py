@@ -134,6 +134,7 @@ def test_rolling_restart_under_load_fails_no_request(ready_fleet, tmp_path):
     assert v["sessions"]["lost"] == 0 and v["sessions"]["expected"] > 0, v["sessions"]
 
 
+@pytest.mark.extended
 def test_check_mode_plans_and_changes_nothing(ready_fleet):
     L = ready_fleet
     before = pids(L)
@@ -243,6 +244,7 @@ def test_a_failed_health_gate_says_the_instance_is_left_drained(ready_fleet):
     assert again.rc == 0 and not again.results(LOCKED_OUT), again.stdout[-2000:]
 
 
+@pytest.mark.extended
 def test_a_second_run_on_a_healthy_fleet_restarts_nothing(ready_fleet):
     """Without p3_restart_force only instances whose health gate is red are restarted: on a healthy fleet nothing
     is drained or restarted and the run reports changed=false; with one instance killed, only that one."""
