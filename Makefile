@@ -153,14 +153,15 @@ integration-passes: setup
 # upstream"), in a lab of their own (P3LAB_DIR .state/lab-upstream, ports P3LAB_BASE_PORT + 700). The first run
 # installs P3's npm dependencies into .state/upstream-cache (minutes; `make upstream-cache` does it ahead).
 # make test runs them as two passes with a lab each (they were the long pole as one): integration-upstream-1 in
-# .state/lab-upstream (+700), integration-upstream-2 - the lab and fault tests and six playbook tests - in
+# .state/lab-upstream (+700), integration-upstream-2 - the lab and fault tests and eight playbook tests - in
 # .state/lab-upstream-2 (+100).
 UPSTREAM := tests/integration/upstream
 UPSTREAM_2_FILES := $(UPSTREAM)/test_upstream_lab.py $(UPSTREAM)/test_upstream_faults.py
 UPSTREAM_2_TESTS := $(addprefix $(UPSTREAM)/test_upstream_playbooks.py::,test_recover_anchor_wallet_empty_anchors_on_chain_again \
 	test_recover_anchor_backlog_new_job_completes test_recover_anchor_lockfile_bullmq_says_the_worker_never_starts \
 	test_restart_app_brings_p3_back test_sessions_say_they_live_in_process_memory \
-	test_recover_redis_on_p3s_standalone_redis_master_down)
+	test_recover_redis_on_p3s_standalone_redis_master_down test_drift_check_on_p3_measures_every_alert_and_fires_on_the_fault \
+	test_mesh_on_p3_works_when_a_message_relayed_through_it_comes_back)
 UPSTREAM_PYTEST := P3_UPSTREAM_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PASS_OPTS) $(PYTEST_SELECT)
 UPSTREAM_LAB_1 := P3LAB_DIR=$(CURDIR)/.state/lab-upstream P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 700 ))
 UPSTREAM_LAB_2 := P3LAB_DIR=$(CURDIR)/.state/lab-upstream-2 P3LAB_BASE_PORT=$$(( $${P3LAB_BASE_PORT:-17000} + 100 ))

@@ -57,6 +57,7 @@ def test_every_job_anchored_exactly_once_on_chain(chaos_round):
     assert not [b for b in chaos_round["breaches"] if b.startswith("jobs")], chaos_round["breaches"]
 
 
+@pytest.mark.extended  # recover_all's second run changing nothing: test_recover_all's three-fault test in the gate
 def test_a_second_run_changes_nothing(chaos_round, report_dir):
     again = run_playbook("recover_all.yml", extravars=dict(chaos.gates_for(chaos_round["faults"]),
                                                            p3_report_dir=report_dir), timeout=GUARD)
