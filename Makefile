@@ -16,15 +16,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # replies, SCAN cursors, the purge's scripts, pub/sub). integration-valkey-full runs every Redis, session and mesh
 # test there but those marked server_agnostic (output masking, backup files on the controller), with the
 # SIGKILL-mid-purge test at 200k keys (1M in the main pass): about three times as long, by hand or nightly - make
-# test cannot give it that time beside the other passes (README, "Tests").
+# test cannot give it that time beside the other passes (README, "The two commands").
 VALKEY_TESTS := tests/integration/test_recover_redis.py tests/integration/test_redis_cause.py \
 	tests/integration/test_recover_sessions.py tests/integration/test_session_purge_streams.py \
 	tests/integration/test_recover_mesh.py
 VALKEY_SELECT ?= -m valkey
 # make test is the gate: it leaves out the tests marked `extended` (lab self-tests whose facts the playbook tests
 # assert again on the same lab, variants of a property a test of the gate proves too), runs on Valkey only the tests
-# marked `valkey` and one fault of the demo's every-fault sweep (test_demo.DEMO_SWEEP). make test-full runs every test: the extended ones, every Redis, session and mesh test
-# on Valkey too (integration-valkey-full's selection) and the demo of every lab fault.
+# marked `valkey` and one fault of the demo's every-fault sweep (test_demo.DEMO_SWEEP). make test-full runs every
+# test: the extended ones, every Redis, session and mesh test on Valkey too (integration-valkey-full's selection)
+# and the demo of every lab fault.
 PYTEST_SELECT ?= -m 'not extended'
 
 setup:

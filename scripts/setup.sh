@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# The venv's interpreter (PYTHON overrides): Debian's own python3.11 - built with PGO and LTO, it spends about 15%
+# The venv's interpreter (PYTHON overrides): Debian's own python3.11 - built with PGO and LTO, it spends about 18%
 # less CPU on the same ansible-playbook runs than the pyenv build (no --enable-optimizations) that this machine kind
-# puts first on PATH, and make test is CPU-bound (README, "Tests").
+# puts first on PATH, and make test is CPU-bound (README, "The two commands").
 DEBIAN_PY=/usr/bin/python3.11
 PYTHON=${PYTHON:-$DEBIAN_PY}
 STATE=$ROOT/.state
